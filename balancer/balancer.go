@@ -1,0 +1,224 @@
+// Package balancer chooses the backend that serves a request.
+//
+// The split follows grpc-go: a Policy reacts to membership and health changes
+// by building an immutable Picker, and the request path only calls
+// Picker.Pick. Nothing on the request path mutates shared state except atomic
+// counters, so picks take no lock.
+//
+// Each algorithm lives in its own file and registers itself by name from
+// init(); adding one touches no other file.
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Backend is one upstream server of a pool. ID, URL and Weight are fixed when
+// the backend is created; the counters are updated by the proxy around every
+// request it forwards.
+type Backend struct {
+	// ID is stable across restarts, replicas and reordering of the config:
+	// the configured name, or one derived from the URL. Sticky cookies and
+	// hash rings are built from it, never from the address or the position.
+	ID     string
+	URL    *url.URL
+	Weight int // 1..1000
+
+	inflight atomic.Int64
+	group    *Group
+}
+
+// Group counts the requests in flight over all backends of a pool, so that a
+// bounded-load policy reads the pool's average in O(1) instead of summing.
+type Group struct {
+	inflight atomic.Int64
+}
+
+// InFlight reports the requests in flight over the whole group.
+func (g *Group) InFlight() int64 { return g.inflight.Load() }
+
+// NewBackend returns a backend with no requests in flight. g, when not nil,
+// is the pool's Group, counted along with the backend's own counter.
+func NewBackend(id string, u *url.URL, weight int, g *Group) *Backend {
+	if weight < 1 {
+		weight = 1
+	}
+	return &Backend{ID: id, URL: u, Weight: weight, group: g}
+}
+
+// Begin records a request forwarded to b; every Begin is paired with a Done.
+func (b *Backend) Begin() {
+	b.inflight.Add(1)
+	if b.group != nil {
+		b.group.inflight.Add(1)
+	}
+}
+
+// Done records the end of a request started with Begin.
+func (b *Backend) Done() {
+	b.inflight.Add(-1)
+	if b.group != nil {
+		b.group.inflight.Add(-1)
+	}
+}
+
+// InFlight reports the requests currently forwarded to b.
+func (b *Backend) InFlight() int64 { return b.inflight.Load() }
+
+// Set is the membership a Policy builds a Picker from. It is immutable once
+// handed to Build: a change of health or config builds a new Set.
+type Set struct {
+	// All holds every configured backend of the pool, in config order.
+	All []*Backend
+	// Available holds the backends that may receive new requests now, in
+	// config order: a subset of All.
+	Available []*Backend
+	// Group counts in-flight requests over the pool's backends; it may be
+	// nil when nothing counts them (a policy must then not bound loads).
+	Group *Group
+}
+
+// Sticky tells what a pick did to the client's affinity, for logs and metrics.
+type Sticky uint8
+
+const (
+	// StickyNone: the policy keeps no affinity (round-robin) or the request
+	// carried no key to be sticky on.
+	StickyNone Sticky = iota
+	// StickyKept: the request went where its key or cookie pointed.
+	StickyKept
+	// StickyNew: the client had no valid affinity and was given one.
+	StickyNew
+	// StickyRepinned: the client's affinity named a backend that is no
+	// longer available, and it was moved to another.
+	StickyRepinned
+)
+
+// String returns the word used in logs and metric labels.
+func (s Sticky) String() string {
+	switch s {
+	case StickyKept:
+		return "kept"
+	case StickyNew:
+		return "new"
+	case StickyRepinned:
+		return "repinned"
+	}
+	return "none"
+}
+
+// Pick is a Picker's answer: the backend, and what the proxy must do besides
+// forwarding the request to it.
+type Pick struct {
+	Backend *Backend
+	// SetCookie, when not empty, is a complete Set-Cookie header value the
+	// proxy adds to the response (precomputed per backend at Build time, so
+	// a pick does not allocate).
+	SetCookie string
+	Sticky    Sticky
+}
+
+// Picker chooses a backend for a request. It is immutable and safe for
+// concurrent use; it is rebuilt whenever membership or health changes.
+type Picker interface {
+	Pick(r *http.Request) (Pick, error)
+}
+
+// Policy builds Pickers for one pool. Build is called off the request path,
+// on every membership or health change; it may precompute anything that makes
+// Pick cheap. Build is never called concurrently for the same Policy.
+type Policy interface {
+	Build(s Set) Picker
+}
+
+// ErrNoBackend is returned by Pick when the pool has no available backend.
+var ErrNoBackend = errors.New("no available backend")
+
+// CookieOptions configures the sticky cookie the proxy sets.
+type CookieOptions struct {
+	Name     string
+	Path     string
+	Domain   string
+	MaxAge   int // seconds; 0 means a session cookie
+	Secure   bool
+	HTTPOnly bool
+	SameSite http.SameSite
+}
+
+// HashOptions configures consistent hashing.
+type HashOptions struct {
+	// Key names the part of the request hashed: "ip", "path",
+	// "header:NAME", "cookie:NAME" or "query:NAME".
+	Key string
+	// VirtualNodes is the number of ring points of a backend of weight 1.
+	VirtualNodes int
+	// LoadFactor bounds a backend's in-flight requests to LoadFactor times
+	// the pool's average; 0 disables the bound.
+	LoadFactor float64
+}
+
+// Options is everything a Factory may read. Each policy reads only its part;
+// config applies defaults and validates ranges before a Factory sees them.
+type Options struct {
+	Cookie CookieOptions
+	Hash   HashOptions
+}
+
+// Factory makes a Policy from its options; an error explains which option is
+// wrong and why, in words a config author understands.
+type Factory func(Options) (Policy, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]Factory{}
+)
+
+// Register makes a policy available under name. It is meant to be called from
+// init() in the policy's file and panics on a duplicate name, a programming
+// error that must not ship.
+func Register(name string, f Factory) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("balancer: Register called twice for " + name)
+	}
+	registry[name] = f
+}
+
+// Names returns the registered policy names, sorted.
+func Names() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ErrUnknownPolicy is wrapped by New for a name nothing registered.
+var ErrUnknownPolicy = errors.New("unknown balancer")
+
+// New makes the policy registered under name.
+func New(name string, o Options) (Policy, error) {
+	registryMu.RLock()
+	f, ok := registry[name]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w %q (known: %v)", ErrUnknownPolicy, name, Names())
+	}
+	return f(o)
+}
+
+// Known reports whether name is a registered policy.
+func Known(name string) bool {
+	return slices.Contains(Names(), name)
+}
