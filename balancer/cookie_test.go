@@ -1,0 +1,256 @@
+package balancer
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// cookieRequest returns a request carrying the given Cookie header lines.
+func cookieRequest(lines ...string) *http.Request {
+	r := httptest.NewRequest("GET", "/", nil)
+	for _, l := range lines {
+		r.Header.Add("Cookie", l)
+	}
+	return r
+}
+
+// parseSetCookie parses a Pick's Set-Cookie header or fails the test.
+func parseSetCookie(t testing.TB, v string) *http.Cookie {
+	t.Helper()
+	c, err := http.ParseSetCookie(v)
+	if err != nil {
+		t.Fatalf("ParseSetCookie(%q): %v", v, err)
+	}
+	return c
+}
+
+func buildCookie(t testing.TB, s Set) Picker {
+	t.Helper()
+	return mustPolicy(t, "cookie", cookieOpts()).Build(s)
+}
+
+// tokenOf returns the cookie value that pins a client to the backend id.
+func tokenOf(t testing.TB, all []*Backend, id string) string {
+	t.Helper()
+	i := slices.IndexFunc(all, func(b *Backend) bool { return b.ID == id })
+	if i < 0 {
+		t.Fatalf("no backend %q", id)
+	}
+	pk := mustPick(t, buildCookie(t, Set{All: all, Available: all[i : i+1]}), cookieRequest())
+	return parseSetCookie(t, pk.SetCookie).Value
+}
+
+func TestCookieSticky(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p := buildCookie(t, allAvailable(bs))
+	for client := range 6 {
+		first := mustPick(t, p, cookieRequest())
+		if first.Sticky != StickyNew || first.SetCookie == "" {
+			t.Fatalf("client %d first pick %+v: want a new cookie", client, first)
+		}
+		c := parseSetCookie(t, first.SetCookie)
+		for range 50 {
+			pk := mustPick(t, p, cookieRequest("other=1; "+c.Name+"="+c.Value))
+			if pk.Backend != first.Backend || pk.Sticky != StickyKept || pk.SetCookie != "" {
+				t.Fatalf("client %d with cookie: %+v, want kept on %s without Set-Cookie", client, pk, first.Backend.ID)
+			}
+		}
+	}
+}
+
+// Tokens derive from IDs only: reordering the config, or a second replica
+// building its own picker, keeps every client where it was.
+func TestCookieTokenStable(t *testing.T) {
+	bs := testBackends(nil, 1, 2, 3, 1)
+	shuffled := []*Backend{bs[2], bs[0], bs[3], bs[1]}
+	a := buildCookie(t, allAvailable(bs))
+	b := buildCookie(t, allAvailable(shuffled))
+	for range 20 {
+		pk := mustPick(t, a, cookieRequest())
+		other := mustPick(t, b, cookieRequest("aff="+parseSetCookie(t, pk.SetCookie).Value))
+		if other.Backend.ID != pk.Backend.ID || other.Sticky != StickyKept {
+			t.Fatalf("cookie from replica A for %s sent to %s (%v) by replica B", pk.Backend.ID, other.Backend.ID, other.Sticky)
+		}
+	}
+}
+
+func TestCookieTokenHidesAddress(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	seen := map[string]bool{}
+	for _, b := range bs {
+		tok := tokenOf(t, bs, b.ID)
+		if len(tok) != 16 || strings.Trim(tok, "0123456789abcdef") != "" {
+			t.Errorf("%s: token %q, want 16 hex digits", b.ID, tok)
+		}
+		for _, leak := range []string{b.URL.Host, b.URL.Port(), b.URL.String(), b.ID} {
+			if strings.Contains(tok, leak) {
+				t.Errorf("%s: token %q contains %q", b.ID, tok, leak)
+			}
+		}
+		if seen[tok] {
+			t.Errorf("%s: token %q shared with another backend", b.ID, tok)
+		}
+		seen[tok] = true
+	}
+}
+
+func TestCookieMalformed(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	valid := tokenOf(t, bs, "b1")
+	many := strings.Repeat("x=1; ", 1000)
+	tests := []struct {
+		name   string
+		lines  []string
+		sticky Sticky // StickyKept means b1, StickyNew a fresh pick
+	}{
+		{"no cookie", nil, StickyNew},
+		{"other cookies only", []string{"a=1; b=2"}, StickyNew},
+		{"empty value", []string{"aff="}, StickyNew},
+		{"name only", []string{"aff"}, StickyNew},
+		{"empty header", []string{""}, StickyNew},
+		{"garbage bytes", []string{"aff=\x00\xff\x01;;;==\"\\"}, StickyNew},
+		{"very long", []string{"aff=" + strings.Repeat("a", 1<<20)}, StickyNew},
+		{"unknown token", []string{"aff=0123456789abcdef"}, StickyNew},
+		{"token upper case", []string{"aff=" + strings.ToUpper(valid)}, StickyNew},
+		{"token prefix", []string{"aff=" + valid[:15]}, StickyNew},
+		{"token with suffix", []string{"aff=" + valid + "0"}, StickyNew},
+		{"unbalanced quote", []string{`aff="` + valid}, StickyNew},
+		{"lone quote", []string{`aff="`}, StickyNew},
+		{"name case differs", []string{"AFF=" + valid}, StickyNew},
+		{"name as suffix", []string{"xaff=" + valid}, StickyNew},
+		{"valid", []string{"aff=" + valid}, StickyKept},
+		{"quoted valid", []string{`aff="` + valid + `"`}, StickyKept},
+		{"spaces around", []string{"  aff = " + valid + " ;"}, StickyKept},
+		{"among many", []string{many + "aff=" + valid + "; " + many}, StickyKept},
+		{"second header line", []string{"a=1", "aff=" + valid}, StickyKept},
+		{"duplicate, first valid", []string{"aff=" + valid + "; aff=junk"}, StickyKept},
+		{"duplicate, first junk", []string{"aff=junk; aff=" + valid}, StickyNew},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := buildCookie(t, allAvailable(bs))
+			pk := mustPick(t, p, cookieRequest(tt.lines...))
+			if pk.Sticky != tt.sticky {
+				t.Fatalf("Sticky = %v, want %v", pk.Sticky, tt.sticky)
+			}
+			switch tt.sticky {
+			case StickyKept:
+				if pk.Backend.ID != "b1" || pk.SetCookie != "" {
+					t.Errorf("pick %s with Set-Cookie %q, want b1 without", pk.Backend.ID, pk.SetCookie)
+				}
+			default:
+				if got := parseSetCookie(t, pk.SetCookie).Value; got != tokenOf(t, bs, pk.Backend.ID) {
+					t.Errorf("new pick %s got cookie %q, not its token", pk.Backend.ID, got)
+				}
+			}
+		})
+	}
+}
+
+func TestCookieRepinsUnavailable(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	down := tokenOf(t, bs, "b1")
+	p := buildCookie(t, Set{All: bs, Available: []*Backend{bs[0], bs[2]}})
+	got := map[string]int{}
+	for range 10 {
+		pk := mustPick(t, p, cookieRequest("aff="+down))
+		if pk.Sticky != StickyRepinned || pk.Backend.ID == "b1" {
+			t.Fatalf("cookie for a down backend: %+v, want repinned elsewhere", pk)
+		}
+		if v := parseSetCookie(t, pk.SetCookie).Value; v != tokenOf(t, bs, pk.Backend.ID) {
+			t.Fatalf("repinned to %s with cookie %q, not its token", pk.Backend.ID, v)
+		}
+		got[pk.Backend.ID]++
+	}
+	if got["b0"] != 5 || got["b2"] != 5 {
+		t.Errorf("repinned clients %v, want 5 on each available backend", got)
+	}
+	// Once repinned, the client stays on its new backend even after the
+	// old one returns: moving it back would lose its session a second time.
+	newTok := parseSetCookie(t, mustPick(t, p, cookieRequest("aff="+down)).SetCookie).Value
+	back := mustPick(t, buildCookie(t, allAvailable(bs)), cookieRequest("aff="+newTok))
+	if back.Sticky != StickyKept || back.Backend.ID == "b1" {
+		t.Errorf("after b1 returns, repinned client went to %s (%v)", back.Backend.ID, back.Sticky)
+	}
+}
+
+func TestCookieNewClientsSpread(t *testing.T) {
+	bs := testBackends(nil, 1, 2, 1, 1)
+	p := buildCookie(t, allAvailable(bs))
+	got := map[string]int{}
+	for range 500 {
+		got[mustPick(t, p, cookieRequest()).Backend.ID]++
+	}
+	want := map[string]int{"b0": 100, "b1": 200, "b2": 100, "b3": 100}
+	for id, n := range want {
+		if got[id] != n {
+			t.Errorf("new clients per backend %v, want %v", got, want)
+			break
+		}
+	}
+}
+
+func TestCookieNoBackend(t *testing.T) {
+	bs := testBackends(nil, 1, 1)
+	tok := tokenOf(t, bs, "b0")
+	p := buildCookie(t, Set{All: bs})
+	for _, r := range []*http.Request{cookieRequest(), cookieRequest("aff=" + tok)} {
+		if _, err := p.Pick(r); !errors.Is(err, ErrNoBackend) {
+			t.Errorf("Pick with nothing available: %v, want ErrNoBackend", err)
+		}
+	}
+}
+
+func TestCookieAttributes(t *testing.T) {
+	tests := []struct {
+		name string
+		opts CookieOptions
+	}{
+		{"session", CookieOptions{Name: "s"}},
+		{"all set", CookieOptions{Name: "route", Path: "/app", Domain: "example.com", MaxAge: 3600,
+			Secure: true, HTTPOnly: true, SameSite: http.SameSiteStrictMode}},
+		{"lax", CookieOptions{Name: "r", Path: "/", SameSite: http.SameSiteLaxMode, HTTPOnly: true}},
+		{"none", CookieOptions{Name: "r", SameSite: http.SameSiteNoneMode, Secure: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, "cookie", Options{Cookie: tt.opts}).Build(allAvailable(testBackends(nil, 1)))
+			c := parseSetCookie(t, mustPick(t, p, cookieRequest()).SetCookie)
+			o := tt.opts
+			if c.Name != o.Name || c.Path != o.Path || c.Domain != o.Domain || c.MaxAge != o.MaxAge ||
+				c.Secure != o.Secure || c.HttpOnly != o.HTTPOnly || c.SameSite != o.SameSite {
+				t.Errorf("Set-Cookie parsed as %+v, want options %+v", c, o)
+			}
+		})
+	}
+}
+
+func FuzzCookiePick(f *testing.F) {
+	bs := testBackends(nil, 1, 2, 1, 3)
+	avail := []*Backend{bs[0], bs[1], bs[3]}
+	p := buildCookie(f, Set{All: bs, Available: avail})
+	tokens := map[*Backend]string{}
+	for _, b := range bs {
+		tokens[b] = tokenOf(f, bs, b.ID)
+		f.Add("aff=" + tokens[b])
+	}
+	for _, s := range []string{"", "aff=", `aff="`, `aff=""`, "aff=x; aff=y", ";;;", "=aff", "aff==", "\x00aff=\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		pk, err := p.Pick(cookieRequest(header))
+		if err != nil || !slices.Contains(avail, pk.Backend) {
+			t.Fatalf("Pick(%q) = %+v, %v: want an available backend", header, pk, err)
+		}
+		if (pk.Sticky == StickyKept) != (pk.SetCookie == "") {
+			t.Fatalf("Pick(%q) = %+v: Set-Cookie must be set unless kept", header, pk)
+		}
+		if pk.Sticky == StickyKept && !strings.Contains(header, tokens[pk.Backend]) {
+			t.Fatalf("Pick(%q) kept on %s without its token", header, pk.Backend.ID)
+		}
+	})
+}

@@ -1,0 +1,345 @@
+package balancer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+func init() {
+	Register("consistent-hash", newHashPolicy)
+}
+
+// ErrInvalidHash is wrapped by the consistent-hash Factory when its options
+// are unusable.
+var ErrInvalidHash = errors.New("invalid consistent-hash options")
+
+// maxRingPoints caps the ring so that a build stays in the tens of
+// milliseconds and a few MiB whatever the weights; see pointCounts.
+const maxRingPoints = 1 << 18
+
+// hashPolicy maps a request key to a backend on a ring of virtual nodes, so
+// that a change of membership moves only the keys of the backends that came
+// or went. With a load factor it bounds each backend's in-flight requests as
+// in "Consistent Hashing with Bounded Loads" (Mirrokni, Thorup, Zadimoghaddam).
+type hashPolicy struct {
+	key        func(r *http.Request) string // request → key; "" when absent
+	vnodes     int
+	loadFactor float64
+	next       atomic.Uint64 // rotation for requests without a key
+}
+
+func newHashPolicy(o Options) (Policy, error) {
+	h := o.Hash
+	key, err := parseKey(h.Key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidHash, err)
+	}
+	if h.VirtualNodes < 1 || h.VirtualNodes > maxRingPoints {
+		return nil, fmt.Errorf("%w: virtual_nodes %d must be between 1 and %d", ErrInvalidHash, h.VirtualNodes, maxRingPoints)
+	}
+	if math.IsNaN(h.LoadFactor) || math.IsInf(h.LoadFactor, 0) || h.LoadFactor < 0 ||
+		(h.LoadFactor > 0 && h.LoadFactor <= 1) {
+		return nil, fmt.Errorf("%w: load_factor %v must be 0 (unbounded) or above 1", ErrInvalidHash, h.LoadFactor)
+	}
+	return &hashPolicy{key: key, vnodes: h.VirtualNodes, loadFactor: h.LoadFactor}, nil
+}
+
+// Build places VirtualNodes×Weight/g points per available backend on the
+// ring, where g is the gcd of the weights of Set.All. Taking g and the cap
+// from All rather than Available keeps every backend's points fixed across
+// health changes, so a backend going down moves only its own keys.
+func (p *hashPolicy) Build(s Set) Picker {
+	hp := &hashPicker{
+		key:      p.key,
+		fallback: newWRR(s.Available, &p.next),
+	}
+	if p.loadFactor > 0 && s.Group != nil && len(s.Available) > 0 {
+		hp.group = s.Group
+		total := 0
+		for _, b := range s.Available {
+			total += weightOf(b)
+		}
+		hp.share = make([]float64, len(s.Available))
+		for i, b := range s.Available {
+			hp.share[i] = p.loadFactor * float64(weightOf(b)) / float64(total)
+		}
+	}
+	counts := pointCounts(s.All, p.vnodes)
+	type point struct {
+		hash  uint64
+		owner uint32
+	}
+	var pts []point
+	for i, b := range s.Available {
+		h := hashString(b.ID)
+		for j := range counts[b.ID] {
+			pts = append(pts, point{hash: mix64(h ^ (uint64(j)+1)*0x9e3779b97f4a7c15), owner: uint32(i)})
+		}
+	}
+	// Ties are broken by ID, not position, so that a reordered config builds
+	// the same ring.
+	slices.SortFunc(pts, func(a, b point) int {
+		if c := cmp.Compare(a.hash, b.hash); c != 0 {
+			return c
+		}
+		return cmp.Compare(s.Available[a.owner].ID, s.Available[b.owner].ID)
+	})
+	hp.points = make([]uint64, len(pts))
+	hp.owners = make([]uint32, len(pts))
+	for i, pt := range pts {
+		hp.points[i], hp.owners[i] = pt.hash, pt.owner
+	}
+	hp.buildPrefix()
+	return hp
+}
+
+// pointCounts gives each backend of all VirtualNodes×Weight/g points. When
+// that exceeds maxRingPoints in total, every count is scaled down in
+// proportion (to at least one point), trading some evenness for a bounded
+// ring.
+func pointCounts(all []*Backend, vnodes int) map[string]int {
+	g := 0
+	for _, b := range all {
+		g = gcd(g, weightOf(b))
+	}
+	counts := make(map[string]int, len(all))
+	total := 0
+	for _, b := range all {
+		n := vnodes * (weightOf(b) / g)
+		counts[b.ID] = n
+		total += n
+	}
+	if total > maxRingPoints {
+		for id, n := range counts {
+			counts[id] = max(1, int(uint64(n)*maxRingPoints/uint64(total)))
+		}
+	}
+	return counts
+}
+
+type hashPicker struct {
+	key      func(r *http.Request) string
+	points   []uint64 // sorted ring positions
+	owners   []uint32 // owners[i] indexes fallback.backends: who owns points[i]
+	prefix   []uint32 // prefix[t]: first point whose top bits are ≥ t
+	shift    uint     // 64 - bits of the prefix table index
+	fallback wrr      // rotation over Set.Available for requests without a key
+
+	group *Group    // nil: loads are not bounded
+	share []float64 // LoadFactor × backend's weight share, by owner
+}
+
+// buildPrefix indexes the ring by the top bits of a hash, about one slot per
+// point, so that a lookup is one table load and a binary search over the few
+// points of one slot instead of the whole ring. The table is capped at 2^20
+// slots (4 MiB), past which the search over a slot is still a few steps.
+func (p *hashPicker) buildPrefix() {
+	bits := uint(1)
+	for 1<<bits < len(p.points) && bits < 20 {
+		bits++
+	}
+	p.shift = 64 - bits
+	p.prefix = make([]uint32, 1<<bits+1)
+	i := 0
+	for t := range p.prefix {
+		for i < len(p.points) && p.points[i]>>p.shift < uint64(t) {
+			i++
+		}
+		p.prefix[t] = uint32(i)
+	}
+}
+
+// Pick routes a request with a key to the key's backend on the ring, or the
+// next one clockwise under the load bound; a request without a key goes to
+// the weighted rotation.
+func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
+	if len(p.points) == 0 {
+		return Pick{}, ErrNoBackend
+	}
+	k := p.key(r)
+	if k == "" {
+		i, _ := p.fallback.pick()
+		return Pick{Backend: p.fallback.backends[i], Sticky: StickyNone}, nil
+	}
+	return Pick{Backend: p.fallback.backends[p.owner(hashString(k))], Sticky: StickyKept}, nil
+}
+
+// owner returns the index of the backend that serves hash h.
+func (p *hashPicker) owner(h uint64) uint32 {
+	t := h >> p.shift
+	lo, hi := p.prefix[t], p.prefix[t+1]
+	for lo < hi {
+		m := lo + (hi-lo)/2
+		if p.points[m] < h {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	start := int(lo)
+	if start == len(p.points) {
+		start = 0
+	}
+	if p.group == nil {
+		return p.owners[start]
+	}
+	// A backend takes a request while its in-flight count is below
+	// ceil(share × (pool in-flight + 1)); the shares sum to LoadFactor > 1,
+	// so one backend is always under its bound and the walk ends. The
+	// counters move under us, so the walk is capped at one turn and then
+	// keeps the key's own backend.
+	limit := float64(p.group.InFlight() + 1)
+	i := start
+	for range len(p.points) {
+		o := p.owners[i]
+		if float64(p.fallback.backends[o].InFlight()) < p.share[o]*limit {
+			return o
+		}
+		if i++; i == len(p.points) {
+			i = 0
+		}
+	}
+	return p.owners[start]
+}
+
+// parseKey turns a key spec into the function that reads the key from a
+// request, resolving names once here so that a pick does not allocate. An
+// empty value counts as no key: hashing every such request to one backend
+// would make it a hotspot.
+func parseKey(spec string) (func(*http.Request) string, error) {
+	switch spec {
+	case "ip":
+		return clientIP, nil
+	case "path":
+		return func(r *http.Request) string {
+			if r.URL == nil {
+				return ""
+			}
+			return r.URL.Path
+		}, nil
+	}
+	kind, name, ok := strings.Cut(spec, ":")
+	if !ok || name == "" {
+		return nil, fmt.Errorf("key %q: want ip, path, header:NAME, cookie:NAME or query:NAME", spec)
+	}
+	switch kind {
+	case "header":
+		if !isToken(name) {
+			return nil, fmt.Errorf("key %q: %q is not a valid header name", spec, name)
+		}
+		canon := http.CanonicalHeaderKey(name)
+		if canon == "Host" {
+			// net/http moves Host out of the header map.
+			return func(r *http.Request) string { return r.Host }, nil
+		}
+		return func(r *http.Request) string {
+			if v := r.Header[canon]; len(v) > 0 {
+				return v[0]
+			}
+			return ""
+		}, nil
+	case "cookie":
+		if !isToken(name) {
+			return nil, fmt.Errorf("key %q: %q is not a valid cookie name", spec, name)
+		}
+		return func(r *http.Request) string {
+			v, _ := cookieValue(r.Header, name)
+			return v
+		}, nil
+	case "query":
+		return func(r *http.Request) string {
+			if r.URL == nil {
+				return ""
+			}
+			return queryValue(r.URL.RawQuery, name)
+		}, nil
+	}
+	return nil, fmt.Errorf("key %q: unknown kind %q, want header, cookie or query", spec, kind)
+}
+
+// clientIP returns the host part of RemoteAddr ("1.2.3.4:5" → "1.2.3.4",
+// "[::1]:5" → "::1"), or all of it when it carries no port.
+func clientIP(r *http.Request) string {
+	a := r.RemoteAddr
+	if len(a) > 0 && a[0] == '[' {
+		if end := strings.IndexByte(a, ']'); end > 0 {
+			return a[1:end]
+		}
+		return ""
+	}
+	if i := strings.LastIndexByte(a, ':'); i >= 0 && strings.IndexByte(a, ':') == i {
+		return a[:i]
+	}
+	return a
+}
+
+// queryValue returns the first value of name in a raw query, as
+// url.Values.Get would, but allocates only when the value is escaped. Pairs
+// that do not unescape are skipped, as url.ParseQuery skips them.
+func queryValue(raw, name string) string {
+	for len(raw) > 0 {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if k != name {
+			if !strings.ContainsAny(k, "%+") {
+				continue
+			}
+			if u, err := url.QueryUnescape(k); err != nil || u != name {
+				continue
+			}
+		}
+		if !strings.ContainsAny(v, "%+") {
+			return v
+		}
+		if u, err := url.QueryUnescape(v); err == nil {
+			return u
+		}
+	}
+	return ""
+}
+
+// isToken reports whether s is an RFC 9110 token, the syntax of header and
+// cookie names.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// hashString is FNV-1a 64 finished by mix64. Both are fixed functions with no
+// per-process seed, so every replica and restart maps a key to the same
+// backend.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return mix64(h)
+}
+
+// mix64 is MurmurHash3's 64-bit finaliser: FNV alone leaves the high bits,
+// which choose the ring slot, poorly mixed for short keys.
+func mix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9a62f2d4e53
+	h ^= h >> 33
+	return h
+}
