@@ -1,0 +1,150 @@
+package config
+
+import (
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// Defaults of every optional key. The loader starts each section from the
+// functions below and overwrites what the file sets, so this file is the only
+// place a default lives.
+const (
+	DefaultLogLevel  = "info"    // log.level
+	DefaultLogFormat = "console" // log.format
+	DefaultLogAccess = false     // log.access
+
+	DefaultConnectTimeout        = 2 * time.Second  // timeouts.connect
+	DefaultResponseHeaderTimeout = 30 * time.Second // timeouts.response_header
+	DefaultIdleConnTimeout       = 90 * time.Second // timeouts.idle_conn
+
+	DefaultBalancerType = "round-robin" // pools.*.balancer.type
+
+	DefaultCookieName     = "AFFINITY"           // balancer.cookie.name
+	DefaultCookiePath     = "/"                  // balancer.cookie.path
+	DefaultCookieDomain   = ""                   // balancer.cookie.domain: the request's host
+	DefaultCookieMaxAge   = 0                    // balancer.cookie.max_age: a session cookie
+	DefaultCookieSecure   = false                // balancer.cookie.secure
+	DefaultCookieHTTPOnly = true                 // balancer.cookie.http_only
+	DefaultCookieSameSite = http.SameSiteLaxMode // balancer.cookie.same_site: lax
+
+	// balancer.hash.key has no default: a consistent-hash pool must say
+	// what it hashes.
+	DefaultHashVirtualNodes = 160 // balancer.hash.virtual_nodes
+	DefaultHashLoadFactor   = 0.0 // balancer.hash.load_factor: no bound
+
+	// A backend without a name is named after its URL's host:port, with the
+	// scheme's port made explicit (http://app → app:80), so that the name
+	// stays the same when backends are reordered or the config replicated.
+	DefaultWeight = 1 // pools.*.backends[].weight
+
+	// A health_check section, even an empty one, turns active checks on
+	// with these values; without it there are none.
+	DefaultHealthPath      = "/healthz"      // health_check.path
+	DefaultHealthInterval  = 5 * time.Second // health_check.interval
+	DefaultHealthTimeout   = 2 * time.Second // health_check.timeout
+	DefaultHealthRise      = 2               // health_check.rise
+	DefaultHealthFall      = 3               // health_check.fall
+	DefaultHealthStatusMin = 200             // health_check.expect_status: 200-399
+	DefaultHealthStatusMax = 399
+
+	// A passive section, even an empty one, turns ejection on with these
+	// values; on_status defaults to none, so only connection errors count.
+	DefaultPassiveFailures = 3                // passive.failures
+	DefaultPassiveEject    = 10 * time.Second // passive.eject
+	DefaultPassiveMaxEject = 5 * time.Minute  // passive.max_eject
+
+	DefaultRetryCount   = 2        // pools.*.retries
+	DefaultRetryMaxBody = 64 << 10 // pools.*.retry_max_body, in bytes
+)
+
+// Limits of numeric keys, inclusive.
+const (
+	MaxWeight       = 1000  // pools.*.backends[].weight: 1..MaxWeight
+	MaxRetries      = 10    // pools.*.retries: 0..MaxRetries
+	MaxVirtualNodes = 10000 // balancer.hash.virtual_nodes: 1..MaxVirtualNodes
+)
+
+// DefaultLog returns the log section used when the file has none.
+func DefaultLog() Log {
+	return Log{Level: DefaultLogLevel, Format: DefaultLogFormat, Access: DefaultLogAccess}
+}
+
+// DefaultTimeouts returns the timeouts used when the file sets none.
+func DefaultTimeouts() Timeouts {
+	return Timeouts{
+		Connect:        DefaultConnectTimeout,
+		ResponseHeader: DefaultResponseHeaderTimeout,
+		IdleConn:       DefaultIdleConnTimeout,
+	}
+}
+
+// DefaultBalancer returns a pool's balancer when the file names none. Its
+// options hold the defaults of every policy, so that switching the type
+// needs no other change.
+func DefaultBalancer() Balancer {
+	return Balancer{
+		Type: DefaultBalancerType,
+		Options: balancer.Options{
+			Cookie: balancer.CookieOptions{
+				Name:     DefaultCookieName,
+				Path:     DefaultCookiePath,
+				Domain:   DefaultCookieDomain,
+				MaxAge:   DefaultCookieMaxAge,
+				Secure:   DefaultCookieSecure,
+				HTTPOnly: DefaultCookieHTTPOnly,
+				SameSite: DefaultCookieSameSite,
+			},
+			Hash: balancer.HashOptions{
+				VirtualNodes: DefaultHashVirtualNodes,
+				LoadFactor:   DefaultHashLoadFactor,
+			},
+		},
+	}
+}
+
+// DefaultHealthCheck returns the checks enabled by an empty health_check
+// section.
+func DefaultHealthCheck() HealthCheck {
+	return HealthCheck{
+		Path:      DefaultHealthPath,
+		Interval:  DefaultHealthInterval,
+		Timeout:   DefaultHealthTimeout,
+		Rise:      DefaultHealthRise,
+		Fall:      DefaultHealthFall,
+		StatusMin: DefaultHealthStatusMin,
+		StatusMax: DefaultHealthStatusMax,
+	}
+}
+
+// DefaultPassive returns the ejection enabled by an empty passive section.
+func DefaultPassive() Passive {
+	return Passive{
+		Failures: DefaultPassiveFailures,
+		Eject:    DefaultPassiveEject,
+		MaxEject: DefaultPassiveMaxEject,
+	}
+}
+
+// DefaultRetries returns a pool's retries when the file sets none.
+func DefaultRetries() Retries {
+	return Retries{Count: DefaultRetryCount, MaxBody: DefaultRetryMaxBody}
+}
+
+// derivedName is the name of a backend configured without one: host:port,
+// lower-cased, with the scheme's default port written out, so http://App and
+// http://app:80 get the same name. u must be an http or https URL with a host.
+func derivedName(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
