@@ -1,0 +1,278 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// statusClientClosed is recorded, as nginx does, for a request whose client
+// went away before the backend answered: nobody receives it, and the
+// backend is not at fault.
+const statusClientClosed = 499
+
+// exchange carries a request's pick from ServeHTTP to the ReverseProxy
+// hooks (Rewrite, ErrorHandler), which are handed only the requests. They
+// find it in the request's context.
+//
+// Getting it there is the cheapest way measured (BenchmarkHandoff). An
+// HTTP/1 connection serves its requests one at a time, so each connection
+// our http.Server accepts gets one exchange in its context (connContext),
+// which its requests reuse without allocating; serve clears it after each.
+// Any other request, HTTP/2 or one handed to ServeHTTP by another
+// http.Server, gets an exchange and a context of its own: three more
+// allocations (the exchange, the context, the copy of the request
+// WithContext makes), 17 → 20 per request. Writing the backend into the
+// inbound request's URL for Rewrite to read would also cost nothing, but
+// ErrorHandler (and a later ModifyResponse) would then see only an address
+// in the outgoing request, not which pool and backend it belongs to.
+type exchange struct {
+	pool    *pool
+	backend *balancer.Backend
+}
+
+type exchangeKey struct{}
+
+// connContext gives each client connection the exchange its HTTP/1 requests
+// reuse; it is http.Server.ConnContext.
+func connContext(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, exchangeKey{}, new(exchange))
+}
+
+// exchangeOf returns the exchange in ctx, or nil.
+func exchangeOf(ctx context.Context) *exchange {
+	ex, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return ex
+}
+
+// exchangeFor returns an exchange free for r to use, and r carrying it.
+func exchangeFor(r *http.Request) (*exchange, *http.Request) {
+	if r.ProtoMajor == 1 {
+		if ex := exchangeOf(r.Context()); ex != nil {
+			return ex, r
+		}
+	}
+	ex := new(exchange)
+	return ex, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+}
+
+// outcome is what the access log tells about a request besides its status.
+type outcome struct {
+	pool    string
+	backend string
+	sticky  balancer.Sticky
+}
+
+// ServeHTTP routes r to a pool, picks a backend and forwards r to it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.access != nil {
+		s.serveLogged(w, r)
+		return
+	}
+	var o outcome
+	s.serve(w, r, &o)
+}
+
+// serve does the work of ServeHTTP, filling in o as it goes so that the
+// access log has it even when forwarding ends in a panic.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
+	p := s.state.Load().router.match(r.Host, r.URL.Path)
+	if p == nil {
+		writeError(w, http.StatusNotFound)
+		return
+	}
+	o.pool = p.name
+	pk, err := p.pick(r)
+	if err != nil {
+		p.refused(err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable)
+		return
+	}
+	p.served()
+	b := pk.Backend
+	o.backend, o.sticky = b.ID, pk.Sticky
+	if pk.SetCookie != "" {
+		// ReverseProxy adds the backend's headers to these, so the
+		// backend's own cookies are kept alongside.
+		w.Header().Add("Set-Cookie", pk.SetCookie)
+	}
+	if _, ok := r.Header["Upgrade"]; ok {
+		// http.Server.Shutdown does not wait for connections a handler
+		// hijacks, as ReverseProxy does for a protocol switch.
+		s.tunnels.add()
+		defer s.tunnels.done()
+	}
+	ex, r := exchangeFor(r)
+	ex.pool, ex.backend = p, b
+	b.Begin()
+	defer func() {
+		b.Done()
+		*ex = exchange{}
+	}()
+	s.proxy.ServeHTTP(w, r)
+}
+
+// serveLogged is serve with one access log line per request. Only it pays
+// for the clock and the status-recording wrapper.
+func (s *Server) serveLogged(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	aw := &accessWriter{ResponseWriter: w}
+	var o outcome
+	defer func() {
+		// ReverseProxy panics with http.ErrAbortHandler when a response
+		// breaks off after its header was sent (the backend died, or the
+		// client left); that request is logged too, then the panic goes on
+		// to net/http, which drops the connection.
+		aborted := recover()
+		s.logAccess(r, aw, &o, time.Since(start), aborted != nil)
+		if aborted != nil {
+			panic(aborted)
+		}
+	}()
+	s.serve(aw, r, &o)
+}
+
+func (s *Server) logAccess(r *http.Request, aw *accessWriter, o *outcome, d time.Duration, aborted bool) {
+	ce := s.access.Check(zap.InfoLevel, "request")
+	if ce == nil {
+		return
+	}
+	status := aw.status
+	if status == 0 {
+		// Nothing was written, so net/http answers 200 with no body.
+		status = http.StatusOK
+	}
+	ce.Write(
+		zap.String("method", r.Method),
+		zap.String("host", r.Host),
+		zap.String("path", r.URL.Path),
+		zap.Int("status", status),
+		zap.Int64("bytes", aw.bytes),
+		zap.Duration("duration", d),
+		zap.String("pool", o.pool),
+		zap.String("backend", o.backend),
+		zap.Stringer("sticky", o.sticky),
+		zap.Bool("aborted", aborted),
+	)
+}
+
+// rewrite is the ReverseProxy's Rewrite: it sends the outgoing request to
+// the picked backend, keeps the client's Host header (backends serving
+// several sites need it, and redirects they build stay right), and sets
+// X-Forwarded-For, -Host and -Proto. ReverseProxy has already dropped any
+// X-Forwarded-* the client sent, so a client cannot spoof them.
+func rewrite(pr *httputil.ProxyRequest) {
+	ex := exchangeOf(pr.In.Context())
+	if ex == nil || ex.backend == nil {
+		// Only serve forwards requests, and it sets the exchange first.
+		// Should that ever change, the URL stays without a scheme and the
+		// transport's error becomes a 502 rather than a panic.
+		return
+	}
+	pr.SetURL(ex.backend.URL)
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+}
+
+// proxyError is the ReverseProxy's ErrorHandler, called when the backend
+// could not be reached or did not answer. The client gets a short status
+// line and nothing about the backend; the log gets the details.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	// The sticky cookie would pin the client to the backend that failed.
+	w.Header().Del("Set-Cookie")
+	if r.Context().Err() != nil {
+		// The client left (or Shutdown ran out of time): the failure is
+		// the cancellation, not the backend's, and nobody reads the reply.
+		w.WriteHeader(statusClientClosed)
+		return
+	}
+	status := http.StatusBadGateway
+	if isTimeout(err) {
+		status = http.StatusGatewayTimeout
+	}
+	var pool, backend string
+	if ex := exchangeOf(r.Context()); ex != nil && ex.backend != nil {
+		pool, backend = ex.pool.name, ex.backend.ID
+	}
+	s.log.Warn("backend request failed",
+		zap.String("pool", pool), zap.String("backend", backend),
+		zap.Int("status", status), zap.Error(err))
+	writeError(w, status)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// writeError answers with a status line as plain text.
+func writeError(w http.ResponseWriter, status int) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "%d %s\n", status, http.StatusText(status))
+}
+
+// accessWriter records the status and body size of a response for the
+// access log. Unwrap lets http.ResponseController reach the writer's other
+// methods; Flush and Hijack are also defined directly for code that still
+// type-asserts http.Flusher or http.Hijacker.
+type accessWriter struct {
+	http.ResponseWriter
+	status int   // first final status written; 0 until then
+	bytes  int64 // body bytes written
+}
+
+func (a *accessWriter) WriteHeader(code int) {
+	// 1xx responses (103 Early Hints) precede the final one.
+	if a.status == 0 && code >= 200 {
+		a.status = code
+	}
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *accessWriter) Write(p []byte) (int, error) {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	n, err := a.ResponseWriter.Write(p)
+	a.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap returns the wrapped writer, for http.ResponseController.
+func (a *accessWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
+// Flush sends buffered data to the client, for http.Flusher.
+func (a *accessWriter) Flush() { _ = a.FlushError() }
+
+// FlushError is Flush reporting failure, which http.ResponseController
+// prefers.
+func (a *accessWriter) FlushError() error {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	return http.NewResponseController(a.ResponseWriter).Flush()
+}
+
+// Hijack takes over the connection for a protocol switch, for
+// http.Hijacker; the 101 is then written by the hijacker, not through
+// WriteHeader, so it is recorded here.
+func (a *accessWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(a.ResponseWriter).Hijack()
+	if err == nil {
+		a.status = http.StatusSwitchingProtocols
+	}
+	return c, rw, err
+}

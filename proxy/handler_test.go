@@ -1,0 +1,421 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+func TestForwardedHeadersAndHost(t *testing.T) {
+	b := testutil.StartBackend(t, "a")
+	prefixed := *b.URL
+	prefixed.Path = "/base"
+	tests := []struct {
+		name     string
+		backend  *url.URL
+		wantPath string
+	}{
+		{"root backend", b.URL, "/a/b"},
+		{"backend with path prefix", &prefixed, "/base/a/b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: tt.backend, Name: "a"}}})
+			_, u := startProxy(t, cfg, nil)
+			r := get(t, testutil.Client(t), u.String()+"/a/b?q=1", func(req *http.Request) {
+				req.Host = "shop.example.com"
+				req.Header.Set("X-Forwarded-For", "6.6.6.6") // spoofed by the client
+				req.Header.Set("X-Forwarded-Host", "evil.test")
+				req.Header.Set("Forwarded", "for=6.6.6.6")
+			})
+			if r.status != http.StatusOK {
+				t.Fatalf("status %d", r.status)
+			}
+			got, _ := b.Last()
+			want := map[string]string{
+				"Host":              "shop.example.com",
+				"Path":              tt.wantPath,
+				"Query":             "q=1",
+				"X-Forwarded-For":   "127.0.0.1",
+				"X-Forwarded-Host":  "shop.example.com",
+				"X-Forwarded-Proto": "http",
+				"Forwarded":         "",
+			}
+			have := map[string]string{
+				"Host":              got.Host,
+				"Path":              got.Path,
+				"Query":             got.RawQuery,
+				"X-Forwarded-For":   strings.Join(got.Header["X-Forwarded-For"], ","),
+				"X-Forwarded-Host":  strings.Join(got.Header["X-Forwarded-Host"], ","),
+				"X-Forwarded-Proto": got.Header.Get("X-Forwarded-Proto"),
+				"Forwarded":         got.Header.Get("Forwarded"),
+			}
+			for k, w := range want {
+				if have[k] != w {
+					t.Errorf("backend saw %s %q, want %q", k, have[k], w)
+				}
+			}
+		})
+	}
+}
+
+func TestBadGateway(t *testing.T) {
+	dead := testutil.ClosedURL(t)
+	for _, kind := range []string{"round-robin", "cookie"} {
+		t.Run(kind, func(t *testing.T) {
+			cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: kind, Options: cookieOptions()},
+				Backends: []config.Backend{{URL: dead, Name: "gone"}}})
+			log, logs := observed()
+			_, u := startProxy(t, cfg, log)
+			r := get(t, testutil.Client(t), u.String()+"/", nil)
+			if r.status != http.StatusBadGateway || r.body != "502 Bad Gateway\n" {
+				t.Errorf("got %d %q, want 502 with a short body", r.status, r.body)
+			}
+			if sc := r.header["Set-Cookie"]; len(sc) != 0 {
+				t.Errorf("502 pins the client to the failed backend: %q", sc)
+			}
+			fails := entries(logs, "backend request failed")
+			if len(fails) != 1 {
+				t.Fatalf("%d failure lines, want 1", len(fails))
+			}
+			m := fails[0].ContextMap()
+			if fails[0].Level.String() != "warn" || m["pool"] != "web" || m["backend"] != "gone" ||
+				!strings.Contains(m["error"].(string), dead.Host) {
+				t.Errorf("failure line = %s %v, want warn naming pool, backend and the error", fails[0].Level, m)
+			}
+		})
+	}
+}
+
+func TestGatewayTimeout(t *testing.T) {
+	bu, _, _ := blockingBackend(t)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	cfg.Timeouts.ResponseHeader = 20 * time.Millisecond
+	_, u := startProxy(t, cfg, nil)
+	r := get(t, testutil.Client(t), u.String()+"/", nil)
+	if r.status != http.StatusGatewayTimeout || r.body != "504 Gateway Timeout\n" {
+		t.Errorf("got %d %q, want 504 with a short body", r.status, r.body)
+	}
+}
+
+func TestServiceUnavailableWhenAllDown(t *testing.T) {
+	bs := startBackends(t, "a", "b")
+	log, logs := observed()
+	s, u := startProxy(t, catchAll(poolOf("web", "round-robin", balancer.Options{}, bs...)), log)
+	p := s.state.Load().pools[0]
+	for _, b := range bs {
+		if err := p.setAvailable(b.ID, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := testutil.Client(t)
+	for range 3 {
+		r := get(t, c, u.String()+"/", nil)
+		if r.status != http.StatusServiceUnavailable || r.body != "503 Service Unavailable\n" ||
+			r.header.Get("Retry-After") != "1" {
+			t.Fatalf("got %d %q Retry-After %q, want 503, short body, Retry-After 1",
+				r.status, r.body, r.header.Get("Retry-After"))
+		}
+	}
+	refused := entries(logs, "no backend available, answering 503")
+	if len(refused) != 1 || refused[0].ContextMap()["pool"] != "web" {
+		t.Errorf("refusal lines = %v, want one naming pool web", refused)
+	}
+	if err := p.setAvailable("b", true); err != nil {
+		t.Fatal(err)
+	}
+	if r := get(t, c, u.String()+"/", nil); r.status != http.StatusOK || r.body != "b" {
+		t.Errorf("after b came back: %d %q", r.status, r.body)
+	}
+	if n := len(entries(logs, "backend available again")); n != 1 {
+		t.Errorf("%d recovery lines, want 1", n)
+	}
+}
+
+func TestStreamingIsNotBuffered(t *testing.T) {
+	tests := []struct {
+		name        string
+		contentType string
+		access      bool
+	}{
+		{"chunked", "text/plain", false},
+		{"event stream", "text/event-stream", false},
+		{"chunked with access log", "text/plain", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			next := make(chan struct{})
+			bu := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tt.contentType)
+				_, _ = io.WriteString(w, "first\n")
+				_ = http.NewResponseController(w).Flush()
+				select {
+				case <-next:
+				case <-r.Context().Done():
+					return
+				}
+				_, _ = io.WriteString(w, "last\n")
+			}))
+			cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: bu, Name: "stream"}}})
+			cfg.Log.Access = tt.access
+			_, u := startProxy(t, cfg, nil)
+
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String()+"/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := testutil.Client(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			br := bufio.NewReader(resp.Body)
+			// The backend writes "last" only after this line arrived, so
+			// a proxy that buffered would time out here.
+			if line, err := br.ReadString('\n'); err != nil || line != "first\n" {
+				t.Fatalf("first chunk = %q, %v", line, err)
+			}
+			close(next)
+			if rest, err := io.ReadAll(br); err != nil || string(rest) != "last\n" {
+				t.Fatalf("rest = %q, %v", rest, err)
+			}
+		})
+	}
+}
+
+func TestAccessLog(t *testing.T) {
+	bs := startBackends(t, "a")
+	for _, on := range []bool{false, true} {
+		t.Run(strconv.FormatBool(on), func(t *testing.T) {
+			cfg := catchAll(poolOf("web", "cookie", cookieOptions(), bs...))
+			cfg.Routes[0].Match.Path = "/app"
+			cfg.Log.Access = on
+			log, logs := observed()
+			_, u := startProxy(t, cfg, log)
+			c := jarClient(t)
+			get(t, c, u.String()+"/app/x", nil)
+			get(t, c, u.String()+"/app/y", nil)
+			get(t, c, u.String()+"/missing", func(r *http.Request) { r.Host = "shop.test" })
+			lines := entries(logs, "request")
+			if !on {
+				if len(lines) != 0 {
+					t.Errorf("access logging off, yet %d lines", len(lines))
+				}
+				return
+			}
+			if len(lines) != 3 {
+				t.Fatalf("%d access lines, want 3", len(lines))
+			}
+			want := []map[string]any{
+				{"method": "GET", "host": u.Host, "path": "/app/x", "status": int64(200), "bytes": int64(1),
+					"pool": "web", "backend": "a", "sticky": "new"},
+				{"method": "GET", "host": u.Host, "path": "/app/y", "status": int64(200), "bytes": int64(1),
+					"pool": "web", "backend": "a", "sticky": "kept"},
+				{"method": "GET", "host": "shop.test", "path": "/missing", "status": int64(404), "bytes": int64(len("404 Not Found\n")),
+					"pool": "", "backend": "", "sticky": "none"},
+			}
+			for i, e := range lines {
+				m := e.ContextMap()
+				for k, v := range want[i] {
+					if m[k] != v {
+						t.Errorf("line %d: %s = %v, want %v", i, k, m[k], v)
+					}
+				}
+				if _, ok := m["duration"]; !ok || e.LoggerName != "access" {
+					t.Errorf("line %d: logger %q, fields %v; want logger access with a duration", i, e.LoggerName, m)
+				}
+			}
+		})
+	}
+}
+
+func TestClientCancelIsNotABackendError(t *testing.T) {
+	bu, started, _ := blockingBackend(t)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	cfg.Log.Access = true
+	log, logs := observed()
+	_, u := startProxy(t, cfg, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String()+"/", nil)
+		if err == nil {
+			var resp *http.Response
+			if resp, err = testutil.Client(t).Do(req); err == nil {
+				_ = resp.Body.Close()
+			}
+		}
+		done <- err
+	}()
+	<-started
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("canceled request succeeded")
+	}
+	testutil.Eventually(t, waitFor, "access line for the canceled request", func() bool {
+		return len(entries(logs, "request")) == 1
+	})
+	if st := entries(logs, "request")[0].ContextMap()["status"]; st != int64(statusClientClosed) {
+		t.Errorf("access status = %v, want %d", st, statusClientClosed)
+	}
+	if n := len(entries(logs, "backend request failed")); n != 0 {
+		t.Errorf("client cancel logged %d backend failures", n)
+	}
+}
+
+// TestServeHTTPUnderAnotherServer covers requests that do not come through
+// Serve, whose connections carry no exchange.
+func TestServeHTTPUnderAnotherServer(t *testing.T) {
+	bs := startBackends(t, "a", "b")
+	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, bs...))
+	cfg.Pools[0].Backends = append(cfg.Pools[0].Backends, config.Backend{URL: testutil.ClosedURL(t), Name: "gone"})
+	log, logs := observed()
+	s, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewServer(s)
+	defer front.Close()
+	c := testutil.Client(t)
+	var got []string
+	for range 3 {
+		got = append(got, get(t, c, front.URL, nil).body)
+	}
+	if want := []string{"a", "b", "502 Bad Gateway\n"}; !slices.Equal(got, want) {
+		t.Errorf("answers %q, want %q", got, want)
+	}
+	fails := entries(logs, "backend request failed")
+	if len(fails) != 1 || fails[0].ContextMap()["backend"] != "gone" {
+		t.Errorf("failure lines = %v, want one naming backend gone", fails)
+	}
+
+	// Straight through ServeHTTP too, as a unit test would.
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != http.StatusOK || rec.Body.String() != "a" {
+		t.Errorf("ServeHTTP = %d %q, want 200 a", rec.Code, rec.Body.String())
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBackendCountersBalanced(t *testing.T) {
+	bu, started, release := blockingBackend(t)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	s, u := startProxy(t, cfg, nil)
+	p := s.state.Load().pools[0]
+	b := p.backends[0]
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := testutil.Client(t).Get(u.String())
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+	}()
+	<-started
+	if b.InFlight() != 1 || p.group.InFlight() != 1 {
+		t.Errorf("during the request: backend %d, pool %d in flight; want 1, 1", b.InFlight(), p.group.InFlight())
+	}
+	release()
+	<-done
+	testutil.Eventually(t, waitFor, "in-flight counters back to 0", func() bool {
+		return b.InFlight() == 0 && p.group.InFlight() == 0
+	})
+}
+
+func TestExchangeFor(t *testing.T) {
+	connCtx := connContext(context.Background(), nil)
+	conn := exchangeOf(connCtx)
+	if conn == nil {
+		t.Fatal("connContext carries no exchange")
+	}
+	http1 := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(connCtx)
+	if ex, r := exchangeFor(http1); ex != conn || r != http1 {
+		t.Error("an HTTP/1 request does not reuse its connection's exchange")
+	}
+	http2 := http1.Clone(connCtx)
+	http2.ProtoMajor = 2
+	if ex, r := exchangeFor(http2); ex == conn || exchangeOf(r.Context()) != ex {
+		t.Error("an HTTP/2 request shares its connection's exchange")
+	}
+	foreign := httptest.NewRequest(http.MethodGet, "/", nil)
+	if ex, r := exchangeFor(foreign); ex == nil || exchangeOf(r.Context()) != ex {
+		t.Error("a request from another server gets no exchange of its own")
+	}
+
+	// Serve wires connContext, and a request leaves the exchange clear for
+	// the next one on its connection.
+	b := testutil.StartBackend(t, "a")
+	s, err := NewServer(catchAll(poolOf("web", "round-robin", balancer.Options{}, b)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := exchangeOf(s.http.ConnContext(context.Background(), nil))
+	if served == nil {
+		t.Fatal("the server's connections carry no exchange")
+	}
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil).WithContext(connCtx))
+	if rec.Code != http.StatusOK || rec.Body.String() != "a" {
+		t.Errorf("ServeHTTP = %d %q", rec.Code, rec.Body.String())
+	}
+	if *conn != (exchange{}) {
+		t.Errorf("exchange after the request = %+v, want it clear", *conn)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestAccessLogRecordsCutOffResponse(t *testing.T) {
+	bu := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		_, _ = io.WriteString(w, "0123456789")
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler) // the backend dies mid-body
+	}))
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "flaky"}}})
+	cfg.Log.Access = true
+	log, logs := observed()
+	_, u := startProxy(t, cfg, log)
+	// The proxy drops the connection, before or after its header left
+	// depending on buffering; either way the client must see a failure.
+	resp, err := testutil.Client(t).Get(u.String())
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+	}
+	if err == nil {
+		t.Error("client read a cut-off response without error")
+	}
+	testutil.Eventually(t, waitFor, "access line for the cut-off response", func() bool {
+		return len(entries(logs, "request")) == 1
+	})
+	m := entries(logs, "request")[0].ContextMap()
+	if m["aborted"] != true || m["status"] != int64(200) || m["bytes"] != int64(10) || m["backend"] != "flaky" {
+		t.Errorf("access line = %v, want aborted 200 after 10 bytes from flaky", m)
+	}
+}

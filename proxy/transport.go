@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/affinityproxy/affinity/config"
+)
+
+const (
+	// maxIdleConns caps the keep-alive connections parked over all backends.
+	// Each is a file descriptor on both ends; 1024 stays well below common
+	// descriptor limits and still lets four busy backends keep a full
+	// maxIdleConnsPerHost each.
+	maxIdleConns = 1024
+	// maxIdleConnsPerHost is the keep-alive connections kept per backend.
+	// http.Transport's default of 2 is sized for a client, not a proxy:
+	// with more than 2 requests in flight to one backend, every extra
+	// connection is closed after its response and dialed again for the next,
+	// burning a handshake and leaving a socket in TIME_WAIT each time, which
+	// exhausts ephemeral ports under load. 256 lets a backend hold that many
+	// concurrent requests without churn; beyond it the backend is overloaded
+	// anyway.
+	maxIdleConnsPerHost = 256
+	// tcpKeepAlive probes idle backend connections so a backend that
+	// vanished without a FIN is noticed before a request is sent on them.
+	tcpKeepAlive = 30 * time.Second
+	// expectContinueTimeout bounds how long a request body announced with
+	// "Expect: 100-continue" waits for the backend's go-ahead before it is
+	// sent anyway.
+	expectContinueTimeout = time.Second
+)
+
+// newTransport returns the one http.Transport the server forwards every
+// request with, so that keep-alive connections to a backend are shared by
+// all routes and pools that use it.
+func newTransport(t config.Timeouts) *http.Transport {
+	d := &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
+	return &http.Transport{
+		// Backends are addressed directly: a proxy taken from the
+		// environment would silently reroute them.
+		Proxy:       nil,
+		DialContext: d.DialContext,
+		// A TLS handshake is part of connecting to an https backend.
+		TLSHandshakeTimeout:   t.Connect,
+		ResponseHeaderTimeout: t.ResponseHeader,
+		IdleConnTimeout:       t.IdleConn,
+		ExpectContinueTimeout: expectContinueTimeout,
+		MaxIdleConns:          maxIdleConns,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		// Backends speak HTTP/1.1; with a custom DialContext this keeps the
+		// transport from negotiating HTTP/2 with a TLS backend.
+		ForceAttemptHTTP2: false,
+		// The client asked for (or not) compression itself; bodies pass
+		// through byte for byte instead of being inflated by the proxy.
+		DisableCompression: true,
+	}
+}
+
+// bufSize is the size of the buffers response bodies are copied through,
+// io.Copy's default.
+const bufSize = 32 << 10
+
+// bufferPool recycles the buffers ReverseProxy copies response bodies
+// through, which it would otherwise allocate per response. It stores
+// *[bufSize]byte rather than []byte: a pointer fits in the interface
+// sync.Pool holds without an allocation, and converting the slice back to
+// the array pointer on Put needs no second pool of slice headers.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { return new([bufSize]byte) }}}
+}
+
+// Get returns a buffer of bufSize bytes.
+func (bp *bufferPool) Get() []byte { return bp.p.Get().(*[bufSize]byte)[:] }
+
+// Put recycles a buffer obtained from Get; anything else is left to the
+// garbage collector.
+func (bp *bufferPool) Put(b []byte) {
+	if cap(b) != bufSize {
+		return
+	}
+	bp.p.Put((*[bufSize]byte)(b[:bufSize]))
+}

@@ -1,0 +1,41 @@
+package proxy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/config"
+)
+
+func TestNewTransport(t *testing.T) {
+	tr := newTransport(config.Timeouts{Connect: time.Second, ResponseHeader: 2 * time.Second, IdleConn: 3 * time.Second})
+	defer tr.CloseIdleConnections()
+	if tr.Proxy != nil {
+		t.Error("transport takes a proxy from the environment")
+	}
+	if tr.ResponseHeaderTimeout != 2*time.Second || tr.IdleConnTimeout != 3*time.Second || tr.TLSHandshakeTimeout != time.Second {
+		t.Errorf("timeouts %v, %v, %v; want the configured ones",
+			tr.ResponseHeaderTimeout, tr.IdleConnTimeout, tr.TLSHandshakeTimeout)
+	}
+	if tr.MaxIdleConns != maxIdleConns || tr.MaxIdleConnsPerHost != maxIdleConnsPerHost {
+		t.Errorf("idle pool %d / %d per host", tr.MaxIdleConns, tr.MaxIdleConnsPerHost)
+	}
+	if !tr.DisableCompression || tr.ForceAttemptHTTP2 {
+		t.Error("transport would decompress bodies or force HTTP/2")
+	}
+}
+
+func TestBufferPool(t *testing.T) {
+	bp := newBufferPool()
+	b := bp.Get()
+	if len(b) != bufSize || cap(b) != bufSize {
+		t.Fatalf("Get: len %d cap %d, want %d", len(b), cap(b), bufSize)
+	}
+	bp.Put(b)
+	bp.Put(make([]byte, 10)) // not from the pool: dropped, not handed out
+	for range 3 {
+		if g := bp.Get(); len(g) != bufSize {
+			t.Fatalf("Get after Put of a foreign slice: len %d", len(g))
+		}
+	}
+}
