@@ -1,0 +1,156 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/internal/demoapp"
+)
+
+// startBackend serves a demo app called name on a loopback port.
+func startBackend(t *testing.T, name string) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(demoapp.New(name))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// freeAddr returns a loopback address no one listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// buildBinary compiles the affinity command into a temporary directory.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "affinity")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestServeProcess runs `affinity serve` as a real process over two demo
+// backends, checks that a client sticks to one of them, and that SIGTERM
+// stops the proxy cleanly.
+func TestServeProcess(t *testing.T) {
+	bin := buildBinary(t)
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	listen := freeAddr(t)
+	cfg := writeFile(t, "affinity.yaml", fmt.Appendf(nil, `listen: %s
+log: {access: true}
+pools:
+  web:
+    balancer: {type: cookie}
+    backends:
+      - {url: %s, name: web-1}
+      - {url: %s, name: web-2}
+`, listen, b1.URL, b2.URL))
+
+	var stderr syncBuffer
+	cmd := exec.Command(bin, "serve", "-c", cfg, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		// Only reached with the process still running when a check failed.
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Jar: jar, Transport: &http.Transport{}, Timeout: 5 * time.Second}
+	defer c.CloseIdleConnections()
+	url := "http://" + listen + "/"
+	waitFor(t, "the proxy to answer", func() bool {
+		resp, err := c.Get(url + "healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+
+	var first string
+	for i := 1; i <= 5; i++ {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		backend := resp.Header.Get(demoapp.HeaderBackend)
+		if first == "" {
+			first = backend
+		}
+		if resp.StatusCode != http.StatusOK || backend != first || backend == "" {
+			t.Fatalf("request %d: %d from %q, want 200 from %q: %s", i, resp.StatusCode, backend, first, body)
+		}
+		if want := fmt.Sprintf("count=%d\n", i); !strings.HasSuffix(string(body), want) {
+			t.Errorf("request %d: body %q, want %q: the session was not kept", i, body, want)
+		}
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v, want status 0; output:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("proxy still running 10 s after SIGTERM; output:\n%s", stderr.String())
+	}
+	if out := stderr.String(); strings.Contains(out, "panic") {
+		t.Errorf("output has a panic:\n%s", out)
+	}
+}
+
+// TestServeInvalidConfig checks that serve refuses a bad config the way
+// validate reports it, before listening.
+func TestServeInvalidConfig(t *testing.T) {
+	cfg := writeFile(t, "bad.yaml", []byte("listen: 127.0.0.1:8080\npools: {}\n"))
+	code, _, errOut := run(t, "serve", "-c", cfg)
+	if code != exitFailure || !strings.HasPrefix(errOut, cfg+":") {
+		t.Errorf("exit %d, stderr %q; want 1 and errors prefixed with the file", code, errOut)
+	}
+}
+
+func TestMissingDefaultConfig(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, cmd := range []string{"serve", "validate"} {
+		code, _, errOut := run(t, cmd)
+		if code != exitFailure || !strings.HasPrefix(errOut, "affinity.yaml") {
+			t.Errorf("%s: exit %d, stderr %q; want 1 naming affinity.yaml", cmd, code, errOut)
+		}
+	}
+}
