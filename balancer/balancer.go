@@ -33,6 +33,10 @@ type Backend struct {
 
 	inflight atomic.Int64
 	group    *Group
+	// fails counts consecutive failed exchanges, for passive health. It
+	// lives here so that the proxy records an outcome without looking the
+	// backend up anywhere.
+	fails atomic.Int32
 }
 
 // Group counts the requests in flight over all backends of a pool, so that a
@@ -71,6 +75,36 @@ func (b *Backend) Done() {
 
 // InFlight reports the requests currently forwarded to b.
 func (b *Backend) InFlight() int64 { return b.inflight.Load() }
+
+// maxFails is where the failure count stops growing, so that a backend that
+// keeps failing for days cannot wrap it around to "no failures".
+const maxFails = 1 << 30
+
+// Fail records a failed exchange with b (the proxy decides what counts) and
+// returns the consecutive failures counted so far.
+func (b *Backend) Fail() int32 {
+	if n := b.fails.Load(); n >= maxFails {
+		return n
+	}
+	return b.fails.Add(1)
+}
+
+// SetFailures sets the count of consecutive failures, as if b had just
+// failed n times in a row. Passive health uses it to put a backend back from
+// an ejection on probation, whatever requests finished meanwhile: its next
+// failure ejects it again, and its next success is reported by Succeed.
+func (b *Backend) SetFailures(n int32) { b.fails.Store(min(max(n, 0), maxFails)) }
+
+// Succeed records a successful exchange with b, ending any run of failures,
+// and returns the length of the run it ended: 0 on the common path, which
+// then only reads the counter, so that backends answering well do not make
+// every request write a shared cache line.
+func (b *Backend) Succeed() int32 {
+	if b.fails.Load() == 0 {
+		return 0
+	}
+	return b.fails.Swap(0)
+}
 
 // Set is the membership a Policy builds a Picker from. It is immutable once
 // handed to Build: a change of health or config builds a new Set.
@@ -129,6 +163,19 @@ type Pick struct {
 // concurrent use; it is rebuilt whenever membership or health changes.
 type Picker interface {
 	Pick(r *http.Request) (Pick, error)
+}
+
+// Pinner is an optional interface of a Picker that pins clients to a
+// backend, as a sticky cookie does. When the proxy moves a request to a
+// backend other than the one picked (a retry after the picked one failed),
+// it asks Pin for what pins the client there instead, so that the client
+// stays where it was served. The proxy checks for it once per Build, not per
+// request; a Picker without it pins nothing.
+type Pinner interface {
+	// Pin returns the complete Set-Cookie header value that pins a client
+	// to b, and false when b is not one of the available backends of the
+	// Set the Picker was built from.
+	Pin(b *Backend) (setCookie string, ok bool)
 }
 
 // Policy builds Pickers for one pool. Build is called off the request path,

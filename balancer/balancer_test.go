@@ -147,3 +147,41 @@ func TestFactoryOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestBackendFailureCount(t *testing.T) {
+	b := testBackends(nil, 1)[0]
+	if n := b.Succeed(); n != 0 {
+		t.Errorf("Succeed with no failures = %d, want 0", n)
+	}
+	for want := int32(1); want <= 3; want++ {
+		if n := b.Fail(); n != want {
+			t.Errorf("Fail #%d = %d", want, n)
+		}
+	}
+	if n := b.Succeed(); n != 3 {
+		t.Errorf("Succeed after 3 failures = %d, want 3", n)
+	}
+	if n := b.Fail(); n != 1 {
+		t.Errorf("Fail after a success = %d, want a new run of 1", n)
+	}
+
+	// The count saturates rather than wrapping around to "no failures".
+	b.fails.Store(maxFails)
+	if n := b.Fail(); n != maxFails {
+		t.Errorf("Fail at the cap = %d, want %d", n, maxFails)
+	}
+}
+
+func TestBackendSetFailures(t *testing.T) {
+	b := testBackends(nil, 1)[0]
+	for _, tt := range []struct{ set, want int32 }{{3, 3}, {0, 0}, {-5, 0}, {math.MaxInt32, maxFails}} {
+		b.SetFailures(tt.set)
+		if n := b.Succeed(); n != tt.want {
+			t.Errorf("SetFailures(%d): Succeed = %d, want %d", tt.set, n, tt.want)
+		}
+	}
+	b.SetFailures(2)
+	if n := b.Fail(); n != 3 {
+		t.Errorf("Fail after SetFailures(2) = %d, want 3", n)
+	}
+}

@@ -127,6 +127,18 @@ func (p *cookiePicker) Pick(r *http.Request) (Pick, error) {
 	return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i], Sticky: sticky}, nil
 }
 
+// Pin returns the Set-Cookie header that pins a client to b. It is called
+// only when a request moves off its pick, so a scan of the few available
+// backends is cheaper than keeping a map for it.
+func (p *cookiePicker) Pin(b *Backend) (string, bool) {
+	for i, x := range p.w.backends {
+		if x == b {
+			return p.setCookie[i], true
+		}
+	}
+	return "", false
+}
+
 // cookieValue returns the value of the first cookie called name in the
 // request's Cookie headers, as Request.Cookie would, without parsing or
 // allocating the others: it runs on every request. Surrounding double quotes

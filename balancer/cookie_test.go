@@ -254,3 +254,31 @@ func FuzzCookiePick(f *testing.F) {
 		}
 	})
 }
+
+func TestCookiePin(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p := buildCookie(t, Set{All: bs, Available: []*Backend{bs[0], bs[2]}})
+	pn, ok := p.(Pinner)
+	if !ok {
+		t.Fatal("the cookie picker does not implement Pinner")
+	}
+	for _, b := range []*Backend{bs[0], bs[2]} {
+		sc, ok := pn.Pin(b)
+		if !ok {
+			t.Fatalf("Pin(%s) failed for an available backend", b.ID)
+		}
+		if v := parseSetCookie(t, sc).Value; v != tokenOf(t, bs, b.ID) {
+			t.Errorf("Pin(%s) = cookie %q, not its token", b.ID, v)
+		}
+		// The cookie Pin returns leads back to b.
+		if pk := mustPick(t, p, cookieRequest("aff="+parseSetCookie(t, sc).Value)); pk.Backend != b {
+			t.Errorf("client pinned to %s was picked for %s", b.ID, pk.Backend.ID)
+		}
+	}
+	if sc, ok := pn.Pin(bs[1]); ok || sc != "" {
+		t.Errorf("Pin of an unavailable backend = %q, %v; want nothing", sc, ok)
+	}
+	if _, ok := mustPolicy(t, "round-robin", Options{}).Build(allAvailable(bs)).(Pinner); ok {
+		t.Error("round-robin pins clients")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,8 +22,8 @@ import (
 const statusClientClosed = 499
 
 // exchange carries a request's pick from ServeHTTP to the ReverseProxy
-// hooks (Rewrite, ErrorHandler), which are handed only the requests. They
-// find it in the request's context.
+// hooks (Rewrite, Transport, ErrorHandler), which are handed only the
+// requests. They find it in the request's context.
 //
 // Getting it there is the cheapest way measured (BenchmarkHandoff). An
 // HTTP/1 connection serves its requests one at a time, so each connection
@@ -33,11 +34,39 @@ const statusClientClosed = 499
 // allocations (the exchange, the context, the copy of the request
 // WithContext makes), 17 → 20 per request. Writing the backend into the
 // inbound request's URL for Rewrite to read would also cost nothing, but
-// ErrorHandler (and a later ModifyResponse) would then see only an address
-// in the outgoing request, not which pool and backend it belongs to.
+// the retrier and ErrorHandler would then see only an address in the
+// outgoing request, not which pool and backend it belongs to.
 type exchange struct {
-	pool    *pool
+	pool *pool
+	// backend serves the request; a retry replaces it, and moves the
+	// in-flight count with it.
 	backend *balancer.Backend
+	// setCookie is the Set-Cookie header value pinning the client to
+	// backend, or "". The retrier adds it to the response rather than
+	// serve to the ResponseWriter, so that a retry can replace it and the
+	// client is pinned where it was served, never to a backend that failed.
+	setCookie string
+	// url is the outgoing URL before Rewrite pointed it at the backend,
+	// which a retry points at another. Kept by value: no allocation.
+	url url.URL
+	// cookie backs the response's Set-Cookie header when the backend sets
+	// none, so that adding setCookie allocates no slice; see addCookie.
+	cookie [1]string
+}
+
+// addCookie adds the sticky cookie to a backend's response header h.
+// Adding it there rather than to the ResponseWriter before forwarding lets a
+// retry choose it, and keeps it out of 1xx responses, which ReverseProxy
+// builds from the ResponseWriter's header and then clears. A header slice
+// backed by the exchange is safe: ReverseProxy copies the values to the
+// client's header, and the response is gone before the exchange is reused.
+func (ex *exchange) addCookie(h http.Header) {
+	if v, ok := h["Set-Cookie"]; ok {
+		h["Set-Cookie"] = append(v, ex.setCookie)
+		return
+	}
+	ex.cookie[0] = ex.setCookie
+	h["Set-Cookie"] = ex.cookie[:]
 }
 
 type exchangeKey struct{}
@@ -101,11 +130,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	p.served()
 	b := pk.Backend
 	o.backend, o.sticky = b.ID, pk.Sticky
-	if pk.SetCookie != "" {
-		// ReverseProxy adds the backend's headers to these, so the
-		// backend's own cookies are kept alongside.
-		w.Header().Add("Set-Cookie", pk.SetCookie)
-	}
 	if _, ok := r.Header["Upgrade"]; ok {
 		// http.Server.Shutdown does not wait for connections a handler
 		// hijacks, as ReverseProxy does for a protocol switch.
@@ -113,10 +137,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		defer s.tunnels.done()
 	}
 	ex, r := exchangeFor(r)
-	ex.pool, ex.backend = p, b
+	ex.pool, ex.backend, ex.setCookie = p, b, pk.SetCookie
 	b.Begin()
 	defer func() {
-		b.Done()
+		ex.backend.Done()
+		if ex.backend != b {
+			// A retry moved the request, and the client with it if
+			// the response pins it.
+			o.backend = ex.backend.ID
+			if o.sticky == balancer.StickyKept && ex.setCookie != "" {
+				o.sticky = balancer.StickyRepinned
+			}
+		}
 		*ex = exchange{}
 	}()
 	s.proxy.ServeHTTP(w, r)
@@ -179,6 +211,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 		// transport's error becomes a 502 rather than a panic.
 		return
 	}
+	ex.url = *pr.Out.URL
 	pr.SetURL(ex.backend.URL)
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
@@ -188,12 +221,17 @@ func rewrite(pr *httputil.ProxyRequest) {
 // could not be reached or did not answer. The client gets a short status
 // line and nothing about the backend; the log gets the details.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	// The sticky cookie would pin the client to the backend that failed.
-	w.Header().Del("Set-Cookie")
 	if r.Context().Err() != nil {
 		// The client left (or Shutdown ran out of time): the failure is
 		// the cancellation, not the backend's, and nobody reads the reply.
 		w.WriteHeader(statusClientClosed)
+		return
+	}
+	if errors.Is(err, errRequestBody) {
+		// The client's body broke off: its request failed, not a
+		// backend, which must not be blamed for it.
+		s.log.Debug("client body failed", zap.Error(err))
+		writeError(w, http.StatusBadRequest)
 		return
 	}
 	status := http.StatusBadGateway

@@ -118,7 +118,7 @@ func TestServiceUnavailableWhenAllDown(t *testing.T) {
 	s, u := startProxy(t, catchAll(poolOf("web", "round-robin", balancer.Options{}, bs...)), log)
 	p := s.state.Load().pools[0]
 	for _, b := range bs {
-		if err := p.setAvailable(b.ID, false); err != nil {
+		if err := p.setHealthy(b.ID, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -135,7 +135,7 @@ func TestServiceUnavailableWhenAllDown(t *testing.T) {
 	if len(refused) != 1 || refused[0].ContextMap()["pool"] != "web" {
 		t.Errorf("refusal lines = %v, want one naming pool web", refused)
 	}
-	if err := p.setAvailable("b", true); err != nil {
+	if err := p.setHealthy("b", true); err != nil {
 		t.Fatal(err)
 	}
 	if r := get(t, c, u.String()+"/", nil); r.status != http.StatusOK || r.body != "b" {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -16,13 +18,15 @@ import (
 var (
 	errUnknownPool    = errors.New("unknown pool")
 	errDuplicatePool  = errors.New("duplicate pool")
+	errBadPool        = errors.New("invalid pool settings")
 	errBadBackend     = errors.New("invalid backend")
 	errUnknownBackend = errors.New("unknown backend")
 )
 
 // pool is a config.Pool made live: its backends, the policy that picks among
-// them, and the current Picker. Requests only load the Picker; health
-// changes rebuild it under mu and swap it in, so picks never wait.
+// them, and the current snapshot of who is available. Requests only load the
+// snapshot; health changes rebuild it under mu and swap it in, so picks never
+// wait.
 type pool struct {
 	name     string
 	kind     string // balancer type, for logs
@@ -31,21 +35,61 @@ type pool struct {
 	backends []*balancer.Backend // every configured backend, config order
 	log      *zap.Logger
 
-	picker atomic.Pointer[balancer.Picker]
+	health  *config.HealthCheck // nil: no active checks
+	passive *passive            // nil: no passive ejection
+	retries int                 // further attempts after the first
+	maxBody int64               // largest request body buffered for a retry
+
+	snap atomic.Pointer[snapshot]
 	// exhausted is set while picks fail, so that running out of backends
 	// is logged once per episode rather than once per refused request.
 	exhausted atomic.Bool
+	// retried counts the attempts made beyond the first, over all
+	// requests; rotate spreads those attempts over the other backends.
+	retried atomic.Uint64
+	rotate  atomic.Uint64
 
-	mu   sync.Mutex // serialises Build, which a Policy needs
-	down []bool     // parallel to backends; guarded by mu
+	mu      sync.Mutex // serialises Build, which a Policy needs, and guards:
+	members []member   // parallel to backends
+	stopped bool       // set by stop: no more ejections or readmissions
 }
 
-// newPool creates the backends of pc and builds a first Picker with all of
-// them available.
+// snapshot is what requests read of a pool: immutable, swapped whole.
+type snapshot struct {
+	picker balancer.Picker
+	// available is the Set.Available the picker was built from, in which
+	// a retry looks for another backend.
+	available []*balancer.Backend
+	// pinner is the picker as a balancer.Pinner, nil when it pins no
+	// client; asserted here once rather than on every retry.
+	pinner balancer.Pinner
+}
+
+// member is the pool's view of one backend's health. A backend is available
+// when the active checks find it healthy and passive health has not ejected
+// it.
+type member struct {
+	healthy bool // active checks' verdict; true until they say otherwise
+	ejected bool
+	// ejections counts the ejections since the backend last answered well
+	// after a return; each doubles the next ejection's length.
+	ejections int
+	// spared is set once ejecting the backend was declined because no
+	// other would have been left, so that this is logged once a run.
+	spared bool
+	timer  *time.Timer // readmits an ejected backend; nil otherwise
+}
+
+// newPool creates the backends of pc and a first snapshot with all of them
+// available: a backend is in service from the start until its checks say
+// otherwise, so that restarting the proxy does not answer 503 meanwhile.
 func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 	policy, err := balancer.New(pc.Balancer.Type, pc.Balancer.Options)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", pc.Name, err)
+	}
+	if err := checkPoolSettings(pc); err != nil {
+		return nil, fmt.Errorf("pool %q: %w: %w", pc.Name, errBadPool, err)
 	}
 	p := &pool{
 		name:     pc.Name,
@@ -53,8 +97,15 @@ func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 		policy:   policy,
 		group:    new(balancer.Group),
 		backends: make([]*balancer.Backend, 0, len(pc.Backends)),
-		down:     make([]bool, len(pc.Backends)),
+		members:  make([]member, len(pc.Backends)),
 		log:      log,
+		passive:  newPassive(pc.Passive),
+		retries:  pc.Retries.Count,
+		maxBody:  pc.Retries.MaxBody,
+	}
+	if pc.HealthCheck != nil {
+		hc := *pc.HealthCheck
+		p.health = &hc
 	}
 	seen := make(map[string]bool, len(pc.Backends))
 	for i, cb := range pc.Backends {
@@ -70,6 +121,7 @@ func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 		}
 		seen[id] = true
 		p.backends = append(p.backends, balancer.NewBackend(id, cb.URL, cb.Weight, p.group))
+		p.members[i].healthy = true
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -77,60 +129,136 @@ func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 	return p, nil
 }
 
-// pick asks the current Picker for a backend.
-func (p *pool) pick(r *http.Request) (balancer.Pick, error) {
-	return (*p.picker.Load()).Pick(r)
+// checkPoolSettings rejects the values config.Load never produces but a
+// Config built in code might, and that would otherwise make the proxy
+// misbehave or panic (a zero check interval, say).
+func checkPoolSettings(pc *config.Pool) error {
+	if r := pc.Retries; r.Count < 0 || r.Count > config.MaxRetries || r.MaxBody < 0 {
+		return fmt.Errorf("retries %d must be 0..%d and retry_max_body %d not negative", r.Count, config.MaxRetries, r.MaxBody)
+	}
+	if h := pc.HealthCheck; h != nil {
+		switch {
+		case h.Interval <= 0 || h.Timeout <= 0:
+			return fmt.Errorf("health_check interval %v and timeout %v must be positive", h.Interval, h.Timeout)
+		case h.Rise < 1 || h.Fall < 1:
+			return fmt.Errorf("health_check rise %d and fall %d must be at least 1", h.Rise, h.Fall)
+		case h.StatusMin > h.StatusMax:
+			return fmt.Errorf("health_check expect_status %d-%d is empty", h.StatusMin, h.StatusMax)
+		}
+		if err := checkHealthPath(h.Path); err != nil {
+			return err
+		}
+	}
+	if pv := pc.Passive; pv != nil && (pv.Failures < 1 || pv.Eject <= 0 || pv.MaxEject < pv.Eject) {
+		return fmt.Errorf("passive failures %d must be at least 1, eject %v positive and max_eject %v at least eject",
+			pv.Failures, pv.Eject, pv.MaxEject)
+	}
+	return nil
 }
 
-// setAvailable marks the backend with the given id as able to take new
-// requests or not, and rebuilds the Picker when that changes anything.
-// Health checks call it; it is safe for concurrent use and never blocks a
+// pick asks the current Picker for a backend.
+func (p *pool) pick(r *http.Request) (balancer.Pick, error) {
+	return p.snap.Load().picker.Pick(r)
+}
+
+// alternative returns an available backend not in tried, for a retry, and
+// the Set-Cookie header that pins the client to it ("" when the policy pins
+// nothing); nil when there is none. Successive retries start their search at
+// successive positions, so the attempts of many failing requests spread
+// over the pool instead of all landing on its first backend.
+func (p *pool) alternative(tried []*balancer.Backend) (*balancer.Backend, string) {
+	s := p.snap.Load()
+	n := len(s.available)
+	if n == 0 {
+		return nil, ""
+	}
+	start := int(p.rotate.Add(1) % uint64(n))
+	for k := range n {
+		b := s.available[(start+k)%n]
+		if slices.Contains(tried, b) {
+			continue
+		}
+		var setCookie string
+		if s.pinner != nil {
+			setCookie, _ = s.pinner.Pin(b)
+		}
+		return b, setCookie
+	}
+	return nil, ""
+}
+
+// setHealthy records the active checks' verdict on the backend with the
+// given id, and rebuilds the snapshot when that changes anything; why tells
+// the log what led to it. It is safe for concurrent use and never blocks a
 // request.
-func (p *pool) setAvailable(id string, up bool) error {
+func (p *pool) setHealthy(id string, up bool, why ...zap.Field) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	i := p.indexLocked(id)
+	i := slices.IndexFunc(p.backends, func(b *balancer.Backend) bool { return b.ID == id })
 	if i < 0 {
 		return fmt.Errorf("pool %q: %w %q", p.name, errUnknownBackend, id)
 	}
-	if p.down[i] == !up {
+	if p.members[i].healthy == up {
 		return nil
 	}
-	p.down[i] = !up
+	p.members[i].healthy = up
 	n := p.rebuildLocked()
 	state := "up"
 	if !up {
 		state = "down"
 	}
-	p.log.Info("backend "+state, zap.String("pool", p.name), zap.String("backend", id),
-		zap.Int("available", n), zap.Int("backends", len(p.backends)))
+	fields := append([]zap.Field{zap.String("pool", p.name), zap.String("backend", id)}, why...)
+	p.log.Info("backend "+state, append(fields, zap.Int("available", n), zap.Int("backends", len(p.backends)))...)
 	if n == 0 {
 		p.log.Warn("pool has no available backend", zap.String("pool", p.name))
 	}
 	return nil
 }
 
-func (p *pool) indexLocked(id string) int {
-	for i, b := range p.backends {
-		if b.ID == id {
-			return i
-		}
-	}
-	return -1
-}
-
-// rebuildLocked builds and publishes a Picker over the backends not marked
-// down, returning how many those are.
+// rebuildLocked builds and publishes a snapshot over the available
+// backends, returning how many those are.
 func (p *pool) rebuildLocked() int {
 	avail := make([]*balancer.Backend, 0, len(p.backends))
 	for i, b := range p.backends {
-		if !p.down[i] {
+		if m := &p.members[i]; m.healthy && !m.ejected {
 			avail = append(avail, b)
 		}
 	}
+	if len(avail) == 0 {
+		// Passive ejection never empties a pool: when the active checks
+		// take out every backend left, the healthy ones that are ejected
+		// serve rather than the pool answering 503 to everyone.
+		for i, b := range p.backends {
+			if p.members[i].healthy {
+				avail = append(avail, b)
+			}
+		}
+		if len(avail) > 0 {
+			p.log.Warn("serving from ejected backends: no other is healthy",
+				zap.String("pool", p.name), zap.Int("available", len(avail)))
+		}
+	}
 	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Group: p.group})
-	p.picker.Store(&pk)
+	s := &snapshot{picker: pk, available: avail}
+	s.pinner, _ = pk.(balancer.Pinner)
+	p.snap.Store(s)
 	return len(avail)
+}
+
+// stop ends the pool's background work, its ejection timers; the backends
+// stay as they are. Requests in flight are not touched: they finish on the
+// backends they hold. A hot reload stops the pools of the configuration it
+// replaces, which then only drain.
+func (p *pool) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
+	for i := range p.members {
+		if t := p.members[i].timer; t != nil {
+			t.Stop()
+			p.members[i].timer = nil
+		}
+	}
 }
 
 // refused records a failed pick. The first of a run of them is logged; the

@@ -51,13 +51,13 @@ func picked(t *testing.T, p *pool, n int) map[string]int {
 	return got
 }
 
-func TestSetAvailable(t *testing.T) {
+func TestSetHealthy(t *testing.T) {
 	p, logs := testPool(t, 3)
 	if got := picked(t, p, 30); got["b0"] != 10 || got["b1"] != 10 || got["b2"] != 10 {
 		t.Fatalf("all up: picks %v, want 10 each", got)
 	}
 
-	if err := p.setAvailable("b1", false); err != nil {
+	if err := p.setHealthy("b1", false); err != nil {
 		t.Fatal(err)
 	}
 	if got := picked(t, p, 30); got["b1"] != 0 || got["b0"] != 15 || got["b2"] != 15 {
@@ -69,20 +69,20 @@ func TestSetAvailable(t *testing.T) {
 	}
 
 	// Marking a backend as it already is changes nothing, not even the Picker.
-	before := p.picker.Load()
-	if err := p.setAvailable("b1", false); err != nil {
+	before := p.snap.Load()
+	if err := p.setHealthy("b1", false); err != nil {
 		t.Fatal(err)
 	}
-	if p.picker.Load() != before || len(entries(logs, "backend down")) != 1 {
+	if p.snap.Load() != before || len(entries(logs, "backend down")) != 1 {
 		t.Error("repeating a mark rebuilt the picker or logged again")
 	}
 
-	if err := p.setAvailable("nope", false); !errors.Is(err, errUnknownBackend) {
+	if err := p.setHealthy("nope", false); !errors.Is(err, errUnknownBackend) {
 		t.Errorf("unknown backend: %v, want errUnknownBackend", err)
 	}
 
 	for _, id := range []string{"b0", "b2"} {
-		if err := p.setAvailable(id, false); err != nil {
+		if err := p.setHealthy(id, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -93,7 +93,7 @@ func TestSetAvailable(t *testing.T) {
 		t.Errorf("%d exhaustion lines, want 1", n)
 	}
 
-	if err := p.setAvailable("b1", true); err != nil {
+	if err := p.setHealthy("b1", true); err != nil {
 		t.Fatal(err)
 	}
 	if got := picked(t, p, 4); got["b1"] != 4 {
@@ -104,11 +104,11 @@ func TestSetAvailable(t *testing.T) {
 	}
 }
 
-// TestSetAvailableConcurrentWithPicks lets the race detector watch picks
+// TestSetHealthyConcurrentWithPicks lets the race detector watch picks
 // overlap rebuilds, and checks that no pick sees a down backend.
-func TestSetAvailableConcurrentWithPicks(t *testing.T) {
+func TestSetHealthyConcurrentWithPicks(t *testing.T) {
 	p, _ := testPool(t, 4)
-	if err := p.setAvailable("b0", false); err != nil {
+	if err := p.setHealthy("b0", false); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -133,10 +133,10 @@ func TestSetAvailableConcurrentWithPicks(t *testing.T) {
 	// One of b1-b3 at a time goes down and comes back.
 	for i := range 300 {
 		id := "b" + strconv.Itoa(1+i%3)
-		if err := p.setAvailable(id, false); err != nil {
+		if err := p.setHealthy(id, false); err != nil {
 			t.Error(err)
 		}
-		if err := p.setAvailable(id, true); err != nil {
+		if err := p.setHealthy(id, true); err != nil {
 			t.Error(err)
 		}
 	}

@@ -7,6 +7,11 @@
 // atomic.Pointer: the routing state of the Server and the Picker of each
 // pool. A change (a backend's health, a new configuration) builds a new
 // snapshot off the request path and swaps it in, so requests take no lock.
+//
+// A backend is available while its active health checks pass (health.go)
+// and real traffic has not ejected it (passive.go). A request that fails
+// before any of the response reached the client moves to another available
+// backend when repeating it is safe (retry.go).
 package proxy
 
 import (
@@ -46,6 +51,7 @@ type Server struct {
 	// the configuration changes.
 	state     atomic.Pointer[state]
 	transport *http.Transport
+	retry     *retrier // the ReverseProxy's Transport, over transport
 	proxy     *httputil.ReverseProxy
 	http      *http.Server
 	// cancel cancels the context every request derives from, aborting
@@ -55,10 +61,29 @@ type Server struct {
 }
 
 // state is one immutable routing configuration: the routes, and the pools
-// they lead to, in config order.
+// they lead to, in config order, with the background work that keeps their
+// health up to date.
+//
+// A hot reload will build a new state, start it, swap it in and stop the old
+// one. Requests in flight on the old state keep their pool and backend (see
+// exchange) and finish there, retries included; stopping it only ends its
+// checks and ejection timers, so its backends drain and none is cut.
 type state struct {
 	router router
 	pools  []*pool
+	checks *checkers
+}
+
+// start begins the state's health checks.
+func (st *state) start() { st.checks.start() }
+
+// stop ends the state's health checks and ejection timers, waiting for the
+// checkers to return. It does not touch requests in flight.
+func (st *state) stop() {
+	st.checks.stop()
+	for _, p := range st.pools {
+		p.stop()
+	}
 }
 
 // NewServer builds the proxy for cfg; it does not listen yet.
@@ -84,13 +109,14 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		transport: newTransport(cfg.Timeouts),
 		cancel:    cancel,
 	}
+	s.retry = &retrier{next: s.transport, log: log}
 	if cfg.Log.Access {
 		s.access = log.Named("access")
 	}
 	s.state.Store(st)
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
-		Transport:    s.transport,
+		Transport:    s.retry,
 		BufferPool:   newBufferPool(),
 		ErrorHandler: s.proxyError,
 		ErrorLog:     errLog,
@@ -133,6 +159,7 @@ func newState(cfg *config.Config, log *zap.Logger) (*state, error) {
 		return nil, err
 	}
 	st.router = rt
+	st.checks = newCheckers(st.pools)
 	return st, nil
 }
 
@@ -146,10 +173,13 @@ func (s *Server) ListenAndServe() error {
 }
 
 // Serve accepts on ln until Shutdown; returns http.ErrServerClosed after a Shutdown.
-// It logs the listener and the pools it serves as it starts.
+// It logs the listener and the pools it serves as it starts, and starts the
+// active health checks, which run until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()))
-	s.logState(s.state.Load())
+	st := s.state.Load()
+	s.logState(st)
+	st.start()
 	return s.http.Serve(ln)
 }
 
@@ -168,6 +198,8 @@ func (s *Server) logState(st *state) {
 // Shutdown stops accepting, waits for in-flight requests until ctx ends, and stops background work.
 // Upgraded connections (WebSocket) count as in flight. When ctx ends first,
 // the requests still running are aborted and ctx's error is returned.
+// Health checks and ejection timers run until the requests are done, so
+// that retries meanwhile still see which backends are available.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
 	if err == nil {
@@ -180,6 +212,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.http.Close()
 	}
 	s.cancel()
+	s.state.Load().stop()
 	s.transport.CloseIdleConnections()
 	return err
 }

@@ -1,0 +1,371 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// idempotencyKey marks a request as safe to repeat.
+func idempotencyKey(r *http.Request) { r.Header.Set("Idempotency-Key", "k-1") }
+
+// TestRetryDeadBackend: a refused connection sent nothing, so any request,
+// whatever its method, goes on to another backend.
+func TestRetryDeadBackend(t *testing.T) {
+	bs := startBackends(t, "a", "b")
+	dead := testutil.ClosedURL(t)
+	pc := poolOf("web", "round-robin", balancer.Options{}, bs...)
+	pc.Backends = append([]config.Backend{{URL: dead, Name: "dead", Weight: 1}}, pc.Backends...)
+	pc.Retries = config.DefaultRetries()
+	log, logs := observed()
+	s, u := startProxy(t, catchAll(pc), log)
+	c := testutil.Client(t)
+	const n = 9
+	for i := range n {
+		method, body := http.MethodGet, io.Reader(nil)
+		if i%2 == 1 {
+			method, body = http.MethodPost, strings.NewReader("form=1")
+		}
+		r := send(t, c, method, u.String()+"/", body, nil)
+		if r.status != http.StatusOK || (r.body != "a" && r.body != "b") {
+			t.Fatalf("%s #%d: %d %q, want 200 from a or b", method, i, r.status, r.body)
+		}
+		if strings.Contains(r.body, dead.Host) || strings.Contains(headerText(r.header), dead.Host) {
+			t.Fatalf("the response tells the failed backend's address: %v %q", r.header, r.body)
+		}
+	}
+	if got := bs[0].Hits() + bs[1].Hits(); got != n {
+		t.Errorf("a and b answered %d requests, want %d", got, n)
+	}
+	p := s.state.Load().pools[0]
+	if p.retried.Load() != 3 {
+		t.Errorf("%d retries, want 3: one per request picked for the dead backend", p.retried.Load())
+	}
+	retries := entries(logs, "retrying request")
+	if len(retries) != 3 || retries[0].Level.String() != "debug" || retries[0].ContextMap()["backend"] != "dead" {
+		t.Errorf("retry lines %v, want 3 at debug naming the dead backend", retries)
+	}
+	if n := len(entries(logs, "backend request failed")); n != 0 {
+		t.Errorf("%d failures logged, want none: every request was served", n)
+	}
+}
+
+func headerText(h http.Header) string {
+	var b strings.Builder
+	_ = h.Write(&b)
+	return b.String()
+}
+
+// TestRetryAfterSend covers failures after the request may have reached the
+// backend: retried only when repeating it is harmless and its body was kept.
+func TestRetryAfterSend(t *testing.T) {
+	const maxBody = 1024
+	small, large := strings.Repeat("s", maxBody), strings.Repeat("L", maxBody+1)
+	tests := []struct {
+		name    string
+		method  string
+		body    string
+		chunked bool // send the body without a Content-Length
+		edit    func(*http.Request)
+		retried bool
+	}{
+		{"GET", http.MethodGet, "", false, nil, true},
+		{"HEAD", http.MethodHead, "", false, nil, true},
+		{"DELETE", http.MethodDelete, "", false, nil, true},
+		{"PUT with a body at the limit", http.MethodPut, small, false, nil, true},
+		{"PUT with a chunked body at the limit", http.MethodPut, small, true, nil, true},
+		{"POST", http.MethodPost, small, false, nil, false},
+		{"POST without a body", http.MethodPost, "", false, nil, false},
+		{"POST with Idempotency-Key", http.MethodPost, small, false, idempotencyKey, true},
+		{"PUT with a body over the limit", http.MethodPut, large, false, nil, false},
+		{"PUT with a chunked body over the limit", http.MethodPut, large, true, nil, false},
+	}
+	failures := []struct {
+		name   string
+		start  func(t *testing.T) (*url.URL, func() int64)
+		status int // answered when the request is not retried
+	}{
+		{"reset", func(t *testing.T) (*url.URL, func() int64) {
+			u, hits := resetBackend(t)
+			return u, hits.Load
+		}, http.StatusBadGateway},
+		{"hung", func(t *testing.T) (*url.URL, func() int64) {
+			b := startCtl(t, "hung")
+			b.hang.Store(true)
+			return b.URL, b.hits.Load
+		}, http.StatusGatewayTimeout},
+	}
+	for _, f := range failures {
+		for _, tt := range tests {
+			t.Run(f.name+"/"+tt.name, func(t *testing.T) {
+				t.Parallel()
+				badURL, badHits := f.start(t)
+				good := startCtl(t, "good")
+				pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+					Backends: []config.Backend{{URL: badURL, Name: "bad"}, {URL: good.URL, Name: "good"}},
+					Retries:  config.Retries{Count: 2, MaxBody: maxBody}}
+				cfg := catchAll(pc)
+				cfg.Timeouts.ResponseHeader = 100 * time.Millisecond
+				_, u := startProxy(t, cfg, nil)
+
+				var body io.Reader
+				if tt.body != "" {
+					body = strings.NewReader(tt.body)
+					if tt.chunked {
+						body = io.MultiReader(body) // hides the length
+					}
+				}
+				// Round-robin sends the first request to the first backend.
+				r := send(t, testutil.Client(t), tt.method, u.String()+"/", body, tt.edit)
+				if badHits() != 1 {
+					t.Errorf("the failing backend saw %d requests, want 1", badHits())
+				}
+				if !tt.retried {
+					if r.status != f.status || good.hits.Load() != 0 {
+						t.Errorf("got %d, good backend saw %d; want %d and no retry", r.status, good.hits.Load(), f.status)
+					}
+					return
+				}
+				if r.status != http.StatusOK || good.hits.Load() != 1 {
+					t.Fatalf("got %d %q, good backend saw %d; want 200 from a retry", r.status, r.body, good.hits.Load())
+				}
+				if got, want := r.header.Get(bodyHeader), describeBody([]byte(tt.body)); got != want {
+					t.Errorf("the retry carried body %s, want %s", got, want)
+				}
+			})
+		}
+	}
+}
+
+// TestRetryPassesResponsesThrough: an answer, even a 500, is the backend's
+// to give, and is not retried.
+func TestRetryPassesResponsesThrough(t *testing.T) {
+	var calls atomic.Int64
+	bu := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		calls.Add(1)
+		w.Header().Set("X-App", "broken")
+		http.Error(w, "boom", http.StatusInternalServerError)
+	}))
+	other := testutil.StartBackend(t, "other")
+	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "broken"}, {URL: other.URL, Name: "other"}},
+		Retries:  config.DefaultRetries()}
+	s, u := startProxy(t, catchAll(pc), nil)
+	r := get(t, testutil.Client(t), u.String()+"/", nil)
+	if r.status != http.StatusInternalServerError || r.body != "boom\n" || r.header.Get("X-App") != "broken" {
+		t.Errorf("got %d %q %v, want the backend's 500 as it was", r.status, r.body, r.header)
+	}
+	if calls.Load() != 1 || other.Hits() != 0 || s.state.Load().pools[0].retried.Load() != 0 {
+		t.Errorf("backend called %d times, other %d, retries %d; want 1, 0, 0",
+			calls.Load(), other.Hits(), s.state.Load().pools[0].retried.Load())
+	}
+}
+
+// TestRetryNeverSameBackendTwice: every backend fails; each is tried once,
+// and the client gets the last failure.
+func TestRetryNeverSameBackendTwice(t *testing.T) {
+	tests := []struct {
+		name     string
+		backends int
+		retries  int
+		tried    int
+	}{
+		{"retries to spare", 3, 5, 3},
+		{"retries run out", 4, 1, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Retries: config.Retries{Count: tt.retries}}
+			var hits []*atomic.Int64
+			for i := range tt.backends {
+				u, h := resetBackend(t)
+				hits = append(hits, h)
+				pc.Backends = append(pc.Backends, config.Backend{URL: u, Name: string(rune('a' + i))})
+			}
+			s, u := startProxy(t, catchAll(pc), nil)
+			if r := get(t, testutil.Client(t), u.String()+"/", nil); r.status != http.StatusBadGateway {
+				t.Errorf("got %d, want 502", r.status)
+			}
+			total := int64(0)
+			for i, h := range hits {
+				if h.Load() > 1 {
+					t.Errorf("backend %d saw the request %d times", i, h.Load())
+				}
+				total += h.Load()
+			}
+			if total != int64(tt.tried) || s.state.Load().pools[0].retried.Load() != uint64(tt.tried-1) {
+				t.Errorf("%d attempts, %d retries counted; want %d, %d", total, s.state.Load().pools[0].retried.Load(), tt.tried, tt.tried-1)
+			}
+		})
+	}
+}
+
+// TestRetryClientBodyFails: a client body that breaks off is the client's
+// failure: it gets a 400, and no backend is blamed or asked again.
+func TestRetryClientBodyFails(t *testing.T) {
+	tests := []struct {
+		name     string
+		method   string
+		backends int
+		retries  int
+		passive  bool
+		buffered bool // read whole before any backend is asked
+	}{
+		{"buffered for a retry", http.MethodPut, 2, 2, true, true},
+		{"streamed, pool that could retry", http.MethodPost, 2, 2, true, false},
+		{"streamed, passive health only", http.MethodPost, 1, 0, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := startBackends(t, "a", "b")[:tt.backends]
+			pc := poolOf("web", "round-robin", balancer.Options{}, bs...)
+			pc.Retries = config.Retries{Count: tt.retries, MaxBody: 1024}
+			if tt.passive {
+				pc.Passive = &config.Passive{Failures: 1, Eject: time.Minute, MaxEject: time.Minute}
+			}
+			log, logs := observed()
+			s, err := NewServer(catchAll(pc), log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = s.Shutdown(t.Context()) }()
+			body := io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(errors.New("client went away")))
+			req := httptest.NewRequest(tt.method, "/", body)
+			req.ContentLength = -1
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, req)
+			if rec.Code != http.StatusBadRequest {
+				t.Errorf("got %d, want 400", rec.Code)
+			}
+			p := s.state.Load().pools[0]
+			for _, b := range p.backends {
+				if n := b.Succeed(); n != 0 {
+					t.Errorf("backend %s blamed for %d failures", b.ID, n)
+				}
+			}
+			hits := int64(0)
+			for _, b := range bs {
+				hits += b.Hits()
+			}
+			if (tt.buffered && hits != 0) || hits > 1 || p.retried.Load() != 0 {
+				t.Errorf("backends asked %d times, %d retries; want at most one attempt (none if buffered)", hits, p.retried.Load())
+			}
+			if n := len(entries(logs, "backend request failed")); n != 0 {
+				t.Errorf("a client failure was logged as the backend's %d times", n)
+			}
+		})
+	}
+}
+
+func TestIdempotent(t *testing.T) {
+	for _, tt := range []struct {
+		method string
+		header string
+		want   bool
+	}{
+		{http.MethodGet, "", true}, {http.MethodHead, "", true}, {http.MethodOptions, "", true},
+		{http.MethodPut, "", true}, {http.MethodDelete, "", true}, {http.MethodTrace, "", true},
+		{http.MethodPost, "", false}, {http.MethodPatch, "", false}, {"CONNECT", "", false},
+		{http.MethodPost, "Idempotency-Key", true}, {http.MethodPatch, "X-Idempotency-Key", true},
+	} {
+		r := httptest.NewRequest(tt.method, "/", nil)
+		if tt.header != "" {
+			r.Header.Set(tt.header, "1")
+		}
+		if got := idempotent(r); got != tt.want {
+			t.Errorf("idempotent(%s, %q) = %v, want %v", tt.method, tt.header, got, tt.want)
+		}
+	}
+}
+
+func TestReplay(t *testing.T) {
+	tests := []struct {
+		name     string
+		method   string
+		body     string
+		length   int64 // Content-Length; -1 unknown
+		complete bool  // held whole for any retry
+	}{
+		{"small PUT", http.MethodPut, "hello", 5, true},
+		{"chunked PUT at the limit", http.MethodPut, "12345678", -1, true},
+		{"chunked PUT over the limit", http.MethodPut, "123456789", -1, false},
+		{"PUT over the limit", http.MethodPut, "123456789", 9, false},
+		{"POST", http.MethodPost, "hello", 5, false},
+	}
+	const limit = 8
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := httptest.NewRequest(tt.method, "/", strings.NewReader(tt.body))
+			out.ContentLength = tt.length
+			r, err := newReplay(out, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.complete() != tt.complete {
+				t.Fatalf("complete = %v, want %v", r.complete(), tt.complete)
+			}
+			first := r.attach(out)
+			if first == out || out.Body == first.Body {
+				t.Fatal("attach changed the caller's request")
+			}
+			// An attempt that failed before reading leaves the body
+			// whole for the next.
+			_ = first.Body.Close()
+			if !r.untouched() {
+				t.Fatal("an unread body is not untouched")
+			}
+			second := r.attempt()
+			got, err := io.ReadAll(second)
+			if err != nil || string(got) != tt.body {
+				t.Fatalf("second attempt read %q, %v; want %q", got, err, tt.body)
+			}
+			if r.untouched() != tt.complete {
+				t.Errorf("after a read, untouched = %v, want %v", r.untouched(), tt.complete)
+			}
+			_ = second.Close()
+			if _, err := second.Read(make([]byte, 1)); !errors.Is(err, errBodyClosed) {
+				t.Errorf("read after close: %v, want errBodyClosed", err)
+			}
+			if (first.GetBody != nil) != tt.complete {
+				t.Errorf("GetBody set %v, want %v", first.GetBody != nil, tt.complete)
+			}
+			if tt.complete {
+				third, _ := first.GetBody()
+				if got, _ := io.ReadAll(third); string(got) != tt.body {
+					t.Errorf("GetBody read %q", got)
+				}
+				_ = third.Close()
+			}
+			r.release()
+			if n := r.refs.Load(); n != 0 {
+				t.Errorf("%d holds left on the buffer after every attempt closed", n)
+			}
+		})
+	}
+}
+
+func TestReplayBufferReuse(t *testing.T) {
+	out := httptest.NewRequest(http.MethodPut, "/", bytes.NewReader(make([]byte, maxPooledBody+1)))
+	r, err := newReplay(out, maxPooledBody+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := r.buf
+	r.release()
+	if buf.Len() == 0 {
+		t.Error("a buffer too big to pool was reset and pooled")
+	}
+}
