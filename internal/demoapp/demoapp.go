@@ -1,23 +1,17 @@
-// Package demoapp is the small web application behind `affinity backend`: a
-// stand-in for a stateful service, so that what sticky routing keeps or loses
-// can be seen from a browser or curl.
-//
-// Every response names the backend that served it and carries a per-client
-// counter kept in this process's memory behind its own session cookie. When a
-// client reaches a backend that does not hold its session (it was moved, or
-// the backend restarted), it gets a new session id and the count starts again
-// at 1: a lost session is visible in the body and headers.
 package demoapp
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"go.uber.org/zap"
 )
 
 const (
@@ -40,9 +34,25 @@ const (
 
 // Options tunes a demo app; the zero value is ready to use.
 type Options struct {
-	// MaxSessions bounds the sessions held in memory; when full, the least
-	// recently used session is forgotten. 0 means DefaultMaxSessions.
+	// MaxSessions bounds the sessions held in memory, by the counter and by
+	// the default shop store each; when full, the least recently used
+	// session is forgotten. 0 means DefaultMaxSessions.
 	MaxSessions int
+
+	// Store keeps the shop's sessions: set it to compare where state lives.
+	// nil means a MemoryStore of MaxSessions. The app does not close it.
+	Store Store
+
+	// Work is the simulated cost of loading a user's data from the store:
+	// each load the store reports (every request for a RedisStore, a
+	// near-cache miss for a CachedRedisStore, never for the memory and
+	// token stores) waits this long, as if it read a profile from a
+	// database. 0 makes loads free.
+	Work time.Duration
+
+	// Log gets a line each time the store starts failing and each time it
+	// works again. nil logs nothing.
+	Log *zap.Logger
 }
 
 // app serves one named backend.
@@ -51,6 +61,15 @@ type app struct {
 	mux  *http.ServeMux
 	// sessions maps a session id to its request counter.
 	sessions *lru.Cache[string, *atomic.Int64]
+
+	store   Store
+	work    time.Duration
+	pause   func(context.Context, time.Duration) // waits out Work; sleep but in tests
+	metrics metrics
+	down    atomic.Bool // set by /_down: /healthz fails until /_up
+
+	log          *zap.Logger
+	storeFailing atomic.Bool // the store failed, and has not worked since
 }
 
 // New returns the demo app of the backend called name, with default options.
@@ -65,8 +84,28 @@ func NewWithOptions(name string, o Options) http.Handler {
 	}
 	// lru.New fails only for a size below 1, which the default rules out.
 	sessions, _ := lru.New[string, *atomic.Int64](o.MaxSessions)
-	a := &app{name: name, mux: http.NewServeMux(), sessions: sessions}
+	if o.Store == nil {
+		o.Store = NewMemoryStore(o.MaxSessions)
+	}
+	a := &app{
+		name:     name,
+		mux:      http.NewServeMux(),
+		sessions: sessions,
+		store:    o.Store,
+		work:     o.Work,
+		pause:    sleep,
+		log:      o.Log,
+	}
+	if a.log == nil {
+		a.log = zap.NewNop()
+	}
 	a.mux.HandleFunc("/healthz", a.health)
+	a.mux.HandleFunc("/_down", a.setDown(true))
+	a.mux.HandleFunc("/_up", a.setDown(false))
+	a.mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		a.metrics.serveMetrics(w, a.store.Held())
+	})
+	a.routeShop()
 	// Browsers fetch a favicon with every page load; counting it would make
 	// the counter jump by two per reload and hide what a reload did.
 	a.mux.HandleFunc("/favicon.ico", func(w http.ResponseWriter, _ *http.Request) {
@@ -83,10 +122,32 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // health answers health checks without touching sessions, so checks neither
-// create sessions nor keep them from being evicted.
+// create sessions nor keep them from being evicted. It fails while the app
+// is marked down, for experiments on health checking.
 func (a *app) health(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if a.down.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "down\n")
+		return
+	}
 	_, _ = io.WriteString(w, "ok\n")
+}
+
+// setDown returns the handler of /_down (down) or /_up, which mark the app
+// down or up for /healthz only: the rest keeps serving, as a backend whose
+// health check fails often does.
+func (a *app) setDown(down bool) http.HandlerFunc {
+	state := "up\n"
+	if down {
+		state = "down\n"
+	}
+	return func(w http.ResponseWriter, _ *http.Request) {
+		a.down.Store(down)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = io.WriteString(w, state)
+	}
 }
 
 // count counts the request in the client's session and reports it.

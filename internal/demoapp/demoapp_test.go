@@ -77,7 +77,7 @@ func newClient(t *testing.T) *http.Client {
 
 func TestNameInBodyAndHeader(t *testing.T) {
 	srv := start(t, New("web-1"))
-	for _, path := range []string{"/", "/cart/items?id=3", "/a/b/c"} {
+	for _, path := range []string{"/", "/products/items?id=3", "/a/b/c"} {
 		t.Run(path, func(t *testing.T) {
 			r := get(t, newClient(t), srv.URL+path)
 			if r.status != http.StatusOK {
@@ -232,4 +232,45 @@ func BenchmarkServeHTTP(b *testing.B) {
 			h.ServeHTTP(httptest.NewRecorder(), req)
 		}
 	})
+}
+
+func TestDownAndUp(t *testing.T) {
+	srv := start(t, New("web-1"))
+	c := newClient(t)
+	steps := []struct {
+		method, path string
+		status       int
+		body         string
+	}{
+		{http.MethodGet, "/healthz", http.StatusOK, "ok\n"},
+		{http.MethodPost, "/_down", http.StatusOK, "down\n"},
+		{http.MethodGet, "/healthz", http.StatusServiceUnavailable, "down\n"},
+		// Only the health check fails: the app keeps serving.
+		{http.MethodGet, "/", http.StatusOK, ""},
+		{http.MethodGet, "/_down", http.StatusOK, "down\n"},
+		{http.MethodGet, "/healthz", http.StatusServiceUnavailable, "down\n"},
+		{http.MethodGet, "/_up", http.StatusOK, "up\n"},
+		{http.MethodGet, "/healthz", http.StatusOK, "ok\n"},
+		{http.MethodPost, "/_down", http.StatusOK, "down\n"},
+		{http.MethodPost, "/_up", http.StatusOK, "up\n"},
+		{http.MethodGet, "/healthz", http.StatusOK, "ok\n"},
+	}
+	for i, st := range steps {
+		req, err := http.NewRequest(st.method, srv.URL+st.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != st.status || (st.body != "" && string(b) != st.body) {
+			t.Errorf("step %d, %s %s: %d %q, want %d %q", i, st.method, st.path, resp.StatusCode, b, st.status, st.body)
+		}
+		if got := resp.Header.Get(HeaderBackend); got != "web-1" {
+			t.Errorf("step %d: %s %q, want web-1", i, HeaderBackend, got)
+		}
+	}
 }

@@ -1,0 +1,90 @@
+package testutil
+
+import (
+	"bufio"
+	"net"
+	"testing"
+	"time"
+)
+
+// redisCommand sends one inline command to the Redis at addr and returns
+// the first line of its answer.
+func redisCommand(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	return line
+}
+
+func TestRedisStopsAndRestartsEmpty(t *testing.T) {
+	r := StartRedis(t)
+	if got := redisCommand(t, r.Addr, "SET k v"); got != "+OK\r\n" {
+		t.Fatalf("SET answered %q", got)
+	}
+	if got := redisCommand(t, r.Addr, "GET k"); got != "$1\r\n" {
+		t.Fatalf("GET answered %q, want the value", got)
+	}
+
+	r.Stop()
+	if c, err := net.DialTimeout("tcp", r.Addr, time.Second); err == nil {
+		_ = c.Close()
+		t.Fatalf("%s accepts connections after Stop", r.Addr)
+	}
+	r.Stop() // a second Stop is harmless
+
+	addr := r.Addr
+	r.Start()
+	if r.Addr != addr {
+		t.Errorf("restarted on %s, want %s", r.Addr, addr)
+	}
+	if got := redisCommand(t, r.Addr, "GET k"); got != "$-1\r\n" {
+		t.Errorf("GET after restart answered %q, want nil: nothing persists", got)
+	}
+}
+
+// recordT records skips and failures instead of ending the test.
+type recordT struct {
+	testing.TB
+	skipped, failed bool
+}
+
+func (r *recordT) Helper()               {}
+func (r *recordT) Skipf(string, ...any)  { r.skipped = true }
+func (r *recordT) Fatalf(string, ...any) { r.failed = true }
+
+func TestStartRedisWithoutServer(t *testing.T) {
+	tests := []struct {
+		ci          string
+		skip, fails bool
+	}{
+		{ci: "", skip: true},
+		{ci: "false", skip: true},
+		{ci: "true", fails: true},
+	}
+	for _, tc := range tests {
+		t.Run("CI="+tc.ci, func(t *testing.T) {
+			t.Setenv("PATH", t.TempDir()) // no redis-server on it
+			t.Setenv("CI", tc.ci)
+			rt := &recordT{TB: t}
+			if r := StartRedis(rt); r != nil {
+				t.Errorf("StartRedis returned a server without redis-server on PATH")
+			}
+			if rt.skipped != tc.skip || rt.failed != tc.fails {
+				t.Errorf("skipped %v, failed %v; want %v, %v", rt.skipped, rt.failed, tc.skip, tc.fails)
+			}
+		})
+	}
+}
