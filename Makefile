@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench fuzz chaos clean
+.PHONY: help build run test bench fuzz chaos experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench   benchmarks, 5 runs each, into bench.txt"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
+	@echo "make experiment [PRESET=failover|scale-out|steady] [QUICK=1]   report in reports/"
 	@echo "make clean   remove build and benchmark outputs"
 
 # Phony: go's build cache, not make, decides what is out of date.
@@ -65,6 +66,12 @@ fuzz:
 # short form of it.
 chaos: build
 	CHAOS=full CHAOS_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestChaosFull -count=1 -v -timeout 10m ./internal/chaos/
+
+# Sticky vs stateless: balancers x session stores under a scripted fault,
+# on real processes; writes report.md, charts, results.json in reports/.
+PRESET ?= failover
+experiment: build
+	$(BIN) experiment run --preset $(PRESET) $(if $(QUICK),--quick)
 
 clean:
 	rm -rf bin bench.txt

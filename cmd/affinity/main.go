@@ -77,7 +77,7 @@ func newRootCmd(parsed func()) *cobra.Command {
 		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newServeCmd(), newValidateCmd(), newBackendCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newValidateCmd(), newBackendCmd(), newVersionCmd(), newExperimentCmd())
 	return root
 }
 

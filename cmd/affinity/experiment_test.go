@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExperimentList(t *testing.T) {
+	code, out, errOut := run(t, "experiment", "list")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"failover:", "scale-out:", "steady:", "claims 1, 2", "2s kill b2", "3s add", "quick: 8 cells"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestExperimentRunUsage(t *testing.T) {
+	spec := writeFile(t, "spec.yaml", []byte("name: x\n"))
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"neither file nor preset", []string{"experiment", "run"}, exitUsage, "either a spec FILE or --preset"},
+		{"both", []string{"experiment", "run", spec, "--preset", "failover"}, exitUsage, "either a spec FILE or --preset"},
+		{"two files", []string{"experiment", "run", spec, spec}, exitUsage, "accepts at most 1 arg"},
+		{"unknown preset", []string{"experiment", "run", "--preset", "nope", "--out", t.TempDir()}, exitFailure, `no preset "nope"`},
+		{"bad spec", []string{"experiment", "run", writeFile(t, "bad.yaml", []byte("name: x\nstores: [disk]\n")), "--out", t.TempDir()},
+			exitFailure, `unknown store "disk"`},
+		{"store faults on an external redis", []string{"experiment", "run",
+			writeFile(t, "down.yaml", []byte("name: x\nduration: 2s\nfaults: [\"1s store-down\"]\n")),
+			"--redis-addr", "127.0.0.1:1", "--out", t.TempDir()}, exitFailure, "cannot stop or start an external Redis"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errOut := run(t, tt.args...)
+			if code != tt.code || !strings.Contains(errOut, tt.want) {
+				t.Errorf("exit %d, stderr %q; want exit %d and %q", code, errOut, tt.code, tt.want)
+			}
+		})
+	}
+}
+
+func TestReproduce(t *testing.T) {
+	tests := []struct {
+		file string
+		f    experimentFlags
+		want string
+	}{
+		{"", experimentFlags{preset: "failover", quick: true, out: "x"}, "affinity experiment run --preset failover --quick"},
+		{"my.yaml", experimentFlags{redisAddr: "127.0.0.1:6379"}, "affinity experiment run my.yaml --redis-addr 127.0.0.1:6379"},
+	}
+	for _, tt := range tests {
+		if got := reproduce(tt.file, tt.f); got != tt.want {
+			t.Errorf("reproduce = %q, want %q", got, tt.want)
+		}
+	}
+}
+
+// cellResult is the part of results.json the end-to-end tests read.
+type cellResult struct {
+	Balancer             string   `json:"balancer"`
+	Store                string   `json:"store"`
+	Requests             int      `json:"requests"`
+	SessionsLostPct      float64  `json:"sessions_lost_pct"`
+	StaleAfterFailurePct float64  `json:"stale_after_failure_pct"`
+	UsersMovedPct        *float64 `json:"users_moved_pct"`
+}
+
+// runExperimentBinary builds affinity, runs `experiment run --preset NAME
+// --quick` with it, as a user would, and returns the cells of results.json
+// by "balancer × store".
+func runExperimentBinary(t *testing.T, preset string) map[string]cellResult {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary and runs real processes; skipped under -short")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "affinity")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	report := filepath.Join(dir, "report")
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, bin, "experiment", "run", "--preset", preset, "--quick", "--out", report).CombinedOutput()
+	if err != nil {
+		t.Fatalf("experiment run: %v\n%s", err, out)
+	}
+	t.Logf("%s --quick ran in %v:\n%s", preset, time.Since(start).Round(time.Millisecond), out)
+	data, err := os.ReadFile(filepath.Join(report, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Preset string       `json:"preset"`
+		Cells  []cellResult `json:"cells"`
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Preset != preset {
+		t.Errorf("results.json preset %q, want %q", res.Preset, preset)
+	}
+	cells := map[string]cellResult{}
+	for _, c := range res.Cells {
+		if c.Requests == 0 {
+			t.Errorf("%s × %s sent no request", c.Balancer, c.Store)
+		}
+		cells[c.Balancer+" × "+c.Store] = c
+	}
+	for _, name := range []string{"report.md", "timeline.csv", "timeline.png", "timeline.svg", "sessions_lost.png"} {
+		if _, err := os.Stat(filepath.Join(report, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	return cells
+}
+
+func cellOf(t *testing.T, cells map[string]cellResult, name string) cellResult {
+	t.Helper()
+	c, ok := cells[name]
+	if !ok {
+		t.Fatalf("no cell %s in %v", name, cells)
+	}
+	return c
+}
+
+// TestExperimentFailoverQuick asserts the physics of killing 1 of 3
+// backends, not exact numbers.
+func TestExperimentFailoverQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "failover")
+	rr := cellOf(t, cells, "round-robin × memory")
+	ck := cellOf(t, cells, "cookie × memory")
+	if rr.SessionsLostPct < 50 {
+		t.Errorf("round-robin × memory lost %.1f%% of sessions, want most: no request follows its session", rr.SessionsLostPct)
+	}
+	// One backend of three died: about a third of the users, and clearly
+	// fewer than without stickiness.
+	if ck.SessionsLostPct <= 0 || ck.SessionsLostPct > 60 || ck.SessionsLostPct > rr.SessionsLostPct-25 {
+		t.Errorf("cookie × memory lost %.1f%% (round-robin %.1f%%), want about the dead backend's third", ck.SessionsLostPct, rr.SessionsLostPct)
+	}
+	// A session in Redis or in a token survives the crash. A request in
+	// flight when its backend died may have been applied with its answer
+	// lost; the client's retry is then stale. That is counted apart: the
+	// session itself was not lost.
+	for name, c := range cells {
+		if c.Store == "memory" {
+			continue
+		}
+		if lost := c.SessionsLostPct - c.StaleAfterFailurePct; lost > 0 {
+			t.Errorf("%s lost %.1f%% of sessions, want none", name, lost)
+		}
+	}
+	for _, name := range []string{"cookie × redis", "cookie × token", "round-robin × redis", "round-robin × token"} {
+		cellOf(t, cells, name)
+	}
+}
+
+// TestExperimentScaleOutQuick asserts that consistent hashing moves far
+// fewer users than modulo hashing when a fourth backend joins.
+func TestExperimentScaleOutQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "scale-out")
+	ch := cellOf(t, cells, "consistent-hash × memory")
+	mod := cellOf(t, cells, "modulo-hash × memory")
+	if ch.UsersMovedPct == nil || mod.UsersMovedPct == nil {
+		t.Fatalf("users moved not measured: %v, %v", ch.UsersMovedPct, mod.UsersMovedPct)
+	}
+	if *ch.UsersMovedPct <= 0 || *ch.UsersMovedPct*2 > *mod.UsersMovedPct {
+		t.Errorf("consistent-hash moved %.1f%% of users, modulo-hash %.1f%%: want far fewer with the ring", *ch.UsersMovedPct, *mod.UsersMovedPct)
+	}
+	if *mod.UsersMovedPct < 50 {
+		t.Errorf("modulo-hash moved %.1f%% of users going 3 → 4, want most (about 75%%)", *mod.UsersMovedPct)
+	}
+}

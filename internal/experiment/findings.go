@@ -1,0 +1,329 @@
+package experiment
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+)
+
+// claimText is each claim of CLAIMS.md in a line, for the findings.
+var claimText = map[int]string{
+	1:  "With sticky routing and in-memory sessions, a server crash loses exactly the sessions it held.",
+	2:  "With state in an external store, any server can take any request and a crash loses nothing.",
+	3:  "The external store costs a network hop on every request.",
+	4:  "A local cache in front of the store wins back that cost only when routing is sticky.",
+	5:  "Client-held tokens need no server store but every request carries the whole session.",
+	7:  "Sticky sessions are hard to rebalance: a new server only gets new users.",
+	8:  "Consistent hashing moves only ~1/N of users when a server joins; modulo hashing moves most.",
+	10: "Stateful servers need more memory per server.",
+}
+
+// finding states what the run measured about claim n, and whether that
+// agrees with the claim, from the numbers alone.
+func finding(n int, res *Results) string {
+	switch n {
+	case 1:
+		return findCrash(res)
+	case 2:
+		return findExternalStore(res)
+	case 3:
+		return findStoreCost(res)
+	case 4:
+		return findNearCache(res)
+	case 5:
+		return findTokenBytes(res)
+	case 7:
+		return findNewServer(res)
+	case 8:
+		return findMoved(res)
+	case 10:
+		return findMemory(res)
+	}
+	return "Not measured by this harness yet."
+}
+
+// cell returns the result of balancer × store, or nil if the run had none.
+func cell(res *Results, balancer, store string) *CellResult {
+	for i := range res.Cells {
+		if c := &res.Cells[i]; c.Balancer == balancer && c.Store == store {
+			return c
+		}
+	}
+	return nil
+}
+
+func notMeasured(cells ...string) string {
+	return "Not measured: the run lacks the cell " + strings.Join(cells, " and ") + "."
+}
+
+// findCrash: memory × cookie loses about the dead server's share.
+func findCrash(res *Results) string {
+	ck := cell(res, "cookie", StoreMemory)
+	if ck == nil {
+		return notMeasured("cookie × memory")
+	}
+	kill, ok := firstFault(ck.Faults, func(a Action) bool { return a == Kill })
+	if !ok || ck.VictimUsersPct == nil {
+		return "Not measured: no backend was killed in the cookie × memory cell."
+	}
+	victim := *ck.VictimUsersPct
+	s := fmt.Sprintf("Measured: cookie × memory lost the session of %.1f%% of users when %s was killed at %.1f s; "+
+		"%s was the backend of %.1f%% of users just before.", ck.SessionsLostPct, kill.Target, kill.Start.Seconds(), kill.Target, victim)
+	if rr := cell(res, "round-robin", StoreMemory); rr != nil {
+		s += fmt.Sprintf(" round-robin × memory: %.1f%%, fault or no fault, as no request follows its session.", rr.SessionsLostPct)
+	}
+	if ch := cell(res, "consistent-hash", StoreMemory); ch != nil {
+		s += fmt.Sprintf(" consistent-hash × memory: %.1f%%.", ch.SessionsLostPct)
+	}
+	switch d := ck.SessionsLostPct - victim; {
+	case ck.SessionsLostPct == 0:
+		s += " Disagrees: the sticky cell lost nothing."
+	case math.Abs(d) <= max(5, victim/4):
+		s += fmt.Sprintf(" Agrees: the sticky cell lost about the dead server's share (%+.1f points).", d)
+	case d > 0:
+		s += fmt.Sprintf(" Disagrees: the sticky cell lost %.1f points more than the dead server's share.", d)
+	default:
+		s += fmt.Sprintf(" Disagrees: the sticky cell lost %.1f points less than the dead server's share.", -d)
+	}
+	return s
+}
+
+// findExternalStore: no cell with an external or client-side store loses a
+// session. A stale cart right after a request that failed in flight is told
+// apart: the session survived, the answer did not.
+func findExternalStore(res *Results) string {
+	var lossy, retried []string
+	n, zero := 0, 0
+	for _, c := range res.Cells {
+		if c.Store == StoreMemory {
+			continue
+		}
+		n++
+		switch {
+		case c.SessionsLostPct == 0:
+			zero++
+		case c.SessionsLostPct-c.StaleAfterFailurePct < 1e-9:
+			retried = append(retried, fmt.Sprintf("%s × %s %.1f%%", c.Balancer, c.Store, c.StaleAfterFailurePct))
+		default:
+			lossy = append(lossy, fmt.Sprintf("%s × %s %.1f%% (%s)", c.Balancer, c.Store, c.SessionsLostPct, kinds(c.ErrorKinds)))
+		}
+	}
+	if n == 0 {
+		return notMeasured("with a redis, cached-redis or token store")
+	}
+	s := fmt.Sprintf("Measured: %d of %d cells with redis, cached-redis or token stores saw no broken workflow.", zero, n)
+	if ck, rd := cell(res, "cookie", StoreMemory), cell(res, "round-robin", StoreRedis); ck != nil && rd != nil {
+		s += fmt.Sprintf(" round-robin × redis: %.1f%% broken, p50 %.2f ms, against cookie × memory: %.1f%% broken, p50 %.2f ms (%+.2f ms).",
+			rd.SessionsLostPct, rd.P50Ms, ck.SessionsLostPct, ck.P50Ms, rd.P50Ms-ck.P50Ms)
+	}
+	if len(retried) > 0 {
+		s += " In " + strings.Join(retried, ", ") + " of users, a request failed in flight as the backend died after " +
+			"applying it, and the retry found the cart one item ahead (session_stale): the session survived, the answer " +
+			"to the request in flight did not, whatever the store."
+	}
+	switch {
+	case len(lossy) > 0:
+		return s + " Disagrees: " + strings.Join(lossy, "; ") + "."
+	case len(retried) > 0:
+		return s + " Agrees on sessions: none was lost; a crash still loses the answers of the requests in flight."
+	}
+	return s + " Agrees."
+}
+
+// findNewServer: after an add, a sticky balancer sends the new backend far
+// less than its share, and only users that arrived after it.
+func findNewServer(res *Results) string {
+	store, cells := storeWith(res, func(c *CellResult) bool { return c.NewBackendPct != nil })
+	if len(cells) == 0 {
+		return "Not measured: no backend was added."
+	}
+	add, _ := firstFault(cells[0].Faults, func(a Action) bool { return a == Add })
+	added := cells[0].Backends[len(cells[0].Backends)-1].Name
+	fair := 100 / float64(len(cells[0].Backends))
+	share, fresh := make([]string, len(cells)), make([]string, 0, len(cells))
+	for i, c := range cells {
+		share[i] = fmt.Sprintf("%s %.1f%%", c.Balancer, *c.NewBackendPct)
+		if c.NewcomersPct != nil {
+			fresh = append(fresh, fmt.Sprintf("%s %.0f%%", c.Balancer, *c.NewcomersPct))
+		}
+	}
+	s := fmt.Sprintf("Measured (%s store): after %s joined at %.1f s it served %s of the requests for the rest of the run "+
+		"(a fair share is %.1f%%).", store, added, add.Start.Seconds(), strings.Join(share, ", "), fair)
+	if len(fresh) > 0 {
+		s += fmt.Sprintf(" Of %s's requests, the share from users who arrived after it joined: %s.", added, strings.Join(fresh, ", "))
+	}
+	ck := cell(res, "cookie", store)
+	switch {
+	case ck == nil:
+		return s + " " + notMeasured("cookie × "+store)
+	case *ck.NewBackendPct >= fair/2:
+		return s + " Disagrees: the cookie balancer gave the new backend at least half its share."
+	case ck.NewcomersPct != nil && *ck.NewcomersPct < 90:
+		return s + " Disagrees: the cookie balancer also moved existing users to the new backend."
+	}
+	return s + " Agrees: the cookie balancer gave the new backend only users that arrived after it, far below its share."
+}
+
+// findMoved: consistent hashing moves ~1/N of users, modulo most.
+func findMoved(res *Results) string {
+	store, _ := storeWith(res, func(c *CellResult) bool {
+		return c.UsersMovedPct != nil && (c.Balancer == "consistent-hash" || c.Balancer == ModuloHash)
+	})
+	ch, mod := cell(res, "consistent-hash", store), cell(res, ModuloHash, store)
+	if ch == nil || mod == nil || ch.UsersMovedPct == nil || mod.UsersMovedPct == nil {
+		return notMeasured("consistent-hash and modulo-hash with a membership change")
+	}
+	n := float64(len(ch.Backends))
+	s := fmt.Sprintf("Measured (%s store): going to %.0f backends moved %.1f%% of users with consistent-hash "+
+		"(1/N = %.1f%%) and %.1f%% with modulo-hash ((N-1)/N = %.1f%%).",
+		store, n, *ch.UsersMovedPct, 100/n, *mod.UsersMovedPct, 100*(n-1)/n)
+	var others []string
+	for _, b := range []string{"cookie", "round-robin"} {
+		if c := cell(res, b, store); c != nil && c.UsersMovedPct != nil {
+			others = append(others, fmt.Sprintf("%s %.1f%%", b, *c.UsersMovedPct))
+		}
+	}
+	if len(others) > 0 {
+		s += " For comparison: " + strings.Join(others, ", ") + "."
+	}
+	if *ch.UsersMovedPct < *mod.UsersMovedPct && *ch.UsersMovedPct <= 100/n+10 {
+		return s + " Agrees."
+	}
+	return s + " Disagrees."
+}
+
+// findStoreCost: redis adds latency and round trips over memory.
+func findStoreCost(res *Results) string {
+	b := balancerWith(res, StoreMemory, StoreRedis)
+	mem, rd := cell(res, b, StoreMemory), cell(res, b, StoreRedis)
+	if mem == nil || rd == nil {
+		return notMeasured("memory and redis under one balancer")
+	}
+	s := fmt.Sprintf("Measured (%s balancer): p50 %.2f ms with redis against %.2f ms with memory (%+.2f ms), p99 %.2f against %.2f ms; "+
+		"%s store round trips per request with redis.", b, rd.P50Ms, mem.P50Ms, rd.P50Ms-mem.P50Ms, rd.P99Ms, mem.P99Ms, opt(rd.StoreOpsPerRequest, "%.2f"))
+	if w := res.Settings.WorkMs; w > 0 {
+		s += fmt.Sprintf(" Of the difference, %g ms per request is the backends' simulated work per session loaded (--work), "+
+			"which the memory store never pays; the rest is the round trips.", w)
+	}
+	if rd.P50Ms > mem.P50Ms {
+		return s + " Agrees."
+	}
+	return s + " Disagrees: redis was not slower at the median."
+}
+
+// findNearCache: the near cache hits often only under sticky routing.
+func findNearCache(res *Results) string {
+	ck, rr := cell(res, "cookie", StoreCachedRedis), cell(res, "round-robin", StoreCachedRedis)
+	if ck == nil || rr == nil || ck.CacheHitPct == nil || rr.CacheHitPct == nil {
+		return notMeasured("cookie × cached-redis and round-robin × cached-redis")
+	}
+	s := fmt.Sprintf("Measured: near-cache hit rate %.1f%% with cookie against %.1f%% with round-robin; p50 %.2f against %.2f ms.",
+		*ck.CacheHitPct, *rr.CacheHitPct, ck.P50Ms, rr.P50Ms)
+	if rd := cell(res, "cookie", StoreRedis); rd != nil {
+		s += fmt.Sprintf(" cookie × redis (no cache): p50 %.2f ms.", rd.P50Ms)
+	}
+	if *ck.CacheHitPct > *rr.CacheHitPct+20 && ck.P50Ms <= rr.P50Ms {
+		return s + " Agrees."
+	}
+	return s + " Disagrees."
+}
+
+// findTokenBytes: a token makes every request carry the session, growing
+// with the cart.
+func findTokenBytes(res *Results) string {
+	b := balancerWith(res, StoreToken, StoreRedis)
+	tk, rd := cell(res, b, StoreToken), cell(res, b, StoreRedis)
+	if tk == nil || rd == nil {
+		return notMeasured("token and redis under one balancer")
+	}
+	first, last := cookieRange(tk.CookieBytesByItems)
+	rf, rl := cookieRange(rd.CookieBytesByItems)
+	s := fmt.Sprintf("Measured (%s balancer): %.0f bytes per request with token against %.0f with redis; the Cookie header "+
+		"grew from %.0f bytes with an empty cart to %.0f with %d items (redis: %.0f to %.0f).",
+		b, tk.BytesPerRequest, rd.BytesPerRequest, first, last, len(tk.CookieBytesByItems)-1, rf, rl)
+	if tk.BytesPerRequest > rd.BytesPerRequest && last > first {
+		return s + " Agrees."
+	}
+	return s + " Disagrees."
+}
+
+// findMemory: in-memory sessions cost backend memory that external ones don't.
+func findMemory(res *Results) string {
+	b := balancerWith(res, StoreMemory, StoreRedis)
+	var parts []string
+	per := map[string][2]float64{} // store → sessions, MiB per backend
+	for _, st := range Stores {
+		c := cell(res, b, st)
+		if c == nil || len(c.Backends) == 0 {
+			continue
+		}
+		var sess, rss float64
+		for _, be := range c.Backends {
+			sess += float64(be.Sessions)
+			rss += float64(be.RSSBytes) / (1 << 20)
+		}
+		k := float64(len(c.Backends))
+		per[st] = [2]float64{sess / k, rss / k}
+		parts = append(parts, fmt.Sprintf("%s %.0f sessions, %.1f MiB", st, sess/k, rss/k))
+	}
+	mem, okm := per[StoreMemory]
+	rd, okr := per[StoreRedis]
+	if !okm || !okr {
+		return notMeasured("memory and redis under one balancer")
+	}
+	s := fmt.Sprintf("Measured (%s balancer, per backend at the end of the load): %s.", b, strings.Join(parts, "; "))
+	switch {
+	case mem[0] <= rd[0]:
+		return s + " Disagrees: memory backends held no more sessions than redis ones."
+	case mem[1] > rd[1]*1.05:
+		return s + " Agrees."
+	default:
+		return s + fmt.Sprintf(" Agrees on sessions held, not on memory at this scale: with %d users the memory backends' "+
+			"resident memory (%.1f MiB) is not above the redis ones' (%.1f MiB); a session of a few hundred bytes is lost in the noise of a Go process.",
+			res.Settings.Users, mem[1], rd[1])
+	}
+}
+
+// storeWith returns the first store of the run (in spec order) with cells
+// matching ok, and those cells.
+func storeWith(res *Results, ok func(*CellResult) bool) (string, []*CellResult) {
+	for _, st := range res.Settings.Stores {
+		var cells []*CellResult
+		for i := range res.Cells {
+			if c := &res.Cells[i]; c.Store == st && ok(c) {
+				cells = append(cells, c)
+			}
+		}
+		if len(cells) > 0 {
+			return st, cells
+		}
+	}
+	return "", nil
+}
+
+// balancerWith returns the balancer to compare stores under: cookie when the
+// run has it with every store named, else the first that has them all.
+func balancerWith(res *Results, stores ...string) string {
+	has := func(b string) bool {
+		return !slices.ContainsFunc(stores, func(st string) bool { return cell(res, b, st) == nil })
+	}
+	if has("cookie") {
+		return "cookie"
+	}
+	for _, b := range res.Settings.Balancers {
+		if has(b) {
+			return b
+		}
+	}
+	return "cookie"
+}
+
+// cookieRange returns the mean Cookie header with an empty cart and with the
+// fullest cart seen.
+func cookieRange(byItems []float64) (first, last float64) {
+	if len(byItems) == 0 {
+		return 0, 0
+	}
+	return byItems[0], byItems[len(byItems)-1]
+}

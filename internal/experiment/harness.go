@@ -1,0 +1,287 @@
+// Package experiment runs `affinity experiment`: it puts a number on the
+// claims made about sticky sessions and session stores, on real processes.
+//
+// A run is a matrix of balancers × session stores. Each cell starts its own
+// demo backends and proxy as child processes of the affinity binary, plays
+// the same open-loop load of virtual shop users through the proxy, applies
+// the same scripted faults (kill, hang, add, store down, ...) at the same
+// times, and measures what the users saw: sessions lost, users moved,
+// latency, errors, load per backend. The report writes the tables, the
+// charts and one finding per claim, all generated from the numbers.
+package experiment
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Options says how to run a Spec; the zero value runs the current binary
+// with an embedded Redis and prints nothing.
+type Options struct {
+	// Executable is the affinity binary whose `backend` and `serve`
+	// commands the cells run; empty means the running one.
+	Executable string
+	// RedisAddr is an external Redis for the redis and cached-redis cells;
+	// empty starts an embedded one per cell. An external Redis cannot take
+	// store faults, and keeps what earlier cells wrote.
+	RedisAddr string
+	// Dir receives each cell's proxy config and process logs, under
+	// cells/; empty uses a temporary directory removed at the end.
+	Dir string
+	// Progress receives one line per cell as it ends.
+	Progress io.Writer
+	// Quick records that the spec is the --quick version, for the report.
+	Quick bool
+	// Version and Command name the binary and the command line, for the
+	// report's reproduction section.
+	Version, Command string
+}
+
+// Results is a finished run: the contract of results.json.
+type Results struct {
+	Preset   string       `json:"preset"`
+	Title    string       `json:"title"`
+	Quick    bool         `json:"quick"`
+	Command  string       `json:"command"`
+	Started  time.Time    `json:"started"`
+	Elapsed  float64      `json:"elapsed_s"`
+	Machine  Machine      `json:"machine"`
+	Settings Settings     `json:"settings"`
+	Cells    []CellResult `json:"cells"`
+	// Stopped says why the run ended before its last cell; empty when it
+	// ran them all.
+	Stopped string `json:"stopped,omitempty"`
+	Spec    Spec   `json:"-"`
+}
+
+// Settings are the parameters of a run that every cell shared.
+type Settings struct {
+	Backends   int      `json:"backends"`
+	Users      int      `json:"users"`
+	RateRPS    float64  `json:"rate_rps"`
+	DurationS  float64  `json:"duration_s"`
+	Seed       uint64   `json:"seed"`
+	Items      [2]int   `json:"items"`
+	Churn      float64  `json:"churn"`
+	WorkMs     float64  `json:"work_ms"`
+	Faults     []string `json:"faults"`
+	HealthMs   float64  `json:"health_check_interval_ms"`
+	TimeoutMs  float64  `json:"request_timeout_ms"`
+	Balancers  []string `json:"balancers"`
+	Stores     []string `json:"stores"`
+	RedisStore string   `json:"redis"`
+}
+
+// Machine is where the run happened.
+type Machine struct {
+	CPUs      int    `json:"nproc"`
+	CPUModel  string `json:"cpu_model"`
+	OS        string `json:"os"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	Affinity  string `json:"affinity"`
+	Redis     string `json:"redis"`
+	GoMaxProc int    `json:"gomaxprocs"`
+}
+
+// Run runs every cell of s in turn and returns the results. When ctx ends
+// (Ctrl-C), the cell in progress is stopped and Run returns the cells done
+// so far with ctx's error. Every process a cell started has been killed and
+// reaped when Run returns, whatever the outcome.
+func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
+	if err := s.Check(); err != nil {
+		return nil, err
+	}
+	sched, err := NewSchedule(s.Faults, s.Backends, s.Duration)
+	if err != nil {
+		return nil, err
+	}
+	s.Faults = sched
+	if o.RedisAddr != "" {
+		for _, f := range sched {
+			if f.Action == StoreDown || f.Action == StoreUp {
+				return nil, fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
+			}
+		}
+	}
+	if o.Executable == "" {
+		if o.Executable, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("find the affinity binary: %w", err)
+		}
+	}
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("", "affinity-experiment-")
+		if err != nil {
+			return nil, fmt.Errorf("work directory: %w", err)
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		o.Dir = dir
+	}
+	res := &Results{
+		Preset: s.Name, Title: s.Title, Quick: o.Quick, Command: o.Command,
+		Started: time.Now(), Spec: s,
+		Machine:  machine(ctx, o),
+		Settings: settings(s, o),
+	}
+	// One secret for every token cell: a token is valid on every backend of
+	// a cell, as it must be, and the secret never leaves this run.
+	secret := rand.Text()
+	for i, bal := range s.Balancers {
+		for j, store := range s.Stores {
+			cell, err := runCell(ctx, s, o, bal, store, secret)
+			if err != nil {
+				err = fmt.Errorf("cell %s × %s: %w", bal, store, err)
+				res.Elapsed, res.Stopped = time.Since(res.Started).Seconds(), err.Error()
+				return res, err
+			}
+			res.Cells = append(res.Cells, cell)
+			if o.Progress != nil {
+				_, _ = fmt.Fprintf(o.Progress, "[%d/%d] %s\n", i*len(s.Stores)+j+1, s.Cells(), cellLine(&cell))
+			}
+		}
+	}
+	res.Elapsed = time.Since(res.Started).Seconds()
+	return res, nil
+}
+
+// loadStartDelay separates the end of a cell's setup from the first arrival,
+// so that the first slots are not already late.
+const loadStartDelay = 50 * time.Millisecond
+
+// runCell starts the processes of one cell, plays the load and the faults,
+// and measures the outcome.
+func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) (CellResult, error) {
+	dir := filepath.Join(o.Dir, "cells", bal+"_"+store)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return CellResult{}, fmt.Errorf("cell directory: %w", err)
+	}
+	probes := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}
+	defer probes.CloseIdleConnections()
+	c := &cluster{
+		exe: o.Executable, dir: dir, balancer: bal, store: store, secret: secret, work: s.Work,
+		client: &http.Client{Transport: probes, CheckRedirect: noRedirect},
+	}
+	defer c.close()
+	if needsRedis(store) {
+		r, err := startRedis(ctx, o.RedisAddr)
+		if err != nil {
+			return CellResult{}, err
+		}
+		c.redis = r
+	}
+	if err := c.start(ctx, s.Backends); err != nil {
+		return CellResult{}, err
+	}
+
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		MaxIdleConnsPerHost: s.Users,
+		DisableCompression:  true,
+	}
+	defer tr.CloseIdleConnections()
+	c.onProxyRestart = tr.CloseIdleConnections
+	gen := newGenerator(Load{
+		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed,
+		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
+	}, "http://"+c.proxyAddr, &http.Client{Transport: tr, CheckRedirect: noRedirect})
+
+	start := time.Now().Add(loadStartDelay)
+	fctx, stopFaults := context.WithCancel(ctx)
+	defer stopFaults()
+	applied := make(chan []Applied, 1)
+	go func() { applied <- s.Faults.Run(fctx, wallClock{}, start, c.apply) }()
+	gen.run(ctx, wallClock{}, start)
+	// A fault still being applied when the load ends (a restart waiting
+	// for readiness) is cut short; one not yet due never happens.
+	stopFaults()
+	faults := <-applied
+	if err := ctx.Err(); err != nil {
+		return CellResult{}, err
+	}
+
+	scraped := c.scrape(ctx)
+	names := make([]string, len(c.backends))
+	for i, b := range c.backends {
+		names[i] = b.name
+	}
+	r := summarize(bal, store, gen.rec.samples, int(gen.skipped.Load()), s.Duration, names, s.Backends, faults)
+	for i := range r.Backends {
+		if m, ok := scraped[r.Backends[i].Name]; ok {
+			r.Backends[i].Sessions, r.Backends[i].RSSBytes, r.Backends[i].CacheHits = m.Sessions, m.RSSBytes, m.CacheHits
+		}
+	}
+	r.ProxyRestarts = c.restarts
+	return r, nil
+}
+
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// cellLine is the one-line summary of a cell printed as the run goes.
+func cellLine(c *CellResult) string {
+	moved := "-"
+	if c.UsersMovedPct != nil {
+		moved = fmt.Sprintf("%.0f%%", *c.UsersMovedPct)
+	}
+	return fmt.Sprintf("%-15s × %-12s %6d req %5.1f%% err  lost %5.1f%%  moved %4s  p50 %6.2f ms  p99 %7.2f ms  %5.0f rps",
+		c.Balancer, c.Store, c.Requests, pct(c.Errors, c.Requests), c.SessionsLostPct, moved, c.P50Ms, c.P99Ms, c.ThroughputRPS)
+}
+
+// settings records the parameters of s for the report.
+func settings(s Spec, o Options) Settings {
+	st := Settings{
+		Backends: s.Backends, Users: s.Users, RateRPS: s.Rate, DurationS: s.Duration.Seconds(), Seed: s.Seed,
+		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, WorkMs: ms(s.Work),
+		HealthMs: ms(healthInterval), TimeoutMs: ms(requestTimeout),
+		Balancers: s.Balancers, Stores: s.Stores, RedisStore: "embedded",
+	}
+	if o.RedisAddr != "" {
+		st.RedisStore = o.RedisAddr
+	}
+	for _, f := range s.Faults {
+		st.Faults = append(st.Faults, f.String())
+	}
+	return st
+}
+
+// machine describes the host, best effort: a field it cannot read says so.
+func machine(ctx context.Context, o Options) Machine {
+	m := Machine{
+		CPUs: runtime.NumCPU(), GoMaxProc: runtime.GOMAXPROCS(0),
+		OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version(),
+		CPUModel: "unknown", Kernel: "unknown", Affinity: cmp.Or(o.Version, "(unknown)"), Redis: embeddedVersion(),
+	}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		m.CPUModel = cpuModel(string(data))
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(data))
+	}
+	if o.RedisAddr != "" {
+		if v, err := redisInfo(ctx, o.RedisAddr); err == nil {
+			m.Redis = v + " at " + o.RedisAddr
+		}
+	}
+	return m
+}
+
+// cpuModel returns the first "model name" of /proc/cpuinfo.
+func cpuModel(cpuinfo string) string {
+	for line := range strings.SplitSeq(cpuinfo, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

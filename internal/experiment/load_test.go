@@ -1,0 +1,315 @@
+package experiment
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeShop implements the demo app's shop contract in memory, for testing
+// the load generator without processes. forget makes it lose every session.
+type fakeShop struct {
+	name     string
+	mu       sync.Mutex
+	sessions map[string]*fakeSession
+	next     int
+	// block, when not nil, holds every request until it is closed.
+	block   chan struct{}
+	arrived atomic.Int64
+}
+
+type fakeSession struct {
+	user  string
+	items int
+}
+
+func newFakeShop(name string) *fakeShop {
+	return &fakeShop{name: name, sessions: map[string]*fakeSession{}}
+}
+
+func (s *fakeShop) forget() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions = map[string]*fakeSession{}
+}
+
+func (s *fakeShop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.arrived.Add(1)
+	if s.block != nil {
+		<-s.block
+	}
+	w.Header().Set(headerBackend, s.name)
+	w.Header().Set(headerStoreOps, "1")
+	w.Header().Set("Content-Type", "application/json")
+	fail := func(status int, code string) {
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": code})
+	}
+	user := r.Header.Get(headerUser)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.URL.Path == pathLogin {
+		s.next++
+		id := strconv.Itoa(s.next)
+		s.sessions[id] = &fakeSession{user: user}
+		http.SetCookie(w, &http.Cookie{Name: "SHOP_SESSION", Value: id})
+		_, _ = fmt.Fprintf(w, `{"user":%q}`, user)
+		return
+	}
+	c, err := r.Cookie("SHOP_SESSION")
+	if err != nil || s.sessions[c.Value] == nil || s.sessions[c.Value].user != user {
+		fail(http.StatusConflict, kindSessionLost)
+		return
+	}
+	sess := s.sessions[c.Value]
+	if step, _ := strconv.Atoi(r.Header.Get(headerStep)); step != sess.items {
+		fail(http.StatusConflict, kindSessionStale)
+		return
+	}
+	switch r.URL.Path {
+	case pathItems:
+		sess.items++
+		_, _ = fmt.Fprintf(w, `{"items":%d}`, sess.items)
+	case pathCart:
+		_, _ = fmt.Fprint(w, `{"items":[]}`)
+	case pathCheckout:
+		sess.items = 0
+		_, _ = fmt.Fprint(w, `{"order":"x"}`)
+	default:
+		fail(http.StatusNotFound, "not_found")
+	}
+}
+
+func testLoad() Load {
+	return Load{Users: 1, Rate: 100, Duration: time.Second, Seed: 7, MinItems: 2, MaxItems: 2, Timeout: 5 * time.Second}
+}
+
+func startShop(t *testing.T, h http.Handler) (*httptest.Server, *http.Client) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	c := srv.Client()
+	t.Cleanup(c.CloseIdleConnections)
+	return srv, c
+}
+
+func TestWorkflowFollowsTheShop(t *testing.T) {
+	shop := newFakeShop("b1")
+	srv, client := startShop(t, shop)
+	g := newGenerator(testLoad(), srv.URL, client)
+	u := g.users[0]
+	c := newFakeClock()
+	var got []string
+	for range 6 {
+		s := g.do(context.Background(), c, u, 0, c.Now())
+		got = append(got, fmt.Sprintf("%s/%d/%s", s.Step, s.Items, s.Kind))
+		if s.Backend != "b1" || s.StoreOps != 1 || s.Status != http.StatusOK {
+			t.Errorf("sample %+v: want backend b1, 1 store op, 200", s)
+		}
+	}
+	want := []string{"login/0/", "add/0/", "add/1/", "cart/2/", "checkout/2/", "login/0/"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("workflow = %v, want %v", got, want)
+	}
+	if u.id != "u0001" {
+		t.Errorf("user id %q, want u0001", u.id)
+	}
+}
+
+func TestWorkflowStartsOverOnLostSession(t *testing.T) {
+	shop := newFakeShop("b1")
+	srv, client := startShop(t, shop)
+	g := newGenerator(testLoad(), srv.URL, client)
+	u := g.users[0]
+	c := newFakeClock()
+	ctx := context.Background()
+	g.do(ctx, c, u, 0, c.Now()) // login
+	g.do(ctx, c, u, 0, c.Now()) // one item
+	shop.forget()
+	s := g.do(ctx, c, u, 0, c.Now())
+	if s.Kind != kindSessionLost || s.Status != http.StatusConflict || !s.lostSession() {
+		t.Fatalf("after the shop forgot: %+v, want a 409 session_lost", s)
+	}
+	if s = g.do(ctx, c, u, 0, c.Now()); s.Step != stepLogin || !s.OK() {
+		t.Errorf("next request %+v, want a successful login", s)
+	}
+	if s = g.do(ctx, c, u, 0, c.Now()); s.Step != stepAdd || s.Items != 0 || !s.OK() {
+		t.Errorf("then %+v, want the first item of a new cart", s)
+	}
+}
+
+func TestWorkflowRetriesTheStepAfterOtherErrors(t *testing.T) {
+	var fail atomic.Bool
+	shop := newFakeShop("b1")
+	srv, client := startShop(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		shop.ServeHTTP(w, r)
+	}))
+	g := newGenerator(testLoad(), srv.URL, client)
+	u, c, ctx := g.users[0], newFakeClock(), context.Background()
+	g.do(ctx, c, u, 0, c.Now()) // login
+	fail.Store(true)
+	s := g.do(ctx, c, u, 0, c.Now())
+	if s.Kind != "http_502" || s.Backend != "" {
+		t.Fatalf("proxy error sample %+v, want kind http_502 and no backend", s)
+	}
+	fail.Store(false)
+	if s = g.do(ctx, c, u, 0, c.Now()); s.Step != stepAdd || s.Items != 0 || !s.OK() {
+		t.Errorf("after the error: %+v, want the same step (first item) again, successful", s)
+	}
+}
+
+func TestChurnReplacesTheUser(t *testing.T) {
+	shop := newFakeShop("b1")
+	srv, client := startShop(t, shop)
+	l := testLoad()
+	l.Churn = 1
+	g := newGenerator(l, srv.URL, client)
+	u, c, ctx := g.users[0], newFakeClock(), context.Background()
+	for range 5 { // login, 2 items, cart, checkout
+		g.do(ctx, c, u, 0, c.Now())
+	}
+	if u.id != "u0001.1" || len(u.cookies) != 0 || u.next != stepLogin {
+		t.Errorf("after checkout with churn 1: id %q, cookies %v, next %v; want u0001.1, none, login", u.id, u.cookies, u.next)
+	}
+}
+
+func TestUsersAreTheSameForTheSameSeed(t *testing.T) {
+	l := testLoad()
+	l.MinItems, l.MaxItems = 1, 50
+	targets := func() []int {
+		var out []int
+		for i := range 5 {
+			u := newUser(l.Seed, i)
+			out = append(out, l.MinItems+u.rng.IntN(l.MaxItems-l.MinItems+1))
+		}
+		return out
+	}
+	a, b := targets(), targets()
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Errorf("same seed gave cart sizes %v then %v", a, b)
+	}
+	l.Seed++
+	if c := targets(); fmt.Sprint(a) == fmt.Sprint(c) {
+		t.Errorf("another seed gave the same cart sizes %v", c)
+	}
+}
+
+func TestPaceSchedulesRateTimesWindow(t *testing.T) {
+	tests := []struct {
+		rate float64
+		d    time.Duration
+		want int
+	}{
+		{100, 10 * time.Second, 1000},
+		{3, time.Second, 3}, // slots at 0, 1/3, 2/3
+		{0.5, 3 * time.Second, 2},
+		{1000, 0, 0},
+		{0, time.Second, 0},
+	}
+	for _, tt := range tests {
+		c := newFakeClock()
+		start := c.Now()
+		var last time.Time
+		n := pace(context.Background(), c, start, tt.rate, tt.d, func(k int, at time.Time) {
+			if want := start.Add(time.Duration(float64(k) * float64(time.Second) / tt.rate)); !at.Equal(want) {
+				t.Errorf("rate %v: slot %d due %v, want %v", tt.rate, k, at.Sub(start), want.Sub(start))
+			}
+			if c.Now().Before(at) {
+				t.Errorf("rate %v: slot %d sent before it was due", tt.rate, k)
+			}
+			last = at
+		})
+		if n != tt.want {
+			t.Errorf("rate %v over %v: %d arrivals, want %d", tt.rate, tt.d, n, tt.want)
+		}
+		if n > 0 && last.Sub(start) >= tt.d {
+			t.Errorf("rate %v: last arrival at %v, outside the %v window", tt.rate, last.Sub(start), tt.d)
+		}
+	}
+}
+
+func TestPaceSendsLateSlotsInsteadOfDroppingThem(t *testing.T) {
+	c := newFakeClock()
+	start := c.Now()
+	var sentAt []time.Duration
+	n := pace(context.Background(), c, start, 10, time.Second, func(k int, _ time.Time) {
+		sentAt = append(sentAt, c.Now().Sub(start))
+		if k == 2 {
+			c.advance(450 * time.Millisecond) // the generator stalls
+		}
+	})
+	if n != 10 {
+		t.Fatalf("%d arrivals after a stall, want all 10", n)
+	}
+	// Slots 3 and 4 (due 0.3 s, 0.4 s) go out at 0.65 s, at once.
+	if sentAt[3] != 650*time.Millisecond || sentAt[4] != 650*time.Millisecond || sentAt[7] != 700*time.Millisecond {
+		t.Errorf("sent at %v, want slots 3 and 4 at 650ms and slot 7 on time", sentAt)
+	}
+}
+
+func TestPaceStopsWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := newFakeClock()
+	n := pace(ctx, c, c.Now(), 100, time.Minute, func(k int, _ time.Time) {
+		if k == 9 {
+			cancel()
+		}
+	})
+	if n != 10 {
+		t.Errorf("%d arrivals, want 10 (stopped by cancel)", n)
+	}
+}
+
+func TestRunSkipsArrivalsOfBusyUsers(t *testing.T) {
+	shop := newFakeShop("b1")
+	shop.block = make(chan struct{})
+	srv, client := startShop(t, shop)
+	l := testLoad()
+	l.Users, l.Rate, l.Duration = 2, 100, 100*time.Millisecond // 10 arrivals, 5 per user
+	g := newGenerator(l, srv.URL, client)
+	c := newFakeClock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.run(context.Background(), c, c.Now())
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for (g.skipped.Load() < 8 || shop.arrived.Load() < 2) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(shop.block)
+	<-done
+	if got := g.skipped.Load(); got != 8 {
+		t.Errorf("skipped %d arrivals, want 8 (each user's first request blocks the other 4)", got)
+	}
+	if got := len(g.rec.samples); got != 2 {
+		t.Errorf("%d samples, want 2", got)
+	}
+}
+
+func TestRunRecordsEveryArrival(t *testing.T) {
+	srv, client := startShop(t, newFakeShop("b1"))
+	l := testLoad()
+	l.Users, l.Rate, l.Duration = 4, 400, 100*time.Millisecond
+	g := newGenerator(l, srv.URL, client)
+	g.run(context.Background(), wallClock{}, time.Now())
+	if got := len(g.rec.samples) + int(g.skipped.Load()); got != 40 {
+		t.Errorf("samples + skipped = %d, want 40 arrivals", got)
+	}
+	for _, s := range g.rec.samples {
+		if s.Latency <= 0 || s.ReqBytes <= 0 || s.RespBytes <= 0 {
+			t.Fatalf("sample %+v: want latency and sizes", s)
+		}
+	}
+}

@@ -1,0 +1,401 @@
+package experiment
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"time"
+)
+
+// CellResult is everything measured in one cell of the matrix. The JSON names
+// are the contract of results.json.
+type CellResult struct {
+	Balancer string `json:"balancer"`
+	Store    string `json:"store"`
+
+	// Requests counts the arrivals sent; Errors those that failed, for any
+	// reason (lost sessions included), itemised in ErrorKinds.
+	Requests   int            `json:"requests"`
+	Errors     int            `json:"errors"`
+	ErrorKinds map[string]int `json:"error_kinds"`
+	// Skipped counts arrivals not sent because the user's previous request
+	// was still in flight.
+	Skipped int `json:"skipped"`
+	// Users counts the users (identities) that logged in at least once.
+	Users int `json:"users"`
+
+	// SessionsLostPct is the share of Users whose workflow broke at least
+	// once with session_lost or session_stale.
+	SessionsLostPct float64 `json:"sessions_lost_pct"`
+	// StaleAfterFailurePct is the part of SessionsLostPct whose only
+	// breaks were a stale cart right after a request failed in flight: the
+	// request had been applied, its answer was lost, and the retry was
+	// stale. The session itself survived.
+	StaleAfterFailurePct float64 `json:"stale_after_failure_pct"`
+	// UsersMovedPct is the share of users, seen on both sides of the first
+	// fault that changes membership (kill, add, remove), whose backend
+	// differs across it; null without such a fault.
+	UsersMovedPct *float64 `json:"users_moved_pct"`
+	// VictimUsersPct is the share of users whose last backend before the
+	// first kill was the killed one: what claim 1 expects to be lost.
+	VictimUsersPct *float64 `json:"victim_users_pct"`
+	// NewBackendPct is the share of requests served by added backends from
+	// the end of the first add to the end of the run; null without an add.
+	NewBackendPct *float64 `json:"new_backend_pct"`
+	// NewcomersPct is the share of those requests that came from users first
+	// seen after the add: a sticky balancer gives a new backend only those.
+	NewcomersPct *float64 `json:"new_backend_newcomers_pct"`
+	// Imbalance is max/mean of requests answered per backend, over every
+	// backend the cell had; 1 is perfectly even.
+	Imbalance float64 `json:"imbalance"`
+
+	// Latency of successful requests, from the scheduled arrival.
+	P50Ms float64 `json:"p50_ms"`
+	P95Ms float64 `json:"p95_ms"`
+	P99Ms float64 `json:"p99_ms"`
+	// ThroughputRPS is successful requests per second of load.
+	ThroughputRPS float64 `json:"throughput_rps"`
+
+	// CacheHitPct is the near-cache hit rate from X-Cache; null when no
+	// response carried it.
+	CacheHitPct *float64 `json:"cache_hit_pct"`
+	// StoreOpsPerRequest is the mean X-Store-Ops; null when absent.
+	StoreOpsPerRequest *float64 `json:"store_ops_per_request"`
+	// BytesPerRequest is the mean of request plus response bytes.
+	BytesPerRequest float64 `json:"bytes_per_request"`
+	// CookieBytesByItems[i] is the mean Cookie header length of successful
+	// cart requests made with i items in the cart.
+	CookieBytesByItems []float64 `json:"cookie_bytes_by_items"`
+
+	Backends []BackendStats `json:"backends"`
+	Faults   []Applied      `json:"faults"`
+	// ProxyRestarts counts restarts of the proxy to change its config
+	// (add, remove): the proxy has no hot reload yet.
+	ProxyRestarts int `json:"proxy_restarts"`
+
+	// Timeline holds one bucket per second, for timeline.csv; Fine holds
+	// the finer buckets the charts draw, so that a short run still shows
+	// the shape of a fault.
+	Timeline []Bucket `json:"-"`
+	Fine     []Bucket `json:"-"`
+}
+
+// BackendStats is one backend of a cell: the requests it answered, and its
+// own figures scraped from /metrics at the end of the load (0 when it was
+// not running then).
+type BackendStats struct {
+	Name      string `json:"name"`
+	Requests  int    `json:"requests"`
+	Sessions  int    `json:"sessions"`
+	RSSBytes  int64  `json:"rss_bytes"`
+	CacheHits int64  `json:"cache_hits"`
+}
+
+// summarize computes a cell's figures from its samples. backends names every
+// backend the cell had, in start order, the added ones last; initial is how
+// many it started with.
+func summarize(balancer, store string, samples []Sample, skipped int, d time.Duration, backends []string, initial int, faults []Applied) CellResult {
+	r := CellResult{
+		Balancer:   balancer,
+		Store:      store,
+		Requests:   len(samples),
+		Skipped:    skipped,
+		ErrorKinds: map[string]int{},
+		Faults:     faults,
+	}
+	var ok []time.Duration
+	var bytes, wired, ops, opsN, hits, misses int
+	perBackend := map[string]int{}
+	for i := range samples {
+		s := &samples[i]
+		if s.OK() {
+			ok = append(ok, s.Latency)
+		} else {
+			r.Errors++
+			r.ErrorKinds[s.Kind]++
+		}
+		if s.Backend != "" {
+			perBackend[s.Backend]++
+		}
+		if s.Status != 0 {
+			bytes += s.ReqBytes + s.RespBytes
+			wired++
+		}
+		if s.StoreOps >= 0 {
+			ops += s.StoreOps
+			opsN++
+		}
+		switch s.Cache {
+		case cacheHit:
+			hits++
+		case cacheMiss:
+			misses++
+		}
+	}
+	slices.Sort(ok)
+	r.P50Ms, r.P95Ms, r.P99Ms = ms(percentile(ok, 50)), ms(percentile(ok, 95)), ms(percentile(ok, 99))
+	if d > 0 {
+		r.ThroughputRPS = float64(len(ok)) / d.Seconds()
+	}
+	if wired > 0 {
+		r.BytesPerRequest = float64(bytes) / float64(wired)
+	}
+	if opsN > 0 {
+		r.StoreOpsPerRequest = ptr(float64(ops) / float64(opsN))
+	}
+	if hits+misses > 0 {
+		r.CacheHitPct = ptr(pct(hits, hits+misses))
+	}
+	r.Users, r.SessionsLostPct, r.StaleAfterFailurePct = sessionsLost(samples)
+	r.Imbalance = imbalance(perBackend, backends)
+	for _, name := range backends {
+		r.Backends = append(r.Backends, BackendStats{Name: name, Requests: perBackend[name]})
+	}
+	if f, ok := firstFault(faults, Action.changesMembership); ok {
+		r.UsersMovedPct = usersMoved(samples, f.Start, f.End)
+	}
+	if f, ok := firstFault(faults, func(a Action) bool { return a == Kill }); ok {
+		r.VictimUsersPct = victimUsers(samples, f.Start, f.Target)
+	}
+	if f, ok := firstFault(faults, func(a Action) bool { return a == Add }); ok && initial < len(backends) {
+		r.NewBackendPct = servedBy(samples, f.End, backends[initial:])
+		r.NewcomersPct = newcomers(samples, f.Start, f.End, backends[initial:])
+	}
+	r.CookieBytesByItems = cookieBytesByItems(samples)
+	r.Timeline = timeline(samples, d, time.Second)
+	r.Fine = timeline(samples, d, fineBucket(d))
+	return r
+}
+
+// percentile returns the p-th percentile of sorted by the nearest-rank
+// method: the smallest sample with at least p% of the samples at or below
+// it. It is 0 for no samples.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	return sorted[min(max(rank, 1), len(sorted))-1]
+}
+
+// imbalance returns max/mean of the requests per backend over names (plus
+// any backend that answered without being named): 1 when even, N when one
+// of N backends took everything, 0 when nothing was answered.
+func imbalance(counts map[string]int, names []string) float64 {
+	all := slices.Clone(names)
+	for n := range counts {
+		if !slices.Contains(all, n) {
+			all = append(all, n)
+		}
+	}
+	total, top := 0, 0
+	for _, n := range all {
+		total += counts[n]
+		top = max(top, counts[n])
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(top) / (float64(total) / float64(len(all)))
+}
+
+// sessionsLost returns the users that logged in, the share of them whose
+// workflow broke at least once, and the share whose every break was a
+// session_stale right after a request of theirs failed without an answer
+// from the shop (a 502, a timeout): that request had been applied before
+// its backend died, so the session was intact and the client's retry was
+// one item behind. Those users lost an answer, not a session.
+func sessionsLost(samples []Sample) (users int, lostPct, afterFailurePct float64) {
+	byUser := map[string][]*Sample{}
+	for i := range samples {
+		s := &samples[i]
+		byUser[s.User] = append(byUser[s.User], s)
+	}
+	lost, afterFailure := 0, 0
+	for _, ss := range byUser {
+		slices.SortStableFunc(ss, func(a, b *Sample) int { return cmp.Compare(a.At, b.At) })
+		in, broke, onlyRetry := false, false, true
+		for i, s := range ss {
+			if s.Step == stepLogin && s.OK() {
+				in = true
+			}
+			if !s.lostSession() {
+				continue
+			}
+			broke = true
+			if s.Kind != kindSessionStale || i == 0 || ss[i-1].OK() || ss[i-1].lostSession() {
+				onlyRetry = false
+			}
+		}
+		if !in {
+			continue
+		}
+		users++
+		if broke {
+			lost++
+			if onlyRetry {
+				afterFailure++
+			}
+		}
+	}
+	return users, pct(lost, users), pct(afterFailure, users)
+}
+
+// usersMoved compares, for every user answered by a backend both before
+// "before" and from "after" on, the last backend before with the first one
+// after; it returns the share that differ, or nil when no user qualifies.
+func usersMoved(samples []Sample, before, after time.Duration) *float64 {
+	type seen struct {
+		lastAt, firstAt time.Duration
+		last, first     string
+	}
+	users := map[string]*seen{}
+	for i := range samples {
+		s := &samples[i]
+		if s.Backend == "" || (s.At >= before && s.At < after) {
+			continue
+		}
+		u := users[s.User]
+		if u == nil {
+			u = &seen{lastAt: -1, firstAt: math.MaxInt64}
+			users[s.User] = u
+		}
+		if s.At < before && s.At >= u.lastAt {
+			u.lastAt, u.last = s.At, s.Backend
+		}
+		if s.At >= after && s.At < u.firstAt {
+			u.firstAt, u.first = s.At, s.Backend
+		}
+	}
+	both, moved := 0, 0
+	for _, u := range users {
+		if u.last == "" || u.first == "" {
+			continue
+		}
+		both++
+		if u.last != u.first {
+			moved++
+		}
+	}
+	if both == 0 {
+		return nil
+	}
+	return ptr(pct(moved, both))
+}
+
+// victimUsers returns the share of users answered before "at" whose last
+// answer came from backend, or nil when no user was answered before.
+func victimUsers(samples []Sample, at time.Duration, backend string) *float64 {
+	last := map[string]Sample{}
+	for _, s := range samples {
+		if s.Backend == "" || s.At >= at {
+			continue
+		}
+		if p, ok := last[s.User]; !ok || s.At >= p.At {
+			last[s.User] = s
+		}
+	}
+	if len(last) == 0 {
+		return nil
+	}
+	n := 0
+	for _, s := range last {
+		if s.Backend == backend {
+			n++
+		}
+	}
+	return ptr(pct(n, len(last)))
+}
+
+// servedBy returns the share of the responses from "from" on that came from
+// one of names, or nil when there were none.
+func servedBy(samples []Sample, from time.Duration, names []string) *float64 {
+	total, n := 0, 0
+	for i := range samples {
+		s := &samples[i]
+		if s.Backend == "" || s.At < from {
+			continue
+		}
+		total++
+		if slices.Contains(names, s.Backend) {
+			n++
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	return ptr(pct(n, total))
+}
+
+// newcomers returns the share of the responses from names, from "from" on,
+// whose users were first seen at or after "since"; nil when names served
+// nothing then.
+func newcomers(samples []Sample, since, from time.Duration, names []string) *float64 {
+	first := map[string]time.Duration{}
+	for i := range samples {
+		s := &samples[i]
+		if f, ok := first[s.User]; !ok || s.At < f {
+			first[s.User] = s.At
+		}
+	}
+	total, n := 0, 0
+	for i := range samples {
+		s := &samples[i]
+		if s.At < from || !slices.Contains(names, s.Backend) {
+			continue
+		}
+		total++
+		if first[s.User] >= since {
+			n++
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	return ptr(pct(n, total))
+}
+
+// cookieBytesByItems returns, for each cart size, the mean Cookie header of
+// the successful cart requests (add, cart, checkout) made with that many
+// items.
+func cookieBytesByItems(samples []Sample) []float64 {
+	var sum, n []int
+	for i := range samples {
+		s := &samples[i]
+		if !s.OK() || s.Step == stepLogin {
+			continue
+		}
+		for len(sum) <= s.Items {
+			sum, n = append(sum, 0), append(n, 0)
+		}
+		sum[s.Items] += s.CookieBytes
+		n[s.Items]++
+	}
+	out := make([]float64, len(sum))
+	for i := range sum {
+		if n[i] > 0 {
+			out[i] = float64(sum[i]) / float64(n[i])
+		}
+	}
+	return out
+}
+
+// firstFault returns the first applied fault whose action matches.
+func firstFault(faults []Applied, match func(Action) bool) (Applied, bool) {
+	i := slices.IndexFunc(faults, func(a Applied) bool { return a.Err == "" && match(a.Action) })
+	if i < 0 {
+		return Applied{}, false
+	}
+	return faults[i], true
+}
+
+func pct(n, of int) float64 {
+	if of == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(of)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,258 @@
+package experiment
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	ten := ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(i+1) * time.Millisecond
+	}
+	tests := []struct {
+		name   string
+		sorted []time.Duration
+		p      float64
+		want   time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one", ms(7), 99, 7 * time.Millisecond},
+		{"median of ten: 5th", ten, 50, 5 * time.Millisecond},
+		{"p95 of ten: ceil(9.5)=10th", ten, 95, 10 * time.Millisecond},
+		{"p90 of ten: 9th", ten, 90, 9 * time.Millisecond},
+		{"p0 is the minimum", ten, 0, 1 * time.Millisecond},
+		{"p100 is the maximum", ten, 100, 10 * time.Millisecond},
+		{"p99 of 1..100: 99th", hundred, 99, 99 * time.Millisecond},
+		{"p50 of 1..100: 50th", hundred, 50, 50 * time.Millisecond},
+		{"p99.9 of 1..100: 100th", hundred, 99.9, 100 * time.Millisecond},
+		{"p50 of four: 2nd", ms(10, 20, 30, 40), 50, 20 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		if got := percentile(tt.sorted, tt.p); got != tt.want {
+			t.Errorf("%s: percentile(p%v) = %v, want %v", tt.name, tt.p, got, tt.want)
+		}
+	}
+}
+
+func TestImbalance(t *testing.T) {
+	tests := []struct {
+		name   string
+		counts map[string]int
+		names  []string
+		want   float64
+	}{
+		{"even", map[string]int{"b1": 10, "b2": 10, "b3": 10}, []string{"b1", "b2", "b3"}, 1},
+		{"one takes all of three", map[string]int{"b1": 30}, []string{"b1", "b2", "b3"}, 3},
+		{"30/20/10: max 30 over mean 20", map[string]int{"b1": 30, "b2": 20, "b3": 10}, []string{"b1", "b2", "b3"}, 1.5},
+		{"an unnamed backend counts", map[string]int{"b1": 10, "x": 30}, []string{"b1"}, 1.5},
+		{"nothing answered", map[string]int{}, []string{"b1"}, 0},
+	}
+	for _, tt := range tests {
+		if got := imbalance(tt.counts, tt.names); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("%s: imbalance = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// smp builds a sample: user, scheduled second, step, backend, error kind.
+func smp(user string, at float64, st step, backend, kind string) Sample {
+	return Sample{User: user, At: time.Duration(at * float64(time.Second)), Step: st, Backend: backend, Kind: kind, StoreOps: -1, Status: 200}
+}
+
+func TestSessionsLost(t *testing.T) {
+	samples := []Sample{
+		smp("a", 0, stepLogin, "b1", ""),
+		smp("a", 1, stepAdd, "b2", kindSessionLost), // a broke
+		smp("a", 2, stepLogin, "b2", ""),
+		smp("a", 3, stepAdd, "b1", kindSessionLost), // twice: still one user
+		smp("b", 0, stepLogin, "b1", ""),
+		smp("b", 1, stepAdd, "b1", ""),
+		smp("c", 0, stepLogin, "b3", ""),
+		smp("c", 1, stepAdd, "b3", kindSessionStale), // stale counts as lost
+		smp("d", 0, stepLogin, "b1", ""),
+		smp("d", 1, stepAdd, "", "http_502"),        // not a session loss
+		smp("e", 0, stepLogin, "", kindConnection),  // never logged in
+		smp("e", 1, stepAdd, "b1", kindSessionLost), // so not counted
+	}
+	users, lost, retry := sessionsLost(samples)
+	if users != 4 || lost != 50 || retry != 0 {
+		t.Errorf("sessionsLost = %d users, %v%%, %v%% after failure; want 4 users (a-d), 50%% (a and c), 0%%", users, lost, retry)
+	}
+}
+
+func TestSessionsLostAfterAFailedRequest(t *testing.T) {
+	samples := []Sample{
+		// a: an add failed in flight (502), its retry was stale: the only break.
+		smp("a", 0, stepLogin, "b1", ""),
+		smp("a", 1, stepAdd, "", "http_502"),
+		smp("a", 2, stepAdd, "b2", kindSessionStale),
+		// b: the same, then later a real loss.
+		smp("b", 0, stepLogin, "b1", ""),
+		smp("b", 1, stepAdd, "", kindTimeout),
+		smp("b", 2, stepAdd, "b2", kindSessionStale),
+		smp("b", 3, stepLogin, "b2", ""),
+		smp("b", 4, stepAdd, "b3", kindSessionLost),
+		// c: stale without a failure before it.
+		smp("c", 0, stepLogin, "b1", ""),
+		smp("c", 1, stepAdd, "b1", kindSessionStale),
+		// d: fine.
+		smp("d", 0, stepLogin, "b1", ""),
+	}
+	// Completion order differs from arrival order.
+	samples[1], samples[2] = samples[2], samples[1]
+	users, lost, retry := sessionsLost(samples)
+	if users != 4 || lost != 75 || retry != 25 {
+		t.Errorf("sessionsLost = %d, %v%%, %v%%; want 4 users, 75%% lost (a, b, c), 25%% only after a failure (a)", users, lost, retry)
+	}
+}
+
+func TestUsersMoved(t *testing.T) {
+	samples := []Sample{
+		// a: last before b1, first after b4: moved.
+		smp("a", 1, stepAdd, "b2", ""), smp("a", 2, stepAdd, "b1", ""),
+		smp("a", 6, stepAdd, "b4", ""), smp("a", 7, stepAdd, "b1", ""),
+		// b: b3 on both sides (an error response from b3 counts: it came from b3).
+		smp("b", 2.9, stepAdd, "b3", ""), smp("b", 5, stepAdd, "b3", kindSessionLost),
+		// c: only before.
+		smp("c", 1, stepAdd, "b1", ""),
+		// d: during the change only, then after: not counted.
+		smp("d", 3.5, stepAdd, "b1", ""), smp("d", 5, stepAdd, "b2", ""),
+		// e: before on b2, after a proxy error, then b2: not moved.
+		smp("e", 2, stepAdd, "b2", ""), smp("e", 4.5, stepAdd, "", "http_502"), smp("e", 5.5, stepAdd, "b2", ""),
+		// f: moved.
+		smp("f", 0.5, stepLogin, "b2", ""), smp("f", 8, stepLogin, "b3", ""),
+	}
+	got := usersMoved(samples, 3*time.Second, 4*time.Second)
+	if got == nil || math.Abs(*got-50) > 1e-9 {
+		t.Errorf("usersMoved = %v, want 50%% (a and f of a, b, e, f)", got)
+	}
+	if got := usersMoved(samples[:2], 3*time.Second, 4*time.Second); got != nil {
+		t.Errorf("with no user after the change: %v, want nil", *got)
+	}
+}
+
+func TestVictimUsers(t *testing.T) {
+	samples := []Sample{
+		smp("a", 1, stepAdd, "b2", ""),
+		smp("b", 1, stepAdd, "b2", ""), smp("b", 1.5, stepAdd, "b1", ""), // last before: b1
+		smp("c", 1.9, stepAdd, "b2", ""),
+		smp("d", 0.5, stepAdd, "b3", ""),
+		smp("e", 2.5, stepAdd, "b2", ""), // after the kill
+	}
+	got := victimUsers(samples, 2*time.Second, "b2")
+	if got == nil || *got != 50 {
+		t.Errorf("victimUsers = %v, want 50%% (a, c of a-d)", got)
+	}
+}
+
+func TestServedBy(t *testing.T) {
+	samples := []Sample{
+		smp("a", 1, stepAdd, "b4", ""), // before: not counted
+		smp("a", 4, stepAdd, "b4", ""),
+		smp("b", 4, stepAdd, "b1", ""),
+		smp("c", 5, stepAdd, "b2", ""),
+		smp("d", 6, stepAdd, "b4", ""),
+		smp("e", 6, stepAdd, "", "http_502"), // no backend: not counted
+	}
+	got := servedBy(samples, 3*time.Second, []string{"b4"})
+	if got == nil || *got != 50 {
+		t.Errorf("servedBy = %v, want 50%%", got)
+	}
+}
+
+func TestNewcomers(t *testing.T) {
+	samples := []Sample{
+		smp("old", 1, stepAdd, "b1", ""),
+		smp("old", 5, stepAdd, "b4", ""),     // an old user on the new backend
+		smp("new", 3.5, stepLogin, "b2", ""), // first seen during the add
+		smp("new", 5, stepAdd, "b4", ""),
+		smp("new2", 6, stepLogin, "b4", ""),
+		smp("new2", 7, stepAdd, "b4", ""),
+		smp("new3", 6, stepLogin, "b1", ""), // not on b4: not counted
+	}
+	got := newcomers(samples, 3*time.Second, 4*time.Second, []string{"b4"})
+	if got == nil || *got != 75 {
+		t.Errorf("newcomers = %v, want 75%% (3 of b4's 4 answers)", got)
+	}
+	if got := newcomers(samples, 3*time.Second, 8*time.Second, []string{"b4"}); got != nil {
+		t.Errorf("nothing served after 8 s: %v, want nil", *got)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	samples := []Sample{
+		{At: 0, User: "a", Step: stepLogin, Latency: 1 * time.Millisecond, Backend: "b1", Status: 200, StoreOps: 1, Cache: cacheMiss, ReqBytes: 100, RespBytes: 200},
+		{At: time.Second, User: "a", Step: stepAdd, Latency: 3 * time.Millisecond, Backend: "b1", Status: 200, StoreOps: 2, Cache: cacheHit, ReqBytes: 100, RespBytes: 200, CookieBytes: 40},
+		{At: time.Second, User: "b", Step: stepLogin, Latency: 2 * time.Millisecond, Backend: "b2", Status: 200, StoreOps: 1, Cache: cacheHit, ReqBytes: 100, RespBytes: 200},
+		{At: 2 * time.Second, User: "b", Step: stepAdd, Backend: "b1", Status: 409, Kind: kindSessionLost, StoreOps: 1, ReqBytes: 100, RespBytes: 200, CookieBytes: 40},
+		{At: 3 * time.Second, User: "b", Step: stepLogin, Kind: kindConnection, StoreOps: -1},
+	}
+	r := summarize("cookie", "redis", samples, 7, 4*time.Second, []string{"b1", "b2", "b3"}, 3, nil)
+	check := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > 1e-9 {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if r.Requests != 5 || r.Errors != 2 || r.Skipped != 7 || r.Users != 2 {
+		t.Errorf("counts: %d requests, %d errors, %d skipped, %d users; want 5, 2, 7, 2", r.Requests, r.Errors, r.Skipped, r.Users)
+	}
+	if r.ErrorKinds[kindSessionLost] != 1 || r.ErrorKinds[kindConnection] != 1 {
+		t.Errorf("error kinds %v", r.ErrorKinds)
+	}
+	check("sessions lost %", r.SessionsLostPct, 50)
+	check("p50", r.P50Ms, 2)
+	check("p99", r.P99Ms, 3)
+	check("throughput", r.ThroughputRPS, 0.75) // 3 ok in 4 s
+	check("bytes/request", r.BytesPerRequest, 300)
+	check("store ops/request", *r.StoreOpsPerRequest, 5.0/4)
+	check("cache hit %", *r.CacheHitPct, 200.0/3)
+	check("imbalance", r.Imbalance, 3/(4.0/3)) // b1 3, b2 1, b3 0
+	if r.UsersMovedPct != nil || r.NewBackendPct != nil || r.VictimUsersPct != nil {
+		t.Error("figures of faults set without faults")
+	}
+	if len(r.CookieBytesByItems) != 1 || r.CookieBytesByItems[0] != 40 {
+		t.Errorf("cookie bytes by items %v, want [40]", r.CookieBytesByItems)
+	}
+	if len(r.Backends) != 3 || r.Backends[0].Requests != 3 || r.Backends[2].Requests != 0 {
+		t.Errorf("backends %+v", r.Backends)
+	}
+}
+
+func TestSummarizeFaultFigures(t *testing.T) {
+	samples := []Sample{
+		smp("a", 1, stepAdd, "b2", ""), smp("a", 5, stepAdd, "b1", kindSessionLost),
+		smp("b", 1, stepAdd, "b1", ""), smp("b", 5, stepAdd, "b1", ""),
+		smp("c", 6, stepLogin, "b4", ""),
+	}
+	for i := range samples {
+		samples[i].Latency = time.Millisecond
+	}
+	faults := []Applied{
+		{Fault: Fault{At: 2 * time.Second, Action: Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second},
+		{Fault: Fault{At: 3 * time.Second, Action: Add}, Start: 3 * time.Second, End: 4 * time.Second},
+	}
+	r := summarize("cookie", "memory", samples, 0, 8*time.Second, []string{"b1", "b2", "b3", "b4"}, 3, faults)
+	if r.UsersMovedPct == nil || *r.UsersMovedPct != 50 {
+		t.Errorf("users moved %v, want 50%% across the kill (a moved, b did not)", r.UsersMovedPct)
+	}
+	if r.VictimUsersPct == nil || *r.VictimUsersPct != 50 {
+		t.Errorf("victim users %v, want 50%%", r.VictimUsersPct)
+	}
+	if r.NewBackendPct == nil || math.Abs(*r.NewBackendPct-100.0/3) > 1e-9 {
+		t.Errorf("new backend share %v, want 33.3%% (1 of 3 answers from 4 s)", r.NewBackendPct)
+	}
+	if r.NewcomersPct == nil || *r.NewcomersPct != 100 {
+		t.Errorf("newcomers %v, want 100%% (c, first seen at 6 s, is b4's only user)", r.NewcomersPct)
+	}
+}

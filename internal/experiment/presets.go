@@ -1,0 +1,103 @@
+package experiment
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// The presets. Their sizes are set so that a full run stays under two
+// minutes and a --quick run under twenty seconds on two cores: a cell costs
+// its load duration plus about 0.15 s to start and stop its processes.
+var (
+	failover = Spec{
+		Name:  "failover",
+		Title: "Kill 1 of 3 backends mid-run, restart it later",
+		// 1: sticky + memory loses exactly the dead server's sessions;
+		// 2: an external store loses none.
+		Claims:   []int{1, 2},
+		Backends: 3, Users: 150, Rate: 400, Duration: 6 * time.Second, Seed: 1,
+		MinItems: 3, MaxItems: 6, Work: 2 * time.Millisecond,
+		Balancers: []string{"round-robin", "cookie", "consistent-hash", "modulo-hash"},
+		Stores:    Stores,
+		Faults:    Schedule{{At: 2 * time.Second, Action: Kill, Target: "b2"}, {At: 4 * time.Second, Action: Restart, Target: "b2"}},
+		Quick: Quick{
+			Duration:  1800 * time.Millisecond,
+			Users:     100,
+			Balancers: []string{"round-robin", "cookie"},
+		},
+	}
+	scaleOut = Spec{
+		Name:  "scale-out",
+		Title: "Grow from 3 to 4 backends mid-run",
+		// 7: a sticky balancer gives a new server only new users;
+		// 8: consistent hashing moves ~1/N of users, modulo most.
+		Claims:   []int{7, 8},
+		Backends: 3, Users: 200, Rate: 400, Duration: 9 * time.Second, Seed: 1,
+		// Churn brings the new users that are all a sticky balancer can
+		// send to the new backend.
+		MinItems: 3, MaxItems: 6, Churn: 0.3, Work: 2 * time.Millisecond,
+		Balancers: []string{"round-robin", "cookie", "consistent-hash", "modulo-hash"},
+		Stores:    []string{StoreMemory, StoreRedis},
+		Faults:    Schedule{{At: 3 * time.Second, Action: Add}},
+		Quick: Quick{
+			Duration:  3 * time.Second,
+			Users:     100,
+			Balancers: []string{"cookie", "consistent-hash", "modulo-hash"},
+			Stores:    []string{StoreMemory},
+		},
+	}
+	steady = Spec{
+		Name:  "steady",
+		Title: "No faults: the cost of each store and balancer",
+		// 3: the store's network hop; 4: the near cache needs stickiness;
+		// 5: token bytes grow with the cart; 10: memory per server.
+		Claims:   []int{3, 4, 5, 10},
+		Backends: 3, Users: 150, Rate: 400, Duration: 6 * time.Second, Seed: 1,
+		MinItems: 3, MaxItems: 6, Work: 2 * time.Millisecond,
+		Balancers: []string{"round-robin", "cookie", "consistent-hash"},
+		Stores:    Stores,
+		Quick: Quick{
+			Duration:  1800 * time.Millisecond,
+			Users:     100,
+			Balancers: []string{"round-robin", "cookie"},
+		},
+	}
+)
+
+// presets are the named experiments, in the order `experiment list` shows.
+var presets = []*Spec{&failover, &scaleOut, &steady}
+
+// Presets returns copies of the built-in experiments.
+func Presets() []Spec {
+	out := make([]Spec, len(presets))
+	for i, p := range presets {
+		out[i] = p.clone()
+	}
+	return out
+}
+
+// Preset returns a copy of the built-in experiment called name.
+func Preset(name string) (Spec, error) {
+	for _, p := range presets {
+		if p.Name == name {
+			return p.clone(), nil
+		}
+	}
+	names := make([]string, len(presets))
+	for i, p := range presets {
+		names[i] = p.Name
+	}
+	return Spec{}, fmt.Errorf("%w: no preset %q (known: %v)", ErrBadSpec, name, names)
+}
+
+// clone returns a copy of s that shares no slice with it, so that a caller
+// may change a preset's copy without changing the preset.
+func (s *Spec) clone() Spec {
+	c := *s
+	c.Claims = slices.Clone(s.Claims)
+	c.Balancers, c.Stores = slices.Clone(s.Balancers), slices.Clone(s.Stores)
+	c.Faults = slices.Clone(s.Faults)
+	c.Quick.Balancers, c.Quick.Stores = slices.Clone(s.Quick.Balancers), slices.Clone(s.Quick.Stores)
+	return c
+}

@@ -1,0 +1,78 @@
+package experiment
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// cellOverhead bounds what a cell costs besides its load: starting three or
+// four processes, waiting until the proxy answers from each, scraping and
+// killing everything. About 0.15 s on two cores; twice that for margin.
+const cellOverhead = 300 * time.Millisecond
+
+func TestPresetsAreValidAndFitTheirBudgets(t *testing.T) {
+	for _, p := range Presets() {
+		t.Run(p.Name, func(t *testing.T) {
+			if err := p.Check(); err != nil {
+				t.Fatal(err)
+			}
+			q := p.Shortened()
+			if err := q.Check(); err != nil {
+				t.Fatalf("quick: %v", err)
+			}
+			budget := func(s Spec) time.Duration { return time.Duration(s.Cells()) * (s.Duration + cellOverhead) }
+			if b := budget(p); b > 2*time.Minute {
+				t.Errorf("full run estimated at %v, want under 2 minutes", b)
+			}
+			if b := budget(q); b > 20*time.Second {
+				t.Errorf("quick run estimated at %v, want under 20 s", b)
+			}
+			for _, n := range p.Claims {
+				if _, ok := claimText[n]; !ok {
+					t.Errorf("claim %d has no finding", n)
+				}
+			}
+		})
+	}
+}
+
+func TestQuickKeepsTheCellsTheEndToEndTestsAssert(t *testing.T) {
+	has := func(s Spec, bal, store string) bool {
+		return slices.Contains(s.Balancers, bal) && slices.Contains(s.Stores, store)
+	}
+	f, err := Preset("failover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := f.Shortened()
+	for _, c := range [][2]string{{"round-robin", StoreMemory}, {"cookie", StoreMemory}, {"cookie", StoreRedis}, {"cookie", StoreToken}} {
+		if !has(q, c[0], c[1]) {
+			t.Errorf("failover --quick lacks %s × %s", c[0], c[1])
+		}
+	}
+	if len(q.Faults) != 2 || q.Faults[0].Action != Kill || q.Faults[0].At >= q.Faults[1].At || q.Faults[1].At >= q.Duration {
+		t.Errorf("failover --quick faults %v over %v", q.Faults, q.Duration)
+	}
+	s, _ := Preset("scale-out")
+	q = s.Shortened()
+	for _, b := range []string{"consistent-hash", ModuloHash} {
+		if !has(q, b, StoreMemory) {
+			t.Errorf("scale-out --quick lacks %s × memory", b)
+		}
+	}
+}
+
+func TestPresetReturnsACopy(t *testing.T) {
+	a, _ := Preset("failover")
+	a.Balancers[0] = "changed"
+	a.Faults[0].Target = "b9"
+	b, _ := Preset("failover")
+	if b.Balancers[0] == "changed" || b.Faults[0].Target == "b9" {
+		t.Error("changing a preset's copy changed the preset")
+	}
+	if _, err := Preset("nope"); !errors.Is(err, ErrBadSpec) {
+		t.Errorf("unknown preset: %v", err)
+	}
+}

@@ -1,0 +1,257 @@
+package experiment
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// WriteReport writes the report of res into dir: report.md, results.json,
+// timeline.csv and the charts (SVG and PNG). It returns the paths written.
+func WriteReport(dir string, res *Results) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("report directory: %w", err)
+	}
+	var written []string
+	write := func(name string, f func(io.Writer) error) error {
+		p := filepath.Join(dir, name)
+		w, err := os.Create(p)
+		if err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+		if err := f(w); err != nil {
+			_ = w.Close()
+			return fmt.Errorf("report: %s: %w", name, err)
+		}
+		if err := w.Close(); err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+		written = append(written, p)
+		return nil
+	}
+	charts, err := writeCharts(dir, res)
+	written = append(written, charts...)
+	if err != nil {
+		return written, err
+	}
+	for _, f := range []struct {
+		name string
+		fn   func(io.Writer) error
+	}{
+		{"results.json", func(w io.Writer) error { return writeJSON(w, res) }},
+		{"timeline.csv", func(w io.Writer) error { return writeTimeline(w, res) }},
+		{"report.md", func(w io.Writer) error { return writeMarkdown(w, res, charts) }},
+	} {
+		if err := write(f.name, f.fn); err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+func writeJSON(w io.Writer, res *Results) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(res)
+}
+
+// writeTimeline writes one row per cell and second: the requests by outcome,
+// the latency, and the responses of each backend (b1..bN, the most any cell
+// had).
+func writeTimeline(w io.Writer, res *Results) error {
+	n := 0
+	for _, c := range res.Cells {
+		n = max(n, len(c.Backends))
+	}
+	cw := csv.NewWriter(w)
+	head := []string{"balancer", "store", "second", "requests", "ok", "errors", "sessions_lost", "p50_ms", "p99_ms"}
+	for i := 1; i <= n; i++ {
+		head = append(head, BackendName(i))
+	}
+	_ = cw.Write(head)
+	for _, c := range res.Cells {
+		for _, s := range c.Timeline {
+			row := []string{c.Balancer, c.Store, strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
+				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), f2(s.P50Ms), f2(s.P99Ms)}
+			for i := 1; i <= n; i++ {
+				row = append(row, strconv.Itoa(s.ByBackend[BackendName(i)]))
+			}
+			_ = cw.Write(row)
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// writeMarkdown writes report.md.
+func writeMarkdown(w io.Writer, res *Results, charts []string) error {
+	var b strings.Builder
+	s, st := &res.Spec, &res.Settings
+	quick := ""
+	if res.Quick {
+		quick = " (quick)"
+	}
+	fmt.Fprintf(&b, "# affinity experiment: %s%s\n\n%s.\n\n", res.Preset, quick, res.Title)
+	if res.Stopped != "" {
+		fmt.Fprintf(&b, "**Stopped early**: %d of %d cells ran (%s). Findings that need a missing cell say so.\n\n",
+			len(res.Cells), res.Spec.Cells(), res.Stopped)
+	}
+
+	b.WriteString("## Findings\n\n")
+	for _, n := range s.Claims {
+		text, ok := claimText[n]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "- **Claim %d**: %s\n  %s\n", n, text, finding(n, res))
+	}
+	if len(s.Claims) == 0 {
+		b.WriteString("No claims named by this experiment; see the tables.\n")
+	}
+
+	b.WriteString("\n## Setup\n\n")
+	fmt.Fprintf(&b, "- %d cells: balancers %s × stores %s, run one after another, each on fresh processes.\n",
+		len(res.Cells), strings.Join(st.Balancers, ", "), strings.Join(st.Stores, ", "))
+	fmt.Fprintf(&b, "- %d backends (b1..b%d, `affinity backend --work %gms`: simulated work per session loaded from Redis, "+
+		"on every request with redis and on near-cache misses with cached-redis; memory and token load nothing) behind `affinity serve`; "+
+		"the proxy checks health every %.0f ms (fall 2, rise 2) and retries a failed request twice.\n",
+		st.Backends, st.Backends, st.WorkMs, st.HealthMs)
+	fmt.Fprintf(&b, "- Open-loop load: %.0f arrivals/s for %.1f s per cell, dealt to %d users (seed %d) in rounds that visit "+
+		"every user once in a shuffled order, so each user gets an arrival every %.2f s on average. An arrival whose user still waits for its previous answer is skipped and counted. "+
+		"Latency runs from the scheduled arrival; a request times out after %.0f ms.\n",
+		st.RateRPS, st.DurationS, st.Users, st.Seed, float64(st.Users)/st.RateRPS, st.TimeoutMs)
+	fmt.Fprintf(&b, "- Each user repeats: login, add %d to %d items, view the cart, check out. A 409 (session lost or stale) "+
+		"sends it back to login; another error retries the same step.", st.Items[0], st.Items[1])
+	if st.Churn > 0 {
+		fmt.Fprintf(&b, " After a checkout a user leaves with probability %.2f and a new one (new id, no cookies) takes its place.", st.Churn)
+	}
+	b.WriteString("\n")
+	if len(st.Faults) > 0 {
+		fmt.Fprintf(&b, "- Faults, from the start of the load: %s. The times each was applied, per cell, are in results.json.\n",
+			strings.Join(st.Faults, ", "))
+	}
+	if slices.ContainsFunc(s.Faults, func(f Fault) bool { return f.Action == Add || f.Action == Remove }) {
+		b.WriteString("- The proxy has no hot reload yet: for add and remove the harness restarted the proxy with the new config. " +
+			"Sticky cookies survive the restart, being derived from backend names; requests sent during the restart " +
+			"fail as connection errors.\n")
+	}
+	switch {
+	case !slices.ContainsFunc(st.Stores, needsRedis):
+	case st.RedisStore == "embedded":
+		fmt.Fprintf(&b, "- Redis: %s, a fresh one per cell, in the harness's process.\n", res.Machine.Redis)
+	default:
+		fmt.Fprintf(&b, "- Redis: %s, shared by every cell (session ids are random, so no cell reads another's sessions).\n", res.Machine.Redis)
+	}
+
+	b.WriteString("\n## Results\n\n")
+	b.WriteString("| balancer | store | requests | errors | skipped | users | sessions lost % | users moved % | imbalance | p50 ms | p95 ms | p99 ms | ok rps | cache hit % | store ops/req | bytes/req |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, c := range res.Cells {
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %.1f | %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s | %.0f |\n",
+			c.Balancer, c.Store, c.Requests, c.Errors, c.Skipped, c.Users, c.SessionsLostPct, opt(c.UsersMovedPct, "%.1f"),
+			c.Imbalance, c.P50Ms, c.P95Ms, c.P99Ms, c.ThroughputRPS, opt(c.CacheHitPct, "%.1f"),
+			opt(c.StoreOpsPerRequest, "%.2f"), c.BytesPerRequest)
+	}
+	b.WriteString("\nSessions lost: share of the users that logged in whose workflow broke at least once (409). " +
+		"Users moved: share of the users seen on both sides of the first kill, add or remove whose backend differs. " +
+		"Imbalance: max/mean of the responses per backend over the cell's backends. Latency and ok rps count successful requests.\n")
+
+	b.WriteString("\n### Errors by kind\n\n| balancer | store | errors |\n|---|---|---|\n")
+	for _, c := range res.Cells {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.Balancer, c.Store, kinds(c.ErrorKinds))
+	}
+
+	b.WriteString("\n### Backends\n\nResponses per backend; sessions held and resident memory as each running backend " +
+		"reported at the end of the load.\n\n| balancer | store | backend | responses | sessions held | RSS MiB |\n|---|---|---|--:|--:|--:|\n")
+	for _, c := range res.Cells {
+		for _, be := range c.Backends {
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %.1f |\n", c.Balancer, c.Store, be.Name, be.Requests, be.Sessions, float64(be.RSSBytes)/(1<<20))
+		}
+	}
+
+	if len(charts) > 0 {
+		b.WriteString("\n## Charts\n\nEach chart is also written as SVG beside the PNG. Dashed lines mark the faults.\n\n")
+		for _, p := range charts {
+			if name := filepath.Base(p); strings.HasSuffix(name, ".png") {
+				base := strings.TrimSuffix(name, ".png")
+				fmt.Fprintf(&b, "%s\n\n![%s](%s)\n\n", chartCaptions[base], base, name)
+			}
+		}
+	}
+
+	m := res.Machine
+	b.WriteString("\n## Machine\n\n")
+	fmt.Fprintf(&b, "- CPU: %s, nproc %d (GOMAXPROCS %d)\n- OS: %s, kernel %s\n- Go: %s\n- affinity: %s\n- Redis: %s\n",
+		m.CPUModel, m.CPUs, m.GoMaxProc, m.OS, m.Kernel, m.Go, m.Affinity, m.Redis)
+	fmt.Fprintf(&b, "- Run started %s, took %.1f s. The harness, the proxy and every backend shared this machine's CPUs.\n",
+		res.Started.UTC().Format("2006-01-02 15:04:05 UTC"), res.Elapsed)
+
+	b.WriteString("\n## Reproduce\n\n```sh\n" + res.Command + "\n```\n\n" +
+		"Numbers vary from run to run and machine to machine; the users, their carts and the fault times do not.\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// chartCaptions say what each chart shows, above it in report.md.
+var chartCaptions = map[string]string{
+	"timeline":      "Successful and failed requests per second in each cell (failures include 409 session_lost and session_stale).",
+	"backend_load":  "Responses per second of each backend in each cell: where the load went when the pool changed.",
+	"sessions_lost": "Share of users whose workflow broke at least once (409 session_lost or session_stale), per cell.",
+	"users_moved":   "Share of users whose backend changed across the first kill, add or remove, per cell.",
+	"latency":       "Median latency of successful requests, from the scheduled arrival, per cell.",
+}
+
+// kinds lists error counts by kind, most frequent first.
+func kinds(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b string) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(ks))
+	for i, k := range ks {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// opt formats an optional figure, "-" when absent.
+func opt(v *float64, format string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf(format, *v)
+}
+
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+
+// WriteSummary writes the table of the cells and the findings for a
+// terminal.
+func WriteSummary(w io.Writer, res *Results) {
+	var b strings.Builder
+	b.WriteString("results:\n")
+	for i := range res.Cells {
+		b.WriteString("  " + cellLine(&res.Cells[i]) + "\n")
+	}
+	for _, n := range res.Spec.Claims {
+		if _, ok := claimText[n]; ok {
+			fmt.Fprintf(&b, "claim %d: %s\n", n, finding(n, res))
+		}
+	}
+	_, _ = io.WriteString(w, b.String())
+}

@@ -1,0 +1,63 @@
+package experiment
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// scrape reads each running backend's /metrics.
+func (c *cluster) scrape(ctx context.Context) map[string]BackendStats {
+	out := map[string]BackendStats{}
+	for _, b := range c.backends {
+		if b.state != running {
+			continue
+		}
+		status, _, body, err := c.get(ctx, "http://"+b.addr+"/metrics", nil)
+		if err != nil || status != http.StatusOK {
+			continue
+		}
+		m := parseMetrics(bytes.NewReader(body))
+		out[b.name] = BackendStats{
+			Name:      b.name,
+			Sessions:  int(m["demoapp_sessions"]),
+			RSSBytes:  int64(m["process_resident_memory_bytes"]),
+			CacheHits: int64(m["demoapp_cache_hits_total"]),
+		}
+	}
+	return out
+}
+
+// parseMetrics reads Prometheus text exposition into name → value, summing
+// the series of a name over its labels.
+func parseMetrics(r io.Reader) map[string]float64 {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, rest, _ := strings.Cut(line, " ")
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			// Labels may hold spaces: the value follows the closing brace.
+			j := strings.LastIndexByte(line, '}')
+			if j < 0 {
+				continue
+			}
+			name, rest = line[:i], line[j+1:]
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(fields[0], 64); err == nil {
+			out[name] += v
+		}
+	}
+	return out
+}

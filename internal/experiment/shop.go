@@ -1,0 +1,84 @@
+package experiment
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+)
+
+// Shop paths and headers of the demo app's contract.
+const (
+	pathLogin    = "/login"
+	pathItems    = "/cart/items"
+	pathCart     = "/cart"
+	pathCheckout = "/checkout"
+
+	headerUser     = "X-User"
+	headerStep     = "X-Step"
+	headerBackend  = "X-Backend"
+	headerStoreOps = "X-Store-Ops"
+	headerCache    = "X-Cache"
+)
+
+// Error kinds of a sample; the shop's own kinds come from its JSON body.
+const (
+	kindSessionLost  = "session_lost"
+	kindSessionStale = "session_stale"
+	kindTimeout      = "timeout"
+	kindConnection   = "connection"
+)
+
+// errorKind names a failed response: the shop's "error" field when its body
+// has one, else the status.
+func errorKind(status int, body []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Error != "" && len(e.Error) <= 64 {
+		return e.Error
+	}
+	return "http_" + strconv.Itoa(status)
+}
+
+// transportKind names a request that got no complete response.
+func transportKind(err error) string {
+	var ue *url.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &ue) && ue.Timeout()) {
+		return kindTimeout
+	}
+	return kindConnection
+}
+
+// requestBytes approximates the size of req on the wire in HTTP/1.1: request
+// line, Host, headers and body. It is what a client pays per request, and
+// what a token store makes grow with the cart.
+func requestBytes(req *http.Request) int {
+	n := len(req.Method) + 1 + len(req.URL.RequestURI()) + len(" HTTP/1.1\r\n")
+	n += len("Host: \r\n") + len(req.URL.Host)
+	n += headerBytes(req.Header)
+	if req.Method == http.MethodPost {
+		n += len("Content-Length: 0\r\n")
+	}
+	return n + 2
+}
+
+// responseBytes approximates the size of resp on the wire: status line,
+// headers and a body of the given length.
+func responseBytes(resp *http.Response, body int) int {
+	return len("HTTP/1.1 200 OK\r\n") + headerBytes(resp.Header) + 2 + body
+}
+
+func headerBytes(h http.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return n
+}

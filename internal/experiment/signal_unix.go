@@ -1,0 +1,11 @@
+//go:build unix
+
+package experiment
+
+import (
+	"os"
+	"syscall"
+)
+
+// The job-control signals behind the hang and resume faults.
+var sigStop, sigCont os.Signal = syscall.SIGSTOP, syscall.SIGCONT

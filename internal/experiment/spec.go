@@ -1,0 +1,264 @@
+package experiment
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"slices"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// Session stores of the demo app, as `affinity backend --session-store`
+// names them.
+const (
+	StoreMemory      = "memory"
+	StoreRedis       = "redis"
+	StoreCachedRedis = "cached-redis"
+	StoreToken       = "token"
+)
+
+// Stores lists the session stores a spec may name.
+var Stores = []string{StoreMemory, StoreRedis, StoreCachedRedis, StoreToken}
+
+// needsRedis reports whether backends with the store talk to Redis.
+func needsRedis(store string) bool { return store == StoreRedis || store == StoreCachedRedis }
+
+// Spec describes an experiment: every cell of Balancers × Stores runs the
+// same users, load and faults against a fresh set of processes.
+type Spec struct {
+	Name  string
+	Title string
+	// Claims are the numbers of the claims in CLAIMS.md the run measures;
+	// the report writes a finding for each one it knows.
+	Claims []int
+
+	Backends int // backends at the start, named b1..bN
+	Users    int
+	Rate     float64       // arrivals per second, over all users
+	Duration time.Duration // load per cell
+	Seed     uint64
+	// MinItems and MaxItems bound the items added per workflow.
+	MinItems, MaxItems int
+	Churn              float64
+	// Work is the time each backend spends per request (--work), so that
+	// the store's cost is seen against a realistic handler, not against 0.
+	Work time.Duration
+
+	Balancers []string
+	Stores    []string
+	Faults    Schedule
+
+	// Quick is the short version of the run that --quick selects.
+	Quick Quick
+}
+
+// Quick shortens a Spec: a shorter load, with the faults at the same
+// fractions of it, fewer users so that each still gets through its
+// workflows, and a smaller matrix. Zero fields keep the full value.
+type Quick struct {
+	Duration  time.Duration
+	Users     int
+	Balancers []string
+	Stores    []string
+}
+
+// Limits that keep a run bounded in time and memory.
+const (
+	maxBackends    = 32
+	maxUsers       = 100_000
+	maxArrivals    = 500_000 // per cell: at most ~60 MiB of samples
+	maxDuration    = 30 * time.Minute
+	maxItems       = 100
+	requestTimeout = 2 * time.Second
+)
+
+// ErrBadSpec is wrapped by every error about a spec.
+var ErrBadSpec = errors.New("bad experiment spec")
+
+// Check reports what is wrong with s, or nil.
+func (s *Spec) Check() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w %q: "+format, append([]any{ErrBadSpec, s.Name}, args...)...))
+	}
+	if s.Name == "" {
+		bad("name is empty")
+	}
+	if s.Backends < 1 || s.Backends > maxBackends {
+		bad("backends %d: want 1 to %d", s.Backends, maxBackends)
+	}
+	if s.Users < 1 || s.Users > maxUsers {
+		bad("users %d: want 1 to %d", s.Users, maxUsers)
+	}
+	if s.Duration <= 0 || s.Duration > maxDuration {
+		bad("duration %v: want above 0 and at most %v", s.Duration, maxDuration)
+	}
+	if !(s.Rate > 0) || s.Rate*s.Duration.Seconds() > maxArrivals {
+		bad("rate %v: want above 0 and at most %d arrivals per cell (rate × duration)", s.Rate, maxArrivals)
+	}
+	if s.MinItems < 1 || s.MinItems > s.MaxItems || s.MaxItems > maxItems {
+		bad("items %d-%d: want 1 <= min <= max <= %d", s.MinItems, s.MaxItems, maxItems)
+	}
+	if !(s.Churn >= 0 && s.Churn <= 1) {
+		bad("churn %v: want 0 to 1", s.Churn)
+	}
+	if s.Work < 0 || s.Work > time.Second {
+		bad("work %v: want 0 to 1s", s.Work)
+	}
+	if len(s.Balancers) == 0 || len(s.Stores) == 0 {
+		bad("balancers and stores must name at least one each")
+	}
+	for _, b := range s.Balancers {
+		if !balancer.Known(b) {
+			bad("unknown balancer %q (known: %v)", b, balancer.Names())
+		}
+	}
+	for _, st := range s.Stores {
+		if !slices.Contains(Stores, st) {
+			bad("unknown store %q (known: %v)", st, Stores)
+		}
+	}
+	if _, err := NewSchedule(s.Faults, s.Backends, s.Duration); err != nil {
+		errs = append(errs, fmt.Errorf("%w %q: %w", ErrBadSpec, s.Name, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Shortened returns the --quick version of s: Quick's duration, balancers
+// and stores where set, and every fault at the same fraction of the run.
+func (s Spec) Shortened() Spec {
+	q := s
+	if s.Quick.Duration > 0 {
+		q.Duration = s.Quick.Duration
+		q.Faults = s.Faults.scaled(q.Duration, s.Duration)
+	}
+	if s.Quick.Users > 0 {
+		q.Users = s.Quick.Users
+	}
+	if len(s.Quick.Balancers) > 0 {
+		q.Balancers = s.Quick.Balancers
+	}
+	if len(s.Quick.Stores) > 0 {
+		q.Stores = s.Quick.Stores
+	}
+	q.Quick = Quick{}
+	return q
+}
+
+// Cells returns the number of cells of the matrix.
+func (s *Spec) Cells() int { return len(s.Balancers) * len(s.Stores) }
+
+// specFile is the YAML form of a Spec.
+type specFile struct {
+	Name      string        `yaml:"name"`
+	Title     string        `yaml:"title"`
+	Claims    []int         `yaml:"claims"`
+	Backends  int           `yaml:"backends"`
+	Users     int           `yaml:"users"`
+	Rate      float64       `yaml:"rate"`
+	Duration  time.Duration `yaml:"duration"`
+	Seed      uint64        `yaml:"seed"`
+	Items     []int         `yaml:"items"` // [min, max]
+	Churn     float64       `yaml:"churn"`
+	Work      time.Duration `yaml:"work"`
+	Balancers []string      `yaml:"balancers"`
+	Stores    []string      `yaml:"stores"`
+	Faults    []string      `yaml:"faults"`
+	Quick     struct {
+		Duration  time.Duration `yaml:"duration"`
+		Users     int           `yaml:"users"`
+		Balancers []string      `yaml:"balancers"`
+		Stores    []string      `yaml:"stores"`
+	} `yaml:"quick"`
+}
+
+// maxSpecBytes bounds a spec file; a real one is a few hundred bytes.
+const maxSpecBytes = 1 << 20
+
+// LoadSpec reads a spec from a YAML file such as:
+//
+//	name: failover-long
+//	backends: 3
+//	users: 300
+//	rate: 500
+//	duration: 60s
+//	items: [3, 6]
+//	balancers: [cookie, round-robin]
+//	stores: [memory, redis]
+//	faults: ["20s kill b2", "40s restart b2"]
+//	quick: {duration: 5s}
+//
+// Absent fields take the values of the steady preset, so a file says only
+// what it changes.
+func LoadSpec(path string) (Spec, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Spec{}, fmt.Errorf("experiment spec: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, maxSpecBytes+1))
+	if err != nil {
+		return Spec{}, fmt.Errorf("experiment spec %s: %w", path, err)
+	}
+	if len(data) > maxSpecBytes {
+		return Spec{}, fmt.Errorf("%w %s: larger than %d bytes", ErrBadSpec, path, maxSpecBytes)
+	}
+	s, err := parseSpec(data)
+	if err != nil {
+		return Spec{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// parseSpec decodes a spec over the steady preset's values and checks it.
+func parseSpec(data []byte) (Spec, error) {
+	base := steady
+	var f specFile
+	f.Name, f.Backends, f.Users, f.Rate, f.Duration = "custom", base.Backends, base.Users, base.Rate, base.Duration
+	f.Seed, f.Items, f.Churn, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Work
+	f.Balancers, f.Stores = base.Balancers, base.Stores
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return Spec{}, fmt.Errorf("%w: %w", ErrBadSpec, err)
+	}
+	if len(f.Items) != 2 {
+		return Spec{}, fmt.Errorf("%w %q: items: want [min, max]", ErrBadSpec, f.Name)
+	}
+	s := Spec{
+		Name: f.Name, Title: f.Title, Claims: f.Claims,
+		Backends: f.Backends, Users: f.Users, Rate: f.Rate, Duration: f.Duration, Seed: f.Seed,
+		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Work: f.Work,
+		Balancers: f.Balancers, Stores: f.Stores,
+		Quick: Quick{Duration: f.Quick.Duration, Users: f.Quick.Users, Balancers: f.Quick.Balancers, Stores: f.Quick.Stores},
+	}
+	if s.Title == "" {
+		s.Title = s.Name
+	}
+	for _, raw := range f.Faults {
+		ft, err := ParseFault(raw)
+		if err != nil {
+			return Spec{}, fmt.Errorf("%w %q: %w", ErrBadSpec, s.Name, err)
+		}
+		s.Faults = append(s.Faults, ft)
+	}
+	if err := s.Check(); err != nil {
+		return Spec{}, err
+	}
+	if sorted, err := NewSchedule(s.Faults, s.Backends, s.Duration); err == nil {
+		s.Faults = sorted
+	}
+	if q := s.Shortened(); !reflect.DeepEqual(s.Quick, Quick{}) {
+		if err := q.Check(); err != nil {
+			return Spec{}, fmt.Errorf("quick: %w", err)
+		}
+	}
+	return s, nil
+}

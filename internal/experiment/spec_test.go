@@ -1,0 +1,80 @@
+package experiment
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseSpec(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		check      func(*testing.T, Spec)
+		err        string
+	}{
+		{"defaults from steady", "name: mine\n", func(t *testing.T, s Spec) {
+			if s.Backends != steady.Backends || s.Rate != steady.Rate || s.Title != "mine" || len(s.Faults) != 0 {
+				t.Errorf("%+v", s)
+			}
+		}, ""},
+		{"full", `name: long
+backends: 4
+users: 20
+rate: 50
+duration: 30s
+items: [1, 2]
+churn: 0.5
+balancers: [cookie]
+stores: [memory, token]
+faults: ["20s restart b2", "10s kill b2"]
+quick: {duration: 3s, users: 10, stores: [memory]}
+`, func(t *testing.T, s Spec) {
+			if s.Backends != 4 || s.Duration != 30*time.Second || s.MinItems != 1 || s.MaxItems != 2 || s.Churn != 0.5 {
+				t.Errorf("%+v", s)
+			}
+			if s.Faults[0].Action != Kill {
+				t.Errorf("faults not sorted: %v", s.Faults)
+			}
+			q := s.Shortened()
+			if q.Duration != 3*time.Second || q.Users != 10 || q.Faults[0].At != time.Second || !slices.Equal(q.Stores, []string{StoreMemory}) || !slices.Equal(q.Balancers, []string{"cookie"}) {
+				t.Errorf("quick %+v", q)
+			}
+		}, ""},
+		{"unknown key", "name: x\nbackend: 3\n", nil, "field backend not found"},
+		{"bad fault", "name: x\nfaults: [\"1s smash b1\"]\n", nil, "unknown action"},
+		{"fault out of state", "name: x\nfaults: [\"1s restart b1\"]\n", nil, "b1 is running"},
+		{"unknown balancer", "name: x\nbalancers: [random]\n", nil, "unknown balancer"},
+		{"unknown store", "name: x\nstores: [disk]\n", nil, "unknown store"},
+		{"too many arrivals", "name: x\nrate: 100000\nduration: 10m\n", nil, "arrivals per cell"},
+		{"items", "name: x\nitems: [5, 2]\n", nil, "items 5-2"},
+		{"items shape", "name: x\nitems: [5]\n", nil, "want [min, max]"},
+		{"bad quick", "name: x\nquick: {stores: [disk]}\n", nil, "quick:"},
+		{"not yaml", "name: [\n", nil, "bad experiment spec"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "spec.yaml")
+			if err := os.WriteFile(p, []byte(tt.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := LoadSpec(p)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !errors.Is(err, ErrBadSpec) {
+					t.Fatalf("LoadSpec = %v, want an ErrBadSpec containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, s)
+		})
+	}
+	if _, err := LoadSpec(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Error("LoadSpec of a missing file succeeded")
+	}
+}

@@ -1,0 +1,62 @@
+package experiment
+
+import (
+	"slices"
+	"time"
+)
+
+// Bucket is a slice of a cell's timeline, by scheduled arrival time.
+type Bucket struct {
+	Start     time.Duration
+	Width     time.Duration
+	Requests  int
+	OK        int
+	Errors    int
+	Lost      int // session_lost or session_stale
+	P50Ms     float64
+	P99Ms     float64
+	ByBackend map[string]int // responses per backend
+}
+
+// fineBucket is the width of the buckets charts draw for a run of d: about
+// sixty of them, at least 100 ms wide, so that each holds enough arrivals.
+func fineBucket(d time.Duration) time.Duration {
+	return max(100*time.Millisecond, (d / 60).Round(100*time.Millisecond))
+}
+
+// timeline buckets samples by their scheduled arrival, width apart; the last
+// bucket may be cut short by the end of the run.
+func timeline(samples []Sample, d, width time.Duration) []Bucket {
+	secs := make([]Bucket, int((d+width-1)/width))
+	lat := make([][]time.Duration, len(secs))
+	for i := range secs {
+		start := time.Duration(i) * width
+		secs[i] = Bucket{Start: start, Width: min(width, d-start), ByBackend: map[string]int{}}
+	}
+	for i := range samples {
+		s := &samples[i]
+		t := int(s.At / width)
+		if t < 0 || t >= len(secs) {
+			continue
+		}
+		sec := &secs[t]
+		sec.Requests++
+		if s.OK() {
+			sec.OK++
+			lat[t] = append(lat[t], s.Latency)
+		} else {
+			sec.Errors++
+		}
+		if s.lostSession() {
+			sec.Lost++
+		}
+		if s.Backend != "" {
+			sec.ByBackend[s.Backend]++
+		}
+	}
+	for i := range secs {
+		slices.Sort(lat[i])
+		secs[i].P50Ms, secs[i].P99Ms = ms(percentile(lat[i], 50)), ms(percentile(lat[i], 99))
+	}
+	return secs
+}
