@@ -18,6 +18,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Backend is one upstream server of a pool. ID, URL and Weight are fixed when
@@ -30,6 +31,12 @@ type Backend struct {
 	ID     string
 	URL    *url.URL
 	Weight int // 1..1000
+	// Stats is the creator's own per-backend data: the proxy keeps its
+	// request counters there, so that it reaches them from a Pick without
+	// looking the backend up in a map on every request. Policies ignore
+	// it. It is set before the backend is handed to a Policy and not
+	// changed after.
+	Stats any
 
 	inflight atomic.Int64
 	group    *Group
@@ -166,21 +173,54 @@ type Picker interface {
 }
 
 // Pinner is an optional interface of a Picker that pins clients to a
-// backend, as a sticky cookie does. When the proxy moves a request to a
-// backend other than the one picked (a retry after the picked one failed),
-// it asks Pin for what pins the client there instead, so that the client
-// stays where it was served. The proxy checks for it once per Build, not per
-// request; a Picker without it pins nothing.
+// backend, as a sticky cookie does. When a request's backend fails and the
+// proxy retries it elsewhere, it asks Repin where to, so that the retry goes
+// where the client's next requests will go once the failed backend is marked
+// down, and the client moves once rather than twice. The proxy checks for it
+// once per Build, not per request; a Picker without it pins nothing.
 type Pinner interface {
-	// Pin returns the complete Set-Cookie header value that pins a client
-	// to b, and false when b is not one of the available backends of the
-	// Set the Picker was built from.
-	Pin(b *Backend) (setCookie string, ok bool)
+	// Repin returns an available backend not in tried (tried[0] is the
+	// request's first pick) and the complete Set-Cookie header value that
+	// pins the client there; false when every available backend was tried.
+	Repin(r *http.Request, tried []*Backend) (b *Backend, setCookie string, ok bool)
+}
+
+// Learner is an optional interface of a Picker that learns affinity from
+// what backends answer, as the learn policy learns application session
+// cookies. The proxy calls Learn with the header of every response a
+// backend returns, before the response goes on to the client; like Pinner,
+// it checks for the interface once per Build, not per request.
+type Learner interface {
+	// Learn records what the response header h of backend b says about the
+	// clients it serves. It is called on the request path, so it must be
+	// cheap when h holds nothing to learn, and it must not modify h.
+	Learn(b *Backend, h http.Header)
+}
+
+// StickTable is an optional interface of a Policy that keeps a bounded
+// table of learned affinities, as the learn policy does; metrics read it.
+type StickTable interface {
+	// Len reports the entries held now; expired entries count until
+	// they are swept, as they still take memory.
+	Len() int
+	// Evictions counts the live entries dropped to make room for new
+	// ones. A steady rise means the table is too small for the sessions
+	// active within its TTL, and clients are losing their backend.
+	Evictions() uint64
+	// StoreErrors counts the failed or dropped operations on a shared
+	// store (Redis), 0 without one. Each is a session another replica
+	// may not find, or a lookup that fell back to the rotation.
+	StoreErrors() uint64
 }
 
 // Policy builds Pickers for one pool. Build is called off the request path,
 // on every membership or health change; it may precompute anything that makes
 // Pick cheap. Build is never called concurrently for the same Policy.
+//
+// A Policy that holds resources besides memory (connections, goroutines)
+// implements io.Closer. Its owner, the proxy's pool, calls Close once when
+// it stops the pool; pickers built before must still answer after Close,
+// without those resources.
 type Policy interface {
 	Build(s Set) Picker
 }
@@ -197,6 +237,10 @@ type CookieOptions struct {
 	Secure   bool
 	HTTPOnly bool
 	SameSite http.SameSite
+	// Secret, when set, signs the cookie: its value becomes an HMAC-SHA256
+	// of the backend ID under Secret, which clients can neither forge nor
+	// derive from the configured names. At least MinCookieSecret bytes.
+	Secret string
 }
 
 // HashOptions configures consistent hashing.
@@ -211,11 +255,45 @@ type HashOptions struct {
 	LoadFactor float64
 }
 
+// LearnOptions configures the learn policy, which keeps each client on the
+// backend that issued its application session cookie.
+type LearnOptions struct {
+	// Cookie names the application's session cookie (JSESSIONID,
+	// PHPSESSID, ...). Its values are learned from the Set-Cookie headers
+	// of backends' responses, and a request carrying one goes to the
+	// backend that set it.
+	Cookie string
+	// MaxEntries bounds the sessions remembered, 1 to MaxLearnEntries;
+	// the least recently used is forgotten to make room for a new one.
+	MaxEntries int
+	// TTL is how long a session is remembered after its last request. Set
+	// it to at least the application's own session timeout.
+	TTL time.Duration
+	// Store is where the table lives: LearnStoreMemory, in this process
+	// only, or LearnStoreRedis, shared through Redis by every replica of
+	// the proxy, with the memory table as its near-cache.
+	Store string
+	// Redis locates the shared table when Store is LearnStoreRedis.
+	Redis RedisOptions
+}
+
+// RedisOptions locates a Redis server or cluster.
+type RedisOptions struct {
+	// Addrs holds host:port of a single server, or two or more seed
+	// addresses of a Redis Cluster.
+	Addrs []string
+	// Timeout bounds each Redis command. A pick whose session is not in
+	// the memory table waits this long at most for Redis before it falls
+	// back to the rotation.
+	Timeout time.Duration
+}
+
 // Options is everything a Factory may read. Each policy reads only its part;
 // config applies defaults and validates ranges before a Factory sees them.
 type Options struct {
 	Cookie CookieOptions
 	Hash   HashOptions
+	Learn  LearnOptions
 }
 
 // Factory makes a Policy from its options; an error explains which option is

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 )
@@ -30,6 +31,9 @@ type cookiePolicy struct {
 	// the hash without touching Pick.
 	token func(id string) string
 	next  atomic.Uint64 // rotation for new clients; survives rebuilds
+	// variant hands new clients their cookie variant in turn; it lives
+	// here for the same reason as next.
+	variant atomic.Uint64
 }
 
 func newCookiePolicy(o Options) (Policy, error) {
@@ -47,6 +51,13 @@ func newCookiePolicy(o Options) (Policy, error) {
 		return nil, fmt.Errorf("%w: same_site none requires secure, or browsers drop the cookie", ErrInvalidCookie)
 	}
 	p := &cookiePolicy{opts: c, token: hashToken}
+	if c.Secret != "" {
+		t, err := signedToken(c.Secret)
+		if err != nil {
+			return nil, err
+		}
+		p.token = t
+	}
 	if err := p.cookie("0").Valid(); err != nil {
 		return nil, fmt.Errorf("%w: path %q, domain %q: %w", ErrInvalidCookie, c.Path, c.Domain, err)
 	}
@@ -74,69 +85,138 @@ func (p *cookiePolicy) cookie(value string) *http.Cookie {
 	}
 }
 
+// cookieVariants is how many cookie values each backend has. A new client
+// gets one of them in turn; the variant says nothing about the backend, only
+// where the client goes if its backend fails: clients of a failed backend
+// are spread over the others by (backend, variant), and every request of one
+// client, first tries and retries alike, agrees on where that is. Sixteen
+// buckets spread a failed backend's clients evenly enough over the rest;
+// the Set-Cookie headers are precomputed, so more would only cost memory.
+const cookieVariants = 16
+
+// hexDigits spell a variant as the last character of a cookie value.
+const hexDigits = "0123456789abcdef"
+
 // cookieEntry is what a token resolves to.
 type cookieEntry struct {
 	backend   *Backend
 	available bool
+	id        uint64 // hashString(backend.ID), the seed of its successors
 }
 
 // Build resolves every backend of s.All by its token, so that a cookie naming
 // a backend that is down is told apart from garbage, and renders the
-// Set-Cookie header of every available backend once.
+// Set-Cookie headers of every available backend once.
 func (p *cookiePolicy) Build(s Set) Picker {
 	cp := &cookiePicker{
 		name:      p.opts.Name,
 		byToken:   make(map[string]cookieEntry, len(s.All)),
-		setCookie: make([]string, len(s.Available)),
+		setCookie: make([][cookieVariants]string, len(s.Available)),
+		ids:       make([]uint64, len(s.Available)),
 		w:         newWRR(s.Available, &p.next),
+		variant:   &p.variant,
 	}
 	for _, b := range s.All {
-		cp.byToken[p.token(b.ID)] = cookieEntry{backend: b}
+		cp.byToken[p.token(b.ID)] = cookieEntry{backend: b, id: hashString(b.ID)}
 	}
 	for i, b := range s.Available {
 		t := p.token(b.ID)
-		cp.byToken[t] = cookieEntry{backend: b, available: true}
-		cp.setCookie[i] = p.cookie(t).String()
+		cp.ids[i] = hashString(b.ID)
+		cp.byToken[t] = cookieEntry{backend: b, available: true, id: cp.ids[i]}
+		for v := range cookieVariants {
+			cp.setCookie[i][v] = p.cookie(t + "." + hexDigits[v:v+1]).String()
+		}
 	}
 	return cp
 }
 
 type cookiePicker struct {
 	name      string
-	byToken   map[string]cookieEntry // every backend of Set.All
-	setCookie []string               // parallel to w.backends (Set.Available)
-	w         wrr
+	byToken   map[string]cookieEntry   // every backend of Set.All
+	setCookie [][cookieVariants]string // parallel to w.backends (Set.Available)
+	ids       []uint64                 // parallel to w.backends: hashString(ID)
+	w         wrr                      // places new clients
+	variant   *atomic.Uint64           // hands out variants; survives rebuilds
 }
 
-// Pick sends a client with a valid cookie to its backend and places any other
-// client on the weighted rotation, returning the cookie that pins it there.
+// Pick sends a client with a valid cookie to its backend, moves a client
+// whose backend is unavailable to that backend's successor for the client's
+// variant, and places any other client on the weighted rotation, returning
+// the cookie that pins it there.
 func (p *cookiePicker) Pick(r *http.Request) (Pick, error) {
-	sticky := StickyNew
-	if v, ok := cookieValue(r.Header, p.name); ok {
-		if e, ok := p.byToken[v]; ok {
+	if len(p.w.backends) == 0 {
+		return Pick{}, ErrNoBackend
+	}
+	if tok, v, ok := p.cookie(r); ok {
+		if e, ok := p.byToken[tok]; ok {
 			if e.available {
 				return Pick{Backend: e.backend, Sticky: StickyKept}, nil
 			}
-			sticky = StickyRepinned
+			i := p.successor(e.id, v, nil)
+			return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][v], Sticky: StickyRepinned}, nil
 		}
 	}
-	i, ok := p.w.pick()
-	if !ok {
-		return Pick{}, ErrNoBackend
-	}
-	return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i], Sticky: sticky}, nil
+	i, _ := p.w.pick()
+	v := p.variant.Add(1) % cookieVariants
+	return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][v], Sticky: StickyNew}, nil
 }
 
-// Pin returns the Set-Cookie header that pins a client to b. It is called
-// only when a request moves off its pick, so a scan of the few available
-// backends is cheaper than keeping a map for it.
-func (p *cookiePicker) Pin(b *Backend) (string, bool) {
-	for i, x := range p.w.backends {
-		if x == b {
-			return p.setCookie[i], true
+// Repin chooses where a request goes when the backend it was sent to failed:
+// the successor, among the available backends not in tried, that Pick gives
+// the same client once the failed backend is marked down, so that a retry
+// and the client's next requests agree and the client moves only once.
+func (p *cookiePicker) Repin(r *http.Request, tried []*Backend) (*Backend, string, bool) {
+	if len(tried) == 0 {
+		return nil, "", false
+	}
+	// The successors of the backend that first failed: the cookie's, or,
+	// for a client that had none (or garbage), the one it was placed on.
+	id := hashString(tried[0].ID)
+	tok, v, ok := p.cookie(r)
+	if e, known := p.byToken[tok]; ok && known {
+		id = e.id
+	}
+	i := p.successor(id, v, tried)
+	if i < 0 {
+		return nil, "", false
+	}
+	return p.w.backends[i], p.setCookie[i][v], true
+}
+
+// successor ranks the available backends not in skip by a hash of the
+// failed backend, the variant and each candidate (rendezvous hashing) and
+// returns the index of the first, or -1 when none is left. Removing any
+// other candidate does not change the winner, so the choice of a retry
+// (which skips the failed backend) and of a later pick (where it is down)
+// is the same. It scans the pool, which is fine for the failure path it
+// serves.
+func (p *cookiePicker) successor(failed uint64, v uint8, skip []*Backend) int {
+	best, top := -1, uint64(0)
+	seed := failed ^ (uint64(v)+1)*0x9e3779b97f4a7c15
+	for i, b := range p.w.backends {
+		if slices.Contains(skip, b) {
+			continue
+		}
+		if score := mix64(seed ^ p.ids[i]); best < 0 || score > top {
+			best, top = i, score
 		}
 	}
-	return "", false
+	return best
+}
+
+// cookie returns the token and variant of the request's sticky cookie. A
+// value without a variant (or with a malformed one) counts as variant 0.
+func (p *cookiePicker) cookie(r *http.Request) (tok string, v uint8, ok bool) {
+	val, ok := cookieValue(r.Header, p.name)
+	if !ok {
+		return "", 0, false
+	}
+	if n := len(val); n >= 2 && val[n-2] == '.' {
+		if d := strings.IndexByte(hexDigits, val[n-1]); d >= 0 {
+			return val[:n-2], uint8(d), true
+		}
+	}
+	return val, 0, true
 }
 
 // cookieValue returns the value of the first cookie called name in the

@@ -22,6 +22,17 @@ const (
 	DefaultResponseHeaderTimeout = 30 * time.Second // timeouts.response_header
 	DefaultIdleConnTimeout       = 90 * time.Second // timeouts.idle_conn
 
+	DefaultShutdownTimeout = 30 * time.Second // shutdown_timeout
+
+	DefaultReadHeaderTimeout = 10 * time.Second // server.read_header_timeout
+	DefaultReadTimeout       = 0                // server.read_timeout: none, as uploads may be slow
+	DefaultIdleTimeout       = 2 * time.Minute  // server.idle_timeout
+	DefaultMaxHeaderBytes    = 64 << 10         // server.max_header_bytes
+	DefaultMaxBody           = 100 << 20        // server.max_body, in bytes; 0 is no limit
+	// trusted_proxies defaults to none: every client's forwarding headers
+	// are replaced. tls defaults to off, and a pool's tls to the system's
+	// roots and the name in each backend's URL.
+
 	DefaultBalancerType = "round-robin" // pools.*.balancer.type
 
 	DefaultCookieName     = "AFFINITY"           // balancer.cookie.name
@@ -31,11 +42,19 @@ const (
 	DefaultCookieSecure   = false                // balancer.cookie.secure
 	DefaultCookieHTTPOnly = true                 // balancer.cookie.http_only
 	DefaultCookieSameSite = http.SameSiteLaxMode // balancer.cookie.same_site: lax
+	DefaultCookieSecret   = ""                   // balancer.cookie.secret: unsigned
 
 	// balancer.hash.key has no default: a consistent-hash pool must say
 	// what it hashes.
 	DefaultHashVirtualNodes = 160 // balancer.hash.virtual_nodes
 	DefaultHashLoadFactor   = 0.0 // balancer.hash.load_factor: no bound
+
+	// balancer.learn.cookie has no default: a learn pool must name its
+	// application's session cookie; redis.addrs neither.
+	DefaultLearnMaxEntries = 100_000                   // balancer.learn.max_entries
+	DefaultLearnTTL        = 30 * time.Minute          // balancer.learn.ttl: a servlet session's default
+	DefaultLearnStore      = balancer.LearnStoreMemory // balancer.learn.store
+	DefaultRedisTimeout    = 50 * time.Millisecond     // balancer.learn.redis.timeout
 
 	// A backend without a name is named after its URL's host:port, with the
 	// scheme's port made explicit (http://app → app:80), so that the name
@@ -64,9 +83,15 @@ const (
 
 // Limits of numeric keys, inclusive.
 const (
-	MaxWeight       = 1000  // pools.*.backends[].weight: 1..MaxWeight
-	MaxRetries      = 10    // pools.*.retries: 0..MaxRetries
-	MaxVirtualNodes = 10000 // balancer.hash.virtual_nodes: 1..MaxVirtualNodes
+	MaxWeight       = 1000                     // pools.*.backends[].weight: 1..MaxWeight
+	MaxRetries      = 10                       // pools.*.retries: 0..MaxRetries
+	MaxVirtualNodes = 10000                    // balancer.hash.virtual_nodes: 1..MaxVirtualNodes
+	MaxLearnEntries = balancer.MaxLearnEntries // balancer.learn.max_entries: 1..MaxLearnEntries
+	// server.max_header_bytes: MinHeaderBytes..MaxHeaderBytes. Below 1 KiB
+	// ordinary browsers' requests would not fit; above 16 MiB one client
+	// could hold that much memory per connection.
+	MinHeaderBytes = 1 << 10
+	MaxHeaderBytes = 16 << 20
 )
 
 // DefaultLog returns the log section used when the file has none.
@@ -80,6 +105,18 @@ func DefaultTimeouts() Timeouts {
 		Connect:        DefaultConnectTimeout,
 		ResponseHeader: DefaultResponseHeaderTimeout,
 		IdleConn:       DefaultIdleConnTimeout,
+	}
+}
+
+// DefaultServer returns the client-side limits used when the file sets
+// none.
+func DefaultServer() Server {
+	return Server{
+		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		ReadTimeout:       DefaultReadTimeout,
+		IdleTimeout:       DefaultIdleTimeout,
+		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		MaxBody:           DefaultMaxBody,
 	}
 }
 
@@ -98,10 +135,17 @@ func DefaultBalancer() Balancer {
 				Secure:   DefaultCookieSecure,
 				HTTPOnly: DefaultCookieHTTPOnly,
 				SameSite: DefaultCookieSameSite,
+				Secret:   DefaultCookieSecret,
 			},
 			Hash: balancer.HashOptions{
 				VirtualNodes: DefaultHashVirtualNodes,
 				LoadFactor:   DefaultHashLoadFactor,
+			},
+			Learn: balancer.LearnOptions{
+				MaxEntries: DefaultLearnMaxEntries,
+				TTL:        DefaultLearnTTL,
+				Store:      DefaultLearnStore,
+				Redis:      balancer.RedisOptions{Timeout: DefaultRedisTimeout},
 			},
 		},
 	}

@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -52,6 +54,8 @@ func parse(file string, data []byte, newPolicy func(string, balancer.Options) (b
 		d.errs.sort()
 		return nil, d.errs
 	}
+	sum := sha256.Sum256(data)
+	c.Hash = hex.EncodeToString(sum[:])
 	return c, nil
 }
 
@@ -96,11 +100,11 @@ func (d *decoder) document(data []byte) *Config {
 
 // config decodes the top level.
 func (d *decoder) config(top *yaml.Node) *Config {
-	s := d.section(top, top, "", "admin", "listen", "log", "pools", "routes", "timeouts")
+	s := d.section(top, top, "", "admin", "listen", "log", "pools", "routes", "server", "shutdown_timeout", "timeouts", "tls", "trusted_proxies")
 	if s == nil {
 		return nil
 	}
-	c := &Config{File: d.file, Log: DefaultLog(), Timeouts: DefaultTimeouts()}
+	c := &Config{File: d.file, Log: DefaultLog(), Timeouts: DefaultTimeouts(), ShutdownTimeout: DefaultShutdownTimeout}
 	d.require(s, "listen", "pools")
 	if v, n := d.str(s, "listen"); n != nil {
 		if err := checkAddress(v); err != nil {
@@ -108,14 +112,7 @@ func (d *decoder) config(top *yaml.Node) *Config {
 		}
 		c.Listen = v
 	}
-	if v, n := d.str(s, "admin"); n != nil {
-		if err := checkAddress(v); err != nil {
-			d.errorf(n, "admin: %v", err)
-		} else if v == c.Listen {
-			d.errorf(n, "admin: must differ from listen")
-		}
-		c.Admin = v
-	}
+	d.admin(s, c)
 	if l := d.sub(s, "log", "access", "format", "level"); l != nil {
 		if v, n := d.oneOf(l, "level", "debug", "info", "warn", "error"); n != nil {
 			c.Log.Level = v
@@ -138,9 +135,44 @@ func (d *decoder) config(top *yaml.Node) *Config {
 			c.Timeouts.IdleConn = v
 		}
 	}
+	if v, n := d.duration(s, "shutdown_timeout", false); n != nil {
+		c.ShutdownTimeout = v
+	}
+	d.listener(s, c)
 	names := d.pools(s, c)
 	d.routes(s, c, names)
 	return c
+}
+
+// admin decodes the admin listener: an address, or a mapping of listen and
+// pprof. c.Listen must be decoded already.
+func (d *decoder) admin(top *section, c *Config) {
+	n := d.val(top, "admin")
+	if n == nil {
+		return
+	}
+	path, addr := "admin", n
+	if n.Kind == yaml.MappingNode {
+		s := d.section(n, top.keys["admin"], "admin", "listen", "pprof")
+		d.require(s, "listen")
+		if v, bn := d.boolean(s, "pprof"); bn != nil {
+			c.Admin.Pprof = v
+		}
+		if _, addr = d.str(s, "listen"); addr == nil {
+			return
+		}
+		path = "admin.listen"
+	} else if !d.scalar(n, path, "an address or a mapping of listen and pprof", "!!str", "!!int", "!!float", "!!timestamp") {
+		// The tags are those str accepts, so that both forms of the
+		// address are read alike.
+		return
+	}
+	if err := checkAddress(addr.Value); err != nil {
+		d.errorf(addr, "%s: %v", path, err)
+	} else if addr.Value == c.Listen {
+		d.errorf(addr, "%s: must differ from listen", path)
+	}
+	c.Admin.Listen = addr.Value
 }
 
 // pools decodes the pools and returns the names of all of them, including
@@ -262,7 +294,7 @@ func covers(a, b Match) bool {
 // pool decodes one pool; key is its name in the pools mapping.
 func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	path := "pools." + name
-	s := d.section(n, key, path, "backends", "balancer", "health_check", "passive", "retries", "retry_max_body")
+	s := d.section(n, key, path, "backends", "balancer", "health_check", "passive", "retries", "retry_max_body", "tls")
 	if s == nil {
 		return nil
 	}
@@ -294,15 +326,16 @@ func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	if v, n := d.integer(s, "retry_max_body", 0, math.MaxInt64); n != nil {
 		p.Retries.MaxBody = v
 	}
+	p.TLS = d.backendTLS(s, p.Backends)
 	return p
 }
 
 // optionTypes names the policy each option section of a balancer applies to.
-var optionTypes = map[string]string{"cookie": "cookie", "hash": "consistent-hash"}
+var optionTypes = map[string]string{"cookie": "cookie", "hash": "consistent-hash", "learn": "learn"}
 
 // balancer decodes a pool's balancer section into b, which holds defaults.
 func (d *decoder) balancer(pool *section, b *Balancer) {
-	s := d.sub(pool, "balancer", "cookie", "hash", "type")
+	s := d.sub(pool, "balancer", "cookie", "hash", "learn", "type")
 	if s == nil {
 		return
 	}
@@ -317,7 +350,7 @@ func (d *decoder) balancer(pool *section, b *Balancer) {
 	} else if n := s.vals["type"]; n != nil && !isNull(n) {
 		typeOK = false // reported by str
 	}
-	if c := d.sub(s, "cookie", "domain", "http_only", "max_age", "name", "path", "same_site", "secure"); c != nil {
+	if c := d.sub(s, "cookie", "domain", "http_only", "max_age", "name", "path", "same_site", "secret", "secure"); c != nil {
 		d.cookie(c, &b.Options.Cookie)
 	}
 	if h := d.sub(s, "hash", "key", "load_factor", "virtual_nodes"); h != nil {
@@ -329,10 +362,11 @@ func (d *decoder) balancer(pool *section, b *Balancer) {
 		}
 		d.errorf(at, "%s: %s needs hash.key (ip, path, header:NAME, cookie:NAME or query:NAME)", s.path, b.Type)
 	}
+	d.learnSection(s, b, typeOK)
 	if !typeOK {
 		return
 	}
-	for _, opt := range []string{"cookie", "hash"} {
+	for _, opt := range []string{"cookie", "hash", "learn"} {
 		if n := s.vals[opt]; n != nil && !isNull(n) && b.Type != optionTypes[opt] {
 			d.errorf(s.keys[opt], "%s: %s applies to %s only (type is %s)", s.path, opt, optionTypes[opt], b.Type)
 		}
@@ -379,6 +413,7 @@ func (d *decoder) cookie(s *section, o *balancer.CookieOptions) {
 			d.errorf(n, "%s.same_site: none requires secure: true", s.path)
 		}
 	}
+	d.cookieSecret(s, o)
 }
 
 var sameSite = map[string]http.SameSite{

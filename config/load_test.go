@@ -2,10 +2,13 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"io/fs"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -26,12 +29,17 @@ func TestLoadValid(t *testing.T) {
 	tests := map[string]func(t *testing.T, c *Config){
 		"minimal.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, "127.0.0.1:8080")
-			check(t, "admin", c.Admin, "")
+			check(t, "admin", c.Admin, Admin{})
 			check(t, "log", c.Log, DefaultLog())
 			check(t, "timeouts", c.Timeouts, DefaultTimeouts())
+			check(t, "shutdown timeout", c.ShutdownTimeout, DefaultShutdownTimeout)
 			check(t, "implied route", c.Routes, []Route{{Pool: "web"}})
+			check(t, "server", c.Server, DefaultServer())
+			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix(nil))
+			check(t, "tls", c.TLS, (*TLS)(nil))
 			p := onlyPool(t, c, "web")
 			check(t, "balancer", p.Balancer, DefaultBalancer())
+			check(t, "backend tls", p.TLS, (*BackendTLS)(nil))
 			check(t, "retries", p.Retries, Retries{Count: 2, MaxBody: 65536})
 			check(t, "health check", p.HealthCheck, (*HealthCheck)(nil))
 			check(t, "passive", p.Passive, (*Passive)(nil))
@@ -39,9 +47,18 @@ func TestLoadValid(t *testing.T) {
 		},
 		"full.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, "0.0.0.0:8080")
-			check(t, "admin", c.Admin, "127.0.0.1:9090")
+			check(t, "admin", c.Admin, Admin{Listen: "127.0.0.1:9090", Pprof: true})
 			check(t, "log", c.Log, Log{Level: "debug", Format: "json", Access: true})
 			check(t, "timeouts", c.Timeouts, Timeouts{Connect: time.Second, ResponseHeader: 15 * time.Second, IdleConn: time.Minute})
+			check(t, "shutdown timeout", c.ShutdownTimeout, 10*time.Second)
+			check(t, "server", c.Server, Server{
+				ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 30 * time.Second,
+				MaxHeaderBytes: 16384, MaxBody: 0,
+			})
+			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix{
+				netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32"),
+			})
+			check(t, "tls", c.TLS, &TLS{Cert: "/etc/affinity/cert.pem", Key: "/etc/affinity/key.pem"})
 			check(t, "routes", c.Routes, []Route{
 				{Match: Match{Host: "shop.example.com", Path: "/api/"}, Pool: "api"},
 				{Match: Match{Host: "*.example.com"}, Pool: "api"},
@@ -53,8 +70,9 @@ func TestLoadValid(t *testing.T) {
 			check(t, "web balancer", web.Balancer.Type, "cookie")
 			check(t, "web cookie", web.Balancer.Options.Cookie, balancer.CookieOptions{
 				Name: "SHOP_AFFINITY", Path: "/shop", Domain: "example.com", MaxAge: 3600,
-				Secure: true, HTTPOnly: false, SameSite: http.SameSiteNoneMode,
+				Secure: true, HTTPOnly: false, SameSite: http.SameSiteNoneMode, Secret: "correct horse battery staple",
 			})
+			check(t, "web tls", web.TLS, &BackendTLS{CA: "/etc/affinity/backend-ca.pem", ServerName: "web.internal"})
 			check(t, "web backends", backendSummary(web), []string{
 				"web-1 http://127.0.0.1:9001 3",
 				"web2.internal:443 https://web2.internal 1000",
@@ -71,6 +89,9 @@ func TestLoadValid(t *testing.T) {
 			check(t, "api hash", api.Balancer.Options.Hash, balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 500, LoadFactor: 1.25})
 			check(t, "api backends", backendSummary(api), []string{"api-a http://10.0.0.1:8000 1", "api-b http://10.0.0.2:8000 2"})
 			check(t, "api retries", api.Retries, Retries{Count: 10, MaxBody: 1 << 20})
+		},
+		"admin-address.yaml": func(t *testing.T, c *Config) {
+			check(t, "admin", c.Admin, Admin{Listen: "[::1]:9090"})
 		},
 		"round-robin.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, ":8080")
@@ -89,6 +110,20 @@ func TestLoadValid(t *testing.T) {
 			check(t, "balancer", p.Balancer.Type, "cookie")
 			check(t, "cookie", p.Balancer.Options.Cookie, want)
 		},
+		"learn.yaml": func(t *testing.T, c *Config) {
+			p := onlyPool(t, c, "app")
+			want := DefaultBalancer().Options.Learn
+			want.Cookie = "JSESSIONID"
+			check(t, "balancer", p.Balancer.Type, "learn")
+			check(t, "learn", p.Balancer.Options.Learn, want)
+		},
+		"learn-redis.yaml": func(t *testing.T, c *Config) {
+			p := onlyPool(t, c, "app")
+			check(t, "learn", p.Balancer.Options.Learn, balancer.LearnOptions{
+				Cookie: "PHPSESSID", MaxEntries: 500000, TTL: 2 * time.Hour, Store: "redis",
+				Redis: balancer.RedisOptions{Addrs: []string{"10.0.0.5:7000", "redis-2.internal:7001"}, Timeout: 20 * time.Millisecond},
+			})
+		},
 		"consistent-hash.yaml": func(t *testing.T, c *Config) {
 			p := onlyPool(t, c, "cache")
 			check(t, "balancer", p.Balancer.Type, "consistent-hash")
@@ -96,7 +131,10 @@ func TestLoadValid(t *testing.T) {
 			check(t, "backends", len(p.Backends), 3)
 		},
 		"empty-sections.yaml": func(t *testing.T, c *Config) {
-			check(t, "admin", c.Admin, "")
+			check(t, "server", c.Server, DefaultServer())
+			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix(nil))
+			check(t, "tls", c.TLS, (*TLS)(nil))
+			check(t, "admin", c.Admin, Admin{})
 			check(t, "log", c.Log, DefaultLog())
 			check(t, "timeouts", c.Timeouts, DefaultTimeouts())
 			p := onlyPool(t, c, "web")
@@ -104,6 +142,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "health check", p.HealthCheck, &hc)
 			check(t, "passive", p.Passive, &passive)
 			check(t, "retries", p.Retries, DefaultRetries())
+			check(t, "backend tls", p.TLS, (*BackendTLS)(nil))
 		},
 	}
 	files, err := filepath.Glob(filepath.Join(testdata, "config", "valid", "*.yaml"))
@@ -331,5 +370,33 @@ pools:
 		"f.yaml:8:3: pools.b.balancer: refused round-robin"
 	if err == nil || err.Error() != want {
 		t.Errorf("parse error:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// TestHash checks that a loaded config names the exact bytes it came from,
+// so that logs and metrics tell which version of the file is served.
+func TestHash(t *testing.T) {
+	data := []byte("listen: 127.0.0.1:8080\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n")
+	path := filepath.Join(t.TempDir(), "a.yaml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	check(t, "Load hash", c.Hash, hex.EncodeToString(sum[:]))
+	same, err := Parse("other-name.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, "same bytes under another name", same.Hash, c.Hash)
+	edited, err := Parse(path, append(data, "# a comment\n"...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edited.Hash == c.Hash {
+		t.Error("a file with another comment has the same hash")
 	}
 }

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"net/netip"
 	"net/url"
 	"time"
 
@@ -15,14 +16,32 @@ import (
 type Config struct {
 	// File is the path the config was loaded from, for messages.
 	File string
+	// Hash is the hex SHA-256 of the bytes the config was parsed from,
+	// naming the version of the file in use (logs, metrics); empty for a
+	// Config built in code.
+	Hash string
 
 	Listen   string   // listen: address of the proxy listener (required)
-	Admin    string   // admin: address of the admin listener; empty is off
+	Admin    Admin    // admin: the admin listener; the zero value is off
 	Log      Log      // log:
 	Timeouts Timeouts // timeouts:
 	Routes   []Route  // routes: first match wins
 	// Pools in the order the file names them.
 	Pools []*Pool
+	// Server bounds what clients may send and how long they may hold a
+	// connection (server:).
+	Server Server
+	// TrustedProxies are the peers whose X-Forwarded-For, -Proto, -Host
+	// and Forwarded headers are believed and extended rather than
+	// replaced (trusted_proxies: CIDRs or addresses; default none). A
+	// bare address is a /32 or /128 prefix.
+	TrustedProxies []netip.Prefix
+	// TLS makes the listener terminate TLS, and serve HTTP/2 as well as
+	// HTTP/1.1 (tls:); nil serves plain HTTP.
+	TLS *TLS
+	// ShutdownTimeout bounds how long a stopping proxy lets requests in
+	// flight finish (shutdown_timeout; default 30s).
+	ShutdownTimeout time.Duration
 }
 
 // Pool returns the pool named name, or nil.
@@ -33,6 +52,16 @@ func (c *Config) Pool(name string) *Pool {
 		}
 	}
 	return nil
+}
+
+// Admin configures the admin listener, which serves metrics, a status page
+// and health endpoints apart from the proxied traffic. The file may give it
+// as an address alone (admin: 127.0.0.1:9090) or as a mapping.
+type Admin struct {
+	Listen string // listen: host:port; empty: no admin listener
+	// Pprof serves Go's profiler under /debug/pprof/; default false, as
+	// profiles reveal the program's internals and cost CPU while taken.
+	Pprof bool
 }
 
 // Log configures logging.
@@ -72,6 +101,9 @@ type Pool struct {
 	HealthCheck *HealthCheck // nil: no active checks
 	Passive     *Passive     // nil: no passive ejection
 	Retries     Retries
+	// TLS verifies the pool's https:// backends; nil: the system's roots
+	// and the name in each backend's URL.
+	TLS *BackendTLS
 }
 
 // Balancer names the policy of a pool and carries its options.
@@ -112,4 +144,47 @@ type Passive struct {
 type Retries struct {
 	Count   int   // further attempts after the first; default 2
 	MaxBody int64 // largest request body buffered to be replayable; default 64 KiB
+}
+
+// Server bounds the client side of the proxy. Config.Load fills in every
+// default; in a Config built in code a zero ReadHeaderTimeout, IdleTimeout
+// or MaxHeaderBytes takes its default too.
+type Server struct {
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers, so that connections trickling bytes cannot pile
+	// up (read_header_timeout; default 10s).
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds the reading of a whole request, body included
+	// (read_timeout; default 0: none, as uploads may be slow).
+	ReadTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long
+	// (idle_timeout; default 2m).
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps the size of a request's header block
+	// (max_header_bytes; default 64 KiB).
+	MaxHeaderBytes int
+	// MaxBody caps a request body in bytes; a larger one is answered 413
+	// (max_body; default 100 MiB; 0: no limit).
+	MaxBody int64
+}
+
+// TLS is the listener's certificate (PEM files; relative paths are taken
+// from the working directory).
+type TLS struct {
+	Cert string // cert: certificate chain, leaf first
+	Key  string // key: its private key
+}
+
+// BackendTLS configures how the proxy verifies a pool's https backends.
+type BackendTLS struct {
+	// CA is a PEM file of the certificates that sign the backends' (ca;
+	// default: the system's roots).
+	CA string
+	// ServerName is the name the backends' certificates must hold
+	// (server_name; default: the host of each backend's URL).
+	ServerName string
+	// InsecureSkipVerify accepts any certificate: for tests only, as it
+	// lets anyone on the path read and change the traffic
+	// (insecure_skip_verify; default false).
+	InsecureSkipVerify bool
 }

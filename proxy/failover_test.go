@@ -35,7 +35,7 @@ func (sc *stickyClient) visit(t *testing.T, u string) {
 	for _, line := range r.header["Set-Cookie"] {
 		if v, ok := strings.CutPrefix(line, "aff="); ok {
 			v, _, _ = strings.Cut(v, ";")
-			sticky = append(sticky, v)
+			sticky = append(sticky, backendToken(v))
 		}
 	}
 	if len(sticky) > 1 {
@@ -45,7 +45,7 @@ func (sc *stickyClient) visit(t *testing.T, u string) {
 	sc.home = r.body
 }
 
-// token is the sticky cookie value naming backend id.
+// token is the part of a sticky cookie value naming backend id.
 func token(t *testing.T, id string) string {
 	t.Helper()
 	p, err := balancer.New("cookie", cookieOptions())
@@ -58,6 +58,15 @@ func token(t *testing.T, id string) string {
 		t.Fatal(err)
 	}
 	v, _, _ := strings.Cut(strings.TrimPrefix(pk.SetCookie, "aff="), ";")
+	return backendToken(v)
+}
+
+// backendToken strips the variant (".x") from a sticky cookie value, leaving
+// the token that names the backend.
+func backendToken(v string) string {
+	if n := len(v); n >= 2 && v[n-2] == '.' {
+		return v[:n-2]
+	}
 	return v
 }
 

@@ -52,6 +52,9 @@ type exchange struct {
 	// cookie backs the response's Set-Cookie header when the backend sets
 	// none, so that adding setCookie allocates no slice; see addCookie.
 	cookie [1]string
+	// trusted is set when the client's peer is a trusted proxy, whose
+	// forwarding headers Rewrite keeps and extends.
+	trusted bool
 }
 
 // addCookie adds the sticky cookie to a backend's response header h.
@@ -114,13 +117,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve does the work of ServeHTTP, filling in o as it goes so that the
 // access log has it even when forwarding ends in a panic.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
-	p := s.state.Load().router.match(r.Host, r.URL.Path)
+	st := s.state.Load()
+	p := st.router.match(r.Host, r.URL.Path)
 	if p == nil {
+		s.stats.unrouted.Add(1)
 		writeError(w, http.StatusNotFound)
 		return
 	}
 	o.pool = p.name
-	pk, err := p.pick(r)
+	if !guardBody(w, r, st.maxBody) {
+		return
+	}
+	trusted := st.trusted.trusts(r.RemoteAddr)
+	pr := r
+	if trusted && p.hashesIP {
+		pr = withClient(r, st.trusted.client(r.Header, r.RemoteAddr))
+	}
+	pk, err := p.pick(pr)
 	if err != nil {
 		p.refused(err)
 		w.Header().Set("Retry-After", "1")
@@ -130,6 +143,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	p.served()
 	b := pk.Backend
 	o.backend, o.sticky = b.ID, pk.Sticky
+	if pk.Sticky == balancer.StickyRepinned {
+		p.repins.Add(1)
+	}
 	if _, ok := r.Header["Upgrade"]; ok {
 		// http.Server.Shutdown does not wait for connections a handler
 		// hijacks, as ReverseProxy does for a protocol switch.
@@ -137,7 +153,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		defer s.tunnels.done()
 	}
 	ex, r := exchangeFor(r)
-	ex.pool, ex.backend, ex.setCookie = p, b, pk.SetCookie
+	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
 	b.Begin()
 	defer func() {
 		ex.backend.Done()
@@ -147,6 +163,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 			o.backend = ex.backend.ID
 			if o.sticky == balancer.StickyKept && ex.setCookie != "" {
 				o.sticky = balancer.StickyRepinned
+				p.repins.Add(1)
 			}
 		}
 		*ex = exchange{}
@@ -202,7 +219,8 @@ func (s *Server) logAccess(r *http.Request, aw *accessWriter, o *outcome, d time
 // the picked backend, keeps the client's Host header (backends serving
 // several sites need it, and redirects they build stay right), and sets
 // X-Forwarded-For, -Host and -Proto. ReverseProxy has already dropped any
-// X-Forwarded-* the client sent, so a client cannot spoof them.
+// X-Forwarded-* and Forwarded the client sent, so a client cannot spoof
+// them; only a trusted proxy's are put back (setForwarded).
 func rewrite(pr *httputil.ProxyRequest) {
 	ex := exchangeOf(pr.In.Context())
 	if ex == nil || ex.backend == nil {
@@ -214,23 +232,33 @@ func rewrite(pr *httputil.ProxyRequest) {
 	ex.url = *pr.Out.URL
 	pr.SetURL(ex.backend.URL)
 	pr.Out.Host = pr.In.Host
-	pr.SetXForwarded()
+	setForwarded(pr, ex.trusted)
 }
 
 // proxyError is the ReverseProxy's ErrorHandler, called when the backend
 // could not be reached or did not answer. The client gets a short status
 // line and nothing about the backend; the log gets the details.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	ex := exchangeOf(r.Context())
 	if r.Context().Err() != nil {
 		// The client left (or Shutdown ran out of time): the failure is
 		// the cancellation, not the backend's, and nobody reads the reply.
+		ex.failed(statusClientClosed)
 		w.WriteHeader(statusClientClosed)
+		return
+	}
+	if tooLarge(err) {
+		// The body passed max_body: the transport cut the backend
+		// request, and the client hears why (harden.go).
+		ex.failed(http.StatusRequestEntityTooLarge)
+		writeError(w, http.StatusRequestEntityTooLarge)
 		return
 	}
 	if errors.Is(err, errRequestBody) {
 		// The client's body broke off: its request failed, not a
 		// backend, which must not be blamed for it.
 		s.log.Debug("client body failed", zap.Error(err))
+		ex.failed(http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest)
 		return
 	}
@@ -239,9 +267,10 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusGatewayTimeout
 	}
 	var pool, backend string
-	if ex := exchangeOf(r.Context()); ex != nil && ex.backend != nil {
+	if ex != nil && ex.backend != nil {
 		pool, backend = ex.pool.name, ex.backend.ID
 	}
+	ex.failed(status)
 	s.log.Warn("backend request failed",
 		zap.String("pool", pool), zap.String("backend", backend),
 		zap.Int("status", status), zap.Error(err))

@@ -30,10 +30,13 @@ const checkUserAgent = "affinity-health-check"
 
 // checkers runs the active health checks of one configuration's pools: a
 // goroutine per backend. It starts when the server starts serving and stops
-// on Shutdown; a hot reload will start the checkers of the new state and
-// stop those of the old, pool by pool.
+// on Shutdown; a hot reload stops the checkers of the old state and starts
+// those of the new, carrying the verdicts of kept backends over (reload.go).
 type checkers struct {
-	pools  []*pool
+	// list holds a checker per backend of every pool with checks. They
+	// are made before they run so that a reload can hand them the state
+	// of the checks they replace.
+	list   []*checker
 	client *http.Client
 
 	mu      sync.Mutex
@@ -44,7 +47,16 @@ type checkers struct {
 
 // newCheckers prepares the checks of pools; nothing runs until start.
 func newCheckers(pools []*pool) *checkers {
-	return &checkers{pools: pools, client: newCheckClient()}
+	c := &checkers{client: newCheckClient()}
+	for _, p := range pools {
+		if p.health == nil {
+			continue
+		}
+		for _, b := range p.backends {
+			c.list = append(c.list, newChecker(p, b, c.client))
+		}
+	}
+	return c
 }
 
 // newCheckClient returns the client checks use: a new connection per check,
@@ -64,8 +76,8 @@ func newCheckClient() *http.Client {
 	}
 }
 
-// start launches a checker per backend of every pool with health checks. It
-// does nothing if the checkers are running or were stopped.
+// start launches the checkers. It does nothing if they are running or were
+// stopped.
 func (c *checkers) start() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -74,14 +86,8 @@ func (c *checkers) start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	for _, p := range c.pools {
-		if p.health == nil {
-			continue
-		}
-		for _, b := range p.backends {
-			ck := newChecker(p, b, c.client)
-			c.wg.Go(func() { ck.run(ctx) })
-		}
+	for _, ck := range c.list {
+		c.wg.Go(func() { ck.run(ctx) })
 	}
 }
 
@@ -108,9 +114,14 @@ type checker struct {
 	cfg    *config.HealthCheck
 	client *http.Client
 	state  healthState
+	stats  *backendStats // where the latest result is shown
 }
 
 func newChecker(p *pool, b *balancer.Backend, client *http.Client) *checker {
+	if p.checkClient != nil {
+		// The pool verifies its backends' certificates its own way.
+		client = p.checkClient
+	}
 	return &checker{
 		pool:   p,
 		id:     b.ID,
@@ -118,6 +129,7 @@ func newChecker(p *pool, b *balancer.Backend, client *http.Client) *checker {
 		cfg:    p.health,
 		client: client,
 		state:  healthState{rise: p.health.Rise, fall: p.health.Fall, up: true},
+		stats:  statsOf(b),
 	}
 }
 
@@ -147,6 +159,7 @@ func (ck *checker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		ck.stats.checked(ok, reason, time.Now())
 		if !ok {
 			if ce := ck.pool.log.Check(zap.DebugLevel, "health check failed"); ce != nil {
 				ce.Write(zap.String("pool", ck.pool.name), zap.String("backend", ck.id), zap.String("reason", reason))

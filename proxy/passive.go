@@ -124,7 +124,8 @@ func (p *pool) eject(b *balancer.Backend, fails int32) {
 	d := ejectTime(p.passive.eject, p.passive.maxEject, m.ejections)
 	m.ejections++
 	m.ejected, m.spared = true, false
-	m.timer = time.AfterFunc(d, func() { p.readmit(i) })
+	m.timer, m.until = time.AfterFunc(d, func() { p.readmit(i) }), time.Now().Add(d)
+	statsOf(b).ejected()
 	n := p.rebuildLocked()
 	p.log.Info("backend ejected", zap.String("pool", p.name), zap.String("backend", b.ID),
 		zap.Int32("failures", fails), zap.Duration("for", d), zap.Int("ejections", m.ejections),

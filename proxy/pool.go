@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -39,15 +40,24 @@ type pool struct {
 	passive *passive            // nil: no passive ejection
 	retries int                 // further attempts after the first
 	maxBody int64               // largest request body buffered for a retry
+	// transport forwards to the backends and checkClient checks them,
+	// when the pool's tls section needs its own; nil: the server's shared
+	// transport and the default check client (tls.go).
+	transport   *http.Transport
+	checkClient *http.Client
+	// hashesIP is set when the policy hashes the client's address, which
+	// the handler then resolves behind trusted proxies (forwarded.go).
+	hashesIP bool
 
 	snap atomic.Pointer[snapshot]
 	// exhausted is set while picks fail, so that running out of backends
 	// is logged once per episode rather than once per refused request.
 	exhausted atomic.Bool
-	// retried counts the attempts made beyond the first, over all
-	// requests; rotate spreads those attempts over the other backends.
-	retried atomic.Uint64
-	rotate  atomic.Uint64
+	// rotate spreads the attempts of retries over the other backends.
+	rotate atomic.Uint64
+	// poolStats counts requests for metrics (retried, refusals, repins);
+	// a pool replacing this one on a reload counts on in the same.
+	*poolStats
 
 	mu      sync.Mutex // serialises Build, which a Policy needs, and guards:
 	members []member   // parallel to backends
@@ -63,6 +73,9 @@ type snapshot struct {
 	// pinner is the picker as a balancer.Pinner, nil when it pins no
 	// client; asserted here once rather than on every retry.
 	pinner balancer.Pinner
+	// learner is the picker as a balancer.Learner, nil when it learns
+	// nothing from responses; asserted once, as pinner.
+	learner balancer.Learner
 }
 
 // member is the pool's view of one backend's health. A backend is available
@@ -78,12 +91,18 @@ type member struct {
 	// other would have been left, so that this is logged once a run.
 	spared bool
 	timer  *time.Timer // readmits an ejected backend; nil otherwise
+	until  time.Time   // when timer fires, for a reload to carry it over
 }
 
 // newPool creates the backends of pc and a first snapshot with all of them
 // available: a backend is in service from the start until its checks say
 // otherwise, so that restarting the proxy does not answer 503 meanwhile.
-func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
+//
+// prev, when not nil, is the pool of the same name in the configuration a
+// reload replaces: the new pool counts in prev's Group and takes over the
+// Backend of each backend it keeps unchanged (see backendFor), so that
+// requests in flight on either pool count alike.
+func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 	policy, err := balancer.New(pc.Balancer.Type, pc.Balancer.Options)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", pc.Name, err)
@@ -92,21 +111,23 @@ func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 		return nil, fmt.Errorf("pool %q: %w: %w", pc.Name, errBadPool, err)
 	}
 	p := &pool{
-		name:     pc.Name,
-		kind:     pc.Balancer.Type,
-		policy:   policy,
-		group:    new(balancer.Group),
-		backends: make([]*balancer.Backend, 0, len(pc.Backends)),
-		members:  make([]member, len(pc.Backends)),
-		log:      log,
-		passive:  newPassive(pc.Passive),
-		retries:  pc.Retries.Count,
-		maxBody:  pc.Retries.MaxBody,
+		name:      pc.Name,
+		kind:      pc.Balancer.Type,
+		policy:    policy,
+		group:     prev.groupOrNew(),
+		poolStats: prev.poolStatsOrNew(),
+		backends:  make([]*balancer.Backend, 0, len(pc.Backends)),
+		members:   make([]member, len(pc.Backends)),
+		log:       log,
+		passive:   newPassive(pc.Passive),
+		retries:   pc.Retries.Count,
+		maxBody:   pc.Retries.MaxBody,
 	}
 	if pc.HealthCheck != nil {
 		hc := *pc.HealthCheck
 		p.health = &hc
 	}
+	p.hashesIP = pc.Balancer.Type == "consistent-hash" && pc.Balancer.Options.Hash.Key == "ip"
 	seen := make(map[string]bool, len(pc.Backends))
 	for i, cb := range pc.Backends {
 		if cb.URL == nil || (cb.URL.Scheme != "http" && cb.URL.Scheme != "https") || cb.URL.Host == "" {
@@ -120,7 +141,13 @@ func newPool(pc *config.Pool, log *zap.Logger) (*pool, error) {
 			return nil, fmt.Errorf("pool %q: backend %q: %w: the id is used twice", pc.Name, id, errBadBackend)
 		}
 		seen[id] = true
-		p.backends = append(p.backends, balancer.NewBackend(id, cb.URL, cb.Weight, p.group))
+		b := prev.backendFor(id, cb.URL, cb.Weight, p.group)
+		if b.Stats == nil {
+			// A backend new to the pool; one taken over from prev
+			// counts on in its stats.
+			b.Stats = new(backendStats)
+		}
+		p.backends = append(p.backends, b)
 		p.members[i].healthy = true
 	}
 	p.mu.Lock()
@@ -161,28 +188,28 @@ func (p *pool) pick(r *http.Request) (balancer.Pick, error) {
 	return p.snap.Load().picker.Pick(r)
 }
 
-// alternative returns an available backend not in tried, for a retry, and
-// the Set-Cookie header that pins the client to it ("" when the policy pins
-// nothing); nil when there is none. Successive retries start their search at
-// successive positions, so the attempts of many failing requests spread
-// over the pool instead of all landing on its first backend.
-func (p *pool) alternative(tried []*balancer.Backend) (*balancer.Backend, string) {
+// alternative returns an available backend not in tried, for a retry of r,
+// and the Set-Cookie header that pins the client to it ("" when the policy
+// pins nothing); nil when there is none. A pinning policy chooses, so that
+// the retry lands where the client's later requests will; otherwise
+// successive retries start their search at successive positions, so the
+// attempts of many failing requests spread over the pool instead of all
+// landing on its first backend.
+func (p *pool) alternative(r *http.Request, tried []*balancer.Backend) (*balancer.Backend, string) {
 	s := p.snap.Load()
+	if s.pinner != nil {
+		b, setCookie, _ := s.pinner.Repin(r, tried)
+		return b, setCookie
+	}
 	n := len(s.available)
 	if n == 0 {
 		return nil, ""
 	}
 	start := int(p.rotate.Add(1) % uint64(n))
 	for k := range n {
-		b := s.available[(start+k)%n]
-		if slices.Contains(tried, b) {
-			continue
+		if b := s.available[(start+k)%n]; !slices.Contains(tried, b) {
+			return b, ""
 		}
-		var setCookie string
-		if s.pinner != nil {
-			setCookie, _ = s.pinner.Pin(b)
-		}
-		return b, setCookie
 	}
 	return nil, ""
 }
@@ -202,6 +229,7 @@ func (p *pool) setHealthy(id string, up bool, why ...zap.Field) error {
 		return nil
 	}
 	p.members[i].healthy = up
+	statsOf(p.backends[i]).transition(up)
 	n := p.rebuildLocked()
 	state := "up"
 	if !up {
@@ -241,6 +269,7 @@ func (p *pool) rebuildLocked() int {
 	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Group: p.group})
 	s := &snapshot{picker: pk, available: avail}
 	s.pinner, _ = pk.(balancer.Pinner)
+	s.learner, _ = pk.(balancer.Learner)
 	p.snap.Store(s)
 	return len(avail)
 }
@@ -259,11 +288,24 @@ func (p *pool) stop() {
 			p.members[i].timer = nil
 		}
 	}
+	if p.transport != nil {
+		// Connections still busy close when their idle timeout ends.
+		p.transport.CloseIdleConnections()
+	}
+	if c, ok := p.policy.(io.Closer); ok {
+		// The policy's own connections and goroutines (the learn
+		// policy's Redis writer, after the writes it has queued); its
+		// pickers keep answering requests in flight without them.
+		if err := c.Close(); err != nil {
+			p.log.Warn("closing the balancer", zap.String("pool", p.name), zap.Error(err))
+		}
+	}
 }
 
 // refused records a failed pick. The first of a run of them is logged; the
 // client gets a 503 each time.
 func (p *pool) refused(err error) {
+	p.refusals.Add(1)
 	if p.exhausted.CompareAndSwap(false, true) {
 		p.log.Warn("no backend available, answering 503", zap.String("pool", p.name), zap.Error(err))
 	}

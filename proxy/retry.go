@@ -58,6 +58,10 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		return rt.next.RoundTrip(out)
 	}
 	p := ex.pool
+	next := rt.next
+	if p.transport != nil {
+		next = p.transport // the pool's own TLS settings (tls.go)
+	}
 	canRetry := p.retries > 0 && len(p.backends) > 1
 	var body *replay
 	if out.Body != nil && out.Body != http.NoBody && (canRetry || p.passive != nil) {
@@ -80,9 +84,16 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 	for n := 0; ; n++ {
 		b := ex.backend
 		tried[n] = b
-		res, err := rt.next.RoundTrip(out)
+		start := clock()
+		res, err := next.RoundTrip(out)
 		if err == nil {
+			statsOf(b).answered(res.StatusCode, clock()-start)
 			p.answered(b, res.StatusCode)
+			if l := p.snap.Load().learner; l != nil {
+				// Before the proxy's own cookie is added: it is
+				// not the backend's to learn from.
+				l.Learn(b, res.Header)
+			}
 			if ex.setCookie != "" {
 				ex.addCookie(res.Header)
 			}
@@ -100,7 +111,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		if n >= p.retries || !retryable(out, err, body) {
 			return nil, err
 		}
-		nb, setCookie := p.alternative(tried[:n+1])
+		nb, setCookie := p.alternative(out, tried[:n+1])
 		if nb == nil {
 			return nil, err
 		}

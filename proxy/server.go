@@ -16,6 +16,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -23,21 +24,10 @@ import (
 	"net/http/httputil"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/config"
-)
-
-const (
-	// readHeaderTimeout bounds how long a client may take to send request
-	// headers, so that connections trickling bytes cannot pile up. Bodies
-	// are not bounded: uploads and tunnels may legitimately be slow.
-	readHeaderTimeout = 10 * time.Second
-	// clientIdleTimeout closes client keep-alive connections left idle
-	// this long, which would otherwise hold a descriptor forever.
-	clientIdleTimeout = 2 * time.Minute
 )
 
 // Server is the proxy: an http.Handler, and the listener lifecycle around
@@ -45,33 +35,60 @@ const (
 type Server struct {
 	log    *zap.Logger
 	access *zap.Logger // nil when access logging is off
-	listen string
 
 	// state is the routing snapshot requests read, replaced whole when
 	// the configuration changes.
 	state     atomic.Pointer[state]
-	transport *http.Transport
-	retry     *retrier // the ReverseProxy's Transport, over transport
+	transport *transportSwitch // of the current timeouts; see Reload
+	retry     *retrier         // the ReverseProxy's Transport, over transport
 	proxy     *httputil.ReverseProxy
 	http      *http.Server
+	// tls terminates TLS on every listener (listener.go); nil serves plain
+	// HTTP. http.Server.TLSConfig cannot tell: Serve sets it up for HTTP/2
+	// even on a plain listener.
+	tls *tls.Config
 	// cancel cancels the context every request derives from, aborting
 	// whatever Shutdown could not wait for.
 	cancel  context.CancelFunc
 	tunnels tracker
+	stats   serverStats
+	admin   *admin // the admin listener's server (admin.go)
+
+	// reloadMu serialises Reload with the start of the checks by Serve
+	// and with Shutdown, and guards started and closed.
+	reloadMu sync.Mutex
+	started  bool // Serve started the checks: a reload starts its state's
+	closed   bool // Shutdown began: a reload is refused
+	reloads  reloadCounters
+
+	// lnMu guards listen and the bindings (listener.go).
+	lnMu     sync.Mutex
+	listen   string     // the configured address, which ListenAndServe binds
+	bindings []*binding // the listeners accepting now
+	// serving counts the Serve loops of listeners a reload opened, which
+	// Shutdown waits for.
+	serving sync.WaitGroup
 }
 
 // state is one immutable routing configuration: the routes, and the pools
 // they lead to, in config order, with the background work that keeps their
 // health up to date.
 //
-// A hot reload will build a new state, start it, swap it in and stop the old
-// one. Requests in flight on the old state keep their pool and backend (see
+// A hot reload builds a new state, stops the old one, carries the health of
+// kept backends over, swaps the new one in and starts it (reload.go).
+// Requests in flight on the old state keep their pool and backend (see
 // exchange) and finish there, retries included; stopping it only ends its
 // checks and ejection timers, so its backends drain and none is cut.
 type state struct {
+	cfg    *config.Config // what the state was built from
 	router router
 	pools  []*pool
 	checks *checkers
+	// trusted are the peers whose forwarding headers are believed
+	// (forwarded.go); maxBody caps request bodies, 0 for no limit
+	// (harden.go).
+	trusted trustedProxies
+	maxBody int64
 }
 
 // start begins the state's health checks.
@@ -94,7 +111,15 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	st, err := newState(cfg, log)
+	limits, err := serverLimits(cfg.Server)
+	if err != nil {
+		return nil, err
+	}
+	tlsConfig, err := listenerTLS(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	st, err := newState(cfg, log, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -106,14 +131,18 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		log:       log,
 		listen:    cfg.Listen,
-		transport: newTransport(cfg.Timeouts),
+		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
 	}
 	s.retry = &retrier{next: s.transport, log: log}
+	s.tls = tlsConfig
 	if cfg.Log.Access {
 		s.access = log.Named("access")
 	}
 	s.state.Store(st)
+	if s.admin, err = newAdmin(s, cfg.Admin, errLog); err != nil {
+		return nil, err
+	}
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
 		Transport:    s.retry,
@@ -127,18 +156,24 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.http = &http.Server{
 		Addr:              cfg.Listen,
 		Handler:           s,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       clientIdleTimeout,
+		ReadHeaderTimeout: limits.ReadHeaderTimeout,
+		ReadTimeout:       limits.ReadTimeout,
+		IdleTimeout:       limits.IdleTimeout,
+		MaxHeaderBytes:    limits.MaxHeaderBytes,
+		TLSConfig:         tlsConfig, // nil: plain HTTP; see serveBinding
 		ErrorLog:          errLog,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ConnContext:       connContext,
+		ConnState:         connState,
 	}
 	return s, nil
 }
 
-// newState builds the pools of cfg and the routes to them.
-func newState(cfg *config.Config, log *zap.Logger) (*state, error) {
-	st := &state{pools: make([]*pool, 0, len(cfg.Pools))}
+// newState builds the pools of cfg and the routes to them. prev, when not
+// nil, is the state a reload replaces, whose pools the new ones of the same
+// name take their kept backends from (see newPool); prev is only read.
+func newState(cfg *config.Config, log *zap.Logger, prev *state) (*state, error) {
+	st := &state{cfg: cfg, pools: make([]*pool, 0, len(cfg.Pools))}
 	byName := make(map[string]*pool, len(cfg.Pools))
 	for i, pc := range cfg.Pools {
 		if pc == nil {
@@ -147,7 +182,7 @@ func newState(cfg *config.Config, log *zap.Logger) (*state, error) {
 		if _, dup := byName[pc.Name]; dup {
 			return nil, fmt.Errorf("pool %q: %w", pc.Name, errDuplicatePool)
 		}
-		p, err := newPool(pc, log)
+		p, err := newPool(pc, log, prev.pool(pc.Name))
 		if err != nil {
 			return nil, err
 		}
@@ -159,28 +194,63 @@ func newState(cfg *config.Config, log *zap.Logger) (*state, error) {
 		return nil, err
 	}
 	st.router = rt
+	if err := useBackendTLS(cfg, st.pools); err != nil {
+		return nil, err
+	}
+	st.trusted, st.maxBody = cfg.TrustedProxies, cfg.Server.MaxBody
 	st.checks = newCheckers(st.pools)
 	return st, nil
 }
 
-// ListenAndServe binds cfg.Listen and calls Serve.
+// ListenAndServe binds the configured listen address and serves it as
+// Serve does. When an admin listener is configured, it binds that too and
+// serves it (ServeAdmin) until Shutdown.
 func (s *Server) ListenAndServe() error {
+	adm, err := s.admin.bind()
+	if err != nil {
+		return err
+	}
+	s.lnMu.Lock()
 	ln, err := net.Listen("tcp", s.listen)
 	if err != nil {
+		s.lnMu.Unlock()
+		s.admin.discard(adm)
 		return fmt.Errorf("proxy: %w", err)
 	}
-	return s.Serve(ln)
+	// Bound under the lock that Reload takes to move the listener, so
+	// that a reload cannot change the address between the two.
+	b := s.bindLocked(ln)
+	s.lnMu.Unlock()
+	s.admin.start(adm)
+	return s.serveBound(b)
 }
 
 // Serve accepts on ln until Shutdown; returns http.ErrServerClosed after a Shutdown.
 // It logs the listener and the pools it serves as it starts, and starts the
-// active health checks, which run until Shutdown.
+// active health checks, which run until Shutdown. When a reload moves the
+// proxy to another address, Serve goes on serving there (listener.go), and
+// returns what that listener's serving returns.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("listening", zap.String("addr", ln.Addr().String()))
-	st := s.state.Load()
-	s.logState(st)
-	st.start()
-	return s.http.Serve(ln)
+	s.lnMu.Lock()
+	b := s.bindLocked(ln)
+	s.lnMu.Unlock()
+	return s.serveBound(b)
+}
+
+// serveBound starts the checks and serves b, then follows b to the
+// listeners that replaced it, if any, until one returns.
+func (s *Server) serveBound(b *binding) error {
+	s.log.Info("listening", zap.String("addr", b.ln.Addr().String()))
+	s.reloadMu.Lock()
+	if !s.closed {
+		st := s.state.Load()
+		s.logState(st)
+		s.started = true
+		st.start()
+	}
+	s.reloadMu.Unlock()
+	s.serveBinding(b)
+	return s.outcome(b)
 }
 
 // logState logs one line per pool and one per backend.
@@ -201,6 +271,10 @@ func (s *Server) logState(st *state) {
 // Health checks and ejection timers run until the requests are done, so
 // that retries meanwhile still see which backends are available.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.reloadMu.Lock()
+	s.closed = true
+	s.reloadMu.Unlock()
+	s.admin.draining.Store(true)
 	err := s.http.Shutdown(ctx)
 	if err == nil {
 		err = s.tunnels.wait(ctx)
@@ -211,9 +285,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// aborts their backend requests and tunnels.
 		_ = s.http.Close()
 	}
+	// Every listener is closed by now, so the Serve loops reloads started
+	// are returning.
+	s.serving.Wait()
 	s.cancel()
 	s.state.Load().stop()
 	s.transport.CloseIdleConnections()
+	// The admin server goes last, so that /readyz tells the proxy is
+	// draining until it is done.
+	s.admin.shutdown(ctx)
 	return err
 }
 

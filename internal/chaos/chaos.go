@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/loopback"
 )
 
 const (
@@ -65,6 +68,9 @@ type harness struct {
 	tr    *http.Transport // shared by every client of the run
 	url   string          // the proxy's
 	addrs []string        // the backends', in config order
+	cfg   string          // path of the proxy's config file
+	addr  string          // the proxy's listen address
+	proxy *proc
 
 	backends []*proc // the current process of each backend
 	procs    []*proc // every process started, to stop them all
@@ -73,24 +79,26 @@ type harness struct {
 // start starts the backends, then the proxy over them, and waits until the
 // proxy sends new clients to every backend.
 func (h *harness) start(ctx context.Context) error {
-	addrs, err := freePorts(h.sc.Backends + 1)
+	addrs, err := loopback.FreeAddrs(h.sc.Backends + 1)
 	if err != nil {
 		return err
 	}
-	h.url, h.addrs = "http://"+addrs[0]+"/", addrs[1:]
+	h.addr, h.addrs = addrs[0], addrs[1:]
+	h.url = "http://" + h.addr + "/"
 	for i := range h.addrs {
 		if err := h.startBackend(ctx, i); err != nil {
 			return err
 		}
 	}
-	cfg := filepath.Join(h.dir, "affinity.yaml")
-	if err := os.WriteFile(cfg, []byte(h.sc.configYAML(addrs[0], h.addrs)), 0o644); err != nil {
+	h.cfg = filepath.Join(h.dir, "affinity.yaml")
+	if err := os.WriteFile(h.cfg, []byte(h.sc.configYAML(h.addr, h.addrs, 1)), 0o644); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	p, err := h.startProc(ctx, "proxy", "serve", "-c", cfg)
+	p, err := h.startProc(ctx, "proxy", "serve", "-c", h.cfg)
 	if err != nil {
 		return err
 	}
+	h.proxy = p
 	// Every backend having answered a new client proves the proxy listens,
 	// routes, and starts with the whole pool in rotation.
 	seen := make(map[string]bool)
@@ -157,6 +165,10 @@ func (h *harness) play(ctx context.Context) (Result, error) {
 	start := time.Now()
 	var recs, probes []record
 	wg.Go(func() { recs = l.run(lctx, sc, start) })
+	var rewriteErr error
+	if sc.Reloads > 0 {
+		wg.Go(func() { rewriteErr = h.rewrite(lctx, start) })
+	}
 
 	if err := sleepUntil(ctx, start.Add(sc.FaultAt)); err != nil {
 		return Result{}, err
@@ -180,6 +192,9 @@ func (h *harness) play(ctx context.Context) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
+	if rewriteErr != nil {
+		return Result{}, rewriteErr
+	}
 
 	if res.NewOnVictim, err = newcomers(ctx, h.tr, h.url, victim, newClients, sc.ClientTimeout); err != nil {
 		return Result{}, err
@@ -188,7 +203,36 @@ func (h *harness) play(ctx context.Context) (Result, error) {
 	res.Moved, res.MovedTwice, res.Returned = countMoves(servedBy(recs, sc.Clients), victim)
 	res.WholeAfter = wholeAfter(append(slices.Clip(recs), probes...), victim, recoverAt)
 	res.P50, res.P99 = latencies(recs)
+	res.Reloads = sc.Reloads
+	if sc.Reloads > 0 {
+		log, err := os.ReadFile(h.proxy.log)
+		if err != nil {
+			return Result{}, fmt.Errorf("proxy log: %w", err)
+		}
+		res.Reloaded = strings.Count(string(log), "config reloaded")
+	}
 	return res, nil
+}
+
+// rewrite saves the proxy's config Reloads times, spread over the load,
+// alternating the first backend's weight between 2 and 1. Each is written
+// beside the file and renamed over it, so that the proxy never reads half
+// of one. It stops early, without error, when ctx ends.
+func (h *harness) rewrite(ctx context.Context, start time.Time) error {
+	tmp := h.cfg + ".tmp"
+	for i := 1; i <= h.sc.Reloads; i++ {
+		if sleepUntil(ctx, start.Add(time.Duration(i)*h.sc.reloadGap())) != nil {
+			return nil
+		}
+		cfg := h.sc.configYAML(h.addr, h.addrs, 1+i%2)
+		if err := os.WriteFile(tmp, []byte(cfg), 0o644); err != nil {
+			return fmt.Errorf("reload %d: %w", i, err)
+		}
+		if err := os.Rename(tmp, h.cfg); err != nil {
+			return fmt.Errorf("reload %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // inject strikes the victim with the scenario's fault.

@@ -168,6 +168,32 @@ func TestChaosShort(t *testing.T) {
 			logRun(t, dir, res)
 		})
 	}
+	t.Run("kill with reloads", func(t *testing.T) {
+		dir := t.TempDir()
+		sc := shortScenario(bin, dir, FaultKill)
+		sc.Reloads = 6
+		res, err := Run(t.Context(), sc)
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		t.Logf("\n%s", res)
+		checkReloads(t, sc, res)
+		logRun(t, dir, res)
+	})
+}
+
+// checkReloads asserts what a run with reloads must show besides the
+// physics of its fault: every rewrite of the config applied, and not one
+// request failed (the load sends GETs only).
+func checkReloads(t *testing.T, sc Scenario, res Result) {
+	t.Helper()
+	checkPhysics(t, sc, res, 0)
+	if res.Reloaded != sc.Reloads {
+		t.Errorf("the proxy applied %d reloads, want the %d rewrites of its config", res.Reloaded, sc.Reloads)
+	}
+	if res.Failed != 0 {
+		t.Errorf("%d requests failed (%v) during %d reloads, want 0", res.Failed, res.Failures, sc.Reloads)
+	}
 }
 
 // TestChaosFull plays the scenario, kill and hang, and prints the
@@ -191,6 +217,16 @@ func TestChaosFull(t *testing.T) {
 		checkPhysics(t, sc, res, res.InFlightAtFault)
 		logRun(t, dir, res)
 	}
+	// The kill again, with the config rewritten 20 times meanwhile.
+	dir := t.TempDir()
+	sc := Scenario{Binary: bin, Dir: dir, Fault: FaultKill, Reloads: 20}
+	res, err := Run(t.Context(), sc)
+	if err != nil {
+		t.Fatalf("Run kill with reloads: %v", err)
+	}
+	results = append(results, res)
+	checkReloads(t, sc, res)
+	logRun(t, dir, res)
 	t.Logf("3 backends, 50 clients with cookie jars, 300 req/s for 20 s; b2 killed or hung at 5 s, back at 12 s\n\n%s", Table(results...))
 }
 

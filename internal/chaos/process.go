@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"time"
@@ -156,25 +155,4 @@ func waitReady(ctx context.Context, p *proc, timeout time.Duration, ready func(c
 		case <-tick.C:
 		}
 	}
-}
-
-// freePorts returns n distinct loopback addresses that were free a moment
-// ago. They are all held open until the last is found, so none repeats.
-func freePorts(n int) ([]string, error) {
-	addrs := make([]string, 0, n)
-	lns := make([]net.Listener, 0, n)
-	defer func() {
-		for _, ln := range lns {
-			_ = ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
 }

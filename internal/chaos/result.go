@@ -53,6 +53,11 @@ type Result struct {
 	NewOnVictim int
 
 	P50, P99 time.Duration // latency of the load's requests, failures included
+
+	// Reloads is how many times the config was rewritten during the load
+	// (Scenario.Reloads), and Reloaded how many reloads the proxy logged
+	// as applied.
+	Reloads, Reloaded int
 }
 
 // record is the outcome of one request.
@@ -188,12 +193,16 @@ func Table(rs ...Result) string {
 	}
 	fmt.Fprintf(&b, tableHeader, victim)
 	for _, r := range rs {
+		fault := string(r.Fault)
+		if r.Reloads > 0 {
+			fault += fmt.Sprintf(" + %d reloads", r.Reloads)
+		}
 		whole := "never"
 		if r.WholeAfter >= 0 {
 			whole = fmt.Sprintf("%.2f s", r.WholeAfter.Seconds())
 		}
 		fmt.Fprintf(&b, "| affinity | %s | %d | %d (%.1f%%) | %d | %d | %d/%d | %d | %d | %s | %s | %s |\n",
-			r.Fault, r.Requests, r.Failed, 100*float64(r.Failed)/float64(max(r.Requests, 1)),
+			fault, r.Requests, r.Failed, 100*float64(r.Failed)/float64(max(r.Requests, 1)),
 			r.Moved, r.MovedTwice, r.NewOnVictim, r.NewClients, r.FailedGET, r.Returned, whole,
 			fmtMillis(r.P50), fmtMillis(r.P99))
 	}

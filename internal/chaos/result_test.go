@@ -220,6 +220,8 @@ func TestTable(t *testing.T) {
 			WholeAfter: 1250 * ms, P50: 1200 * time.Microsecond, P99: 15 * ms},
 		{Fault: FaultHang, Victim: "b2", Requests: 6000, Failed: 30, FailedGET: 30, Moved: 16, MovedTwice: 2, Returned: 1,
 			NewClients: 30, NewOnVictim: 9, WholeAfter: -1, P50: ms, P99: 2 * time.Second},
+		{Fault: FaultKill, Victim: "b2", Requests: 6000, Moved: 17, NewClients: 30, NewOnVictim: 10,
+			WholeAfter: 1250 * ms, P50: 1200 * time.Microsecond, P99: 15 * ms, Reloads: 20, Reloaded: 20},
 	}
 	got := strings.Split(strings.TrimSpace(Table(rs...)), "\n")
 	want := []string{
@@ -227,6 +229,7 @@ func TestTable(t *testing.T) {
 		"|---|---|---|---|---|---|---|---|---|---|---|---|",
 		"| affinity | kill | 6000 | 0 (0.0%) | 17 | 0 | 10/30 | 0 | 0 | 1.25 s | 1.2 ms | 15.0 ms |",
 		"| affinity | hang | 6000 | 30 (0.5%) | 16 | 2 | 9/30 | 30 | 1 | never | 1.0 ms | 2000.0 ms |",
+		"| affinity | kill + 20 reloads | 6000 | 0 (0.0%) | 17 | 0 | 10/30 | 0 | 0 | 1.25 s | 1.2 ms | 15.0 ms |",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Table =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,9 @@ func TestValidate(t *testing.T) {
 		{name: "too many requests", change: func(s *Scenario) { s.Rate = 1_000_000 }, want: []string{"at most"}},
 		{name: "check timeout not below interval", change: func(s *Scenario) { s.HealthTimeout = s.HealthInterval }, want: []string{"HealthTimeout"}},
 		{name: "negative timeout", change: func(s *Scenario) { s.ConnectTimeout = -1 }, want: []string{"ConnectTimeout"}},
+		{name: "reloads", change: func(s *Scenario) { s.Reloads = 20 }},
+		{name: "reloads too close", change: func(s *Scenario) { s.Reloads = 40 }, want: []string{"Reloads 40"}},
+		{name: "negative reloads", change: func(s *Scenario) { s.Reloads = -1 }, want: []string{"Reloads -1"}},
 		{
 			name:   "every problem at once",
 			change: func(s *Scenario) { s.Clients, s.Rise, s.PostEvery = -1, -2, -3 },
@@ -103,9 +107,9 @@ func TestIsPostSpreadsOverClients(t *testing.T) {
 func TestConfigYAMLLoads(t *testing.T) {
 	sc := Scenario{Binary: "affinity", HealthInterval: 700 * time.Millisecond, ConnectTimeout: 300 * time.Millisecond}.withDefaults()
 	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
-	cfg, err := config.Parse("chaos.yaml", []byte(sc.configYAML("127.0.0.1:9000", addrs)))
+	cfg, err := config.Parse("chaos.yaml", []byte(sc.configYAML("127.0.0.1:9000", addrs, 1)))
 	if err != nil {
-		t.Fatalf("generated config does not load: %v\n%s", err, sc.configYAML("127.0.0.1:9000", addrs))
+		t.Fatalf("generated config does not load: %v\n%s", err, sc.configYAML("127.0.0.1:9000", addrs, 1))
 	}
 	if cfg.Listen != "127.0.0.1:9000" {
 		t.Errorf("listen = %q", cfg.Listen)
@@ -121,9 +125,23 @@ func TestConfigYAMLLoads(t *testing.T) {
 		t.Errorf("balancer = %s cookie %q, want cookie %q", p.Balancer.Type, p.Balancer.Options.Cookie.Name, stickyCookie)
 	}
 	for i, b := range p.Backends {
-		if b.Name != backendName(i) || b.URL.Host != addrs[i] {
-			t.Errorf("backend %d = %s at %s, want %s at %s", i, b.Name, b.URL.Host, backendName(i), addrs[i])
+		if b.Name != backendName(i) || b.URL.Host != addrs[i] || b.Weight != 1 {
+			t.Errorf("backend %d = %s at %s weight %d, want %s at %s weight 1", i, b.Name, b.URL.Host, b.Weight, backendName(i), addrs[i])
 		}
+	}
+	// The other config of Reloads differs in the first backend's weight
+	// alone.
+	heavy, err := config.Parse("chaos.yaml", []byte(sc.configYAML("127.0.0.1:9000", addrs, 2)))
+	if err != nil {
+		t.Fatalf("the reloaded config does not load: %v", err)
+	}
+	if w := heavy.Pools[0].Backends[0].Weight; w != 2 {
+		t.Errorf("reloaded config: first weight %d, want 2", w)
+	}
+	heavy.Pools[0].Backends[0].Weight = 1
+	heavy.Hash = cfg.Hash
+	if !reflect.DeepEqual(heavy, cfg) {
+		t.Errorf("the reloaded config differs in more than the first weight:\n%+v\n%+v", heavy, cfg)
 	}
 	hc := p.HealthCheck
 	if hc == nil || hc.Path != "/healthz" || hc.Interval != 700*time.Millisecond || hc.Timeout != 400*time.Millisecond || hc.Rise != 2 || hc.Fall != 2 {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/loopback"
 )
 
 // Timeouts of the processes of a cell.
@@ -346,13 +347,9 @@ func (c *cluster) applyFault(ctx context.Context, f Fault) error {
 // process started on it could lose the port to another in between; the
 // process then fails to start and the cell reports it.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := loopback.FreeAddrs(1)
 	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
+		return "", err
 	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	return addr, nil
+	return addrs[0], nil
 }

@@ -1,0 +1,234 @@
+package balancer
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Sharding of the table: a table of at least 2×minShard entries is split
+// into up to maxShards shards, each a least-recently-used list under its own
+// lock, so that concurrent picks seldom wait for each other.
+const (
+	maxShards = 32
+	minShard  = 1024
+)
+
+// learnTable maps sessions to backend numbers, bounded in entries and in
+// idle time. Sessions are keyed by a 64-bit hash, which keeps an entry small
+// and of fixed size whatever the length of the cookie. The hash is seeded
+// per process: a client cannot aim for a collision, and a chance one (odds
+// of about 3 in 10^8 over a million sessions) sends one session to
+// another's backend, where its application treats it as unknown.
+//
+// It is golang-lru's simplelru under locks of its own rather than its
+// expirable.LRU, which starts a goroutine per cache that nothing can stop,
+// and which would keep the table of every policy replaced by a reload alive
+// with it; it also counts an entry's age from its last write, where a
+// session should be kept while it is used.
+type learnTable struct {
+	seed   maphash.Seed
+	ttl    int64 // nanoseconds an entry is kept after its last use
+	slack  int64 // ttl/16: how stale an entry's time may be, and how late it may go
+	shards []learnShard
+	mask   uint64 // len(shards)-1, a power of two minus one
+	// clock returns monotonic nanoseconds; tests replace it.
+	clock     func() int64
+	evictions atomic.Uint64
+}
+
+// learnShard is one part of the table. Its list is ordered by the entries'
+// times, not by every use: a lookup of a fresh entry only reads, under a
+// read lock, and an entry moves to the front when its time is renewed, once
+// per slack at most. The least recently used entry is thus evicted first,
+// to within slack, and the expired ones are all at the back.
+type learnShard struct {
+	mu  sync.RWMutex
+	lru *simplelru.LRU[uint64, learned]
+	// Each shard fills a cache line of its own, so that locking one does
+	// not slow down the cores that use its neighbours.
+	_ [32]byte
+}
+
+// learned is an entry: the backend's number and the time the session was
+// last seen, at most slack before its last use.
+type learned struct {
+	backend uint32
+	seen    int64
+}
+
+// newLearnTable makes a table of maxEntries (at least 1) in all, whose
+// entries expire ttl (positive) after their last use.
+func newLearnTable(maxEntries int, ttl time.Duration) *learnTable {
+	n := 1
+	for n < maxShards && maxEntries/(2*n) >= minShard {
+		n *= 2
+	}
+	epoch := time.Now()
+	t := &learnTable{
+		seed:   maphash.MakeSeed(),
+		ttl:    int64(ttl),
+		slack:  max(int64(ttl)/16, 1),
+		shards: make([]learnShard, n),
+		mask:   uint64(n - 1),
+		clock:  func() int64 { return int64(time.Since(epoch)) },
+	}
+	for i := range t.shards {
+		// The shards' sizes add up to maxEntries exactly.
+		size := maxEntries / n
+		if i < maxEntries%n {
+			size++
+		}
+		// NewLRU fails only on a size below 1, which cannot happen here.
+		t.shards[i].lru, _ = simplelru.NewLRU[uint64, learned](size, nil)
+	}
+	return t
+}
+
+// keep is how long Redis keeps an entry after its last write: the longest
+// the memory table may keep it.
+func (t *learnTable) keep() time.Duration { return time.Duration(t.ttl + t.slack) }
+
+// key hashes a session ID; it does not allocate.
+func (t *learnTable) key(sid string) uint64 { return maphash.String(t.seed, sid) }
+
+func (t *learnTable) shard(key uint64) *learnShard { return &t.shards[key&t.mask] }
+
+// expired reports whether an entry last seen at seen is gone at now. An
+// entry's time is renewed whenever a lookup finds it more than slack old,
+// so it is kept at least ttl after its last use, and at most ttl+slack.
+func (t *learnTable) expired(seen, now int64) bool { return now-seen > t.ttl+t.slack }
+
+// get returns the backend number of the session key at time now. stale
+// reports that its time was renewed, so that a shared store can renew its
+// copy too: at most once per slack per session.
+func (t *learnTable) get(key uint64, now int64) (backend uint32, found, stale bool) {
+	s := t.shard(key)
+	s.mu.RLock()
+	e, ok := s.lru.Peek(key)
+	s.mu.RUnlock()
+	if ok && now-e.seen <= t.slack {
+		return e.backend, true, false
+	}
+	if !ok {
+		return 0, false, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.sweep(s, now)
+	// Looked up again: another goroutine may have changed it meanwhile.
+	e, ok = s.lru.Peek(key)
+	switch {
+	case !ok:
+		return 0, false, false
+	case t.expired(e.seen, now):
+		s.lru.Remove(key)
+		return 0, false, false
+	case now-e.seen > t.slack:
+		e.seen = now
+		s.lru.Add(key, e)
+		return e.backend, true, true
+	}
+	return e.backend, true, false
+}
+
+// put records that the session key is on backend number n, as of now.
+func (t *learnTable) put(key uint64, n uint32, now int64) {
+	s := t.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Expired entries go first, so that an eviction counts only the
+	// loss of a live one.
+	t.sweep(s, now)
+	if s.lru.Add(key, learned{backend: n, seen: now}) {
+		t.evictions.Add(1)
+	}
+}
+
+// learn records that the session key is on backend number n, as of now, as
+// put does, and reports whether a shared store must hear of it: the session
+// is new, on another backend, or was last written more than slack ago.
+func (t *learnTable) learn(key uint64, n uint32, now int64) bool {
+	s := t.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.sweep(s, now)
+	e, ok := s.lru.Peek(key)
+	if ok && e.backend == n && now-e.seen <= t.slack {
+		return false
+	}
+	if s.lru.Add(key, learned{backend: n, seen: now}) {
+		t.evictions.Add(1)
+	}
+	return true
+}
+
+// move records that the session key is now on backend number n, if the
+// table holds it, and reports whether it did; an unknown session stays
+// unknown, as only backends may teach the table new ones.
+func (t *learnTable) move(key uint64, n uint32, now int64) bool {
+	s := t.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.lru.Peek(key)
+	if !ok || t.expired(e.seen, now) {
+		return false
+	}
+	s.lru.Add(key, learned{backend: n, seen: now})
+	return true
+}
+
+// remove forgets the session key.
+func (t *learnTable) remove(key uint64) {
+	s := t.shard(key)
+	s.mu.Lock()
+	s.lru.Remove(key)
+	s.mu.Unlock()
+}
+
+// sweepMax bounds the expired entries a lookup or a write removes, so that
+// neither waits long; their steady sum drains an idle table as fast as
+// traffic could fill it.
+const sweepMax = 2
+
+// sweep removes expired entries from the back of s, whose write lock the
+// caller holds.
+func (t *learnTable) sweep(s *learnShard, now int64) {
+	for range sweepMax {
+		_, e, ok := s.lru.GetOldest()
+		if !ok || !t.expired(e.seen, now) {
+			return
+		}
+		s.lru.RemoveOldest()
+	}
+}
+
+// dropIf removes the entries whose backend number gone reports, one shard
+// at a time, so that picks wait for at most one shard's walk.
+func (t *learnTable) dropIf(gone func(n uint32) bool) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for _, k := range s.lru.Keys() {
+			if e, ok := s.lru.Peek(k); ok && gone(e.backend) {
+				s.lru.Remove(k)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// len counts the entries, expired ones not yet swept included.
+func (t *learnTable) len() int {
+	n := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.RLock()
+		n += s.lru.Len()
+		s.mu.RUnlock()
+	}
+	return n
+}

@@ -1,0 +1,581 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const testSessionCookie = "JSESSIONID"
+
+func learnOpts(maxEntries int, ttl time.Duration) Options {
+	return Options{Learn: LearnOptions{
+		Cookie: testSessionCookie, MaxEntries: maxEntries, TTL: ttl, Store: LearnStoreMemory,
+	}}
+}
+
+// fakeClock is a learn table's clock that only the test moves.
+type fakeClock struct{ ns atomic.Int64 }
+
+func (c *fakeClock) now() int64              { return c.ns.Load() }
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// newLearn makes a learn policy whose table runs on the returned clock.
+func newLearn(t testing.TB, o Options) (*learnPolicy, *fakeClock) {
+	t.Helper()
+	p, ok := mustPolicy(t, "learn", o).(*learnPolicy)
+	if !ok {
+		t.Fatalf("learn policy is %T", p)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	c := new(fakeClock)
+	p.table.clock = c.now
+	return p, c
+}
+
+// sessionRequest carries the session cookie among others, as browsers send it.
+func sessionRequest(sid string) *http.Request {
+	return cookieRequest("_ga=GA1.2.3; " + testSessionCookie + "=" + sid + "; lang=en")
+}
+
+// setCookies is a response header with the given Set-Cookie lines.
+func setCookies(lines ...string) http.Header {
+	return http.Header{"Set-Cookie": lines}
+}
+
+// learn feeds picker pk a response of b setting the given session.
+func learn(t testing.TB, pk Picker, b *Backend, lines ...string) {
+	t.Helper()
+	l, ok := pk.(Learner)
+	if !ok {
+		t.Fatalf("%T is not a Learner", pk)
+	}
+	l.Learn(b, setCookies(lines...))
+}
+
+// expectPick picks for r and checks the backend (nil: any) and the sticky
+// outcome.
+func expectPick(t testing.TB, pk Picker, r *http.Request, want *Backend, sticky Sticky) Pick {
+	t.Helper()
+	got := mustPick(t, pk, r)
+	if (want != nil && got.Backend != want) || got.Sticky != sticky || got.SetCookie != "" {
+		wantID := "any"
+		if want != nil {
+			wantID = want.ID
+		}
+		t.Fatalf("pick = %s %v %q, want %s %v without Set-Cookie", got.Backend.ID, got.Sticky, got.SetCookie, wantID, sticky)
+	}
+	return got
+}
+
+func TestLearnSticks(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	pk := p.Build(allAvailable(bs))
+	for i, b := range bs {
+		learn(t, pk, b, fmt.Sprintf("%s=s%d; Path=/; HttpOnly", testSessionCookie, i))
+	}
+	// A rebuild, as on any health change, keeps what was learned.
+	pk = p.Build(allAvailable(bs))
+	for range 20 {
+		for i, b := range bs {
+			expectPick(t, pk, sessionRequest(fmt.Sprintf("s%d", i)), b, StickyKept)
+		}
+	}
+	// Clients without a known session are spread by the rotation.
+	seen := map[*Backend]bool{}
+	for range len(bs) {
+		seen[expectPick(t, pk, cookieRequest("lang=en"), nil, StickyNone).Backend] = true
+		seen[expectPick(t, pk, sessionRequest("unknown"), nil, StickyNew).Backend] = true
+	}
+	if len(seen) != len(bs) {
+		t.Errorf("new clients reached %d of %d backends", len(seen), len(bs))
+	}
+	expectPick(t, pk, sessionRequest(""), nil, StickyNone)
+	expectPick(t, pk, sessionRequest(strings.Repeat("x", maxSessionID+1)), nil, StickyNew)
+	if n := p.Len(); n != len(bs) {
+		t.Errorf("Len = %d, want %d", n, len(bs))
+	}
+}
+
+// TestLearnSetCookie feeds one Set-Cookie line from b1 after b0 set session
+// abc, and checks where abc goes next.
+func TestLearnSetCookie(t *testing.T) {
+	const (
+		moved   = "moved to b1"
+		deleted = "deleted"
+		ignored = "ignored"
+	)
+	tests := []struct {
+		name, line, want string
+	}{
+		{"plain", "JSESSIONID=abc", moved},
+		{"attributes", "JSESSIONID=abc; Path=/app; Domain=example.com; HttpOnly; Secure; SameSite=Lax", moved},
+		{"spaces and quotes", `  JSESSIONID = "abc" ;Path=/`, moved},
+		{"max-age positive", "JSESSIONID=abc; Max-Age=1800", moved},
+		{"max-age zero", "JSESSIONID=abc; Max-Age=0", deleted},
+		{"max-age zeros, any case", "JSESSIONID=abc; max-AGE=000", deleted},
+		{"max-age negative", "JSESSIONID=abc; Max-Age=-1", deleted},
+		{"max-age beyond int64", "JSESSIONID=abc; Max-Age=-99999999999999999999999", deleted},
+		{"max-age invalid is ignored", "JSESSIONID=abc; Max-Age=soon", moved},
+		{"max-age empty is ignored", "JSESSIONID=abc; Max-Age=", moved},
+		{"expires past", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT", deleted},
+		{"expires past, servlet format", "JSESSIONID=abc; Expires=Thu, 01-Jan-1970 00:00:10 GMT", deleted},
+		{"expires future", "JSESSIONID=abc; Expires=Fri, 01 Jan 2100 00:00:00 GMT", moved},
+		{"expires invalid is ignored", "JSESSIONID=abc; Expires=yesterday", moved},
+		{"max-age wins over expires", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60", moved},
+		{"max-age zero wins over expires", "JSESSIONID=abc; Max-Age=0; Expires=Fri, 01 Jan 2100 00:00:00 GMT", deleted},
+		{"other cookie", "OTHER=abc", ignored},
+		{"name is case-sensitive", "jsessionid=abc", ignored},
+		{"longer name", "JSESSIONIDX=abc", ignored},
+		{"name in an attribute", "X=1; JSESSIONID=abc", ignored},
+		{"empty value", "JSESSIONID=; Max-Age=0", ignored},
+		{"empty quoted value", `JSESSIONID=""`, ignored},
+		{"no value", "JSESSIONID", ignored},
+		{"empty line", "", ignored},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := testBackends(nil, 1, 1)
+			p, _ := newLearn(t, learnOpts(100, time.Hour))
+			pk := p.Build(allAvailable(bs))
+			learn(t, pk, bs[0], "JSESSIONID=abc")
+			learn(t, pk, bs[1], tt.line)
+			switch tt.want {
+			case moved:
+				expectPick(t, pk, sessionRequest("abc"), bs[1], StickyKept)
+			case deleted:
+				expectPick(t, pk, sessionRequest("abc"), nil, StickyNew)
+			case ignored:
+				expectPick(t, pk, sessionRequest("abc"), bs[0], StickyKept)
+			}
+		})
+	}
+}
+
+// A login that renews the session deletes the old one and sets the new one
+// in the same response; other cookies are skipped.
+func TestLearnSeveralLines(t *testing.T) {
+	bs := testBackends(nil, 1, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	pk := p.Build(allAvailable(bs))
+	learn(t, pk, bs[0], "JSESSIONID=old")
+	learn(t, pk, bs[1], "theme=dark", "JSESSIONID=old; Max-Age=0", "csrf=x; Path=/", "JSESSIONID=new; HttpOnly")
+	expectPick(t, pk, sessionRequest("old"), nil, StickyNew)
+	expectPick(t, pk, sessionRequest("new"), bs[1], StickyKept)
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d, want 1", n)
+	}
+	// A response without Set-Cookie, and one from a backend the Set does
+	// not have, teach nothing.
+	pk.(Learner).Learn(bs[0], http.Header{"Content-Type": {"text/plain"}})
+	learn(t, pk, NewBackend("elsewhere", nil, 1, nil), "JSESSIONID=foreign")
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d after responses with nothing to learn, want 1", n)
+	}
+}
+
+// An entry is kept at least ttl after the session's last use, and at most
+// ttl/16 longer, however the uses fell.
+func TestLearnTTL(t *testing.T) {
+	const ttl = 64 * time.Second
+	const slack = ttl / 16
+	tests := []struct {
+		name string
+		uses []time.Duration // picks after learning, each after the previous
+		idle time.Duration   // then no use for this long
+		kept bool
+	}{
+		{"unused, just under ttl", nil, ttl - 1, true},
+		{"unused, ttl", nil, ttl, true},
+		{"unused, ttl and slack", nil, ttl + slack, true},
+		{"unused, past ttl and slack", nil, ttl + slack + 1, false},
+		{"used, ttl after the last use", []time.Duration{ttl / 2, ttl / 2, ttl / 2, ttl / 2}, ttl, true},
+		{"used, long after the last use", []time.Duration{ttl / 2, ttl / 2}, 2 * ttl, false},
+		// The use within slack of the learning does not renew the
+		// entry's time: the worst case of the bound.
+		{"used without renewal, ttl", []time.Duration{slack}, ttl, true},
+		{"used without renewal, past ttl", []time.Duration{slack}, ttl + 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := testBackends(nil, 1, 1)
+			p, clock := newLearn(t, learnOpts(100, ttl))
+			pk := p.Build(allAvailable(bs))
+			learn(t, pk, bs[1], "JSESSIONID=abc")
+			for _, d := range tt.uses {
+				clock.advance(d)
+				expectPick(t, pk, sessionRequest("abc"), bs[1], StickyKept)
+			}
+			clock.advance(tt.idle)
+			if tt.kept {
+				expectPick(t, pk, sessionRequest("abc"), bs[1], StickyKept)
+				return
+			}
+			expectPick(t, pk, sessionRequest("abc"), nil, StickyNew)
+			if n := p.Len(); n != 0 {
+				t.Errorf("Len = %d after expiry, want 0", n)
+			}
+		})
+	}
+}
+
+// Expired entries are swept by later traffic, and make room without
+// counting as evictions.
+func TestLearnSweepsExpired(t *testing.T) {
+	const ttl = time.Minute
+	bs := testBackends(nil, 1)
+	p, clock := newLearn(t, learnOpts(2, ttl))
+	pk := p.Build(allAvailable(bs))
+	learn(t, pk, bs[0], "JSESSIONID=a")
+	learn(t, pk, bs[0], "JSESSIONID=b")
+	clock.advance(2 * ttl)
+	learn(t, pk, bs[0], "JSESSIONID=c")
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d after a write past expiry, want 1", n)
+	}
+	learn(t, pk, bs[0], "JSESSIONID=d")
+	if n, e := p.Len(), p.Evictions(); n != 2 || e != 0 {
+		t.Errorf("Len, Evictions = %d, %d; want 2, 0", n, e)
+	}
+}
+
+func TestLearnEvictsLeastRecentlyUsed(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p, clock := newLearn(t, learnOpts(3, time.Hour))
+	pk := p.Build(allAvailable(bs))
+	for i := range 3 {
+		learn(t, pk, bs[i], fmt.Sprintf("JSESSIONID=s%d", i))
+	}
+	// Uses are recorded to within ttl/16, which a use must be apart
+	// from the learning to count.
+	clock.advance(time.Hour/16 + 1)
+	expectPick(t, pk, sessionRequest("s0"), bs[0], StickyKept)
+	learn(t, pk, bs[0], "JSESSIONID=s3")
+	if n, e := p.Len(), p.Evictions(); n != 3 || e != 1 {
+		t.Errorf("Len, Evictions = %d, %d; want 3, 1", n, e)
+	}
+	expectPick(t, pk, sessionRequest("s1"), nil, StickyNew)
+	expectPick(t, pk, sessionRequest("s0"), bs[0], StickyKept)
+	expectPick(t, pk, sessionRequest("s2"), bs[2], StickyKept)
+	expectPick(t, pk, sessionRequest("s3"), bs[0], StickyKept)
+}
+
+// A sharded table holds max_entries at most in all, and counts every live
+// entry it drops.
+func TestLearnShardedBound(t *testing.T) {
+	const maxEntries, learned = 5000, 20000
+	bs := testBackends(nil, 1)
+	p, _ := newLearn(t, learnOpts(maxEntries, time.Hour))
+	if n := len(p.table.shards); n != 4 {
+		t.Fatalf("%d shards, want 4", n)
+	}
+	pk := p.Build(allAvailable(bs))
+	for i := range learned {
+		learn(t, pk, bs[0], fmt.Sprintf("JSESSIONID=s%d", i))
+	}
+	n, e := p.Len(), p.Evictions()
+	// Each shard receives about learned/4 sessions, far more than its
+	// maxEntries/4, so every shard is full.
+	if n != maxEntries || uint64(n)+e != learned {
+		t.Errorf("Len, Evictions = %d, %d; want %d and a sum of %d", n, e, maxEntries, learned)
+	}
+}
+
+func TestLearnShardCount(t *testing.T) {
+	tests := []struct{ maxEntries, shards int }{
+		{1, 1}, {2047, 1}, {2048, 2}, {5000, 4}, {65535, 32}, {MaxLearnEntries, 32},
+	}
+	for _, tt := range tests {
+		tb := newLearnTable(tt.maxEntries, time.Minute)
+		if len(tb.shards) != tt.shards {
+			t.Errorf("max_entries %d: %d shards, want %d", tt.maxEntries, len(tb.shards), tt.shards)
+		}
+	}
+}
+
+func TestLearnRemovedBackend(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	all := p.Build(allAvailable(bs))
+	learn(t, all, bs[0], "JSESSIONID=kept")
+	learn(t, all, bs[2], "JSESSIONID=gone")
+	without := p.Build(allAvailable(bs[:2]))
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d after removing a backend, want 1", n)
+	}
+	expectPick(t, without, sessionRequest("gone"), nil, StickyNew)
+	expectPick(t, without, sessionRequest("kept"), bs[0], StickyKept)
+	// A response of the removed backend that an older picker learns
+	// from, as a request in flight during the change does, is dropped on
+	// its first lookup.
+	learn(t, all, bs[2], "JSESSIONID=late")
+	expectPick(t, without, sessionRequest("late"), nil, StickyNew)
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d after the lookup, want 1", n)
+	}
+	// Back in the pool, the backend has no old sessions, and learns new
+	// ones.
+	again := p.Build(allAvailable(bs))
+	expectPick(t, again, sessionRequest("gone"), nil, StickyNew)
+	learn(t, again, bs[2], "JSESSIONID=new")
+	expectPick(t, again, sessionRequest("new"), bs[2], StickyKept)
+}
+
+// A session whose backend is unavailable moves to another and stays there,
+// even once its old backend is back.
+func TestLearnRepin(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	all := p.Build(allAvailable(bs))
+	learn(t, all, bs[1], "JSESSIONID=abc")
+	down := p.Build(Set{All: bs, Available: []*Backend{bs[0], bs[2]}})
+	moved := expectPick(t, down, sessionRequest("abc"), nil, StickyRepinned).Backend
+	if moved == bs[1] {
+		t.Fatal("repinned to the unavailable backend")
+	}
+	for range 5 {
+		expectPick(t, down, sessionRequest("abc"), moved, StickyKept)
+	}
+	back := p.Build(allAvailable(bs))
+	expectPick(t, back, sessionRequest("abc"), moved, StickyKept)
+	// The new backend's own session is learned as any other.
+	learn(t, back, moved, "JSESSIONID=abc; Max-Age=0", "JSESSIONID=fresh")
+	expectPick(t, back, sessionRequest("fresh"), moved, StickyKept)
+}
+
+// A retry moves a known session to the backend it is retried on, so that
+// the client's next requests go where it was served.
+func TestLearnRepinOnRetry(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	pk := p.Build(allAvailable(bs))
+	learn(t, pk, bs[1], "JSESSIONID=abc")
+	pn, ok := pk.(Pinner)
+	if !ok {
+		t.Fatalf("%T is not a Pinner", pk)
+	}
+	for _, tt := range []struct {
+		name  string
+		sid   string
+		tried []*Backend
+	}{
+		{"known session", "abc", []*Backend{bs[1]}},
+		{"known session, second retry", "abc", []*Backend{bs[1], bs[0]}},
+		{"unknown session", "new", []*Backend{bs[2]}},
+		{"no session", "", []*Backend{bs[0]}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := cookieRequest("lang=en")
+			if tt.sid != "" {
+				r = sessionRequest(tt.sid)
+			}
+			for range 2 * len(bs) {
+				b, setCookie, ok := pn.Repin(r, tt.tried)
+				if !ok || b == nil || slices.Contains(tt.tried, b) || setCookie != "" {
+					t.Fatalf("Repin = %v, %q, %v; want an untried backend and no cookie", b, setCookie, ok)
+				}
+				if tt.sid == "abc" {
+					expectPick(t, pk, r, b, StickyKept)
+				}
+			}
+		})
+	}
+	if n := p.Len(); n != 1 {
+		t.Errorf("Len = %d: a retry taught the table a session", n)
+	}
+	if b, _, ok := pn.Repin(sessionRequest("abc"), bs); ok || b != nil {
+		t.Errorf("Repin with every backend tried = %v, %v; want none", b, ok)
+	}
+}
+
+func TestLearnNoBackend(t *testing.T) {
+	bs := testBackends(nil, 1)
+	p, _ := newLearn(t, learnOpts(100, time.Hour))
+	learn(t, p.Build(allAvailable(bs)), bs[0], "JSESSIONID=abc")
+	none := p.Build(Set{All: bs})
+	for _, r := range []*http.Request{sessionRequest("abc"), sessionRequest("other"), cookieRequest()} {
+		if _, err := none.Pick(r); !errors.Is(err, ErrNoBackend) {
+			t.Errorf("Pick with no available backend: %v, want ErrNoBackend", err)
+		}
+	}
+	if b, _, ok := none.(Pinner).Repin(sessionRequest("abc"), bs); ok || b != nil {
+		t.Errorf("Repin with no available backend = %v, %v; want none", b, ok)
+	}
+}
+
+func TestNewLearnPolicyErrors(t *testing.T) {
+	valid := learnOpts(100, time.Minute).Learn
+	redisOK := valid
+	redisOK.Store, redisOK.Redis = LearnStoreRedis, RedisOptions{Addrs: []string{"127.0.0.1:6379", "redis.internal:7000"}, Timeout: 50 * time.Millisecond}
+	tests := []struct {
+		name string
+		edit func(*LearnOptions)
+		ok   bool
+	}{
+		{"valid", func(*LearnOptions) {}, true},
+		{"valid redis", func(o *LearnOptions) { *o = redisOK }, true},
+		{"no cookie", func(o *LearnOptions) { o.Cookie = "" }, false},
+		{"cookie not a token", func(o *LearnOptions) { o.Cookie = "J SESSION" }, false},
+		{"no entries", func(o *LearnOptions) { o.MaxEntries = 0 }, false},
+		{"too many entries", func(o *LearnOptions) { o.MaxEntries = MaxLearnEntries + 1 }, false},
+		{"zero ttl", func(o *LearnOptions) { o.TTL = 0 }, false},
+		{"negative ttl", func(o *LearnOptions) { o.TTL = -time.Second }, false},
+		{"no store", func(o *LearnOptions) { o.Store = "" }, false},
+		{"unknown store", func(o *LearnOptions) { o.Store = "memcached" }, false},
+		{"redis without addresses", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = nil }, false},
+		{"redis address without port", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{"redis"} }, false},
+		{"redis address without host", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{":6379"} }, false},
+		{"redis port 0", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{"redis:0"} }, false},
+		{"redis port not a number", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{"redis:http"} }, false},
+		{"redis without timeout", func(o *LearnOptions) { *o = redisOK; o.Redis.Timeout = 0 }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := valid
+			tt.edit(&o)
+			p, err := New("learn", Options{Learn: o})
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				if err := p.(*learnPolicy).Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidLearn) {
+				t.Fatalf("New = %v, want ErrInvalidLearn", err)
+			}
+		})
+	}
+}
+
+func TestLearnStats(t *testing.T) {
+	p, _ := newLearn(t, learnOpts(1, time.Hour))
+	var st StickTable = p
+	bs := testBackends(nil, 1)
+	pk := p.Build(allAvailable(bs))
+	learn(t, pk, bs[0], "JSESSIONID=a", "JSESSIONID=b", "JSESSIONID=c")
+	if st.Len() != 1 || st.Evictions() != 2 || st.StoreErrors() != 0 {
+		t.Errorf("Len, Evictions, StoreErrors = %d, %d, %d; want 1, 2, 0", st.Len(), st.Evictions(), st.StoreErrors())
+	}
+}
+
+func TestLearnPickDoesNotAllocate(t *testing.T) {
+	s := benchPool(100)
+	p, clock := newLearn(t, learnOpts(1000, time.Hour))
+	pk := p.Build(s)
+	learn(t, pk, s.Available[7], "JSESSIONID=abc")
+	tests := []struct {
+		name string
+		r    *http.Request
+	}{
+		{"kept", sessionRequest("abc")},
+		{"unknown session", sessionRequest("xyz")},
+		{"no session", cookieRequest("lang=en")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if n := testing.AllocsPerRun(100, func() {
+				// Every lookup renews the entry's time.
+				clock.advance(time.Hour / 8)
+				_, _ = pk.Pick(tt.r)
+			}); n != 0 {
+				t.Errorf("%.1f allocations per pick, want 0", n)
+			}
+		})
+	}
+	h := setCookies("JSESSIONID=abc; Path=/; HttpOnly")
+	if n := testing.AllocsPerRun(100, func() { pk.(Learner).Learn(s.Available[7], h) }); n != 0 {
+		t.Errorf("%.1f allocations per Learn of a known session, want 0", n)
+	}
+}
+
+// Picks, learning and rebuilds run at once, as they do in the proxy; the
+// race detector checks the rest.
+func TestLearnConcurrent(t *testing.T) {
+	bs := testBackends(nil, 1, 2, 3)
+	p, _ := newLearn(t, learnOpts(64, time.Hour))
+	var cur atomic.Pointer[Picker]
+	build := func(s Set) { pk := p.Build(s); cur.Store(&pk) }
+	build(allAvailable(bs))
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 500 {
+				pk := *cur.Load()
+				sid := fmt.Sprintf("s%d", (g*500+i)%100)
+				got, err := pk.Pick(sessionRequest(sid))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				pk.(Learner).Learn(got.Backend, setCookies("JSESSIONID="+sid))
+			}
+		})
+	}
+	wg.Go(func() {
+		for i := range 50 {
+			if i%2 == 0 {
+				build(Set{All: bs, Available: bs[:2]})
+			} else {
+				build(allAvailable(bs))
+			}
+		}
+	})
+	wg.Wait()
+	if n := p.Len(); n > 64 {
+		t.Errorf("Len = %d over max_entries 64", n)
+	}
+}
+
+// FuzzLearn feeds any Set-Cookie line and any Cookie header: nothing panics,
+// the table stays bounded, and a session learned from a line is found by a
+// request carrying the cookie as a browser sends it back.
+func FuzzLearn(f *testing.F) {
+	for _, s := range []struct{ setCookie, cookie string }{
+		{"JSESSIONID=abc; Path=/", "JSESSIONID=abc"},
+		{`JSESSIONID="q"; Max-Age=0`, `a=1; JSESSIONID="q"`},
+		{"JSESSIONID=x; Expires=Thu, 01-Jan-1970 00:00:10 GMT", "JSESSIONID"},
+		{"JSESSIONID=; max-age=-", ";;=;JSESSIONID=="},
+		{"\x00=\xff; ; =", "\t JSESSIONID \t= \" \""},
+	} {
+		f.Add(s.setCookie, s.cookie)
+	}
+	bs := testBackends(nil, 1, 1, 1)
+	f.Fuzz(func(t *testing.T, setCookie, cookie string) {
+		p, err := New("learn", learnOpts(4, time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk := p.Build(Set{All: bs, Available: bs[1:]})
+		if _, err := pk.Pick(cookieRequest(cookie)); err != nil {
+			t.Fatalf("Pick(%q): %v", cookie, err)
+		}
+		pk.(Learner).Learn(bs[2], setCookies(setCookie))
+		if n := p.(*learnPolicy).Len(); n > 1 {
+			t.Fatalf("Len = %d after one line", n)
+		}
+		if _, del, ok := sessionCookie(setCookie, testSessionCookie); ok && !del {
+			pair, _, _ := strings.Cut(setCookie, ";")
+			got := mustPick(t, pk, cookieRequest(pair))
+			if got.Backend != bs[2] || got.Sticky != StickyKept {
+				t.Fatalf("after learning %q, Cookie %q went to %s (%v), want kept on %s", setCookie, pair, got.Backend.ID, got.Sticky, bs[2].ID)
+			}
+		}
+		if _, err := pk.Pick(cookieRequest(cookie)); err != nil {
+			t.Fatalf("Pick(%q): %v", cookie, err)
+		}
+	})
+}

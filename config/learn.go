@@ -1,0 +1,103 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// learnSection decodes a balancer's learn section into b's options, and
+// reports a learn balancer without one: the application's cookie has no
+// default. typeOK tells that b.Type was read without error.
+func (d *decoder) learnSection(s *section, b *Balancer, typeOK bool) {
+	if l := d.sub(s, "learn", "cookie", "max_entries", "redis", "store", "ttl"); l != nil {
+		d.learn(l, &b.Options.Learn)
+	} else if n := s.vals["learn"]; typeOK && b.Type == optionTypes["learn"] && (n == nil || isNull(n)) {
+		at := s.at
+		if k := s.keys["type"]; k != nil {
+			at = k
+		}
+		d.errorf(at, "%s: %s needs learn.cookie (the application's session cookie, e.g. JSESSIONID)", s.path, b.Type)
+	}
+}
+
+// learn decodes the learn policy's options into o, which holds defaults.
+func (d *decoder) learn(s *section, o *balancer.LearnOptions) {
+	d.require(s, "cookie")
+	if v, n := d.str(s, "cookie"); n != nil {
+		if !isToken(v) {
+			d.errorf(n, "%s.cookie: %q is not a valid cookie name (letters, digits and !#$%%&'*+-.^_`|~)", s.path, v)
+		}
+		o.Cookie = v
+	}
+	if v, n := d.integer(s, "max_entries", 1, MaxLearnEntries); n != nil {
+		o.MaxEntries = int(v)
+	}
+	if v, n := d.duration(s, "ttl", false); n != nil {
+		o.TTL = v
+	}
+	storeOK := true
+	store, sn := d.oneOf(s, "store", balancer.LearnStoreMemory, balancer.LearnStoreRedis)
+	if sn != nil {
+		o.Store = store
+	} else if n := s.vals["store"]; n != nil && !isNull(n) {
+		storeOK = false // reported by oneOf
+	}
+	r := d.sub(s, "redis", "addrs", "timeout")
+	if r != nil {
+		d.redis(r, &o.Redis)
+	}
+	switch {
+	case !storeOK:
+	case o.Store == balancer.LearnStoreRedis && r == nil:
+		d.errorf(sn, "%s.store: redis needs redis.addrs (host:port of the server, or of cluster nodes)", s.path)
+	case o.Store != balancer.LearnStoreRedis && s.vals["redis"] != nil && !isNull(s.vals["redis"]):
+		d.errorf(s.keys["redis"], "%s: redis applies to store: redis only (store is %s)", s.path, o.Store)
+	}
+}
+
+// redis decodes where a shared learn table lives into o, which holds
+// defaults.
+func (d *decoder) redis(s *section, o *balancer.RedisOptions) {
+	d.require(s, "addrs")
+	seen := map[string]int{} // address → line
+	for i, it := range d.list(s, "addrs") {
+		path := fmt.Sprintf("%s.addrs[%d]", s.path, i)
+		if !d.scalar(it, path, "a host:port string", "!!str") {
+			continue
+		}
+		if err := checkDialAddress(it.Value); err != nil {
+			d.errorf(it, "%s: %v", path, err)
+			continue
+		}
+		if line, dup := seen[it.Value]; dup {
+			d.errorf(it, "%s: duplicate address %q (first at line %d)", path, it.Value, line)
+			continue
+		}
+		seen[it.Value] = it.Line
+		o.Addrs = append(o.Addrs, it.Value)
+	}
+	if n := s.vals["addrs"]; n != nil && n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
+		d.errorf(n, "%s.addrs: at least one address is required", s.path)
+	}
+	if v, n := d.duration(s, "timeout", false); n != nil {
+		o.Timeout = v
+	}
+}
+
+// checkDialAddress accepts the host:port of a server to connect to: unlike
+// a listen address, it needs a host and a port other than 0.
+func checkDialAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("%q: port must be a number from 1 to 65535", addr)
+	}
+	return nil
+}

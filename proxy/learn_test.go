@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+const sessionCookie = "JSESSIONID"
+
+// sessionApp keeps sessions in memory as a servlet container does: a
+// request without a session it knows gets a new one, in a Set-Cookie. It
+// answers with its name.
+type sessionApp struct {
+	name     string
+	mu       sync.Mutex
+	sessions map[string]bool
+	issued   int
+}
+
+func (a *sessionApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	if c, err := r.Cookie(sessionCookie); err != nil || !a.sessions[c.Value] {
+		a.issued++
+		sid := fmt.Sprintf("%s-%d", a.name, a.issued)
+		a.sessions[sid] = true
+		http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sid, Path: "/", HttpOnly: true})
+	}
+	a.mu.Unlock()
+	_, _ = io.WriteString(w, a.name)
+}
+
+// startSessionApps starts a sessionApp per name and returns them as a
+// pool's backends.
+func startSessionApps(t *testing.T, names ...string) []config.Backend {
+	t.Helper()
+	bs := make([]config.Backend, len(names))
+	for i, n := range names {
+		u := testutil.StartServer(t, &sessionApp{name: n, sessions: map[string]bool{}})
+		bs[i] = config.Backend{URL: u, Name: n, Weight: 1}
+	}
+	return bs
+}
+
+func learnOptions() balancer.Options {
+	return balancer.Options{Learn: balancer.LearnOptions{
+		Cookie: sessionCookie, MaxEntries: 1000, TTL: time.Hour, Store: balancer.LearnStoreMemory,
+	}}
+}
+
+// sessionGet sends a GET to target with the session cookie, if any, and
+// returns the backend that answered and the session it set, if any.
+func sessionGet(t *testing.T, c *http.Client, target, sid string) (backend, setSID string) {
+	t.Helper()
+	r := get(t, c, target, func(req *http.Request) {
+		if sid != "" {
+			req.AddCookie(&http.Cookie{Name: sessionCookie, Value: sid})
+		}
+	})
+	if r.status != http.StatusOK {
+		t.Fatalf("GET %s: status %d: %s", target, r.status, r.body)
+	}
+	for _, line := range r.header["Set-Cookie"] {
+		if c, err := http.ParseSetCookie(line); err == nil && c.Name == sessionCookie {
+			setSID = c.Value
+		}
+	}
+	return r.body, setSID
+}
+
+// Clients stay on the backend that issued their session, which never has
+// to issue a second one; new clients are spread over the pool.
+func TestLearnSticksOnApplicationCookie(t *testing.T) {
+	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: learnOptions()},
+		Backends: startSessionApps(t, "app-1", "app-2", "app-3")}
+	s, u := startProxy(t, catchAll(pc), nil)
+	c := testutil.Client(t)
+	reached := map[string]bool{}
+	for client := range 6 {
+		first, sid := sessionGet(t, c, u.String()+"/", "")
+		if sid == "" {
+			t.Fatalf("client %d: %s set no session", client, first)
+		}
+		reached[first] = true
+		for i := range 10 {
+			got, renewed := sessionGet(t, c, u.String()+"/cart", sid)
+			if got != first || renewed != "" {
+				t.Fatalf("client %d request %d: served by %s (new session %q), want %s keeping %s", client, i, got, renewed, first, sid)
+			}
+		}
+	}
+	if len(reached) != 3 {
+		t.Errorf("new clients reached %v, want all three backends", reached)
+	}
+	table, ok := s.state.Load().pools[0].policy.(balancer.StickTable)
+	if !ok {
+		t.Fatal("the learn policy is not a balancer.StickTable")
+	}
+	if n := table.Len(); n != 6 {
+		t.Errorf("the table holds %d sessions, want 6", n)
+	}
+}
+
+// The session is learned for the backend that answered, not the one
+// picked first: a retry moved the request off a dead backend.
+func TestLearnFromRetriedBackend(t *testing.T) {
+	live := startSessionApps(t, "live")[0]
+	dead := config.Backend{URL: testutil.ClosedURL(t), Name: "dead", Weight: 1}
+	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: learnOptions()},
+		Backends: []config.Backend{dead, live}, Retries: config.Retries{Count: 1}}
+	s, u := startProxy(t, catchAll(pc), nil)
+	c := testutil.Client(t)
+	p := s.state.Load().pools[0]
+	for client := range 4 {
+		got, sid := sessionGet(t, c, u.String()+"/", "")
+		if got != "live" || sid == "" {
+			t.Fatalf("client %d: served by %s with session %q, want live setting one", client, got, sid)
+		}
+		req, err := http.NewRequest(http.MethodGet, u.String()+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: sid})
+		pk, err := p.pick(req)
+		if err != nil || pk.Backend.ID != "live" || pk.Sticky != balancer.StickyKept {
+			t.Fatalf("client %d: next pick %v %v, want kept on live", client, pk, err)
+		}
+	}
+}
+
+// replica is an `affinity serve` process.
+type replica struct {
+	url string
+	cmd *exec.Cmd
+	out *lockedBuffer
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// buildAffinity compiles the affinity command into a temporary directory.
+func buildAffinity(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "affinity")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/affinity")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startReplica runs bin serve with config, until the test ends: then it
+// must stop on SIGTERM with status 0.
+func startReplica(t *testing.T, bin, config string) *replica {
+	t.Helper()
+	listen := testutil.ClosedURL(t).Host
+	path := filepath.Join(t.TempDir(), "affinity.yaml")
+	if err := os.WriteFile(path, []byte("listen: "+listen+"\n"+config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{url: "http://" + listen, cmd: exec.Command(bin, "serve", "-c", path), out: new(lockedBuffer)}
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Errorf("SIGTERM: %v", err)
+		}
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("replica %s exited with %v; output:\n%s", r.url, err, r.out)
+			}
+		case <-time.After(waitFor):
+			_ = r.cmd.Process.Kill()
+			<-exited
+			t.Errorf("replica %s still running %v after SIGTERM; output:\n%s", r.url, waitFor, r.out)
+		}
+	})
+	testutil.WaitReady(t, listen, waitFor)
+	return r
+}
+
+// Two proxy processes share their learned sessions through a real Redis: a
+// session learned through one replica is routed to the same backend through
+// the other, which never saw the client before.
+func TestLearnReplicasShareSessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the affinity binary and runs two replicas")
+	}
+	rds := testutil.StartRedis(t)
+	bin := buildAffinity(t)
+	apps := startSessionApps(t, "app-1", "app-2", "app-3")
+	var pool strings.Builder
+	fmt.Fprintf(&pool, `pools:
+  app:
+    balancer:
+      type: learn
+      learn: {cookie: %s, store: redis, redis: {addrs: ["%s"], timeout: 200ms}}
+    backends:
+`, sessionCookie, rds.Addr)
+	for _, a := range apps {
+		fmt.Fprintf(&pool, "      - {url: %q, name: %s}\n", a.URL.String(), a.Name)
+	}
+	replicas := []*replica{startReplica(t, bin, pool.String()), startReplica(t, bin, pool.String())}
+	c := testutil.Client(t)
+	for client := range 6 {
+		// Clients alternate the replica that learns their session.
+		learner, follower := replicas[client%2], replicas[1-client%2]
+		home, sid := sessionGet(t, c, learner.url+"/", "")
+		if sid == "" {
+			t.Fatalf("client %d: %s set no session", client, home)
+		}
+		// The learning replica writes to Redis after the response.
+		testutil.Eventually(t, waitFor, fmt.Sprintf("client %d: %s not routed to %s", client, follower.url, home), func() bool {
+			got, _ := sessionGet(t, c, follower.url+"/", sid)
+			return got == home
+		})
+		for i := range 10 {
+			got, renewed := sessionGet(t, c, replicas[i%2].url+"/cart", sid)
+			if got != home || renewed != "" {
+				t.Fatalf("client %d request %d via %s: served by %s (new session %q), want %s", client, i, replicas[i%2].url, got, renewed, home)
+			}
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+)
+
+// binding is one listener the Server accepts on. A reload that changes the
+// listen address retires the bindings accepting then: their listeners close
+// at once, so no new connection arrives there; the connections they
+// accepted finish the request they are serving, then close as they go idle.
+// A retired binding names the one that replaced it, for Serve to follow.
+type binding struct {
+	ln   net.Listener  // as given to Serve, before wrapping
+	done chan struct{} // closed once http.Server.Serve of ln returned
+	err  error         // what it returned; read once done is closed
+
+	retired atomic.Bool // read by connState on every request's end
+	next    *binding    // set when retired: the binding serving in its place; guarded by Server.lnMu
+
+	mu    sync.Mutex // guards conns, taken once per connection opened and closed
+	conns map[*boundConn]struct{}
+}
+
+// bindLocked makes ln a current binding of s; s.lnMu must be held.
+func (s *Server) bindLocked(ln net.Listener) *binding {
+	b := &binding{ln: ln, done: make(chan struct{}), conns: make(map[*boundConn]struct{})}
+	s.bindings = append(s.bindings, b)
+	return b
+}
+
+// serveBinding runs the http.Server on b until its listener closes.
+func (s *Server) serveBinding(b *binding) {
+	var ln net.Listener = &boundListener{Listener: b.ln, b: b}
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+	}
+	b.err = s.http.Serve(ln)
+	s.lnMu.Lock()
+	for i, c := range s.bindings {
+		if c == b {
+			s.bindings = append(s.bindings[:i], s.bindings[i+1:]...)
+			break
+		}
+	}
+	s.lnMu.Unlock()
+	close(b.done)
+}
+
+// outcome waits for b's serving to end and returns its error, following b
+// to the binding that replaced it when a reload retired it.
+func (s *Server) outcome(b *binding) error {
+	for {
+		<-b.done
+		s.lnMu.Lock()
+		next := b.next
+		s.lnMu.Unlock()
+		if next == nil {
+			return b.err
+		}
+		b = next
+	}
+}
+
+// rebind moves the server to ln, a listener on addr opened by a reload:
+// ln serves from now on, and the bindings serving until now retire. It
+// reports false, leaving ln to the caller, when nothing is being served
+// (the address then only changes for a later ListenAndServe).
+func (s *Server) rebind(ln net.Listener, addr string) bool {
+	s.lnMu.Lock()
+	old := s.bindings
+	s.listen = addr
+	if len(old) == 0 {
+		s.lnMu.Unlock()
+		return false
+	}
+	s.bindings = nil
+	nb := s.bindLocked(ln)
+	for _, b := range old {
+		b.next = nb
+	}
+	s.lnMu.Unlock()
+	s.serving.Go(func() { s.serveBinding(nb) })
+	for _, b := range old {
+		s.retire(b)
+	}
+	return true
+}
+
+// retire closes b's listener, and those of its connections that are idle
+// between two requests; connState closes the others when their request is
+// done. A connection whose first request has not arrived yet is left to
+// serve it: closing it could lose a request the client already sent.
+func (s *Server) retire(b *binding) {
+	b.retired.Store(true)
+	_ = b.ln.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for c := range b.conns {
+		if c.idle.Load() {
+			_ = c.outer.Close()
+		}
+	}
+}
+
+// boundListener tags each connection it accepts with its binding, so that
+// connState knows which listener a connection came from. Any TLS layer
+// goes on top of it, so that http.Server still sees the *tls.Conn.
+type boundListener struct {
+	net.Listener
+	b *binding
+}
+
+// Accept returns the next connection, tagged with the listener's binding.
+func (l *boundListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &boundConn{Conn: c, b: l.b}, nil
+}
+
+// boundConn is a client connection and the binding that accepted it.
+type boundConn struct {
+	net.Conn
+	b *binding
+	// outer is the connection http.Server serves, this one or a TLS
+	// connection over it; closing it sends TLS's close_notify. Set at
+	// StateNew under the binding's mu.
+	outer net.Conn
+	// idle is set between two requests, when closing the connection
+	// loses nothing.
+	idle atomic.Bool
+}
+
+// CloseWrite half-closes a TCP connection, which http.Server does before
+// closing one after a final response, so that the client reads the whole
+// response rather than a reset.
+func (c *boundConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// connState is the http.Server's ConnState hook. It tracks each
+// connection's binding and whether it is idle, and closes a connection of a
+// retired binding as soon as its request is done. On the request path it
+// costs two atomic operations.
+func connState(c net.Conn, cs http.ConnState) {
+	bc := boundOf(c)
+	if bc == nil {
+		return
+	}
+	switch cs {
+	case http.StateNew:
+		bc.b.mu.Lock()
+		bc.outer = c
+		bc.b.conns[bc] = struct{}{}
+		bc.b.mu.Unlock()
+	case http.StateActive:
+		bc.idle.Store(false)
+	case http.StateIdle:
+		bc.idle.Store(true)
+		if bc.b.retired.Load() {
+			_ = c.Close()
+		}
+	case http.StateHijacked, http.StateClosed:
+		bc.b.mu.Lock()
+		delete(bc.b.conns, bc)
+		bc.b.mu.Unlock()
+	}
+}
+
+// boundOf returns the boundConn under c, or nil for a connection that came
+// from elsewhere.
+func boundOf(c net.Conn) *boundConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	bc, _ := c.(*boundConn)
+	return bc
+}

@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// rawGet sends a GET of path on conn and reads the response.
+func rawGet(conn net.Conn, br *bufio.Reader, path string) (reply, error) {
+	if _, err := io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		return reply{}, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, body: string(b), header: resp.Header}, err
+}
+
+// dialRaw opens a client connection to addr, closed when the test ends.
+func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	return conn, bufio.NewReader(conn)
+}
+
+// expectEOF fails t unless the server closes the connection br reads.
+func expectEOF(t *testing.T, br *bufio.Reader, what string) {
+	t.Helper()
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("%s: read %v, want EOF: the proxy should have closed it", what, err)
+	}
+}
+
+// TestReloadRebinds: a new listen address is served at once; the old
+// listener takes no new connection, its idle connections close, and its
+// request in flight finishes before its connection closes. Serve follows
+// the move, returning only at Shutdown (startProxy's cleanup checks).
+func TestReloadRebinds(t *testing.T) {
+	su, started, release := blockingBackend(t)
+	fast := startCtl(t, "fast")
+	cfg := &config.Config{
+		Listen:   "127.0.0.1:0",
+		Timeouts: testTimeouts,
+		Routes:   []config.Route{{Match: config.Match{Path: "/slow"}, Pool: "slow"}, {Pool: "fast"}},
+		Pools: []*config.Pool{
+			{Name: "slow", Balancer: config.Balancer{Type: "round-robin"}, Backends: []config.Backend{{URL: su, Name: "slow", Weight: 1}}},
+			configure(&config.Pool{Name: "fast", Balancer: config.Balancer{Type: "round-robin"}}, fast),
+		},
+	}
+	s, u := startProxy(t, cfg, nil)
+	oldAddr := u.Host
+
+	idle, idleR := dialRaw(t, oldAddr)
+	if r, err := rawGet(idle, idleR, "/"); err != nil || r.body != "fast" {
+		t.Fatalf("first request: %v %q, %v", r.status, r.body, err)
+	}
+	busy, busyR := dialRaw(t, oldAddr)
+	done := make(chan reply, 1)
+	go func() {
+		r, err := rawGet(busy, busyR, "/slow")
+		if err != nil {
+			r.body = err.Error()
+		}
+		done <- r
+	}()
+	<-started
+
+	moved := *cfg
+	moved.Listen = testutil.ClosedURL(t).Host
+	reload(t, s, &moved)
+	expectEOF(t, idleR, "idle connection of the old listener")
+	if c, err := net.Dial("tcp", oldAddr); err == nil {
+		_ = c.Close()
+		t.Error("the old listener still accepts connections")
+	}
+	if r := get(t, testutil.Client(t), "http://"+moved.Listen+"/", nil); r.status != http.StatusOK || r.body != "fast" {
+		t.Errorf("new listener: %d %q, want 200 from fast", r.status, r.body)
+	}
+	release()
+	if r := <-done; r.status != http.StatusOK || r.body != "finished" {
+		t.Errorf("request in flight on the old listener: %d %q, want 200 finished", r.status, r.body)
+	}
+	expectEOF(t, busyR, "busy connection of the old listener, once its request is done")
+}
+
+// TestReloadRebindsListenAndServe: a server started with ListenAndServe
+// follows its address too, and ListenAndServe returns ErrServerClosed at
+// Shutdown. A rebind before serving only changes the address to bind.
+func TestReloadRebindsListenAndServe(t *testing.T) {
+	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
+	cfg.Listen = testutil.ClosedURL(t).Host
+	s, err := NewServer(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := *cfg
+	moved.Listen = testutil.ClosedURL(t).Host
+	reload(t, s, &moved) // not serving yet
+	served := make(chan error, 1)
+	go func() { served <- s.ListenAndServe() }()
+	testutil.WaitHTTP(t, "http://"+moved.Listen+"/", waitFor)
+
+	again := moved
+	again.Listen = testutil.ClosedURL(t).Host
+	reload(t, s, &again)
+	testutil.WaitHTTP(t, "http://"+again.Listen+"/", waitFor)
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("ListenAndServe = %v, want ErrServerClosed", err)
+	}
+}

@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// The request path counts into plain atomics, reached from the picked
+// backend without a lookup (statsOf); nothing of client_golang is on it. A
+// collector reads the atomics when /metrics is scraped and turns them into
+// constant metrics, so that the cost of labels is paid per scrape, not per
+// request.
+
+// statusClasses are the label values of responses by status / 100.
+var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// classOf returns the index in statusClasses of a status code. HTTP allows
+// three-digit codes beyond 599 that no class names; they count as server
+// errors, which is what a client makes of them.
+func classOf(status int) int {
+	c := status/100 - 1
+	if c < 0 || c >= len(statusClasses) {
+		return len(statusClasses) - 1
+	}
+	return c
+}
+
+// latencyBounds are the upper bounds of the upstream latency buckets,
+// Prometheus' default buckets from 1 ms: a proxy's backends answer from
+// about a millisecond to the response_header timeout.
+var latencyBounds = [...]time.Duration{
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// epoch has a monotonic clock reading, which is all time.Since reads of
+// it: clock costs one read of the clock where time.Now makes two (the wall
+// clock too), and the request path reads it twice.
+var epoch = time.Now()
+
+// clock returns the monotonic time since epoch, for measuring durations.
+func clock() time.Duration { return time.Since(epoch) }
+
+// histogram counts durations in the fixed latencyBounds buckets. Each
+// bucket counts its own observations (not cumulated) and the total count is
+// their sum, so that observing is two atomic adds and a read sees a count
+// consistent with its buckets.
+type histogram struct {
+	buckets [len(latencyBounds) + 1]atomic.Uint64 // the last is +Inf
+	sum     atomic.Int64                          // nanoseconds
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBounds) && d > latencyBounds[i] {
+		i++
+	}
+	h.buckets[i].Add(1)
+	h.sum.Add(int64(d))
+}
+
+// read returns the histogram as Prometheus wants it: the count, the sum in
+// seconds, and the cumulative count of each bound in seconds.
+func (h *histogram) read() (count uint64, sum float64, buckets map[float64]uint64) {
+	buckets = make(map[float64]uint64, len(latencyBounds))
+	for i, le := range latencyBounds {
+		count += h.buckets[i].Load()
+		buckets[le.Seconds()] = count
+	}
+	count += h.buckets[len(latencyBounds)].Load()
+	return count, time.Duration(h.sum.Load()).Seconds(), buckets
+}
+
+// backendStats counts what happened with one backend. The pool hangs it on
+// its balancer.Backend (see newPool), where the request path finds it.
+type backendStats struct {
+	// responses counts the requests answered, by the class of the
+	// status the client got: the backend's, or the proxy's own when the
+	// backend could not answer (502, 504).
+	responses [len(statusClasses)]atomic.Uint64
+	// latency is the time to the response headers of each attempt the
+	// backend answered.
+	latency histogram
+	// wentDown and wentUp count the active checks' changes of verdict.
+	wentDown, wentUp atomic.Uint64
+	ejections        atomic.Uint64 // passive ejections
+	check            atomic.Pointer[checkResult]
+}
+
+// checkResult is the outcome of a backend's latest active check.
+type checkResult struct {
+	OK     bool      `json:"ok"`
+	Result string    `json:"result"` // "status 200", "timeout", ...
+	Time   time.Time `json:"time"`
+}
+
+// statsOf returns the counters the pool hung on b, or nil for a backend no
+// pool made; every method of a nil *backendStats counts nothing.
+func statsOf(b *balancer.Backend) *backendStats {
+	st, _ := b.Stats.(*backendStats)
+	return st
+}
+
+// answered records a response with this status that took d to arrive.
+func (st *backendStats) answered(status int, d time.Duration) {
+	if st == nil {
+		return
+	}
+	st.responses[classOf(status)].Add(1)
+	st.latency.observe(d)
+}
+
+// failed records a request the backend did not answer, to which the proxy
+// answered status itself.
+func (st *backendStats) failed(status int) {
+	if st == nil {
+		return
+	}
+	st.responses[classOf(status)].Add(1)
+}
+
+// checked records the outcome of an active check.
+func (st *backendStats) checked(ok bool, result string, at time.Time) {
+	if st == nil {
+		return
+	}
+	st.check.Store(&checkResult{OK: ok, Result: result, Time: at})
+}
+
+// transition records a change of the active checks' verdict.
+func (st *backendStats) transition(up bool) {
+	switch {
+	case st == nil:
+	case up:
+		st.wentUp.Add(1)
+	default:
+		st.wentDown.Add(1)
+	}
+}
+
+// ejected records a passive ejection.
+func (st *backendStats) ejected() {
+	if st != nil {
+		st.ejections.Add(1)
+	}
+}
+
+// requests returns the number of requests answered so far.
+func (st *backendStats) requests() uint64 {
+	if st == nil {
+		return 0
+	}
+	var n uint64
+	for i := range st.responses {
+		n += st.responses[i].Load()
+	}
+	return n
+}
+
+// failed records that ex's backend did not answer, and the proxy answered
+// status instead; it does nothing for a request no backend was picked for.
+func (ex *exchange) failed(status int) {
+	if ex != nil && ex.backend != nil {
+		statsOf(ex.backend).failed(status)
+	}
+}
+
+// poolStats counts what happened in a pool as a whole.
+type poolStats struct {
+	retried  atomic.Uint64 // attempts beyond a request's first
+	refusals atomic.Uint64 // requests answered 503: no backend available
+	repins   atomic.Uint64 // sticky clients moved to another backend
+}
+
+// poolStatsOrNew returns p's counters, or new ones when p is nil: a pool
+// replacing p on a reload counts on from p's.
+func (p *pool) poolStatsOrNew() *poolStats {
+	if p == nil {
+		return new(poolStats)
+	}
+	return p.poolStats
+}
+
+// serverStats counts what concerns the server rather than a pool.
+type serverStats struct {
+	unrouted atomic.Uint64 // requests no route matched, answered 404
+}
+
+// Metric descriptions, exported under the affinity_ namespace.
+var (
+	descRequests = prometheus.NewDesc("affinity_requests_total",
+		"Requests answered, by pool, backend and class of the status sent to the client.",
+		[]string{"pool", "backend", "class"}, nil)
+	descLatency = prometheus.NewDesc("affinity_upstream_latency_seconds",
+		"Time from sending a request to a backend to its response headers, per attempt answered.",
+		[]string{"pool", "backend"}, nil)
+	descInFlight = prometheus.NewDesc("affinity_backend_in_flight",
+		"Requests being forwarded to the backend.", []string{"pool", "backend"}, nil)
+	descUp = prometheus.NewDesc("affinity_backend_up",
+		"1 if the backend receives new requests, 0 if not.", []string{"pool", "backend"}, nil)
+	descHealthy = prometheus.NewDesc("affinity_backend_healthy",
+		"1 if the active health checks pass (or there are none), 0 if not.", []string{"pool", "backend"}, nil)
+	descEjected = prometheus.NewDesc("affinity_backend_ejected",
+		"1 while passive health has ejected the backend.", []string{"pool", "backend"}, nil)
+	descTransitions = prometheus.NewDesc("affinity_health_transitions_total",
+		"Changes of the active health checks' verdict, by the state entered.",
+		[]string{"pool", "backend", "to"}, nil)
+	descEjections = prometheus.NewDesc("affinity_passive_ejections_total",
+		"Ejections of the backend by passive health.", []string{"pool", "backend"}, nil)
+	descRetries = prometheus.NewDesc("affinity_retries_total",
+		"Attempts beyond a request's first, on another backend.", []string{"pool"}, nil)
+	descRepins = prometheus.NewDesc("affinity_sticky_repins_total",
+		"Sticky clients moved to another backend because theirs was unavailable or failed.", []string{"pool"}, nil)
+	descRefused = prometheus.NewDesc("affinity_requests_refused_total",
+		"Requests answered 503 because the pool had no available backend.", []string{"pool"}, nil)
+	descUnrouted = prometheus.NewDesc("affinity_requests_unrouted_total",
+		"Requests no route matched, answered 404.", nil, nil)
+	descReloads = prometheus.NewDesc("affinity_config_reloads_total",
+		"Configuration reloads, by result (ok or failed).", []string{"result"}, nil)
+	descConfig = prometheus.NewDesc("affinity_config_info",
+		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
+		[]string{"hash"}, nil)
+)
+
+// collector exports a Server's counters to Prometheus. It reads the state
+// in service at each scrape, so that a reload's pools and backends appear
+// and those it removed go.
+type collector struct{ s *Server }
+
+// Describe sends every metric's description.
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
+		descEjections, descRetries, descRepins, descRefused, descUnrouted, descReloads, descConfig,
+	} {
+		ch <- d
+	}
+}
+
+// Collect sends the current value of every metric.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	rs := s.ReloadStats()
+	emit(ch, descUnrouted, prometheus.CounterValue, float64(s.stats.unrouted.Load()))
+	emit(ch, descReloads, prometheus.CounterValue, float64(rs.OK), "ok")
+	emit(ch, descReloads, prometheus.CounterValue, float64(rs.Failed), "failed")
+	emit(ch, descConfig, prometheus.GaugeValue, 1, rs.Hash)
+	for _, p := range s.state.Load().pools {
+		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
+		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)
+		emit(ch, descRefused, prometheus.CounterValue, float64(p.refusals.Load()), p.name)
+		for _, m := range p.view() {
+			collectBackend(ch, p.name, m)
+		}
+	}
+}
+
+func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView) {
+	id, st := m.backend.ID, m.stats
+	if st == nil {
+		return
+	}
+	for i, class := range statusClasses {
+		emit(ch, descRequests, prometheus.CounterValue, float64(st.responses[i].Load()), pool, id, class)
+	}
+	count, sum, buckets := st.latency.read()
+	if h, err := prometheus.NewConstHistogram(descLatency, count, sum, buckets, pool, id); err != nil {
+		ch <- prometheus.NewInvalidMetric(descLatency, err)
+	} else {
+		ch <- h
+	}
+	emit(ch, descInFlight, prometheus.GaugeValue, float64(m.backend.InFlight()), pool, id)
+	emit(ch, descUp, prometheus.GaugeValue, flag(m.available), pool, id)
+	emit(ch, descHealthy, prometheus.GaugeValue, flag(m.healthy), pool, id)
+	emit(ch, descEjected, prometheus.GaugeValue, flag(m.ejected), pool, id)
+	emit(ch, descTransitions, prometheus.CounterValue, float64(st.wentUp.Load()), pool, id, "up")
+	emit(ch, descTransitions, prometheus.CounterValue, float64(st.wentDown.Load()), pool, id, "down")
+	emit(ch, descEjections, prometheus.CounterValue, float64(st.ejections.Load()), pool, id)
+}
+
+// emit sends one metric. Label values come from the configuration; one
+// that Prometheus refuses (not UTF-8, in a Config built in code) fails that
+// metric's scrape with an error rather than panicking.
+func emit(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
+}
+
+func flag(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,392 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+)
+
+// errClosed is returned by Reload once Shutdown has begun.
+var errClosed = fmt.Errorf("proxy: reload: %w", http.ErrServerClosed)
+
+// ReloadStats counts a Server's reloads and names the configuration it
+// serves, for metrics and status pages.
+type ReloadStats struct {
+	OK     uint64 // reloads applied
+	Failed uint64 // reloads refused: the file did not load, or Reload failed
+	// Hash is the Hash of the configuration in use: the hex SHA-256 of its
+	// file, or empty for a configuration built in code.
+	Hash string
+}
+
+// reloadCounters are the counts of ReloadStats.
+type reloadCounters struct {
+	ok, failed atomic.Uint64
+}
+
+// ReloadStats returns the reload counts and the hash of the configuration
+// in use.
+func (s *Server) ReloadStats() ReloadStats {
+	return ReloadStats{
+		OK:     s.reloads.ok.Load(),
+		Failed: s.reloads.failed.Load(),
+		Hash:   s.state.Load().cfg.Hash,
+	}
+}
+
+// Config returns the configuration in use. It is shared: callers must not
+// change it.
+func (s *Server) Config() *config.Config { return s.state.Load().cfg }
+
+// ReloadFile loads the config file at path with config.Load and applies it
+// with Reload. A file with the same bytes as the configuration in use (the
+// same Hash) changes nothing and is not applied again. A file that does not
+// load is logged, with every error at its FILE:LINE:COL as `affinity
+// validate` reports it, and counted as a failed reload; the error returned
+// is config.Load's (a config.ErrorList for an invalid file).
+func (s *Server) ReloadFile(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		s.reloads.failed.Add(1)
+		s.logFailure(path, err)
+		return err
+	}
+	if cur := s.state.Load().cfg; cfg.Hash == cur.Hash && cur.File == cfg.File {
+		s.log.Info("config unchanged", zap.String("file", path), zap.String("hash", cfg.Hash))
+		return nil
+	}
+	return s.Reload(cfg)
+}
+
+// Reload makes cfg the configuration the server routes by. Everything is
+// built before anything changes: if any of it fails (a pool that cannot be
+// built, a new listen address that cannot be bound), Reload returns the
+// error and the server goes on as it was. Otherwise the new routes and
+// pools are swapped in at once: new requests use them, requests in flight
+// finish where they are.
+//
+// A backend that stays (same pool name, same ID, same URL) keeps its
+// balancer.Backend, with its counts of requests in flight and of failures,
+// its health verdict and the rise/fall count towards the next one, its
+// passive ejection and the time left of it, and its idle connections; its
+// cookie tokens derive from its ID, so its sticky clients stay. If its
+// weight changed, it gets a new Backend, which takes over everything but
+// the count of requests in flight: Policies read weights when they build,
+// and a Backend's never change. A backend that goes takes no new request;
+// its requests in flight finish, and its checks stop.
+//
+// Changed timeouts take a new transport: requests in flight finish on the
+// old one, which keeps no idle connection after them; unchanged timeouts
+// keep the transport and its idle connections. A changed listen address
+// is bound before anything else changes, then served, then the old
+// listener is closed: its connections finish their request in progress and
+// close. The log format, access log and admin listener are set up once and
+// change at restart only; a reload that changes them logs a warning.
+//
+// Reload logs and counts its outcome (ReloadStats). After Shutdown it
+// fails.
+func (s *Server) Reload(cfg *config.Config) error {
+	removed, err := s.reload(cfg)
+	if err != nil {
+		s.reloads.failed.Add(1)
+		file := ""
+		if cfg != nil {
+			file = cfg.File
+		}
+		s.logFailure(file, err)
+		return err
+	}
+	s.reloads.ok.Add(1)
+	s.log.Info("config reloaded", zap.String("file", cfg.File), zap.String("hash", cfg.Hash),
+		zap.Int("pools", len(cfg.Pools)), zap.Int("backends_removed", removed))
+	return nil
+}
+
+// reload does the work of Reload, returning how many backends left.
+func (s *Server) reload(cfg *config.Config) (int, error) {
+	if cfg == nil {
+		return 0, errors.New("proxy: reload: no configuration")
+	}
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	if s.closed {
+		return 0, errClosed
+	}
+	old := s.state.Load()
+	next, err := newState(cfg, s.log, old)
+	if err != nil {
+		return 0, fmt.Errorf("proxy: reload: %w", err)
+	}
+	var ln net.Listener
+	if cfg.Listen != old.cfg.Listen {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return 0, fmt.Errorf("proxy: reload: %w", err)
+		}
+	}
+	// Nothing fails from here on.
+	old.stop()
+	removed := s.takeOver(old, next)
+	s.transport.set(cfg.Timeouts)
+	s.state.Store(next)
+	if s.started {
+		next.start()
+	}
+	if ln != nil {
+		if s.rebind(ln, cfg.Listen) {
+			s.log.Info("listening", zap.String("addr", ln.Addr().String()),
+				zap.String("was", old.cfg.Listen))
+		} else {
+			// Not serving yet: ListenAndServe will bind the new address.
+			_ = ln.Close()
+		}
+	}
+	for _, key := range restartOnly(old.cfg, cfg) {
+		s.log.Warn("setting changes at restart only", zap.String("key", key))
+	}
+	return removed, nil
+}
+
+// logFailure logs a failed reload of file: one line, with every error of a
+// config.ErrorList as an entry of its own, FILE:LINE:COL first.
+func (s *Server) logFailure(file string, err error) {
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		msgs := make([]string, len(list))
+		for i, e := range list {
+			msgs[i] = e.Error()
+		}
+		s.log.Error("config reload failed", zap.String("file", file), zap.Strings("errors", msgs))
+		return
+	}
+	s.log.Error("config reload failed", zap.String("file", file), zap.Error(err))
+}
+
+// takeOver hands what old knew of its backends to next, before next serves
+// (see Reload). old must be stopped, so that nothing changes what it knows
+// meanwhile. It logs the backends that came and went, and returns how many
+// went.
+func (s *Server) takeOver(old, next *state) (removed int) {
+	checks := make(map[checkKey]*checker, len(old.checks.list))
+	for _, ck := range old.checks.list {
+		checks[checkKey{ck.pool.name, ck.id}] = ck
+	}
+	for _, ck := range next.checks.list {
+		prev, ok := checks[checkKey{ck.pool.name, ck.id}]
+		if ok && prev.pool.index(ck.pool.backends[ck.pool.indexOf(ck.id)]) >= 0 {
+			// Stopped, so its state is no longer written; the new
+			// checker goes on counting from it.
+			ck.state.up, ck.state.streak = prev.state.up, prev.state.streak
+		}
+	}
+	for _, np := range next.pools {
+		op := old.pool(np.name)
+		np.takeOver(op)
+		for _, b := range np.backends {
+			if op == nil || op.index(b) < 0 {
+				s.log.Info("backend added", zap.String("pool", np.name), zap.String("backend", b.ID),
+					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight))
+			}
+		}
+	}
+	for _, op := range old.pools {
+		np := next.pool(op.name)
+		for _, b := range op.backends {
+			if np == nil || np.index(b) < 0 {
+				removed++
+				s.log.Info("backend removed", zap.String("pool", op.name), zap.String("backend", b.ID),
+					zap.Int64("in_flight", b.InFlight()))
+			}
+		}
+	}
+	return removed
+}
+
+// checkKey names a checker across states.
+type checkKey struct{ pool, id string }
+
+// takeOver copies the health of every backend p shares with prev (see
+// index) from prev, which must be stopped, and publishes p's snapshot. A
+// verdict only carries over where both pools have that kind of health
+// check: a backend under checks that were just turned on starts in
+// service, as at startup.
+func (p *pool) takeOver(prev *pool) {
+	if prev == nil {
+		return
+	}
+	prev.mu.Lock()
+	defer prev.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	for i, b := range p.backends {
+		j := prev.index(b)
+		if j < 0 {
+			continue
+		}
+		ob, om, m := prev.backends[j], &prev.members[j], &p.members[i]
+		if p.health != nil && prev.health != nil {
+			m.healthy = om.healthy
+		}
+		if b != ob {
+			// A new weight: the new Backend goes on from the old
+			// one's run of failures. The old one serves only the
+			// requests in flight on the old state now, whose outcomes
+			// that state no longer acts on.
+			b.SetFailures(ob.Succeed())
+		}
+		if p.passive == nil || prev.passive == nil || !om.ejected {
+			continue
+		}
+		m.ejected, m.ejections, m.spared, m.until = true, om.ejections, om.spared, om.until
+		m.timer = time.AfterFunc(max(om.until.Sub(now), 0), func() { p.readmit(i) })
+	}
+	p.rebuildLocked()
+}
+
+// index returns the position in p of the backend that b stands for: the
+// one with b's ID and URL, whatever its weight; -1 if none.
+func (p *pool) index(b *balancer.Backend) int {
+	for i, o := range p.backends {
+		if o.ID == b.ID && o.URL.String() == b.URL.String() {
+			return i
+		}
+	}
+	return -1
+}
+
+// indexOf returns the position in p of the backend with the given ID, which
+// must be one of p's.
+func (p *pool) indexOf(id string) int {
+	return slices.IndexFunc(p.backends, func(b *balancer.Backend) bool { return b.ID == id })
+}
+
+// pool returns the state's pool named name, or nil; st may be nil.
+func (st *state) pool(name string) *pool {
+	if st == nil {
+		return nil
+	}
+	for _, p := range st.pools {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// groupOrNew returns p's Group, or a new one when p is nil: a pool that
+// replaces p counts its requests with p's, which are still finishing.
+func (p *pool) groupOrNew() *balancer.Group {
+	if p == nil {
+		return new(balancer.Group)
+	}
+	return p.group
+}
+
+// backendFor returns the Backend a pool replacing p uses for backend id at
+// u with weight w: p's own when p has it with that URL and weight, so that
+// its counters go on; otherwise a new one counting in g. A Backend is
+// immutable, so a new weight takes a new one (takeOver carries its
+// failures over).
+func (p *pool) backendFor(id string, u *url.URL, w int, g *balancer.Group) *balancer.Backend {
+	nb := balancer.NewBackend(id, u, w, g)
+	if p == nil {
+		return nb
+	}
+	if i := p.index(nb); i >= 0 {
+		ob := p.backends[i]
+		if ob.Weight == nb.Weight {
+			return ob
+		}
+		nb.Stats = ob.Stats
+	}
+	return nb
+}
+
+// restartOnly lists the settings that differ between old and cfg but are
+// set up once, when the server is made.
+func restartOnly(old, cfg *config.Config) []string {
+	var keys []string
+	if old.Log.Format != cfg.Log.Format {
+		keys = append(keys, "log.format")
+	}
+	if old.Log.Access != cfg.Log.Access {
+		keys = append(keys, "log.access")
+	}
+	if old.Admin != cfg.Admin {
+		keys = append(keys, "admin")
+	}
+	// server.max_body is read from the state, and changes with it; the
+	// other limits are the http.Server's.
+	was, is := old.Server, cfg.Server
+	was.MaxBody, is.MaxBody = 0, 0
+	if was != is {
+		keys = append(keys, "server")
+	}
+	if (old.TLS == nil) != (cfg.TLS == nil) || (old.TLS != nil && *old.TLS != *cfg.TLS) {
+		keys = append(keys, "tls")
+	}
+	return keys
+}
+
+// transportSwitch is the RoundTripper requests are sent with: the
+// http.Transport of the current timeouts. A reload that changes them
+// switches to a new transport; one that does not keeps it, with its idle
+// connections.
+type transportSwitch struct {
+	cur atomic.Pointer[http.Transport]
+
+	mu       sync.Mutex // guards what follows, and serialises set
+	timeouts config.Timeouts
+	// retired are the transports switched from, whose connections in use
+	// go idle there once their requests finish. Each is closed on every
+	// switch and at Shutdown; what goes idle between lasts its
+	// timeouts.idle_conn at most.
+	retired []*http.Transport
+}
+
+func newTransportSwitch(t config.Timeouts) *transportSwitch {
+	ts := &transportSwitch{timeouts: t}
+	ts.cur.Store(newTransport(t))
+	return ts
+}
+
+// RoundTrip sends r with the current transport.
+func (ts *transportSwitch) RoundTrip(r *http.Request) (*http.Response, error) {
+	return ts.cur.Load().RoundTrip(r)
+}
+
+// set switches to a transport with timeouts t, unless they are the
+// current ones.
+func (ts *transportSwitch) set(t config.Timeouts) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t == ts.timeouts {
+		return
+	}
+	ts.timeouts = t
+	ts.retired = append(ts.retired, ts.cur.Swap(newTransport(t)))
+	for _, tr := range ts.retired {
+		tr.CloseIdleConnections()
+	}
+}
+
+// CloseIdleConnections closes the idle connections of every transport.
+func (ts *transportSwitch) CloseIdleConnections() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.cur.Load().CloseIdleConnections()
+	for _, tr := range ts.retired {
+		tr.CloseIdleConnections()
+	}
+}

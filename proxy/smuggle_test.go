@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// seenRequest is what the backend of the smuggling tests parsed.
+type seenRequest struct {
+	method, path, body string
+}
+
+// TestRequestSmuggling sends framing attacks over raw TCP to a real
+// listener. The proxy routes only /public/ to the backend and answers 404
+// to anything else, so /admin reaching the backend would mean a request
+// slipped past the proxy's parsing. Each attempt is either refused (400, or
+// 501 for a transfer coding net/http does not implement) with nothing
+// forwarded, or parsed one unambiguous way (RFC 9112, section 6.3) and
+// forwarded re-framed, so that the backend parses exactly what the proxy
+// did.
+func TestRequestSmuggling(t *testing.T) {
+	const smuggled = "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+	// last closes the connection, so that reading ends without a timeout.
+	const last = "GET /public/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	chunk := func(s string) string { return strconv.FormatInt(int64(len(s)), 16) + "\r\n" + s + "\r\n" }
+	tests := []struct {
+		name string
+		raw  string
+		// statuses of the responses, in order; refused attempts get one.
+		statuses []int
+		// the requests the backend parsed, in order.
+		backend []seenRequest
+	}{
+		{
+			// CL.TE: a front trusting Content-Length would forward all of
+			// it as one body; the chunked body ends at "0", so the rest is
+			// the client's next request on its own connection, which the
+			// proxy routes (404) like any other.
+			name: "Content-Length and Transfer-Encoding, body ends early",
+			raw: "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				"0\r\n\r\n" + smuggled + last,
+			statuses: []int{200, 404, 200},
+			backend:  []seenRequest{{"POST", "/public/a", ""}, {"GET", "/public/last", ""}},
+		},
+		{
+			// TE.CL: the smuggled request is data inside the chunked body,
+			// forwarded as data.
+			name: "Content-Length and Transfer-Encoding, request inside the body",
+			raw: "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				chunk(smuggled) + "0\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []seenRequest{{"POST", "/public/a", smuggled}, {"GET", "/public/last", ""}},
+		},
+		{
+			name:     "conflicting Content-Length",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 38\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "Content-Length list",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 38\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "signed Content-Length",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			// RFC 9110 (8.6) lets a recipient merge identical values.
+			name:     "duplicate identical Content-Length",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello" + last,
+			statuses: []int{200, 200},
+			backend:  []seenRequest{{"POST", "/public/a", "hello"}, {"GET", "/public/last", ""}},
+		},
+		{
+			name:     "Transfer-Encoding chunked, identity",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked, identity\r\n\r\nhello" + smuggled + last,
+			statuses: []int{501},
+		},
+		{
+			name:     "Transfer-Encoding xchunked",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\nhello" + smuggled + last,
+			statuses: []int{501},
+		},
+		{
+			name:     "Transfer-Encoding twice",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled + last,
+			statuses: []int{501},
+		},
+		{
+			name:     "Transfer-Encoding with a vertical tab",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: \x0bchunked\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "space before the colon",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding : chunked\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "Transfer-Encoding folded onto a second line",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n chunked\r\n\r\nhello" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			// Leading whitespace is not part of a field value: this is
+			// plain chunked, read as such.
+			name: "Transfer-Encoding with leading space",
+			raw: "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding:    chunked\r\n\r\n" +
+				chunk("hello") + "0\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []seenRequest{{"POST", "/public/a", "hello"}, {"GET", "/public/last", ""}},
+		},
+		{
+			name:     "bare LF line ends",
+			raw:      "POST /public/a HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "invalid chunk size",
+			raw:      "POST /public/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n" + smuggled + last,
+			statuses: []int{400},
+		},
+		{
+			// HTTP/1.0 has no chunked coding: net/http ignores the
+			// header, takes Content-Length and closes after the answer.
+			name:     "Transfer-Encoding in HTTP/1.0",
+			raw:      "POST /public/a HTTP/1.0\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello" + smuggled,
+			statuses: []int{200},
+			backend:  []seenRequest{{"POST", "/public/a", "hello"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var seen []seenRequest
+			bu := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, err := io.ReadAll(r.Body)
+				if err != nil {
+					// A body cut short is no request the backend acts on.
+					return
+				}
+				mu.Lock()
+				seen = append(seen, seenRequest{r.Method, r.URL.Path, string(body)})
+				mu.Unlock()
+			}))
+			cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: bu, Name: "a"}}})
+			cfg.Routes = []config.Route{{Match: config.Match{Path: "/public/"}, Pool: "web"}}
+			_, u := startProxy(t, cfg, nil)
+
+			var statuses []int
+			for _, r := range rawExchange(t, u.Host, tt.raw) {
+				statuses = append(statuses, r.StatusCode)
+			}
+			if !slices.Equal(statuses, tt.statuses) {
+				t.Errorf("statuses %v, want %v", statuses, tt.statuses)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range seen {
+				if strings.HasPrefix(r.path, "/admin") {
+					t.Fatalf("a smuggled request reached the backend: %+v", r)
+				}
+			}
+			if !slices.Equal(seen, tt.backend) {
+				t.Errorf("backend parsed %+v, want %+v", seen, tt.backend)
+			}
+		})
+	}
+}

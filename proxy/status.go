@@ -1,0 +1,280 @@
+package proxy
+
+import (
+	"embed"
+	"fmt"
+	"html/template"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// backendView is a backend as the status page and the metrics show it. Its
+// states are read together under the pool's lock, so that they agree.
+type backendView struct {
+	backend   *balancer.Backend
+	stats     *backendStats
+	healthy   bool // the active checks pass, or there are none
+	ejected   bool // passive health took it out
+	available bool // in the picker's Set: it receives new requests
+}
+
+// view returns every backend of p, in config order, with its state.
+func (p *pool) view() []backendView {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The snapshot is published under mu, so it matches the members.
+	avail := p.snap.Load().available
+	out := make([]backendView, len(p.backends))
+	for i, b := range p.backends {
+		out[i] = backendView{
+			backend:   b,
+			stats:     statsOf(b),
+			healthy:   p.members[i].healthy,
+			ejected:   p.members[i].ejected,
+			available: slices.Contains(avail, b),
+		}
+	}
+	return out
+}
+
+// state names v's health in one word: down (the active checks fail), ejected
+// (passive health took it out) or up.
+func (v backendView) state() string {
+	switch {
+	case !v.healthy:
+		return "down"
+	case v.ejected:
+		return "ejected"
+	}
+	return "up"
+}
+
+const (
+	// spreadSeconds is how far back the status page shows where requests
+	// went, in one-second samples.
+	spreadSeconds = 60
+	// rateSeconds is the window of the request rate shown: long enough
+	// to smooth bursts, short enough to follow a change.
+	rateSeconds = 10
+)
+
+// sampler keeps, per backend, the requests answered in each of the last
+// spreadSeconds seconds. One goroutine of the admin server samples the
+// counters every second (admin.run); the request path is not involved.
+type sampler struct {
+	mu    sync.Mutex
+	rings map[*backendStats]*ring
+	round uint64 // samples taken, to forget backends a reload removed
+}
+
+// ring is one backend's recent samples.
+type ring struct {
+	counts [spreadSeconds]uint64 // requests per second; counts[next-1] is the newest
+	next   int
+	filled int    // samples held, up to spreadSeconds
+	total  uint64 // the backend's requests() at the latest sample
+	round  uint64 // the latest sampler round that saw the backend
+}
+
+func (r *ring) push(n uint64) {
+	r.counts[r.next] = n
+	r.next = (r.next + 1) % spreadSeconds
+	r.filled = min(r.filled+1, spreadSeconds)
+}
+
+// newest returns the sum of the newest k samples, and how many there were.
+func (r *ring) newest(k int) (sum uint64, n int) {
+	n = min(k, r.filled)
+	for i := 1; i <= n; i++ {
+		sum += r.counts[(r.next-i+spreadSeconds)%spreadSeconds]
+	}
+	return sum, n
+}
+
+// series returns the samples oldest first, spreadSeconds long; seconds
+// before the first sample count zero.
+func (r *ring) series() []uint64 {
+	out := make([]uint64, spreadSeconds)
+	for i := range spreadSeconds {
+		out[i] = r.counts[(r.next+i)%spreadSeconds]
+	}
+	return out
+}
+
+// sample takes one second's sample of every backend of st. A backend's
+// first sample only sets its baseline.
+func (sm *sampler) sample(st *state) {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	if sm.rings == nil {
+		sm.rings = make(map[*backendStats]*ring)
+	}
+	sm.round++
+	for _, p := range st.pools {
+		for _, b := range p.backends {
+			bs := statsOf(b)
+			if bs == nil {
+				continue
+			}
+			n := bs.requests()
+			r := sm.rings[bs]
+			if r == nil {
+				sm.rings[bs] = &ring{total: n, round: sm.round}
+				continue
+			}
+			r.push(n - r.total)
+			r.total, r.round = n, sm.round
+		}
+	}
+	maps.DeleteFunc(sm.rings, func(_ *backendStats, r *ring) bool { return r.round != sm.round })
+}
+
+// spread is what the samples tell of one backend.
+type spread struct {
+	lastMinute uint64   // requests over the samples held (up to a minute)
+	rate       float64  // requests per second over the last rateSeconds
+	perSecond  []uint64 // spreadSeconds samples, oldest first
+}
+
+func (sm *sampler) spreadOf(bs *backendStats) spread {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	r := sm.rings[bs]
+	if r == nil {
+		return spread{perSecond: make([]uint64, spreadSeconds)}
+	}
+	sp := spread{perSecond: r.series()}
+	sp.lastMinute, _ = r.newest(spreadSeconds)
+	if recent, n := r.newest(rateSeconds); n > 0 {
+		sp.rate = float64(recent) / float64(n)
+	}
+	return sp
+}
+
+// statusDoc is the admin server's /status document, and what the HTML
+// status page renders.
+type statusDoc struct {
+	Time   time.Time    `json:"time"`
+	Ready  bool         `json:"ready"`
+	Unfit  []string     `json:"not_ready,omitempty"` // why not ready
+	Config configStatus `json:"config"`
+	Pools  []poolStatus `json:"pools"`
+}
+
+type configStatus struct {
+	Hash          string `json:"hash"` // empty for a Config built in code
+	ReloadsOK     uint64 `json:"reloads_ok"`
+	ReloadsFailed uint64 `json:"reloads_failed"`
+	Unrouted      uint64 `json:"unrouted"` // requests answered 404
+}
+
+type poolStatus struct {
+	Name      string          `json:"name"`
+	Balancer  string          `json:"balancer"`
+	Available int             `json:"available"` // backends receiving new requests
+	Retries   uint64          `json:"retries"`
+	Repins    uint64          `json:"repins"`
+	Refused   uint64          `json:"refused"`     // requests answered 503
+	Minute    uint64          `json:"last_minute"` // requests over the pool's backends
+	Backends  []backendStatus `json:"backends"`
+}
+
+type backendStatus struct {
+	Name      string       `json:"name"`
+	URL       string       `json:"url"`
+	State     string       `json:"state"` // up, down or ejected
+	Available bool         `json:"available"`
+	Weight    int          `json:"weight"`
+	InFlight  int64        `json:"in_flight"`
+	Requests  uint64       `json:"requests"` // since the backend was configured
+	Rate      float64      `json:"rate"`     // requests per second, last 10 s
+	Minute    uint64       `json:"last_minute"`
+	Share     float64      `json:"share"` // of the pool's requests in the last minute, 0..1
+	PerSecond []uint64     `json:"per_second"`
+	Ejections uint64       `json:"ejections"`
+	Check     *checkResult `json:"check,omitempty"` // nil: no check yet
+}
+
+// status describes the server as it is at now.
+func (a *admin) status(now time.Time) statusDoc {
+	s := a.s
+	rs := s.ReloadStats()
+	doc := statusDoc{
+		Time: now,
+		Config: configStatus{
+			Hash:          rs.Hash,
+			ReloadsOK:     rs.OK,
+			ReloadsFailed: rs.Failed,
+			Unrouted:      s.stats.unrouted.Load(),
+		},
+	}
+	doc.Unfit = a.unready()
+	doc.Ready = len(doc.Unfit) == 0
+	for _, p := range s.state.Load().pools {
+		ps := poolStatus{
+			Name:     p.name,
+			Balancer: p.kind,
+			Retries:  p.retried.Load(),
+			Repins:   p.repins.Load(),
+			Refused:  p.refusals.Load(),
+		}
+		for _, v := range p.view() {
+			sp := a.sampler.spreadOf(v.stats)
+			bs := backendStatus{
+				Name:      v.backend.ID,
+				URL:       v.backend.URL.Redacted(),
+				State:     v.state(),
+				Available: v.available,
+				Weight:    v.backend.Weight,
+				InFlight:  v.backend.InFlight(),
+				Requests:  v.stats.requests(),
+				Rate:      sp.rate,
+				Minute:    sp.lastMinute,
+				PerSecond: sp.perSecond,
+			}
+			if v.stats != nil {
+				bs.Ejections = v.stats.ejections.Load()
+				bs.Check = v.stats.check.Load()
+			}
+			if v.available {
+				ps.Available++
+			}
+			ps.Minute += sp.lastMinute
+			ps.Backends = append(ps.Backends, bs)
+		}
+		for i := range ps.Backends {
+			if ps.Minute > 0 {
+				ps.Backends[i].Share = float64(ps.Backends[i].Minute) / float64(ps.Minute)
+			}
+		}
+		doc.Pools = append(doc.Pools, ps)
+	}
+	return doc
+}
+
+// refreshSeconds is how often the status page reloads itself.
+const refreshSeconds = 3
+
+//go:embed status.html
+var statusFiles embed.FS
+
+// statusPage renders a statusDoc as HTML.
+var statusPage = template.Must(template.New("status.html").Funcs(template.FuncMap{
+	"percent": func(f float64) string { return fmt.Sprintf("%.0f%%", f*100) },
+	"width":   func(f float64) string { return fmt.Sprintf("%.1f", f*100) },
+	"rate":    func(f float64) string { return fmt.Sprintf("%.1f", f) },
+	"short": func(h string) string {
+		if len(h) > 12 {
+			return h[:12]
+		}
+		return h
+	},
+	"ago": func(now, t time.Time) string {
+		return now.Sub(t).Round(time.Second).String() + " ago"
+	},
+	"refresh": func() int { return refreshSeconds },
+}).ParseFS(statusFiles, "status.html"))
