@@ -215,7 +215,10 @@ type StickTable interface {
 
 // Policy builds Pickers for one pool. Build is called off the request path,
 // on every membership or health change; it may precompute anything that makes
-// Pick cheap. Build is never called concurrently for the same Policy.
+// Pick cheap. Build may be called concurrently: a reload hands a Policy
+// whose options did not change to the pool that replaces its pool (so that
+// its state, such as a learned table, survives), and the old pool may still
+// rebuild for a moment. A Policy whose Build changes its own state locks.
 //
 // A Policy that holds resources besides memory (connections, goroutines)
 // implements io.Closer. Its owner, the proxy's pool, calls Close once when

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -56,10 +57,11 @@ type learnPolicy struct {
 	store  *redisStore // nil with the memory store
 	next   atomic.Uint64
 
-	// Build's own state (Build is never concurrent): every backend ID
+	// buildMu guards Build's own state: every backend ID
 	// seen, numbered in order of appearance, and the numbers in the last
 	// Set.All. Entries store the number, not the ID, and a number is never
 	// reused, so an entry of a removed backend can never name another.
+	buildMu sync.Mutex
 	ids     map[string]uint32
 	members map[uint32]bool
 }
@@ -119,6 +121,8 @@ func checkRedis(r RedisOptions) error {
 // Build numbers the backends of s.All, marks the available ones, and drops
 // the entries of backends that left s.All since the last Build.
 func (p *learnPolicy) Build(s Set) Picker {
+	p.buildMu.Lock()
+	defer p.buildMu.Unlock()
 	lp := &learnPicker{
 		policy: p,
 		byID:   make(map[string]uint32, len(s.All)),

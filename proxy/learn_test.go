@@ -256,3 +256,43 @@ func TestLearnReplicasShareSessions(t *testing.T) {
 		}
 	}
 }
+
+// A reload that leaves a pool's balancer settings alone keeps its policy,
+// and with it the learned sessions; one that changes them starts afresh.
+func TestLearnTableSurvivesReload(t *testing.T) {
+	apps := startSessionApps(t, "app-1", "app-2", "app-3")
+	pool := func(backends []config.Backend, maxEntries int) *config.Config {
+		o := learnOptions()
+		o.Learn.MaxEntries = maxEntries
+		return catchAll(&config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: o}, Backends: backends})
+	}
+	s, u := startProxy(t, pool(apps[:2], 1000), nil)
+	c := testutil.Client(t)
+	home := map[string]string{} // session → backend
+	for range 4 {
+		b, sid := sessionGet(t, c, u.String()+"/", "")
+		home[sid] = b
+	}
+	before := s.state.Load().pools[0].policy
+
+	// A backend joins; the balancer settings stay.
+	reload(t, s, pool(apps, 1000))
+	if got := s.state.Load().pools[0].policy; got != before {
+		t.Fatal("a reload with the same balancer settings replaced the policy")
+	}
+	for sid, want := range home {
+		if got, renewed := sessionGet(t, c, u.String()+"/", sid); got != want || renewed != "" {
+			t.Errorf("after reload, session %s went to %s (new session %q), want %s", sid, got, renewed, want)
+		}
+	}
+
+	// Other settings: a new policy, an empty table.
+	reload(t, s, pool(apps, 500))
+	after, ok := s.state.Load().pools[0].policy.(balancer.StickTable)
+	if !ok || s.state.Load().pools[0].policy == before {
+		t.Fatal("a reload with other balancer settings kept the policy")
+	}
+	if n := after.Len(); n != 0 {
+		t.Errorf("the new table holds %d sessions, want 0", n)
+	}
+}

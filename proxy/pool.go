@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -32,9 +33,13 @@ type pool struct {
 	name     string
 	kind     string // balancer type, for logs
 	policy   balancer.Policy
-	group    *balancer.Group
-	backends []*balancer.Backend // every configured backend, config order
-	log      *zap.Logger
+	balancer config.Balancer // what policy was made from, to reuse it on reload
+	// policyHandedOver is set under mu when the pool replacing this one
+	// on a reload took over its policy, which stop must then not close.
+	policyHandedOver bool
+	group            *balancer.Group
+	backends         []*balancer.Backend // every configured backend, config order
+	log              *zap.Logger
 
 	health  *config.HealthCheck // nil: no active checks
 	passive *passive            // nil: no passive ejection
@@ -103,7 +108,7 @@ type member struct {
 // Backend of each backend it keeps unchanged (see backendFor), so that
 // requests in flight on either pool count alike.
 func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
-	policy, err := balancer.New(pc.Balancer.Type, pc.Balancer.Options)
+	policy, err := prev.policyFor(pc.Balancer)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", pc.Name, err)
 	}
@@ -114,6 +119,7 @@ func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 		name:      pc.Name,
 		kind:      pc.Balancer.Type,
 		policy:    policy,
+		balancer:  pc.Balancer,
 		group:     prev.groupOrNew(),
 		poolStats: prev.poolStatsOrNew(),
 		backends:  make([]*balancer.Backend, 0, len(pc.Backends)),
@@ -154,6 +160,17 @@ func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 	defer p.mu.Unlock()
 	p.rebuildLocked()
 	return p, nil
+}
+
+// policyFor returns the policy of a pool configured with bc: prev's, when
+// prev (the pool of the same name before a reload, or nil) has the same
+// balancer settings, so that whatever the policy keeps (the learn policy's
+// table, the rotation) survives the reload; a new one otherwise.
+func (prev *pool) policyFor(bc config.Balancer) (balancer.Policy, error) {
+	if prev != nil && reflect.DeepEqual(prev.balancer, bc) {
+		return prev.policy, nil
+	}
+	return balancer.New(bc.Type, bc.Options)
 }
 
 // checkPoolSettings rejects the values config.Load never produces but a
@@ -292,7 +309,7 @@ func (p *pool) stop() {
 		// Connections still busy close when their idle timeout ends.
 		p.transport.CloseIdleConnections()
 	}
-	if c, ok := p.policy.(io.Closer); ok {
+	if c, ok := p.policy.(io.Closer); ok && !p.policyHandedOver {
 		// The policy's own connections and goroutines (the learn
 		// policy's Redis writer, after the writes it has queued); its
 		// pickers keep answering requests in flight without them.

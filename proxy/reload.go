@@ -135,6 +135,13 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		}
 	}
 	// Nothing fails from here on.
+	for _, np := range next.pools {
+		if op := old.pool(np.name); op != nil && op.policy == np.policy {
+			op.mu.Lock()
+			op.policyHandedOver = true
+			op.mu.Unlock()
+		}
+	}
 	old.stop()
 	removed := s.takeOver(old, next)
 	s.transport.set(cfg.Timeouts)
