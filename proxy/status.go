@@ -158,11 +158,11 @@ func (sm *sampler) spreadOf(bs *backendStats) spread {
 // statusDoc is the admin server's /status document, and what the HTML
 // status page renders.
 type statusDoc struct {
-	Time   time.Time    `json:"time"`
-	Ready  bool         `json:"ready"`
-	Unfit  []string     `json:"not_ready,omitempty"` // why not ready
-	Config configStatus `json:"config"`
-	Pools  []poolStatus `json:"pools"`
+	Time     time.Time    `json:"time"`
+	Ready    bool         `json:"ready"`
+	NotReady []string     `json:"not_ready,omitempty"` // why not ready
+	Config   configStatus `json:"config"`
+	Pools    []poolStatus `json:"pools"`
 }
 
 type configStatus struct {
@@ -212,8 +212,8 @@ func (a *admin) status(now time.Time) statusDoc {
 			Unrouted:      s.stats.unrouted.Load(),
 		},
 	}
-	doc.Unfit = a.unready()
-	doc.Ready = len(doc.Unfit) == 0
+	doc.NotReady = a.unready()
+	doc.Ready = len(doc.NotReady) == 0
 	for _, p := range s.state.Load().pools {
 		ps := poolStatus{
 			Name:     p.name,
