@@ -296,3 +296,21 @@ func TestLearnTableSurvivesReload(t *testing.T) {
 		t.Errorf("the new table holds %d sessions, want 0", n)
 	}
 }
+
+// The learn table's size shows in /metrics.
+func TestLearnMetrics(t *testing.T) {
+	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: learnOptions()},
+		Backends: startSessionApps(t, "app-1", "app-2")}
+	_, u, admin := startWithAdmin(t, catchAll(pc), nil)
+	c := testutil.Client(t)
+	for range 3 {
+		sessionGet(t, c, u.String()+"/", "")
+	}
+	fams := scrape(t, c, admin)
+	if v, ok := metricValue(fams, "affinity_learn_entries", "pool=app"); !ok || v != 3 {
+		t.Errorf("affinity_learn_entries = %v (%v), want 3", v, ok)
+	}
+	if v, ok := metricValue(fams, "affinity_learn_evictions_total", "pool=app"); !ok || v != 0 {
+		t.Errorf("affinity_learn_evictions_total = %v (%v), want 0", v, ok)
+	}
+}

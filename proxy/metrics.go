@@ -222,6 +222,12 @@ var (
 		"Requests no route matched, answered 404.", nil, nil)
 	descReloads = prometheus.NewDesc("affinity_config_reloads_total",
 		"Configuration reloads, by result (ok or failed).", []string{"result"}, nil)
+	descLearnEntries = prometheus.NewDesc("affinity_learn_entries",
+		"Sessions held in the learn balancer's table (expired ones count until swept).", []string{"pool"}, nil)
+	descLearnEvictions = prometheus.NewDesc("affinity_learn_evictions_total",
+		"Sessions dropped from the learn balancer's table to stay within max_entries.", []string{"pool"}, nil)
+	descLearnStoreErrors = prometheus.NewDesc("affinity_learn_store_errors_total",
+		"Failed reads and writes of the learn balancer's shared (Redis) table.", []string{"pool"}, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
 		[]string{"hash"}, nil)
@@ -237,6 +243,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
 		descEjections, descRetries, descRepins, descRefused, descUnrouted, descReloads, descConfig,
+		descLearnEntries, descLearnEvictions, descLearnStoreErrors,
 	} {
 		ch <- d
 	}
@@ -254,6 +261,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
 		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)
 		emit(ch, descRefused, prometheus.CounterValue, float64(p.refusals.Load()), p.name)
+		if t, ok := p.policy.(balancer.StickTable); ok {
+			emit(ch, descLearnEntries, prometheus.GaugeValue, float64(t.Len()), p.name)
+			emit(ch, descLearnEvictions, prometheus.CounterValue, float64(t.Evictions()), p.name)
+			emit(ch, descLearnStoreErrors, prometheus.CounterValue, float64(t.StoreErrors()), p.name)
+		}
 		for _, m := range p.view() {
 			collectBackend(ch, p.name, m)
 		}
