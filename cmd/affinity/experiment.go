@@ -182,6 +182,9 @@ func newExperimentListCmd() *cobra.Command {
 				for i, c := range p.Claims {
 					claims[i] = fmt.Sprint(c)
 				}
+				if len(claims) == 0 {
+					claims = []string{"none"}
+				}
 				fmt.Fprintf(w, "%s: %s\n  claims %s; %d backends, %d users, %.0f arrivals/s\n"+
 					"  full:  %d cells (%s × %s), %v each; faults: %s\n  quick: %d cells (%s × %s), %v each, %d users\n",
 					p.Name, p.Title, strings.Join(claims, ", "), p.Backends, p.Users, p.Rate,

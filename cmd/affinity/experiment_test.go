@@ -16,7 +16,8 @@ func TestExperimentList(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"failover:", "scale-out:", "steady:", "claims 1, 2", "2s kill b2", "3s add", "quick: 8 cells"} {
+	for _, want := range []string{"failover:", "scale-out:", "steady:", "drain:", "store-down:", "hang:", "claims 1, 2", "claims 11;",
+		"2s kill b2", "3s add", "3s remove b2", "3s store-down, 5s store-up", "quick: 8 cells"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list lacks %q:\n%s", want, out)
 		}
@@ -165,6 +166,27 @@ func TestExperimentFailoverQuick(t *testing.T) {
 	}
 	for _, name := range []string{"cookie × redis", "cookie × token", "round-robin × redis", "round-robin × token"} {
 		cellOf(t, cells, name)
+	}
+}
+
+// TestExperimentDrainQuick asserts the physics of draining 1 of 3 backends,
+// not exact numbers: with memory a sticky balancer loses the sessions of the
+// drained backend's users, and only those; Redis and tokens lose none.
+func TestExperimentDrainQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "drain")
+	for _, name := range []string{"cookie × memory", "consistent-hash × memory"} {
+		c := cellOf(t, cells, name)
+		// b2 held about a third of the users; the drain is graceful, so
+		// it must not cost the users of the backends that stay.
+		if c.SessionsLostPct < 10 || c.SessionsLostPct > 60 {
+			t.Errorf("%s lost %.1f%% of sessions, want about the drained backend's share (a third)", name, c.SessionsLostPct)
+		}
+	}
+	for _, name := range []string{"cookie × redis", "cookie × token", "consistent-hash × redis", "consistent-hash × token"} {
+		c := cellOf(t, cells, name)
+		if lost := c.SessionsLostPct - c.StaleAfterFailurePct; lost > 0 {
+			t.Errorf("%s lost %.1f%% of sessions, want none: the session is not on the drained backend", name, lost)
+		}
 	}
 }
 

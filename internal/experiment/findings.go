@@ -17,6 +17,8 @@ var claimText = map[int]string{
 	7:  "Sticky sessions are hard to rebalance: a new server only gets new users.",
 	8:  "Consistent hashing moves only ~1/N of users when a server joins; modulo hashing moves most.",
 	10: "Stateful servers need more memory per server.",
+	11: "Draining a server for a deploy loses its sessions unless state lives elsewhere.",
+	12: "The central store is a single point of failure.",
 }
 
 // finding states what the run measured about claim n, and whether that
@@ -39,6 +41,10 @@ func finding(n int, res *Results) string {
 		return findMoved(res)
 	case 10:
 		return findMemory(res)
+	case 11:
+		return findDrain(res)
+	case 12:
+		return findStoreDown(res)
 	}
 	return "Not measured by this harness yet."
 }
@@ -93,42 +99,56 @@ func findCrash(res *Results) string {
 // session. A stale cart right after a request that failed in flight is told
 // apart: the session survived, the answer did not.
 func findExternalStore(res *Results) string {
-	var lossy, retried []string
-	n, zero := 0, 0
-	for _, c := range res.Cells {
-		if c.Store == StoreMemory {
-			continue
-		}
-		n++
-		switch {
-		case c.SessionsLostPct == 0:
-			zero++
-		case c.SessionsLostPct-c.StaleAfterFailurePct < 1e-9:
-			retried = append(retried, fmt.Sprintf("%s × %s %.1f%%", c.Balancer, c.Store, c.StaleAfterFailurePct))
-		default:
-			lossy = append(lossy, fmt.Sprintf("%s × %s %.1f%% (%s)", c.Balancer, c.Store, c.SessionsLostPct, kinds(c.ErrorKinds)))
-		}
-	}
-	if n == 0 {
+	l := externalLosses(res)
+	if l.cells == 0 {
 		return notMeasured("with a redis, cached-redis or token store")
 	}
-	s := fmt.Sprintf("Measured: %d of %d cells with redis, cached-redis or token stores saw no broken workflow.", zero, n)
+	s := fmt.Sprintf("Measured: %d of %d cells with redis, cached-redis or token stores saw no broken workflow.", l.zero, l.cells)
 	if ck, rd := cell(res, "cookie", StoreMemory), cell(res, "round-robin", StoreRedis); ck != nil && rd != nil {
 		s += fmt.Sprintf(" round-robin × redis: %.1f%% broken, p50 %.2f ms, against cookie × memory: %.1f%% broken, p50 %.2f ms (%+.2f ms).",
 			rd.SessionsLostPct, rd.P50Ms, ck.SessionsLostPct, ck.P50Ms, rd.P50Ms-ck.P50Ms)
 	}
-	if len(retried) > 0 {
-		s += " In " + strings.Join(retried, ", ") + " of users, a request failed in flight as the backend died after " +
+	if len(l.retried) > 0 {
+		s += " In " + strings.Join(l.retried, ", ") + " of users, a request failed in flight as the backend died after " +
 			"applying it, and the retry found the cart one item ahead (session_stale): the session survived, the answer " +
 			"to the request in flight did not, whatever the store."
 	}
 	switch {
-	case len(lossy) > 0:
-		return s + " Disagrees: " + strings.Join(lossy, "; ") + "."
-	case len(retried) > 0:
+	case len(l.lossy) > 0:
+		return s + " Disagrees: " + strings.Join(l.lossy, "; ") + "."
+	case len(l.retried) > 0:
 		return s + " Agrees on sessions: none was lost; a crash still loses the answers of the requests in flight."
 	}
 	return s + " Agrees."
+}
+
+// losses sorts the cells whose sessions live outside the backends (redis,
+// cached-redis, token) by what their users lost.
+type losses struct {
+	cells, zero int // cells, and those where no workflow broke
+	// retried names the cells whose only breaks were a stale cart right
+	// after a request failed in flight, with that share; lossy the cells
+	// that lost sessions, with the share and the error kinds.
+	retried, lossy []string
+}
+
+func externalLosses(res *Results) losses {
+	var l losses
+	for _, c := range res.Cells {
+		if c.Store == StoreMemory {
+			continue
+		}
+		l.cells++
+		switch {
+		case c.SessionsLostPct == 0:
+			l.zero++
+		case c.SessionsLostPct-c.StaleAfterFailurePct < 1e-9:
+			l.retried = append(l.retried, fmt.Sprintf("%s × %s %.1f%%", c.Balancer, c.Store, c.StaleAfterFailurePct))
+		default:
+			l.lossy = append(l.lossy, fmt.Sprintf("%s × %s %.1f%% (%s)", c.Balancer, c.Store, c.SessionsLostPct, kinds(c.ErrorKinds)))
+		}
+	}
+	return l
 }
 
 // findNewServer: after an add, a sticky balancer sends the new backend far

@@ -64,6 +64,58 @@ func TestQuickKeepsTheCellsTheEndToEndTestsAssert(t *testing.T) {
 	}
 }
 
+// TestOutagePresetsKeepTheirStoryWhenQuick checks that each --quick run
+// still has the cells its finding or end-to-end test reads, and its faults
+// in an order and with gaps that show what they are meant to.
+func TestOutagePresetsKeepTheirStoryWhenQuick(t *testing.T) {
+	fault := func(s Spec, a Action) (Fault, bool) {
+		i := slices.IndexFunc(s.Faults, func(f Fault) bool { return f.Action == a })
+		if i < 0 {
+			return Fault{}, false
+		}
+		return s.Faults[i], true
+	}
+	for _, name := range []string{"drain", "store-down", "hang"} {
+		p, err := Preset(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []Spec{p, p.Shortened()} {
+			var cells [][2]string
+			switch name {
+			case "drain":
+				cells = [][2]string{{"cookie", StoreMemory}, {"consistent-hash", StoreMemory}, {"cookie", StoreRedis}, {"cookie", StoreToken}}
+				rm, ok := fault(s, Remove)
+				if !ok || len(s.Faults) != 1 || rm.At < s.Duration/3 || rm.At > s.Duration*2/3 {
+					t.Errorf("%s over %v: faults %v, want one remove mid-run", name, s.Duration, s.Faults)
+				}
+			case "store-down":
+				cells = [][2]string{{"cookie", StoreMemory}, {"cookie", StoreRedis}, {"cookie", StoreCachedRedis}, {"cookie", StoreToken}}
+				down, okd := fault(s, StoreDown)
+				up, oku := fault(s, StoreUp)
+				// Several of the report's finest buckets must fit in the
+				// outage for the finding to measure it.
+				if !okd || !oku || up.At-down.At < 5*fineBucket(s.Duration) || up.At >= s.Duration-fineBucket(s.Duration) {
+					t.Errorf("%s over %v: faults %v, want the store down for several buckets and up before the end", name, s.Duration, s.Faults)
+				}
+			case "hang":
+				cells = [][2]string{{"cookie", StoreMemory}, {"cookie", StoreRedis}}
+				h, okh := fault(s, Hang)
+				r, okr := fault(s, Resume)
+				if !okh || !okr || r.At-h.At <= requestTimeout || r.At >= s.Duration {
+					t.Errorf("%s over %v: faults %v, want a hang longer than the request timeout (%v), resumed before the end",
+						name, s.Duration, s.Faults, requestTimeout)
+				}
+			}
+			for _, c := range cells {
+				if !slices.Contains(s.Balancers, c[0]) || !slices.Contains(s.Stores, c[1]) {
+					t.Errorf("%s (%v) lacks %s × %s", name, s.Duration, c[0], c[1])
+				}
+			}
+		}
+	}
+}
+
 func TestPresetReturnsACopy(t *testing.T) {
 	a, _ := Preset("failover")
 	a.Balancers[0] = "changed"
