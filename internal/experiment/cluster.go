@@ -38,10 +38,8 @@ type cluster struct {
 	backends  []*backendProc // every backend the cell had, in start order
 	proxy     *proc
 	proxyAddr string
-	restarts  int
-	// onProxyRestart runs after the proxy was restarted: the load drops its
-	// connections to the old process instead of failing on them.
-	onProxyRestart func()
+	adminAddr string // the proxy's admin listener, whose /status tells when a reload took effect
+	reloads   int    // of the proxy's config, for add and remove
 
 	client *http.Client // readiness probes and scrapes
 }
@@ -112,22 +110,26 @@ func (c *cluster) runBackend(ctx context.Context, b *backendProc) error {
 	return c.waitReady(ctx, p, func() bool { return c.healthy(ctx, b.addr) })
 }
 
-// startProxy writes the proxy's config for the backends not removed and
-// starts it, on the same address as before if there was one, and waits until
-// it has answered from every running backend.
+// startProxy writes the proxy's config for the backends there are, starts
+// the proxy, and waits until it has answered from every running backend.
+// Later changes of the config are reloaded by the same process
+// (reloadProxy).
 func (c *cluster) startProxy(ctx context.Context) error {
-	if c.proxyAddr == "" {
-		addr, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		c.proxyAddr = addr
+	addrs, err := loopback.FreeAddrs(2)
+	if err != nil {
+		return err
 	}
-	cfg := filepath.Join(c.dir, "proxy.yaml")
-	if err := os.WriteFile(cfg, []byte(c.config()), 0o644); err != nil {
-		return fmt.Errorf("proxy config: %w", err)
+	c.proxyAddr, c.adminAddr = addrs[0], addrs[1]
+	if err := c.writeConfig(); err != nil {
+		return err
 	}
-	p, err := c.spawn("proxy", []string{"serve", "-c", cfg})
+	args := []string{"serve", "-c", c.configPath()}
+	if sigReload != nil {
+		// Only the harness's SIGHUP reloads, once the whole file is in
+		// place, so that each change is applied exactly once.
+		args = append(args, "--watch=false")
+	}
+	p, err := c.spawn("proxy", args)
 	if err != nil {
 		return err
 	}
@@ -150,26 +152,8 @@ func (c *cluster) startProxy(ctx context.Context) error {
 	})
 }
 
-// restartProxy replaces the proxy by one with the current config: the proxy
-// has no hot reload yet. Sticky cookies survive, as they are derived from
-// backend names.
-func (c *cluster) restartProxy(ctx context.Context) error {
-	if c.proxy != nil {
-		err := c.proxy.terminate(stopGrace)
-		c.proxy = nil
-		if err != nil {
-			return err
-		}
-	}
-	c.restarts++
-	if err := c.startProxy(ctx); err != nil {
-		return err
-	}
-	if c.onProxyRestart != nil {
-		c.onProxyRestart()
-	}
-	return nil
-}
+// poolName is the proxy's one pool.
+const poolName = "shop"
 
 // config renders the proxy's configuration: one pool of the backends not
 // removed, with fast health checks and retries so that a dead backend costs
@@ -177,9 +161,9 @@ func (c *cluster) restartProxy(ctx context.Context) error {
 func (c *cluster) config() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by affinity experiment for the cell %s × %s.\n", c.balancer, c.store)
-	fmt.Fprintf(&b, "listen: %s\nlog: {level: warn}\n", c.proxyAddr)
+	fmt.Fprintf(&b, "listen: %s\nadmin: %s\nlog: {level: warn}\n", c.proxyAddr, c.adminAddr)
 	fmt.Fprintf(&b, "timeouts: {connect: 500ms, response_header: %s}\n", requestTimeout)
-	b.WriteString("pools:\n  shop:\n    balancer:\n")
+	fmt.Fprintf(&b, "pools:\n  %s:\n    balancer:\n", poolName)
 	fmt.Fprintf(&b, "      type: %s\n", c.balancer)
 	if c.balancer == "consistent-hash" {
 		fmt.Fprintf(&b, "      hash: {key: \"header:%s\"}\n", headerUser)
@@ -209,19 +193,30 @@ func (c *cluster) spawn(name string, args []string) (*proc, error) {
 // waitReady polls ready until it holds, failing early if p exits, ctx ends
 // or readyTimeout passes. The error quotes the end of p's log.
 func (c *cluster) waitReady(ctx context.Context, p *proc, ready func() bool) error {
+	return c.waitFor(ctx, p, "ready", func() (bool, error) { return ready(), nil })
+}
+
+// waitFor polls done until it holds or fails, failing early too if p exits,
+// ctx ends or readyTimeout passes. state says what p is once done holds
+// ("ready"), for the errors, which quote the end of p's log.
+func (c *cluster) waitFor(ctx context.Context, p *proc, state string, done func() (bool, error)) error {
 	deadline := time.Now().Add(readyTimeout)
-	for !ready() {
+	for {
+		ok, err := done()
 		switch {
+		case err != nil:
+			return fmt.Errorf("%s not %s: %w", p.name, state, err)
+		case ok:
+			return nil
 		case p.exited():
-			return fmt.Errorf("%s exited during start: %s", p.name, c.logTail(p.name))
+			return fmt.Errorf("%s exited before it was %s: %s", p.name, state, c.logTail(p.name))
 		case time.Now().After(deadline):
-			return fmt.Errorf("%s not ready after %v: %s", p.name, readyTimeout, c.logTail(p.name))
+			return fmt.Errorf("%s not %s after %v: %s", p.name, state, readyTimeout, c.logTail(p.name))
 		}
 		if err := (wallClock{}).SleepUntil(ctx, time.Now().Add(readyPoll)); err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
+			return fmt.Errorf("%s not %s: %w", p.name, state, err)
 		}
 	}
-	return nil
 }
 
 // healthy reports whether the backend at addr answers /healthz with 200.
@@ -295,10 +290,11 @@ func (c *cluster) apply(ctx context.Context, f Fault) error {
 func (c *cluster) applyFault(ctx context.Context, f Fault) error {
 	switch f.Action {
 	case Add:
-		if _, err := c.addBackend(ctx); err != nil {
+		b, err := c.addBackend(ctx)
+		if err != nil {
 			return err
 		}
-		return c.restartProxy(ctx)
+		return c.reloadProxy(ctx, b.name)
 	case StoreDown, StoreUp:
 		if c.redis == nil {
 			return nil // memory and token cells have no store to stop
@@ -333,12 +329,10 @@ func (c *cluster) applyFault(ctx context.Context, f Fault) error {
 		// Out of the config first, so that no new request is sent to it,
 		// then a graceful stop that lets its requests in flight finish.
 		b.state = removed
-		if err := c.restartProxy(ctx); err != nil {
+		if err := c.reloadProxy(ctx, ""); err != nil {
 			return err
 		}
-		err := b.proc.terminate(stopGrace)
-		b.proc = nil
-		return err
+		return c.drain(ctx, b)
 	}
 	return fmt.Errorf("%w: unknown action %q", ErrBadFault, f.Action)
 }

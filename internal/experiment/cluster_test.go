@@ -12,7 +12,7 @@ import (
 
 func TestProxyConfigIsValid(t *testing.T) {
 	for _, bal := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash} {
-		c := &cluster{balancer: bal, store: StoreMemory, proxyAddr: "127.0.0.1:8080", backends: []*backendProc{
+		c := &cluster{balancer: bal, store: StoreMemory, proxyAddr: "127.0.0.1:8080", adminAddr: "127.0.0.1:8081", backends: []*backendProc{
 			{name: "b1", addr: "127.0.0.1:9001", state: running},
 			{name: "b2", addr: "127.0.0.1:9002", state: killed},
 			{name: "b3", addr: "127.0.0.1:9003", state: removed},
@@ -21,6 +21,9 @@ func TestProxyConfigIsValid(t *testing.T) {
 		cfg, err := config.Parse("proxy.yaml", []byte(c.config()))
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", bal, err, c.config())
+		}
+		if cfg.Admin.Listen != c.adminAddr {
+			t.Errorf("%s: admin %q, want %q: reloads are seen on its /status", bal, cfg.Admin.Listen, c.adminAddr)
 		}
 		p := cfg.Pools[0]
 		if p.Balancer.Type != bal {
@@ -52,7 +55,7 @@ func TestWaitReadyFailsFastWhenTheProcessDies(t *testing.T) {
 	}
 	start := time.Now()
 	err := c.waitReady(context.Background(), p, func() bool { return false })
-	if err == nil || !strings.Contains(err.Error(), "exited during start") {
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
 		t.Errorf("waitReady = %v, want an exit error", err)
 	}
 	if time.Since(start) > readyTimeout/2 {

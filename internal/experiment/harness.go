@@ -190,7 +190,6 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 		DisableCompression:  true,
 	}
 	defer tr.CloseIdleConnections()
-	c.onProxyRestart = tr.CloseIdleConnections
 	gen := newGenerator(Load{
 		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed,
 		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
@@ -202,8 +201,8 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 	applied := make(chan []Applied, 1)
 	go func() { applied <- s.Faults.Run(fctx, wallClock{}, start, c.apply) }()
 	gen.run(ctx, wallClock{}, start)
-	// A fault still being applied when the load ends (a restart waiting
-	// for readiness) is cut short; one not yet due never happens.
+	// A fault still being applied when the load ends (a backend starting,
+	// a reload not yet seen) is cut short; one not yet due never happens.
 	stopFaults()
 	faults := <-applied
 	if err := ctx.Err(); err != nil {
@@ -221,7 +220,7 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 			r.Backends[i].Sessions, r.Backends[i].RSSBytes, r.Backends[i].CacheHits = m.Sessions, m.RSSBytes, m.CacheHits
 		}
 	}
-	r.ProxyRestarts = c.restarts
+	r.ProxyReloads = c.reloads
 	return r, nil
 }
 

@@ -69,9 +69,9 @@ type CellResult struct {
 
 	Backends []BackendStats `json:"backends"`
 	Faults   []Applied      `json:"faults"`
-	// ProxyRestarts counts restarts of the proxy to change its config
-	// (add, remove): the proxy has no hot reload yet.
-	ProxyRestarts int `json:"proxy_restarts"`
+	// ProxyReloads counts reloads of the proxy's config (add, remove),
+	// each by the running proxy, which keeps its connections.
+	ProxyReloads int `json:"proxy_reloads"`
 
 	// Timeline holds one bucket per second, for timeline.csv; Fine holds
 	// the finer buckets the charts draw, so that a short run still shows

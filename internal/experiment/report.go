@@ -138,9 +138,10 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 			strings.Join(st.Faults, ", "))
 	}
 	if slices.ContainsFunc(s.Faults, func(f Fault) bool { return f.Action == Add || f.Action == Remove }) {
-		b.WriteString("- The proxy has no hot reload yet: for add and remove the harness restarted the proxy with the new config. " +
-			"Sticky cookies survive the restart, being derived from backend names; requests sent during the restart " +
-			"fail as connection errors.\n")
+		fmt.Fprintf(&b, "- For add and remove the harness rewrote the proxy's config and had the running proxy reload it (SIGHUP), "+
+			"then waited until the proxy's /status showed the new set of backends: the proxy kept its listener, its connections "+
+			"and the health of the backends that stayed. A removed backend got no new request from then on; %.0f ms later "+
+			"it was stopped gracefully (SIGTERM), answering the requests it still held.\n", ms(drainGrace))
 	}
 	switch {
 	case !slices.ContainsFunc(st.Stores, needsRedis):

@@ -139,3 +139,32 @@ func TestWriteSummary(t *testing.T) {
 		t.Errorf("summary:\n%s", out)
 	}
 }
+
+// TestReportSaysHowMembershipChanged checks that a report with add or
+// remove says the proxy reloaded its config, and one without says nothing
+// of it.
+func TestReportSaysHowMembershipChanged(t *testing.T) {
+	tests := []struct {
+		faults Schedule
+		reload bool
+	}{
+		{Schedule{{At: time.Second, Action: Kill, Target: "b2"}}, false},
+		{Schedule{{At: time.Second, Action: Add, Target: "b4"}}, true},
+		{Schedule{{At: time.Second, Action: Remove, Target: "b2"}}, true},
+	}
+	for _, tt := range tests {
+		res := synthetic()
+		res.Spec.Faults = tt.faults
+		var b strings.Builder
+		if err := writeMarkdown(&b, res, nil); err != nil {
+			t.Fatal(err)
+		}
+		md := b.String()
+		if got := strings.Contains(md, "had the running proxy reload it"); got != tt.reload {
+			t.Errorf("%v: report mentions the reload: %v, want %v", tt.faults, got, tt.reload)
+		}
+		if strings.Contains(md, "restarted the proxy") {
+			t.Errorf("%v: report says the proxy was restarted", tt.faults)
+		}
+	}
+}

@@ -9,3 +9,6 @@ import (
 
 // The job-control signals behind the hang and resume faults.
 var sigStop, sigCont os.Signal = syscall.SIGSTOP, syscall.SIGCONT
+
+// sigReload has the proxy reload its config file.
+var sigReload os.Signal = syscall.SIGHUP
