@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -145,25 +144,7 @@ func TestLearnFromRetriedBackend(t *testing.T) {
 type replica struct {
 	url string
 	cmd *exec.Cmd
-	out *lockedBuffer
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	out *testutil.LockedBuffer
 }
 
 // buildAffinity compiles the affinity command into a temporary directory.
@@ -187,7 +168,7 @@ func startReplica(t *testing.T, bin, config string) *replica {
 	if err := os.WriteFile(path, []byte("listen: "+listen+"\n"+config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{url: "http://" + listen, cmd: exec.Command(bin, "serve", "-c", path), out: new(lockedBuffer)}
+	r := &replica{url: "http://" + listen, cmd: exec.Command(bin, "serve", "-c", path), out: new(testutil.LockedBuffer)}
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -38,7 +38,7 @@ type Redis struct {
 // redisProcess is one run of redis-server.
 type redisProcess struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer // its log, for failure messages
+	out  *LockedBuffer // its log, for failure messages
 	done chan struct{} // closed once it has exited
 }
 
@@ -109,7 +109,7 @@ func (r *Redis) start() error {
 		// No snapshots, no append-only file: nothing survives a stop.
 		"--save", "", "--appendonly", "no",
 		"--dir", r.dir, "--logfile", "", "--daemonize", "no")
-	out := new(lockedBuffer)
+	out := new(LockedBuffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run %s: %w", r.path, err)
@@ -179,19 +179,20 @@ func ping(addr string) error {
 	return nil
 }
 
-// lockedBuffer is a bytes.Buffer that a process writes while a test reads.
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer that a process writes while a test reads:
+// a child process's output, shown when a test fails.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
