@@ -30,6 +30,11 @@ import (
 	"github.com/affinityproxy/affinity/config"
 )
 
+// AccessLogName is the name of the logger, under the one given to
+// NewServer, that writes the access log (log.access): one entry per
+// request, at info level, message "request".
+const AccessLogName = "access"
+
 // Server is the proxy: an http.Handler, and the listener lifecycle around
 // it. Create it with NewServer; its methods are safe for concurrent use.
 type Server struct {
@@ -51,8 +56,10 @@ type Server struct {
 	// whatever Shutdown could not wait for.
 	cancel  context.CancelFunc
 	tunnels tracker
-	stats   serverStats
-	admin   *admin // the admin listener's server (admin.go)
+	// sweep expires the client connections' read deadlines (deadline.go).
+	sweep *sweeper
+	stats serverStats
+	admin *admin // the admin listener's server (admin.go)
 
 	// reloadMu serialises Reload with the start of the checks by Serve
 	// and with Shutdown, and guards started and closed.
@@ -133,11 +140,12 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		listen:    cfg.Listen,
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
+		sweep:     newSweeper(shortestTimeout(limits.ReadHeaderTimeout, limits.ReadTimeout, limits.IdleTimeout)),
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig
 	if cfg.Log.Access {
-		s.access = log.Named("access")
+		s.access = log.Named(AccessLogName)
 	}
 	s.state.Store(st)
 	if s.admin, err = newAdmin(s, cfg.Admin, errLog); err != nil {
@@ -247,6 +255,7 @@ func (s *Server) serveBound(b *binding) error {
 		s.logState(st)
 		s.started = true
 		st.start()
+		s.sweep.run()
 	}
 	s.reloadMu.Unlock()
 	s.serveBinding(b)
@@ -286,8 +295,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.http.Close()
 	}
 	// Every listener is closed by now, so the Serve loops reloads started
-	// are returning.
+	// are returning; and every client connection, whose read deadlines
+	// need no more sweeping.
 	s.serving.Wait()
+	s.sweep.end()
 	s.cancel()
 	s.state.Load().stop()
 	s.transport.CloseIdleConnections()
