@@ -347,11 +347,11 @@ func restartOnly(old, cfg *config.Config) []string {
 }
 
 // transportSwitch is the RoundTripper requests are sent with: the
-// http.Transport of the current timeouts. A reload that changes them
+// backendTransport of the current timeouts. A reload that changes them
 // switches to a new transport; one that does not keeps it, with its idle
 // connections.
 type transportSwitch struct {
-	cur atomic.Pointer[http.Transport]
+	cur atomic.Pointer[backendTransport]
 
 	mu       sync.Mutex // guards what follows, and serialises set
 	timeouts config.Timeouts
@@ -359,12 +359,12 @@ type transportSwitch struct {
 	// go idle there once their requests finish. Each is closed on every
 	// switch and at Shutdown; what goes idle between lasts its
 	// timeouts.idle_conn at most.
-	retired []*http.Transport
+	retired []*backendTransport
 }
 
 func newTransportSwitch(t config.Timeouts) *transportSwitch {
 	ts := &transportSwitch{timeouts: t}
-	ts.cur.Store(newTransport(t))
+	ts.cur.Store(newBackendTransport(t))
 	return ts
 }
 
@@ -382,7 +382,7 @@ func (ts *transportSwitch) set(t config.Timeouts) {
 		return
 	}
 	ts.timeouts = t
-	ts.retired = append(ts.retired, ts.cur.Swap(newTransport(t)))
+	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t)))
 	for _, tr := range ts.retired {
 		tr.CloseIdleConnections()
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"sync"
@@ -33,16 +34,22 @@ const (
 	expectContinueTimeout = time.Second
 )
 
-// newTransport returns the one http.Transport the server forwards every
-// request with, so that keep-alive connections to a backend are shared by
-// all routes and pools that use it.
+// newTransport returns an http.Transport tuned for forwarding to backends
+// with timeouts t.
 func newTransport(t config.Timeouts) *http.Transport {
-	d := &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
+	return newTransportDialing(t, newDialer(t).DialContext)
+}
+
+func newDialer(t config.Timeouts) *net.Dialer {
+	return &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
+}
+
+func newTransportDialing(t config.Timeouts, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
 		// Backends are addressed directly: a proxy taken from the
 		// environment would silently reroute them.
 		Proxy:       nil,
-		DialContext: d.DialContext,
+		DialContext: dial,
 		// A TLS handshake is part of connecting to an https backend.
 		TLSHandshakeTimeout:   t.Connect,
 		ResponseHeaderTimeout: t.ResponseHeader,
@@ -57,6 +64,38 @@ func newTransport(t config.Timeouts) *http.Transport {
 		// through byte for byte instead of being inflated by the proxy.
 		DisableCompression: true,
 	}
+}
+
+// backendTransport is the one RoundTripper the server forwards every
+// request with, so that keep-alive connections to a backend are shared by
+// all routes and pools that use it: the common request goes through the
+// h1Client, every other through the embedded http.Transport. Both dial
+// alike and keep the same timeouts.
+type backendTransport struct {
+	*http.Transport
+	h1 *h1Client
+}
+
+func newBackendTransport(t config.Timeouts) *backendTransport {
+	dial := newDialer(t).DialContext
+	return &backendTransport{
+		Transport: newTransportDialing(t, dial),
+		h1:        newH1Client(dial, t.ResponseHeader, t.IdleConn),
+	}
+}
+
+// RoundTrip sends r with whichever of the two handles it.
+func (bt *backendTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if bt.h1.handles(r) {
+		return bt.h1.RoundTrip(r)
+	}
+	return bt.Transport.RoundTrip(r)
+}
+
+// CloseIdleConnections closes the idle connections of both.
+func (bt *backendTransport) CloseIdleConnections() {
+	bt.Transport.CloseIdleConnections()
+	bt.h1.CloseIdleConnections()
 }
 
 // bufSize is the size of the buffers response bodies are copied through,

@@ -1,0 +1,482 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"os"
+	"sync"
+	"time"
+)
+
+// h1Client forwards the common request, one without a body and safe to
+// repeat (GET, HEAD, OPTIONS, TRACE) to an http:// backend, over keep-alive
+// connections of its own. http.Transport runs two goroutines per
+// connection, and every request crosses between them and the caller over
+// channels and a select; here the request is written and its response read
+// in the caller's goroutine, which takes a fifth of the proxy's CPU per
+// request off (the peer harness in the README; BenchmarkProxy, which counts
+// its client and backend too, 12 %). Everything else (bodies, protocol
+// switches, https) goes to the http.Transport, whose concurrent reading and
+// writing those need.
+//
+// What goes over the wire is what http.Transport sends: the request is
+// written by the same Request.Write, and DisableCompression and the absence
+// of a proxy leave the transport nothing to add. The transport's behaviour
+// is kept where a backend or client can tell: the response-header timeout,
+// the cap on response header bytes, 1xx responses relayed through the
+// ClientTrace, a connection kept only when both sides allow it and the body
+// was read to its end, idle connections closed after timeouts.idle_conn and
+// capped as maxIdleConns and maxIdleConnsPerHost, and cancellation when the
+// client leaves.
+//
+// One difference is inherent: http.Transport reads from every idle
+// connection, and so drops one the backend closed as soon as it does; this
+// client learns it when the next request on it fails before any response
+// byte. The request is then sent again on a new connection, as
+// http.Transport does for a request that can be repeated, and the host's
+// other idle connections, idle since before the one that failed, are closed
+// with it rather than tried one by one.
+type h1Client struct {
+	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
+	headerTimeout time.Duration // timeouts.response_header; 0: none
+	idleTimeout   time.Duration // timeouts.idle_conn; 0: none
+	maxHeader     int64         // bytes a response's headers may take
+
+	mu    sync.Mutex
+	idle  map[string][]*h1Conn // by host:port; the most recently used last
+	nidle int                  // connections in idle
+	// sweep closes the connections idle past idleTimeout when no request
+	// comes to find them; armed is set while it is due to, which is
+	// whenever a connection is idle. One timer, made on first use, is
+	// reset rather than replaced, so that a sweep and a new arming that
+	// race cannot leave two.
+	sweep *time.Timer
+	armed bool
+}
+
+// maxResponseHeaderBytes caps what a backend may send as response
+// headers, http.Transport's default.
+const maxResponseHeaderBytes = 10 << 20
+
+func newH1Client(dial func(ctx context.Context, network, addr string) (net.Conn, error), headerTimeout, idleTimeout time.Duration) *h1Client {
+	return &h1Client{
+		dial: dial, headerTimeout: headerTimeout, idleTimeout: idleTimeout,
+		maxHeader: maxResponseHeaderBytes, idle: make(map[string][]*h1Conn),
+	}
+}
+
+// handles reports whether the client sends r; http.Transport sends any
+// other request.
+func (c *h1Client) handles(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		return false
+	}
+	if (r.Body != nil && r.Body != http.NoBody) || r.URL.Scheme != "http" || r.URL.Host == "" ||
+		r.Close || r.Cancel != nil || len(r.Trailer) > 0 {
+		return false
+	}
+	// ReverseProxy keeps a Connection header only for a protocol switch,
+	// which needs the transport's writable response body.
+	if _, ok := r.Header["Connection"]; ok {
+		return false
+	}
+	return validHeaders(r.Header) && isASCII(r.URL.Host)
+}
+
+// h1Conn is one connection to a backend.
+type h1Conn struct {
+	nc     net.Conn
+	r      h1Reader // what br reads from
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	addr   string
+	abort  func()        // closes nc; made once, for context.AfterFunc
+	reused bool          // served a request before
+	idleAt time.Duration // clock() when it went idle
+}
+
+// h1Reader reads a connection, limiting what response headers may take
+// and noting when the backend closed its side, as http.Transport does.
+type h1Reader struct {
+	nc    net.Conn
+	limit int64 // bytes left for the response headers; MaxInt64 for a body
+	eof   bool  // the backend closed its side
+}
+
+func (r *h1Reader) Read(p []byte) (int, error) {
+	if r.limit <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > r.limit {
+		p = p[:r.limit]
+	}
+	n, err := r.nc.Read(p)
+	if err == io.EOF {
+		r.eof = true
+	}
+	r.limit -= int64(n)
+	return n, err
+}
+
+var (
+	errHeaderTooLarge = errors.New("backend response headers too large")
+	errBodyReadClosed = errors.New("http: read on closed response body")
+)
+
+// headerTimeoutError is the error of a backend that sent no response
+// headers within timeouts.response_header: a net.Error whose Timeout is
+// true, so that the client gets 504.
+type headerTimeoutError struct{}
+
+func (headerTimeoutError) Error() string   { return "timeout awaiting response headers" }
+func (headerTimeoutError) Timeout() bool   { return true }
+func (headerTimeoutError) Temporary() bool { return true }
+
+// RoundTrip sends r, which handles accepted, and returns the backend's
+// response.
+func (c *h1Client) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx := r.Context()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	addr := hostPort(r.URL.Host)
+	fresh := false
+	for {
+		hc, err := c.get(ctx, addr, fresh)
+		if err != nil {
+			return nil, err
+		}
+		res, stale, err := c.exchange(ctx, hc, r)
+		if !stale {
+			return res, err
+		}
+		// The backend closed the connection while it was idle: it may
+		// have closed the others idle since before too.
+		c.closeIdle(addr)
+		fresh = true
+	}
+}
+
+// exchange sends r on hc and reads the response headers. stale reports a
+// reused connection that failed before any byte of a response, which the
+// caller may try again on a new one: r can be repeated.
+func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (res *http.Response, stale bool, err error) {
+	// The client leaving closes the connection, which ends whatever
+	// read or write is under way; the connection is not used again.
+	stop := context.AfterFunc(ctx, hc.abort)
+	fail := func(err error, canRetry bool) (*http.Response, bool, error) {
+		stop()
+		_ = hc.nc.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, false, cerr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, false, headerTimeoutError{}
+		}
+		return nil, canRetry && hc.reused, err
+	}
+	err = r.Write(hc.bw)
+	if err == nil {
+		err = hc.bw.Flush()
+	}
+	if err != nil {
+		return fail(fmt.Errorf("writing the request: %w", err), true)
+	}
+	if c.headerTimeout > 0 {
+		_ = hc.nc.SetReadDeadline(time.Now().Add(c.headerTimeout))
+	}
+	hc.r.limit = c.maxHeader
+	if _, err := hc.br.Peek(1); err != nil {
+		return fail(fmt.Errorf("reading the response: %w", err), true)
+	}
+	trace := httptrace.ContextClientTrace(ctx)
+	for {
+		if res, err = http.ReadResponse(hc.br, r); err != nil {
+			if hc.r.limit <= 0 {
+				err = errHeaderTooLarge
+			}
+			return fail(fmt.Errorf("reading the response: %w", err), false)
+		}
+		// 1xx responses before the final one are relayed through the
+		// trace (ReverseProxy's), then the next is read; 101 is final.
+		code := res.StatusCode
+		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
+			break
+		}
+		if trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {
+				return fail(err, false)
+			}
+			hc.r.limit = c.maxHeader
+		}
+	}
+	if c.headerTimeout > 0 {
+		_ = hc.nc.SetReadDeadline(time.Time{})
+	}
+	hc.r.limit = math.MaxInt64
+	keep := !res.Close && res.StatusCode > 199
+	if r.Method == http.MethodHead || res.ContentLength == 0 {
+		watched := stop()
+		c.release(hc, keep && watched)
+		return res, false, nil
+	}
+	res.Body = &h1Body{body: res.Body, ctx: ctx, c: c, hc: hc, stop: stop, keep: keep}
+	return res, false, nil
+}
+
+// h1Body is a response body that gives its connection back once read to
+// the end, and closes it if abandoned before. Like ReverseProxy's use of
+// it, its Read and Close must not run concurrently.
+type h1Body struct {
+	body   io.ReadCloser
+	ctx    context.Context
+	c      *h1Client
+	hc     *h1Conn     // nil once given back or closed
+	stop   func() bool // ends the watch on ctx; false if it fired
+	keep   bool        // the connection may serve another request
+	closed bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, errBodyReadClosed
+	}
+	n, err := b.body.Read(p)
+	if err != nil && b.hc != nil {
+		if err == io.EOF {
+			watched := b.stop()
+			b.c.release(b.hc, b.keep && watched)
+		} else {
+			b.stop()
+			_ = b.hc.nc.Close()
+		}
+		b.hc = nil
+	}
+	if err != nil && err != io.EOF {
+		if cerr := b.ctx.Err(); cerr != nil {
+			// The client left and the connection was closed under
+			// the read, as http.Transport reports it.
+			return n, cerr
+		}
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.hc != nil {
+		b.stop()
+		_ = b.hc.nc.Close()
+		b.hc = nil
+	}
+	return nil
+}
+
+// get returns an idle connection to addr, or a new one when there is none
+// or fresh is set.
+func (c *h1Client) get(ctx context.Context, addr string, fresh bool) (*h1Conn, error) {
+	if !fresh {
+		now := clock()
+		c.mu.Lock()
+		if conns := c.idle[addr]; len(conns) > 0 {
+			hc := conns[len(conns)-1]
+			conns[len(conns)-1] = nil
+			c.idle[addr] = conns[:len(conns)-1]
+			c.nidle--
+			c.mu.Unlock()
+			if c.idleTimeout > 0 && now-hc.idleAt > c.idleTimeout {
+				// The sweep has not come yet; every other idle
+				// connection to addr is older still.
+				_ = hc.nc.Close()
+				c.closeIdle(addr)
+			} else {
+				hc.reused = true
+				return hc, nil
+			}
+		} else {
+			c.mu.Unlock()
+		}
+	}
+	nc, err := c.dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	hc := &h1Conn{nc: nc, addr: addr, r: h1Reader{nc: nc, limit: math.MaxInt64}}
+	hc.br = bufio.NewReaderSize(&hc.r, 4<<10)
+	hc.bw = bufio.NewWriterSize(nc, 4<<10)
+	hc.abort = func() { _ = nc.Close() }
+	return hc, nil
+}
+
+// release gives hc back to the idle connections if keep and nothing
+// rules it out, and closes it otherwise.
+func (c *h1Client) release(hc *h1Conn, keep bool) {
+	// Bytes after the response, or the backend's end of stream, leave
+	// nothing a next request could be sure to read its response from.
+	if !keep || hc.r.eof || hc.br.Buffered() > 0 {
+		_ = hc.nc.Close()
+		return
+	}
+	hc.idleAt = clock()
+	c.mu.Lock()
+	conns := c.idle[hc.addr]
+	if len(conns) >= maxIdleConnsPerHost || c.nidle >= maxIdleConns {
+		c.mu.Unlock()
+		_ = hc.nc.Close()
+		return
+	}
+	c.idle[hc.addr] = append(conns, hc)
+	c.nidle++
+	if c.idleTimeout > 0 && !c.armed {
+		c.armLocked(c.idleTimeout)
+	}
+	c.mu.Unlock()
+}
+
+// sweepIdle closes the connections idle past idleTimeout, and arms the
+// next sweep for when the oldest left will be.
+func (c *h1Client) sweepIdle() {
+	now := clock()
+	var expired []*h1Conn
+	c.mu.Lock()
+	oldest := time.Duration(math.MaxInt64)
+	for addr, conns := range c.idle {
+		n := 0
+		for n < len(conns) && now-conns[n].idleAt >= c.idleTimeout {
+			n++
+		}
+		expired = append(expired, conns[:n]...)
+		if n == len(conns) {
+			delete(c.idle, addr)
+			continue
+		}
+		c.idle[addr] = append(conns[:0], conns[n:]...)
+		clear(conns[len(conns)-n:])
+		oldest = min(oldest, conns[0].idleAt)
+	}
+	c.nidle -= len(expired)
+	c.armed = false
+	if c.nidle > 0 {
+		c.armLocked(oldest + c.idleTimeout - now)
+	}
+	c.mu.Unlock()
+	for _, hc := range expired {
+		_ = hc.nc.Close()
+	}
+}
+
+// armLocked schedules a sweep in d; c.mu must be held.
+func (c *h1Client) armLocked(d time.Duration) {
+	c.armed = true
+	if c.sweep == nil {
+		c.sweep = time.AfterFunc(d, c.sweepIdle)
+		return
+	}
+	c.sweep.Reset(d)
+}
+
+// closeIdle closes the idle connections to addr.
+func (c *h1Client) closeIdle(addr string) {
+	c.mu.Lock()
+	conns := c.idle[addr]
+	delete(c.idle, addr)
+	c.nidle -= len(conns)
+	c.mu.Unlock()
+	for _, hc := range conns {
+		_ = hc.nc.Close()
+	}
+}
+
+// CloseIdleConnections closes every idle connection; those in use close
+// or go idle when their requests end.
+func (c *h1Client) CloseIdleConnections() {
+	c.mu.Lock()
+	idle := c.idle
+	c.idle = make(map[string][]*h1Conn)
+	c.nidle = 0
+	if c.sweep != nil {
+		c.sweep.Stop()
+	}
+	c.armed = false
+	c.mu.Unlock()
+	for _, conns := range idle {
+		for _, hc := range conns {
+			_ = hc.nc.Close()
+		}
+	}
+}
+
+// hostPort returns a URL's host with the port made explicit, as
+// http.Transport dials it; only a host without one allocates.
+func hostPort(host string) string {
+	for i := len(host) - 1; i >= 0; i-- {
+		switch host[i] {
+		case ':':
+			return host
+		case ']':
+			return host + ":80"
+		}
+	}
+	return host + ":80"
+}
+
+// validHeaders reports whether every header name is a token and no value
+// holds a control character other than tab: the headers http.Transport
+// would send rather than refuse. The server checked the client's already;
+// what fails here goes to the transport, for its error.
+func validHeaders(h http.Header) bool {
+	for k, vs := range h {
+		if k == "" {
+			return false
+		}
+		for i := 0; i < len(k); i++ {
+			if !isTokenByte(k[i]) {
+				return false
+			}
+		}
+		for _, v := range vs {
+			for i := 0; i < len(v); i++ {
+				if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// isTokenByte reports whether b may appear in an HTTP token (RFC 9110,
+// 5.6.2).
+func isTokenByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	switch b {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
