@@ -387,6 +387,26 @@ func TestExchangeFor(t *testing.T) {
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Error(err)
 	}
+
+	// With the access log, which borrows the exchange's writer wrapper.
+	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, b))
+	cfg.Log.Access = true
+	log, logs := observed()
+	logged, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = httptest.NewRecorder()
+	logged.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil).WithContext(connCtx))
+	if rec.Code != http.StatusOK || logs.FilterMessage("request").Len() != 1 {
+		t.Errorf("logged ServeHTTP = %d with %d access lines", rec.Code, logs.FilterMessage("request").Len())
+	}
+	if *conn != (exchange{}) {
+		t.Errorf("exchange after a logged request = %+v, want it clear", *conn)
+	}
+	if err := logged.Shutdown(context.Background()); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestAccessLogRecordsCutOffResponse(t *testing.T) {

@@ -88,18 +88,24 @@ func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
-	var enc zapcore.Encoder
+	enc, err := newEncoder(format)
+	if err != nil {
+		return nil, err
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
+}
+
+// newEncoder returns the encoder of a log format, console or json.
+func newEncoder(format string) (zapcore.Encoder, error) {
 	switch format {
 	case "json":
-		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+		return zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), nil
 	case "console":
 		ec := zap.NewDevelopmentEncoderConfig()
 		ec.EncodeTime = zapcore.TimeEncoderOfLayout("2006-01-02T15:04:05.000Z0700")
-		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		return nil, fmt.Errorf("log format %q: want console or json", format)
+		return zapcore.NewConsoleEncoder(ec), nil
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
+	return nil, fmt.Errorf("log format %q: want console or json", format)
 }
 
 // levelFlag is a --log-level value checked while flags are parsed, so that a

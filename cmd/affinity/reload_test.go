@@ -229,10 +229,12 @@ func TestServeReloadsOnSIGHUP(t *testing.T) {
 // in use, as a reload of log.level does, in both directions.
 func TestServeLoggerLevel(t *testing.T) {
 	var out syncBuffer
-	log, atom, err := newServeLogger("info", "console", &out)
+	sl, err := newServeLogger("info", "console", &out)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer sl.close()
+	log, atom := sl.Logger, sl.level
 	log.Debug("hidden-1")
 	atom.SetLevel(zapcore.DebugLevel)
 	log.Debug("shown-1")
@@ -250,7 +252,7 @@ func TestServeLoggerLevel(t *testing.T) {
 			t.Errorf("output has %s:\n%s", hidden, got)
 		}
 	}
-	if _, _, err := newServeLogger("loud", "console", &out); err == nil {
+	if _, err := newServeLogger("loud", "console", &out); err == nil {
 		t.Error("level loud accepted")
 	}
 }

@@ -130,8 +130,13 @@ pools:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("proxy still running 10 s after SIGTERM; output:\n%s", stderr.String())
 	}
-	if out := stderr.String(); strings.Contains(out, "panic") {
+	out := stderr.String()
+	if strings.Contains(out, "panic") {
 		t.Errorf("output has a panic:\n%s", out)
+	}
+	// Access lines are written in batches; a stop writes the last.
+	if n := strings.Count(out, "access\trequest"); n < 5 {
+		t.Errorf("%d access lines after SIGTERM, want at least 5:\n%s", n, out)
 	}
 }
 
