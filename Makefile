@@ -10,13 +10,16 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench fuzz chaos experiment clean
+.PHONY: help build run test bench bench-peers bench-conns pgo fuzz chaos experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
 	@echo "make run     start three demo backends and the proxy on http://127.0.0.1:8080/"
 	@echo "make test    gofmt check, go vet, go test -race"
-	@echo "make bench   benchmarks, 5 runs each, into bench.txt"
+	@echo "make bench   benchmarks, COUNT ($(COUNT)) runs each for benchstat, into bench.txt"
+	@echo "make bench-peers   throughput beside nginx, HAProxy, Caddy (../shared/bench/peers.sh; root, Debian)"
+	@echo "make bench-conns   memory held by CONNS ($(CONNS)) idle keep-alive client connections"
+	@echo "make pgo     regenerate cmd/affinity/default.pgo, the profile go build optimises with"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
 	@echo "make experiment [PRESET=failover|scale-out|steady] [QUICK=1]   report in reports/"
@@ -45,9 +48,42 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race ./...
 
+# A fixed count, so that two bench.txt files compare with benchstat.
+COUNT ?= 5
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... > bench.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count $(COUNT) ./... > bench.txt
 	@cat bench.txt
+
+# The shared peer harness, with affinity in its two project slots: first
+# round-robin (project) and cookie-sticky (project-sticky) beside the peers;
+# then round-robin plain beside the same config with the admin listener and
+# the access log on (project-observed). exec lets the harness's kill reach
+# the proxy itself rather than the shell that started it.
+PEERS  ?= ../shared/bench/peers.sh
+ROUNDS ?= 3
+DUR    ?= 5s
+SERVE   = exec $(CURDIR)/$(BIN) serve --watch=false -c $(CURDIR)/examples/bench
+bench-peers: build
+	@echo "== throughput (ROUNDS=$(ROUNDS) DUR=$(DUR)), $$(date -u +%F), $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+	ROUNDS=$(ROUNDS) DUR=$(DUR) ONLY="direct naive-tuned haproxy haproxy-sticky caddy caddy-sticky project project-sticky" \
+	PROJECT_CMD="$(SERVE)/peers.yaml --log-level warn" \
+	PROJECT_STICKY_CMD="$(SERVE)/peers-sticky.yaml --log-level warn" bash $(PEERS)
+	@echo "== observed: admin listener and access log on (project-observed) beside the same proxy without (project)"
+	ROUNDS=$(ROUNDS) DUR=$(DUR) ONLY="direct naive-tuned caddy project project-sticky" \
+	PROJECT_CMD="$(SERVE)/peers.yaml --log-level warn" \
+	PROJECT_STICKY_CMD="$(SERVE)/peers-observed.yaml" bash $(PEERS) | sed 's/^| project-sticky |/| project-observed |/'
+
+# Resident memory of the proxy holding CONNS idle keep-alive connections.
+CONNS ?= 10000
+bench-conns: build
+	$(GO) run ./internal/perf idle-conns -bin $(BIN) -conns $(CONNS)
+
+# The CPU profile of the proxy under a representative load (round-robin and
+# cookie-sticky, new and returning clients) for PGOTIME, which go build
+# then uses for profile-guided optimisation of cmd/affinity.
+PGOTIME ?= 20s
+pgo: build
+	$(GO) run ./internal/perf profile -bin $(BIN) -out cmd/affinity/default.pgo -duration $(PGOTIME)
 
 # Fuzz targets are found per package, since -fuzz takes one target of one
 # package at a time.

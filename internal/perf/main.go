@@ -1,0 +1,240 @@
+// Command perf measures a built affinity binary as a process, on 127.0.0.1
+// only and bounded in time:
+//
+//	go run ./internal/perf profile    -bin bin/affinity -out cmd/affinity/default.pgo
+//	go run ./internal/perf idle-conns -bin bin/affinity -conns 10000
+//
+// profile drives the proxy with a representative load (round-robin and
+// cookie-sticky requests, new clients and returning ones) and saves its CPU
+// profile, which `go build` then uses for profile-guided optimisation
+// (`make pgo`). idle-conns holds many idle keep-alive client connections
+// open to the proxy and reports its resident memory before and after
+// (`make bench-conns`). Both start three fixed-response backends in this
+// process and the proxy as a child process.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/affinityproxy/affinity/internal/loopback"
+)
+
+// startTimeout bounds how long the proxy may take to become ready.
+const startTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "perf: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: perf profile|idle-conns [flags]")
+	}
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	bin := fs.String("bin", "bin/affinity", "the affinity binary to run")
+	switch args[0] {
+	case "profile":
+		o := profileOptions{}
+		fs.StringVar(&o.out, "out", "cmd/affinity/default.pgo", "where to write the CPU profile")
+		fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long to profile under load")
+		fs.IntVar(&o.clients, "clients", 50, "concurrent clients")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return profile(ctx, *bin, o, out)
+	case "idle-conns":
+		o := idleOptions{}
+		fs.IntVar(&o.conns, "conns", 10000, "idle client connections to hold")
+		fs.DurationVar(&o.settle, "settle", 3*time.Second, "how long to wait for memory to settle")
+		fs.DurationVar(&o.hold, "hold", 0, "how long to keep the connections open after reporting, to inspect the proxy")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return idleConns(ctx, *bin, o, out)
+	}
+	return fmt.Errorf("unknown command %q: want profile or idle-conns", args[0])
+}
+
+// backends serves three fixed responses, as the peer harness's backends do,
+// each naming itself in its body.
+type backends struct {
+	srvs []*http.Server
+	urls []string
+	wg   sync.WaitGroup
+}
+
+func startBackends() (*backends, error) {
+	bs := &backends{}
+	for _, name := range []string{"b1", "b2", "b3"} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			bs.close()
+			return nil, fmt.Errorf("backend %s: %w", name, err)
+		}
+		body := []byte(name)
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("X-Served-By", name)
+				_, _ = w.Write(body)
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		bs.srvs = append(bs.srvs, srv)
+		bs.urls = append(bs.urls, "http://"+ln.Addr().String())
+		bs.wg.Go(func() { _ = srv.Serve(ln) })
+	}
+	return bs, nil
+}
+
+func (bs *backends) close() {
+	for _, s := range bs.srvs {
+		_ = s.Close()
+	}
+	bs.wg.Wait()
+}
+
+// proxy is a running affinity serve.
+type proxy struct {
+	cmd    *exec.Cmd
+	addr   string // the proxied listener
+	admin  string // the admin listener
+	log    *lockedBuffer
+	exited chan struct{}
+}
+
+// proxyConfig is the proxy's configuration: requests under /sticky/ go to a
+// cookie pool, the others to a round-robin one, over the same backends.
+func proxyConfig(listen, admin string, backendURLs []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: %s, pprof: true}\n", listen, admin)
+	b.WriteString("routes:\n  - {match: {path: /sticky/}, pool: sticky}\n  - {pool: web}\npools:\n")
+	for _, pool := range []string{"web: {balancer: {type: round-robin}", "sticky: {balancer: {type: cookie}"} {
+		fmt.Fprintf(&b, "  %s, backends: [", pool)
+		for i, u := range backendURLs {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "{url: %q, name: b%d}", u, i+1)
+		}
+		b.WriteString("]}\n")
+	}
+	return b.String()
+}
+
+// start starts the backends and the proxy over them; stop ends both.
+func start(ctx context.Context, bin string) (p *proxy, stop func(), err error) {
+	bs, err := startBackends()
+	if err != nil {
+		return nil, nil, err
+	}
+	if p, err = startProxy(ctx, bin, bs); err != nil {
+		bs.close()
+		return nil, nil, err
+	}
+	return p, func() { p.stop(); bs.close() }, nil
+}
+
+// startProxy runs bin serve over bs with the admin listener and pprof on,
+// and waits until it is ready.
+func startProxy(ctx context.Context, bin string, bs *backends) (*proxy, error) {
+	addrs, err := loopback.FreeAddrs(2)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "affinity-perf")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.RemoveAll(dir) }() // the proxy has read it once ready
+	file := filepath.Join(dir, "affinity.yaml")
+	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls)), 0o600); err != nil {
+		return nil, err
+	}
+	p := &proxy{addr: addrs[0], admin: addrs[1], log: &lockedBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.CommandContext(ctx, bin, "serve", "-c", file, "--watch=false", "--log-level", "warn")
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.WaitDelay = 5 * time.Second
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.exited)
+	}()
+	if err := p.waitReady(); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitReady polls the admin listener's /readyz until it answers 200.
+func (p *proxy) waitReady() error {
+	c := &http.Client{Timeout: time.Second}
+	defer c.CloseIdleConnections()
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("proxy exited: %s", p.log.String())
+		default:
+		}
+		if res, err := c.Get("http://" + p.admin + "/readyz"); err == nil {
+			_ = res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("proxy not ready after %v: %s", startTimeout, p.log.String())
+}
+
+// stop ends the proxy with SIGTERM, then SIGKILL if it lingers.
+func (p *proxy) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// lockedBuffer collects a child's output.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

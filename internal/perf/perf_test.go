@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/affinityproxy/affinity/config"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParseRSS(t *testing.T) {
+	tests := []struct {
+		status string
+		want   int64
+		ok     bool
+	}{
+		{"Name:\taffinity\nVmPeak:\t  99 kB\nVmRSS:\t   26624 kB\nRssAnon: 1 kB\n", 26624 << 10, true},
+		{"Name:\taffinity\n", 0, false},
+		{"VmRSS:\tlots kB\n", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseRSS(tt.status)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseRSS(%q) = %d, %v; want %d, ok %v", tt.status, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestMetric(t *testing.T) {
+	exp := []byte("# HELP go_goroutines x\ngo_goroutines 12\ngo_goroutines_other 3\ngo_memstats_stack_inuse_bytes 1.5e+06\n")
+	if got := metric(exp, "go_goroutines"); got != 12 {
+		t.Errorf("go_goroutines = %v, want 12", got)
+	}
+	if got := metric(exp, "go_memstats_stack_inuse_bytes"); got != 1.5e6 {
+		t.Errorf("stack = %v, want 1.5e6", got)
+	}
+	if got := metric(exp, "absent"); got != 0 {
+		t.Errorf("absent = %v, want 0", got)
+	}
+}
+
+// TestConfig: the proxy's configuration loads, with the two pools the
+// load expects behind their routes.
+func TestConfig(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "affinity.yaml")
+	cfg := proxyConfig("127.0.0.1:1", "127.0.0.1:2", []string{"http://127.0.0.1:3", "http://127.0.0.1:4", "http://127.0.0.1:5"})
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(file)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, cfg)
+	}
+	if len(c.Pools) != 2 || c.Pools[0].Balancer.Type != "round-robin" || c.Pools[1].Balancer.Type != "cookie" ||
+		len(c.Pools[1].Backends) != 3 || len(c.Routes) != 2 || c.Routes[0].Match.Path != "/sticky/" || !c.Admin.Pprof {
+		t.Errorf("unexpected config %+v from\n%s", c, cfg)
+	}
+}
+
+// TestCommands runs both commands briefly against a built proxy.
+func TestCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the proxy")
+	}
+	bin := filepath.Join(t.TempDir(), "affinity")
+	if out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, "../../cmd/affinity").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pgo := filepath.Join(t.TempDir(), "default.pgo")
+	var out bytes.Buffer
+	if err := run(ctx, []string{"profile", "-bin", bin, "-out", pgo, "-duration", "1s", "-clients", "6"}, &out); err != nil {
+		t.Fatalf("profile: %v", err)
+	}
+	if b, err := os.ReadFile(pgo); err != nil || !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+		t.Errorf("profile wrote %d bytes, %v; want a gzipped profile", len(b), err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"idle-conns", "-bin", bin, "-conns", "200", "-settle", "100ms"}, &out); err != nil {
+		t.Fatalf("idle-conns: %v", err)
+	}
+	if !strings.Contains(out.String(), "idle keep-alive connections: 200") || !strings.Contains(out.String(), "per connection:") {
+		t.Errorf("idle-conns reported:\n%s", out.String())
+	}
+	if err := run(ctx, []string{"nonsense"}, &out); err == nil {
+		t.Error("an unknown command was accepted")
+	}
+}
