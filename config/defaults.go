@@ -17,6 +17,8 @@ const (
 	DefaultLogLevel  = "info"    // log.level
 	DefaultLogFormat = "console" // log.format
 	DefaultLogAccess = false     // log.access
+	// log.access_sample: every request is logged.
+	DefaultLogAccessSample = 1.0
 
 	DefaultConnectTimeout        = 2 * time.Second  // timeouts.connect
 	DefaultResponseHeaderTimeout = 30 * time.Second // timeouts.response_header
@@ -96,7 +98,7 @@ const (
 
 // DefaultLog returns the log section used when the file has none.
 func DefaultLog() Log {
-	return Log{Level: DefaultLogLevel, Format: DefaultLogFormat, Access: DefaultLogAccess}
+	return Log{Level: DefaultLogLevel, Format: DefaultLogFormat, Access: DefaultLogAccess, AccessSample: DefaultLogAccessSample}
 }
 
 // DefaultTimeouts returns the timeouts used when the file sets none.

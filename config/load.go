@@ -113,7 +113,7 @@ func (d *decoder) config(top *yaml.Node) *Config {
 		c.Listen = v
 	}
 	d.admin(s, c)
-	if l := d.sub(s, "log", "access", "format", "level"); l != nil {
+	if l := d.sub(s, "log", "access", "access_sample", "format", "level"); l != nil {
 		if v, n := d.oneOf(l, "level", "debug", "info", "warn", "error"); n != nil {
 			c.Log.Level = v
 		}
@@ -122,6 +122,13 @@ func (d *decoder) config(top *yaml.Node) *Config {
 		}
 		if v, n := d.boolean(l, "access"); n != nil {
 			c.Log.Access = v
+		}
+		if v, n := d.number(l, "access_sample"); n != nil {
+			if v <= 0 || v > 1 {
+				d.errorf(n, "log.access_sample: must be above 0 and at most 1 (log.access: false logs none), got %v", v)
+			} else {
+				c.Log.AccessSample = v
+			}
 		}
 	}
 	if t := d.sub(s, "timeouts", "connect", "idle_conn", "response_header"); t != nil {

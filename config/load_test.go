@@ -48,7 +48,7 @@ func TestLoadValid(t *testing.T) {
 		"full.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, "0.0.0.0:8080")
 			check(t, "admin", c.Admin, Admin{Listen: "127.0.0.1:9090", Pprof: true})
-			check(t, "log", c.Log, Log{Level: "debug", Format: "json", Access: true})
+			check(t, "log", c.Log, Log{Level: "debug", Format: "json", Access: true, AccessSample: 0.25})
 			check(t, "timeouts", c.Timeouts, Timeouts{Connect: time.Second, ResponseHeader: 15 * time.Second, IdleConn: time.Minute})
 			check(t, "shutdown timeout", c.ShutdownTimeout, 10*time.Second)
 			check(t, "server", c.Server, Server{

@@ -69,6 +69,10 @@ type Log struct {
 	Level  string // debug | info | warn | error; default info
 	Format string // console | json; default console
 	Access bool   // one line per request; default false
+	// AccessSample is the fraction of successful requests the access log
+	// keeps, in (0, 1]; default 1. Answers of 5xx, and responses cut
+	// off, are always logged.
+	AccessSample float64
 }
 
 // Timeouts bound the proxy's conversations with backends.

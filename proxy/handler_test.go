@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -225,11 +226,11 @@ func TestAccessLog(t *testing.T) {
 			}
 			want := []map[string]any{
 				{"method": "GET", "host": u.Host, "path": "/app/x", "status": int64(200), "bytes": int64(1),
-					"pool": "web", "backend": "a", "sticky": "new"},
+					"pool": "web", "backend": "a", "attempts": int64(1), "sticky": "new"},
 				{"method": "GET", "host": u.Host, "path": "/app/y", "status": int64(200), "bytes": int64(1),
-					"pool": "web", "backend": "a", "sticky": "kept"},
+					"pool": "web", "backend": "a", "attempts": int64(1), "sticky": "kept"},
 				{"method": "GET", "host": "shop.test", "path": "/missing", "status": int64(404), "bytes": int64(len("404 Not Found\n")),
-					"pool": "", "backend": "", "sticky": "none"},
+					"pool": "", "backend": "", "attempts": int64(0), "sticky": "none"},
 			}
 			for i, e := range lines {
 				m := e.ContextMap()
@@ -241,6 +242,112 @@ func TestAccessLog(t *testing.T) {
 				if _, ok := m["duration"]; !ok || e.LoggerName != "access" {
 					t.Errorf("line %d: logger %q, fields %v; want logger access with a duration", i, e.LoggerName, m)
 				}
+				if client, _ := m["client"].(string); !strings.HasPrefix(client, "127.0.0.1:") {
+					t.Errorf("line %d: client = %q, want the peer's 127.0.0.1:port", i, client)
+				}
+			}
+		})
+	}
+}
+
+// TestAccessLogClientAndAttempts: behind a trusted proxy the client is the
+// address it reports, from anyone else the peer, whatever it claims; a
+// retried request counts both backends it was sent to.
+func TestAccessLogClientAndAttempts(t *testing.T) {
+	bs := startBackends(t, "a")
+	pc := poolOf("web", "round-robin", balancer.Options{}, bs...)
+	pc.Backends = append([]config.Backend{{URL: testutil.ClosedURL(t), Name: "dead", Weight: 1}}, pc.Backends...)
+	pc.Retries = config.DefaultRetries()
+	forged := func(r *http.Request) { r.Header.Set("X-Forwarded-For", "203.0.113.7") }
+	for _, tt := range []struct {
+		name    string
+		trusted string
+		client  string // "": the peer
+	}{
+		{"untrusted peer", "192.0.2.0/24", ""},
+		{"trusted peer", "127.0.0.0/8", "203.0.113.7"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := catchAll(pc)
+			cfg.Log.Access = true
+			cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix(tt.trusted)}
+			log, logs := observed()
+			_, u := startProxy(t, cfg, log)
+			c := testutil.Client(t)
+			// Round-robin sends one of two requests to the dead backend
+			// first.
+			for range 2 {
+				if r := get(t, c, u.String()+"/", forged); r.status != http.StatusOK {
+					t.Fatalf("status %d, want 200", r.status)
+				}
+			}
+			lines := entries(logs, "request")
+			if len(lines) != 2 {
+				t.Fatalf("%d access lines, want 2", len(lines))
+			}
+			var attempts []int64
+			for _, e := range lines {
+				m := e.ContextMap()
+				attempts = append(attempts, m["attempts"].(int64))
+				client := m["client"].(string)
+				if tt.client == "" && !strings.HasPrefix(client, "127.0.0.1:") || tt.client != "" && client != tt.client {
+					t.Errorf("client = %q, want %q (\"\": the peer)", client, tt.client)
+				}
+				if m["backend"] != "a" {
+					t.Errorf("backend = %v, want a", m["backend"])
+				}
+			}
+			slices.Sort(attempts)
+			if !slices.Equal(attempts, []int64{1, 2}) {
+				t.Errorf("attempts = %v, want 1 and 2", attempts)
+			}
+		})
+	}
+}
+
+// TestAccessLogSample: a sample keeps about its share of the requests
+// that succeeded and every one that failed.
+func TestAccessLogSample(t *testing.T) {
+	backend := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	for _, tt := range []struct {
+		sample float64
+		lo, hi int // accepted count of the ok lines among okCount
+	}{
+		// Binomial(400, 0.5) is outside 140..260 with a probability
+		// below 1e-9; 400 draws of 1e-9 all miss with 1 - 4e-7.
+		{1, 400, 400},
+		{0.5, 140, 260},
+		{1e-9, 0, 0},
+	} {
+		t.Run(strconv.FormatFloat(tt.sample, 'g', -1, 64), func(t *testing.T) {
+			const okCount, failCount = 400, 20
+			cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: backend, Name: "b", Weight: 1}}})
+			cfg.Log.Access, cfg.Log.AccessSample = true, tt.sample
+			log, logs := observed()
+			_, u := startProxy(t, cfg, log)
+			c := testutil.Client(t)
+			for i := range okCount + failCount {
+				path := "/ok"
+				if i%((okCount+failCount)/failCount) == 0 {
+					path = "/fail"
+				}
+				get(t, c, u.String()+path, nil)
+			}
+			var ok, failed int
+			for _, e := range entries(logs, "request") {
+				if e.ContextMap()["status"] == int64(http.StatusServiceUnavailable) {
+					failed++
+				} else {
+					ok++
+				}
+			}
+			if failed != failCount || ok < tt.lo || ok > tt.hi {
+				t.Errorf("logged %d failed (want all %d) and %d ok (want %d..%d)", failed, failCount, ok, tt.lo, tt.hi)
 			}
 		})
 	}

@@ -330,6 +330,9 @@ func restartOnly(old, cfg *config.Config) []string {
 	if old.Log.Access != cfg.Log.Access {
 		keys = append(keys, "log.access")
 	}
+	if old.Log.AccessSample != cfg.Log.AccessSample {
+		keys = append(keys, "log.access_sample")
+	}
 	if old.Admin != cfg.Admin {
 		keys = append(keys, "admin")
 	}

@@ -84,6 +84,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 	for n := 0; ; n++ {
 		b := ex.backend
 		tried[n] = b
+		ex.attempts = n + 1
 		start := clock()
 		res, err := next.RoundTrip(out)
 		if err == nil {

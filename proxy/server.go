@@ -40,6 +40,10 @@ const AccessLogName = "access"
 type Server struct {
 	log    *zap.Logger
 	access *zap.Logger // nil when access logging is off
+	// accessSample is log.access_sample as a bound on a random uint64: a
+	// request that succeeded is logged when one drawn is below it. 0 logs
+	// every request.
+	accessSample uint64
 
 	// state is the routing snapshot requests read, replaced whole when
 	// the configuration changes.
@@ -146,6 +150,10 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.tls = tlsConfig
 	if cfg.Log.Access {
 		s.access = log.Named(AccessLogName)
+		if f := cfg.Log.AccessSample; f > 0 && f < 1 {
+			// Below 1, f·2⁶⁴ stays below 2⁶⁴.
+			s.accessSample = uint64(f * (1 << 64))
+		}
 	}
 	s.state.Store(st)
 	if s.admin, err = newAdmin(s, cfg.Admin, errLog); err != nil {
