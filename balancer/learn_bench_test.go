@@ -58,6 +58,22 @@ func BenchmarkLearnLookup(b *testing.B) {
 	})
 }
 
+// BenchmarkLearn measures picks of known sessions at each pool size, with
+// a table of 10,000 sessions: the lookup does not depend on the pool.
+func BenchmarkLearn(b *testing.B) {
+	const sessions = 10_000
+	known := benchRequests(func(i int, r *http.Request) {
+		r.Header.Set("Cookie", "_ga=GA1.2.3; JSESSIONID=s"+strconv.Itoa(i*7)+"; lang=en")
+	})
+	for _, n := range benchSizes {
+		s := benchPool(n)
+		p, _ := newLearn(b, learnOpts(sessions, time.Hour))
+		pk := p.Build(s)
+		fillLearn(p, s, sessions)
+		b.Run("kept/n="+strconv.Itoa(n), func(b *testing.B) { runPicks(b, pk, known) })
+	}
+}
+
 // BenchmarkLearnLearn measures what a response costs the proxy: one that
 // sets the session cookie among others, and one without Set-Cookie.
 func BenchmarkLearnLearn(b *testing.B) {

@@ -151,7 +151,7 @@ type replica struct {
 func buildAffinity(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "affinity")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/affinity")
+	cmd := exec.Command("go", "build", "-pgo=off", "-o", bin, "./cmd/affinity")
 	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -88,7 +88,7 @@ func runExperimentBinary(t *testing.T, preset string) map[string]cellResult {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "affinity")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -44,7 +44,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(binDir, "affinity")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/affinity")
+	build := exec.CommandContext(ctx, "go", "build", "-pgo=off", "-o", bin, "./cmd/affinity")
 	build.Dir = filepath.Dir(gomod)
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/affinity: %w\n%s", err, out)

@@ -29,7 +29,7 @@ var buildAffinity = sync.OnceValues(func() (string, error) {
 	}
 	binDir = dir
 	bin := filepath.Join(dir, "affinity")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/affinity").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, "../../cmd/affinity").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return bin, nil
