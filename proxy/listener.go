@@ -34,7 +34,7 @@ func (s *Server) bindLocked(ln net.Listener) *binding {
 
 // serveBinding runs the http.Server on b until its listener closes.
 func (s *Server) serveBinding(b *binding) {
-	var ln net.Listener = &boundListener{Listener: b.ln, b: b, sw: s.sweep}
+	var ln net.Listener = &boundListener{Listener: b.ln, b: b}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
 	}
@@ -111,8 +111,7 @@ func (s *Server) retire(b *binding) {
 // goes on top of it, so that http.Server still sees the *tls.Conn.
 type boundListener struct {
 	net.Listener
-	b  *binding
-	sw *sweeper // keeps the read deadlines of the connections (deadline.go)
+	b *binding
 }
 
 // Accept returns the next connection, tagged with the listener's binding.
@@ -121,7 +120,7 @@ func (l *boundListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &boundConn{Conn: c, b: l.b, dl: coarse{sw: l.sw}}, nil
+	return &boundConn{Conn: c, b: l.b}, nil
 }
 
 // boundConn is a client connection and the binding that accepted it.
@@ -135,7 +134,6 @@ type boundConn struct {
 	// idle is set between two requests, when closing the connection
 	// loses nothing.
 	idle atomic.Bool
-	dl   coarse // the read deadline (deadline.go)
 }
 
 // CloseWrite half-closes a TCP connection, which http.Server does before
@@ -163,9 +161,6 @@ func connState(c net.Conn, cs http.ConnState) {
 		bc.outer = c
 		bc.b.conns[bc] = struct{}{}
 		bc.b.mu.Unlock()
-		if sw := bc.dl.sw; sw != nil {
-			sw.add(bc)
-		}
 	case http.StateActive:
 		bc.idle.Store(false)
 	case http.StateIdle:
@@ -177,12 +172,6 @@ func connState(c net.Conn, cs http.ConnState) {
 		bc.b.mu.Lock()
 		delete(bc.b.conns, bc)
 		bc.b.mu.Unlock()
-		if sw := bc.dl.sw; sw != nil {
-			sw.remove(bc)
-			if cs == http.StateHijacked {
-				bc.makeExact()
-			}
-		}
 	}
 }
 

@@ -60,10 +60,8 @@ type Server struct {
 	// whatever Shutdown could not wait for.
 	cancel  context.CancelFunc
 	tunnels tracker
-	// sweep expires the client connections' read deadlines (deadline.go).
-	sweep *sweeper
-	stats serverStats
-	admin *admin // the admin listener's server (admin.go)
+	stats   serverStats
+	admin   *admin // the admin listener's server (admin.go)
 
 	// reloadMu serialises Reload with the start of the checks by Serve
 	// and with Shutdown, and guards started and closed.
@@ -144,7 +142,6 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		listen:    cfg.Listen,
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
-		sweep:     newSweeper(shortestTimeout(limits.ReadHeaderTimeout, limits.ReadTimeout, limits.IdleTimeout)),
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig
@@ -263,7 +260,6 @@ func (s *Server) serveBound(b *binding) error {
 		s.logState(st)
 		s.started = true
 		st.start()
-		s.sweep.run()
 	}
 	s.reloadMu.Unlock()
 	s.serveBinding(b)
@@ -303,10 +299,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.http.Close()
 	}
 	// Every listener is closed by now, so the Serve loops reloads started
-	// are returning; and every client connection, whose read deadlines
-	// need no more sweeping.
+	// are returning.
 	s.serving.Wait()
-	s.sweep.end()
 	s.cancel()
 	s.state.Load().stop()
 	s.transport.CloseIdleConnections()
