@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
 )
 
 // statusClientClosed is recorded, as nginx does, for a request whose client
@@ -57,9 +58,11 @@ type exchange struct {
 	// trusted is set when the client's peer is a trusted proxy, whose
 	// forwarding headers Rewrite keeps and extends.
 	trusted bool
-	// attempts counts the backends the request was sent to: the retrier
-	// adds one for each.
+	// attempts counts the backends the request was sent to, tried[:attempts]
+	// (retries are at most MaxRetries). The retrier keeps them here: an
+	// array on its stack would escape, through the Pinner, to the heap.
 	attempts int
+	tried    [config.MaxRetries + 1]*balancer.Backend
 	// access is the access log's wrapper of the ResponseWriter, so that
 	// logging allocates none; serveLogged clears it once the request is
 	// logged, as serve clears the rest once it is forwarded.

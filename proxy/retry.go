@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/balancer"
-	"github.com/affinityproxy/affinity/config"
 )
 
 // errRequestBody is wrapped by the retrier when reading the client's body
@@ -79,8 +78,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		defer body.release()
 		out = body.attach(out)
 	}
-	// The backends tried, on the stack: retries are at most MaxRetries.
-	var tried [config.MaxRetries + 1]*balancer.Backend
+	tried := &ex.tried
 	for n := 0; ; n++ {
 		b := ex.backend
 		tried[n] = b
