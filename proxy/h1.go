@@ -14,6 +14,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // h1Client forwards the common request, one without a body and safe to
@@ -433,43 +435,22 @@ func hostPort(host string) string {
 	return host + ":80"
 }
 
-// validHeaders reports whether every header name is a token and no value
-// holds a control character other than tab: the headers http.Transport
-// would send rather than refuse. The server checked the client's already;
-// what fails here goes to the transport, for its error.
+// validHeaders reports whether http.Transport would send h rather than
+// refuse it, by the checks it makes (httpguts): every name a token, no value
+// holding a control character other than tab. The server checked the
+// client's already; what fails here goes to the transport, for its error.
 func validHeaders(h http.Header) bool {
 	for k, vs := range h {
-		if k == "" {
+		if !httpguts.ValidHeaderFieldName(k) {
 			return false
 		}
-		for i := 0; i < len(k); i++ {
-			if !isTokenByte(k[i]) {
-				return false
-			}
-		}
 		for _, v := range vs {
-			for i := 0; i < len(v); i++ {
-				if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
-					return false
-				}
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
 			}
 		}
 	}
 	return true
-}
-
-// isTokenByte reports whether b may appear in an HTTP token (RFC 9110,
-// 5.6.2).
-func isTokenByte(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
-	}
-	switch b {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
 }
 
 func isASCII(s string) bool {
