@@ -43,9 +43,10 @@ func buildBinary(t *testing.T) string {
 		t.Skip("builds the binary")
 	}
 	bin := filepath.Join(t.TempDir(), "affinity")
-	// Without default.pgo: a profile-guided build recompiles every
-	// package, minutes that the behaviour under test does not depend on.
-	// The other tests that build the program do the same.
+	// Without a default.pgo (make pgo): a profile-guided build
+	// recompiles every package, minutes that the behaviour under test
+	// does not depend on. The other tests that build the program do the
+	// same.
 	out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
