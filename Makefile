@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench bench-peers bench-conns pgo fuzz chaos experiment clean
+.PHONY: help build run test bench bench-peers bench-instr bench-conns pgo fuzz chaos experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
@@ -18,6 +18,7 @@ help:
 	@echo "make test    gofmt check, go vet, go test -race"
 	@echo "make bench   benchmarks, COUNT ($(COUNT)) runs each for benchstat, into bench.txt"
 	@echo "make bench-peers   throughput beside nginx, HAProxy, Caddy (../shared/bench/peers.sh; root, Debian)"
+	@echo "make bench-instr   instructions per request under valgrind, by balancer and with the access log"
 	@echo "make bench-conns   memory held by CONNS ($(CONNS)) idle keep-alive client connections"
 	@echo "make pgo     write cmd/affinity/default.pgo, a profile for go build to optimise with"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
@@ -74,6 +75,13 @@ bench-peers: build
 	ROUNDS=$(ROUNDS) DUR=$(DUR) ONLY="direct naive-tuned caddy project project-sticky" \
 	PROJECT_CMD="$(SERVE)/peers.yaml --log-level warn" \
 	PROJECT_STICKY_CMD="$(SERVE)/peers-observed.yaml" bash $(PEERS) | sed 's/^| project-sticky |/| project-observed |/'
+
+# User-space instructions per request under valgrind (Debian's valgrind):
+# round-robin, cookie-sticky and with the access log, beside each other.
+# Counts stay within a percent from run to run where throughput on a shared
+# machine moves by ten.
+bench-instr: build
+	$(GO) run ./internal/perf instr -bin $(BIN) -rounds $(ROUNDS)
 
 # Resident memory of the proxy holding CONNS idle keep-alive connections.
 CONNS ?= 10000

@@ -36,7 +36,7 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 	if err := raiseFileLimit(uint64(o.conns) + 1024); err != nil {
 		return err
 	}
-	p, stop, err := start(ctx, bin)
+	p, stop, err := start(ctx, bin, proxyOptions{})
 	if err != nil {
 		return err
 	}

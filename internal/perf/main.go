@@ -2,12 +2,15 @@
 // only and bounded in time:
 //
 //	go run ./internal/perf profile    -bin bin/affinity -out cmd/affinity/default.pgo
+//	go run ./internal/perf instr      -bin bin/affinity
 //	go run ./internal/perf idle-conns -bin bin/affinity -conns 10000
 //
 // profile drives the proxy with a representative load (round-robin and
 // cookie-sticky requests, new clients and returning ones) and saves its CPU
 // profile, which `go build` then uses for profile-guided optimisation
-// (`make pgo`). idle-conns holds many idle keep-alive client connections
+// (`make pgo`). instr counts the instructions the proxy runs per request
+// under valgrind, for a few ways of using it (`make bench-instr`).
+// idle-conns holds many idle keep-alive client connections
 // open to the proxy and reports its resident memory before and after
 // (`make bench-conns`). Both start three fixed-response backends in this
 // process and the proxy as a child process.
@@ -25,6 +28,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,7 +52,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: perf profile|idle-conns [flags]")
+		return errors.New("usage: perf profile|instr|idle-conns [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/affinity", "the affinity binary to run")
@@ -62,6 +66,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		return profile(ctx, *bin, o, out)
+	case "instr":
+		o := instrOptions{}
+		fs.IntVar(&o.warm, "warm", 500, "requests of the short run")
+		fs.IntVar(&o.requests, "requests", 3000, "requests of the long run")
+		fs.IntVar(&o.rounds, "rounds", 3, "rounds over the targets")
+		fs.IntVar(&o.clients, "clients", 10, "concurrent clients")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return instr(ctx, *bin, o, out)
 	case "idle-conns":
 		o := idleOptions{}
 		fs.IntVar(&o.conns, "conns", 10000, "idle client connections to hold")
@@ -72,7 +86,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return idleConns(ctx, *bin, o, out)
 	}
-	return fmt.Errorf("unknown command %q: want profile or idle-conns", args[0])
+	return fmt.Errorf("unknown command %q: want profile, instr or idle-conns", args[0])
 }
 
 // backends serves three fixed responses, as the peer harness's backends do,
@@ -120,13 +134,18 @@ type proxy struct {
 	admin  string // the admin listener
 	log    *lockedBuffer
 	exited chan struct{}
+	slow   time.Duration // proxyOptions.slow
 }
 
 // proxyConfig is the proxy's configuration: requests under /sticky/ go to a
-// cookie pool, the others to a round-robin one, over the same backends.
-func proxyConfig(listen, admin string, backendURLs []string) string {
+// cookie pool, the others to a round-robin one, over the same backends;
+// access turns the access log on.
+func proxyConfig(listen, admin string, backendURLs []string, access bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: %s, pprof: true}\n", listen, admin)
+	if access {
+		b.WriteString("log: {access: true}\n")
+	}
 	b.WriteString("routes:\n  - {match: {path: /sticky/}, pool: sticky}\n  - {pool: web}\npools:\n")
 	for _, pool := range []string{"web: {balancer: {type: round-robin}", "sticky: {balancer: {type: cookie}"} {
 		fmt.Fprintf(&b, "  %s, backends: [", pool)
@@ -142,21 +161,30 @@ func proxyConfig(listen, admin string, backendURLs []string) string {
 }
 
 // start starts the backends and the proxy over them; stop ends both.
-func start(ctx context.Context, bin string) (p *proxy, stop func(), err error) {
+func start(ctx context.Context, bin string, o proxyOptions) (p *proxy, stop func(), err error) {
 	bs, err := startBackends()
 	if err != nil {
 		return nil, nil, err
 	}
-	if p, err = startProxy(ctx, bin, bs); err != nil {
+	if p, err = startProxy(ctx, bin, bs, o); err != nil {
 		bs.close()
 		return nil, nil, err
 	}
 	return p, func() { p.stop(); bs.close() }, nil
 }
 
+// proxyOptions change how startProxy runs the proxy.
+type proxyOptions struct {
+	access bool     // the access log on, at info level
+	wrap   []string // a command the proxy runs under, such as valgrind
+	// slow is the factor by which wrap slows the proxy, applied to the
+	// time it is given to start and stop; 0 counts as 1.
+	slow time.Duration
+}
+
 // startProxy runs bin serve over bs with the admin listener and pprof on,
 // and waits until it is ready.
-func startProxy(ctx context.Context, bin string, bs *backends) (*proxy, error) {
+func startProxy(ctx context.Context, bin string, bs *backends, o proxyOptions) (*proxy, error) {
 	addrs, err := loopback.FreeAddrs(2)
 	if err != nil {
 		return nil, err
@@ -167,13 +195,18 @@ func startProxy(ctx context.Context, bin string, bs *backends) (*proxy, error) {
 	}
 	defer func() { _ = os.RemoveAll(dir) }() // the proxy has read it once ready
 	file := filepath.Join(dir, "affinity.yaml")
-	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls)), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls, o.access)), 0o600); err != nil {
 		return nil, err
 	}
-	p := &proxy{addr: addrs[0], admin: addrs[1], log: &lockedBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.CommandContext(ctx, bin, "serve", "-c", file, "--watch=false", "--log-level", "warn")
+	p := &proxy{addr: addrs[0], admin: addrs[1], log: &lockedBuffer{}, exited: make(chan struct{}), slow: max(o.slow, 1)}
+	level := "warn"
+	if o.access {
+		level = "info"
+	}
+	args := append(slices.Clone(o.wrap), bin, "serve", "-c", file, "--watch=false", "--log-level", level)
+	p.cmd = exec.CommandContext(ctx, args[0], args[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.WaitDelay = 5 * time.Second
+	p.cmd.WaitDelay = 5 * time.Second * p.slow
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -192,7 +225,7 @@ func startProxy(ctx context.Context, bin string, bs *backends) (*proxy, error) {
 func (p *proxy) waitReady() error {
 	c := &http.Client{Timeout: time.Second}
 	defer c.CloseIdleConnections()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(startTimeout * p.slow)
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.exited:
@@ -207,7 +240,7 @@ func (p *proxy) waitReady() error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("proxy not ready after %v: %s", startTimeout, p.log.String())
+	return fmt.Errorf("proxy not ready after %v: %s", startTimeout*p.slow, p.log.String())
 }
 
 // stop ends the proxy with SIGTERM, then SIGKILL if it lingers.
@@ -215,7 +248,7 @@ func (p *proxy) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.exited:
-	case <-time.After(5 * time.Second):
+	case <-time.After(5 * time.Second * p.slow):
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}

@@ -52,7 +52,7 @@ func TestMetric(t *testing.T) {
 // load expects behind their routes.
 func TestConfig(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "affinity.yaml")
-	cfg := proxyConfig("127.0.0.1:1", "127.0.0.1:2", []string{"http://127.0.0.1:3", "http://127.0.0.1:4", "http://127.0.0.1:5"})
+	cfg := proxyConfig("127.0.0.1:1", "127.0.0.1:2", []string{"http://127.0.0.1:3", "http://127.0.0.1:4", "http://127.0.0.1:5"}, false)
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -94,5 +94,58 @@ func TestCommands(t *testing.T) {
 	}
 	if err := run(ctx, []string{"nonsense"}, &out); err == nil {
 		t.Error("an unknown command was accepted")
+	}
+	t.Run("instr", func(t *testing.T) { testCountRun(ctx, t, bin) })
+}
+
+// testCountRun: under cachegrind, serving more requests runs more
+// instructions, and about as many per request as a proxy plausibly needs.
+// The whole instr command runs four targets twice per round, too long for
+// the tests; make bench-instr runs it.
+func testCountRun(ctx context.Context, t *testing.T, bin string) {
+	vg, err := exec.LookPath("valgrind")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("valgrind is missing; .ci/run installs it")
+		}
+		t.Skip("valgrind is not installed")
+	}
+	bs, err := startBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.close()
+	target := instrTargets[0]
+	var totals [2]int64
+	for i, n := range []int{20, 220} {
+		if totals[i], err = countRun(ctx, vg, bin, bs, target, n, 2); err != nil {
+			t.Fatalf("%d requests: %v", n, err)
+		}
+	}
+	// A request through the proxy takes some ten thousand instructions
+	// at the very least and not millions.
+	if per := (totals[1] - totals[0]) / 200; per < 10_000 || per > 5_000_000 {
+		t.Errorf("%d and %d instructions for 20 and 220 requests: %d per request", totals[0], totals[1], per)
+	}
+}
+
+func TestInstructions(t *testing.T) {
+	got, err := instructions("==123== \n==123== I   refs:      154,727,561\n")
+	if err != nil || got != 154_727_561 {
+		t.Errorf("instructions = %d, %v; want 154727561", got, err)
+	}
+	if _, err := instructions("valgrind: cannot start"); err == nil {
+		t.Error("no count read as one")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tt := range []struct {
+		xs   []float64
+		want float64
+	}{{[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tt.xs); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.xs, got, tt.want)
+		}
 	}
 }

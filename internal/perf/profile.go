@@ -25,7 +25,7 @@ func profile(ctx context.Context, bin string, o profileOptions, out io.Writer) e
 	if o.duration < time.Second || o.clients < 3 {
 		return fmt.Errorf("profile: want -duration of at least 1s and -clients of at least 3")
 	}
-	p, stop, err := start(ctx, bin)
+	p, stop, err := start(ctx, bin, proxyOptions{})
 	if err != nil {
 		return err
 	}
