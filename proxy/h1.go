@@ -24,10 +24,11 @@ import (
 // connection, and every request crosses between them and the caller over
 // channels and a select; here the request is written and its response read
 // in the caller's goroutine, which takes a fifth of the proxy's CPU per
-// request off (the peer harness in the README; BenchmarkProxy, which counts
-// its client and backend too, 12 %). Everything else (bodies, protocol
-// switches, https) goes to the http.Transport, whose concurrent reading and
-// writing those need.
+// request off (under the peer harness's load, with this client and
+// without: 125k against 158k user-space instructions per request counted
+// by cachegrind, 119 against 149 µs of CPU time). Everything else
+// (bodies, protocol switches, https) goes to the http.Transport, whose
+// concurrent reading and writing those need.
 //
 // What goes over the wire is what http.Transport sends: the request is
 // written by the same Request.Write, and DisableCompression and the absence
