@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"sync"
@@ -37,19 +36,12 @@ const (
 // newTransport returns an http.Transport tuned for forwarding to backends
 // with timeouts t.
 func newTransport(t config.Timeouts) *http.Transport {
-	return newTransportDialing(t, newDialer(t).DialContext)
-}
-
-func newDialer(t config.Timeouts) *net.Dialer {
-	return &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
-}
-
-func newTransportDialing(t config.Timeouts, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	d := &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
 	return &http.Transport{
 		// Backends are addressed directly: a proxy taken from the
 		// environment would silently reroute them.
 		Proxy:       nil,
-		DialContext: dial,
+		DialContext: d.DialContext,
 		// A TLS handshake is part of connecting to an https backend.
 		TLSHandshakeTimeout:   t.Connect,
 		ResponseHeaderTimeout: t.ResponseHeader,
@@ -77,11 +69,8 @@ type backendTransport struct {
 }
 
 func newBackendTransport(t config.Timeouts) *backendTransport {
-	dial := newDialer(t).DialContext
-	return &backendTransport{
-		Transport: newTransportDialing(t, dial),
-		h1:        newH1Client(dial, t.ResponseHeader, t.IdleConn),
-	}
+	tr := newTransport(t)
+	return &backendTransport{Transport: tr, h1: newH1Client(tr.DialContext, t.ResponseHeader, t.IdleConn)}
 }
 
 // RoundTrip sends r with whichever of the two handles it.

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/affinityproxy/affinity/internal/loopback"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 // startTimeout bounds how long the proxy may take to become ready.
@@ -132,7 +133,7 @@ type proxy struct {
 	cmd    *exec.Cmd
 	addr   string // the proxied listener
 	admin  string // the admin listener
-	log    *lockedBuffer
+	log    *testutil.LockedBuffer
 	exited chan struct{}
 	slow   time.Duration // proxyOptions.slow
 }
@@ -198,7 +199,7 @@ func startProxy(ctx context.Context, bin string, bs *backends, o proxyOptions) (
 	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls, o.access)), 0o600); err != nil {
 		return nil, err
 	}
-	p := &proxy{addr: addrs[0], admin: addrs[1], log: &lockedBuffer{}, exited: make(chan struct{}), slow: max(o.slow, 1)}
+	p := &proxy{addr: addrs[0], admin: addrs[1], log: &testutil.LockedBuffer{}, exited: make(chan struct{}), slow: max(o.slow, 1)}
 	level := "warn"
 	if o.access {
 		level = "info"
@@ -252,22 +253,4 @@ func (p *proxy) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
-}
-
-// lockedBuffer collects a child's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
