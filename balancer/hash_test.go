@@ -3,10 +3,12 @@ package balancer
 import (
 	"errors"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"sort"
 	"strconv"
 	"testing"
 )
@@ -322,4 +324,49 @@ func FuzzHashPick(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The prefix table, the packed points and the binary search must agree with
+// the plain definition of the ring: a hash belongs to the owner of the first
+// point at or past it, wrapping to the first point. Hashes at, just before
+// and just after every point probe the edges of slots and of the packing.
+func TestHashRingMatchesScan(t *testing.T) {
+	for _, n := range []int{1, 3, 100, 1000} {
+		weights := make([]int, n)
+		for i := range weights {
+			weights[i] = 1 + i%3
+		}
+		g := &Group{}
+		bs := testBackends(g, weights...)
+		bounded := hashOpts("header:X-User")
+		bounded.Hash.LoadFactor = 1.25
+		for _, o := range []Options{hashOpts("header:X-User"), bounded} {
+			p := buildHash(t, o, Set{All: bs, Available: bs, Group: g}).(*hashPicker)
+			mask := uint64(1)<<p.ownerBits - 1
+			want := func(h uint64) uint32 {
+				i := sort.Search(len(p.ring), func(i int) bool { return p.ring[i]&^mask >= h&^mask })
+				return uint32(p.ring[i%len(p.ring)] & mask)
+			}
+			rng := rand.New(rand.NewPCG(1, uint64(n)))
+			probes := []uint64{0, math.MaxUint64}
+			for range 2000 {
+				probes = append(probes, rng.Uint64())
+			}
+			for i := 0; i < len(p.ring); i += max(1, len(p.ring)/500) {
+				pos := p.ring[i] &^ mask
+				probes = append(probes, pos, pos-1, pos+mask+1)
+			}
+			seen := map[uint32]bool{}
+			for _, h := range probes {
+				got, w := p.owner(h), want(h)
+				if got != w {
+					t.Fatalf("n=%d bounded=%v: hash %#x → backend %d, the ring says %d", n, p.group != nil, h, got, w)
+				}
+				seen[got] = true
+			}
+			if n <= 100 && len(seen) != n {
+				t.Errorf("n=%d: the probes reached %d backends", n, len(seen))
+			}
+		}
+	}
 }
