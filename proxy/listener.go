@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // binding is one listener the Server accepts on. A reload that changes the
@@ -23,6 +24,10 @@ type binding struct {
 
 	mu    sync.Mutex // guards conns, taken once per connection opened and closed
 	conns map[*boundConn]struct{}
+
+	// park holds the idle connections (park.go); nil when they do not
+	// park (TLS, or not Linux). Set before the first Accept.
+	park *parker
 }
 
 // bindLocked makes ln a current binding of s; s.lnMu must be held.
@@ -35,10 +40,16 @@ func (s *Server) bindLocked(ln net.Listener) *binding {
 // serveBinding runs the http.Server on b until its listener closes.
 func (s *Server) serveBinding(b *binding) {
 	var ln net.Listener = &boundListener{Listener: b.ln, b: b}
+	stopParking := func() {}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
+	} else {
+		// A TLS connection cannot park: http.Server would send
+		// close_notify as it let go of it.
+		stopParking = s.parkIdle(b)
 	}
 	b.err = s.http.Serve(ln)
+	stopParking()
 	s.lnMu.Lock()
 	for i, c := range s.bindings {
 		if c == b {
@@ -48,6 +59,23 @@ func (s *Server) serveBinding(b *binding) {
 	}
 	s.lnMu.Unlock()
 	close(b.done)
+}
+
+// clientConns counts the client connections of the listeners accepting
+// now: those http.Server serves (active, or idle for less than parkAfter)
+// and those parked.
+func (s *Server) clientConns() (served, parked int) {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	for _, b := range s.bindings {
+		if b.park != nil {
+			parked += b.park.parked()
+		}
+		b.mu.Lock()
+		served += len(b.conns)
+		b.mu.Unlock()
+	}
+	return served, parked
 }
 
 // outcome waits for b's serving to end and returns its error, following b
@@ -134,6 +162,15 @@ type boundConn struct {
 	// idle is set between two requests, when closing the connection
 	// loses nothing.
 	idle atomic.Bool
+
+	// Parking (park.go). fresh is set at StateIdle and cleared by the
+	// idle period's first Read; pending is set by a Read that hands the
+	// connection back, for the Close that follows. The other fields are
+	// used by the serving goroutine, then by the parker while parked.
+	fresh, pending atomic.Bool
+	armed          bool      // the idle deadline was brought forward
+	idleUntil      time.Time // http.Server's idle deadline
+	fd             int       // the socket, while parked
 }
 
 // CloseWrite half-closes a TCP connection, which http.Server does before
@@ -165,6 +202,9 @@ func connState(c net.Conn, cs http.ConnState) {
 		bc.idle.Store(false)
 	case http.StateIdle:
 		bc.idle.Store(true)
+		if bc.b.park != nil {
+			bc.fresh.Store(true)
+		}
 		if bc.b.retired.Load() {
 			_ = c.Close()
 		}

@@ -228,6 +228,9 @@ var (
 		"Sessions dropped from the learn balancer's table to stay within max_entries.", []string{"pool"}, nil)
 	descLearnStoreErrors = prometheus.NewDesc("affinity_learn_store_errors_total",
 		"Failed reads and writes of the learn balancer's shared (Redis) table.", []string{"pool"}, nil)
+	descClientConns = prometheus.NewDesc("affinity_client_connections",
+		"Open client connections of the listeners accepting now: served (active, or idle under a second) or parked (idle, held without a goroutine).",
+		[]string{"state"}, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
 		[]string{"hash"}, nil)
@@ -242,7 +245,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descUnrouted, descReloads, descConfig,
+		descEjections, descRetries, descRepins, descRefused, descUnrouted, descReloads, descConfig, descClientConns,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors,
 	} {
 		ch <- d
@@ -257,6 +260,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.OK), "ok")
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.Failed), "failed")
 	emit(ch, descConfig, prometheus.GaugeValue, 1, rs.Hash)
+	served, parked := s.clientConns()
+	emit(ch, descClientConns, prometheus.GaugeValue, float64(served), "served")
+	emit(ch, descClientConns, prometheus.GaugeValue, float64(parked), "parked")
 	for _, p := range s.state.Load().pools {
 		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
 		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)

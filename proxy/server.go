@@ -24,6 +24,7 @@ import (
 	"net/http/httputil"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -77,6 +78,9 @@ type Server struct {
 	// serving counts the Serve loops of listeners a reload opened, which
 	// Shutdown waits for.
 	serving sync.WaitGroup
+	// parkAfter is how long a plain HTTP connection is idle before it
+	// parks (park.go); set before Serve.
+	parkAfter time.Duration
 }
 
 // state is one immutable routing configuration: the routes, and the pools
@@ -142,6 +146,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		listen:    cfg.Listen,
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
+		parkAfter: defaultParkAfter,
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig

@@ -26,7 +26,8 @@ const dialers = 64
 
 // idleConns opens o.conns keep-alive connections to the proxy, sends one
 // request on each, holds them idle and reports the proxy's resident
-// memory before and after.
+// memory before, after, and once the runtime has collected what the
+// parked connections let go of.
 func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) error {
 	if o.conns < 1 {
 		return errors.New("idle-conns: want -conns of at least 1")
@@ -76,13 +77,35 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 		return fmt.Errorf("with %d idle connections: %w", o.conns, err)
 	}
 	fmt.Fprintf(out, "idle keep-alive connections: %d (opened in %v)\n", o.conns, opened.Round(time.Millisecond))
-	fmt.Fprintf(out, "proxy resident memory: %.1f MB before, %.1f MB with them held\n", mb(before), mb(after))
-	fmt.Fprintf(out, "per connection: %.1f KB\n", float64(after-before)/1024/float64(o.conns))
-	if m, err := fetch(ctx, "http://"+p.admin+"/metrics"); err == nil {
-		fmt.Fprintf(out, "Go runtime of the proxy: heap in use %.1f MB, goroutine stacks %.1f MB, goroutines %.0f\n",
+	fmt.Fprintf(out, "proxy resident memory: %.1f MB before, %.1f MB with them held %v\n", mb(before), mb(after), o.settle)
+	report := func() {
+		m, err := fetch(ctx, "http://"+p.admin+"/metrics")
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(out, "  Go runtime: heap in use %.1f MB, goroutine stacks %.1f MB, goroutines %.0f; connections served %.0f, parked %.0f\n",
 			mb(int64(metric(m, "go_memstats_heap_inuse_bytes"))), mb(int64(metric(m, "go_memstats_stack_inuse_bytes"))),
-			metric(m, "go_goroutines"))
+			metric(m, "go_goroutines"), metric(m, `affinity_client_connections{state="served"}`),
+			metric(m, `affinity_client_connections{state="parked"}`))
 	}
+	report()
+	// Parked connections' buffers are garbage until the next collections
+	// (sync.Pool keeps them through one), which an idle proxy runs at
+	// least every 2 minutes; two forced here stand for that wait.
+	for range 2 {
+		if _, err := fetch(ctx, "http://"+p.admin+"/debug/pprof/heap?gc=1"); err != nil {
+			return fmt.Errorf("force a collection: %w", err)
+		}
+	}
+	time.Sleep(o.settle)
+	settled, err := rss(p.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "after two collections: %.1f MB\n", mb(settled))
+	report()
+	fmt.Fprintf(out, "per connection: %.1f KB held, %.1f KB after the collections\n",
+		float64(after-before)/1024/float64(o.conns), float64(settled-before)/1024/float64(o.conns))
 	if o.hold > 0 {
 		fmt.Fprintf(out, "holding them %v; admin listener (pprof on) at http://%s/\n", o.hold, p.admin)
 		select {
@@ -93,8 +116,8 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 	return nil
 }
 
-// metric returns the value of an unlabelled metric in a Prometheus text
-// exposition, or 0.
+// metric returns the value of the series name (with its labels, as
+// written: `m{state="parked"}`) in a Prometheus text exposition, or 0.
 func metric(exposition []byte, name string) float64 {
 	for line := range strings.Lines(string(exposition)) {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {

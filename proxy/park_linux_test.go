@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// testParkAfter is the parking delay of these tests.
+const testParkAfter = 50 * time.Millisecond
+
+// startParking serves cfg with idle connections parking after
+// testParkAfter, and returns the proxy's address.
+func startParking(t *testing.T, cfg *config.Config) (*Server, string) {
+	t.Helper()
+	s, err := NewServer(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.parkAfter = testParkAfter
+	return s, testutil.Serve(t, s).Host
+}
+
+// clientConnGauge scrapes affinity_client_connections, by state.
+func clientConnGauge(t *testing.T, s *Server) map[string]int {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(collector{s})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, mf := range mfs {
+		if mf.GetName() != "affinity_client_connections" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = int(m.GetGauge().GetValue())
+		}
+	}
+	return got
+}
+
+func parkBackendConfig(t *testing.T) *config.Config {
+	return catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "b1")))
+}
+
+// Idle connections leave http.Server for the parker, and a request on a
+// parked connection is answered on it.
+func TestParkIdleConnection(t *testing.T) {
+	s, addr := startParking(t, parkBackendConfig(t))
+	const n = 20
+	type client struct {
+		conn net.Conn
+		br   *bufio.Reader
+	}
+	clients := make([]client, n)
+	for i := range clients {
+		c, br := dialRaw(t, addr)
+		clients[i] = client{c, br}
+		if r, err := rawGet(c, br, "/first"); err != nil || r.status != http.StatusOK || r.body != "b1" {
+			t.Fatalf("first request: %d %q, %v", r.status, r.body, err)
+		}
+	}
+	testutil.Eventually(t, waitFor, "idle connections did not park", func() bool {
+		served, parked := s.clientConns()
+		return parked == n && served == 0
+	})
+	if got := clientConnGauge(t, s); got["parked"] != n || got["served"] != 0 {
+		t.Errorf("affinity_client_connections = %v, want %d parked", got, n)
+	}
+	for round := range 2 {
+		for i, c := range clients {
+			if r, err := rawGet(c.conn, c.br, "/again"); err != nil || r.status != http.StatusOK || r.body != "b1" {
+				t.Fatalf("round %d, connection %d: %d %q, %v", round, i, r.status, r.body, err)
+			}
+		}
+		testutil.Eventually(t, waitFor, "connections did not park again", func() bool {
+			_, parked := s.clientConns()
+			return parked == n
+		})
+	}
+}
+
+// A client that goes quiet in the middle of a request keeps it: a
+// connection with part of the next request read never parks, and the
+// first bytes of a request are not cut short by the parking deadline.
+func TestParkKeepsPartialRequests(t *testing.T) {
+	s, addr := startParking(t, parkBackendConfig(t))
+	tests := []struct {
+		name        string
+		first, rest string // rest is sent after the connection would have parked
+	}{
+		{"pipelined with the first request", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGE", "T /b HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"two bytes, then quiet", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := dialRaw(t, addr)
+			if _, err := io.WriteString(conn, tt.first); err != nil {
+				t.Fatal(err)
+			}
+			readOK(t, br)
+			if tt.rest == "" {
+				// Two bytes before the parking delay, then quiet past it.
+				time.Sleep(testParkAfter / 2)
+				if _, err := io.WriteString(conn, "GE"); err != nil {
+					t.Fatal(err)
+				}
+				tt.rest = "T /b HTTP/1.1\r\nHost: x\r\n\r\n"
+			}
+			time.Sleep(4 * testParkAfter)
+			if _, parked := s.clientConns(); parked != 0 {
+				t.Fatalf("%d connections parked with a request half read", parked)
+			}
+			if _, err := io.WriteString(conn, tt.rest); err != nil {
+				t.Fatal(err)
+			}
+			readOK(t, br)
+		})
+	}
+}
+
+func readOK(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	defer resp.Body.Close()
+	if b, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != http.StatusOK || string(b) != "b1" {
+		t.Fatalf("response %d %q, %v; want 200 b1", resp.StatusCode, b, err)
+	}
+}
+
+// A parked connection still closes at the idle timeout, not before.
+func TestParkIdleTimeout(t *testing.T) {
+	cfg := parkBackendConfig(t)
+	cfg.Server.IdleTimeout = 1500 * time.Millisecond
+	s, addr := startParking(t, cfg)
+	conn, br := dialRaw(t, addr)
+	if _, err := rawGet(conn, br, "/"); err != nil {
+		t.Fatal(err)
+	}
+	idleFrom := time.Now()
+	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
+		_, parked := s.clientConns()
+		return parked == 1
+	})
+	expectEOF(t, br, "parked connection past its idle timeout")
+	if idle := time.Since(idleFrom); idle < cfg.Server.IdleTimeout {
+		t.Errorf("closed after %v idle, before the idle timeout %v", idle, cfg.Server.IdleTimeout)
+	}
+}
+
+// Shutdown closes parked connections (they are idle) and returns at once;
+// a reload to another address closes those of the old listener.
+func TestParkShutdownAndRebind(t *testing.T) {
+	cfg := parkBackendConfig(t)
+	s, err := NewServer(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.parkAfter = testParkAfter
+	ln := testutil.Listen(t)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	old, oldR := dialRaw(t, ln.Addr().String())
+	if _, err := rawGet(old, oldR, "/"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
+		_, parked := s.clientConns()
+		return parked == 1
+	})
+
+	moved := *cfg
+	moved.Listen = testutil.ClosedURL(t).Host
+	reload(t, s, &moved)
+	expectEOF(t, oldR, "parked connection of the old listener")
+
+	conn, br := dialRaw(t, moved.Listen)
+	if _, err := rawGet(conn, br, "/"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
+		_, parked := s.clientConns()
+		return parked == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	expectEOF(t, br, "parked connection at shutdown")
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("serve returned %v", err)
+	}
+}
