@@ -29,6 +29,7 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second // server.read_header_timeout
 	DefaultReadTimeout       = 0                // server.read_timeout: none, as uploads may be slow
 	DefaultIdleTimeout       = 2 * time.Minute  // server.idle_timeout
+	DefaultParkAfter         = 10 * time.Second // server.park_after
 	DefaultMaxHeaderBytes    = 64 << 10         // server.max_header_bytes
 	DefaultMaxBody           = 100 << 20        // server.max_body, in bytes; 0 is no limit
 	// trusted_proxies defaults to none: every client's forwarding headers
@@ -117,6 +118,7 @@ func DefaultServer() Server {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		ReadTimeout:       DefaultReadTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
+		ParkAfter:         DefaultParkAfter,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		MaxBody:           DefaultMaxBody,
 	}

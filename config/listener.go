@@ -15,7 +15,7 @@ import (
 // termination and the trusted proxies, starting from the defaults.
 func (d *decoder) listener(top *section, c *Config) {
 	c.Server = DefaultServer()
-	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_header_bytes", "read_header_timeout", "read_timeout"); s != nil {
+	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_header_bytes", "park_after", "read_header_timeout", "read_timeout"); s != nil {
 		if v, n := d.duration(s, "read_header_timeout", false); n != nil {
 			c.Server.ReadHeaderTimeout = v
 		}
@@ -24,6 +24,12 @@ func (d *decoder) listener(top *section, c *Config) {
 		}
 		if v, n := d.duration(s, "idle_timeout", false); n != nil {
 			c.Server.IdleTimeout = v
+		}
+		if v, n := d.duration(s, "park_after", true); n != nil {
+			c.Server.ParkAfter = v
+			if v > 0 && v >= c.Server.IdleTimeout {
+				d.errorf(n, "server.park_after: %s must be less than idle_timeout (%s), or 0 to never park", v, c.Server.IdleTimeout)
+			}
 		}
 		if v, n := d.integer(s, "max_header_bytes", MinHeaderBytes, MaxHeaderBytes); n != nil {
 			c.Server.MaxHeaderBytes = int(v)

@@ -164,6 +164,11 @@ type Server struct {
 	// IdleTimeout closes keep-alive connections idle this long
 	// (idle_timeout; default 2m).
 	IdleTimeout time.Duration
+	// ParkAfter is how long a plain HTTP keep-alive connection is idle
+	// before its goroutine and buffers are released until the client sends
+	// again, on Linux (park_after; default 10s; 0, as in a Config built in
+	// code: never).
+	ParkAfter time.Duration
 	// MaxHeaderBytes caps the size of a request's header block
 	// (max_header_bytes; default 64 KiB).
 	MaxHeaderBytes int

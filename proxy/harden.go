@@ -14,7 +14,7 @@ import (
 // loaded one: no limit on header reading, idle connections or header size
 // is never what a zero meant.
 func serverLimits(s config.Server) (config.Server, error) {
-	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 {
+	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.ParkAfter < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 {
 		return s, fmt.Errorf("proxy: server: negative limit in %+v", s)
 	}
 	if s.ReadHeaderTimeout == 0 {

@@ -43,7 +43,7 @@ func (s *Server) serveBinding(b *binding) {
 	stopParking := func() {}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
-	} else {
+	} else if s.parkAfter > 0 && s.parkAfter < s.http.IdleTimeout {
 		// A TLS connection cannot park: http.Server would send
 		// close_notify as it let go of it.
 		stopParking = s.parkIdle(b)

@@ -13,23 +13,18 @@ import (
 // buffer and a 4 KiB write buffer for as long as it is open, and the
 // goroutine keeps the 8 KiB stack it grew serving its first request: about
 // 20 KB for a keep-alive connection that sends nothing. A connection idle
-// for a second (Server.parkAfter) is handed back instead: the serving goroutine ends and frees
+// for server.park_after (10 s by default) is handed back instead: the serving goroutine ends and frees
 // its buffers, and a parker (park_linux.go) holds the bare socket in an
 // epoll set, with no goroutine, until the client sends again or the idle
 // timeout passes. Then the parker hands the connection to http.Server as a
 // newly accepted one, which reads the waiting request as usual. Only the
-// connections idle that long pay for the hand-over; a busy one never parks.
+// connections idle that long pay for the hand-over, about what accepting a
+// new connection costs (BenchmarkParkedRequest); a busy one never parks.
 //
 // The hand-over happens at one point only: the first read of an idle period
 // (after StateIdle), while http.Server waits for the next request with
 // nothing of it buffered. boundConn's Read, SetReadDeadline and Close below
 // are where it does.
-
-// defaultParkAfter is how long a connection is idle before it parks
-// (Server.parkAfter). Long enough that a client sending a request every few
-// hundred milliseconds never parks; short enough that idle connections cost
-// almost nothing after it.
-const defaultParkAfter = time.Second
 
 // idleBufferSize is the size of http.Server's read buffer (bufio's default).
 // The first read of an idle period asks for all of it exactly when none of

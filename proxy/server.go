@@ -78,8 +78,8 @@ type Server struct {
 	// serving counts the Serve loops of listeners a reload opened, which
 	// Shutdown waits for.
 	serving sync.WaitGroup
-	// parkAfter is how long a plain HTTP connection is idle before it
-	// parks (park.go); set before Serve.
+	// parkAfter is server.park_after: how long a plain HTTP connection
+	// is idle before it parks (park.go); 0 never.
 	parkAfter time.Duration
 }
 
@@ -146,7 +146,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		listen:    cfg.Listen,
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
-		parkAfter: defaultParkAfter,
+		parkAfter: limits.ParkAfter,
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig

@@ -16,9 +16,11 @@ import (
 )
 
 type idleOptions struct {
-	conns  int
-	settle time.Duration
-	hold   time.Duration // how long to keep the connections after reporting, for inspection
+	conns     int
+	settle    time.Duration
+	hold      time.Duration // how long to keep the connections after reporting, for inspection
+	parkAfter time.Duration // the proxy's server.park_after; 0 leaves its default
+	release   time.Duration // how long the runtime is given to return freed memory to the system
 }
 
 // dialers is how many connections are opened at a time.
@@ -37,7 +39,7 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 	if err := raiseFileLimit(uint64(o.conns) + 1024); err != nil {
 		return err
 	}
-	p, stop, err := start(ctx, bin, proxyOptions{})
+	p, stop, err := start(ctx, bin, proxyOptions{parkAfter: o.parkAfter})
 	if err != nil {
 		return err
 	}
@@ -78,17 +80,25 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 	}
 	fmt.Fprintf(out, "idle keep-alive connections: %d (opened in %v)\n", o.conns, opened.Round(time.Millisecond))
 	fmt.Fprintf(out, "proxy resident memory: %.1f MB before, %.1f MB with them held %v\n", mb(before), mb(after), o.settle)
+	var parked float64
 	report := func() {
 		m, err := fetch(ctx, "http://"+p.admin+"/metrics")
 		if err != nil {
 			return
 		}
+		parked = metric(m, `affinity_client_connections{state="parked"}`)
 		fmt.Fprintf(out, "  Go runtime: heap in use %.1f MB, goroutine stacks %.1f MB, goroutines %.0f; connections served %.0f, parked %.0f\n",
 			mb(int64(metric(m, "go_memstats_heap_inuse_bytes"))), mb(int64(metric(m, "go_memstats_stack_inuse_bytes"))),
-			metric(m, "go_goroutines"), metric(m, `affinity_client_connections{state="served"}`),
-			metric(m, `affinity_client_connections{state="parked"}`))
+			metric(m, "go_goroutines"), metric(m, `affinity_client_connections{state="served"}`), parked)
 	}
 	report()
+	// Wait for them to park (server.park_after), bounded.
+	for wait := time.Now().Add(time.Minute); parked < float64(o.conns) && time.Now().Before(wait) && ctx.Err() == nil; {
+		time.Sleep(500 * time.Millisecond)
+		if m, err := fetch(ctx, "http://"+p.admin+"/metrics"); err == nil {
+			parked = metric(m, `affinity_client_connections{state="parked"}`)
+		}
+	}
 	// Parked connections' buffers are garbage until the next collections
 	// (sync.Pool keeps them through one), which an idle proxy runs at
 	// least every 2 minutes; two forced here stand for that wait.
@@ -97,14 +107,16 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 			return fmt.Errorf("force a collection: %w", err)
 		}
 	}
-	time.Sleep(o.settle)
+	// The runtime returns freed pages to the system in the background, at
+	// a bounded pace.
+	time.Sleep(o.release)
 	settled, err := rss(p.cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "after two collections: %.1f MB\n", mb(settled))
+	fmt.Fprintf(out, "parked, %v after two collections: %.1f MB\n", o.release, mb(settled))
 	report()
-	fmt.Fprintf(out, "per connection: %.1f KB held, %.1f KB after the collections\n",
+	fmt.Fprintf(out, "per connection: %.1f KB held, %.1f KB parked\n",
 		float64(after-before)/1024/float64(o.conns), float64(settled-before)/1024/float64(o.conns))
 	if o.hold > 0 {
 		fmt.Fprintf(out, "holding them %v; admin listener (pprof on) at http://%s/\n", o.hold, p.admin)

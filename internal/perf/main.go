@@ -82,6 +82,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fs.IntVar(&o.conns, "conns", 10000, "idle client connections to hold")
 		fs.DurationVar(&o.settle, "settle", 3*time.Second, "how long to wait for memory to settle")
 		fs.DurationVar(&o.hold, "hold", 0, "how long to keep the connections open after reporting, to inspect the proxy")
+		fs.DurationVar(&o.parkAfter, "park-after", 0, "the proxy's server.park_after; 0 leaves its default")
+		fs.DurationVar(&o.release, "release", 20*time.Second, "how long to let the runtime return the memory parked connections freed")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -140,12 +142,15 @@ type proxy struct {
 
 // proxyConfig is the proxy's configuration: requests under /sticky/ go to a
 // cookie pool, the others to a round-robin one, over the same backends;
-// access turns the access log on.
-func proxyConfig(listen, admin string, backendURLs []string, access bool) string {
+// o.access turns the access log on, o.parkAfter sets server.park_after.
+func proxyConfig(listen, admin string, backendURLs []string, o proxyOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: %s, pprof: true}\n", listen, admin)
-	if access {
+	if o.access {
 		b.WriteString("log: {access: true}\n")
+	}
+	if o.parkAfter > 0 {
+		fmt.Fprintf(&b, "server: {park_after: %s}\n", o.parkAfter)
 	}
 	b.WriteString("routes:\n  - {match: {path: /sticky/}, pool: sticky}\n  - {pool: web}\npools:\n")
 	for _, pool := range []string{"web: {balancer: {type: round-robin}", "sticky: {balancer: {type: cookie}"} {
@@ -176,8 +181,9 @@ func start(ctx context.Context, bin string, o proxyOptions) (p *proxy, stop func
 
 // proxyOptions change how startProxy runs the proxy.
 type proxyOptions struct {
-	access bool     // the access log on, at info level
-	wrap   []string // a command the proxy runs under, such as valgrind
+	access    bool          // the access log on, at info level
+	parkAfter time.Duration // server.park_after; 0 leaves the default
+	wrap      []string      // a command the proxy runs under, such as valgrind
 	// slow is the factor by which wrap slows the proxy, applied to the
 	// time it is given to start and stop; 0 counts as 1.
 	slow time.Duration
@@ -196,7 +202,7 @@ func startProxy(ctx context.Context, bin string, bs *backends, o proxyOptions) (
 	}
 	defer func() { _ = os.RemoveAll(dir) }() // the proxy has read it once ready
 	file := filepath.Join(dir, "affinity.yaml")
-	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls, o.access)), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(proxyConfig(addrs[0], addrs[1], bs.urls, o)), 0o600); err != nil {
 		return nil, err
 	}
 	p := &proxy{addr: addrs[0], admin: addrs[1], log: &testutil.LockedBuffer{}, exited: make(chan struct{}), slow: max(o.slow, 1)}

@@ -52,7 +52,7 @@ func TestMetric(t *testing.T) {
 // load expects behind their routes.
 func TestConfig(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "affinity.yaml")
-	cfg := proxyConfig("127.0.0.1:1", "127.0.0.1:2", []string{"http://127.0.0.1:3", "http://127.0.0.1:4", "http://127.0.0.1:5"}, false)
+	cfg := proxyConfig("127.0.0.1:1", "127.0.0.1:2", []string{"http://127.0.0.1:3", "http://127.0.0.1:4", "http://127.0.0.1:5"}, proxyOptions{parkAfter: time.Second})
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,8 @@ func TestConfig(t *testing.T) {
 		t.Fatalf("%v\n%s", err, cfg)
 	}
 	if len(c.Pools) != 2 || c.Pools[0].Balancer.Type != "round-robin" || c.Pools[1].Balancer.Type != "cookie" ||
-		len(c.Pools[1].Backends) != 3 || len(c.Routes) != 2 || c.Routes[0].Match.Path != "/sticky/" || !c.Admin.Pprof {
+		len(c.Pools[1].Backends) != 3 || len(c.Routes) != 2 || c.Routes[0].Match.Path != "/sticky/" || !c.Admin.Pprof ||
+		c.Server.ParkAfter != time.Second {
 		t.Errorf("unexpected config %+v from\n%s", c, cfg)
 	}
 }
@@ -86,10 +87,10 @@ func TestCommands(t *testing.T) {
 		t.Errorf("profile wrote %d bytes, %v; want a gzipped profile", len(b), err)
 	}
 	out.Reset()
-	if err := run(ctx, []string{"idle-conns", "-bin", bin, "-conns", "200", "-settle", "100ms"}, &out); err != nil {
+	if err := run(ctx, []string{"idle-conns", "-bin", bin, "-conns", "200", "-settle", "100ms", "-park-after", "200ms", "-release", "100ms"}, &out); err != nil {
 		t.Fatalf("idle-conns: %v", err)
 	}
-	if !strings.Contains(out.String(), "idle keep-alive connections: 200") || !strings.Contains(out.String(), "per connection:") {
+	if !strings.Contains(out.String(), "idle keep-alive connections: 200") || !strings.Contains(out.String(), "parked 200") {
 		t.Errorf("idle-conns reported:\n%s", out.String())
 	}
 	if err := run(ctx, []string{"nonsense"}, &out); err == nil {
