@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/bits"
 	"net/http"
 	"net/url"
 	"slices"
@@ -73,19 +72,15 @@ func (p *hashPolicy) Build(s Set) Picker {
 		}
 	}
 	counts := pointCounts(s.All, p.vnodes)
-	// Sized by All, not Available, so that a health change does not move
-	// the truncation below and with it the odd key at a point's edge.
-	hp.ownerBits = uint(bits.Len(uint(max(len(s.All), 1) - 1)))
-	mask := uint64(1)<<hp.ownerBits - 1
 	type point struct {
-		hash  uint64 // the low ownerBits are zero
+		hash  uint64
 		owner uint32
 	}
 	var pts []point
 	for i, b := range s.Available {
 		h := hashString(b.ID)
 		for j := range counts[b.ID] {
-			pts = append(pts, point{hash: mix64(h^(uint64(j)+1)*0x9e3779b97f4a7c15) &^ mask, owner: uint32(i)})
+			pts = append(pts, point{hash: mix64(h ^ (uint64(j)+1)*0x9e3779b97f4a7c15), owner: uint32(i)})
 		}
 	}
 	// Ties are broken by ID, not position, so that a reordered config builds
@@ -96,9 +91,10 @@ func (p *hashPolicy) Build(s Set) Picker {
 		}
 		return cmp.Compare(s.Available[a.owner].ID, s.Available[b.owner].ID)
 	})
-	hp.ring = make([]uint64, len(pts))
+	hp.points = make([]uint64, len(pts))
+	hp.owners = make([]uint32, len(pts))
 	for i, pt := range pts {
-		hp.ring[i] = pt.hash | uint64(pt.owner)
+		hp.points[i], hp.owners[i] = pt.hash, pt.owner
 	}
 	hp.buildPrefix()
 	return hp
@@ -129,20 +125,12 @@ func pointCounts(all []*Backend, vnodes int) map[string]int {
 }
 
 type hashPicker struct {
-	key func(r *http.Request) string
-	// ring holds the sorted points, each a position whose low ownerBits
-	// are replaced by its owner's index in fallback.backends. One load
-	// then yields both, which saves a cache miss per pick on a ring of a
-	// few MiB. Up to a million backends leave 44 or more position bits, plenty
-	// to spread keys.
-	ring      []uint64
-	ownerBits uint
-	// prefix[t] holds, in its high half, the index of the first point whose
-	// top bits are ≥ t and, in its low half, that point's owner, so that a
-	// hash in a slot without points is answered by this one load.
-	prefix   []uint64
-	shift    uint // 64 - bits of the prefix table index
-	fallback wrr  // rotation over Set.Available for requests without a key
+	key      func(r *http.Request) string
+	points   []uint64 // sorted ring positions
+	owners   []uint32 // owners[i] indexes fallback.backends: who owns points[i]
+	prefix   []uint32 // prefix[t]: first point whose top bits are ≥ t
+	shift    uint     // 64 - bits of the prefix table index
+	fallback wrr      // rotation over Set.Available for requests without a key
 
 	group *Group    // nil: loads are not bounded
 	share []float64 // LoadFactor × backend's weight share, by owner
@@ -150,26 +138,21 @@ type hashPicker struct {
 
 // buildPrefix indexes the ring by the top bits of a hash, about one slot per
 // point, so that a lookup is one table load and a binary search over the few
-// points of one slot instead of the whole ring; a third to a half of the
-// slots hold no point and answer from the table alone. The table is capped at 2^20
-// slots (8 MiB), past which the search over a slot is still a few steps.
+// points of one slot instead of the whole ring. The table is capped at 2^20
+// slots (4 MiB), past which the search over a slot is still a few steps.
 func (p *hashPicker) buildPrefix() {
 	bits := uint(1)
-	for 1<<bits < len(p.ring) && bits < 20 {
+	for 1<<bits < len(p.points) && bits < 20 {
 		bits++
 	}
 	p.shift = 64 - bits
-	mask := uint64(1)<<p.ownerBits - 1
-	p.prefix = make([]uint64, 1<<bits+1)
+	p.prefix = make([]uint32, 1<<bits+1)
 	i := 0
 	for t := range p.prefix {
-		for i < len(p.ring) && p.ring[i]>>p.shift < uint64(t) {
+		for i < len(p.points) && p.points[i]>>p.shift < uint64(t) {
 			i++
 		}
-		p.prefix[t] = uint64(i) << 32
-		if len(p.ring) > 0 {
-			p.prefix[t] |= p.ring[i%len(p.ring)] & mask
-		}
+		p.prefix[t] = uint32(i)
 	}
 }
 
@@ -177,7 +160,7 @@ func (p *hashPicker) buildPrefix() {
 // next one clockwise under the load bound; a request without a key goes to
 // the weighted rotation.
 func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
-	if len(p.ring) == 0 {
+	if len(p.points) == 0 {
 		return Pick{}, ErrNoBackend
 	}
 	k := p.key(r)
@@ -190,27 +173,22 @@ func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
 
 // owner returns the index of the backend that serves hash h.
 func (p *hashPicker) owner(h uint64) uint32 {
-	mask := uint64(1)<<p.ownerBits - 1
-	// The first point at or past h, comparing positions only: a point's
-	// position is below h's exactly when the packed value is below h&^mask.
-	h &^= mask
 	t := h >> p.shift
-	e, f := p.prefix[t], p.prefix[t+1]
-	lo, hi := uint32(e>>32), uint32(f>>32)
-	own := uint32(e) // the owner of point lo, while the slot holds no point
-	if lo < hi {
-		for lo < hi {
-			m := lo + (hi-lo)/2
-			if p.ring[m] < h {
-				lo = m + 1
-			} else {
-				hi = m
-			}
+	lo, hi := p.prefix[t], p.prefix[t+1]
+	for lo < hi {
+		m := lo + (hi-lo)/2
+		if p.points[m] < h {
+			lo = m + 1
+		} else {
+			hi = m
 		}
-		own = uint32(p.ring[int(lo)%len(p.ring)] & mask)
+	}
+	start := int(lo)
+	if start == len(p.points) {
+		start = 0
 	}
 	if p.group == nil {
-		return own
+		return p.owners[start]
 	}
 	// A backend takes a request while its in-flight count is below
 	// ceil(share × (pool in-flight + 1)); the shares sum to LoadFactor > 1,
@@ -218,22 +196,17 @@ func (p *hashPicker) owner(h uint64) uint32 {
 	// counters move under us, so the walk is capped at one turn and then
 	// keeps the key's own backend.
 	limit := float64(p.group.InFlight() + 1)
-	under := func(o uint32) bool {
-		return float64(p.fallback.backends[o].InFlight()) < p.share[o]*limit
-	}
-	if under(own) {
-		return own
-	}
-	i := int(lo) % len(p.ring)
-	for range len(p.ring) - 1 {
-		if i++; i >= len(p.ring) {
-			i = 0
-		}
-		if o := uint32(p.ring[i] & mask); under(o) {
+	i := start
+	for range len(p.points) {
+		o := p.owners[i]
+		if float64(p.fallback.backends[o].InFlight()) < p.share[o]*limit {
 			return o
 		}
+		if i++; i == len(p.points) {
+			i = 0
+		}
 	}
-	return own
+	return p.owners[start]
 }
 
 // parseKey turns a key spec into the function that reads the key from a
