@@ -13,13 +13,14 @@ import (
 // buffer and a 4 KiB write buffer for as long as it is open, and the
 // goroutine keeps the 8 KiB stack it grew serving its first request: about
 // 20 KB for a keep-alive connection that sends nothing. A connection idle
-// for server.park_after (10 s by default) is handed back instead: the serving goroutine ends and frees
-// its buffers, and a parker (park_linux.go) holds the bare socket in an
-// epoll set, with no goroutine, until the client sends again or the idle
-// timeout passes. Then the parker hands the connection to http.Server as a
-// newly accepted one, which reads the waiting request as usual. Only the
-// connections idle that long pay for the hand-over, about what accepting a
-// new connection costs (BenchmarkParkedRequest); a busy one never parks.
+// for server.park_after (10 s by default) is handed back instead: the
+// serving goroutine ends and frees its buffers, and a parker
+// (park_linux.go) holds the bare socket in an epoll set, with no goroutine,
+// until the client sends again or the idle timeout passes. Then the parker
+// hands the connection to http.Server as a newly accepted one, which reads
+// the waiting request as usual. Only the connections idle that long pay for
+// the hand-over, about what accepting a new connection costs
+// (BenchmarkParkedRequest); a busy one never parks.
 //
 // The hand-over happens at one point only: the first read of an idle period
 // (after StateIdle), while http.Server waits for the next request with
@@ -36,7 +37,7 @@ const idleBufferSize = 4096
 // SetReadDeadline is how http.Server starts an idle period: it sets the
 // idle timeout right after StateIdle, and clears it once the next request
 // is there. On a connection that can park, the idle deadline is brought
-// forward to the parker's after and kept for the parker, which closes the
+// forward to park_after, and kept for the parker, which closes the
 // connection then.
 func (c *boundConn) SetReadDeadline(t time.Time) error {
 	if c.fresh.Load() {
@@ -55,7 +56,7 @@ func (c *boundConn) SetReadDeadline(t time.Time) error {
 }
 
 // Read parks the connection when the first read of an idle period times
-// out at the parker's after with nothing buffered: it reports the end of the
+// out at park_after with nothing buffered: it reports the end of the
 // connection, and http.Server closes it, which Close turns into parking.
 func (c *boundConn) Read(p []byte) (int, error) {
 	if !c.fresh.Load() {
