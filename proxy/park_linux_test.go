@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -90,6 +93,14 @@ func TestParkIdleConnection(t *testing.T) {
 			return parked == n
 		})
 	}
+	// A client closing a parked connection wakes it, and the proxy lets go.
+	for _, c := range clients {
+		_ = c.conn.Close()
+	}
+	testutil.Eventually(t, waitFor, "closed parked connections were kept", func() bool {
+		served, parked := s.clientConns()
+		return parked == 0 && served == 0
+	})
 }
 
 // A client that goes quiet in the middle of a request keeps it: a
@@ -262,4 +273,62 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// Clients that go quiet for random spells, around the parking delay, while
+// others keep sending: every request is answered on its own connection,
+// whether it arrives as the connection parks, while parked or as it comes
+// back. Bounded: 40 clients for 1.5 s.
+func TestParkUnderLoad(t *testing.T) {
+	s, addr := startParking(t, parkBackendConfig(t))
+	const clients = 40
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	errs := make(chan error, clients)
+	var answered atomic.Int64
+	for i := range clients {
+		go func() {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(waitFor))
+			br := bufio.NewReader(conn)
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			for time.Now().Before(deadline) {
+				if r, err := rawGet(conn, br, "/"); err != nil || r.status != http.StatusOK || r.body != "b1" {
+					errs <- fmt.Errorf("client %d: %d %q, %v", i, r.status, r.body, err)
+					return
+				}
+				answered.Add(1)
+				if i%4 != 0 { // a quarter of the clients never pause
+					time.Sleep(time.Duration(rng.Int64N(int64(3 * testParkAfter))))
+				}
+			}
+			errs <- nil
+		}()
+	}
+	mostParked := 0
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for done := 0; done < clients; {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+			done++
+		case <-tick.C:
+			_, parked := s.clientConns()
+			mostParked = max(mostParked, parked)
+		}
+	}
+	if n := answered.Load(); n < clients*2 {
+		t.Errorf("%d requests answered, want at least %d", n, clients*2)
+	}
+	if mostParked == 0 {
+		t.Error("no connection parked during the run")
+	}
+	t.Logf("%d requests, up to %d connections parked at once", answered.Load(), mostParked)
 }
