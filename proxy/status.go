@@ -162,7 +162,13 @@ type statusDoc struct {
 	Ready    bool         `json:"ready"`
 	NotReady []string     `json:"not_ready,omitempty"` // why not ready
 	Config   configStatus `json:"config"`
-	Pools    []poolStatus `json:"pools"`
+	// Client connections of the listener: served by http.Server, or
+	// parked while idle (park.go).
+	Connections struct {
+		Served int `json:"served"`
+		Parked int `json:"parked"`
+	} `json:"connections"`
+	Pools []poolStatus `json:"pools"`
 }
 
 type configStatus struct {
@@ -212,6 +218,7 @@ func (a *admin) status(now time.Time) statusDoc {
 			Unrouted:      s.stats.unrouted.Load(),
 		},
 	}
+	doc.Connections.Served, doc.Connections.Parked = s.clientConns()
 	doc.NotReady = a.unready()
 	doc.Ready = len(doc.NotReady) == 0
 	for _, p := range s.state.Load().pools {

@@ -159,7 +159,7 @@ func TestStatusPage(t *testing.T) {
 		t.Fatalf("GET / = %d %q", resp.StatusCode, ct)
 	}
 	want := append([]string{`<meta http-equiv="refresh" content="3">`, "5e5e5e5e5e5e", "cookie",
-		`class="state down"`, `class="state ejected"`, "status 503"}, names...)
+		`class="state down"`, `class="state ejected"`, "status 503", " served, 0 parked"}, names...)
 	for _, w := range want {
 		if !strings.Contains(page, w) {
 			t.Errorf("page lacks %q", w)
