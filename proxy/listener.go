@@ -171,6 +171,7 @@ type boundConn struct {
 	armed          bool      // the idle deadline was brought forward
 	idleUntil      time.Time // http.Server's idle deadline
 	fd             int       // the socket, while parked
+	handedBack     bool      // parked, and its StateClosed still to come; guarded by the binding's mu
 }
 
 // CloseWrite half-closes a TCP connection, which http.Server does before
@@ -210,7 +211,12 @@ func connState(c net.Conn, cs http.ConnState) {
 		}
 	case http.StateHijacked, http.StateClosed:
 		bc.b.mu.Lock()
-		delete(bc.b.conns, bc)
+		if bc.handedBack {
+			// Parked: Close took it out of conns (park.go).
+			bc.handedBack = false
+		} else {
+			delete(bc.b.conns, bc)
+		}
 		bc.b.mu.Unlock()
 	}
 }

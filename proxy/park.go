@@ -91,9 +91,23 @@ func (c *boundConn) Read(p []byte) (int, error) {
 }
 
 // Close parks a connection that Read handed back; any other close is real.
+//
+// The connection leaves its binding's table here, before the parker can
+// wake it, rather than at the StateClosed that follows: by then the parker
+// may have handed it to http.Server again, and StateNew put it back.
 func (c *boundConn) Close() error {
-	if c.pending.CompareAndSwap(true, false) && c.b.park.park(c) {
-		return nil
+	if c.pending.CompareAndSwap(true, false) {
+		b := c.b
+		b.mu.Lock()
+		delete(b.conns, c)
+		c.handedBack = true
+		b.mu.Unlock()
+		if b.park.park(c) {
+			return nil
+		}
+		b.mu.Lock()
+		c.handedBack = false
+		b.mu.Unlock()
 	}
 	return c.Conn.Close()
 }

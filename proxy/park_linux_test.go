@@ -330,5 +330,9 @@ func TestParkUnderLoad(t *testing.T) {
 	if mostParked == 0 {
 		t.Error("no connection parked during the run")
 	}
+	testutil.Eventually(t, waitFor, "closed connections still counted", func() bool {
+		served, parked := s.clientConns()
+		return served == 0 && parked == 0
+	})
 	t.Logf("%d requests, up to %d connections parked at once", answered.Load(), mostParked)
 }
