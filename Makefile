@@ -83,7 +83,9 @@ bench-peers: build
 bench-instr: build
 	$(GO) run ./internal/perf instr -bin $(BIN) -rounds $(ROUNDS)
 
-# Resident memory of the proxy holding CONNS idle keep-alive connections.
+# Resident memory of the proxy holding CONNS idle keep-alive connections:
+# right after they are opened, and once they have parked (server.park_after)
+# and the runtime has returned what they freed.
 CONNS ?= 10000
 bench-conns: build
 	$(GO) run ./internal/perf idle-conns -bin $(BIN) -conns $(CONNS)
