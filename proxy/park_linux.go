@@ -138,20 +138,21 @@ func (p *parker) loop() {
 			}
 			p.mu.Lock()
 			c := p.conns[fd]
-			delete(p.conns, fd)
 			if c != nil {
+				delete(p.conns, fd)
 				_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 			}
 			p.mu.Unlock()
-			if c != nil {
-				// Its request is there: a retiring listener must let it
-				// be served, as it does a new connection's first.
-				c.idle.Store(false)
-				select {
-				case p.woken <- c:
-				case <-p.done:
-					_ = c.Conn.Close()
-				}
+			if c == nil {
+				continue
+			}
+			// Its request is there: a retiring listener must let it be
+			// served, as it does a new connection's first.
+			c.idle.Store(false)
+			select {
+			case p.woken <- c:
+			case <-p.done:
+				_ = c.Conn.Close()
 			}
 		}
 		if now := time.Now(); now.Sub(swept) >= time.Second {

@@ -33,6 +33,15 @@ func startParking(t *testing.T, cfg *config.Config) (*Server, string) {
 	return s, u.Host
 }
 
+// waitParked waits until s holds n connections parked.
+func waitParked(t *testing.T, s *Server, n int) {
+	t.Helper()
+	testutil.Eventually(t, waitFor, fmt.Sprintf("%d connections did not park", n), func() bool {
+		_, parked := s.clientConns()
+		return parked == n
+	})
+}
+
 // clientConnGauge scrapes affinity_client_connections, by state.
 func clientConnGauge(t *testing.T, s *Server) map[string]int {
 	t.Helper()
@@ -88,10 +97,7 @@ func TestParkIdleConnection(t *testing.T) {
 				t.Fatalf("round %d, connection %d: %d %q, %v", round, i, r.status, r.body, err)
 			}
 		}
-		testutil.Eventually(t, waitFor, "connections did not park again", func() bool {
-			_, parked := s.clientConns()
-			return parked == n
-		})
+		waitParked(t, s, n)
 	}
 	// A client closing a parked connection wakes it, and the proxy lets go.
 	for _, c := range clients {
@@ -164,10 +170,7 @@ func TestParkIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	idleFrom := time.Now()
-	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
-		_, parked := s.clientConns()
-		return parked == 1
-	})
+	waitParked(t, s, 1)
 	expectEOF(t, br, "parked connection past its idle timeout")
 	if idle := time.Since(idleFrom); idle < cfg.Server.IdleTimeout {
 		t.Errorf("closed after %v idle, before the idle timeout %v", idle, cfg.Server.IdleTimeout)
@@ -190,10 +193,7 @@ func TestParkShutdownAndRebind(t *testing.T) {
 	if _, err := rawGet(old, oldR, "/"); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
-		_, parked := s.clientConns()
-		return parked == 1
-	})
+	waitParked(t, s, 1)
 
 	moved := *cfg
 	moved.Listen = testutil.ClosedURL(t).Host
@@ -204,10 +204,7 @@ func TestParkShutdownAndRebind(t *testing.T) {
 	if _, err := rawGet(conn, br, "/"); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, waitFor, "the connection did not park", func() bool {
-		_, parked := s.clientConns()
-		return parked == 1
-	})
+	waitParked(t, s, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {

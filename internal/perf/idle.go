@@ -80,23 +80,22 @@ func idleConns(ctx context.Context, bin string, o idleOptions, out io.Writer) er
 	}
 	fmt.Fprintf(out, "idle keep-alive connections: %d (opened in %v)\n", o.conns, opened.Round(time.Millisecond))
 	fmt.Fprintf(out, "proxy resident memory: %.1f MB before, %.1f MB with them held %v\n", mb(before), mb(after), o.settle)
-	var parked float64
+	gauges := func() ([]byte, error) { return fetch(ctx, "http://"+p.admin+"/metrics") }
 	report := func() {
-		m, err := fetch(ctx, "http://"+p.admin+"/metrics")
+		m, err := gauges()
 		if err != nil {
 			return
 		}
-		parked = metric(m, `affinity_client_connections{state="parked"}`)
 		fmt.Fprintf(out, "  Go runtime: heap in use %.1f MB, goroutine stacks %.1f MB, goroutines %.0f; connections served %.0f, parked %.0f\n",
 			mb(int64(metric(m, "go_memstats_heap_inuse_bytes"))), mb(int64(metric(m, "go_memstats_stack_inuse_bytes"))),
-			metric(m, "go_goroutines"), metric(m, `affinity_client_connections{state="served"}`), parked)
+			metric(m, "go_goroutines"), metric(m, `affinity_client_connections{state="served"}`),
+			metric(m, `affinity_client_connections{state="parked"}`))
 	}
 	report()
 	// Wait for them to park (server.park_after), bounded.
-	for wait := time.Now().Add(time.Minute); parked < float64(o.conns) && time.Now().Before(wait) && ctx.Err() == nil; {
-		time.Sleep(500 * time.Millisecond)
-		if m, err := fetch(ctx, "http://"+p.admin+"/metrics"); err == nil {
-			parked = metric(m, `affinity_client_connections{state="parked"}`)
+	for wait := time.Now().Add(time.Minute); time.Now().Before(wait) && ctx.Err() == nil; time.Sleep(500 * time.Millisecond) {
+		if m, err := gauges(); err == nil && metric(m, `affinity_client_connections{state="parked"}`) >= float64(o.conns) {
+			break
 		}
 	}
 	// Parked connections' buffers are garbage until the next collections
