@@ -208,7 +208,7 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 		return fail(fmt.Errorf("reading the response: %w", err), true)
 	}
 	for {
-		if res, err = http.ReadResponse(hc.br, r); err != nil {
+		if res, err = readResponse(hc.br, r); err != nil {
 			if hc.r.limit <= 0 {
 				err = errHeaderTooLarge
 			}
@@ -440,10 +440,6 @@ func hostPort(host string) string {
 	return host + ":80"
 }
 
-// validHeaders reports whether http.Transport would send h rather than
-// refuse it, by the checks it makes (httpguts): every name a token, no value
-// holding a control character other than tab. The server checked the
-// client's already; what fails here goes to the transport, for its error.
 // reqWriteExclude are the headers Request.Write leaves out of the header
 // map's lines, writing them itself (net/http's reqWriteExcludeHeader).
 var reqWriteExclude = map[string]bool{
@@ -506,6 +502,10 @@ func writeHead(bw *bufio.Writer, r *http.Request, trace *httptrace.ClientTrace) 
 	return true
 }
 
+// validHeaders reports whether http.Transport would send h rather than
+// refuse it, by the checks it makes (httpguts): every name a token, no value
+// holding a control character other than tab. The server checked the
+// client's already; what fails here goes to the transport, for its error.
 func validHeaders(h http.Header) bool {
 	for k, vs := range h {
 		if !httpguts.ValidHeaderFieldName(k) {

@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// readResponse reads the head of the response to r from br, as
+// http.ReadResponse does. The common head, already whole in br's buffer,
+// is parsed by parseResponse in one pass and one copy; anything else goes
+// to http.ReadResponse.
+func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, error) {
+	if res := parseResponse(br, r); res != nil {
+		return res, nil
+	}
+	return http.ReadResponse(br, r)
+}
+
+// headEnd ends a response's head: its last line's end and the empty line.
+var headEnd = []byte("\r\n\r\n")
+
+// parseResponse returns what http.ReadResponse would return for the
+// response head at the start of br's buffer, having read it, or nil,
+// having read nothing, for any head but the common one. The common one is
+// buffered to its end, HTTP/1.1, with a final status (200 to 599) and a
+// single valid Content-Length (or none, for 204 and 304), every line ended
+// by CRLF, and no line http.ReadResponse would refuse, unfold or act on
+// beyond splitting it: none folded, no Transfer-Encoding, Trailer or
+// Pragma; a request that is not HEAD. Where ReadMIMEHeader copies each
+// value and each uncommon name, it makes one string of the head and takes
+// the status, names and values from it: for nginx's 6 header lines, 6
+// allocations against 13 and 30 % less time (BenchmarkReadResponse), and
+// 4 % fewer instructions per proxied request (make bench-instr).
+func parseResponse(br *bufio.Reader, r *http.Request) *http.Response {
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, headEnd)
+	if end < 0 {
+		return nil
+	}
+	const proto = "HTTP/1.1 "
+	// The status line: "HTTP/1.1 ", three digits, then its end or a space
+	// and the reason phrase.
+	line := buf[:bytes.Index(buf, headEnd[:2])]
+	if len(line) < len(proto)+3 || string(line[:len(proto)]) != proto ||
+		(len(line) > len(proto)+3 && line[len(proto)+3] != ' ') || !printable(line[len(proto):]) {
+		return nil
+	}
+	code := 0
+	for _, c := range line[len(proto) : len(proto)+3] {
+		if c < '0' || c > '9' {
+			return nil
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code > 599 {
+		return nil
+	}
+	nlines := bytes.Count(buf[len(line)+2:end+2], headEnd[:2])
+	head := string(buf[:end+2]) // through the last header line's CRLF
+	h := make(http.Header, nlines)
+	strs := make([]string, nlines) // one value for each name, as ReadMIMEHeader does
+	var contentLength []string
+	for rest := head[len(line)+2:]; rest != ""; {
+		kv, after, _ := strings.Cut(rest, "\r\n")
+		rest = after
+		colon := strings.IndexByte(kv, ':')
+		if colon <= 0 {
+			return nil
+		}
+		name, value := kv[:colon], kv[colon+1:]
+		if !httpguts.ValidHeaderFieldName(name) || !validValue(value) {
+			return nil
+		}
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		switch name {
+		case "Transfer-Encoding", "Trailer", "Pragma":
+			return nil
+		}
+		value = textproto.TrimString(value)
+		vv := h[name]
+		if vv == nil {
+			vv, strs = strs[:1:1], strs[1:]
+			vv[0] = value
+		} else {
+			vv = append(vv, value)
+		}
+		h[name] = vv
+		if name == "Content-Length" {
+			contentLength = vv
+		}
+	}
+	var n uint64
+	switch {
+	case len(contentLength) == 1 && contentLength[0] != "":
+		var err error
+		if n, err = strconv.ParseUint(contentLength[0], 10, 63); err != nil {
+			return nil
+		}
+	case len(contentLength) == 0 && (code == http.StatusNoContent || code == http.StatusNotModified):
+	default:
+		// Several, empty or none: a body read to the stream's end.
+		return nil
+	}
+	res := &http.Response{
+		Status: head[len(proto):len(line)], StatusCode: code,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: int64(n), Request: r,
+		Body: http.NoBody,
+	}
+	if code == http.StatusNoContent || code == http.StatusNotModified {
+		res.ContentLength = 0 // their Content-Length speaks of another response
+	}
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
+		res.Close = true
+		delete(h, "Connection")
+	}
+	if res.ContentLength > 0 {
+		res.Body = &lengthBody{br: br, n: res.ContentLength}
+	}
+	_, _ = br.Discard(end + len(headEnd))
+	return res
+}
+
+// lengthBody reads a body of n bytes as net/http's does: the read that
+// takes the last byte also returns io.EOF, and an end of stream before it
+// is io.ErrUnexpectedEOF. h1Body, which wraps it, closes the connection.
+type lengthBody struct {
+	br *bufio.Reader
+	n  int64 // bytes left
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.br.Read(p)
+	b.n -= int64(n)
+	switch {
+	case err == io.EOF:
+		err = io.ErrUnexpectedEOF
+	case err == nil && b.n == 0:
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (b *lengthBody) Close() error { return nil }
+
+// printable reports whether s is printable ASCII and tabs, what a status
+// line may hold here.
+func printable(s []byte) bool {
+	for _, c := range s {
+		if (c < ' ' && c != '\t') || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue reports whether every byte of a header value is one
+// ReadMIMEHeader accepts: visible ASCII, space, tab, or obs-text.
+func validValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
