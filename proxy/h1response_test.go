@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/textproto"
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // nginxHead is what the peer harness's nginx backends answer.
@@ -147,6 +150,27 @@ func TestParseResponse(t *testing.T) {
 				t.Errorf("parseResponse took it: %t, want %t", took, tt.takes)
 			}
 		})
+	}
+}
+
+// TestCanonicalName compares canonicalName with what it stands for, on
+// names and on every byte at every place of a short name.
+func TestCanonicalName(t *testing.T) {
+	names := []string{"", "a", "A", "-", "Content-Type", "content-type", "CONTENT-TYPE", "X-Served-By",
+		"WWW-Authenticate", "x-1a", "X-1A", "a--b", "Ab-", "Set-Cookie", "x_y", "X y", "é"}
+	for c := 0; c < 256; c++ {
+		for _, pos := range []int{0, 1, 3} {
+			b := []byte("Ab-c")
+			b[pos] = byte(c)
+			names = append(names, string(b))
+		}
+	}
+	for _, name := range names {
+		got, ok := canonicalName(name)
+		wantOK := httpguts.ValidHeaderFieldName(name)
+		if ok != wantOK || (ok && got != textproto.CanonicalMIMEHeaderKey(name)) {
+			t.Errorf("canonicalName(%q) = %q, %t; want %q, %t", name, got, ok, textproto.CanonicalMIMEHeaderKey(name), wantOK)
+		}
 	}
 }
 
