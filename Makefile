@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench bench-peers bench-instr bench-conns pgo fuzz chaos experiment clean
+.PHONY: help build run test bench bench-peers bench-instr bench-cpu bench-conns pgo fuzz chaos experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-peers   throughput beside nginx, HAProxy, Caddy (../shared/bench/peers.sh; root, Debian)"
 	@echo "make bench-instr   instructions per request under valgrind, by balancer and with the access log"
 	@echo "make bench-conns   memory held by CONNS ($(CONNS)) idle keep-alive client connections"
+	@echo "make bench-cpu     CPU time per request, user and kernel, beside the bare Go proxy and HAProxy (after bench-peers)"
 	@echo "make pgo     write cmd/affinity/default.pgo, a profile for go build to optimise with"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
@@ -82,6 +83,12 @@ bench-peers: build
 # machine moves by ten.
 bench-instr: build
 	$(GO) run ./internal/perf instr -bin $(BIN) -rounds $(ROUNDS)
+
+# CPU time per request of the proxy beside the bare Go proxy and HAProxy,
+# split into user and kernel time, read from /proc: the peer harness's
+# backends, pinning and load, ROUNDS interleaved rounds.
+bench-cpu: build
+	$(GO) run ./internal/perf cpu -bin $(BIN) -peers $(dir $(PEERS)) -rounds $(ROUNDS) -dur $(DUR)
 
 # Resident memory of the proxy holding CONNS idle keep-alive connections:
 # right after they are opened, and once they have parked (server.park_after)

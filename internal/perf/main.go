@@ -4,6 +4,7 @@
 //	go run ./internal/perf profile    -bin bin/affinity -out cmd/affinity/default.pgo
 //	go run ./internal/perf instr      -bin bin/affinity
 //	go run ./internal/perf idle-conns -bin bin/affinity -conns 10000
+//	go run ./internal/perf cpu        -bin bin/affinity
 //
 // profile drives the proxy with a representative load (round-robin and
 // cookie-sticky requests, new clients and returning ones) and saves its CPU
@@ -12,8 +13,10 @@
 // under valgrind, for a few ways of using it (`make bench-instr`).
 // idle-conns holds many idle keep-alive client connections
 // open to the proxy and reports its resident memory before and after
-// (`make bench-conns`). Both start three fixed-response backends in this
-// process and the proxy as a child process.
+// (`make bench-conns`). Those three start three fixed-response backends in
+// this process and the proxy as a child process. cpu measures the CPU time
+// per request of affinity beside the peer harness's bare Go proxy and
+// HAProxy, with the harness's own backends and pinning (`make bench-cpu`).
 package main
 
 import (
@@ -53,7 +56,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: perf profile|instr|idle-conns [flags]")
+		return errors.New("usage: perf profile|instr|idle-conns|cpu [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/affinity", "the affinity binary to run")
@@ -88,8 +91,19 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		return idleConns(ctx, *bin, o, out)
+	case "cpu":
+		o := cpuOptions{}
+		fs.StringVar(&o.peers, "peers", "../shared/bench", "the peer harness's directory, with naive/ and peers/")
+		fs.StringVar(&o.configs, "configs", "examples/bench", "the directory of affinity's configs for the harness")
+		fs.IntVar(&o.rounds, "rounds", 5, "rounds over the targets")
+		fs.DurationVar(&o.dur, "dur", 5*time.Second, "how long wrk runs against each target in a round")
+		fs.IntVar(&o.conns, "conns", 50, "wrk's connections")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return cpu(ctx, *bin, o, out)
 	}
-	return fmt.Errorf("unknown command %q: want profile, instr or idle-conns", args[0])
+	return fmt.Errorf("unknown command %q: want profile, instr, idle-conns or cpu", args[0])
 }
 
 // backends serves three fixed responses, as the peer harness's backends do,

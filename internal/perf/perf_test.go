@@ -35,6 +35,45 @@ func TestParseRSS(t *testing.T) {
 	}
 }
 
+func TestParseCPUTicks(t *testing.T) {
+	tests := []struct {
+		stat string
+		want [2]int64
+		ok   bool
+	}{
+		{"4242 (affinity) S 1 4242 4242 0 -1 4194560 1377 0 0 0 523 117 0 0 20 0 7 0 1234 0\n", [2]int64{523, 117}, true},
+		{"7 (a (b) c) R 1 7 7 0 -1 0 0 0 0 0 9 8 0 0 20 0 1 0 1 0\n", [2]int64{9, 8}, true},
+		{"7 (x) R 1 2 3", [2]int64{}, false},
+		{"no name here", [2]int64{}, false},
+		{"7 (x) R 1 7 7 0 -1 0 0 0 0 0 nine 8 0", [2]int64{}, false},
+	}
+	for _, tt := range tests {
+		got, err := parseCPUTicks(tt.stat)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseCPUTicks(%q) = %v, %v; want %v, ok %v", tt.stat, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestParseWrk(t *testing.T) {
+	out := `Running 5s test @ http://127.0.0.1:18090/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.21ms    2.10ms  40.12ms   80.00%
+    Req/Sec     9.64k     1.20k   12.00k    70.00%
+  48012 requests in 5.00s, 6.50MB read
+Requests/sec:   9602.40
+Transfer/sec:      1.30MB
+`
+	n, rps, err := parseWrk(out)
+	if err != nil || n != 48012 || rps != 9602.40 {
+		t.Errorf("parseWrk = %d, %v, %v; want 48012, 9602.4", n, rps, err)
+	}
+	if _, _, err := parseWrk("unable to connect to 127.0.0.1:18090 Connection refused\n"); err == nil {
+		t.Error("parseWrk took an output with no requests")
+	}
+}
+
 func TestMetric(t *testing.T) {
 	exp := []byte("# HELP go_goroutines x\ngo_goroutines 12\ngo_goroutines_other 3\ngo_memstats_stack_inuse_bytes 1.5e+06\n")
 	if got := metric(exp, "go_goroutines"); got != 12 {
