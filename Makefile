@@ -86,9 +86,11 @@ bench-instr: build
 
 # CPU time per request of the proxy beside the bare Go proxy and HAProxy,
 # split into user and kernel time, read from /proc: the peer harness's
-# backends, pinning and load, ROUNDS interleaved rounds.
+# backends, pinning and load, ROUNDS interleaved rounds. CPU_ENV=GOGC=100
+# adds the round-robin proxy with that in its environment.
+CPU_ENV ?=
 bench-cpu: build
-	$(GO) run ./internal/perf cpu -bin $(BIN) -peers $(dir $(PEERS)) -rounds $(ROUNDS) -dur $(DUR)
+	$(GO) run ./internal/perf cpu -bin $(BIN) -peers $(dir $(PEERS)) -rounds $(ROUNDS) -dur $(DUR) -env '$(CPU_ENV)'
 
 # Resident memory of the proxy holding CONNS idle keep-alive connections:
 # right after they are opened, and once they have parked (server.park_after)

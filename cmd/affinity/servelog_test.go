@@ -34,40 +34,42 @@ func TestServeLoggerAccessBatched(t *testing.T) {
 }
 
 // BenchmarkAccessLine writes one access line, as the proxy logs it, to a
-// file: batched by serve's logger, or written at once as every other line
-// is (a locked write per line). BenchmarkHandler in proxy counts the rest
-// of the access log's cost per request, building the line.
+// file, in each format: batched by serve's logger, or written at once as
+// every other line is (a locked write per line). BenchmarkHandler in proxy
+// counts the rest of the access log's cost per request, building the line.
 func BenchmarkAccessLine(b *testing.B) {
-	for _, batched := range []bool{true, false} {
-		name := "direct"
-		if batched {
-			name = "batched"
-		}
-		b.Run(name, func(b *testing.B) {
-			f, err := os.Create(filepath.Join(b.TempDir(), "log"))
-			if err != nil {
-				b.Fatal(err)
+	for _, format := range []string{"console", "json"} {
+		for _, batched := range []bool{true, false} {
+			name := format + "/direct"
+			if batched {
+				name = format + "/batched"
 			}
-			defer f.Close()
-			sl, err := newServeLogger("info", "json", f)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() { _ = sl.close() }()
-			log := sl.Named(proxy.AccessLogName)
-			if !batched {
-				log = sl.Logger
-			}
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					log.Info("request", zap.String("client", "192.0.2.1:50312"), zap.String("method", "GET"),
-						zap.String("host", "shop.example"), zap.String("path", "/cart"), zap.Int("status", 200),
-						zap.Int64("bytes", 1432), zap.Duration("duration", 1200*time.Microsecond),
-						zap.String("pool", "web"), zap.String("backend", "web-2"), zap.Int("attempts", 1),
-						zap.String("sticky", "kept"), zap.Bool("aborted", false))
+			b.Run(name, func(b *testing.B) {
+				f, err := os.Create(filepath.Join(b.TempDir(), "log"))
+				if err != nil {
+					b.Fatal(err)
 				}
+				defer f.Close()
+				sl, err := newServeLogger("info", format, f)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _ = sl.close() }()
+				log := sl.Named(proxy.AccessLogName)
+				if !batched {
+					log = sl.Logger
+				}
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						log.Info("request", zap.String("client", "192.0.2.1:50312"), zap.String("method", "GET"),
+							zap.String("host", "shop.example"), zap.String("path", "/cart"), zap.Int("status", 200),
+							zap.Int64("bytes", 1432), zap.Duration("duration", 1200*time.Microsecond),
+							zap.String("pool", "web"), zap.String("backend", "web-2"), zap.Int("attempts", 1),
+							zap.String("sticky", "kept"), zap.Bool("aborted", false))
+					}
+				})
 			})
-		})
+		}
 	}
 }

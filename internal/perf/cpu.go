@@ -59,6 +59,22 @@ func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
 		{name: "affinity round-robin", addr: "127.0.0.1:18090", args: []string{bin, "serve", "--watch=false", "--log-level", "warn", "-c", filepath.Join(o.configs, "peers.yaml")}},
 		{name: "affinity cookie-sticky", addr: "127.0.0.1:18098", args: []string{bin, "serve", "--watch=false", "--log-level", "warn", "-c", filepath.Join(o.configs, "peers-sticky.yaml")}},
 	}
+	if o.env != "" {
+		if name, _, ok := strings.Cut(o.env, "="); !ok || name == "" {
+			return fmt.Errorf("-env %q: want NAME=VALUE", o.env)
+		}
+		// The round-robin config on a port of its own.
+		cfg, err := os.ReadFile(filepath.Join(o.configs, "peers.yaml"))
+		if err != nil {
+			return err
+		}
+		file := filepath.Join(dir, "peers-env.yaml")
+		if err := os.WriteFile(file, []byte(strings.Replace(string(cfg), "127.0.0.1:18090", "127.0.0.1:18089", 1)), 0o600); err != nil {
+			return err
+		}
+		targets = append(targets, &cpuTarget{name: "affinity round-robin, " + o.env, addr: "127.0.0.1:18089",
+			args: []string{"env", o.env, bin, "serve", "--watch=false", "--log-level", "warn", "-c", file}})
+	}
 	if _, err := exec.LookPath("haproxy"); err == nil {
 		targets = append(targets, &cpuTarget{name: "haproxy", addr: "127.0.0.1:18092", args: []string{"haproxy", "-f", filepath.Join(o.peers, "peers", "haproxy.cfg")}})
 	}
@@ -93,6 +109,7 @@ type cpuOptions struct {
 	rounds  int
 	dur     time.Duration
 	conns   int
+	env     string // NAME=VALUE for one more round-robin target; "": none
 }
 
 // cpuTarget is one proxy and its figures, one per round.

@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fs.IntVar(&o.rounds, "rounds", 5, "rounds over the targets")
 		fs.DurationVar(&o.dur, "dur", 5*time.Second, "how long wrk runs against each target in a round")
 		fs.IntVar(&o.conns, "conns", 50, "wrk's connections")
+		fs.StringVar(&o.env, "env", "", "NAME=VALUE: also run the round-robin proxy with this in its environment (GOGC=100, say), to measure a runtime setting side by side")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
