@@ -56,9 +56,10 @@ func newServeCmd() *cobra.Command {
 			defer func() { _ = sl.close() }()
 			log := sl.Logger
 			// GOGC follows the live heap (internal/gctune) unless the
-			// environment sets it: 1.13x less CPU per request under the
-			// peer harness's load (make bench-cpu), for at most 48 MiB more
-			// heap than Go's default. GOMEMLIMIT applies either way.
+			// environment sets it: 11 % less CPU per request under the
+			// peer harness's load (make bench-cpu CPU_ENV=GOGC=100), for at
+			// most 48 MiB more heap than Go's default. GOMEMLIMIT applies
+			// either way.
 			if _, set := os.LookupEnv("GOGC"); !set {
 				defer gctune.Start()()
 			}
