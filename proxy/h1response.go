@@ -194,16 +194,25 @@ func canonicalName(name string) (string, bool) {
 			return "", false
 		case 1:
 			if upper {
-				return textproto.CanonicalMIMEHeaderKey(name), true
+				return canonicalSlow(name)
 			}
 		case 2:
 			if !upper {
-				return textproto.CanonicalMIMEHeaderKey(name), true
+				return canonicalSlow(name)
 			}
 		}
 		upper = c == '-'
 	}
 	return name, true
+}
+
+// canonicalSlow is canonicalName for a name not in canonical form, whose
+// bytes after the first out of place are not checked yet.
+func canonicalSlow(name string) (string, bool) {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return "", false
+	}
+	return textproto.CanonicalMIMEHeaderKey(name), true
 }
 
 // printable reports whether s is printable ASCII and tabs, what a status

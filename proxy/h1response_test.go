@@ -159,10 +159,12 @@ func TestCanonicalName(t *testing.T) {
 	names := []string{"", "a", "A", "-", "Content-Type", "content-type", "CONTENT-TYPE", "X-Served-By",
 		"WWW-Authenticate", "x-1a", "X-1A", "a--b", "Ab-", "Set-Cookie", "x_y", "X y", "é"}
 	for c := 0; c < 256; c++ {
-		for _, pos := range []int{0, 1, 3} {
-			b := []byte("Ab-c")
-			b[pos] = byte(c)
-			names = append(names, string(b))
+		for _, base := range []string{"Ab-C", "ab-c", "AB-C"} {
+			for pos := range len(base) {
+				b := []byte(base)
+				b[pos] = byte(c)
+				names = append(names, string(b))
+			}
 		}
 	}
 	for _, name := range names {
