@@ -84,10 +84,11 @@ bench-peers: build
 bench-instr: build
 	$(GO) run ./internal/perf instr -bin $(BIN) -rounds $(ROUNDS)
 
-# CPU time per request of the proxy beside the bare Go proxy and HAProxy,
-# split into user and kernel time, read from /proc: the peer harness's
-# backends, pinning and load, ROUNDS interleaved rounds. CPU_ENV=GOGC=100
-# adds the round-robin proxy with that in its environment.
+# CPU time per request, user and kernel, read from /proc: the proxy (round-
+# robin, cookie, and with the admin listener and the access log on) beside
+# the bare Go proxy and HAProxy, with the peer harness's backends, pinning
+# and load, ROUNDS interleaved rounds. CPU_ENV=GOGC=100 adds the round-robin
+# proxy with that in its environment.
 CPU_ENV ?=
 bench-cpu: build
 	$(GO) run ./internal/perf cpu -bin $(BIN) -peers $(dir $(PEERS)) -rounds $(ROUNDS) -dur $(DUR) -env '$(CPU_ENV)'

@@ -59,17 +59,21 @@ func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
 		{name: "affinity round-robin", addr: "127.0.0.1:18090", args: []string{bin, "serve", "--watch=false", "--log-level", "warn", "-c", filepath.Join(o.configs, "peers.yaml")}},
 		{name: "affinity cookie-sticky", addr: "127.0.0.1:18098", args: []string{bin, "serve", "--watch=false", "--log-level", "warn", "-c", filepath.Join(o.configs, "peers-sticky.yaml")}},
 	}
+	// The admin listener and the access log on, in the console format,
+	// as in bench-peers' second table; on ports of their own.
+	observed, err := moveConfig(filepath.Join(o.configs, "peers-observed.yaml"), dir,
+		"127.0.0.1:18098", "127.0.0.1:18088", "127.0.0.1:18099", "127.0.0.1:18087")
+	if err != nil {
+		return err
+	}
+	targets = append(targets, &cpuTarget{name: "affinity round-robin, admin and access log", addr: "127.0.0.1:18088",
+		args: []string{bin, "serve", "--watch=false", "-c", observed}})
 	if o.env != "" {
 		if name, _, ok := strings.Cut(o.env, "="); !ok || name == "" {
 			return fmt.Errorf("-env %q: want NAME=VALUE", o.env)
 		}
-		// The round-robin config on a port of its own.
-		cfg, err := os.ReadFile(filepath.Join(o.configs, "peers.yaml"))
+		file, err := moveConfig(filepath.Join(o.configs, "peers.yaml"), dir, "127.0.0.1:18090", "127.0.0.1:18089")
 		if err != nil {
-			return err
-		}
-		file := filepath.Join(dir, "peers-env.yaml")
-		if err := os.WriteFile(file, []byte(strings.Replace(string(cfg), "127.0.0.1:18090", "127.0.0.1:18089", 1)), 0o600); err != nil {
 			return err
 		}
 		targets = append(targets, &cpuTarget{name: "affinity round-robin, " + o.env, addr: "127.0.0.1:18089",
@@ -101,6 +105,17 @@ func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
 			slices.Min(total), slices.Max(total), median(t.user), median(t.sys), base/median(total))
 	}
 	return nil
+}
+
+// moveConfig writes a copy of the config file src into dir with the
+// addresses in from/to pairs replaced, and returns the copy's name.
+func moveConfig(src, dir string, fromTo ...string) (string, error) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	file := filepath.Join(dir, filepath.Base(src))
+	return file, os.WriteFile(file, []byte(strings.NewReplacer(fromTo...).Replace(string(b))), 0o600)
 }
 
 type cpuOptions struct {
