@@ -101,9 +101,7 @@ func newEncoder(format string) (zapcore.Encoder, error) {
 	case "json":
 		return zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), nil
 	case "console":
-		ec := zap.NewDevelopmentEncoderConfig()
-		ec.EncodeTime = zapcore.TimeEncoderOfLayout("2006-01-02T15:04:05.000Z0700")
-		return zapcore.NewConsoleEncoder(ec), nil
+		return newConsoleEncoder(), nil
 	}
 	return nil, fmt.Errorf("log format %q: want console or json", format)
 }
