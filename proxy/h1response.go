@@ -108,7 +108,8 @@ func parseResponse(br *bufio.Reader, r *http.Request) *http.Response {
 		}
 	case len(contentLength) == 0 && (code == http.StatusNoContent || code == http.StatusNotModified):
 	default:
-		// Several, empty or none: a body read to the stream's end.
+		// Several, empty or none: http.ReadResponse settles those (a
+		// body read to the end of the stream, or an error).
 		return nil
 	}
 	res := &http.Response{

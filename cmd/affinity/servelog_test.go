@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,40 @@ func TestServeLoggerAccessBatched(t *testing.T) {
 	}
 	if got := out.String(); !strings.Contains(got, `"path":"/batched"`) {
 		t.Errorf("after close, output lacks the access line:\n%s", got)
+	}
+}
+
+// syncCounter is a log file that counts the Syncs (fsync, for a file)
+// asked of it.
+type syncCounter struct {
+	syncBuffer
+	syncs atomic.Int32
+}
+
+func (s *syncCounter) Sync() error {
+	s.syncs.Add(1)
+	return nil
+}
+
+// TestServeLoggerAccessFlushNoSync: the access buffer's periodic flush
+// writes the waiting lines to the log file without syncing it.
+func TestServeLoggerAccessFlushNoSync(t *testing.T) {
+	var out syncCounter
+	sl, err := newServeLogger("info", "json", &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sl.close() }()
+	sl.Named(proxy.AccessLogName).Info("request", zap.String("path", "/flushed"))
+	deadline := time.Now().Add(accessFlush + 5*time.Second)
+	for !strings.Contains(out.String(), "/flushed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no flush after %v", accessFlush+5*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := out.syncs.Load(); n != 0 {
+		t.Errorf("the flush synced the log file %d times, want 0", n)
 	}
 }
 
