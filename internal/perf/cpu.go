@@ -20,10 +20,14 @@ import (
 // backends on CPU 0, in interleaved rounds, and reads from /proc the CPU
 // time each proxy spent, in user space and in the kernel, over the
 // requests wrk counted. A saturated core's throughput is one over its CPU
-// time per request, and that time moves less between runs than req/s does
-// on a shared machine; the split shows what is a proxy's own work and
-// what the kernel's TCP over loopback costs every proxy alike.
+// time per request; the split shows what is a proxy's own work and what
+// the kernel's TCP over loopback costs every proxy alike.
 func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
+	if o.env != "" {
+		if name, _, ok := strings.Cut(o.env, "="); !ok || name == "" {
+			return fmt.Errorf("-env %q: want NAME=VALUE", o.env)
+		}
+	}
 	for _, tool := range []string{"taskset", "wrk", "nginx"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("cpu needs %s (make bench-peers installs wrk and nginx): %w", tool, err)
@@ -60,7 +64,8 @@ func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
 		{name: "affinity cookie-sticky", addr: "127.0.0.1:18098", args: []string{bin, "serve", "--watch=false", "--log-level", "warn", "-c", filepath.Join(o.configs, "peers-sticky.yaml")}},
 	}
 	// The admin listener and the access log on, in the console format,
-	// as in bench-peers' second table; on ports of their own.
+	// as in bench-peers' second table, on ports of their own. Its log goes
+	// to /dev/null, where the harness's goes to a file.
 	observed, err := moveConfig(filepath.Join(o.configs, "peers-observed.yaml"), dir,
 		"127.0.0.1:18098", "127.0.0.1:18088", "127.0.0.1:18099", "127.0.0.1:18087")
 	if err != nil {
@@ -69,9 +74,6 @@ func cpu(ctx context.Context, bin string, o cpuOptions, out io.Writer) error {
 	targets = append(targets, &cpuTarget{name: "affinity round-robin, admin and access log", addr: "127.0.0.1:18088",
 		args: []string{bin, "serve", "--watch=false", "-c", observed}})
 	if o.env != "" {
-		if name, _, ok := strings.Cut(o.env, "="); !ok || name == "" {
-			return fmt.Errorf("-env %q: want NAME=VALUE", o.env)
-		}
 		file, err := moveConfig(filepath.Join(o.configs, "peers.yaml"), dir, "127.0.0.1:18090", "127.0.0.1:18089")
 		if err != nil {
 			return err
