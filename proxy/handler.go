@@ -256,7 +256,7 @@ func (s *Server) logAccess(r *http.Request, aw *accessWriter, o *outcome, d time
 	fs[7] = zap.String("pool", o.pool)
 	fs[8] = zap.String("backend", o.backend)
 	fs[9] = zap.Int("attempts", o.attempts)
-	fs[10] = zap.Stringer("sticky", o.sticky)
+	fs[10] = zap.String("sticky", o.sticky.String())
 	fs[11] = zap.Bool("aborted", aborted)
 	ce.Write(fs[:]...)
 	// Nothing of the request stays reachable from the pool.

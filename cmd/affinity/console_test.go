@@ -11,10 +11,22 @@ import (
 )
 
 // TestConsoleEncoder: consoleEncoder writes what zap's console encoder
-// writes with the same config, for entries with and without each part,
-// fields of several kinds, fields added with With, and times in several
-// zones and across second boundaries.
+// writes with the same config (see sameLines).
 func TestConsoleEncoder(t *testing.T) {
+	sameLines(t, func() zapcore.Encoder { return zapcore.NewConsoleEncoder(consoleConfig()) }, newConsoleEncoder)
+}
+
+// TestJSONEncoder: jsonEncoder writes what zap's JSON encoder writes with
+// zap's production config (see sameLines).
+func TestJSONEncoder(t *testing.T) {
+	sameLines(t, func() zapcore.Encoder { return zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()) }, newJSONEncoder)
+}
+
+// sameLines checks that the encoders newGot makes write what those newWant
+// makes write, for entries with and without each part, fields appendFields
+// takes and fields it does not, fields added with With, and times in
+// several zones and across second boundaries.
+func sameLines(t *testing.T, newWant, newGot func() zapcore.Encoder) {
 	east := time.FixedZone("east", 5*3600+30*60)
 	west := time.FixedZone("west", -8*3600)
 	base := time.Date(2026, 12, 1, 23, 59, 59, 999_999_999, time.UTC)
@@ -32,6 +44,13 @@ func TestConsoleEncoder(t *testing.T) {
 	}
 	fieldSets := [][]zapcore.Field{
 		nil,
+		// An access line's fields, which appendFields writes.
+		{zap.String("client", "192.0.2.1:50312"), zap.String("method", "GET"), zap.String("host", "shop.example"),
+			zap.String("path", "/cart"), zap.Int("status", 200), zap.Int64("bytes", 1432),
+			zap.Duration("duration", 1200*time.Microsecond), zap.String("pool", "web"), zap.String("backend", "web-2"),
+			zap.Int("attempts", 1), zap.String("sticky", "kept"), zap.Bool("aborted", false)},
+		{zap.String("path", "/a\"b\\c\n\x00\xffé"), zap.String("", "")},
+		// One field appendFields does not take, so zap writes them all.
 		{zap.String("client", "192.0.2.1:50312"), zap.Int("status", 200), zap.Duration("duration", 1200*time.Microsecond),
 			zap.Bool("aborted", false), zap.Stringer("sticky", zapcore.InfoLevel)},
 		{zap.Error(errors.New("dial tcp: refused")), zap.Time("at", base), zap.Strings("tried", []string{"b1", "b2"}),
@@ -39,19 +58,22 @@ func TestConsoleEncoder(t *testing.T) {
 	}
 	withs := [][]zapcore.Field{nil, {zap.String("pool", "web")}, {zap.Namespace("outer")}}
 	for _, with := range withs {
-		want := zapcore.NewConsoleEncoder(consoleConfig())
-		got := newConsoleEncoder()
+		want, got := newWant(), newGot()
+		if with != nil {
+			// As zap's cores do: With adds its fields to a clone.
+			want, got = want.Clone(), got.Clone()
+		}
 		for _, f := range with {
 			f.AddTo(want)
 			f.AddTo(got)
 		}
 		for _, ent := range entries {
 			for _, fields := range fieldSets {
-				wb, err := want.Clone().EncodeEntry(ent, fields)
+				wb, err := want.EncodeEntry(ent, fields)
 				if err != nil {
 					t.Fatal(err)
 				}
-				gb, err := got.Clone().EncodeEntry(ent, fields)
+				gb, err := got.EncodeEntry(ent, fields)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -99,7 +99,7 @@ func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
 func newEncoder(format string) (zapcore.Encoder, error) {
 	switch format {
 	case "json":
-		return zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), nil
+		return newJSONEncoder(), nil
 	case "console":
 		return newConsoleEncoder(), nil
 	}
