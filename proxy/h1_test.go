@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -491,6 +493,16 @@ func TestWriteHead(t *testing.T) {
 			r.Header.Set("Host", "other")
 		}), true},
 		{"opaque url", req("GET", "http://h/p", func(r *http.Request) { r.URL.Opaque = "//h/raw%2Fpath" }), true},
+		{"values to trim and empty ones", req("GET", "http://h/p", func(r *http.Request) {
+			r.Header["X-Pad"] = []string{"  a b \t", "\tc", ""}
+			r.Header["X-None"] = nil
+			r.Header["x-lower"] = []string{"v"}
+		}), true},
+		{"more headers than the stack holds, unsorted", req("GET", "http://h/p", func(r *http.Request) {
+			for i := range 40 {
+				r.Header[fmt.Sprintf("X-%c%d", 'z'-i%26, i)] = []string{strconv.Itoa(i), "again"}
+			}
+		}), true},
 		{"no user agent key", req("GET", "http://h/p", func(r *http.Request) { delete(r.Header, "User-Agent") }), false},
 		{"options", req("OPTIONS", "http://h/p", nil), false},
 		{"content length", req("GET", "http://h/p", func(r *http.Request) { r.ContentLength = 3 }), false},
