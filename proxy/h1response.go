@@ -23,9 +23,6 @@ func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, error) {
 	return http.ReadResponse(br, r)
 }
 
-// headEnd ends a response's head: its last line's end and the empty line.
-var headEnd = []byte("\r\n\r\n")
-
 // parseResponse returns what http.ReadResponse would return for the
 // response head at the start of br's buffer, having read it, or nil,
 // having read nothing, for any head but the common one. The common one is
@@ -43,14 +40,29 @@ func parseResponse(br *bufio.Reader, r *http.Request) *http.Response {
 		return nil
 	}
 	buf, _ := br.Peek(br.Buffered())
-	end := bytes.Index(buf, headEnd)
-	if end < 0 {
-		return nil
+	// One pass over the lines finds the status line's end, the head's
+	// (the empty line) and the number of header lines between. A line
+	// not ended by CRLF is a head http.ReadResponse reads another way.
+	statusEnd, end, nlines := -1, -1, 0
+	for i := 0; end < 0; {
+		j := bytes.IndexByte(buf[i:], '\n')
+		if j < 1 || buf[i+j-1] != '\r' {
+			return nil // not buffered to its end, or a bare LF
+		}
+		switch {
+		case statusEnd < 0:
+			statusEnd = i + j - 1
+		case j == 1:
+			end = i - 2 // where the last header line's CRLF starts
+		default:
+			nlines++
+		}
+		i += j + 1
 	}
 	const proto = "HTTP/1.1 "
 	// The status line: "HTTP/1.1 ", three digits, then its end or a space
 	// and the reason phrase.
-	line := buf[:bytes.Index(buf, headEnd[:2])]
+	line := buf[:statusEnd]
 	if len(line) < len(proto)+3 || string(line[:len(proto)]) != proto ||
 		(len(line) > len(proto)+3 && line[len(proto)+3] != ' ') || !printable(line[len(proto):]) {
 		return nil
@@ -65,14 +77,15 @@ func parseResponse(br *bufio.Reader, r *http.Request) *http.Response {
 	if code < 200 || code > 599 {
 		return nil
 	}
-	nlines := bytes.Count(buf[len(line)+2:end+2], headEnd[:2])
 	head := string(buf[:end+2]) // through the last header line's CRLF
 	h := make(http.Header, nlines)
 	strs := make([]string, nlines) // one value for each name, as ReadMIMEHeader does
 	var contentLength []string
 	for rest := head[len(line)+2:]; rest != ""; {
-		kv, after, _ := strings.Cut(rest, "\r\n")
-		rest = after
+		// Every line ends in CRLF (above).
+		n := strings.IndexByte(rest, '\n')
+		kv := rest[:n-1]
+		rest = rest[n+1:]
 		colon := strings.IndexByte(kv, ':')
 		if colon <= 0 {
 			return nil
@@ -131,7 +144,7 @@ func parseResponse(br *bufio.Reader, r *http.Request) *http.Response {
 	if res.ContentLength > 0 {
 		res.Body = &lengthBody{br: br, n: res.ContentLength}
 	}
-	_, _ = br.Discard(end + len(headEnd))
+	_, _ = br.Discard(end + len("\r\n\r\n"))
 	return res
 }
 
