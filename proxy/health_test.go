@@ -106,8 +106,9 @@ func TestActiveHealthChecks(t *testing.T) {
 			c := testutil.Client(t)
 
 			tt.fail(bs[1])
+			// The pool publishes its new state before it logs the change.
 			testutil.Eventually(t, detectWithin(pc.HealthCheck, 3), "b taken out", func() bool {
-				return slices.Equal(available(p), []string{"a"})
+				return slices.Equal(available(p), []string{"a"}) && len(entries(logs, "backend down")) > 0
 			})
 			down := entries(logs, "backend down")
 			if len(down) != 1 {
@@ -125,7 +126,7 @@ func TestActiveHealthChecks(t *testing.T) {
 
 			tt.recover(bs[1])
 			testutil.Eventually(t, detectWithin(pc.HealthCheck, 2), "b back", func() bool {
-				return len(available(p)) == 2
+				return len(available(p)) == 2 && len(entries(logs, "backend up")) > 0
 			})
 			up := entries(logs, "backend up")
 			if len(up) != 1 || up[0].ContextMap()["checks"] != int64(2) || up[0].ContextMap()["backend"] != "b" {
