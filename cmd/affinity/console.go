@@ -28,7 +28,9 @@ type consoleEncoder struct {
 	zapcore.Encoder
 	times *timeCache
 	// noContext is true until the encoder is cloned, which zap's cores
-	// do only to add fields with With.
+	// do only to add fields with With. Fields added to an encoder that
+	// was not cloned would not be written; only zap's cores add them,
+	// and only to a clone.
 	noContext bool
 }
 

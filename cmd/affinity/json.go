@@ -12,7 +12,9 @@ import (
 type jsonEncoder struct {
 	zapcore.Encoder
 	// noContext is true until the encoder is cloned, which zap's cores
-	// do only to add fields with With.
+	// do only to add fields with With. Fields added to an encoder that
+	// was not cloned would not be written; only zap's cores add them,
+	// and only to a clone.
 	noContext bool
 }
 
