@@ -208,8 +208,9 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 	if _, err := hc.br.Peek(1); err != nil {
 		return fail(fmt.Errorf("reading the response: %w", err), true)
 	}
+	var wrap *h1Body
 	for {
-		if res, err = readResponse(hc.br, r); err != nil {
+		if res, wrap, err = readResponse(hc.br, r); err != nil {
 			if hc.r.limit <= 0 {
 				err = errHeaderTooLarge
 			}
@@ -238,7 +239,11 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 		c.release(hc, keep && watched)
 		return res, false, nil
 	}
-	res.Body = &h1Body{body: res.Body, ctx: ctx, c: c, hc: hc, stop: stop, keep: keep}
+	if wrap == nil {
+		wrap = new(h1Body)
+	}
+	*wrap = h1Body{body: res.Body, ctx: ctx, c: c, hc: hc, stop: stop, keep: keep}
+	res.Body = wrap
 	return res, false, nil
 }
 
