@@ -41,7 +41,7 @@ run: build
 	for i in 1 2 3; do \
 		$(BIN) backend --listen 127.0.0.1:900$$i --name web-$$i & pids="$$pids $$!"; \
 	done; \
-	echo "open http://127.0.0.1:8080/  (Ctrl-C stops the proxy and the backends)"; \
+	echo "proxy:       http://127.0.0.1:8080/"; echo "status page: http://127.0.0.1:9090/   (Ctrl-C stops the proxy and the backends)"; \
 	$(BIN) serve -c examples/quickstart.yaml
 
 # -pgo=off: the tests do not need a profile-guided build (make pgo), which
@@ -104,7 +104,7 @@ bench-conns: build
 # cookie-sticky, new and returning clients) for PGOTIME, which go build
 # then uses for profile-guided optimisation of cmd/affinity. None is
 # committed: measured, it saved no instructions per request and made idle
-# connections' stacks larger (README, Performance).
+# connections' stacks larger (docs/performance.md).
 PGOTIME ?= 20s
 pgo: build
 	$(GO) run ./internal/perf profile -bin $(BIN) -out cmd/affinity/default.pgo -duration $(PGOTIME)

@@ -14,7 +14,7 @@ import (
 // be measured against consistent hashing: no one should choose it. The
 // affinity binary links this package for `affinity experiment`, and the proxy
 // it starts as a child process is that same binary, so `serve` and
-// `validate` accept the name too; the README does not list it.
+// `validate` accept the name too; docs/configuration.md does not list it.
 const ModuloHash = "modulo-hash"
 
 func init() {
