@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/internal/demoapp"
+	"github.com/affinityproxy/affinity/internal/logging"
 )
 
 // devTokenSecret signs shop tokens when --token-secret is not given, so that
@@ -62,7 +63,7 @@ func newBackendCmd() *cobra.Command {
 }
 
 func runBackend(cmd *cobra.Command, f backendFlags) error {
-	log, err := newLogger("info", "console", cmd.ErrOrStderr())
+	log, err := logging.New("info", "console", cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Exit codes, so scripts can tell a bad command line from a bad config.
@@ -79,31 +78,6 @@ func newRootCmd(parsed func()) *cobra.Command {
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.AddCommand(newServeCmd(), newValidateCmd(), newBackendCmd(), newVersionCmd(), newExperimentCmd())
 	return root
-}
-
-// newLogger builds the logger of a server: level is debug, info, warn or
-// error; format is console (for people) or json (for log pipelines).
-func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("log level: %w", err)
-	}
-	enc, err := newEncoder(format)
-	if err != nil {
-		return nil, err
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)), nil
-}
-
-// newEncoder returns the encoder of a log format, console or json.
-func newEncoder(format string) (zapcore.Encoder, error) {
-	switch format {
-	case "json":
-		return newJSONEncoder(), nil
-	case "console":
-		return newConsoleEncoder(), nil
-	}
-	return nil, fmt.Errorf("log format %q: want console or json", format)
 }
 
 // levelFlag is a --log-level value checked while flags are parsed, so that a

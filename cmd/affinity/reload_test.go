@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zapcore"
-
 	"github.com/affinityproxy/affinity/internal/demoapp"
 )
 
@@ -223,36 +221,4 @@ func TestServeReloadsOnSIGHUP(t *testing.T) {
 	}
 	p.signal(t, syscall.SIGINT)
 	p.wait(t)
-}
-
-// TestServeLoggerLevel: the level of serve's logger can change while it is
-// in use, as a reload of log.level does, in both directions.
-func TestServeLoggerLevel(t *testing.T) {
-	var out syncBuffer
-	sl, err := newServeLogger("info", "console", &out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sl.close()
-	log, atom := sl.Logger, sl.level
-	log.Debug("hidden-1")
-	atom.SetLevel(zapcore.DebugLevel)
-	log.Debug("shown-1")
-	atom.SetLevel(zapcore.ErrorLevel)
-	log.Warn("hidden-2")
-	log.Error("shown-2")
-	got := out.String()
-	for _, want := range []string{"shown-1", "shown-2"} {
-		if !strings.Contains(got, want) {
-			t.Errorf("output lacks %s:\n%s", want, got)
-		}
-	}
-	for _, hidden := range []string{"hidden-1", "hidden-2"} {
-		if strings.Contains(got, hidden) {
-			t.Errorf("output has %s:\n%s", hidden, got)
-		}
-	}
-	if _, err := newServeLogger("loud", "console", &out); err == nil {
-		t.Error("level loud accepted")
-	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/gctune"
+	"github.com/affinityproxy/affinity/internal/logging"
 	"github.com/affinityproxy/affinity/internal/watch"
 	"github.com/affinityproxy/affinity/proxy"
 )
@@ -49,11 +50,11 @@ func newServeCmd() *cobra.Command {
 			if level != "" {
 				lvl = string(level)
 			}
-			sl, err := newServeLogger(lvl, cfg.Log.Format, cmd.ErrOrStderr())
+			sl, err := logging.NewServe(lvl, cfg.Log.Format, proxy.AccessLogName, cmd.ErrOrStderr())
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
-			defer func() { _ = sl.close() }()
+			defer func() { _ = sl.Close() }()
 			log := sl.Logger
 			// GOGC follows the live heap (internal/gctune) unless the
 			// environment sets it: 11 % less CPU per request under the
@@ -70,7 +71,7 @@ func newServeCmd() *cobra.Command {
 			r := &reloader{file: file, srv: srv, log: log}
 			if level == "" {
 				// Without --log-level, log.level follows the file.
-				r.level = &sl.level
+				r.level = &sl.Level
 			}
 			if watchFile {
 				// A proxy that cannot watch its file (out of inotify

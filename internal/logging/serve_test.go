@@ -1,32 +1,55 @@
-package main
+package logging
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/affinityproxy/affinity/proxy"
+	"go.uber.org/zap/zapcore"
 )
+
+// accessName is the name of the access logger in these tests.
+const accessName = "access"
+
+// syncBuffer is a bytes.Buffer safe for the logger's writes and the
+// test's reads from different goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // TestServeLoggerAccessBatched: access lines wait in the buffer, other
 // lines are written at once, and close writes what waits.
 func TestServeLoggerAccessBatched(t *testing.T) {
 	var out syncBuffer
-	sl, err := newServeLogger("info", "json", &out)
+	sl, err := NewServe("info", "json", accessName, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sl.Named(proxy.AccessLogName).Info("request", zap.String("path", "/batched"))
+	sl.Named(accessName).Info("request", zap.String("path", "/batched"))
 	sl.Warn("backend down")
 	if got := out.String(); !strings.Contains(got, "backend down") || strings.Contains(got, "/batched") {
 		t.Errorf("before close, output:\n%s\nwant the warning and not the access line", got)
 	}
-	if err := sl.close(); err != nil {
+	if err := sl.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if got := out.String(); !strings.Contains(got, `"path":"/batched"`) {
@@ -50,12 +73,12 @@ func (s *syncCounter) Sync() error {
 // writes the waiting lines to the log file without syncing it.
 func TestServeLoggerAccessFlushNoSync(t *testing.T) {
 	var out syncCounter
-	sl, err := newServeLogger("info", "json", &out)
+	sl, err := NewServe("info", "json", accessName, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = sl.close() }()
-	sl.Named(proxy.AccessLogName).Info("request", zap.String("path", "/flushed"))
+	defer func() { _ = sl.Close() }()
+	sl.Named(accessName).Info("request", zap.String("path", "/flushed"))
 	deadline := time.Now().Add(accessFlush + 5*time.Second)
 	for !strings.Contains(out.String(), "/flushed") {
 		if time.Now().After(deadline) {
@@ -85,12 +108,12 @@ func BenchmarkAccessLine(b *testing.B) {
 					b.Fatal(err)
 				}
 				defer f.Close()
-				sl, err := newServeLogger("info", format, f)
+				sl, err := NewServe("info", format, accessName, f)
 				if err != nil {
 					b.Fatal(err)
 				}
-				defer func() { _ = sl.close() }()
-				log := sl.Named(proxy.AccessLogName)
+				defer func() { _ = sl.Close() }()
+				log := sl.Named(accessName)
 				if !batched {
 					log = sl.Logger
 				}
@@ -109,5 +132,37 @@ func BenchmarkAccessLine(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// TestServeLoggerLevel: the level of serve's logger can change while it is
+// in use, as a reload of log.level does, in both directions.
+func TestServeLoggerLevel(t *testing.T) {
+	var out syncBuffer
+	sl, err := NewServe("info", "console", "access", &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	log, atom := sl.Logger, sl.Level
+	log.Debug("hidden-1")
+	atom.SetLevel(zapcore.DebugLevel)
+	log.Debug("shown-1")
+	atom.SetLevel(zapcore.ErrorLevel)
+	log.Warn("hidden-2")
+	log.Error("shown-2")
+	got := out.String()
+	for _, want := range []string{"shown-1", "shown-2"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %s:\n%s", want, got)
+		}
+	}
+	for _, hidden := range []string{"hidden-1", "hidden-2"} {
+		if strings.Contains(got, hidden) {
+			t.Errorf("output has %s:\n%s", hidden, got)
+		}
+	}
+	if _, err := NewServe("loud", "console", "access", &out); err == nil {
+		t.Error("level loud accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"sync/atomic"
