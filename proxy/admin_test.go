@@ -187,6 +187,11 @@ func TestMetricsAfterRequests(t *testing.T) {
 	if got, _ := fetch(t, c, base+"/elsewhere"); got != http.StatusNotFound {
 		t.Fatalf("unrouted: status %d, want 404", got)
 	}
+	// A request for a tunnel is rejected before routing: no pool or
+	// backend counts it.
+	if rs := rawExchange(t, proxyURL.Host, "CONNECT /web/ HTTP/1.1\r\nHost: x\r\n\r\n"); len(rs) != 1 || rs[0].StatusCode != http.StatusNotImplemented {
+		t.Fatalf("CONNECT: %d responses, want one 501", len(rs))
+	}
 	// A sticky client whose backend goes down is re-pinned; with both
 	// down, the pool refuses.
 	shop := s.state.Load().pools[2]
@@ -227,6 +232,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		{"affinity_retries_total", "pool=api", 1},
 		{"affinity_retries_total", "pool=web", 0},
 		{"affinity_requests_unrouted_total", "", 1},
+		{"affinity_requests_rejected_total", "", 1},
 		{"affinity_sticky_repins_total", "pool=shop", 1},
 		{"affinity_requests_refused_total", "pool=shop", 1},
 		{"affinity_requests_refused_total", "pool=web", 0},

@@ -137,6 +137,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve does the work of ServeHTTP, filling in o as it goes so that the
 // access log has it even when forwarding ends in a panic.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
+	if status := rejection(r); status != 0 {
+		s.reject(w, r, status)
+		return
+	}
 	st := s.state.Load()
 	p := st.router.match(r.Host, r.URL.Path)
 	if p == nil {
@@ -169,7 +173,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	if pk.Sticky == balancer.StickyRepinned {
 		p.repins.Add(1)
 	}
-	if _, ok := r.Header["Upgrade"]; ok {
+	if upgrading(r) {
 		// http.Server.Shutdown does not wait for connections a handler
 		// hijacks, as ReverseProxy does for a protocol switch.
 		s.tunnels.add()

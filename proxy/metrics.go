@@ -189,6 +189,7 @@ func (p *pool) poolStatsOrNew() *poolStats {
 // serverStats counts what concerns the server rather than a pool.
 type serverStats struct {
 	unrouted atomic.Uint64 // requests no route matched, answered 404
+	rejected atomic.Uint64 // requests refused before routing (reject.go)
 }
 
 // Metric descriptions, exported under the affinity_ namespace.
@@ -220,6 +221,8 @@ var (
 		"Requests answered 503 because the pool had no available backend.", []string{"pool"}, nil)
 	descUnrouted = prometheus.NewDesc("affinity_requests_unrouted_total",
 		"Requests no route matched, answered 404.", nil, nil)
+	descRejected = prometheus.NewDesc("affinity_requests_rejected_total",
+		"Requests rejected before routing: asking for a tunnel (501) or not forwardable as HTTP/1.1 (400).", nil, nil)
 	descReloads = prometheus.NewDesc("affinity_config_reloads_total",
 		"Configuration reloads, by result (ok or failed).", []string{"result"}, nil)
 	descLearnEntries = prometheus.NewDesc("affinity_learn_entries",
@@ -245,7 +248,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descUnrouted, descReloads, descConfig, descClientConns,
+		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors,
 	} {
 		ch <- d
@@ -257,6 +260,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
 	rs := s.ReloadStats()
 	emit(ch, descUnrouted, prometheus.CounterValue, float64(s.stats.unrouted.Load()))
+	emit(ch, descRejected, prometheus.CounterValue, float64(s.stats.rejected.Load()))
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.OK), "ok")
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.Failed), "failed")
 	emit(ch, descConfig, prometheus.GaugeValue, 1, rs.Hash)

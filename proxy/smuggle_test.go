@@ -178,3 +178,64 @@ func TestRequestSmuggling(t *testing.T) {
 		})
 	}
 }
+
+// Over HTTP/1 too, no request becomes a tunnel the proxy cannot see into:
+// CONNECT is refused and the connection closed, and an upgrade to h2c
+// (which a backend serving h2c would switch to, then read requests from
+// the tunnel) is forwarded as a plain request. Other upgrades, WebSocket's,
+// are forwarded (TestUpgradeEcho).
+func TestHTTP1TunnelsRefused(t *testing.T) {
+	const smuggled = "POST /admin/delete-user?id=42 HTTP/1.1\r\nHost: admin.internal\r\nContent-Length: 0\r\n\r\n"
+	const last = "GET /last HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
+	tests := []struct {
+		name     string
+		raw      string
+		statuses []int
+		backend  []parsedRequest
+	}{
+		{
+			name:     "CONNECT",
+			raw:      "CONNECT admin.internal:80 HTTP/1.1\r\nHost: admin.internal:80\r\n\r\n" + smuggled + last,
+			statuses: []int{501},
+		},
+		{
+			name:     "CONNECT with a path",
+			raw:      "CONNECT / HTTP/1.1\r\nHost: app.example\r\n\r\n" + smuggled + last,
+			statuses: []int{501},
+		},
+		{
+			name: "upgrade to h2c",
+			raw: "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n" +
+				"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			name:     "upgrade to h2c among others",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: H2C, websocket\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			name:     "upgrade to a protocol named in bytes beyond ASCII",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: w\xe9bsocket\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lb := startLineBackend(t)
+			_, u := startProxy(t, lineBackendConfig(t, lb), nil)
+			var statuses []int
+			for _, r := range rawExchange(t, u.Host, tt.raw) {
+				statuses = append(statuses, r.StatusCode)
+			}
+			if !slices.Equal(statuses, tt.statuses) {
+				t.Errorf("statuses %v, want %v", statuses, tt.statuses)
+			}
+			if got := lb.parsed(); !slices.Equal(got, tt.backend) {
+				t.Errorf("backend parsed %+v, want %+v", got, tt.backend)
+			}
+		})
+	}
+}

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/affinityproxy/affinity/config"
+)
+
+// parsedRequest is what a lineBackend parsed of one request: its request
+// line as it came, and the Host and Upgrade header values.
+type parsedRequest struct {
+	line, host, upgrade string
+}
+
+// lineBackend is an HTTP/1 backend that records every request it parses,
+// the request line byte for byte, before it answers 200 "ok". It reads
+// the way a lenient server does: whatever is on the connection after one
+// request's body is the next request, so that a request smuggled inside
+// another's bytes shows up as a request line of its own.
+type lineBackend struct {
+	*rawBackend
+	mu   sync.Mutex
+	seen []parsedRequest
+}
+
+func startLineBackend(t *testing.T) *lineBackend {
+	t.Helper()
+	lb := &lineBackend{}
+	lb.rawBackend = startRaw(t, lb.serve)
+	return lb
+}
+
+func (lb *lineBackend) serve(c net.Conn, br *bufio.Reader) {
+	tp := textproto.NewReader(br)
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return
+		}
+		h, err := tp.ReadMIMEHeader()
+		if err != nil {
+			return
+		}
+		lb.mu.Lock()
+		lb.seen = append(lb.seen, parsedRequest{line, h.Get("Host"), h.Get("Upgrade")})
+		lb.mu.Unlock()
+		var body io.Reader = http.NoBody
+		if strings.EqualFold(h.Get("Transfer-Encoding"), "chunked") {
+			body = httputil.NewChunkedReader(br)
+		} else if n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); err == nil {
+			body = io.LimitReader(br, n)
+		}
+		if _, err := io.Copy(io.Discard, body); err != nil {
+			return
+		}
+		if body != http.NoBody && h.Get("Content-Length") == "" {
+			// The chunked body's trailer section, up to its empty line.
+			if _, err := tp.ReadMIMEHeader(); err != nil {
+				return
+			}
+		}
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+			return
+		}
+	}
+}
+
+// parsed returns the requests parsed so far.
+func (lb *lineBackend) parsed() []parsedRequest {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return append([]parsedRequest(nil), lb.seen...)
+}
+
+// h2Conn is an HTTP/2 client connection written frame by frame, which can
+// send what no well-behaved client would: any pseudo-header, any value.
+type h2Conn struct {
+	t    *testing.T
+	c    *tls.Conn
+	fr   *http2.Framer
+	enc  *hpack.Encoder
+	buf  bytes.Buffer
+	next uint32 // the next stream's ID
+}
+
+// h2Reply is how the proxy answered a stream: a response, or a reset of
+// the stream or of the connection.
+type h2Reply struct {
+	status int // the final response's; 0 if none came
+	body   string
+	reset  bool // RST_STREAM or GOAWAY instead of (the end of) a response
+	code   http2.ErrCode
+}
+
+// dialH2 opens an HTTP/2 connection to the TLS listener at addr and sends
+// the client preface.
+func dialH2(t *testing.T, addr string, cert testCert) *h2Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: cert.roots, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	if err := c.SetDeadline(time.Now().Add(waitFor)); err != nil {
+		t.Fatal(err)
+	}
+	h := &h2Conn{t: t, c: c, fr: http2.NewFramer(c, c), next: 1}
+	h.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	h.enc = hpack.NewEncoder(&h.buf)
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// field is one header field as sent, in order; pseudo-header fields too.
+type field struct{ name, value string }
+
+// request sends a stream of fields and, unless body is empty, one DATA
+// frame of body, and reads the proxy's answer.
+func (h *h2Conn) request(fields []field, body string) h2Reply {
+	h.t.Helper()
+	id := h.next
+	h.next += 2
+	h.buf.Reset()
+	for _, f := range fields {
+		if err := h.enc.WriteField(hpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	err := h.fr.WriteHeaders(http2.HeadersFrameParam{
+		StreamID: id, BlockFragment: h.buf.Bytes(), EndHeaders: true, EndStream: body == "",
+	})
+	if err == nil && body != "" {
+		err = h.fr.WriteData(id, true, []byte(body))
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var r h2Reply
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			h.t.Fatalf("stream %d: %v (answer so far %+v)", id, err, r)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				err = h.fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				err = h.fr.WritePing(true, f.Data)
+			}
+		case *http2.GoAwayFrame:
+			r.reset, r.code = true, f.ErrCode
+			return r
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				r.reset, r.code = true, f.ErrCode
+				return r
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID != id {
+				continue
+			}
+			if s, _ := strconv.Atoi(f.PseudoValue("status")); s >= 200 {
+				r.status = s
+			}
+			if f.StreamEnded() {
+				return r
+			}
+		case *http2.DataFrame:
+			if f.StreamID != id {
+				continue
+			}
+			r.body += string(f.Data())
+			if f.StreamEnded() {
+				return r
+			}
+		}
+		if err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// get is the fields of a well-formed request, with the given overrides
+// (an empty value drops a field) and extra fields after.
+func h2Fields(overrides map[string]string, extra ...field) []field {
+	fs := []field{{":method", "GET"}, {":scheme", "https"}, {":authority", "app.example"}, {":path", "/"}}
+	out := fs[:0]
+	for _, f := range fs {
+		if v, ok := overrides[f.name]; ok {
+			if v == "" {
+				continue
+			}
+			f.value = v
+		}
+		out = append(out, f)
+	}
+	for _, name := range []string{":protocol"} {
+		if v, ok := overrides[name]; ok {
+			out = append(out, field{name, v})
+		}
+	}
+	return append(out, extra...)
+}
+
+// startH2Proxy serves cfg on a TLS listener and returns its address and
+// certificate.
+func startH2Proxy(t *testing.T, cfg *config.Config) (*Server, string, testCert) {
+	t.Helper()
+	cert := newTestCert(t)
+	cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+	s, u := startProxy(t, cfg, nil)
+	return s, u.Host, cert
+}
+
+// lineBackendConfig is a config with one pool over lb, routed for every
+// request.
+func lineBackendConfig(t *testing.T, lb *lineBackend) *config.Config {
+	t.Helper()
+	u, err := url.Parse(lb.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: u, Name: "a"}}})
+}
+
+// A request a client sends over HTTP/2 reaches the backend as exactly one
+// HTTP/1 request, the one the proxy routed, or not at all: HTTP/2 CONNECT
+// would otherwise forward the stream's bytes raw, for the backend to read
+// as requests of their own.
+func TestH2ConnectRefused(t *testing.T) {
+	const smuggled = "POST /admin/delete-user?id=42 HTTP/1.1\r\nHost: admin.internal\r\n" +
+		"X-Forwarded-For: 10.0.0.1\r\nContent-Length: 0\r\n\r\n"
+	tests := []struct {
+		name   string
+		fields []field
+		status int // the answer, unless the stream is reset
+	}{
+		{"CONNECT", h2Fields(map[string]string{":method": "CONNECT", ":scheme": "", ":path": "", ":authority": "admin.internal:80"}), 501},
+		{"CONNECT to the proxy's own host", h2Fields(map[string]string{":method": "CONNECT", ":scheme": "", ":path": ""}), 501},
+		// net/http resets it unless GODEBUG enables extended CONNECT;
+		// the proxy refuses it either way.
+		{"extended CONNECT", h2Fields(map[string]string{":method": "CONNECT", ":protocol": "websocket", ":path": "/chat"}), 501},
+		// A connection-specific field, which net/http refuses.
+		{"Upgrade", h2Fields(nil, field{"upgrade", "h2c"}), 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lb := startLineBackend(t)
+			_, addr, cert := startH2Proxy(t, lineBackendConfig(t, lb))
+			h := dialH2(t, addr, cert)
+			r := h.request(tt.fields, smuggled)
+			if !r.reset && r.status != tt.status {
+				t.Errorf("answer %+v, want %d or a reset", r, tt.status)
+			}
+			// The connection still serves its other streams, and the
+			// backend parses what they send, and only that.
+			if r := h.request(h2Fields(nil), ""); r.status != http.StatusOK || r.body != "ok" {
+				t.Fatalf("next stream: %+v, want the backend's 200", r)
+			}
+			want := []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}}
+			if got := lb.parsed(); !slices.Equal(got, want) {
+				t.Errorf("backend parsed %+v, want %+v", got, want)
+			}
+		})
+	}
+}
