@@ -168,11 +168,39 @@ func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
 		i, _ := p.fallback.pick()
 		return Pick{Backend: p.fallback.backends[i], Sticky: StickyNone}, nil
 	}
-	return Pick{Backend: p.fallback.backends[p.owner(hashString(k))], Sticky: StickyKept}, nil
+	return Pick{Backend: p.fallback.backends[p.owner(hashString(k), nil)], Sticky: StickyKept}, nil
 }
 
-// owner returns the index of the backend that serves hash h.
-func (p *hashPicker) owner(h uint64) uint32 {
+// Repin chooses where a request goes when the backend it was sent to
+// failed. A request with a key goes to the first backend clockwise from the
+// key on the ring that is not in tried: the one Pick gives the key once the
+// failed backend is marked down and leaves the ring, since every backend's
+// points stay where they are. So a retry, the key's later requests, and
+// every replica of the proxy agree on one successor, and the key returns
+// when its backend does. A request without a key goes to the next backend
+// of the rotation not in tried. The key is not a cookie of the proxy's:
+// setCookie is empty.
+func (p *hashPicker) Repin(r *http.Request, tried []*Backend) (*Backend, string, bool) {
+	if len(p.points) == 0 {
+		return nil, "", false
+	}
+	var i int
+	if k := p.key(r); k != "" {
+		i = p.owner(hashString(k), tried)
+	} else if j, ok := p.fallback.pickExcept(tried); ok {
+		i = j
+	} else {
+		i = -1
+	}
+	if i < 0 {
+		return nil, "", false
+	}
+	return p.fallback.backends[i], "", true
+}
+
+// owner returns the index of the backend that serves hash h, leaving out
+// the backends in skip; -1 when skip holds every backend of the ring.
+func (p *hashPicker) owner(h uint64, skip []*Backend) int {
 	t := h >> p.shift
 	lo, hi := p.prefix[t], p.prefix[t+1]
 	for lo < hi {
@@ -187,26 +215,38 @@ func (p *hashPicker) owner(h uint64) uint32 {
 	if start == len(p.points) {
 		start = 0
 	}
-	if p.group == nil {
-		return p.owners[start]
+	if p.group == nil && len(skip) == 0 {
+		return int(p.owners[start])
+	}
+	if len(skip) > 0 && !slices.ContainsFunc(p.fallback.backends, func(b *Backend) bool { return !slices.Contains(skip, b) }) {
+		return -1
 	}
 	// A backend takes a request while its in-flight count is below
 	// ceil(share × (pool in-flight + 1)); the shares sum to LoadFactor > 1,
 	// so one backend is always under its bound and the walk ends. The
 	// counters move under us, so the walk is capped at one turn and then
-	// keeps the key's own backend.
-	limit := float64(p.group.InFlight() + 1)
+	// keeps the first backend not skipped: the key's own, unless it failed.
+	var limit float64
+	if p.group != nil {
+		limit = float64(p.group.InFlight() + 1)
+	}
+	first := -1
 	i := start
 	for range len(p.points) {
 		o := p.owners[i]
-		if float64(p.fallback.backends[o].InFlight()) < p.share[o]*limit {
-			return o
+		if b := p.fallback.backends[o]; !slices.Contains(skip, b) {
+			if p.group == nil || float64(b.InFlight()) < p.share[o]*limit {
+				return int(o)
+			}
+			if first < 0 {
+				first = int(o)
+			}
 		}
 		if i++; i == len(p.points) {
 			i = 0
 		}
 	}
-	return p.owners[start]
+	return first
 }
 
 // parseKey turns a key spec into the function that reads the key from a

@@ -215,18 +215,23 @@ func keyOn(t *testing.T, p Picker, id string) string {
 	return ""
 }
 
+// hold puts n requests in flight on b, and returns what ends them.
+func hold(b *Backend, n int) func() {
+	for range n {
+		b.Begin()
+	}
+	return func() {
+		for range n {
+			b.Done()
+		}
+	}
+}
+
 func TestHashBoundedSkipsHotBackend(t *testing.T) {
 	g := &Group{}
 	bs := testBackends(g, 1, 1, 1)
 	hot := keyOn(t, buildHash(t, hashOpts("header:X-User"), allAvailable(bs)), "b0")
-	for range 10 {
-		bs[0].Begin()
-	}
-	defer func() {
-		for range 10 {
-			bs[0].Done()
-		}
-	}()
+	defer hold(bs[0], 10)()
 	bounded := hashOpts("header:X-User")
 	bounded.Hash.LoadFactor = 1.25
 	tests := []struct {
@@ -291,6 +296,98 @@ func TestHashBoundedNeverExceeds(t *testing.T) {
 	}
 }
 
+// A key whose backend failed is retried on the backend Pick gives the key
+// once the failed one leaves the ring, and on that one only: every retry,
+// every later request and every replica agree, and the key goes back when
+// its backend returns.
+func TestHashRepinAgreesWithPick(t *testing.T) {
+	const keys = 2000
+	bs := testBackends(nil, 1, 2, 1, 1, 3)
+	pol := mustPolicy(t, "consistent-hash", hashOpts("header:X-User"))
+	all := pol.Build(allAvailable(bs))
+	pn, ok := all.(Pinner)
+	if !ok {
+		t.Fatalf("%T is not a Pinner", all)
+	}
+	home := assign(t, all, keys)
+	for i, failed := range bs {
+		without := slices.Delete(slices.Clone(bs), i, i+1)
+		down := assign(t, pol.Build(Set{All: bs, Available: without}), keys)
+		// A second failure during the same request: the retry skips both.
+		j := (i + 1) % len(bs)
+		both := slices.DeleteFunc(slices.Clone(without), func(b *Backend) bool { return b == bs[j] })
+		downBoth := assign(t, pol.Build(Set{All: bs, Available: both}), keys)
+		for k := range keys {
+			r := keyRequest("user-" + strconv.Itoa(k))
+			if home[k] != failed.ID {
+				continue
+			}
+			b, setCookie, ok := pn.Repin(r, []*Backend{failed})
+			if !ok || b.ID != down[k] || setCookie != "" {
+				t.Fatalf("key %d of failed %s: Repin = %v %q %v, want %s as Pick gives without it", k, failed.ID, b, setCookie, ok, down[k])
+			}
+			if down[k] == bs[j].ID {
+				if b, _, _ := pn.Repin(r, []*Backend{failed, bs[j]}); b.ID != downBoth[k] {
+					t.Fatalf("key %d: second retry to %s, want %s", k, b.ID, downBoth[k])
+				}
+			}
+		}
+	}
+	if back := assign(t, pol.Build(allAvailable(bs)), keys); !slices.Equal(back, home) {
+		t.Error("keys did not return to their backends")
+	}
+	if b, _, ok := pn.Repin(keyRequest("user-1"), bs); ok || b != nil {
+		t.Errorf("Repin with every backend tried = %v, %v; want none", b, ok)
+	}
+}
+
+// A request without a key is retried on the rotation, never on a backend
+// it tried, with bounded loads as without.
+func TestHashRepinWithoutKey(t *testing.T) {
+	g := &Group{}
+	bs := testBackends(g, 1, 1, 1)
+	bounded := hashOpts("header:X-User")
+	bounded.Hash.LoadFactor = 1.25
+	for _, o := range []Options{hashOpts("header:X-User"), bounded} {
+		pn := buildHash(t, o, Set{All: bs, Available: bs, Group: g}).(Pinner)
+		seen := map[*Backend]bool{}
+		for range 6 {
+			b, _, ok := pn.Repin(keyRequest(""), bs[:1])
+			if !ok || b == bs[0] {
+				t.Fatalf("Repin without a key = %v, %v; want b1 or b2", b, ok)
+			}
+			seen[b] = true
+		}
+		if len(seen) != 2 {
+			t.Errorf("retries without a key reached %d backends, want 2", len(seen))
+		}
+		if b, _, ok := pn.Repin(keyRequest(""), bs); ok || b != nil {
+			t.Errorf("Repin without a key, every backend tried = %v, %v; want none", b, ok)
+		}
+	}
+	none := buildHash(t, hashOpts("header:X-User"), Set{All: bs}).(Pinner)
+	if b, _, ok := none.Repin(keyRequest("k"), nil); ok || b != nil {
+		t.Errorf("Repin with nothing available = %v, %v; want none", b, ok)
+	}
+}
+
+// Under a load bound, a retry walks on from the key as Pick does, past the
+// backends it tried and those that are full.
+func TestHashRepinBounded(t *testing.T) {
+	g := &Group{}
+	bs := testBackends(g, 1, 1, 1)
+	o := hashOpts("header:X-User")
+	o.Hash.LoadFactor = 1.25
+	p := buildHash(t, o, Set{All: bs, Available: bs, Group: g})
+	k := keyOn(t, p, "b0")
+	second, _, _ := p.(Pinner).Repin(keyRequest(k), bs[:1])
+	third := bs[3-slices.Index(bs, second)]
+	defer hold(second, 10)()
+	if b, _, ok := p.(Pinner).Repin(keyRequest(k), bs[:1]); !ok || b != third {
+		t.Errorf("Repin past a full successor = %v, %v; want %s", b, ok, third.ID)
+	}
+}
+
 func FuzzHashPick(f *testing.F) {
 	g := &Group{}
 	bs := testBackends(g, 1, 2, 3)
@@ -322,6 +419,10 @@ func FuzzHashPick(f *testing.F) {
 			if pk.Sticky == StickyKept && again.Backend != pk.Backend {
 				t.Fatalf("same key picked %s then %s", pk.Backend.ID, again.Backend.ID)
 			}
+			b, _, ok := p.(Pinner).Repin(r, []*Backend{pk.Backend})
+			if !ok || b == pk.Backend || !slices.Contains(avail, b) {
+				t.Fatalf("Repin after %s = %v, %v: want the other available backend", pk.Backend.ID, b, ok)
+			}
 		}
 	})
 }
@@ -342,9 +443,9 @@ func TestHashRingMatchesScan(t *testing.T) {
 		bounded.Hash.LoadFactor = 1.25
 		for _, o := range []Options{hashOpts("header:X-User"), bounded} {
 			p := buildHash(t, o, Set{All: bs, Available: bs, Group: g}).(*hashPicker)
-			want := func(h uint64) uint32 {
+			want := func(h uint64) int {
 				i := sort.Search(len(p.points), func(i int) bool { return p.points[i] >= h })
-				return p.owners[i%len(p.points)]
+				return int(p.owners[i%len(p.points)])
 			}
 			rng := rand.New(rand.NewPCG(1, uint64(n)))
 			probes := []uint64{0, math.MaxUint64}
@@ -355,9 +456,9 @@ func TestHashRingMatchesScan(t *testing.T) {
 				pos := p.points[i]
 				probes = append(probes, pos, pos-1, pos+1)
 			}
-			seen := map[uint32]bool{}
+			seen := map[int]bool{}
 			for _, h := range probes {
-				got, w := p.owner(h), want(h)
+				got, w := p.owner(h, nil), want(h)
 				if got != w {
 					t.Fatalf("n=%d bounded=%v: hash %#x → backend %d, the ring says %d", n, p.group != nil, h, got, w)
 				}

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"net/http"
+	"slices"
 	"sync/atomic"
 )
 
@@ -92,6 +93,23 @@ func (w *wrr) pick() (int, bool) {
 	}
 	k := w.next.Add(1) - 1
 	return int(w.seq[k%uint64(len(w.seq))]), true
+}
+
+// pickExcept returns the index of the next backend of the rotation, or the
+// first after it in config order that is not in skip; false when skip holds
+// every backend. It serves retries, which skip the backends they tried.
+func (w *wrr) pickExcept(skip []*Backend) (int, bool) {
+	i, ok := w.pick()
+	if !ok {
+		return 0, false
+	}
+	n := len(w.backends)
+	for k := range n {
+		if j := (i + k) % n; !slices.Contains(skip, w.backends[j]) {
+			return j, true
+		}
+	}
+	return 0, false
 }
 
 // weightOf guards against a Backend built without NewBackend.

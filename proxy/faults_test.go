@@ -37,7 +37,11 @@ type ctlBackend struct {
 	URL  *url.URL
 	hang atomic.Bool
 	sick atomic.Bool
-	hits atomic.Int64 // requests seen, health checks apart
+	// sessions makes it issue an application session cookie, as
+	// sessionApp does, to a request without one.
+	sessions atomic.Bool
+	issued   atomic.Int64
+	hits     atomic.Int64 // requests seen, health checks apart
 
 	done chan struct{} // closed at the end of the test: frees hung handlers
 	mu   sync.Mutex
@@ -114,6 +118,10 @@ func (b *ctlBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b.hang.Load() {
 		b.wait(r)
 		return
+	}
+	if _, err := r.Cookie(sessionCookie); err != nil && b.sessions.Load() {
+		sid := b.ID + "-" + strconv.FormatInt(b.issued.Add(1), 10)
+		http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sid, Path: "/"})
 	}
 	w.Header().Set(testutil.IDHeader, b.ID)
 	w.Header().Set(bodyHeader, describeBody(body))

@@ -186,10 +186,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		ex.backend.Done()
 		o.attempts = ex.attempts
 		if ex.backend != b {
-			// A retry moved the request, and the client with it if
-			// the response pins it.
+			// A retry moved the request, and with a pinning policy
+			// the client too: the Pinner chose where, and moved its
+			// cookie, session or key there.
 			o.backend = ex.backend.ID
-			if o.sticky == balancer.StickyKept && ex.setCookie != "" {
+			if o.sticky == balancer.StickyKept && p.snap.Load().pinner != nil {
 				o.sticky = balancer.StickyRepinned
 				p.repins.Add(1)
 			}

@@ -4,12 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -140,69 +136,12 @@ func TestLearnFromRetriedBackend(t *testing.T) {
 	}
 }
 
-// replica is an `affinity serve` process.
-type replica struct {
-	url string
-	cmd *exec.Cmd
-	out *testutil.LockedBuffer
-}
-
-// buildAffinity compiles the affinity command into a temporary directory.
-func buildAffinity(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "affinity")
-	cmd := exec.Command("go", "build", "-pgo=off", "-o", bin, "./cmd/affinity")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// startReplica runs bin serve with config, until the test ends: then it
-// must stop on SIGTERM with status 0.
-func startReplica(t *testing.T, bin, config string) *replica {
-	t.Helper()
-	listen := testutil.ClosedURL(t).Host
-	path := filepath.Join(t.TempDir(), "affinity.yaml")
-	if err := os.WriteFile(path, []byte("listen: "+listen+"\n"+config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := &replica{url: "http://" + listen, cmd: exec.Command(bin, "serve", "-c", path), out: new(testutil.LockedBuffer)}
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Errorf("SIGTERM: %v", err)
-		}
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("replica %s exited with %v; output:\n%s", r.url, err, r.out)
-			}
-		case <-time.After(waitFor):
-			_ = r.cmd.Process.Kill()
-			<-exited
-			t.Errorf("replica %s still running %v after SIGTERM; output:\n%s", r.url, waitFor, r.out)
-		}
-	})
-	testutil.WaitReady(t, listen, waitFor)
-	return r
-}
-
 // Two proxy processes share their learned sessions through a real Redis: a
 // session learned through one replica is routed to the same backend through
 // the other, which never saw the client before.
 func TestLearnReplicasShareSessions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the affinity binary and runs two replicas")
-	}
-	rds := testutil.StartRedis(t)
 	bin := buildAffinity(t)
+	rds := testutil.StartRedis(t)
 	apps := startSessionApps(t, "app-1", "app-2", "app-3")
 	var pool strings.Builder
 	fmt.Fprintf(&pool, `pools:

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -19,7 +20,13 @@ import (
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) {
+		if binDir != "" {
+			_ = os.RemoveAll(binDir)
+		}
+	}))
+}
 
 // waitFor bounds every wait of these tests on something that should
 // happen at once; reaching it means the behaviour is broken.

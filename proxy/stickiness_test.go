@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// ctlPoolYAML is the pools section of a replica's config: one pool, web,
+// of the given balancer (a YAML flow mapping) over bs.
+func ctlPoolYAML(balancerYAML string, bs ...*ctlBackend) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "pools:\n  web:\n    balancer: %s\n    backends:\n", balancerYAML)
+	for _, c := range bs {
+		fmt.Fprintf(&b, "      - {url: %q, name: %s}\n", c.URL.String(), c.ID)
+	}
+	return b.String()
+}
+
+// userGet sends a GET with X-User-ID: user and returns who answered; any
+// status but 200 fails the test.
+func userGet(t *testing.T, c *http.Client, base, user string) string {
+	t.Helper()
+	r := get(t, c, base+"/", func(r *http.Request) { r.Header.Set("X-User-ID", user) })
+	if r.status != http.StatusOK {
+		t.Fatalf("%s via %s: %d %q", user, base, r.status, r.body)
+	}
+	return r.body
+}
+
+// A consistent-hash key whose backend died, with no health checks to
+// notice, is served by one successor on the ring: the same for every
+// request, concurrent ones included, through either of two replicas; and it
+// returns to its backend when that comes back.
+func TestHashSuccessorAcrossReplicas(t *testing.T) {
+	bin := buildAffinity(t)
+	bs := startCtls(t, "w1", "w2", "w3", "w4")
+	pools := ctlPoolYAML(`{type: consistent-hash, hash: {key: "header:X-User-ID"}}`, bs...)
+	replicas := []*replica{startReplica(t, bin, pools), startReplica(t, bin, pools)}
+	c := testutil.Client(t)
+	const users = 40
+	home := map[string]string{}
+	for k := range users {
+		user := "user-" + strconv.Itoa(k)
+		home[user] = userGet(t, c, replicas[0].url, user)
+		if got := userGet(t, c, replicas[1].url, user); got != home[user] {
+			t.Fatalf("%s: replicas disagree, %s and %s", user, home[user], got)
+		}
+	}
+
+	bs[1].kill()
+	successors := map[string]bool{}
+	for user, was := range home {
+		if was != "w2" {
+			if got := userGet(t, c, replicas[k(user)%2].url, user); got != was {
+				t.Errorf("%s moved from %s to %s though its backend is up", user, was, got)
+			}
+			continue
+		}
+		first := userGet(t, c, replicas[0].url, user)
+		successors[first] = true
+		var wg sync.WaitGroup
+		got := make([]string, 8)
+		for i := range got {
+			wg.Go(func() {
+				r := get(t, c, replicas[i%2].url+"/", func(r *http.Request) { r.Header.Set("X-User-ID", user) })
+				got[i] = strconv.Itoa(r.status) + " " + r.body
+			})
+		}
+		wg.Wait()
+		for i, g := range got {
+			if g != "200 "+first {
+				t.Errorf("%s, request %d via replica %d: %q, want 200 %s like its first after w2 died", user, i, i%2, g, first)
+			}
+		}
+	}
+	if len(successors) < 2 {
+		t.Errorf("the keys of w2 all went to %v; the ring spreads them", successors)
+	}
+
+	bs[1].revive()
+	for user, was := range home {
+		for _, r := range replicas {
+			if got := userGet(t, c, r.url, user); got != was {
+				t.Errorf("%s via %s on %s after w2 returned, want %s", user, r.url, got, was)
+			}
+		}
+	}
+}
+
+// k is the number in a "user-N" key.
+func k(user string) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(user, "user-"))
+	return n
+}
+
+// A request that a retry moves off its failed backend moves its client
+// too, and is logged and counted as a repin, whatever the pinning policy:
+// a cookie, a learned session, or a hash key.
+func TestRetryRepinIsCounted(t *testing.T) {
+	tests := []struct {
+		name     string
+		balancer config.Balancer
+		// pin makes a request pinned to a, given a's ID.
+		pin func(t *testing.T, c *http.Client, base string) func(*http.Request)
+	}{
+		{"cookie", config.Balancer{Type: "cookie", Options: cookieOptions()}, func(t *testing.T, c *http.Client, base string) func(*http.Request) {
+			r := get(t, c, base+"/", nil)
+			line := r.header.Get("Set-Cookie")
+			if r.body != "a" || line == "" {
+				t.Fatalf("first client: %s, Set-Cookie %q; want a with a cookie", r.body, line)
+			}
+			v, _, _ := strings.Cut(line, ";")
+			return func(req *http.Request) { req.Header.Set("Cookie", v) }
+		}},
+		{"learn", config.Balancer{Type: "learn", Options: learnOptions()}, func(t *testing.T, c *http.Client, base string) func(*http.Request) {
+			got, sid := sessionGet(t, c, base+"/", "")
+			if got != "a" || sid == "" {
+				t.Fatalf("first client: %s, session %q; want a setting one", got, sid)
+			}
+			return func(req *http.Request) { req.AddCookie(&http.Cookie{Name: sessionCookie, Value: sid}) }
+		}},
+		{"consistent-hash", config.Balancer{Type: "consistent-hash",
+			Options: balancer.Options{Hash: balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 100}}},
+			func(t *testing.T, c *http.Client, base string) func(*http.Request) {
+				for i := range 100 {
+					user := "user-" + strconv.Itoa(i)
+					if userGet(t, c, base, user) == "a" {
+						return func(req *http.Request) { req.Header.Set("X-User-ID", user) }
+					}
+				}
+				t.Fatal("no key on a")
+				return nil
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := startCtls(t, "a", "b")
+			for _, b := range bs {
+				b.sessions.Store(tt.balancer.Type == "learn")
+			}
+			pc := configure(&config.Pool{Name: "web", Balancer: tt.balancer}, bs...)
+			pc.Retries = config.DefaultRetries()
+			cfg := catchAll(pc)
+			cfg.Log.Access = true
+			log, logs := observed()
+			s, u := startProxy(t, cfg, log)
+			c := testutil.Client(t)
+			pin := tt.pin(t, c, u.String())
+
+			bs[0].kill()
+			if r := get(t, c, u.String()+"/", pin); r.status != http.StatusOK || r.body != "b" {
+				t.Fatalf("after a died: %d %q, want 200 from b", r.status, r.body)
+			}
+			lines := entries(logs, "request")
+			m := lines[len(lines)-1].ContextMap()
+			if m["backend"] != "b" || m["sticky"] != "repinned" || m["attempts"] != int64(2) {
+				t.Errorf("access line %v, want backend b, sticky repinned, attempts 2", m)
+			}
+			if n := s.state.Load().pools[0].repins.Load(); n != 1 {
+				t.Errorf("%d repins counted, want 1", n)
+			}
+		})
+	}
+}
