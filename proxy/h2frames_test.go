@@ -293,3 +293,110 @@ func TestH2ConnectRefused(t *testing.T) {
 		})
 	}
 }
+
+// What a client sends over HTTP/2 reaches the backend written as HTTP/1.1
+// the backend parses one way only, or is refused before anything is sent:
+// a request target with bytes HTTP/1 does not allow there, an :authority
+// (or Host) that is no host, a method that is no token, a trailer that is
+// no field name. Bytes HTTP/1's grammar leaves out but that split no line
+// (the printable ASCII RFC 3986 excludes, such as "{" and "|") pass as
+// they came, as HAProxy passes them.
+func TestH2RequestWrittenAsHTTP1(t *testing.T) {
+	tests := []struct {
+		name   string
+		fields []field
+		body   string
+		status int  // the answer, unless reset
+		reset  bool // net/http's HTTP/2 server resets the stream itself
+		// what the backend parses; nothing when the request is refused
+		backend []parsedRequest
+	}{
+		{name: "well formed", fields: h2Fields(map[string]string{":path": "/a%20b/c?q=%23&r=1"}), status: 200,
+			backend: []parsedRequest{{"GET /a%20b/c?q=%23&r=1 HTTP/1.1", "app.example", ""}}},
+		{name: "space and HTTP version in :path", fields: h2Fields(map[string]string{":path": "/q?a=1 HTTP/1.1"}), status: 400},
+		{name: "space in the path", fields: h2Fields(map[string]string{":path": "/a b"}), status: 400},
+		{name: "fragment", fields: h2Fields(map[string]string{":path": "/q?a=1#frag"}), status: 400},
+		{name: "fragment in the path", fields: h2Fields(map[string]string{":path": "/a#b"}), status: 400},
+		{name: "bytes beyond ASCII", fields: h2Fields(map[string]string{":path": "/q?a=\xc3\xa9"}), status: 400},
+		{name: "URI with an opaque part", fields: h2Fields(map[string]string{":path": "x:admin"}), status: 400},
+		{name: "control character", fields: h2Fields(map[string]string{":path": "/q?a=\x01"}), reset: true},
+		{name: "printable ASCII RFC 3986 leaves out", fields: h2Fields(map[string]string{":path": "/q?x={1}|2^`\\\"<>"}), status: 200,
+			backend: []parsedRequest{{"GET /q?x={1}|2^`\\\"<> HTTP/1.1", "app.example", ""}}},
+
+		{name: "authority with a port", fields: h2Fields(map[string]string{":authority": "app.example:8443"}), status: 200,
+			backend: []parsedRequest{{"GET / HTTP/1.1", "app.example:8443", ""}}},
+		{name: "authority of an IPv6 literal", fields: h2Fields(map[string]string{":authority": "[::1]:8443"}), status: 200,
+			backend: []parsedRequest{{"GET / HTTP/1.1", "[::1]:8443", ""}}},
+		{name: "space in :authority", fields: h2Fields(map[string]string{":authority": "evil.example x"}), status: 400},
+		{name: "path in :authority", fields: h2Fields(map[string]string{":authority": "evil.example/x"}), status: 400},
+		{name: "Host instead of :authority", fields: h2Fields(map[string]string{":authority": ""}, field{"host", "evil.example x"}), status: 400},
+		{name: "userinfo in :authority", fields: h2Fields(map[string]string{":authority": "user@app.example"}), reset: true},
+
+		{name: "method with a path", fields: h2Fields(map[string]string{":method": "GET /admin"}), status: 400},
+		{name: "method with a slash", fields: h2Fields(map[string]string{":method": "GET/admin"}), status: 400},
+		{name: "lower-case method, a token", fields: h2Fields(map[string]string{":method": "get"}), status: 200,
+			backend: []parsedRequest{{"get / HTTP/1.1", "app.example", ""}}},
+		{name: "trailer named with a space", fields: h2Fields(map[string]string{":method": "POST"}, field{"trailer", "x y"}),
+			body: "hello", status: 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lb := startLineBackend(t)
+			_, addr, cert := startH2Proxy(t, lineBackendConfig(t, lb))
+			r := dialH2(t, addr, cert).request(tt.fields, tt.body)
+			switch {
+			case tt.reset && !r.reset:
+				t.Errorf("answer %+v, want the stream reset", r)
+			case !tt.reset && (r.reset || r.status != tt.status):
+				t.Errorf("answer %+v, want %d", r, tt.status)
+			}
+			if got := lb.parsed(); !slices.Equal(got, tt.backend) {
+				t.Errorf("backend parsed %+v, want %+v", got, tt.backend)
+			}
+		})
+	}
+}
+
+// A request the proxy cannot forward is the client's fault: answered 400
+// before a backend is picked, it ejects none and counts for none. Nine
+// requests with an invalid method used to eject two of three healthy
+// backends, moving every client pinned there.
+func TestClientFaultsEjectNoBackend(t *testing.T) {
+	pc := poolOf("web", "cookie", cookieOptions(), startBackends(t, "a", "b", "c")...)
+	passive := config.DefaultPassive()
+	pc.Passive = &passive
+	log, logs := observed()
+	cert := newTestCert(t)
+	cfg := catchAll(pc)
+	cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+	s, u := startProxy(t, cfg, log)
+	h := dialH2(t, u.Host, cert)
+	faults := [][]field{
+		h2Fields(map[string]string{":method": "GET /admin"}),
+		h2Fields(map[string]string{":method": "POST"}, field{"trailer", "x y"}),
+		h2Fields(map[string]string{":authority": "app.example/admin"}),
+	}
+	const rounds = 3
+	for range rounds {
+		for _, fs := range faults {
+			if r := h.request(fs, "x"); r.status != http.StatusBadRequest {
+				t.Errorf("%v: answer %+v, want 400", fs, r)
+			}
+		}
+	}
+	p := s.state.Load().pools[0]
+	if got := available(p); len(got) != 3 {
+		t.Errorf("available %v, want all three", got)
+	}
+	if n := len(entries(logs, "backend ejected")) + len(entries(logs, "backend request failed")); n != 0 {
+		t.Errorf("%d ejections and failures logged, want none", n)
+	}
+	for _, b := range p.backends {
+		if n := statsOf(b).requests(); n != 0 {
+			t.Errorf("backend %s counted %d requests, want none", b.ID, n)
+		}
+	}
+	if n := s.stats.rejected.Load(); n != rounds*uint64(len(faults)) {
+		t.Errorf("%d requests counted rejected, want %d", n, rounds*len(faults))
+	}
+}

@@ -183,8 +183,10 @@ func TestRequestSmuggling(t *testing.T) {
 // CONNECT is refused and the connection closed, and an upgrade to h2c
 // (which a backend serving h2c would switch to, then read requests from
 // the tunnel) is forwarded as a plain request. Other upgrades, WebSocket's,
-// are forwarded (TestUpgradeEcho).
-func TestHTTP1TunnelsRefused(t *testing.T) {
+// are forwarded (TestUpgradeEcho). What net/http's HTTP/1 server accepts
+// but a backend may read another way, or the transport would refuse, is
+// refused as over HTTP/2 (TestH2RequestWrittenAsHTTP1).
+func TestHTTP1RequestsRejected(t *testing.T) {
 	const smuggled = "POST /admin/delete-user?id=42 HTTP/1.1\r\nHost: admin.internal\r\nContent-Length: 0\r\n\r\n"
 	const last = "GET /last HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n"
 	tests := []struct {
@@ -219,6 +221,40 @@ func TestHTTP1TunnelsRefused(t *testing.T) {
 		{
 			name:     "upgrade to a protocol named in bytes beyond ASCII",
 			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: w\xe9bsocket\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "fragment",
+			raw:      "GET /q?a=1#frag HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "bytes beyond ASCII in the target",
+			raw:      "GET /q?a=\xc3\xa9 HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "printable ASCII RFC 3986 leaves out",
+			raw:      "GET /q?x={1}|2^ HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET /q?x={1}|2^ HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			name:     "absolute form",
+			raw:      "GET http://app.example/q?a=1 HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET /q?a=1 HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			// Forwarded, the scheme went and "admin" was the target.
+			name:     "absolute form with an opaque part",
+			raw:      "GET x:admin HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name: "trailer named with a space",
+			raw: "POST / HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\nTrailer: x y\r\n\r\n" +
+				"5\r\nhello\r\n0\r\n\r\n" + last,
 			statuses: []int{400},
 		},
 	}
