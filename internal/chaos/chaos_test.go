@@ -3,54 +3,22 @@ package chaos
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-// binDir holds the affinity binary built for the tests; TestMain removes it.
-var binDir string
-
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		if binDir != "" {
-			_ = os.RemoveAll(binDir)
-		}
-		os.Exit(code)
-	}))
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { testutil.RemoveAffinityBinary() }))
 }
-
-// buildOnce builds cmd/affinity once for all the tests that need it.
-var buildOnce = sync.OnceValues(func() (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("go env GOMOD = %q, %v: want the module's go.mod", gomod, err)
-	}
-	if binDir, err = os.MkdirTemp("", "affinity-chaos-bin-"); err != nil {
-		return "", err
-	}
-	bin := filepath.Join(binDir, "affinity")
-	build := exec.CommandContext(ctx, "go", "build", "-pgo=off", "-o", bin, "./cmd/affinity")
-	build.Dir = filepath.Dir(gomod)
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/affinity: %w\n%s", err, out)
-	}
-	return bin, nil
-})
 
 // affinityBinary returns the affinity binary to play against: $CHAOS_BIN
 // when set (make chaos passes the one it built), else cmd/affinity built
@@ -63,11 +31,7 @@ func affinityBinary(t *testing.T) string {
 	if bin := os.Getenv("CHAOS_BIN"); bin != "" {
 		return bin
 	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return testutil.AffinityBinary(t)
 }
 
 // shortScenario is the scenario scaled down to run in a test: 10
@@ -139,16 +103,12 @@ func logRun(t *testing.T, dir string, res Result) {
 	if !t.Failed() || dir == "" {
 		return
 	}
-	logs, _ := filepath.Glob(filepath.Join(dir, "*-proxy.log"))
-	for _, l := range logs {
-		t.Logf("end of %s:\n%s", filepath.Base(l), tailFile(l, 4<<10))
+	if log, err := os.ReadFile(filepath.Join(dir, "proxy.log")); err == nil {
+		t.Logf("end of proxy.log:\n%s", log[max(0, len(log)-4<<10):])
 	}
 }
 
 func TestChaosShort(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes and runs for ~12 s")
-	}
 	bin := affinityBinary(t)
 	for _, fault := range []Fault{FaultKill, FaultHang} {
 		t.Run(string(fault), func(t *testing.T) {
@@ -243,9 +203,6 @@ func TestRunRejectsAnInvalidScenario(t *testing.T) {
 // A run cut short leaves nothing behind: every port of the generated config
 // is closed once Run returns.
 func TestRunStopsEverythingWhenCanceled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
 	bin := affinityBinary(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
@@ -256,11 +213,11 @@ func TestRunStopsEverythingWhenCanceled(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Run = %v, want the context's deadline", err)
 	}
-	cfg, err := config.Load(filepath.Join(dir, "affinity.yaml"))
+	cfg, err := config.Load(filepath.Join(dir, "proxy.yaml"))
 	if err != nil {
 		t.Fatalf("the run's config: %v", err)
 	}
-	addrs := []string{cfg.Listen}
+	addrs := []string{cfg.Listen, cfg.Admin.Listen}
 	for _, b := range cfg.Pools[0].Backends {
 		addrs = append(addrs, b.URL.Host)
 	}

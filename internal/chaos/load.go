@@ -2,104 +2,64 @@ package chaos
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"strings"
 	"sync"
 	"time"
-)
 
-// backendHeader is the response header in which `affinity backend` names
-// itself.
-const backendHeader = "X-Backend"
+	"github.com/affinityproxy/affinity/internal/harness"
+)
 
 // maxBody bounds how much of a response body is read; the demo app's are a
 // line long.
 const maxBody = 64 << 10
 
-// load is an open-loop load generator: requests are sent at fixed times,
-// whether or not earlier ones were answered, so that a stalled backend shows
-// as failures and latency instead of as fewer requests sent.
+// load is the scenario's open-loop load (harness.Load): Rate requests per
+// second dealt to Clients virtual users, each with its own cookie jar, sent
+// whether or not earlier ones were answered, a client's requests
+// overlapping when its backend is slow, so that a stalled backend shows as
+// failures and latency instead of as fewer requests sent.
 type load struct {
 	url     string
-	clients []*http.Client // one per virtual user, each with its own cookie jar
+	sc      Scenario
+	clients []*http.Client
 
 	mu       sync.Mutex
 	last     []string // per client: the backend of its latest answer
 	inFlight []int    // per client: requests sent and not yet answered
 }
 
-// newLoad prepares n virtual users of url over the shared transport tr.
-func newLoad(url string, n int, tr http.RoundTripper, timeout time.Duration) (*load, error) {
-	l := &load{url: url, clients: make([]*http.Client, n), last: make([]string, n), inFlight: make([]int, n)}
+// newLoad prepares the scenario's clients of url over the shared transport
+// tr.
+func newLoad(url string, sc Scenario, tr http.RoundTripper) *load {
+	l := &load{url: url, sc: sc, clients: make([]*http.Client, sc.Clients), last: make([]string, sc.Clients), inFlight: make([]int, sc.Clients)}
 	for i := range l.clients {
-		c, err := newClient(tr, timeout)
-		if err != nil {
-			return nil, err
-		}
-		l.clients[i] = c
+		l.clients[i] = harness.NewClient(tr, sc.ClientTimeout)
 	}
-	return l, nil
+	return l
 }
 
-// newClient returns a client with a fresh cookie jar, as a new browser.
-func newClient(tr http.RoundTripper, timeout time.Duration) (*http.Client, error) {
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		return nil, fmt.Errorf("cookie jar: %w", err)
-	}
-	return &http.Client{Transport: tr, Jar: jar, Timeout: timeout}, nil
-}
-
-// newTransport returns the transport the harness's clients share: enough
-// idle connections that a steady load reuses them instead of churning
-// through ephemeral ports, and no proxy from the environment.
-func newTransport() *http.Transport {
-	return &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-		MaxIdleConns:        512,
-		MaxIdleConnsPerHost: 512,
-		IdleConnTimeout:     30 * time.Second,
-		DisableCompression:  true,
-	}
-}
-
-// run sends sc.requests() requests, the i-th at start + i×period from
-// client i mod Clients, and returns their records once all are answered or
-// have failed. It stops sending early only when ctx ends.
-func (l *load) run(ctx context.Context, sc Scenario, start time.Time) []record {
-	n := int(sc.requests())
-	recs := make([]record, n)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	var wg sync.WaitGroup
+// run sends the load's requests from start and returns their records once
+// all are answered or have failed. It stops sending early only when ctx
+// ends.
+func (l *load) run(ctx context.Context, start time.Time) []record {
+	hl := harness.Load{Users: l.sc.Clients, Rate: float64(l.sc.Rate), Duration: l.sc.Duration, Seed: 1, Overlap: true}
+	recs := make([]record, hl.Arrivals())
+	var mu sync.Mutex
 	sent := 0
-	for ; sent < n; sent++ {
-		if d := time.Until(start.Add(time.Duration(sent) * sc.period())); d > 0 {
-			timer.Reset(d)
-			select {
-			case <-ctx.Done():
-			case <-timer.C:
-			}
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		i, method := sent, http.MethodGet
-		if sc.isPost(i) {
+	hl.Run(ctx, harness.WallClock{}, start, func(ctx context.Context, a harness.Arrival) {
+		method := http.MethodGet
+		if l.sc.isPost(a.K, a.User) {
 			method = http.MethodPost
 		}
-		wg.Go(func() {
-			// Each goroutine writes its own element; wg.Wait orders
-			// the writes before the read below.
-			recs[i] = l.do(ctx, start, i%len(l.clients), method)
-		})
-	}
-	wg.Wait()
+		r := l.do(ctx, start, a.User, method)
+		mu.Lock()
+		recs[a.K] = r
+		sent = max(sent, a.K+1)
+		mu.Unlock()
+	})
 	return recs[:sent]
 }
 
@@ -158,24 +118,15 @@ func send(ctx context.Context, c *http.Client, url, method string, start time.Ti
 	r.latency = time.Since(t)
 	switch {
 	case err != nil:
-		r.fail = failKind(err)
+		r.fail = harness.TransportKind(err)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		r.fail = fmt.Sprintf("HTTP %d", resp.StatusCode)
-	case resp.Header.Get(backendHeader) == "":
-		r.fail = "no " + backendHeader
+	case resp.Header.Get(harness.HeaderBackend) == "":
+		r.fail = "no " + harness.HeaderBackend
 	default:
-		r.backend = resp.Header.Get(backendHeader)
+		r.backend = resp.Header.Get(harness.HeaderBackend)
 	}
 	return r
-}
-
-// failKind names a transport error for Result.Failures.
-func failKind(err error) string {
-	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-		return "timeout"
-	}
-	return "conn"
 }
 
 // probe sends a request without cookies every period from now on, as a
@@ -208,10 +159,7 @@ func probe(ctx context.Context, tr http.RoundTripper, url, backend string, start
 func newcomers(ctx context.Context, tr http.RoundTripper, url, backend string, n int, timeout time.Duration) (int, error) {
 	on := 0
 	for range n {
-		c, err := newClient(tr, timeout)
-		if err != nil {
-			return 0, err
-		}
+		c := harness.NewClient(tr, timeout)
 		first := ""
 		for range 2 {
 			r := send(ctx, c, url, http.MethodGet, time.Now())

@@ -3,11 +3,12 @@ package chaos
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Result is what a run measured. Counts are of the load's requests only: the
@@ -21,7 +22,7 @@ type Result struct {
 	Failed    int // non-2xx responses and transport errors
 	FailedGET int // the part of Failed that were GET requests
 	// Failures breaks Failed down by kind: "HTTP 502", "timeout" (the
-	// client's deadline), "conn" (refused, reset, closed early), or
+	// client's deadline), "connection" (refused, reset, closed early), or
 	// "no X-Backend" (a 2xx that does not name its backend).
 	Failures map[string]int
 
@@ -164,18 +165,7 @@ func latencies(recs []record) (p50, p99 time.Duration) {
 		ds[i] = r.latency
 	}
 	slices.Sort(ds)
-	return percentile(ds, 50), percentile(ds, 99)
-}
-
-// percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
-// sorted: the smallest value at least p percent of the values do not
-// exceed. It is 0 for no values.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	return sorted[min(max(rank, 1), len(sorted))-1]
+	return harness.Percentile(ds, 50), harness.Percentile(ds, 99)
 }
 
 // tableHeader starts with the columns of the peers' failover table, in its

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 const ms = time.Millisecond
@@ -45,7 +47,7 @@ func TestServedByAndMoves(t *testing.T) {
 			clients: 2,
 			recs: []record{
 				ok(0, 0, ms, "b2"), ok(1, 0, ms, "b1"),
-				failed(0, "GET", 10*ms, "conn"),
+				failed(0, "GET", 10*ms, harness.KindConnection),
 				ok(0, 20*ms, ms, "b3"), ok(0, 30*ms, ms, "b3"), ok(1, 30*ms, ms, "b1"),
 			},
 			want:  [][]string{{"b2", "b3"}, {"b1"}},
@@ -152,43 +154,12 @@ func TestWholeAfter(t *testing.T) {
 	}
 }
 
-func TestPercentile(t *testing.T) {
-	ten := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
-	hundred := make([]time.Duration, 100)
-	for i := range hundred {
-		hundred[i] = time.Duration(i + 1)
-	}
-	tests := []struct {
-		name   string
-		sorted []time.Duration
-		p      float64
-		want   time.Duration
-	}{
-		{"empty", nil, 50, 0},
-		{"one value", []time.Duration{7}, 99, 7},
-		{"median of ten is the 5th", ten, 50, 5},
-		{"p99 of ten is the largest", ten, 99, 10},
-		{"p10 of ten is the first", ten, 10, 1},
-		{"p11 of ten rounds up to the 2nd", ten, 11, 2},
-		{"p99 of a hundred is the 99th", hundred, 99, 99},
-		{"p100 is the largest", hundred, 100, 100},
-		{"p50 of two is the lower", []time.Duration{1, 9}, 50, 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := percentile(tt.sorted, tt.p); got != tt.want {
-				t.Errorf("percentile(%v, %v) = %v, want %v", tt.sorted, tt.p, got, tt.want)
-			}
-		})
-	}
-}
-
 func TestLatenciesSortsTheirInput(t *testing.T) {
 	var recs []record
 	for _, lat := range []time.Duration{9, 3, 7, 1, 5} {
 		recs = append(recs, ok(0, 0, lat, "b1"))
 	}
-	recs = append(recs, failed(0, "GET", 0, "conn")) // latency 5ms: failures count
+	recs = append(recs, failed(0, "GET", 0, harness.KindConnection)) // latency 5ms: failures count
 	p50, p99 := latencies(recs)
 	if p50 != 5 || p99 != 5*ms {
 		t.Errorf("latencies = %v, %v; want 5ns, 5ms", p50, p99)
@@ -198,8 +169,8 @@ func TestLatenciesSortsTheirInput(t *testing.T) {
 func TestCountFailures(t *testing.T) {
 	recs := []record{
 		ok(0, 0, ms, "b1"),
-		failed(0, "GET", 0, "conn"),
-		failed(1, "POST", 0, "conn"),
+		failed(0, "GET", 0, harness.KindConnection),
+		failed(1, "POST", 0, harness.KindConnection),
 		failed(1, "GET", 0, "HTTP 502"),
 		failed(2, "POST", 0, "timeout"),
 	}
@@ -208,7 +179,7 @@ func TestCountFailures(t *testing.T) {
 	if res.Requests != 5 || res.Failed != 4 || res.FailedGET != 2 {
 		t.Errorf("requests %d, failed %d, failed GET %d; want 5, 4, 2", res.Requests, res.Failed, res.FailedGET)
 	}
-	want := map[string]int{"conn": 2, "HTTP 502": 1, "timeout": 1}
+	want := map[string]int{harness.KindConnection: 2, "HTTP 502": 1, "timeout": 1}
 	if !maps.Equal(res.Failures, want) {
 		t.Errorf("Failures = %v, want %v", res.Failures, want)
 	}

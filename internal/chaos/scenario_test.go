@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 func TestWithDefaultsIsTheIssueScenario(t *testing.T) {
@@ -84,9 +85,11 @@ func TestIsPostSpreadsOverClients(t *testing.T) {
 	sc := Scenario{Clients: 4, PostEvery: 2}
 	posts := make([]int, sc.Clients)
 	total := 0
-	for i := range 40 { // 10 requests per client
-		if sc.isPost(i) {
-			posts[i%sc.Clients]++
+	// The load deals every client once per round, in any order.
+	for k := range 40 { // 10 requests per client
+		client := (k*3 + k/4) % sc.Clients
+		if sc.isPost(k, client) {
+			posts[client]++
 			total++
 		}
 	}
@@ -98,7 +101,7 @@ func TestIsPostSpreadsOverClients(t *testing.T) {
 	if total != 20 {
 		t.Errorf("%d POSTs of 40, want 20", total)
 	}
-	if (Scenario{Clients: 4}).isPost(0) {
+	if (Scenario{Clients: 4}).isPost(0, 0) {
 		t.Error("PostEvery 0 sent a POST")
 	}
 }
@@ -107,12 +110,16 @@ func TestIsPostSpreadsOverClients(t *testing.T) {
 func TestConfigYAMLLoads(t *testing.T) {
 	sc := Scenario{Binary: "affinity", HealthInterval: 700 * time.Millisecond, ConnectTimeout: 300 * time.Millisecond}.withDefaults()
 	addrs := []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
-	cfg, err := config.Parse("chaos.yaml", []byte(sc.configYAML("127.0.0.1:9000", addrs, 1)))
-	if err != nil {
-		t.Fatalf("generated config does not load: %v\n%s", err, sc.configYAML("127.0.0.1:9000", addrs, 1))
+	pc := harness.ProxyConfig{Listen: "127.0.0.1:9000", Admin: "127.0.0.1:8999"}
+	for i, a := range addrs {
+		pc.Backends = append(pc.Backends, harness.Member{Name: harness.BackendName(i + 1), Addr: a})
 	}
-	if cfg.Listen != "127.0.0.1:9000" {
-		t.Errorf("listen = %q", cfg.Listen)
+	cfg, err := config.Parse("chaos.yaml", []byte(sc.configYAML(pc)))
+	if err != nil {
+		t.Fatalf("generated config does not load: %v\n%s", err, sc.configYAML(pc))
+	}
+	if cfg.Listen != "127.0.0.1:9000" || cfg.Admin.Listen != "127.0.0.1:8999" {
+		t.Errorf("listen = %q, admin = %q", cfg.Listen, cfg.Admin.Listen)
 	}
 	if cfg.Timeouts.Connect != 300*time.Millisecond || cfg.Timeouts.ResponseHeader != 2*time.Second {
 		t.Errorf("timeouts = %+v, want connect 300ms, response_header 2s", cfg.Timeouts)
@@ -125,13 +132,14 @@ func TestConfigYAMLLoads(t *testing.T) {
 		t.Errorf("balancer = %s cookie %q, want cookie %q", p.Balancer.Type, p.Balancer.Options.Cookie.Name, stickyCookie)
 	}
 	for i, b := range p.Backends {
-		if b.Name != backendName(i) || b.URL.Host != addrs[i] || b.Weight != 1 {
-			t.Errorf("backend %d = %s at %s weight %d, want %s at %s weight 1", i, b.Name, b.URL.Host, b.Weight, backendName(i), addrs[i])
+		if b.Name != pc.Backends[i].Name || b.URL.Host != addrs[i] || b.Weight != 1 {
+			t.Errorf("backend %d = %s at %s weight %d, want %s at %s weight 1", i, b.Name, b.URL.Host, b.Weight, pc.Backends[i].Name, addrs[i])
 		}
 	}
-	// The other config of Reloads differs in the first backend's weight
+	// The config of an odd revision differs in the first backend's weight
 	// alone.
-	heavy, err := config.Parse("chaos.yaml", []byte(sc.configYAML("127.0.0.1:9000", addrs, 2)))
+	pc.Revision = 3
+	heavy, err := config.Parse("chaos.yaml", []byte(sc.configYAML(pc)))
 	if err != nil {
 		t.Fatalf("the reloaded config does not load: %v", err)
 	}

@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // claimText is each claim of CLAIMS.md in a line, for the findings.
@@ -69,7 +71,7 @@ func findCrash(res *Results) string {
 	if ck == nil {
 		return notMeasured("cookie × memory")
 	}
-	kill, ok := firstFault(ck.Faults, func(a Action) bool { return a == Kill })
+	kill, ok := harness.First(ck.Faults, func(a harness.Action) bool { return a == harness.Kill })
 	if !ok || ck.VictimUsersPct == nil {
 		return "Not measured: no backend was killed in the cookie × memory cell."
 	}
@@ -158,7 +160,7 @@ func findNewServer(res *Results) string {
 	if len(cells) == 0 {
 		return "Not measured: no backend was added."
 	}
-	add, _ := firstFault(cells[0].Faults, func(a Action) bool { return a == Add })
+	add, _ := harness.First(cells[0].Faults, func(a harness.Action) bool { return a == harness.Add })
 	added := cells[0].Backends[len(cells[0].Backends)-1].Name
 	fair := 100 / float64(len(cells[0].Backends))
 	share, fresh := make([]string, len(cells)), make([]string, 0, len(cells))

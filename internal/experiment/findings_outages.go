@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // findDrain: draining a backend loses the sessions it held when they live in
@@ -24,7 +26,7 @@ func findDrain(res *Results) string {
 	if len(sticky) == 0 {
 		return notMeasured("cookie × memory (or another sticky balancer × memory)")
 	}
-	rm, ok := firstFault(sticky[0].Faults, func(a Action) bool { return a == Remove })
+	rm, ok := harness.First(sticky[0].Faults, func(a harness.Action) bool { return a == harness.Remove })
 	if !ok {
 		return fmt.Sprintf("Not measured: no backend was removed in the %s × memory cell.", sticky[0].Balancer)
 	}
@@ -32,7 +34,7 @@ func findDrain(res *Results) string {
 	// requests: a hash ring need not give it a third.
 	var against, gaps, wrong []string
 	for _, c := range sticky {
-		f, ok := firstFault(c.Faults, func(a Action) bool { return a == Remove })
+		f, ok := harness.First(c.Faults, func(a harness.Action) bool { return a == harness.Remove })
 		share, measured := shareBefore(c, f.Target, f.Start)
 		if !ok || !measured {
 			continue
@@ -106,12 +108,12 @@ func findStoreDown(res *Results) string {
 	if ref == nil {
 		return notMeasured("with a redis or cached-redis store")
 	}
-	down, ok := firstFault(ref.Faults, func(a Action) bool { return a == StoreDown })
+	down, ok := harness.First(ref.Faults, func(a harness.Action) bool { return a == harness.StoreDown })
 	if !ok {
 		return "Not measured: the store was not stopped."
 	}
 	end, upText := time.Duration(res.Settings.DurationS*float64(time.Second)), "was not started again before the end"
-	up, back := firstFault(ref.Faults, func(a Action) bool { return a == StoreUp })
+	up, back := harness.First(ref.Faults, func(a harness.Action) bool { return a == harness.StoreUp })
 	if back = back && up.Start > down.End; back {
 		end, upText = up.Start, fmt.Sprintf("started again at %.1f s", up.Start.Seconds())
 	}

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // drainCell is a cell where b2 is removed at 3 s, after answering share% of
@@ -18,7 +20,7 @@ func drainCell(bal, store string, lost, share float64) CellResult {
 	}
 	tl = append(tl, Bucket{Start: 3 * time.Second, Width: time.Second, Requests: 1000, OK: 1000, ByBackend: map[string]int{"b1": 1000}})
 	return CellResult{Balancer: bal, Store: store, SessionsLostPct: lost, Fine: tl,
-		Faults: []Applied{{Fault: Fault{At: 3 * time.Second, Action: Remove, Target: "b2"}, Start: 3 * time.Second, End: 3200 * time.Millisecond}}}
+		Faults: []harness.Applied{{Fault: harness.Fault{At: 3 * time.Second, Action: harness.Remove, Target: "b2"}, Start: 3 * time.Second, End: 3200 * time.Millisecond}}}
 }
 
 // storeCell is a cell of an 8 s run whose store is down from 3 s to 5 s, and
@@ -33,9 +35,9 @@ func storeCell(bal, store string, before, during, lost float64) CellResult {
 		}
 		tl = append(tl, Bucket{Start: time.Duration(i) * time.Second, Width: time.Second, Requests: 400, Errors: int(p * 4), OK: 400 - int(p*4)})
 	}
-	return CellResult{Balancer: bal, Store: store, SessionsLostPct: lost, Fine: tl, Faults: []Applied{
-		{Fault: Fault{At: 3 * time.Second, Action: StoreDown}, Start: 3 * time.Second, End: 3 * time.Second},
-		{Fault: Fault{At: 5 * time.Second, Action: StoreUp}, Start: 5 * time.Second, End: 5 * time.Second},
+	return CellResult{Balancer: bal, Store: store, SessionsLostPct: lost, Fine: tl, Faults: []harness.Applied{
+		{Fault: harness.Fault{At: 3 * time.Second, Action: harness.StoreDown}, Start: 3 * time.Second, End: 3 * time.Second},
+		{Fault: harness.Fault{At: 5 * time.Second, Action: harness.StoreUp}, Start: 5 * time.Second, End: 5 * time.Second},
 	}}
 }
 

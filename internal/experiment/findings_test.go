@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // run builds results from cells, for the findings.
@@ -22,13 +24,13 @@ func run(cells ...CellResult) *Results {
 
 func killCell(bal, store string, lost, victim float64) CellResult {
 	return CellResult{Balancer: bal, Store: store, SessionsLostPct: lost, VictimUsersPct: ptr(victim),
-		Faults: []Applied{{Fault: Fault{At: 2 * time.Second, Action: Kill, Target: "b2"}, Start: 2 * time.Second}}}
+		Faults: []harness.Applied{{Fault: harness.Fault{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, Start: 2 * time.Second}}}
 }
 
 func addCell(bal string, moved, share, newcomers float64) CellResult {
 	return CellResult{Balancer: bal, Store: StoreMemory, UsersMovedPct: ptr(moved), NewBackendPct: ptr(share), NewcomersPct: ptr(newcomers),
 		Backends: []BackendStats{{Name: "b1"}, {Name: "b2"}, {Name: "b3"}, {Name: "b4"}},
-		Faults:   []Applied{{Fault: Fault{At: 3 * time.Second, Action: Add, Target: "b4"}, Start: 3 * time.Second}}}
+		Faults:   []harness.Applied{{Fault: harness.Fault{At: 3 * time.Second, Action: harness.Add, Target: "b4"}, Start: 3 * time.Second}}}
 }
 
 func TestFindings(t *testing.T) {

@@ -6,16 +6,17 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"slices"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Load describes the open-loop traffic of a cell: Rate arrivals per second in
-// total, dealt to Users virtual users in shuffled rounds, for Duration.
+// total, dealt to Users virtual shop users, for Duration.
 type Load struct {
 	Users    int
 	Rate     float64
@@ -32,6 +33,8 @@ type Load struct {
 	// Timeout bounds one request, so that a hung backend costs a user a few
 	// arrivals, not the run.
 	Timeout time.Duration
+	// Skew, above 0, makes a few users send most requests (harness.Load).
+	Skew float64
 }
 
 // step is a request of the shop workflow.
@@ -82,35 +85,34 @@ func (s *Sample) lostSession() bool {
 	return s.Kind == kindSessionLost || s.Kind == kindSessionStale
 }
 
-// user is a virtual user: an identity, its cookies and where it stands in the
-// workflow. Only the goroutine that holds busy touches the other fields; the
-// atomic handoff orders those accesses.
+// user is a virtual user: an identity, its client (with its cookie jar) and
+// where it stands in the workflow. The load sends one request of a user at
+// a time, so only that request's goroutine touches it.
 type user struct {
-	busy atomic.Bool
-
-	slot    int
-	gen     int // how many users held this slot before this one
-	id      string
-	rng     *rand.Rand
-	cookies map[string]string
-	next    step
-	target  int // items to add in this workflow
-	added   int
+	slot   int
+	gen    int // how many users held this slot before this one
+	id     string
+	rng    *rand.Rand
+	client *http.Client
+	next   step
+	target int // items to add in this workflow
+	added  int
 }
 
-func newUser(seed uint64, slot int) *user {
+func newUser(seed uint64, slot int, tr http.RoundTripper) *user {
 	u := &user{slot: slot, rng: rand.New(rand.NewPCG(seed, uint64(slot)))}
-	u.reset()
+	u.reset(tr)
 	return u
 }
 
-// reset makes the slot's current identity fresh: no cookies, at login.
-func (u *user) reset() {
+// reset makes the slot's current identity fresh: a new client with an
+// empty cookie jar, at login.
+func (u *user) reset(tr http.RoundTripper) {
 	u.id = fmt.Sprintf("u%04d", u.slot+1)
 	if u.gen > 0 {
 		u.id += "." + strconv.Itoa(u.gen)
 	}
-	u.cookies = map[string]string{}
+	u.client = harness.NewClient(tr, 0)
 	u.next = stepLogin
 }
 
@@ -126,104 +128,48 @@ func (r *recorder) add(s Sample) {
 	r.mu.Unlock()
 }
 
-// generator plays a Load against one proxy.
+// generator plays a Load of shop users against one proxy.
 type generator struct {
-	load   Load
-	base   string // proxy URL, no trailing slash
-	client *http.Client
-	users  []*user
-	rec    recorder
+	load  Load
+	base  *url.URL // the proxy's
+	tr    http.RoundTripper
+	users []*user
+	rec   recorder
 	// skipped counts arrivals that came while their user's previous request
 	// was still in flight.
-	skipped atomic.Int64
+	skipped int
 }
 
-func newGenerator(l Load, base string, client *http.Client) *generator {
-	g := &generator{load: l, base: strings.TrimSuffix(base, "/"), client: client}
+func newGenerator(l Load, base string, tr http.RoundTripper) (*generator, error) {
+	u, err := url.Parse(strings.TrimSuffix(base, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	g := &generator{load: l, base: u, tr: tr}
 	g.users = make([]*user, l.Users)
 	for i := range g.users {
-		g.users[i] = newUser(l.Seed, i)
+		g.users[i] = newUser(l.Seed, i, tr)
 	}
 	// Arrivals at the full rate for the whole run, plus slack.
 	g.rec.samples = make([]Sample, 0, int(l.Rate*l.Duration.Seconds())+16)
-	return g
+	return g, nil
 }
 
 // run plays the load from start until its duration has passed and every
 // request it sent has ended, or ctx ends. The arrivals are dealt to the
-// users in rounds (see dealer): each user gets one arrival every Users/Rate
-// seconds on average. An arrival whose user is still waiting for its
-// previous answer is skipped and counted, so a slow server meets no more
-// than one request per user instead of a pile-up.
-func (g *generator) run(ctx context.Context, c Clock, start time.Time) {
-	var wg sync.WaitGroup
-	d := dealer{seed: g.load.Seed, n: len(g.users)}
-	pace(ctx, c, start, g.load.Rate, g.load.Duration, func(k int, at time.Time) {
-		u := g.users[d.user(k)]
-		if !u.busy.CompareAndSwap(false, true) {
-			g.skipped.Add(1)
-			return
-		}
-		wg.Go(func() {
-			defer u.busy.Store(false)
-			g.rec.add(g.do(ctx, c, u, at.Sub(start), at))
-		})
+// users in shuffled rounds (or by Skew), each user one request at a time:
+// an arrival whose user still waits for its previous answer is skipped and
+// counted (harness.Load).
+func (g *generator) run(ctx context.Context, c harness.Clock, start time.Time) {
+	l := harness.Load{Users: len(g.users), Rate: g.load.Rate, Duration: g.load.Duration, Seed: g.load.Seed, Skew: g.load.Skew}
+	_, g.skipped = l.Run(ctx, c, start, func(ctx context.Context, a harness.Arrival) {
+		g.rec.add(g.do(ctx, c, g.users[a.User], a.Due.Sub(start), a.Due))
 	})
-	wg.Wait()
-}
-
-// dealer hands out arrivals to users in rounds: each round of n arrivals
-// visits every user once, in an order shuffled afresh for each round from
-// the seed. A fixed order would keep the same users in lockstep with a
-// round-robin balancer (with n a multiple of the backends, a user would hit
-// the same backend every time and never lose a session); a shuffled one
-// does not, and the same seed still deals the same way in every cell.
-type dealer struct {
-	seed  uint64
-	n     int
-	round int
-	perm  []int
-}
-
-// user returns the index of the user who gets arrival k. Calls must come
-// with k increasing, as pace makes them.
-func (d *dealer) user(k int) int {
-	if r := k / d.n; d.perm == nil || r != d.round {
-		d.round = r
-		// The stream id's top bit keeps these streams apart from the
-		// users' own, which use ids 0..n-1.
-		d.perm = rand.New(rand.NewPCG(d.seed, uint64(r)|1<<63)).Perm(d.n)
-	}
-	return d.perm[k%d.n]
-}
-
-// pace calls arrive for every slot of a fixed-rate schedule that falls in
-// [start, start+d): slot k is due at start + k/rate. A slot that is already
-// due is sent at once, however late, so that a stall of the generator shows
-// as latency (measured from the due time) instead of as fewer requests. pace
-// returns the number of slots sent, which is fewer than scheduled only when
-// ctx ended.
-func pace(ctx context.Context, c Clock, start time.Time, rate float64, d time.Duration, arrive func(k int, at time.Time)) int {
-	if rate <= 0 {
-		return 0
-	}
-	interval := float64(time.Second) / rate
-	for k := 0; ; k++ {
-		off := time.Duration(float64(k) * interval)
-		if off >= d {
-			return k
-		}
-		at := start.Add(off)
-		if err := c.SleepUntil(ctx, at); err != nil {
-			return k
-		}
-		arrive(k, at)
-	}
 }
 
 // do sends u's next request, due at "due" (offset "at" from the start of the
 // load), and moves u along its workflow by the answer.
-func (g *generator) do(ctx context.Context, c Clock, u *user, at time.Duration, due time.Time) Sample {
+func (g *generator) do(ctx context.Context, c harness.Clock, u *user, at time.Duration, due time.Time) Sample {
 	s := Sample{At: at, User: u.id, Step: u.next, Items: u.added, StoreOps: -1}
 	req, err := g.request(ctx, u)
 	if err != nil {
@@ -231,14 +177,15 @@ func (g *generator) do(ctx context.Context, c Clock, u *user, at time.Duration, 
 		s.Kind = kindConnection
 		return s
 	}
-	s.CookieBytes = len(req.Header.Get("Cookie"))
-	s.ReqBytes = requestBytes(req)
+	cookie := harness.CookieHeader(u.client.Jar, req.URL)
+	s.CookieBytes = len(cookie)
+	s.ReqBytes = requestBytes(req, cookie)
 	ctx, cancel := context.WithTimeout(ctx, g.load.Timeout)
 	defer cancel()
-	resp, err := g.client.Do(req.WithContext(ctx))
+	resp, err := u.client.Do(req.WithContext(ctx))
 	if err != nil {
 		s.Latency = c.Now().Sub(due)
-		s.Kind = transportKind(err)
+		s.Kind = harness.TransportKind(err)
 		return s
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -258,11 +205,11 @@ func (g *generator) do(ctx context.Context, c Clock, u *user, at time.Duration, 
 	}
 	switch {
 	case err != nil:
-		s.Kind = transportKind(err)
+		s.Kind = harness.TransportKind(err)
 	case resp.StatusCode/100 != 2:
 		s.Kind = errorKind(resp.StatusCode, body)
 	}
-	g.advance(u, resp, &s)
+	g.advance(u, &s)
 	return s
 }
 
@@ -277,7 +224,7 @@ func (g *generator) request(ctx context.Context, u *user) (*http.Request, error)
 	case stepCheckout:
 		path = pathCheckout
 	}
-	req, err := http.NewRequestWithContext(ctx, method, g.base+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, g.base.String()+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("request %s %s: %w", method, path, err)
 	}
@@ -286,35 +233,14 @@ func (g *generator) request(ctx context.Context, u *user) (*http.Request, error)
 	if u.next != stepLogin {
 		req.Header.Set(headerStep, strconv.Itoa(u.added))
 	}
-	if len(u.cookies) > 0 {
-		names := make([]string, 0, len(u.cookies))
-		for n := range u.cookies {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		var b strings.Builder
-		for i, n := range names {
-			if i > 0 {
-				b.WriteString("; ")
-			}
-			b.WriteString(n + "=" + u.cookies[n])
-		}
-		req.Header.Set("Cookie", b.String())
-	}
 	return req, nil
 }
 
-// advance keeps the cookies of resp and moves u to its next step: on success
-// the next of the workflow, on a lost session back to login (the user starts
-// over, as a real one would), and on any other error the same step again.
-func (g *generator) advance(u *user, resp *http.Response, s *Sample) {
-	for _, c := range resp.Cookies() {
-		if c.MaxAge < 0 || (!c.Expires.IsZero() && c.Expires.Before(time.Now())) {
-			delete(u.cookies, c.Name)
-			continue
-		}
-		u.cookies[c.Name] = c.Value
-	}
+// advance moves u to its next step (its client's jar has kept the
+// response's cookies): on success the next of the workflow, on a lost
+// session back to login (the user starts over, as a real one would), and
+// on any other error the same step again.
+func (g *generator) advance(u *user, s *Sample) {
 	switch {
 	case s.lostSession():
 		u.next, u.added = stepLogin, 0
@@ -337,7 +263,7 @@ func (g *generator) advance(u *user, resp *http.Response, s *Sample) {
 		u.next, u.added = stepLogin, 0
 		if u.rng.Float64() < g.load.Churn {
 			u.gen++
-			u.reset()
+			u.reset(g.tr)
 		}
 	}
 }

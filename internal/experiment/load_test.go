@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // fakeShop implements the demo app's shop contract in memory, for testing
@@ -91,21 +93,31 @@ func testLoad() Load {
 	return Load{Users: 1, Rate: 100, Duration: time.Second, Seed: 7, MinItems: 2, MaxItems: 2, Timeout: 5 * time.Second}
 }
 
-func startShop(t *testing.T, h http.Handler) (*httptest.Server, *http.Client) {
+func startShop(t *testing.T, h http.Handler) (*httptest.Server, http.RoundTripper) {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	c := srv.Client()
-	t.Cleanup(c.CloseIdleConnections)
-	return srv, c
+	tr := harness.NewTransport(4)
+	t.Cleanup(tr.CloseIdleConnections)
+	return srv, tr
+}
+
+// testGenerator returns a generator of l against the shop at base.
+func testGenerator(t *testing.T, l Load, base string, tr http.RoundTripper) *generator {
+	t.Helper()
+	g, err := newGenerator(l, base, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
 }
 
 func TestWorkflowFollowsTheShop(t *testing.T) {
 	shop := newFakeShop("b1")
 	srv, client := startShop(t, shop)
-	g := newGenerator(testLoad(), srv.URL, client)
+	g := testGenerator(t, testLoad(), srv.URL, client)
 	u := g.users[0]
-	c := newFakeClock()
+	c := harness.WallClock{}
 	var got []string
 	for range 6 {
 		s := g.do(context.Background(), c, u, 0, c.Now())
@@ -126,9 +138,9 @@ func TestWorkflowFollowsTheShop(t *testing.T) {
 func TestWorkflowStartsOverOnLostSession(t *testing.T) {
 	shop := newFakeShop("b1")
 	srv, client := startShop(t, shop)
-	g := newGenerator(testLoad(), srv.URL, client)
+	g := testGenerator(t, testLoad(), srv.URL, client)
 	u := g.users[0]
-	c := newFakeClock()
+	c := harness.WallClock{}
 	ctx := context.Background()
 	g.do(ctx, c, u, 0, c.Now()) // login
 	g.do(ctx, c, u, 0, c.Now()) // one item
@@ -155,8 +167,8 @@ func TestWorkflowRetriesTheStepAfterOtherErrors(t *testing.T) {
 		}
 		shop.ServeHTTP(w, r)
 	}))
-	g := newGenerator(testLoad(), srv.URL, client)
-	u, c, ctx := g.users[0], newFakeClock(), context.Background()
+	g := testGenerator(t, testLoad(), srv.URL, client)
+	u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
 	g.do(ctx, c, u, 0, c.Now()) // login
 	fail.Store(true)
 	s := g.do(ctx, c, u, 0, c.Now())
@@ -174,13 +186,13 @@ func TestChurnReplacesTheUser(t *testing.T) {
 	srv, client := startShop(t, shop)
 	l := testLoad()
 	l.Churn = 1
-	g := newGenerator(l, srv.URL, client)
-	u, c, ctx := g.users[0], newFakeClock(), context.Background()
+	g := testGenerator(t, l, srv.URL, client)
+	u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
 	for range 5 { // login, 2 items, cart, checkout
 		g.do(ctx, c, u, 0, c.Now())
 	}
-	if u.id != "u0001.1" || len(u.cookies) != 0 || u.next != stepLogin {
-		t.Errorf("after checkout with churn 1: id %q, cookies %v, next %v; want u0001.1, none, login", u.id, u.cookies, u.next)
+	if cookies := harness.CookieHeader(u.client.Jar, g.base); u.id != "u0001.1" || cookies != "" || u.next != stepLogin {
+		t.Errorf("after checkout with churn 1: id %q, cookies %q, next %v; want u0001.1, none, login", u.id, cookies, u.next)
 	}
 }
 
@@ -190,7 +202,7 @@ func TestUsersAreTheSameForTheSameSeed(t *testing.T) {
 	targets := func() []int {
 		var out []int
 		for i := range 5 {
-			u := newUser(l.Seed, i)
+			u := newUser(l.Seed, i, nil)
 			out = append(out, l.MinItems+u.rng.IntN(l.MaxItems-l.MinItems+1))
 		}
 		return out
@@ -205,106 +217,13 @@ func TestUsersAreTheSameForTheSameSeed(t *testing.T) {
 	}
 }
 
-func TestPaceSchedulesRateTimesWindow(t *testing.T) {
-	tests := []struct {
-		rate float64
-		d    time.Duration
-		want int
-	}{
-		{100, 10 * time.Second, 1000},
-		{3, time.Second, 3}, // slots at 0, 1/3, 2/3
-		{0.5, 3 * time.Second, 2},
-		{1000, 0, 0},
-		{0, time.Second, 0},
-	}
-	for _, tt := range tests {
-		c := newFakeClock()
-		start := c.Now()
-		var last time.Time
-		n := pace(context.Background(), c, start, tt.rate, tt.d, func(k int, at time.Time) {
-			if want := start.Add(time.Duration(float64(k) * float64(time.Second) / tt.rate)); !at.Equal(want) {
-				t.Errorf("rate %v: slot %d due %v, want %v", tt.rate, k, at.Sub(start), want.Sub(start))
-			}
-			if c.Now().Before(at) {
-				t.Errorf("rate %v: slot %d sent before it was due", tt.rate, k)
-			}
-			last = at
-		})
-		if n != tt.want {
-			t.Errorf("rate %v over %v: %d arrivals, want %d", tt.rate, tt.d, n, tt.want)
-		}
-		if n > 0 && last.Sub(start) >= tt.d {
-			t.Errorf("rate %v: last arrival at %v, outside the %v window", tt.rate, last.Sub(start), tt.d)
-		}
-	}
-}
-
-func TestPaceSendsLateSlotsInsteadOfDroppingThem(t *testing.T) {
-	c := newFakeClock()
-	start := c.Now()
-	var sentAt []time.Duration
-	n := pace(context.Background(), c, start, 10, time.Second, func(k int, _ time.Time) {
-		sentAt = append(sentAt, c.Now().Sub(start))
-		if k == 2 {
-			c.advance(450 * time.Millisecond) // the generator stalls
-		}
-	})
-	if n != 10 {
-		t.Fatalf("%d arrivals after a stall, want all 10", n)
-	}
-	// Slots 3 and 4 (due 0.3 s, 0.4 s) go out at 0.65 s, at once.
-	if sentAt[3] != 650*time.Millisecond || sentAt[4] != 650*time.Millisecond || sentAt[7] != 700*time.Millisecond {
-		t.Errorf("sent at %v, want slots 3 and 4 at 650ms and slot 7 on time", sentAt)
-	}
-}
-
-func TestPaceStopsWithContext(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	c := newFakeClock()
-	n := pace(ctx, c, c.Now(), 100, time.Minute, func(k int, _ time.Time) {
-		if k == 9 {
-			cancel()
-		}
-	})
-	if n != 10 {
-		t.Errorf("%d arrivals, want 10 (stopped by cancel)", n)
-	}
-}
-
-func TestRunSkipsArrivalsOfBusyUsers(t *testing.T) {
-	shop := newFakeShop("b1")
-	shop.block = make(chan struct{})
-	srv, client := startShop(t, shop)
-	l := testLoad()
-	l.Users, l.Rate, l.Duration = 2, 100, 100*time.Millisecond // 10 arrivals, 5 per user
-	g := newGenerator(l, srv.URL, client)
-	c := newFakeClock()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		g.run(context.Background(), c, c.Now())
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for (g.skipped.Load() < 8 || shop.arrived.Load() < 2) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	close(shop.block)
-	<-done
-	if got := g.skipped.Load(); got != 8 {
-		t.Errorf("skipped %d arrivals, want 8 (each user's first request blocks the other 4)", got)
-	}
-	if got := len(g.rec.samples); got != 2 {
-		t.Errorf("%d samples, want 2", got)
-	}
-}
-
 func TestRunRecordsEveryArrival(t *testing.T) {
 	srv, client := startShop(t, newFakeShop("b1"))
 	l := testLoad()
 	l.Users, l.Rate, l.Duration = 4, 400, 100*time.Millisecond
-	g := newGenerator(l, srv.URL, client)
-	g.run(context.Background(), wallClock{}, time.Now())
-	if got := len(g.rec.samples) + int(g.skipped.Load()); got != 40 {
+	g := testGenerator(t, l, srv.URL, client)
+	g.run(context.Background(), harness.WallClock{}, time.Now())
+	if got := len(g.rec.samples) + g.skipped; got != 40 {
 		t.Errorf("samples + skipped = %d, want 40 arrivals", got)
 	}
 	for _, s := range g.rec.samples {

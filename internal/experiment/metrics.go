@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // CellResult is everything measured in one cell of the matrix. The JSON names
@@ -67,8 +69,8 @@ type CellResult struct {
 	// cart requests made with i items in the cart.
 	CookieBytesByItems []float64 `json:"cookie_bytes_by_items"`
 
-	Backends []BackendStats `json:"backends"`
-	Faults   []Applied      `json:"faults"`
+	Backends []BackendStats    `json:"backends"`
+	Faults   []harness.Applied `json:"faults"`
 	// ProxyReloads counts reloads of the proxy's config (add, remove),
 	// each by the running proxy, which keeps its connections.
 	ProxyReloads int `json:"proxy_reloads"`
@@ -94,7 +96,7 @@ type BackendStats struct {
 // summarize computes a cell's figures from its samples. backends names every
 // backend the cell had, in start order, the added ones last; initial is how
 // many it started with.
-func summarize(balancer, store string, samples []Sample, skipped int, d time.Duration, backends []string, initial int, faults []Applied) CellResult {
+func summarize(balancer, store string, samples []Sample, skipped int, d time.Duration, backends []string, initial int, faults []harness.Applied) CellResult {
 	r := CellResult{
 		Balancer:   balancer,
 		Store:      store,
@@ -133,7 +135,7 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		}
 	}
 	slices.Sort(ok)
-	r.P50Ms, r.P95Ms, r.P99Ms = ms(percentile(ok, 50)), ms(percentile(ok, 95)), ms(percentile(ok, 99))
+	r.P50Ms, r.P95Ms, r.P99Ms = ms(harness.Percentile(ok, 50)), ms(harness.Percentile(ok, 95)), ms(harness.Percentile(ok, 99))
 	if d > 0 {
 		r.ThroughputRPS = float64(len(ok)) / d.Seconds()
 	}
@@ -151,13 +153,13 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 	for _, name := range backends {
 		r.Backends = append(r.Backends, BackendStats{Name: name, Requests: perBackend[name]})
 	}
-	if f, ok := firstFault(faults, Action.changesMembership); ok {
+	if f, ok := harness.First(faults, harness.Action.ChangesMembership); ok {
 		r.UsersMovedPct = usersMoved(samples, f.Start, f.End)
 	}
-	if f, ok := firstFault(faults, func(a Action) bool { return a == Kill }); ok {
+	if f, ok := harness.First(faults, func(a harness.Action) bool { return a == harness.Kill }); ok {
 		r.VictimUsersPct = victimUsers(samples, f.Start, f.Target)
 	}
-	if f, ok := firstFault(faults, func(a Action) bool { return a == Add }); ok && initial < len(backends) {
+	if f, ok := harness.First(faults, func(a harness.Action) bool { return a == harness.Add }); ok && initial < len(backends) {
 		r.NewBackendPct = servedBy(samples, f.End, backends[initial:])
 		r.NewcomersPct = newcomers(samples, f.Start, f.End, backends[initial:])
 	}
@@ -165,17 +167,6 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 	r.Timeline = timeline(samples, d, time.Second)
 	r.Fine = timeline(samples, d, fineBucket(d))
 	return r
-}
-
-// percentile returns the p-th percentile of sorted by the nearest-rank
-// method: the smallest sample with at least p% of the samples at or below
-// it. It is 0 for no samples.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	return sorted[min(max(rank, 1), len(sorted))-1]
 }
 
 // imbalance returns max/mean of the requests per backend over names (plus
@@ -378,15 +369,6 @@ func cookieBytesByItems(samples []Sample) []float64 {
 		}
 	}
 	return out
-}
-
-// firstFault returns the first applied fault whose action matches.
-func firstFault(faults []Applied, match func(Action) bool) (Applied, bool) {
-	i := slices.IndexFunc(faults, func(a Applied) bool { return a.Err == "" && match(a.Action) })
-	if i < 0 {
-		return Applied{}, false
-	}
-	return faults[i], true
 }
 
 func pct(n, of int) float64 {

@@ -4,45 +4,9 @@ import (
 	"math"
 	"testing"
 	"time"
-)
 
-func TestPercentileNearestRank(t *testing.T) {
-	ms := func(v ...int) []time.Duration {
-		out := make([]time.Duration, len(v))
-		for i, x := range v {
-			out[i] = time.Duration(x) * time.Millisecond
-		}
-		return out
-	}
-	ten := ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-	hundred := make([]time.Duration, 100)
-	for i := range hundred {
-		hundred[i] = time.Duration(i+1) * time.Millisecond
-	}
-	tests := []struct {
-		name   string
-		sorted []time.Duration
-		p      float64
-		want   time.Duration
-	}{
-		{"empty", nil, 50, 0},
-		{"one", ms(7), 99, 7 * time.Millisecond},
-		{"median of ten: 5th", ten, 50, 5 * time.Millisecond},
-		{"p95 of ten: ceil(9.5)=10th", ten, 95, 10 * time.Millisecond},
-		{"p90 of ten: 9th", ten, 90, 9 * time.Millisecond},
-		{"p0 is the minimum", ten, 0, 1 * time.Millisecond},
-		{"p100 is the maximum", ten, 100, 10 * time.Millisecond},
-		{"p99 of 1..100: 99th", hundred, 99, 99 * time.Millisecond},
-		{"p50 of 1..100: 50th", hundred, 50, 50 * time.Millisecond},
-		{"p99.9 of 1..100: 100th", hundred, 99.9, 100 * time.Millisecond},
-		{"p50 of four: 2nd", ms(10, 20, 30, 40), 50, 20 * time.Millisecond},
-	}
-	for _, tt := range tests {
-		if got := percentile(tt.sorted, tt.p); got != tt.want {
-			t.Errorf("%s: percentile(p%v) = %v, want %v", tt.name, tt.p, got, tt.want)
-		}
-	}
-}
+	"github.com/affinityproxy/affinity/internal/harness"
+)
 
 func TestImbalance(t *testing.T) {
 	tests := []struct {
@@ -98,7 +62,7 @@ func TestSessionsLostAfterAFailedRequest(t *testing.T) {
 		smp("a", 2, stepAdd, "b2", kindSessionStale),
 		// b: the same, then later a real loss.
 		smp("b", 0, stepLogin, "b1", ""),
-		smp("b", 1, stepAdd, "", kindTimeout),
+		smp("b", 1, stepAdd, "", harness.KindTimeout),
 		smp("b", 2, stepAdd, "b2", kindSessionStale),
 		smp("b", 3, stepLogin, "b2", ""),
 		smp("b", 4, stepAdd, "b3", kindSessionLost),
@@ -238,9 +202,9 @@ func TestSummarizeFaultFigures(t *testing.T) {
 	for i := range samples {
 		samples[i].Latency = time.Millisecond
 	}
-	faults := []Applied{
-		{Fault: Fault{At: 2 * time.Second, Action: Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second},
-		{Fault: Fault{At: 3 * time.Second, Action: Add}, Start: 3 * time.Second, End: 4 * time.Second},
+	faults := []harness.Applied{
+		{Fault: harness.Fault{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second},
+		{Fault: harness.Fault{At: 3 * time.Second, Action: harness.Add}, Start: 3 * time.Second, End: 4 * time.Second},
 	}
 	r := summarize("cookie", "memory", samples, 0, 8*time.Second, []string{"b1", "b2", "b3", "b4"}, 3, faults)
 	if r.UsersMovedPct == nil || *r.UsersMovedPct != 50 {

@@ -8,12 +8,13 @@ import (
 	"testing"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 func backends(n int) []*balancer.Backend {
 	out := make([]*balancer.Backend, n)
 	for i := range out {
-		out[i] = balancer.NewBackend(BackendName(i+1), &url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(9001+i)}, 1, nil)
+		out[i] = balancer.NewBackend(harness.BackendName(i+1), &url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(9001+i)}, 1, nil)
 	}
 	return out
 }

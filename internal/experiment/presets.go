@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // The presets. Their sizes are set so that a full run stays under two
@@ -20,7 +22,7 @@ var (
 		MinItems: 3, MaxItems: 6, Work: 2 * time.Millisecond,
 		Balancers: []string{"round-robin", "cookie", "consistent-hash", "modulo-hash"},
 		Stores:    Stores,
-		Faults:    Schedule{{At: 2 * time.Second, Action: Kill, Target: "b2"}, {At: 4 * time.Second, Action: Restart, Target: "b2"}},
+		Faults:    harness.Schedule{{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, {At: 4 * time.Second, Action: harness.Restart, Target: "b2"}},
 		Quick: Quick{
 			Duration:  1800 * time.Millisecond,
 			Users:     100,
@@ -39,7 +41,7 @@ var (
 		MinItems: 3, MaxItems: 6, Churn: 0.3, Work: 2 * time.Millisecond,
 		Balancers: []string{"round-robin", "cookie", "consistent-hash", "modulo-hash"},
 		Stores:    []string{StoreMemory, StoreRedis},
-		Faults:    Schedule{{At: 3 * time.Second, Action: Add}},
+		Faults:    harness.Schedule{{At: 3 * time.Second, Action: harness.Add}},
 		Quick: Quick{
 			Duration:  3 * time.Second,
 			Users:     100,
@@ -78,7 +80,7 @@ var (
 		MinItems: 3, MaxItems: 6, Work: 2 * time.Millisecond,
 		Balancers: []string{"round-robin", "cookie", "consistent-hash"},
 		Stores:    Stores,
-		Faults:    Schedule{{At: 3 * time.Second, Action: Remove, Target: "b2"}},
+		Faults:    harness.Schedule{{At: 3 * time.Second, Action: harness.Remove, Target: "b2"}},
 		Quick: Quick{
 			Duration:  2 * time.Second,
 			Users:     100,
@@ -97,7 +99,7 @@ var (
 		// near cache of cached-redis, changes what the outage costs.
 		Balancers: []string{"round-robin", "cookie"},
 		Stores:    Stores,
-		Faults:    Schedule{{At: 3 * time.Second, Action: StoreDown}, {At: 5 * time.Second, Action: StoreUp}},
+		Faults:    harness.Schedule{{At: 3 * time.Second, Action: harness.StoreDown}, {At: 5 * time.Second, Action: harness.StoreUp}},
 		Quick: Quick{
 			Duration:  3 * time.Second,
 			Users:     100,
@@ -117,7 +119,7 @@ var (
 		// Longer than the request timeout, in the quick run too, so that
 		// requests sent to the frozen backend before the health checks
 		// eject it time out instead of being answered late.
-		Faults: Schedule{{At: 2 * time.Second, Action: Hang, Target: "b2"}, {At: 6500 * time.Millisecond, Action: Resume, Target: "b2"}},
+		Faults: harness.Schedule{{At: 2 * time.Second, Action: harness.Hang, Target: "b2"}, {At: 6500 * time.Millisecond, Action: harness.Resume, Target: "b2"}},
 		Quick: Quick{
 			Duration:  4 * time.Second,
 			Users:     100,

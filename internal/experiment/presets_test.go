@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // cellOverhead bounds what a cell costs besides its load: starting three or
@@ -52,7 +54,7 @@ func TestQuickKeepsTheCellsTheEndToEndTestsAssert(t *testing.T) {
 			t.Errorf("failover --quick lacks %s × %s", c[0], c[1])
 		}
 	}
-	if len(q.Faults) != 2 || q.Faults[0].Action != Kill || q.Faults[0].At >= q.Faults[1].At || q.Faults[1].At >= q.Duration {
+	if len(q.Faults) != 2 || q.Faults[0].Action != harness.Kill || q.Faults[0].At >= q.Faults[1].At || q.Faults[1].At >= q.Duration {
 		t.Errorf("failover --quick faults %v over %v", q.Faults, q.Duration)
 	}
 	s, _ := Preset("scale-out")
@@ -68,10 +70,10 @@ func TestQuickKeepsTheCellsTheEndToEndTestsAssert(t *testing.T) {
 // still has the cells its finding or end-to-end test reads, and its faults
 // in an order and with gaps that show what they are meant to.
 func TestOutagePresetsKeepTheirStoryWhenQuick(t *testing.T) {
-	fault := func(s Spec, a Action) (Fault, bool) {
-		i := slices.IndexFunc(s.Faults, func(f Fault) bool { return f.Action == a })
+	fault := func(s Spec, a harness.Action) (harness.Fault, bool) {
+		i := slices.IndexFunc(s.Faults, func(f harness.Fault) bool { return f.Action == a })
 		if i < 0 {
-			return Fault{}, false
+			return harness.Fault{}, false
 		}
 		return s.Faults[i], true
 	}
@@ -85,14 +87,14 @@ func TestOutagePresetsKeepTheirStoryWhenQuick(t *testing.T) {
 			switch name {
 			case "drain":
 				cells = [][2]string{{"cookie", StoreMemory}, {"consistent-hash", StoreMemory}, {"cookie", StoreRedis}, {"cookie", StoreToken}}
-				rm, ok := fault(s, Remove)
+				rm, ok := fault(s, harness.Remove)
 				if !ok || len(s.Faults) != 1 || rm.At < s.Duration/3 || rm.At > s.Duration*2/3 {
 					t.Errorf("%s over %v: faults %v, want one remove mid-run", name, s.Duration, s.Faults)
 				}
 			case "store-down":
 				cells = [][2]string{{"cookie", StoreMemory}, {"cookie", StoreRedis}, {"cookie", StoreCachedRedis}, {"cookie", StoreToken}}
-				down, okd := fault(s, StoreDown)
-				up, oku := fault(s, StoreUp)
+				down, okd := fault(s, harness.StoreDown)
+				up, oku := fault(s, harness.StoreUp)
 				// Several of the report's finest buckets must fit in the
 				// outage for the finding to measure it.
 				if !okd || !oku || up.At-down.At < 5*fineBucket(s.Duration) || up.At >= s.Duration-fineBucket(s.Duration) {
@@ -100,8 +102,8 @@ func TestOutagePresetsKeepTheirStoryWhenQuick(t *testing.T) {
 				}
 			case "hang":
 				cells = [][2]string{{"cookie", StoreMemory}, {"cookie", StoreRedis}}
-				h, okh := fault(s, Hang)
-				r, okr := fault(s, Resume)
+				h, okh := fault(s, harness.Hang)
+				r, okr := fault(s, harness.Resume)
 				if !okh || !okr || r.At-h.At <= requestTimeout || r.At >= s.Duration {
 					t.Errorf("%s over %v: faults %v, want a hang longer than the request timeout (%v), resumed before the end",
 						name, s.Duration, s.Faults, requestTimeout)

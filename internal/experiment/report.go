@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // WriteReport writes the report of res into dir: report.md, results.json,
@@ -73,7 +75,7 @@ func writeTimeline(w io.Writer, res *Results) error {
 	cw := csv.NewWriter(w)
 	head := []string{"balancer", "store", "second", "requests", "ok", "errors", "sessions_lost", "p50_ms", "p99_ms"}
 	for i := 1; i <= n; i++ {
-		head = append(head, BackendName(i))
+		head = append(head, harness.BackendName(i))
 	}
 	_ = cw.Write(head)
 	for _, c := range res.Cells {
@@ -81,7 +83,7 @@ func writeTimeline(w io.Writer, res *Results) error {
 			row := []string{c.Balancer, c.Store, strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
 				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), f2(s.P50Ms), f2(s.P99Ms)}
 			for i := 1; i <= n; i++ {
-				row = append(row, strconv.Itoa(s.ByBackend[BackendName(i)]))
+				row = append(row, strconv.Itoa(s.ByBackend[harness.BackendName(i)]))
 			}
 			_ = cw.Write(row)
 		}
@@ -137,11 +139,11 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 		fmt.Fprintf(&b, "- Faults, from the start of the load: %s. The times each was applied, per cell, are in results.json.\n",
 			strings.Join(st.Faults, ", "))
 	}
-	if slices.ContainsFunc(s.Faults, func(f Fault) bool { return f.Action == Add || f.Action == Remove }) {
+	if slices.ContainsFunc(s.Faults, func(f harness.Fault) bool { return f.Action == harness.Add || f.Action == harness.Remove }) {
 		fmt.Fprintf(&b, "- For add and remove the harness rewrote the proxy's config and had the running proxy reload it (SIGHUP), "+
 			"then waited until the proxy's /status showed the new set of backends: the proxy kept its listener, its connections "+
 			"and the health of the backends that stayed. A removed backend got no new request from then on; %.0f ms later "+
-			"it was stopped gracefully (SIGTERM), answering the requests it still held.\n", ms(drainGrace))
+			"it was stopped gracefully (SIGTERM), answering the requests it still held.\n", ms(harness.DrainGrace))
 	}
 	switch {
 	case !slices.ContainsFunc(st.Stores, needsRedis):

@@ -9,12 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // synthetic returns the results of a two-cell failover run, with figures
 // chosen by hand.
 func synthetic() *Results {
-	kill := Applied{Fault: Fault{At: 2 * time.Second, Action: Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second}
+	kill := harness.Applied{Fault: harness.Fault{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second}
 	bucket := func(start time.Duration, ok, errs int) Bucket {
 		return Bucket{Start: start, Width: time.Second, Requests: ok + errs, OK: ok, Errors: errs,
 			ByBackend: map[string]int{"b1": ok / 2, "b2": ok - ok/2}}
@@ -26,7 +28,7 @@ func synthetic() *Results {
 			Users: 150, SessionsLostPct: lost, UsersMovedPct: ptr(33.0), VictimUsersPct: ptr(33.0), Imbalance: 1.2,
 			P50Ms: 1.5, P95Ms: 3, P99Ms: 5, ThroughputRPS: 363,
 			Backends: []BackendStats{{Name: "b1", Requests: 600, Sessions: 70, RSSBytes: 16 << 20}, {Name: "b2", Requests: 500}, {Name: "b3", Requests: 100}},
-			Faults:   []Applied{kill}, Timeline: timeline, Fine: timeline,
+			Faults:   []harness.Applied{kill}, Timeline: timeline, Fine: timeline,
 		}
 	}
 	s, _ := Preset("failover")
@@ -145,12 +147,12 @@ func TestWriteSummary(t *testing.T) {
 // of it.
 func TestReportSaysHowMembershipChanged(t *testing.T) {
 	tests := []struct {
-		faults Schedule
+		faults harness.Schedule
 		reload bool
 	}{
-		{Schedule{{At: time.Second, Action: Kill, Target: "b2"}}, false},
-		{Schedule{{At: time.Second, Action: Add, Target: "b4"}}, true},
-		{Schedule{{At: time.Second, Action: Remove, Target: "b2"}}, true},
+		{harness.Schedule{{At: time.Second, Action: harness.Kill, Target: "b2"}}, false},
+		{harness.Schedule{{At: time.Second, Action: harness.Add, Target: "b4"}}, true},
+		{harness.Schedule{{At: time.Second, Action: harness.Remove, Target: "b2"}}, true},
 	}
 	for _, tt := range tests {
 		res := synthetic()

@@ -8,22 +8,24 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // scrape reads each running backend's /metrics.
-func (c *cluster) scrape(ctx context.Context) map[string]BackendStats {
+func scrape(ctx context.Context, c *harness.Cluster) map[string]BackendStats {
 	out := map[string]BackendStats{}
-	for _, b := range c.backends {
-		if b.state != running {
+	for _, b := range c.Backends() {
+		if b.State != harness.Running {
 			continue
 		}
-		status, _, body, err := c.get(ctx, "http://"+b.addr+"/metrics", nil)
+		status, _, body, err := c.Get(ctx, "http://"+b.Addr+"/metrics", nil)
 		if err != nil || status != http.StatusOK {
 			continue
 		}
 		m := parseMetrics(bytes.NewReader(body))
-		out[b.name] = BackendStats{
-			Name:      b.name,
+		out[b.Name] = BackendStats{
+			Name:      b.Name,
 			Sessions:  int(m["demoapp_sessions"]),
 			RSSBytes:  int64(m["process_resident_memory_bytes"]),
 			CacheHits: int64(m["demoapp_cache_hits_total"]),

@@ -1,13 +1,11 @@
 package experiment
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
-	"net/url"
-	"os"
 	"strconv"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Shop paths and headers of the demo app's contract.
@@ -28,8 +26,7 @@ const (
 const (
 	kindSessionLost  = "session_lost"
 	kindSessionStale = "session_stale"
-	kindTimeout      = "timeout"
-	kindConnection   = "connection"
+	kindConnection   = harness.KindConnection
 )
 
 // errorKind names a failed response: the shop's "error" field when its body
@@ -44,23 +41,17 @@ func errorKind(status int, body []byte) string {
 	return "http_" + strconv.Itoa(status)
 }
 
-// transportKind names a request that got no complete response.
-func transportKind(err error) string {
-	var ue *url.Error
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
-		(errors.As(err, &ue) && ue.Timeout()) {
-		return kindTimeout
-	}
-	return kindConnection
-}
-
 // requestBytes approximates the size of req on the wire in HTTP/1.1: request
-// line, Host, headers and body. It is what a client pays per request, and
-// what a token store makes grow with the cart.
-func requestBytes(req *http.Request) int {
+// line, Host, headers, the Cookie header its client adds and body. It is
+// what a client pays per request, and what a token store makes grow with
+// the cart.
+func requestBytes(req *http.Request, cookie string) int {
 	n := len(req.Method) + 1 + len(req.URL.RequestURI()) + len(" HTTP/1.1\r\n")
 	n += len("Host: \r\n") + len(req.URL.Host)
 	n += headerBytes(req.Header)
+	if cookie != "" {
+		n += len("Cookie: \r\n") + len(cookie)
+	}
 	if req.Method == http.MethodPost {
 		n += len("Content-Length: 0\r\n")
 	}

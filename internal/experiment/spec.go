@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Session stores of the demo app, as `affinity backend --session-store`
@@ -53,7 +54,7 @@ type Spec struct {
 
 	Balancers []string
 	Stores    []string
-	Faults    Schedule
+	Faults    harness.Schedule
 
 	// Quick is the short version of the run that --quick selects.
 	Quick Quick
@@ -125,7 +126,7 @@ func (s *Spec) Check() error {
 			bad("unknown store %q (known: %v)", st, Stores)
 		}
 	}
-	if _, err := NewSchedule(s.Faults, s.Backends, s.Duration); err != nil {
+	if _, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration); err != nil {
 		errs = append(errs, fmt.Errorf("%w %q: %w", ErrBadSpec, s.Name, err))
 	}
 	return errors.Join(errs...)
@@ -137,7 +138,7 @@ func (s Spec) Shortened() Spec {
 	q := s
 	if s.Quick.Duration > 0 {
 		q.Duration = s.Quick.Duration
-		q.Faults = s.Faults.scaled(q.Duration, s.Duration)
+		q.Faults = s.Faults.Scaled(q.Duration, s.Duration)
 	}
 	if s.Quick.Users > 0 {
 		q.Users = s.Quick.Users
@@ -243,7 +244,7 @@ func parseSpec(data []byte) (Spec, error) {
 		s.Title = s.Name
 	}
 	for _, raw := range f.Faults {
-		ft, err := ParseFault(raw)
+		ft, err := harness.ParseFault(raw)
 		if err != nil {
 			return Spec{}, fmt.Errorf("%w %q: %w", ErrBadSpec, s.Name, err)
 		}
@@ -252,7 +253,7 @@ func parseSpec(data []byte) (Spec, error) {
 	if err := s.Check(); err != nil {
 		return Spec{}, err
 	}
-	if sorted, err := NewSchedule(s.Faults, s.Backends, s.Duration); err == nil {
+	if sorted, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration); err == nil {
 		s.Faults = sorted
 	}
 	if q := s.Shortened(); !reflect.DeepEqual(s.Quick, Quick{}) {

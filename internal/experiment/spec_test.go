@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 func TestParseSpec(t *testing.T) {
@@ -36,7 +38,7 @@ quick: {duration: 3s, users: 10, stores: [memory]}
 			if s.Backends != 4 || s.Duration != 30*time.Second || s.MinItems != 1 || s.MaxItems != 2 || s.Churn != 0.5 {
 				t.Errorf("%+v", s)
 			}
-			if s.Faults[0].Action != Kill {
+			if s.Faults[0].Action != harness.Kill {
 				t.Errorf("faults not sorted: %v", s.Faults)
 			}
 			q := s.Shortened()

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 func dialable(addr string) bool {
@@ -66,10 +68,7 @@ func TestExternalRedisTakesNoFaults(t *testing.T) {
 }
 
 func TestExternalRedisMustAnswer(t *testing.T) {
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := testutil.ClosedURL(t).Host
 	if _, err := startRedis(context.Background(), addr); err == nil {
 		t.Errorf("accepted %s, where nothing listens", addr)
 	}

@@ -3,6 +3,8 @@ package experiment
 import (
 	"slices"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Bucket is a slice of a cell's timeline, by scheduled arrival time.
@@ -56,7 +58,7 @@ func timeline(samples []Sample, d, width time.Duration) []Bucket {
 	}
 	for i := range secs {
 		slices.Sort(lat[i])
-		secs[i].P50Ms, secs[i].P99Ms = ms(percentile(lat[i], 50)), ms(percentile(lat[i], 99))
+		secs[i].P50Ms, secs[i].P99Ms = ms(harness.Percentile(lat[i], 50)), ms(harness.Percentile(lat[i], 99))
 	}
 	return secs
 }

@@ -1,4 +1,4 @@
-package experiment
+package harness
 
 import (
 	"cmp"
@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Action is what a fault does to the cell under test.
+// Action is what a fault does to the system under test.
 type Action string
 
 // The fault actions. Backends are named b1..bN in start order; add names the
@@ -24,12 +24,13 @@ const (
 	Resume    Action = "resume"     // SIGCONT a hung backend
 	Add       Action = "add"        // start a new backend and put it in the proxy's config
 	Remove    Action = "remove"     // take a backend out of the config, then stop it gracefully
+	Reload    Action = "reload"     // rewrite the proxy's config, the same backends in it, and have it reload
 	StoreDown Action = "store-down" // stop the session store (Redis)
 	StoreUp   Action = "store-up"   // start it again, on the same address
 )
 
-// actions lists every Action, in the order help text shows them.
-var actions = []Action{Kill, Restart, Hang, Resume, Add, Remove, StoreDown, StoreUp}
+// Actions lists every Action, in the order help text shows them.
+var Actions = []Action{Kill, Restart, Hang, Resume, Add, Remove, Reload, StoreDown, StoreUp}
 
 // targeted reports whether a names a backend.
 func (a Action) targeted() bool {
@@ -40,9 +41,9 @@ func (a Action) targeted() bool {
 	return false
 }
 
-// changesMembership reports whether a changes which backends can serve: the
+// ChangesMembership reports whether a changes which backends can serve: the
 // faults that users-moved is measured across.
-func (a Action) changesMembership() bool {
+func (a Action) ChangesMembership() bool {
 	switch a {
 	case Kill, Add, Remove:
 		return true
@@ -51,7 +52,7 @@ func (a Action) changesMembership() bool {
 }
 
 // Fault is one scripted event of a run: Action at offset At from the start of
-// the load, on backend Target (empty for add and the store actions).
+// the load, on backend Target (empty for add, reload and the store actions).
 type Fault struct {
 	At     time.Duration
 	Action Action
@@ -83,8 +84,8 @@ func ParseFault(s string) (Fault, error) {
 		return Fault{}, fmt.Errorf("%w %q: time: %w", ErrBadFault, s, err)
 	}
 	f := Fault{At: at, Action: Action(fields[1])}
-	if !slices.Contains(actions, f.Action) {
-		return Fault{}, fmt.Errorf("%w %q: unknown action %q (known: %v)", ErrBadFault, s, fields[1], actions)
+	if !slices.Contains(Actions, f.Action) {
+		return Fault{}, fmt.Errorf("%w %q: unknown action %q (known: %v)", ErrBadFault, s, fields[1], Actions)
 	}
 	if len(fields) == 3 {
 		f.Target = fields[2]
@@ -102,43 +103,45 @@ func ParseFault(s string) (Fault, error) {
 type Schedule []Fault
 
 // NewSchedule sorts faults by time (keeping the given order for equal times)
-// and checks them against a cell that starts with backends b1..bN and runs
-// for duration: every fault falls inside the run, and each is possible in
+// and checks them against a run that starts with backends b1..bN and lasts
+// duration: every fault falls inside the run, and each is possible in
 // the state the earlier ones leave (only a killed backend restarts, only a
 // running one hangs, and so on). Each add gets the name of the backend it
 // starts as its Target.
 func NewSchedule(faults []Fault, backends int, duration time.Duration) (Schedule, error) {
 	s := slices.Clone(faults)
 	slices.SortStableFunc(s, func(a, b Fault) int { return cmp.Compare(a.At, b.At) })
-	state := make(map[string]backendState, backends+len(s))
+	state := make(map[string]State, backends+len(s))
 	for i := 1; i <= backends; i++ {
-		state[BackendName(i)] = running
+		state[BackendName(i)] = Running
 	}
 	n, storeUp := backends, true
 	for i, f := range s {
 		if f.At < 0 || f.At >= duration {
 			return nil, fmt.Errorf("%w %q: time outside the run (0 to %v)", ErrBadFault, f, duration)
 		}
-		var from []backendState
-		var to backendState
+		var from []State
+		var to State
 		switch f.Action {
 		case Kill:
-			from, to = []backendState{running, hung}, killed
+			from, to = []State{Running, Hung}, Killed
 		case Restart:
-			from, to = []backendState{killed}, running
+			from, to = []State{Killed}, Running
 		case Hang:
-			from, to = []backendState{running}, hung
+			from, to = []State{Running}, Hung
 		case Resume:
-			from, to = []backendState{hung}, running
+			from, to = []State{Hung}, Running
 		case Remove:
-			from, to = []backendState{running, hung}, removed
+			from, to = []State{Running, Hung}, Removed
 		case Add:
 			n++
 			if f.Target != "" && f.Target != BackendName(n) {
 				return nil, fmt.Errorf("%w %q: the backend added then is %s", ErrBadFault, f, BackendName(n))
 			}
 			s[i].Target = BackendName(n)
-			state[BackendName(n)] = running
+			state[BackendName(n)] = Running
+			continue
+		case Reload:
 			continue
 		case StoreDown, StoreUp:
 			if storeUp != (f.Action == StoreDown) {
@@ -161,17 +164,19 @@ func NewSchedule(faults []Fault, backends int, duration time.Duration) (Schedule
 	return s, nil
 }
 
-// backendState is where a backend stands at some point of a schedule.
-type backendState string
+// State is where a backend stands at some point of a run.
+type State string
 
+// The states of a backend. A killed or hung backend is still in the
+// proxy's config (it failed; nobody took it out); a removed one is not.
 const (
-	running backendState = "running"
-	killed  backendState = "killed"
-	hung    backendState = "hung"
-	removed backendState = "removed"
+	Running State = "running"
+	Killed  State = "killed"
+	Hung    State = "hung"
+	Removed State = "removed"
 )
 
-// BackendName is the name of the i-th backend of a cell, counting from 1.
+// BackendName is the name of the i-th backend of a run, counting from 1.
 func BackendName(i int) string { return "b" + strconv.Itoa(i) }
 
 // Clock tells time and waits; tests inject a fake one so that pacing and
@@ -182,12 +187,14 @@ type Clock interface {
 	SleepUntil(ctx context.Context, t time.Time) error
 }
 
-// wallClock is the real Clock.
-type wallClock struct{}
+// WallClock is the real Clock.
+type WallClock struct{}
 
-func (wallClock) Now() time.Time { return time.Now() }
+// Now returns time.Now().
+func (WallClock) Now() time.Time { return time.Now() }
 
-func (wallClock) SleepUntil(ctx context.Context, t time.Time) error {
+// SleepUntil waits until t on a timer.
+func (WallClock) SleepUntil(ctx context.Context, t time.Time) error {
 	d := time.Until(t)
 	if d <= 0 {
 		return ctx.Err()
@@ -202,50 +209,87 @@ func (wallClock) SleepUntil(ctx context.Context, t time.Time) error {
 	}
 }
 
-// Applied records a fault as it happened: when applying it began and ended,
-// as offsets from the start of the load, and its error, if any.
+// Applied records a fault as it happened, as offsets from the start of the
+// load: when applying it began and ended, and when the proxy was seen
+// routing by it (Settled: a killed backend out of rotation, a restarted one
+// back in), or -1 when that was not seen before the end. Err is the
+// error of a fault that could not be applied.
 type Applied struct {
 	Fault
-	Start, End time.Duration
-	Err        string
+	Start, End, Settled time.Duration
+	Err                 string
 }
 
-// MarshalJSON writes an applied fault for results.json, times in seconds.
+// MarshalJSON writes an applied fault for results.json, times in seconds;
+// settled_s is null when the proxy was not seen routing by the fault.
 func (a Applied) MarshalJSON() ([]byte, error) {
+	var settled *float64
+	if a.Settled >= 0 {
+		s := a.Settled.Seconds()
+		settled = &s
+	}
 	return json.Marshal(struct {
-		Fault  string  `json:"fault"`
-		Action Action  `json:"action"`
-		Target string  `json:"target,omitempty"`
-		At     float64 `json:"at_s"`
-		Start  float64 `json:"start_s"`
-		End    float64 `json:"end_s"`
-		Err    string  `json:"error,omitempty"`
-	}{a.Fault.String(), a.Action, a.Target, a.At.Seconds(), a.Start.Seconds(), a.End.Seconds(), a.Err})
+		Fault   string   `json:"fault"`
+		Action  Action   `json:"action"`
+		Target  string   `json:"target,omitempty"`
+		At      float64  `json:"at_s"`
+		Start   float64  `json:"start_s"`
+		End     float64  `json:"end_s"`
+		Settled *float64 `json:"settled_s"`
+		Err     string   `json:"error,omitempty"`
+	}{a.Fault.String(), a.Action, a.Target, a.At.Seconds(), a.Start.Seconds(), a.End.Seconds(), settled, a.Err})
+}
+
+// Since returns when the fault's effect held from: when the proxy was seen
+// routing by it, or, when that was not seen, when applying it ended.
+func (a Applied) Since() time.Duration {
+	if a.Settled >= 0 {
+		return a.Settled
+	}
+	return a.End
 }
 
 // Run applies the faults of s in order, each at start+At (late ones at once),
-// and returns what happened. It stops early when ctx ends. A fault that fails
-// is recorded and does not stop the ones after it: a report with one failed
+// and returns what happened. After each fault applied without error,
+// settle (when not nil) waits until the system shows its effect; the next
+// fault waits for it. Run stops early when ctx ends. A fault that fails is
+// recorded and does not stop the ones after it: a report with one failed
 // fault says so, instead of ending the run.
-func (s Schedule) Run(ctx context.Context, c Clock, start time.Time, apply func(context.Context, Fault) error) []Applied {
+func (s Schedule) Run(ctx context.Context, c Clock, start time.Time, apply, settle func(context.Context, Fault) error) []Applied {
 	out := make([]Applied, 0, len(s))
 	for _, f := range s {
 		if err := c.SleepUntil(ctx, start.Add(f.At)); err != nil {
 			break
 		}
-		a := Applied{Fault: f, Start: c.Now().Sub(start)}
-		if err := apply(ctx, f); err != nil {
-			a.Err = err.Error()
-		}
+		a := Applied{Fault: f, Start: c.Now().Sub(start), Settled: -1}
+		err := apply(ctx, f)
 		a.End = c.Now().Sub(start)
+		switch {
+		case err != nil:
+			a.Err = err.Error()
+		case settle == nil:
+			a.Settled = a.End
+		case settle(ctx, f) == nil:
+			a.Settled = c.Now().Sub(start)
+		}
 		out = append(out, a)
 	}
 	return out
 }
 
-// scaled returns s with every time multiplied by num/den, rounded to the
+// First returns the first fault of applied made without error whose action
+// matches.
+func First(applied []Applied, match func(Action) bool) (Applied, bool) {
+	i := slices.IndexFunc(applied, func(a Applied) bool { return a.Err == "" && match(a.Action) })
+	if i < 0 {
+		return Applied{}, false
+	}
+	return applied[i], true
+}
+
+// Scaled returns s with every time multiplied by num/den, rounded to the
 // millisecond: the same story told over a shorter run.
-func (s Schedule) scaled(num, den time.Duration) Schedule {
+func (s Schedule) Scaled(num, den time.Duration) Schedule {
 	out := slices.Clone(s)
 	for i := range out {
 		out[i].At = (time.Duration(float64(out[i].At) * float64(num) / float64(den))).Round(time.Millisecond)

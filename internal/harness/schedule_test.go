@@ -1,9 +1,11 @@
-package experiment
+package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,6 +64,8 @@ func TestParseFault(t *testing.T) {
 		{"2s add b4", Fault{2 * time.Second, Add, "b4"}, true}, // NewSchedule checks the name
 		{"2s store-up b1", Fault{}, false},                     // store takes no backend
 		{"2s kill b2 now", Fault{}, false},                     // too many fields
+		{"1s reload", Fault{time.Second, Reload, ""}, true},
+		{"1s reload b1", Fault{}, false},                       // reload takes no backend
 		{"-1s kill b2", Fault{-time.Second, Kill, "b2"}, true}, // parsed; NewSchedule rejects it
 	}
 	for _, tt := range tests {
@@ -121,6 +125,7 @@ func TestNewScheduleOrdersAndChecksState(t *testing.T) {
 		{"after the end", []string{"10s kill b1"}, nil},
 		{"before the start", []string{"-1s kill b1"}, nil},
 		{"restart a removed one", []string{"1s remove b1", "2s restart b1"}, nil},
+		{"reloads in any state", []string{"1s kill b1", "2s reload", "3s reload"}, []string{"1s kill b1", "2s reload", "3s reload"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,7 +167,7 @@ func TestScheduleRunAppliesEachFaultAtItsTime(t *testing.T) {
 			return errors.New("port taken")
 		}
 		return nil
-	})
+	}, nil)
 	if want := []Action{Kill, Restart, Add}; !slices.Equal(order, want) {
 		t.Fatalf("applied %v, want %v", order, want)
 	}
@@ -173,11 +178,69 @@ func TestScheduleRunAppliesEachFaultAtItsTime(t *testing.T) {
 		t.Fatalf("recorded %d faults, want 3", len(applied))
 	}
 	r := applied[1]
-	if r.Start != 3*time.Second || r.End != 3700*time.Millisecond || r.Err != "port taken" {
-		t.Errorf("restart recorded as %+v, want start 3s, end 3.7s, error recorded", r)
+	if r.Start != 3*time.Second || r.End != 3700*time.Millisecond || r.Err != "port taken" || r.Settled != -1 {
+		t.Errorf("restart recorded as %+v, want start 3s, end 3.7s, error recorded, never settled", r)
 	}
-	if applied[2].Err != "" || applied[2].Start != 5*time.Second {
-		t.Errorf("the fault after a failed one: %+v, want applied at 5s without error", applied[2])
+	if applied[2].Err != "" || applied[2].Start != 5*time.Second || applied[2].Settled != 5*time.Second {
+		t.Errorf("the fault after a failed one: %+v, want applied at 5s without error, settled at once", applied[2])
+	}
+}
+
+func TestScheduleRunWaitsForEachFaultToSettle(t *testing.T) {
+	s, err := NewSchedule(faults(t, "1s kill b2", "1.2s hang b1", "3s restart b2"), 3, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newFakeClock()
+	start := c.Now()
+	applied := s.Run(context.Background(), c, start, func(context.Context, Fault) error {
+		c.advance(50 * time.Millisecond)
+		return nil
+	}, func(_ context.Context, f Fault) error {
+		if f.Action == Hang {
+			return errors.New("not seen") // the proxy never noticed
+		}
+		c.advance(400 * time.Millisecond) // the health checks take their time
+		return nil
+	})
+	want := []Applied{
+		{Fault: s[0], Start: time.Second, End: 1050 * time.Millisecond, Settled: 1450 * time.Millisecond},
+		// Due at 1.2 s, it waited for the kill to settle.
+		{Fault: s[1], Start: 1450 * time.Millisecond, End: 1500 * time.Millisecond, Settled: -1},
+		{Fault: s[2], Start: 3 * time.Second, End: 3050 * time.Millisecond, Settled: 3450 * time.Millisecond},
+	}
+	if !slices.Equal(applied, want) {
+		t.Errorf("applied\n%+v\nwant\n%+v", applied, want)
+	}
+	if got := applied[0].Since(); got != 1450*time.Millisecond {
+		t.Errorf("Since of a settled fault = %v, want its settle time", got)
+	}
+	if got := applied[1].Since(); got != 1500*time.Millisecond {
+		t.Errorf("Since of an unsettled fault = %v, want its end", got)
+	}
+	if f, ok := First(applied, func(a Action) bool { return a == Restart }); !ok || f.Start != 3*time.Second {
+		t.Errorf("First restart = %+v, %v", f, ok)
+	}
+	failed := slices.Clone(applied)
+	failed[0].Err = "boom"
+	if _, ok := First(failed, func(a Action) bool { return a == Kill }); ok {
+		t.Error("First returned a fault that failed")
+	}
+}
+
+func TestAppliedJSON(t *testing.T) {
+	a := Applied{Fault: Fault{At: time.Second, Action: Kill, Target: "b2"}, Start: time.Second, End: 1100 * time.Millisecond, Settled: -1}
+	data, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"fault":"1s kill b2","action":"kill","target":"b2","at_s":1,"start_s":1,"end_s":1.1,"settled_s":null}`
+	if string(data) != want {
+		t.Errorf("JSON %s, want %s", data, want)
+	}
+	a.Settled = 1500 * time.Millisecond
+	if data, _ := json.Marshal(a); !strings.Contains(string(data), `"settled_s":1.5`) {
+		t.Errorf("JSON %s, want settled_s 1.5", data)
 	}
 }
 
@@ -191,7 +254,7 @@ func TestScheduleRunLateFaultsApplyAtOnce(t *testing.T) {
 	applied := s.Run(context.Background(), c, start, func(context.Context, Fault) error {
 		c.advance(5 * time.Second) // the first fault overruns the second's time
 		return nil
-	})
+	}, nil)
 	if applied[1].Start != 6*time.Second {
 		t.Errorf("late fault started at %v, want at once when the first ended (6s)", applied[1].Start)
 	}
@@ -207,7 +270,7 @@ func TestScheduleRunStopsWithContext(t *testing.T) {
 	applied := s.Run(ctx, c, c.Now(), func(context.Context, Fault) error {
 		cancel()
 		return nil
-	})
+	}, nil)
 	if len(applied) != 1 {
 		t.Errorf("applied %d faults after cancel, want 1", len(applied))
 	}
@@ -215,7 +278,7 @@ func TestScheduleRunStopsWithContext(t *testing.T) {
 
 func TestScheduleScaled(t *testing.T) {
 	s := Schedule{{At: 2 * time.Second, Action: Kill, Target: "b2"}, {At: 4 * time.Second, Action: Restart, Target: "b2"}}
-	got := s.scaled(2*time.Second, 6*time.Second)
+	got := s.Scaled(2*time.Second, 6*time.Second)
 	if got[0].At != 667*time.Millisecond || got[1].At != 1333*time.Millisecond {
 		t.Errorf("scaled to %v, %v; want 667ms, 1.333s", got[0].At, got[1].At)
 	}

@@ -6,8 +6,10 @@
 // the same open-loop load of virtual shop users through the proxy, applies
 // the same scripted faults (kill, hang, add, store down, ...) at the same
 // times, and measures what the users saw: sessions lost, users moved,
-// latency, errors, load per backend. The report writes the tables, the
-// charts and one finding per claim, all generated from the numbers.
+// latency, errors, load per backend. The processes, the load and the fault
+// schedule are package harness's, shared with the chaos tests. The report
+// writes the tables, the charts and one finding per claim, all generated
+// from the numbers.
 package experiment
 
 import (
@@ -16,13 +18,13 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
 )
 
 // Options says how to run a Spec; the zero value runs the current binary
@@ -102,14 +104,14 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 	if err := s.Check(); err != nil {
 		return nil, err
 	}
-	sched, err := NewSchedule(s.Faults, s.Backends, s.Duration)
+	sched, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration)
 	if err != nil {
 		return nil, err
 	}
 	s.Faults = sched
 	if o.RedisAddr != "" {
 		for _, f := range sched {
-			if f.Action == StoreDown || f.Action == StoreUp {
+			if f.Action == harness.StoreDown || f.Action == harness.StoreUp {
 				return nil, fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
 			}
 		}
@@ -158,6 +160,30 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 // so that the first slots are not already late.
 const loadStartDelay = 50 * time.Millisecond
 
+// procs is the processes of one cell: the harness's backends and proxy, and
+// the Redis they may share.
+type procs struct {
+	*harness.Cluster
+	redis *redisStore // nil unless the store needs Redis
+}
+
+// apply carries out one fault: the store's on the cell's Redis (nothing
+// for a store the backends do not keep in Redis), the others on the
+// cluster.
+func (c *procs) apply(ctx context.Context, f harness.Fault) error {
+	switch f.Action {
+	case harness.StoreDown, harness.StoreUp:
+		if c.redis == nil {
+			return nil // memory and token cells have no store to stop
+		}
+		if f.Action == harness.StoreDown {
+			return c.redis.down()
+		}
+		return c.redis.up()
+	}
+	return c.Cluster.Apply(ctx, f)
+}
+
 // runCell starts the processes of one cell, plays the load and the faults,
 // and measures the outcome.
 func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) (CellResult, error) {
@@ -165,42 +191,41 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return CellResult{}, fmt.Errorf("cell directory: %w", err)
 	}
-	probes := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}
-	defer probes.CloseIdleConnections()
-	c := &cluster{
-		exe: o.Executable, dir: dir, balancer: bal, store: store, secret: secret, work: s.Work,
-		client: &http.Client{Transport: probes, CheckRedirect: noRedirect},
-	}
-	defer c.close()
+	c := &procs{}
 	if needsRedis(store) {
 		r, err := startRedis(ctx, o.RedisAddr)
 		if err != nil {
 			return CellResult{}, err
 		}
 		c.redis = r
+		defer r.close()
 	}
-	if err := c.start(ctx, s.Backends); err != nil {
+	c.Cluster = &harness.Cluster{
+		Exe: o.Executable, Dir: dir, Pool: poolName,
+		BackendFlags: backendFlags(store, s.Work, c.redis, secret),
+		Config:       func(p harness.ProxyConfig) string { return proxyConfig(p, bal, store) },
+	}
+	defer func() { _ = c.Close() }()
+	if err := c.Start(ctx, s.Backends); err != nil {
 		return CellResult{}, err
 	}
 
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
-		MaxIdleConnsPerHost: s.Users,
-		DisableCompression:  true,
-	}
+	tr := harness.NewTransport(s.Users)
 	defer tr.CloseIdleConnections()
-	gen := newGenerator(Load{
+	gen, err := newGenerator(Load{
 		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed,
 		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
-	}, "http://"+c.proxyAddr, &http.Client{Transport: tr, CheckRedirect: noRedirect})
+	}, "http://"+c.ProxyAddr(), tr)
+	if err != nil {
+		return CellResult{}, err
+	}
 
 	start := time.Now().Add(loadStartDelay)
 	fctx, stopFaults := context.WithCancel(ctx)
 	defer stopFaults()
-	applied := make(chan []Applied, 1)
-	go func() { applied <- s.Faults.Run(fctx, wallClock{}, start, c.apply) }()
-	gen.run(ctx, wallClock{}, start)
+	applied := make(chan []harness.Applied, 1)
+	go func() { applied <- s.Faults.Run(fctx, harness.WallClock{}, start, c.apply, c.Settle) }()
+	gen.run(ctx, harness.WallClock{}, start)
 	// A fault still being applied when the load ends (a backend starting,
 	// a reload not yet seen) is cut short; one not yet due never happens.
 	stopFaults()
@@ -209,22 +234,20 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 		return CellResult{}, err
 	}
 
-	scraped := c.scrape(ctx)
-	names := make([]string, len(c.backends))
-	for i, b := range c.backends {
-		names[i] = b.name
+	scraped := scrape(ctx, c.Cluster)
+	var names []string
+	for _, b := range c.Backends() {
+		names = append(names, b.Name)
 	}
-	r := summarize(bal, store, gen.rec.samples, int(gen.skipped.Load()), s.Duration, names, s.Backends, faults)
+	r := summarize(bal, store, gen.rec.samples, gen.skipped, s.Duration, names, s.Backends, faults)
 	for i := range r.Backends {
 		if m, ok := scraped[r.Backends[i].Name]; ok {
 			r.Backends[i].Sessions, r.Backends[i].RSSBytes, r.Backends[i].CacheHits = m.Sessions, m.RSSBytes, m.CacheHits
 		}
 	}
-	r.ProxyReloads = c.reloads
+	r.ProxyReloads = c.Reloads()
 	return r, nil
 }
-
-func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // cellLine is the one-line summary of a cell printed as the run goes.
 func cellLine(c *CellResult) string {

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,37 +13,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/harness"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-// binDir holds the affinity binary built for the tests; TestMain removes it.
-var binDir string
-
-// buildAffinity builds the affinity binary once for the tests that run real
-// processes.
-var buildAffinity = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "affinity-bin-")
-	if err != nil {
-		return "", err
-	}
-	binDir = dir
-	bin := filepath.Join(dir, "affinity")
-	if out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, "../../cmd/affinity").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func affinityBinary(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("runs real processes; skipped under -short")
-	}
-	bin, err := buildAffinity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
+func affinityBinary(t *testing.T) string { return testutil.AffinityBinary(t) }
 
 func TestRunOneCellOnRealProcesses(t *testing.T) {
 	bin := affinityBinary(t)
@@ -54,7 +27,7 @@ func TestRunOneCellOnRealProcesses(t *testing.T) {
 		Backends: 3, Users: 60, Rate: 300, Duration: 1500 * time.Millisecond, Seed: 1,
 		MinItems: 3, MaxItems: 4, Work: time.Millisecond,
 		Balancers: []string{"cookie"}, Stores: []string{StoreMemory},
-		Faults: Schedule{{At: 500 * time.Millisecond, Action: Kill, Target: "b2"}},
+		Faults: harness.Schedule{{At: 500 * time.Millisecond, Action: harness.Kill, Target: "b2"}},
 	}
 	var progress bytes.Buffer
 	dir := t.TempDir()
@@ -117,7 +90,7 @@ func TestRunStopsEveryProcessWhenCancelled(t *testing.T) {
 		Name: "cancel", Backends: 3, Users: 20, Rate: 100, Duration: 20 * time.Second, Seed: 1,
 		MinItems: 1, MaxItems: 2, Balancers: []string{"cookie", "round-robin"}, Stores: []string{StoreRedis},
 		// A hung backend at the moment of the cancel must be continued and killed too.
-		Faults: Schedule{{At: 100 * time.Millisecond, Action: Hang, Target: "b1"}},
+		Faults: harness.Schedule{{At: 100 * time.Millisecond, Action: harness.Hang, Target: "b1"}},
 	}
 	if _, ok := children(); !ok {
 		t.Skip("no /proc to see the child processes in")

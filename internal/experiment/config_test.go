@@ -1,0 +1,42 @@
+package experiment
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/harness"
+)
+
+func TestProxyConfigIsValid(t *testing.T) {
+	p := harness.ProxyConfig{Listen: "127.0.0.1:8080", Admin: "127.0.0.1:8081", Backends: []harness.Member{
+		{Name: "b1", Addr: "127.0.0.1:9001"}, {Name: "b2", Addr: "127.0.0.1:9002"}, {Name: "b4", Addr: "127.0.0.1:9004"},
+	}}
+	for _, bal := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash} {
+		text := proxyConfig(p, bal, StoreMemory)
+		cfg, err := config.Parse("proxy.yaml", []byte(text))
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", bal, err, text)
+		}
+		if cfg.Admin.Listen != p.Admin {
+			t.Errorf("%s: admin %q, want %q: reloads are seen on its /status", bal, cfg.Admin.Listen, p.Admin)
+		}
+		pool := cfg.Pools[0]
+		if pool.Name != poolName || pool.Balancer.Type != bal {
+			t.Errorf("%s: pool %q, balancer %q", bal, pool.Name, pool.Balancer.Type)
+		}
+		var names []string
+		for _, b := range pool.Backends {
+			names = append(names, b.Name)
+		}
+		if got := strings.Join(names, ","); got != "b1,b2,b4" {
+			t.Errorf("%s: backends %s, want b1,b2,b4", bal, got)
+		}
+		if pool.HealthCheck == nil || pool.HealthCheck.Interval != healthInterval || pool.Retries.Count != 2 {
+			t.Errorf("%s: health check %+v, retries %d", bal, pool.HealthCheck, pool.Retries.Count)
+		}
+		if bal == "consistent-hash" && pool.Balancer.Options.Hash.Key != "header:X-User" {
+			t.Errorf("consistent-hash key %q", pool.Balancer.Options.Hash.Key)
+		}
+	}
+}
