@@ -141,10 +141,7 @@ type hashPicker struct {
 // points of one slot instead of the whole ring. The table is capped at 2^20
 // slots (4 MiB), past which the search over a slot is still a few steps.
 func (p *hashPicker) buildPrefix() {
-	bits := uint(1)
-	for 1<<bits < len(p.points) && bits < 20 {
-		bits++
-	}
+	bits := prefixBits(len(p.points))
 	p.shift = 64 - bits
 	p.prefix = make([]uint32, 1<<bits+1)
 	i := 0
@@ -154,6 +151,16 @@ func (p *hashPicker) buildPrefix() {
 		}
 		p.prefix[t] = uint32(i)
 	}
+}
+
+// prefixBits is the number of bits of the prefix table's index for a ring
+// of n points.
+func prefixBits(n int) uint {
+	bits := uint(1)
+	for 1<<bits < n && bits < 20 {
+		bits++
+	}
+	return bits
 }
 
 // Pick routes a request with a key to the key's backend on the ring, or the

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"bytes"
 	"fmt"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +19,8 @@ type Error struct {
 	// syntax error by line only.
 	Line, Col int
 	Msg       string
+	// Warning marks a problem that does not stop the config from loading.
+	Warning bool
 }
 
 // Error renders the problem as FILE:LINE:COL: message, the form editors and
@@ -36,6 +36,9 @@ func (e *Error) Error() string {
 	}
 	if b.Len() > 0 {
 		b.WriteByte(' ')
+	}
+	if e.Warning {
+		b.WriteString("warning: ")
 	}
 	b.WriteString(e.Msg)
 	return b.String()
@@ -104,8 +107,12 @@ func describe(n *yaml.Node) string {
 	return strconv.Quote(v)
 }
 
-// checkText finds the first character YAML does not allow, which the parser
-// reports without a position.
+// checkText finds the first character a config may not hold, which the
+// parser reports without a position, or at a position an editor does not
+// show. Lines end at "\n", "\r\n" or a lone "\r", as in YAML 1.2 and in
+// editors. U+0085, U+2028 and U+2029 are refused: yaml.v3 counts them as
+// line breaks, as YAML 1.1 did, where editors and YAML 1.2 do not, so every
+// later position would be off by their number.
 func checkText(data []byte) *Error {
 	line, col := 1, 1
 	for i := 0; i < len(data); {
@@ -113,17 +120,35 @@ func checkText(data []byte) *Error {
 		switch {
 		case r == utf8.RuneError && size <= 1:
 			return &Error{Line: line, Col: col, Msg: fmt.Sprintf("invalid UTF-8 byte 0x%02x; a config must be UTF-8 text", data[i])}
+		case r == 0x85 || r == 0x2028 || r == 0x2029:
+			return &Error{Line: line, Col: col, Msg: fmt.Sprintf("character %U (%s) is not allowed: YAML parsers disagree on whether it ends a line; remove it, or write it as \\u%04X in a double-quoted string", r, lineBreakNames[r], r)}
 		case !yamlPrintable(r):
 			return &Error{Line: line, Col: col, Msg: fmt.Sprintf("character %U is not allowed in YAML", r)}
 		}
-		if r == '\n' {
+		i += size
+		if r == '\n' || r == '\r' && (i == len(data) || data[i] != '\n') {
 			line, col = line+1, 1
 		} else {
 			col++
 		}
-		i += size
 	}
 	return nil
+}
+
+// lineBreakNames names the characters YAML 1.1 took as line breaks besides
+// "\n" and "\r".
+var lineBreakNames = map[rune]string{0x85: "next line", 0x2028: "line separator", 0x2029: "paragraph separator"}
+
+// position returns the 1-based line and column of byte offset off in data,
+// counting lines as checkText does and columns in characters.
+func position(data []byte, off int) (line, col int) {
+	line, start := 1, 0
+	for i := 0; i < off; i++ {
+		if data[i] == '\n' || data[i] == '\r' && (i+1 == len(data) || data[i+1] != '\n') {
+			line, start = line+1, i+1
+		}
+	}
+	return line, 1 + utf8.RuneCount(data[start:off])
 }
 
 // yamlPrintable is YAML 1.2's c-printable set.
@@ -131,58 +156,4 @@ func yamlPrintable(r rune) bool {
 	return r == '\t' || r == '\n' || r == '\r' || r == 0x85 ||
 		0x20 <= r && r <= 0x7e || 0xa0 <= r && r <= 0xd7ff ||
 		0xe000 <= r && r <= 0xfffd || 0x10000 <= r && r <= 0x10ffff
-}
-
-var yamlError = regexp.MustCompile(`(?s)^yaml: (?:line (\d+): )?(.*)$`)
-
-// parserProblems are the errors of yaml.v3's parser stage, which it reports
-// with the 0-based line of the mark instead of the 1-based one its scanner
-// errors carry; the line is corrected for them.
-var parserProblems = map[string]bool{
-	"did not find expected ',' or ']'":       true,
-	"did not find expected ',' or '}'":       true,
-	"did not find expected '-' indicator":    true,
-	"did not find expected <document start>": true,
-	"did not find expected <stream-start>":   true,
-	"did not find expected key":              true,
-	"did not find expected node content":     true,
-	"found duplicate %TAG directive":         true,
-	"found duplicate %YAML directive":        true,
-	"found incompatible YAML document":       true,
-	"found undefined tag handle":             true,
-}
-
-// syntax records a parser error. yaml.v3 gives a line at most; without one
-// the problem is on the first line, except for an undefined alias, which is
-// looked up in the text.
-func (d *decoder) syntax(data []byte, err error) {
-	e := &Error{File: d.file, Line: 1, Col: 1, Msg: "invalid YAML: " + err.Error()}
-	if m := yamlError.FindStringSubmatch(err.Error()); m != nil {
-		e.Msg = "invalid YAML: " + m[2]
-		if line, err := strconv.Atoi(m[1]); err == nil {
-			e.Line = line
-			if parserProblems[m[2]] {
-				e.Line++
-			}
-		} else if name, ok := strings.CutPrefix(m[2], "unknown anchor '"); ok {
-			e.Line, e.Col = findAlias(data, strings.TrimSuffix(name, "' referenced"))
-		}
-	}
-	d.errs = append(d.errs, e)
-}
-
-// findAlias returns the position of the first "*name" in data, or 1:1.
-func findAlias(data []byte, name string) (line, col int) {
-	re, err := regexp.Compile(`(?m)(?:^|[\s\[{,:])(\*` + regexp.QuoteMeta(name) + `)(?:$|[\s\]},])`)
-	if err != nil {
-		return 1, 1
-	}
-	loc := re.FindSubmatchIndex(data)
-	if loc == nil {
-		return 1, 1
-	}
-	before := data[:loc[2]]
-	line = 1 + bytes.Count(before, []byte("\n"))
-	col = 1 + utf8.RuneCount(before[bytes.LastIndexByte(before, '\n')+1:])
-	return line, col
 }

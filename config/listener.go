@@ -46,12 +46,14 @@ func (d *decoder) listener(top *section, c *Config) {
 				d.errorf(n, "tls.cert: must name a PEM file")
 			}
 			t.Cert = v
+			d.mark("tls.cert", n)
 		}
 		if v, n := d.str(s, "key"); n != nil {
 			if v == "" {
 				d.errorf(n, "tls.key: must name a PEM file")
 			}
 			t.Key = v
+			d.mark("tls.key", n)
 		}
 		c.TLS = t
 	}
@@ -124,6 +126,7 @@ func (d *decoder) backendTLS(pool *section, backends []Backend) *BackendTLS {
 			d.errorf(n, "%s.ca: must name a PEM file", s.path)
 		}
 		t.CA = v
+		d.mark(s.path+".ca", n)
 	}
 	if v, n := d.str(s, "server_name"); n != nil {
 		if !isDNSName(v) && net.ParseIP(v) == nil {

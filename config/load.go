@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/affinityproxy/affinity/balancer"
 	"gopkg.in/yaml.v3"
@@ -26,18 +30,46 @@ const MaxFileSize = 4 << 20
 // Load reads and parses the config file at path. A file that cannot be read
 // gives a wrapped I/O error (errors.Is(err, fs.ErrNotExist) works); a file
 // that is not a valid config gives an ErrorList holding every problem.
+//
+// Only a regular file is read (a symlink to one is followed): a FIFO or a
+// device would block the reader until someone writes to it, or never end.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO blocks until a writer opens it, which
+	// may be never; it is refused once open. A regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read config: %w", &fs.PathError{Op: "read", Path: path, Err: notRegular(fi.Mode())})
+	}
 	// One byte more than the limit is enough to know the file is too big.
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, data)
+}
+
+// notRegular says what a file that is not a regular one is instead.
+func notRegular(m fs.FileMode) error {
+	kind := "a special file"
+	switch {
+	case m.IsDir():
+		kind = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		kind = "a FIFO"
+	case m&fs.ModeSocket != 0:
+		kind = "a socket"
+	case m&fs.ModeDevice != 0:
+		kind = "a device"
+	}
+	return fmt.Errorf("not a regular file (%s)", kind)
 }
 
 // Parse parses a config from data; file names it in messages. On any problem
@@ -56,6 +88,8 @@ func parse(file string, data []byte, newPolicy func(string, balancer.Options) (b
 	}
 	sum := sha256.Sum256(data)
 	c.Hash = hex.EncodeToString(sum[:])
+	c.at = d.at
+	c.Warnings = d.warnings(c)
 	return c, nil
 }
 
@@ -73,6 +107,7 @@ func (d *decoder) document(data []byte) *Config {
 		d.errs = append(d.errs, e)
 		return nil
 	}
+	data = acceptYAML12(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -83,19 +118,62 @@ func (d *decoder) document(data []byte) *Config {
 		}
 		return nil
 	}
-	var extra yaml.Node
-	switch err := dec.Decode(&extra); {
-	case errors.Is(err, io.EOF):
-	case err != nil:
-		d.syntax(data, err)
-	default:
-		d.errorf(&extra, "a config is one YAML document; found a second one")
+	// Documents after the first are refused, but for empty ones: tools
+	// that join YAML files often end each with "---".
+	for {
+		var extra yaml.Node
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			d.syntax(data, err)
+			break
+		}
+		if len(extra.Content) != 1 || !isEmpty(extra.Content[0]) {
+			d.errorf(&extra, "a config is one YAML document; found a second one")
+			break
+		}
 	}
 	if len(doc.Content) != 1 || isNull(doc.Content[0]) {
 		d.errorf(&doc, "file is empty; a config needs at least listen and pools")
 		return nil
 	}
 	return d.config(doc.Content[0])
+}
+
+// isEmpty reports whether n is a node written as nothing at all (not even
+// null or ~).
+func isEmpty(n *yaml.Node) bool {
+	return isNull(n) && n.Value == "" && n.Anchor == ""
+}
+
+// yaml12 matches a %YAML 1.2 directive on its own line.
+var yaml12 = regexp.MustCompile(`^%YAML[ \t]+1\.2(?:[ \t]+(?:#.*)?)?$`)
+
+// acceptYAML12 turns a %YAML 1.2 directive before the document into a
+// comment of the same length, so that positions stay; yaml.v3 refuses the
+// directive. A config reads the same in both versions but for what the
+// decoder refuses anyway (integers with a leading zero), or reads as YAML
+// 1.2 does (yes and no are not booleans).
+func acceptYAML12(data []byte) []byte {
+	for off := 0; off < len(data); {
+		end := off + bytes.IndexAny(data[off:], "\r\n")
+		if end < off {
+			end = len(data)
+		}
+		line := data[off:end]
+		switch {
+		case yaml12.Match(line):
+			out := slices.Clone(data)
+			out[off] = '#'
+			return out
+		case len(bytes.TrimSpace(line)) > 0 && line[0] != '#' && line[0] != '%':
+			return data // the directives, if any, are behind
+		}
+		off = end + 1
+	}
+	return data
 }
 
 // config decodes the top level.
@@ -111,6 +189,7 @@ func (d *decoder) config(top *yaml.Node) *Config {
 			d.errorf(n, "listen: %v", err)
 		}
 		c.Listen = v
+		d.mark("listen", n)
 	}
 	d.admin(s, c)
 	if l := d.sub(s, "log", "access", "access_sample", "format", "level"); l != nil {
@@ -180,6 +259,7 @@ func (d *decoder) admin(top *section, c *Config) {
 		d.errorf(addr, "%s: must differ from listen", path)
 	}
 	c.Admin.Listen = addr.Value
+	d.mark(path, addr)
 }
 
 // pools decodes the pools and returns the names of all of them, including
@@ -189,6 +269,7 @@ func (d *decoder) pools(s *section, c *Config) []string {
 	if n == nil {
 		return nil
 	}
+	d.mark("pools", s.keys["pools"])
 	ps, ok := d.pairs(n, "pools")
 	if !ok {
 		return nil
@@ -488,7 +569,7 @@ func (d *decoder) backends(pool *section) []Backend {
 		}
 		nameNode := s.vals["url"]
 		if v, n := d.str(s, "name"); n != nil {
-			if len(v) > 128 || !isAttrValue(v) || strings.ContainsAny(v, `"\`) {
+			if v == "" || utf8.RuneCountInString(v) > 128 || !isAttrValue(v) || strings.ContainsAny(v, `"\`) {
 				d.errorf(n, "%s.name: %q must be 1 to 128 characters without spaces, quotes, commas or semicolons", s.path, v)
 			}
 			b.Name, nameNode = v, n

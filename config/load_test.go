@@ -58,7 +58,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix{
 				netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32"),
 			})
-			check(t, "tls", c.TLS, &TLS{Cert: "/etc/affinity/cert.pem", Key: "/etc/affinity/key.pem"})
+			check(t, "tls", c.TLS, &TLS{Cert: "testdata/tls/cert.pem", Key: "testdata/tls/key.pem"})
 			check(t, "routes", c.Routes, []Route{
 				{Match: Match{Host: "shop.example.com", Path: "/api/"}, Pool: "api"},
 				{Match: Match{Host: "*.example.com"}, Pool: "api"},
@@ -72,7 +72,7 @@ func TestLoadValid(t *testing.T) {
 				Name: "SHOP_AFFINITY", Path: "/shop", Domain: "example.com", MaxAge: 3600,
 				Secure: true, HTTPOnly: false, SameSite: http.SameSiteNoneMode, Secret: "correct horse battery staple",
 			})
-			check(t, "web tls", web.TLS, &BackendTLS{CA: "/etc/affinity/backend-ca.pem", ServerName: "web.internal"})
+			check(t, "web tls", web.TLS, &BackendTLS{CA: "testdata/tls/cert.pem", ServerName: "web.internal"})
 			check(t, "web backends", backendSummary(web), []string{
 				"web-1 http://127.0.0.1:9001 3",
 				"web2.internal:443 https://web2.internal 1000",
@@ -89,6 +89,10 @@ func TestLoadValid(t *testing.T) {
 			check(t, "api hash", api.Balancer.Options.Hash, balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 500, LoadFactor: 1.25})
 			check(t, "api backends", backendSummary(api), []string{"api-a http://10.0.0.1:8000 1", "api-b http://10.0.0.2:8000 2"})
 			check(t, "api retries", api.Retries, Retries{Count: 10, MaxBody: 1 << 20})
+		},
+		"yaml12.yaml": func(t *testing.T, c *Config) {
+			p := onlyPool(t, c, "web")
+			check(t, "backends", backendSummary(p), []string{strings.Repeat("é", 128) + " http://127.0.0.1:9001 10"})
 		},
 		"admin-address.yaml": func(t *testing.T, c *Config) {
 			check(t, "admin", c.Admin, Admin{Listen: "[::1]:9090"})

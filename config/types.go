@@ -42,6 +42,16 @@ type Config struct {
 	// ShutdownTimeout bounds how long a stopping proxy lets requests in
 	// flight finish (shutdown_timeout; default 30s).
 	ShutdownTimeout time.Duration
+
+	// Warnings are what Load found unusual but not wrong, such as a config
+	// that would hold gigabytes in its balancers' tables; each has
+	// Warning set. serve logs them, validate prints them.
+	Warnings ErrorList
+
+	// at is where Check reports a problem with a key's value: by path
+	// (listen, tls.cert, pools.NAME.tls.ca, ...); nil for a Config built in
+	// code.
+	at map[string]pos
 }
 
 // Pool returns the pool named name, or nil.

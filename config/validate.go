@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,19 @@ type decoder struct {
 	// accepts the options. Parse passes balancer.New.
 	newPolicy func(string, balancer.Options) (balancer.Policy, error)
 	errs      ErrorList
+	// at is where the keys whose values Check reads stand, by path.
+	at map[string]pos
+}
+
+// pos is a position in a config file.
+type pos struct{ line, col int }
+
+// mark records where the value of the key at path stands, for Check.
+func (d *decoder) mark(path string, n *yaml.Node) {
+	if d.at == nil {
+		d.at = map[string]pos{}
+	}
+	d.at[path] = pos{n.Line, n.Column}
 }
 
 // errorf records a problem at n's position.
@@ -229,7 +243,7 @@ func (d *decoder) integer(s *section, key string, lo, hi int64) (int64, *yaml.No
 // intNode reads an integer node within lo..hi; math.MaxInt64 as hi means no
 // upper bound.
 func (d *decoder) intNode(n *yaml.Node, path string, lo, hi int64) (int64, *yaml.Node) {
-	if !d.scalar(n, path, "an integer", "!!int") {
+	if d.leadingZero(n, path) || !d.scalar(n, path, "an integer", "!!int") {
 		return 0, nil
 	}
 	var v int64
@@ -248,11 +262,25 @@ func (d *decoder) intNode(n *yaml.Node, path string, lo, hi int64) (int64, *yaml
 	return v, n
 }
 
+// leadingZeroNumber is a plain number written with a leading zero.
+var leadingZeroNumber = regexp.MustCompile(`^[-+]?0[0-9_]`)
+
+// leadingZero reports a plain number written with a leading zero, such as
+// 010: YAML 1.1, and yaml.v3, read it as octal (8), YAML 1.2 as decimal
+// (10), and 08 as a float. No reading is safe to guess.
+func (d *decoder) leadingZero(n *yaml.Node, path string) bool {
+	if n.Kind != yaml.ScalarNode || n.Style != 0 || !leadingZeroNumber.MatchString(n.Value) {
+		return false
+	}
+	d.errorf(n, "%s: %s has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write the number without it", path, n.Value)
+	return true
+}
+
 // number reads a finite number, integer or not.
 func (d *decoder) number(s *section, key string) (float64, *yaml.Node) {
 	n := d.val(s, key)
 	path := join(s.path, key)
-	if n == nil || !d.scalar(n, path, "a number", "!!int", "!!float") {
+	if n == nil || d.leadingZero(n, path) || !d.scalar(n, path, "a number", "!!int", "!!float") {
 		return 0, nil
 	}
 	var v float64

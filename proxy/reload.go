@@ -49,14 +49,16 @@ func (s *Server) ReloadStats() ReloadStats {
 // change it.
 func (s *Server) Config() *config.Config { return s.state.Load().cfg }
 
-// ReloadFile loads the config file at path with config.Load and applies it
-// with Reload. A file with the same bytes as the configuration in use (the
+// ReloadFile loads the config file at path and checks it against this host
+// with config.LoadChecked, as serve does at start, and applies it with
+// Reload. A file with the same bytes as the configuration in use (the
 // same Hash) changes nothing and is not applied again. A file that does not
 // load is logged, with every error at its FILE:LINE:COL as `affinity
 // validate` reports it, and counted as a failed reload; the error returned
-// is config.Load's (a config.ErrorList for an invalid file).
+// is config.LoadChecked's (a config.ErrorList for an invalid file). The
+// config's warnings are logged.
 func (s *Server) ReloadFile(path string) error {
-	cfg, err := config.Load(path)
+	cfg, err := config.LoadChecked(path)
 	if err != nil {
 		s.reloads.failed.Add(1)
 		s.logFailure(path, err)
@@ -66,6 +68,7 @@ func (s *Server) ReloadFile(path string) error {
 		s.log.Info("config unchanged", zap.String("file", path), zap.String("hash", cfg.Hash))
 		return nil
 	}
+	LogWarnings(s.log, cfg)
 	return s.Reload(cfg)
 }
 
@@ -162,6 +165,13 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		s.log.Warn("setting changes at restart only", zap.String("key", key))
 	}
 	return removed, nil
+}
+
+// LogWarnings logs each of cfg's warnings, FILE:LINE:COL first.
+func LogWarnings(log *zap.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		log.Warn("config warning", zap.String("warning", w.Error()))
+	}
 }
 
 // logFailure logs a failed reload of file: one line, with every error of a

@@ -2,17 +2,11 @@ package proxy
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
 
 	"github.com/affinityproxy/affinity/config"
 )
-
-// errNoCertificate is wrapped when a CA file holds no PEM certificate.
-var errNoCertificate = errors.New("no PEM certificate found")
 
 // listenerTLS loads the listener's certificate; nil when c is nil (plain
 // HTTP). The config offers HTTP/2 by ALPN, besides HTTP/1.1: http.Server
@@ -44,13 +38,9 @@ func backendTLS(c *config.BackendTLS) (*tls.Config, error) {
 		MinVersion:         tls.VersionTLS12,
 	}
 	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
+		roots, err := config.LoadCAs(c.CA)
 		if err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca %q: %w", c.CA, errNoCertificate)
 		}
 		tc.RootCAs = roots
 	}

@@ -332,7 +332,7 @@ func TestHTTPSBackendBadCA(t *testing.T) {
 		is   error
 	}{
 		{"missing", filepath.Join(t.TempDir(), "none.pem"), fs.ErrNotExist},
-		{"not PEM", garbage, errNoCertificate},
+		{"not PEM", garbage, config.ErrNoCertificate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -178,20 +178,63 @@ pools:
 	}
 }
 
-// Every example a user may copy must stay valid.
-func TestExamplesValidate(t *testing.T) {
-	files, err := filepath.Glob("../../examples/*.yaml")
-	if err != nil {
-		t.Fatal(err)
+// TestValidateEveryConfig runs validate over every config of the
+// repository, from its root as a user would: each example a user may copy,
+// and each valid test config, passes; each invalid test config fails with
+// exactly the errors of its golden file; and the secure example, whose
+// certificate paths are placeholders, fails on those files alone, at their
+// keys.
+func TestValidateEveryConfig(t *testing.T) {
+	t.Chdir(filepath.Join("..", ".."))
+	var valid []string
+	for _, pattern := range []string{"examples/*.yaml", "examples/*/*.yaml", "testdata/config/valid/*.yaml"} {
+		files, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		valid = append(valid, files...)
 	}
-	if len(files) < 4 {
-		t.Fatalf("found %d examples, want at least 4", len(files))
+	placeholders := map[string][]string{
+		"examples/secure.yaml": {
+			"examples/secure.yaml:8:9: tls.cert: open /etc/affinity/tls/cert.pem: no such file or directory",
+			"examples/secure.yaml:9:8: tls.key: open /etc/affinity/tls/key.pem: no such file or directory",
+			"examples/secure.yaml:34:11: pools.web.tls.ca: open /etc/affinity/tls/backend-ca.pem: no such file or directory",
+		},
 	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
+	if len(valid) < 15 {
+		t.Fatalf("found %d configs, want at least 15: %v", len(valid), valid)
+	}
+	for _, f := range valid {
+		t.Run(f, func(t *testing.T) {
 			code, out, errOut := run(t, "validate", "-c", f)
-			if code != exitOK || !strings.HasPrefix(out, f+": ok: ") {
+			if want, ok := placeholders[f]; ok {
+				if code != exitFailure || out != "" || errOut != strings.Join(want, "\n")+"\n" {
+					t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant 1 and:\n%s", code, out, errOut, strings.Join(want, "\n"))
+				}
+				return
+			}
+			if code != exitOK || !strings.HasPrefix(out, f+": ok: ") || errOut != "" {
 				t.Errorf("exit %d, stdout %q, stderr:\n%s", code, out, errOut)
+			}
+		})
+	}
+	t.Chdir("testdata")
+	invalid, err := filepath.Glob("config/invalid/*.yaml")
+	if err != nil || len(invalid) < 30 {
+		t.Fatalf("found %d invalid configs (%v), want at least 30", len(invalid), err)
+	}
+	for _, f := range invalid {
+		t.Run(f, func(t *testing.T) {
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".yaml") + ".err")
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, out, errOut := run(t, "validate", "-c", f)
+			// The command registers the experiments' balancer too, which
+			// the config package's tests, and so the golden files, do not.
+			errOut = strings.ReplaceAll(errOut, "modulo-hash, ", "")
+			if code != exitFailure || out != "" || errOut != string(want) {
+				t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant 1 and:\n%s", code, out, errOut, want)
 			}
 		})
 	}

@@ -17,14 +17,19 @@ func newValidateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Check a configuration file",
-		Long: "Load and check the configuration in --config. On success print a one-line " +
-			"summary and exit 0; otherwise print every error as FILE:LINE:COL: message, " +
-			"one per line on stderr, and exit 1.",
+		Long: "Load and check the configuration in --config as serve does before it listens: " +
+			"the file, the certificate, key and CA files it names, and its listen and admin " +
+			"addresses, resolved and compared; nothing is started or bound. On success print " +
+			"any warnings on stderr and a one-line summary, and exit 0; otherwise print every " +
+			"error as FILE:LINE:COL: message, one per line on stderr, and exit 1.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(file)
+			cfg, err := config.LoadChecked(file)
 			if err != nil {
 				return reportConfigError(cmd.ErrOrStderr(), file, err)
+			}
+			for _, w := range cfg.Warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), w)
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok: %s\n", file, summary(cfg))
 			return err

@@ -1,0 +1,235 @@
+package config
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/affinityproxy/affinity/balancer"
+)
+
+// ErrNoCertificate is wrapped when a file that should hold PEM
+// certificates holds none.
+var ErrNoCertificate = errors.New("no PEM certificate found")
+
+// resolveTimeout bounds the lookup of a listen address's host name.
+const resolveTimeout = 5 * time.Second
+
+// LoadChecked loads the config file at path and checks it against this host
+// (Load, then Check): what serve starts with, and what validate and a
+// reload check. The config is nil unless both pass.
+func LoadChecked(path string) (*Config, error) {
+	c, err := Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := Check(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Check does what serve does with a loaded config before it listens, short
+// of listening: it reads and parses the listener's certificate and key and
+// every pool's CA file, resolves the listen and admin addresses, and finds
+// them on one port. It starts nothing and binds nothing, so it cannot know
+// that a port is taken, or that an address is not this host's (a proxy
+// bound by IP_FREEBIND or ip_nonlocal_bind may listen on it anyway). Each
+// problem is at the position of its key, as Load reports its own; the error
+// is an ErrorList.
+func Check(c *Config) error {
+	var errs ErrorList
+	at := func(path, format string, args ...any) {
+		p := c.at[path]
+		errs = append(errs, &Error{File: c.File, Line: p.line, Col: p.col, Msg: path + ": " + fmt.Sprintf(format, args...)})
+	}
+	if c.TLS != nil {
+		checkKeyPair(c.TLS, at)
+	}
+	for _, p := range c.Pools {
+		if p.TLS == nil || p.TLS.CA == "" {
+			continue
+		}
+		if _, err := LoadCAs(p.TLS.CA); err != nil {
+			at("pools."+p.Name+".tls.ca", "%v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	listen, err := ResolveListen(ctx, c.Listen)
+	if err != nil {
+		at("listen", "%v", err)
+	}
+	if c.Admin.Listen != "" {
+		key := "admin"
+		if _, ok := c.at["admin.listen"]; ok {
+			key = "admin.listen"
+		}
+		admin, aerr := ResolveListen(ctx, c.Admin.Listen)
+		switch {
+		case aerr != nil:
+			at(key, "%v", aerr)
+		case err == nil && listen.Overlaps(admin):
+			at(key, "%s is the port of listen (%s) on the same address; use another port", c.Admin.Listen, c.Listen)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	errs.sort()
+	return errs
+}
+
+// checkKeyPair loads the listener's certificate and key as serve does,
+// reporting a problem of the certificate at tls.cert and one of the key, or
+// of the pair, at tls.key.
+func checkKeyPair(t *TLS, at func(path, format string, args ...any)) {
+	certPEM, err := os.ReadFile(t.Cert)
+	if err != nil {
+		at("tls.cert", "%v", err)
+	}
+	keyPEM, kerr := os.ReadFile(t.Key)
+	if kerr != nil {
+		at("tls.key", "%v", kerr)
+	}
+	if err != nil || kerr != nil {
+		return
+	}
+	if err := checkCertificate(t.Cert, certPEM); err != nil {
+		at("tls.cert", "%v", err)
+		return
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		at("tls.key", "%s: %v", t.Key, err)
+	}
+}
+
+// checkCertificate reports a file whose first PEM certificate is missing or
+// does not parse.
+func checkCertificate(file string, data []byte) error {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		switch {
+		case b == nil:
+			return fmt.Errorf("%s: %w", file, ErrNoCertificate)
+		case b.Type != "CERTIFICATE":
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		return nil
+	}
+}
+
+// LoadCAs reads a PEM file of CA certificates, as a pool's tls.ca; a file
+// holding none is an error.
+func LoadCAs(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s: %w", file, ErrNoCertificate)
+	}
+	return roots, nil
+}
+
+// BindAddress is the address net.Listen("tcp", addr) binds for addr.
+type BindAddress struct {
+	// IP is the one address bound; the zero Addr stands for every
+	// interface, which Go binds as one dual-stack socket whether addr says
+	// "", 0.0.0.0 or [::].
+	IP   netip.Addr
+	Port uint16
+}
+
+// Overlaps reports whether a and b cannot both be bound: one port, on the
+// same address or on every interface. Port 0 takes a free port, which never
+// overlaps.
+func (a BindAddress) Overlaps(b BindAddress) bool {
+	return a.Port != 0 && a.Port == b.Port && (!a.IP.IsValid() || !b.IP.IsValid() || a.IP == b.IP)
+}
+
+// ResolveListen returns what net.Listen("tcp", addr) binds: the address
+// itself, every interface for an empty or unspecified host, or for a host
+// name the first IPv4 address it resolves to, else the first address.
+func ResolveListen(ctx context.Context, addr string) (BindAddress, error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return BindAddress{}, err
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return BindAddress{}, fmt.Errorf("port %q must be a number from 0 to 65535", portText)
+	}
+	b := BindAddress{Port: uint16(port)}
+	if host == "" {
+		return b, nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		ips, lerr := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if lerr != nil {
+			return BindAddress{}, fmt.Errorf("%q does not resolve: %w", host, lerr)
+		}
+		ip = ips[0]
+		for _, a := range ips {
+			if a.Unmap().Is4() {
+				ip = a
+				break
+			}
+		}
+	}
+	if ip = ip.Unmap(); !ip.IsUnspecified() {
+		b.IP = ip
+	}
+	return b, nil
+}
+
+// warnAtBytes is the estimated balancer memory above which Load warns.
+const warnAtBytes = 1 << 30
+
+// warnings returns what is unusual in c: for now, balancers whose tables
+// would hold more than warnAtBytes between them.
+func (d *decoder) warnings(c *Config) ErrorList {
+	var total, largest int64
+	var name string
+	for _, p := range c.Pools {
+		weights := make([]int, len(p.Backends))
+		for i, b := range p.Backends {
+			weights[i] = b.Weight
+		}
+		n := balancer.MemoryEstimate(p.Balancer.Type, p.Balancer.Options, weights)
+		total += n
+		if n > largest {
+			largest, name = n, p.Name
+		}
+	}
+	if total <= warnAtBytes {
+		return nil
+	}
+	p := d.at["pools"]
+	return ErrorList{{File: c.File, Line: p.line, Col: p.col, Warning: true, Msg: fmt.Sprintf(
+		"pools: the balancers' tables would take about %s of memory (the largest, pool %q: %s); "+
+			"lower virtual_nodes or learn.max_entries, or keep weights to few distinct values",
+		bytesText(total), name, bytesText(largest))}}
+}
+
+// bytesText writes n bytes in MiB or GiB, to a tenth.
+func bytesText(n int64) string {
+	if n >= 1<<30 {
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
