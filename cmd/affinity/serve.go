@@ -42,7 +42,7 @@ func newServeCmd() *cobra.Command {
 			"an invalid one is logged and the running one kept.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(file)
+			cfg, err := config.LoadChecked(file)
 			if err != nil {
 				return reportConfigError(cmd.ErrOrStderr(), file, err)
 			}
@@ -56,6 +56,7 @@ func newServeCmd() *cobra.Command {
 			}
 			defer func() { _ = sl.Close() }()
 			log := sl.Logger
+			proxy.LogWarnings(log, cfg)
 			// GOGC follows the live heap (internal/gctune) unless the
 			// environment sets it: 11 % less CPU per request under the
 			// peer harness's load (make bench-cpu CPU_ENV=GOGC=100), for at
@@ -76,7 +77,7 @@ func newServeCmd() *cobra.Command {
 			if watchFile {
 				// A proxy that cannot watch its file (out of inotify
 				// watches, say) still serves, and reloads on SIGHUP.
-				if w, err := watch.New(file, reloadQuiet); err != nil {
+				if w, err := watch.New(file, reloadQuiet, log); err != nil {
 					log.Warn("not watching the config file: reload with SIGHUP", zap.Error(err))
 				} else {
 					defer func() { _ = w.Close() }()

@@ -1,13 +1,18 @@
 package watch
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -29,7 +34,7 @@ func write(t *testing.T, path, data string) {
 // the test ends.
 func watch(t *testing.T, path string, quiet time.Duration) *Watcher {
 	t.Helper()
-	w, err := New(path, quiet)
+	w, err := New(path, quiet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,53 +159,199 @@ func TestSymlinkSwap(t *testing.T) {
 	}
 }
 
-func TestFilterMatch(t *testing.T) {
-	tests := []struct {
-		f    filter
-		ev   fsnotify.Event
-		want bool
-	}{
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Write}, true},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Create}, true},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Rename}, true},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Remove}, true},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Chmod}, false},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml", Op: fsnotify.Write | fsnotify.Chmod}, true},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/a.yaml~", Op: fsnotify.Write}, false},
-		{filter{name: "a.yaml"}, fsnotify.Event{Name: "d/..data", Op: fsnotify.Create}, false},
-		{filter{name: "a.yaml", anyName: true}, fsnotify.Event{Name: "d/..data", Op: fsnotify.Create}, true},
-		{filter{name: "a.yaml", anyName: true}, fsnotify.Event{Name: "d/..data", Op: fsnotify.Chmod}, false},
+// link makes name a symlink to target, or replaces it atomically as deploy
+// tools do: a new link renamed over the old one.
+func link(t *testing.T, target, name string) {
+	t.Helper()
+	tmp := name + ".tmp"
+	if err := os.Symlink(target, tmp); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		if got := tt.f.match(tt.ev); got != tt.want {
-			t.Errorf("%+v.match(%v) = %v, want %v", tt.f, tt.ev, got, tt.want)
+	if err := os.Rename(tmp, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mkdir(t *testing.T, path string) {
+	t.Helper()
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSymlinkToFileElsewhere: the path is a symlink to a file in another
+// directory, whose edits are changes; other files there are not.
+func TestSymlinkToFileElsewhere(t *testing.T) {
+	root := t.TempDir()
+	mkdir(t, filepath.Join(root, "etc"))
+	mkdir(t, filepath.Join(root, "srv"))
+	target := filepath.Join(root, "srv", "real.yaml")
+	write(t, target, "a")
+	path := filepath.Join(root, "etc", "a.yaml")
+	link(t, filepath.Join("..", "srv", "real.yaml"), path)
+	w := watch(t, path, quiet)
+	write(t, target, "b")
+	expectChange(t, w, "the target written")
+	write(t, filepath.Join(root, "srv", "other.yaml"), "x")
+	expectQuiet(t, w, quiet, "another file beside the target written")
+	tmp := filepath.Join(root, "srv", ".real.yaml.swp")
+	write(t, tmp, "c")
+	if err := os.Rename(tmp, target); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, w, "the target renamed over")
+	write(t, target, "d")
+	expectChange(t, w, "the new target written")
+}
+
+// TestDirectorySymlinkSwap: the path's directory is a symlink that a deploy
+// points at a new release. The swap is a change, then edits of the new
+// release's file are, and those of the old one are not.
+func TestDirectorySymlinkSwap(t *testing.T) {
+	root := t.TempDir()
+	for _, r := range []string{"release-1", "release-2"} {
+		mkdir(t, filepath.Join(root, r))
+		write(t, filepath.Join(root, r, "a.yaml"), r)
+	}
+	current := filepath.Join(root, "current")
+	link(t, "release-1", current)
+	w := watch(t, filepath.Join(current, "a.yaml"), quiet)
+	link(t, "release-2", current)
+	expectChange(t, w, "current swapped to release-2")
+	write(t, filepath.Join(root, "release-2", "a.yaml"), "edited")
+	expectChange(t, w, "the new release's file written")
+	write(t, filepath.Join(root, "release-1", "a.yaml"), "edited")
+	expectQuiet(t, w, quiet, "the old release's file written")
+	link(t, "release-1", current)
+	expectChange(t, w, "current swapped back")
+	write(t, filepath.Join(root, "release-1", "a.yaml"), "edited again")
+	expectChange(t, w, "release-1's file written again")
+}
+
+// TestDirectoryRecreated: the file's directory is removed and created
+// again, more than once; every edit after it is seen, and each loss and
+// return of the directory is logged.
+func TestDirectoryRecreated(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "conf")
+	mkdir(t, dir)
+	path := filepath.Join(dir, "a.yaml")
+	write(t, path, "a")
+	core, logs := observer.New(zapcore.InfoLevel)
+	w, err := New(path, quiet, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for round := range 3 {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		expectChange(t, w, "the directory removed")
+		mkdir(t, dir)
+		write(t, path, "created")
+		expectChange(t, w, "the directory and file created again")
+		for i := range 2 {
+			write(t, path, string(rune('a'+i)))
+			expectChange(t, w, "a write after the directory came back")
+		}
+		if n := logs.FilterMessageSnippet("is gone").Len(); n != round+1 {
+			t.Errorf("round %d: %d lines telling the directory is gone, want %d", round, n, round+1)
+		}
+		if n := logs.FilterMessageSnippet("is back").Len(); n != round+1 {
+			t.Errorf("round %d: %d lines telling the directory is back, want %d", round, n, round+1)
 		}
 	}
 }
 
-func TestNewErrors(t *testing.T) {
+// TestMissingDirectory: a path whose directory does not exist yet is
+// watched for it.
+func TestMissingDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	path := filepath.Join(dir, "a.yaml")
+	w := watch(t, path, quiet)
+	mkdir(t, dir)
+	write(t, path, "a")
+	expectChange(t, w, "the directories and the file created")
+	write(t, path, "b")
+	expectChange(t, w, "the file written")
+}
+
+// TestPolling: where inotify cannot be had, the file is checked every poll
+// period, and its changes are still reported, once each.
+func TestPolling(t *testing.T) {
 	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	write(t, path, "a")
+	core, logs := observer.New(zapcore.InfoLevel)
+	noInotify := func() (*fsnotify.Watcher, error) { return nil, errors.New("too many open files") }
+	w, err := newWatcher(path, quiet, 10*time.Millisecond, zap.New(core), noInotify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if logs.FilterMessageSnippet("by polling").Len() != 1 {
+		t.Errorf("logs %v, want one line telling of polling", logs.All())
+	}
+	write(t, path, "bb")
+	expectChange(t, w, "written in place")
+	expectQuiet(t, w, quiet, "nothing more")
+	tmp := filepath.Join(dir, ".a.yaml.swp")
+	write(t, tmp, "bb")
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, w, "renamed over, same size")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, w, "removed")
+}
+
+func TestResolve(t *testing.T) {
+	root := t.TempDir()
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkdir(t, filepath.Join(root, "v1"))
+	write(t, filepath.Join(root, "v1", "a.yaml"), "a")
+	link(t, "v1", filepath.Join(root, "..data"))
+	link(t, filepath.Join("..data", "a.yaml"), filepath.Join(root, "a.yaml"))
+	link(t, "loop-b", filepath.Join(root, "loop-a"))
+	link(t, "loop-a", filepath.Join(root, "loop-b"))
 	tests := []struct {
-		name  string
-		path  string
-		quiet time.Duration
+		path     string
+		want     []entry
+		complete bool
 	}{
-		{"directory missing", filepath.Join(dir, "missing", "a.yaml"), quiet},
-		{"no quiet period", filepath.Join(dir, "a.yaml"), 0},
+		{"v1/a.yaml", []entry{{real + "/v1", "a.yaml"}}, true},
+		{"v1/missing.yaml", []entry{{real + "/v1", "missing.yaml"}}, true},
+		{"a.yaml", []entry{{real, "a.yaml"}, {real, "..data"}, {real + "/v1", "a.yaml"}}, true},
+		{"..data/a.yaml", []entry{{real, "..data"}, {real + "/v1", "a.yaml"}}, true},
+		{"gone/deeper/a.yaml", []entry{{real, "gone"}}, false},
+		{"v1/../v1/a.yaml", []entry{{real + "/v1", "a.yaml"}}, true},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w, err := New(tt.path, tt.quiet)
-			if err == nil {
-				_ = w.Close()
-				t.Fatal("New succeeded")
-			}
-		})
+		got, complete := resolve(filepath.Join(real, tt.path))
+		if !reflect.DeepEqual(got, tt.want) || complete != tt.complete {
+			t.Errorf("resolve(%s) = %v, %v; want %v, %v", tt.path, got, complete, tt.want, tt.complete)
+		}
+	}
+	if _, complete := resolve(filepath.Join(real, "loop-a", "a.yaml")); complete {
+		t.Error("a symlink loop resolved")
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	w, err := New(filepath.Join(t.TempDir(), "a.yaml"), 0, nil)
+	if err == nil {
+		_ = w.Close()
+		t.Fatal("New succeeded without a quiet period")
 	}
 }
 
 func TestCloseTwice(t *testing.T) {
-	w, err := New(filepath.Join(t.TempDir(), "a.yaml"), quiet)
+	w, err := New(filepath.Join(t.TempDir(), "a.yaml"), quiet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
