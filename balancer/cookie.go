@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -20,20 +21,40 @@ func init() {
 var ErrInvalidCookie = errors.New("invalid sticky cookie")
 
 // cookiePolicy pins each client to a backend with a cookie the proxy sets on
-// the client's first response. The cookie names the backend by a token
-// derived from Backend.ID only, so replicas of the proxy and restarts with a
-// reordered config agree on it, and it never reveals an address.
+// the client's first response. The cookie names the backend and a variant
+// (see cookieVariants) by a value derived from Backend.ID only, so replicas
+// of the proxy and restarts with a reordered config agree on it, and it
+// never reveals an address.
 type cookiePolicy struct {
 	opts CookieOptions
-	// token encodes a backend ID as a cookie value. Build computes every
-	// backend's token once and Pick matches cookies against them exactly, so
-	// any deterministic encoding (an HMAC with a secret, say) can replace
-	// the hash without touching Pick.
-	token func(id string) string
-	next  atomic.Uint64 // rotation for new clients; survives rebuilds
+	// value encodes a backend ID and a variant as a cookie value. Build
+	// computes every value once and Pick matches cookies against them
+	// exactly, so any deterministic encoding (an HMAC with a secret, say)
+	// can replace the hash without touching Pick.
+	value func(id string, variant int) string
+	// bare, for unsigned cookies, also accepts a value without its
+	// variant, as variant 0.
+	bare bool
+	next atomic.Uint64 // rotation for new clients; survives rebuilds
 	// variant hands new clients their cookie variant in turn; it lives
 	// here for the same reason as next.
 	variant atomic.Uint64
+
+	// mu guards rendered: Build runs on every change of health, and two
+	// pools may share the policy across a reload.
+	mu sync.Mutex
+	// rendered holds what Build derived from the IDs of its latest Set:
+	// a rebuild renders only the backends it has not seen, not sixteen
+	// HMACs and Set-Cookie headers per backend each time.
+	rendered map[string]*renderedCookie
+}
+
+// renderedCookie is what a backend's cookie values are, by variant, and the
+// Set-Cookie headers that carry them.
+type renderedCookie struct {
+	values    [cookieVariants]string
+	setCookie [cookieVariants]string
+	bare      string // for unsigned cookies, the token alone; "" for signed
 }
 
 func newCookiePolicy(o Options) (Policy, error) {
@@ -50,13 +71,13 @@ func newCookiePolicy(o Options) (Policy, error) {
 	if c.SameSite == http.SameSiteNoneMode && !c.Secure {
 		return nil, fmt.Errorf("%w: same_site none requires secure, or browsers drop the cookie", ErrInvalidCookie)
 	}
-	p := &cookiePolicy{opts: c, token: hashToken}
+	p := &cookiePolicy{opts: c, value: hashValue, bare: true}
 	if c.Secret != "" {
-		t, err := signedToken(c.Secret)
+		v, err := signedValue(c.Secret)
 		if err != nil {
 			return nil, err
 		}
-		p.token = t
+		p.value, p.bare = v, false
 	}
 	if err := p.cookie("0").Valid(); err != nil {
 		return nil, fmt.Errorf("%w: path %q, domain %q: %w", ErrInvalidCookie, c.Path, c.Domain, err)
@@ -69,6 +90,12 @@ func newCookiePolicy(o Options) (Policy, error) {
 func hashToken(id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return hex.EncodeToString(sum[:8])
+}
+
+// hashValue is an unsigned cookie's value: the ID's token, a dot and the
+// variant as a hex digit. Anyone can compute it (see signedValue).
+func hashValue(id string, variant int) string {
+	return hashToken(id) + "." + hexDigits[variant:variant+1]
 }
 
 func (p *cookiePolicy) cookie(value string) *http.Cookie {
@@ -97,46 +124,90 @@ const cookieVariants = 16
 // hexDigits spell a variant as the last character of a cookie value.
 const hexDigits = "0123456789abcdef"
 
-// cookieEntry is what a token resolves to.
+// cookieEntry is what a cookie value resolves to.
 type cookieEntry struct {
 	backend   *Backend
 	available bool
+	variant   uint8
 	id        uint64 // hashString(backend.ID), the seed of its successors
 }
 
-// Build resolves every backend of s.All by its token, so that a cookie naming
-// a backend that is down is told apart from garbage, and renders the
+// Build resolves every value of every backend of s.All, so that a cookie
+// naming a backend that is down is told apart from garbage, and renders the
 // Set-Cookie headers of every available backend once.
 func (p *cookiePolicy) Build(s Set) Picker {
+	n := cookieVariants
+	if p.bare {
+		n++
+	}
 	cp := &cookiePicker{
 		name:      p.opts.Name,
-		byToken:   make(map[string]cookieEntry, len(s.All)),
-		setCookie: make([][cookieVariants]string, len(s.Available)),
+		byValue:   make(map[string]cookieEntry, n*len(s.All)),
+		setCookie: make([]*[cookieVariants]string, len(s.Available)),
 		ids:       make([]uint64, len(s.Available)),
 		w:         newWRR(s.Available, &p.next),
 		variant:   &p.variant,
 	}
-	for _, b := range s.All {
-		cp.byToken[p.token(b.ID)] = cookieEntry{backend: b, id: hashString(b.ID)}
-	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prev := p.rendered
+	p.rendered = make(map[string]*renderedCookie, len(s.All))
+	avail := make(map[*Backend]bool, len(s.Available))
 	for i, b := range s.Available {
-		t := p.token(b.ID)
+		avail[b] = true
 		cp.ids[i] = hashString(b.ID)
-		cp.byToken[t] = cookieEntry{backend: b, available: true, id: cp.ids[i]}
-		for v := range cookieVariants {
-			cp.setCookie[i][v] = p.cookie(t + "." + hexDigits[v:v+1]).String()
+		rc := p.render(b.ID, prev)
+		cp.setCookie[i] = &rc.setCookie
+		cp.resolve(rc, cookieEntry{backend: b, available: true, id: cp.ids[i]})
+	}
+	for _, b := range s.All {
+		if !avail[b] {
+			cp.resolve(p.render(b.ID, prev), cookieEntry{backend: b, id: hashString(b.ID)})
 		}
 	}
 	return cp
 }
 
+// render returns the cookie of the backend id, from prev (the previous
+// Build's) when it is there; p.mu must be held.
+func (p *cookiePolicy) render(id string, prev map[string]*renderedCookie) *renderedCookie {
+	rc, ok := p.rendered[id]
+	if !ok {
+		if rc, ok = prev[id]; !ok {
+			rc = new(renderedCookie)
+			for v := range cookieVariants {
+				rc.values[v] = p.value(id, v)
+				rc.setCookie[v] = p.cookie(rc.values[v]).String()
+			}
+			if p.bare {
+				rc.bare = hashToken(id)
+			}
+		}
+		p.rendered[id] = rc
+	}
+	return rc
+}
+
+// resolve maps every value of rc to e, with its variant, and an unsigned
+// token alone to variant 0.
+func (cp *cookiePicker) resolve(rc *renderedCookie, e cookieEntry) {
+	for v, val := range rc.values {
+		e.variant = uint8(v)
+		cp.byValue[val] = e
+	}
+	if rc.bare != "" {
+		e.variant = 0
+		cp.byValue[rc.bare] = e
+	}
+}
+
 type cookiePicker struct {
 	name      string
-	byToken   map[string]cookieEntry   // every backend of Set.All
-	setCookie [][cookieVariants]string // parallel to w.backends (Set.Available)
-	ids       []uint64                 // parallel to w.backends: hashString(ID)
-	w         wrr                      // places new clients
-	variant   *atomic.Uint64           // hands out variants; survives rebuilds
+	byValue   map[string]cookieEntry    // every value of every backend of Set.All
+	setCookie []*[cookieVariants]string // parallel to w.backends (Set.Available)
+	ids       []uint64                  // parallel to w.backends: hashString(ID)
+	w         wrr                       // places new clients
+	variant   *atomic.Uint64            // hands out variants; survives rebuilds
 }
 
 // Pick sends a client with a valid cookie to its backend, moves a client
@@ -147,14 +218,12 @@ func (p *cookiePicker) Pick(r *http.Request) (Pick, error) {
 	if len(p.w.backends) == 0 {
 		return Pick{}, ErrNoBackend
 	}
-	if tok, v, ok := p.cookie(r); ok {
-		if e, ok := p.byToken[tok]; ok {
-			if e.available {
-				return Pick{Backend: e.backend, Sticky: StickyKept}, nil
-			}
-			i := p.successor(e.id, v, nil)
-			return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][v], Sticky: StickyRepinned}, nil
+	if e, ok := p.entry(r); ok {
+		if e.available {
+			return Pick{Backend: e.backend, Sticky: StickyKept}, nil
 		}
+		i := p.successor(e.id, e.variant, nil)
+		return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][e.variant], Sticky: StickyRepinned}, nil
 	}
 	i, _ := p.w.pick()
 	v := p.variant.Add(1) % cookieVariants
@@ -171,10 +240,9 @@ func (p *cookiePicker) Repin(r *http.Request, tried []*Backend) (*Backend, strin
 	}
 	// The successors of the backend that first failed: the cookie's, or,
 	// for a client that had none (or garbage), the one it was placed on.
-	id := hashString(tried[0].ID)
-	tok, v, ok := p.cookie(r)
-	if e, known := p.byToken[tok]; ok && known {
-		id = e.id
+	id, v := hashString(tried[0].ID), uint8(0)
+	if e, ok := p.entry(r); ok {
+		id, v = e.id, e.variant
 	}
 	i := p.successor(id, v, tried)
 	if i < 0 {
@@ -204,19 +272,15 @@ func (p *cookiePicker) successor(failed uint64, v uint8, skip []*Backend) int {
 	return best
 }
 
-// cookie returns the token and variant of the request's sticky cookie. A
-// value without a variant (or with a malformed one) counts as variant 0.
-func (p *cookiePicker) cookie(r *http.Request) (tok string, v uint8, ok bool) {
+// entry returns what the request's sticky cookie resolves to; false when
+// it has none, or one that names no backend of the pool.
+func (p *cookiePicker) entry(r *http.Request) (cookieEntry, bool) {
 	val, ok := cookieValue(r.Header, p.name)
 	if !ok {
-		return "", 0, false
+		return cookieEntry{}, false
 	}
-	if n := len(val); n >= 2 && val[n-2] == '.' {
-		if d := strings.IndexByte(hexDigits, val[n-1]); d >= 0 {
-			return val[:n-2], uint8(d), true
-		}
-	}
-	return val, 0, true
+	e, ok := p.byValue[val]
+	return e, ok
 }
 
 // cookieValue returns the value of the first cookie called name in the

@@ -128,6 +128,8 @@ func TestCookieMalformed(t *testing.T) {
 		{"token upper case", []string{"aff=" + strings.ToUpper(valid)}, StickyNew},
 		{"token prefix", []string{"aff=" + valid[:15]}, StickyNew},
 		{"token with suffix", []string{"aff=" + valid + "0"}, StickyNew},
+		{"token with a variant not a hex digit", []string{"aff=" + valid + ".g"}, StickyNew},
+		{"token with a variant", []string{"aff=" + valid + ".7"}, StickyKept},
 		{"unbalanced quote", []string{`aff="` + valid}, StickyNew},
 		{"lone quote", []string{`aff="`}, StickyNew},
 		{"name case differs", []string{"AFF=" + valid}, StickyNew},
