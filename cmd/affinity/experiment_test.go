@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,6 +77,7 @@ type cellResult struct {
 	SessionsLostPct      float64  `json:"sessions_lost_pct"`
 	StaleAfterFailurePct float64  `json:"stale_after_failure_pct"`
 	UsersMovedPct        *float64 `json:"users_moved_pct"`
+	UsersMovedPredicted  *float64 `json:"users_moved_predicted_pct"`
 }
 
 // runExperimentBinary builds affinity, runs `experiment run --preset NAME
@@ -204,5 +206,12 @@ func TestExperimentScaleOutQuick(t *testing.T) {
 	}
 	if *mod.UsersMovedPct < 50 {
 		t.Errorf("modulo-hash moved %.1f%% of users going 3 → 4, want most (about 75%%)", *mod.UsersMovedPct)
+	}
+	// Measured once the proxy routes by the new config, the users moved
+	// are those the hash itself moves.
+	for _, c := range []cellResult{ch, mod} {
+		if p := c.UsersMovedPredicted; p == nil || math.Abs(*p-*c.UsersMovedPct) > 2 {
+			t.Errorf("%s moved %.1f%% of users, its hash predicts %v", c.Balancer, *c.UsersMovedPct, p)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package experiment
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"time"
 
@@ -34,10 +33,23 @@ type CellResult struct {
 	// request had been applied, its answer was lost, and the retry was
 	// stale. The session itself survived.
 	StaleAfterFailurePct float64 `json:"stale_after_failure_pct"`
-	// UsersMovedPct is the share of users, seen on both sides of the first
-	// fault that changes membership (kill, add, remove), whose backend
-	// differs across it; null without such a fault.
+	// UsersMovedPct is the share of users, seen both before the first
+	// fault that changes membership (kill, add, remove) and once the proxy
+	// routed by it, whose backend differs across it: the last before
+	// against the first after. Null without such a fault.
 	UsersMovedPct *float64 `json:"users_moved_pct"`
+	// UsersMovedOf is how many users UsersMovedPct compares: its
+	// denominator, smaller than Users (those who logged in at any time).
+	UsersMovedOf int `json:"users_moved_of"`
+	// UsersMovedPredictedPct is, for a hash balancer, the share of the same
+	// users that the hash itself moves across the change, computed from
+	// the cell's config; null for other balancers.
+	UsersMovedPredictedPct *float64 `json:"users_moved_predicted_pct"`
+	// LeftFirstChoicePct is, for a hash balancer, the share of responses
+	// not given by the backend the hash picks for the request's key over
+	// the backends in rotation then: bounded loads and retries send
+	// requests elsewhere. Null for other balancers.
+	LeftFirstChoicePct *float64 `json:"left_first_choice_pct"`
 	// VictimUsersPct is the share of users whose last backend before the
 	// first kill was the killed one: what claim 1 expects to be lost.
 	VictimUsersPct *float64 `json:"victim_users_pct"`
@@ -47,9 +59,12 @@ type CellResult struct {
 	// NewcomersPct is the share of those requests that came from users first
 	// seen after the add: a sticky balancer gives a new backend only those.
 	NewcomersPct *float64 `json:"new_backend_newcomers_pct"`
-	// Imbalance is max/mean of requests answered per backend, over every
-	// backend the cell had; 1 is perfectly even.
+	// Imbalance is max/mean over the backends of their responses per
+	// second while each was in rotation (a killed, hung, removed or not yet
+	// added backend is not counted while out); 1 is perfectly even.
 	Imbalance float64 `json:"imbalance"`
+	// ImbalancePeak is the highest imbalance of any one second of the run.
+	ImbalancePeak float64 `json:"imbalance_peak"`
 
 	// Latency of successful requests, from the scheduled arrival.
 	P50Ms float64 `json:"p50_ms"`
@@ -86,11 +101,13 @@ type CellResult struct {
 // own figures scraped from /metrics at the end of the load (0 when it was
 // not running then).
 type BackendStats struct {
-	Name      string `json:"name"`
-	Requests  int    `json:"requests"`
-	Sessions  int    `json:"sessions"`
-	RSSBytes  int64  `json:"rss_bytes"`
-	CacheHits int64  `json:"cache_hits"`
+	Name     string `json:"name"`
+	Requests int    `json:"requests"`
+	// P99Ms is the latency of its successful responses.
+	P99Ms     float64 `json:"p99_ms"`
+	Sessions  int     `json:"sessions"`
+	RSSBytes  int64   `json:"rss_bytes"`
+	CacheHits int64   `json:"cache_hits"`
 }
 
 // summarize computes a cell's figures from its samples. backends names every
@@ -106,12 +123,14 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		Faults:     faults,
 	}
 	var ok []time.Duration
+	okBy := map[string][]time.Duration{}
 	var bytes, wired, ops, opsN, hits, misses int
 	perBackend := map[string]int{}
 	for i := range samples {
 		s := &samples[i]
 		if s.OK() {
 			ok = append(ok, s.Latency)
+			okBy[s.Backend] = append(okBy[s.Backend], s.Latency)
 		} else {
 			r.Errors++
 			r.ErrorKinds[s.Kind]++
@@ -135,6 +154,9 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		}
 	}
 	slices.Sort(ok)
+	for _, l := range okBy {
+		slices.Sort(l)
+	}
 	r.P50Ms, r.P95Ms, r.P99Ms = ms(harness.Percentile(ok, 50)), ms(harness.Percentile(ok, 95)), ms(harness.Percentile(ok, 99))
 	if d > 0 {
 		r.ThroughputRPS = float64(len(ok)) / d.Seconds()
@@ -149,12 +171,12 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		r.CacheHitPct = ptr(pct(hits, hits+misses))
 	}
 	r.Users, r.SessionsLostPct, r.StaleAfterFailurePct = sessionsLost(samples)
-	r.Imbalance = imbalance(perBackend, backends)
 	for _, name := range backends {
-		r.Backends = append(r.Backends, BackendStats{Name: name, Requests: perBackend[name]})
+		r.Backends = append(r.Backends, BackendStats{Name: name, Requests: perBackend[name], P99Ms: ms(harness.Percentile(okBy[name], 99))})
 	}
 	if f, ok := harness.First(faults, harness.Action.ChangesMembership); ok {
-		r.UsersMovedPct = usersMoved(samples, f.Start, f.End)
+		moves := movesAcross(samples, f.Start, f.Since())
+		r.UsersMovedPct, r.UsersMovedOf = moves.movedPct(), len(moves)
 	}
 	if f, ok := harness.First(faults, func(a harness.Action) bool { return a == harness.Kill }); ok {
 		r.VictimUsersPct = victimUsers(samples, f.Start, f.Target)
@@ -164,30 +186,14 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		r.NewcomersPct = newcomers(samples, f.Start, f.End, backends[initial:])
 	}
 	r.CookieBytesByItems = cookieBytesByItems(samples)
-	r.Timeline = timeline(samples, d, time.Second)
-	r.Fine = timeline(samples, d, fineBucket(d))
+	up := uptime(backends, initial, faults, d)
+	r.Timeline = timeline(samples, d, time.Second, up)
+	r.Fine = timeline(samples, d, fineBucket(d), up)
+	r.Imbalance = imbalance(r.Fine, up)
+	for _, b := range r.Timeline {
+		r.ImbalancePeak = max(r.ImbalancePeak, b.Imbalance)
+	}
 	return r
-}
-
-// imbalance returns max/mean of the requests per backend over names (plus
-// any backend that answered without being named): 1 when even, N when one
-// of N backends took everything, 0 when nothing was answered.
-func imbalance(counts map[string]int, names []string) float64 {
-	all := slices.Clone(names)
-	for n := range counts {
-		if !slices.Contains(all, n) {
-			all = append(all, n)
-		}
-	}
-	total, top := 0, 0
-	for _, n := range all {
-		total += counts[n]
-		top = max(top, counts[n])
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(top) / (float64(total) / float64(len(all)))
 }
 
 // sessionsLost returns the users that logged in, the share of them whose
@@ -230,120 +236,6 @@ func sessionsLost(samples []Sample) (users int, lostPct, afterFailurePct float64
 		}
 	}
 	return users, pct(lost, users), pct(afterFailure, users)
-}
-
-// usersMoved compares, for every user answered by a backend both before
-// "before" and from "after" on, the last backend before with the first one
-// after; it returns the share that differ, or nil when no user qualifies.
-func usersMoved(samples []Sample, before, after time.Duration) *float64 {
-	type seen struct {
-		lastAt, firstAt time.Duration
-		last, first     string
-	}
-	users := map[string]*seen{}
-	for i := range samples {
-		s := &samples[i]
-		if s.Backend == "" || (s.At >= before && s.At < after) {
-			continue
-		}
-		u := users[s.User]
-		if u == nil {
-			u = &seen{lastAt: -1, firstAt: math.MaxInt64}
-			users[s.User] = u
-		}
-		if s.At < before && s.At >= u.lastAt {
-			u.lastAt, u.last = s.At, s.Backend
-		}
-		if s.At >= after && s.At < u.firstAt {
-			u.firstAt, u.first = s.At, s.Backend
-		}
-	}
-	both, moved := 0, 0
-	for _, u := range users {
-		if u.last == "" || u.first == "" {
-			continue
-		}
-		both++
-		if u.last != u.first {
-			moved++
-		}
-	}
-	if both == 0 {
-		return nil
-	}
-	return ptr(pct(moved, both))
-}
-
-// victimUsers returns the share of users answered before "at" whose last
-// answer came from backend, or nil when no user was answered before.
-func victimUsers(samples []Sample, at time.Duration, backend string) *float64 {
-	last := map[string]Sample{}
-	for _, s := range samples {
-		if s.Backend == "" || s.At >= at {
-			continue
-		}
-		if p, ok := last[s.User]; !ok || s.At >= p.At {
-			last[s.User] = s
-		}
-	}
-	if len(last) == 0 {
-		return nil
-	}
-	n := 0
-	for _, s := range last {
-		if s.Backend == backend {
-			n++
-		}
-	}
-	return ptr(pct(n, len(last)))
-}
-
-// servedBy returns the share of the responses from "from" on that came from
-// one of names, or nil when there were none.
-func servedBy(samples []Sample, from time.Duration, names []string) *float64 {
-	total, n := 0, 0
-	for i := range samples {
-		s := &samples[i]
-		if s.Backend == "" || s.At < from {
-			continue
-		}
-		total++
-		if slices.Contains(names, s.Backend) {
-			n++
-		}
-	}
-	if total == 0 {
-		return nil
-	}
-	return ptr(pct(n, total))
-}
-
-// newcomers returns the share of the responses from names, from "from" on,
-// whose users were first seen at or after "since"; nil when names served
-// nothing then.
-func newcomers(samples []Sample, since, from time.Duration, names []string) *float64 {
-	first := map[string]time.Duration{}
-	for i := range samples {
-		s := &samples[i]
-		if f, ok := first[s.User]; !ok || s.At < f {
-			first[s.User] = s.At
-		}
-	}
-	total, n := 0, 0
-	for i := range samples {
-		s := &samples[i]
-		if s.At < from || !slices.Contains(names, s.Backend) {
-			continue
-		}
-		total++
-		if first[s.User] >= since {
-			n++
-		}
-	}
-	if total == 0 {
-		return nil
-	}
-	return ptr(pct(n, total))
 }
 
 // cookieBytesByItems returns, for each cart size, the mean Cookie header of

@@ -8,26 +8,6 @@ import (
 	"github.com/affinityproxy/affinity/internal/harness"
 )
 
-func TestImbalance(t *testing.T) {
-	tests := []struct {
-		name   string
-		counts map[string]int
-		names  []string
-		want   float64
-	}{
-		{"even", map[string]int{"b1": 10, "b2": 10, "b3": 10}, []string{"b1", "b2", "b3"}, 1},
-		{"one takes all of three", map[string]int{"b1": 30}, []string{"b1", "b2", "b3"}, 3},
-		{"30/20/10: max 30 over mean 20", map[string]int{"b1": 30, "b2": 20, "b3": 10}, []string{"b1", "b2", "b3"}, 1.5},
-		{"an unnamed backend counts", map[string]int{"b1": 10, "x": 30}, []string{"b1"}, 1.5},
-		{"nothing answered", map[string]int{}, []string{"b1"}, 0},
-	}
-	for _, tt := range tests {
-		if got := imbalance(tt.counts, tt.names); math.Abs(got-tt.want) > 1e-9 {
-			t.Errorf("%s: imbalance = %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
 // smp builds a sample: user, scheduled second, step, backend, error kind.
 func smp(user string, at float64, st step, backend, kind string) Sample {
 	return Sample{User: user, At: time.Duration(at * float64(time.Second)), Step: st, Backend: backend, Kind: kind, StoreOps: -1, Status: 200}
@@ -96,11 +76,11 @@ func TestUsersMoved(t *testing.T) {
 		// f: moved.
 		smp("f", 0.5, stepLogin, "b2", ""), smp("f", 8, stepLogin, "b3", ""),
 	}
-	got := usersMoved(samples, 3*time.Second, 4*time.Second)
-	if got == nil || math.Abs(*got-50) > 1e-9 {
-		t.Errorf("usersMoved = %v, want 50%% (a and f of a, b, e, f)", got)
+	m := movesAcross(samples, 3*time.Second, 4*time.Second)
+	if got := m.movedPct(); len(m) != 4 || got == nil || math.Abs(*got-50) > 1e-9 {
+		t.Errorf("movesAcross = %v, moved %v; want 50%% (a and f of a, b, e, f)", m, got)
 	}
-	if got := usersMoved(samples[:2], 3*time.Second, 4*time.Second); got != nil {
+	if got := movesAcross(samples[:2], 3*time.Second, 4*time.Second).movedPct(); got != nil {
 		t.Errorf("with no user after the change: %v, want nil", *got)
 	}
 }
@@ -181,7 +161,13 @@ func TestSummarize(t *testing.T) {
 	check("bytes/request", r.BytesPerRequest, 300)
 	check("store ops/request", *r.StoreOpsPerRequest, 5.0/4)
 	check("cache hit %", *r.CacheHitPct, 200.0/3)
-	check("imbalance", r.Imbalance, 3/(4.0/3)) // b1 3, b2 1, b3 0
+	// b1 answered 3, b2 1, b3 nothing, all in rotation throughout: the
+	// busiest took 3 over a mean of 4/3 per 4 s.
+	check("imbalance", r.Imbalance, 3/(4.0/3))
+	check("imbalance of the worst second", r.ImbalancePeak, 3) // second 0: b1 alone answered
+	if r.Backends[0].P99Ms != 3 || r.Backends[1].P99Ms != 2 || r.Backends[2].P99Ms != 0 {
+		t.Errorf("p99 per backend %+v, want b1 3 ms, b2 2 ms, b3 none", r.Backends)
+	}
 	if r.UsersMovedPct != nil || r.NewBackendPct != nil || r.VictimUsersPct != nil {
 		t.Error("figures of faults set without faults")
 	}
@@ -203,12 +189,13 @@ func TestSummarizeFaultFigures(t *testing.T) {
 		samples[i].Latency = time.Millisecond
 	}
 	faults := []harness.Applied{
-		{Fault: harness.Fault{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second},
-		{Fault: harness.Fault{At: 3 * time.Second, Action: harness.Add}, Start: 3 * time.Second, End: 4 * time.Second},
+		// The proxy saw the kill 0.5 s after it.
+		{Fault: harness.Fault{At: 2 * time.Second, Action: harness.Kill, Target: "b2"}, Start: 2 * time.Second, End: 2 * time.Second, Settled: 2500 * time.Millisecond},
+		{Fault: harness.Fault{At: 3 * time.Second, Action: harness.Add}, Start: 3 * time.Second, End: 4 * time.Second, Settled: 4 * time.Second},
 	}
 	r := summarize("cookie", "memory", samples, 0, 8*time.Second, []string{"b1", "b2", "b3", "b4"}, 3, faults)
-	if r.UsersMovedPct == nil || *r.UsersMovedPct != 50 {
-		t.Errorf("users moved %v, want 50%% across the kill (a moved, b did not)", r.UsersMovedPct)
+	if r.UsersMovedPct == nil || *r.UsersMovedPct != 50 || r.UsersMovedOf != 2 {
+		t.Errorf("users moved %v of %d, want 50%% of 2 across the kill (a moved, b did not)", r.UsersMovedPct, r.UsersMovedOf)
 	}
 	if r.VictimUsersPct == nil || *r.VictimUsersPct != 50 {
 		t.Errorf("victim users %v, want 50%%", r.VictimUsersPct)

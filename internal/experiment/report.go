@@ -73,7 +73,7 @@ func writeTimeline(w io.Writer, res *Results) error {
 		n = max(n, len(c.Backends))
 	}
 	cw := csv.NewWriter(w)
-	head := []string{"balancer", "store", "second", "requests", "ok", "errors", "sessions_lost", "p50_ms", "p99_ms"}
+	head := []string{"balancer", "store", "second", "requests", "ok", "errors", "session_lost", "session_stale", "p50_ms", "p99_ms", "imbalance"}
 	for i := 1; i <= n; i++ {
 		head = append(head, harness.BackendName(i))
 	}
@@ -81,7 +81,7 @@ func writeTimeline(w io.Writer, res *Results) error {
 	for _, c := range res.Cells {
 		for _, s := range c.Timeline {
 			row := []string{c.Balancer, c.Store, strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
-				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), f2(s.P50Ms), f2(s.P99Ms)}
+				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), strconv.Itoa(s.Stale), f2(s.P50Ms), f2(s.P99Ms), f2(s.Imbalance)}
 			for i := 1; i <= n; i++ {
 				row = append(row, strconv.Itoa(s.ByBackend[harness.BackendName(i)]))
 			}
@@ -154,28 +154,19 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 	}
 
 	b.WriteString("\n## Results\n\n")
-	b.WriteString("| balancer | store | requests | errors | skipped | users | sessions lost % | users moved % | imbalance | p50 ms | p95 ms | p99 ms | ok rps | cache hit % | store ops/req | bytes/req |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-	for _, c := range res.Cells {
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %.1f | %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s | %s | %.0f |\n",
-			c.Balancer, c.Store, c.Requests, c.Errors, c.Skipped, c.Users, c.SessionsLostPct, opt(c.UsersMovedPct, "%.1f"),
-			c.Imbalance, c.P50Ms, c.P95Ms, c.P99Ms, c.ThroughputRPS, opt(c.CacheHitPct, "%.1f"),
-			opt(c.StoreOpsPerRequest, "%.2f"), c.BytesPerRequest)
-	}
-	b.WriteString("\nSessions lost: share of the users that logged in whose workflow broke at least once (409). " +
-		"Users moved: share of the users seen on both sides of the first kill, add or remove whose backend differs. " +
-		"Imbalance: max/mean of the responses per backend over the cell's backends. Latency and ok rps count successful requests.\n")
+	b.WriteString(resultsTable(res))
 
 	b.WriteString("\n### Errors by kind\n\n| balancer | store | errors |\n|---|---|---|\n")
 	for _, c := range res.Cells {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.Balancer, c.Store, kinds(c.ErrorKinds))
 	}
 
-	b.WriteString("\n### Backends\n\nResponses per backend; sessions held and resident memory as each running backend " +
-		"reported at the end of the load.\n\n| balancer | store | backend | responses | sessions held | RSS MiB |\n|---|---|---|--:|--:|--:|\n")
+	b.WriteString("\n### Backends\n\nResponses per backend and the p99 latency of its successful ones; sessions held and resident " +
+		"memory as each running backend reported at the end of the load.\n\n" +
+		"| balancer | store | backend | responses | p99 ms | sessions held | RSS MiB |\n|---|---|---|--:|--:|--:|--:|\n")
 	for _, c := range res.Cells {
 		for _, be := range c.Backends {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %.1f |\n", c.Balancer, c.Store, be.Name, be.Requests, be.Sessions, float64(be.RSSBytes)/(1<<20))
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %.2f | %d | %.1f |\n", c.Balancer, c.Store, be.Name, be.Requests, be.P99Ms, be.Sessions, float64(be.RSSBytes)/(1<<20))
 		}
 	}
 

@@ -246,6 +246,13 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 		}
 	}
 	r.ProxyReloads = c.Reloads()
+	if keyed(bal) {
+		ch, err := newChooser(bal, store)
+		if err != nil {
+			return CellResult{}, err
+		}
+		predict(&r, ch, gen.rec.samples, names, s.Backends)
+	}
 	return r, nil
 }
 

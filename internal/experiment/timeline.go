@@ -14,10 +14,14 @@ type Bucket struct {
 	Requests  int
 	OK        int
 	Errors    int
-	Lost      int // session_lost or session_stale
+	Lost      int // answered session_lost: the session was gone
+	Stale     int // answered session_stale: the session was out of date
 	P50Ms     float64
 	P99Ms     float64
 	ByBackend map[string]int // responses per backend
+	// Imbalance is max/mean of the responses per backend over the
+	// backends in rotation throughout the bucket.
+	Imbalance float64
 }
 
 // fineBucket is the width of the buckets charts draw for a run of d: about
@@ -27,8 +31,9 @@ func fineBucket(d time.Duration) time.Duration {
 }
 
 // timeline buckets samples by their scheduled arrival, width apart; the last
-// bucket may be cut short by the end of the run.
-func timeline(samples []Sample, d, width time.Duration) []Bucket {
+// bucket may be cut short by the end of the run. up says when each backend
+// was in rotation, for each bucket's imbalance.
+func timeline(samples []Sample, d, width time.Duration, up map[string][]span) []Bucket {
 	secs := make([]Bucket, int((d+width-1)/width))
 	lat := make([][]time.Duration, len(secs))
 	for i := range secs {
@@ -49,8 +54,11 @@ func timeline(samples []Sample, d, width time.Duration) []Bucket {
 		} else {
 			sec.Errors++
 		}
-		if s.lostSession() {
+		switch s.Kind {
+		case kindSessionLost:
 			sec.Lost++
+		case kindSessionStale:
+			sec.Stale++
 		}
 		if s.Backend != "" {
 			sec.ByBackend[s.Backend]++
@@ -59,6 +67,7 @@ func timeline(samples []Sample, d, width time.Duration) []Bucket {
 	for i := range secs {
 		slices.Sort(lat[i])
 		secs[i].P50Ms, secs[i].P99Ms = ms(harness.Percentile(lat[i], 50)), ms(harness.Percentile(lat[i], 99))
+		secs[i].Imbalance = bucketImbalance(&secs[i], up)
 	}
 	return secs
 }

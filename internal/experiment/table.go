@@ -1,0 +1,107 @@
+package experiment
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// column is one column of report.md's results table: its heading, its
+// figure in a cell, and whether the run's cells have that figure at all.
+type column struct {
+	head   string
+	figure func(c *CellResult) string
+	// any, when not nil, says whether the column is shown: only when some
+	// cell has the figure.
+	any func(c *CellResult) bool
+}
+
+// columns are the results table's, in order.
+var columns = []column{
+	{head: "balancer", figure: func(c *CellResult) string { return c.Balancer }},
+	{head: "store", figure: func(c *CellResult) string { return c.Store }},
+	{head: "requests", figure: func(c *CellResult) string { return fmt.Sprint(c.Requests) }},
+	{head: "errors", figure: func(c *CellResult) string { return fmt.Sprint(c.Errors) }},
+	{head: "skipped", figure: func(c *CellResult) string { return fmt.Sprint(c.Skipped) }},
+	{head: "users", figure: func(c *CellResult) string { return fmt.Sprint(c.Users) }},
+	{head: "sessions lost %", figure: func(c *CellResult) string { return fmt.Sprintf("%.1f", c.SessionsLostPct) }},
+	{
+		head: "users moved %",
+		figure: func(c *CellResult) string {
+			if c.UsersMovedPct == nil {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f of %d", *c.UsersMovedPct, c.UsersMovedOf)
+		},
+		any: func(c *CellResult) bool { return c.UsersMovedPct != nil },
+	},
+	{
+		head:   "hash moves %",
+		figure: func(c *CellResult) string { return opt(c.UsersMovedPredictedPct, "%.1f") },
+		any:    func(c *CellResult) bool { return c.UsersMovedPredictedPct != nil },
+	},
+	{head: "imbalance", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.Imbalance) }},
+	{head: "worst second", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.ImbalancePeak) }},
+	{
+		head:   "off first choice %",
+		figure: func(c *CellResult) string { return opt(c.LeftFirstChoicePct, "%.1f") },
+		any:    func(c *CellResult) bool { return c.LeftFirstChoicePct != nil },
+	},
+	{head: "p50 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P50Ms) }},
+	{head: "p95 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P95Ms) }},
+	{head: "p99 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P99Ms) }},
+	{head: "ok rps", figure: func(c *CellResult) string { return fmt.Sprintf("%.0f", c.ThroughputRPS) }},
+	{head: "cache hit %", figure: func(c *CellResult) string { return opt(c.CacheHitPct, "%.1f") }},
+	{head: "store ops/req", figure: func(c *CellResult) string { return opt(c.StoreOpsPerRequest, "%.2f") }},
+	{head: "bytes/req", figure: func(c *CellResult) string { return fmt.Sprintf("%.0f", c.BytesPerRequest) }},
+}
+
+// resultsTable renders the cells of res as a markdown table of the columns
+// that apply, and the notes that say what each figure counts.
+func resultsTable(res *Results) string {
+	var shown []column
+	for _, col := range columns {
+		if col.any == nil || slices.ContainsFunc(res.Cells, func(c CellResult) bool { return col.any(&c) }) {
+			shown = append(shown, col)
+		}
+	}
+	var b strings.Builder
+	for i, col := range shown {
+		b.WriteString("| " + col.head + " ")
+		if i == len(shown)-1 {
+			b.WriteString("|\n")
+		}
+	}
+	for i := range shown {
+		if i < 2 {
+			b.WriteString("|---")
+		} else {
+			b.WriteString("|--:")
+		}
+	}
+	b.WriteString("|\n")
+	for i := range res.Cells {
+		for _, col := range shown {
+			b.WriteString("| " + col.figure(&res.Cells[i]) + " ")
+		}
+		b.WriteString("|\n")
+	}
+	b.WriteString("\nSessions lost: share of the users that logged in (the users column) whose workflow broke at least once (409).")
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "users moved %" }) {
+		b.WriteString(" Users moved: share of the users answered both before the first kill, add or remove and once the proxy " +
+			"routed by it (the number after \"of\", fewer than the users who logged in, so the two shares have different " +
+			"denominators), whose backend differs: the last before against the first after.")
+	}
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "hash moves %" }) {
+		b.WriteString(" Hash moves: the share of the same users that the balancer's own hash, built from the cell's config, " +
+			"sends elsewhere after the change.")
+	}
+	b.WriteString(" Imbalance: max/mean over the backends of their responses per second while each was in rotation " +
+		"(a killed, hung, removed or not yet added backend is left out while it is); worst second: the highest imbalance of any one second.")
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "off first choice %" }) {
+		b.WriteString(" Off first choice: share of the responses not given by the backend the hash picks for the user " +
+			"over the backends in rotation (bounded loads and retries send requests elsewhere).")
+	}
+	b.WriteString(" Latency and ok rps count successful requests.\n")
+	return b.String()
+}
