@@ -102,6 +102,18 @@ func runExperiment(ctx context.Context, stdout io.Writer, file string, f experim
 	if f.quick {
 		spec = spec.Shortened()
 	}
+	opts := experiment.Options{
+		RedisAddr: f.redisAddr,
+		Progress:  stdout,
+		Quick:     f.quick,
+		Version:   versionString(),
+		Command:   reproduce(file, f),
+	}
+	// What would fail the run later fails it now, before a report folder
+	// is made and announced.
+	if err := experiment.Preflight(ctx, spec, opts); err != nil {
+		return err
+	}
 	out := f.out
 	if out == "" {
 		out = filepath.Join("reports", spec.Name+"-"+time.Now().Format("20060102-150405"))
@@ -118,14 +130,8 @@ func runExperiment(ctx context.Context, stdout io.Writer, file string, f experim
 
 	fmt.Fprintf(stdout, "affinity experiment %s%s: %d cells × %v of load; report in %s\n",
 		spec.Name, map[bool]string{true: " (quick)"}[f.quick], spec.Cells(), spec.Duration, out)
-	res, runErr := experiment.Run(ctx, spec, experiment.Options{
-		RedisAddr: f.redisAddr,
-		Dir:       out,
-		Progress:  stdout,
-		Quick:     f.quick,
-		Version:   versionString(),
-		Command:   reproduce(file, f),
-	})
+	opts.Dir = out
+	res, runErr := experiment.Run(ctx, spec, opts)
 	if res == nil || len(res.Cells) == 0 {
 		if runErr != nil {
 			return fmt.Errorf("experiment: %w", runErr)

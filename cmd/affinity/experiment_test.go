@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"math"
 	"os"
 	"os/exec"
@@ -10,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/experiment"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 func TestExperimentList(t *testing.T) {
@@ -27,6 +32,7 @@ func TestExperimentList(t *testing.T) {
 
 func TestExperimentRunUsage(t *testing.T) {
 	spec := writeFile(t, "spec.yaml", []byte("name: x\n"))
+	out := filepath.Join(t.TempDir(), "report")
 	tests := []struct {
 		name string
 		args []string
@@ -36,18 +42,24 @@ func TestExperimentRunUsage(t *testing.T) {
 		{"neither file nor preset", []string{"experiment", "run"}, exitUsage, "either a spec FILE or --preset"},
 		{"both", []string{"experiment", "run", spec, "--preset", "failover"}, exitUsage, "either a spec FILE or --preset"},
 		{"two files", []string{"experiment", "run", spec, spec}, exitUsage, "accepts at most 1 arg"},
-		{"unknown preset", []string{"experiment", "run", "--preset", "nope", "--out", t.TempDir()}, exitFailure, `no preset "nope"`},
-		{"bad spec", []string{"experiment", "run", writeFile(t, "bad.yaml", []byte("name: x\nstores: [disk]\n")), "--out", t.TempDir()},
+		{"unknown preset", []string{"experiment", "run", "--preset", "nope", "--out", out}, exitFailure, `no preset "nope"`},
+		{"bad spec", []string{"experiment", "run", writeFile(t, "bad.yaml", []byte("name: x\nstores: [disk]\n")), "--out", out},
 			exitFailure, `unknown store "disk"`},
 		{"store faults on an external redis", []string{"experiment", "run",
 			writeFile(t, "down.yaml", []byte("name: x\nduration: 2s\nfaults: [\"1s store-down\"]\n")),
-			"--redis-addr", "127.0.0.1:1", "--out", t.TempDir()}, exitFailure, "cannot stop or start an external Redis"},
+			"--redis-addr", "127.0.0.1:1", "--out", out}, exitFailure, "cannot stop or start an external Redis"},
+		{"an external redis that does not answer", []string{"experiment", "run", "--preset", "failover",
+			"--redis-addr", testutil.ClosedURL(t).Host, "--out", out}, exitFailure, "--redis-addr: redis 127.0.0.1:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, _, errOut := run(t, tt.args...)
+			code, stdout, errOut := run(t, tt.args...)
 			if code != tt.code || !strings.Contains(errOut, tt.want) {
 				t.Errorf("exit %d, stderr %q; want exit %d and %q", code, errOut, tt.code, tt.want)
+			}
+			// Refused before anything is made or announced.
+			if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) || strings.Contains(stdout, "report in") {
+				t.Errorf("report folder %v, stdout %q: want neither made nor announced", err, stdout)
 			}
 		})
 	}
@@ -212,6 +224,29 @@ func TestExperimentScaleOutQuick(t *testing.T) {
 	for _, c := range []cellResult{ch, mod} {
 		if p := c.UsersMovedPredicted; p == nil || math.Abs(*p-*c.UsersMovedPct) > 2 {
 			t.Errorf("%s moved %.1f%% of users, its hash predicts %v", c.Balancer, *c.UsersMovedPct, p)
+		}
+	}
+}
+
+// TestMakeHelpListsEveryPreset keeps `make help`, where a newcomer looks
+// first, in step with the presets.
+func TestMakeHelpListsEveryPreset(t *testing.T) {
+	data, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.SplitSeq(string(data), "\n") {
+		if strings.Contains(l, "make experiment [PRESET=") {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatal("make help has no line for make experiment")
+	}
+	for _, p := range experiment.Presets() {
+		if !strings.Contains(line, p.Name) {
+			t.Errorf("make help lacks the preset %s:\n%s", p.Name, line)
 		}
 	}
 }

@@ -16,7 +16,7 @@ import (
 
 // findDrain: draining a backend loses the sessions it held when they live in
 // its memory, and none when they live in Redis or in a token.
-func findDrain(res *Results) string {
+func findDrain(res *Results) Finding {
 	var sticky []*CellResult
 	for _, b := range res.Settings.Balancers {
 		if c := cell(res, b, StoreMemory); c != nil && b != "round-robin" {
@@ -28,11 +28,12 @@ func findDrain(res *Results) string {
 	}
 	rm, ok := harness.First(sticky[0].Faults, func(a harness.Action) bool { return a == harness.Remove })
 	if !ok {
-		return fmt.Sprintf("Not measured: no backend was removed in the %s × memory cell.", sticky[0].Balancer)
+		return unmeasured(fmt.Sprintf("no backend was removed in the %s × memory cell.", sticky[0].Balancer))
 	}
 	// Each sticky cell against the drained backend's share of its own
 	// requests: a hash ring need not give it a third.
-	var against, gaps, wrong []string
+	var against, gaps, wrong, bands []string
+	worst := 0.0
 	for _, c := range sticky {
 		f, ok := harness.First(c.Faults, func(a harness.Action) bool { return a == harness.Remove })
 		share, measured := shareBefore(c, f.Target, f.Start)
@@ -40,7 +41,9 @@ func findDrain(res *Results) string {
 			continue
 		}
 		d := c.SessionsLostPct - share
+		worst = max(worst, c.SessionsLostPct)
 		against = append(against, fmt.Sprintf("%s %.1f%% against %.1f%%", c.Balancer, c.SessionsLostPct, share))
+		bands = append(bands, fmt.Sprintf("%s within %.1f points of %.1f%%", c.Balancer, max(5, share/4), share))
 		gaps = append(gaps, fmt.Sprintf("%s %+.1f", c.Balancer, d))
 		switch {
 		case c.SessionsLostPct == 0:
@@ -54,7 +57,14 @@ func findDrain(res *Results) string {
 		}
 	}
 	if len(against) == 0 {
-		return fmt.Sprintf("Not measured: no response was recorded before %s was drained.", rm.Target)
+		return unmeasured(fmt.Sprintf("no response was recorded before %s was drained.", rm.Target))
+	}
+	f := Finding{
+		Band: "agrees when each sticky balancer × memory lost within the larger of 5 points and a quarter of the drained " +
+			"server's share of the requests until then (" + strings.Join(bands, ", ") + "), and no cell with the state " +
+			"elsewhere lost a session",
+		ForYou: fmt.Sprintf("draining a server for a deploy logged out up to %.0f%% of users when sessions lived in its memory; "+
+			"with Redis or a token, nobody", worst),
 	}
 	s := fmt.Sprintf("Measured: %s was drained at %.1f s (taken out of the proxy's config, then stopped gracefully). With memory, "+
 		"the users who lost their session, against %s's share of the requests until then: %s.",
@@ -86,18 +96,21 @@ func findDrain(res *Results) string {
 	}
 	switch {
 	case len(wrong) > 0:
-		return s + " Disagrees: " + strings.Join(wrong, "; ") + "."
+		s += " Disagrees: " + strings.Join(wrong, "; ") + "."
 	case l.cells == 0:
-		return s + fmt.Sprintf(" Agrees on memory: each sticky balancer lost about the drained server's share (%s points); "+
+		s += fmt.Sprintf(" Agrees on memory: each sticky balancer lost about the drained server's share (%s points); "+
 			"the run has no cell with redis, cached-redis or token to show the other half.", strings.Join(gaps, ", "))
+	default:
+		s += fmt.Sprintf(" Agrees: with memory, each sticky balancer lost about the drained server's share (%s points), "+
+			"and no cell with the state in %s lost a session.", strings.Join(gaps, ", "), strings.Join(elsewhere, " or "))
 	}
-	return s + fmt.Sprintf(" Agrees: with memory, each sticky balancer lost about the drained server's share (%s points), "+
-		"and no cell with the state in %s lost a session.", strings.Join(gaps, ", "), strings.Join(elsewhere, " or "))
+	f.Text = s
+	return f
 }
 
 // findStoreDown: while Redis is down every request that needs it fails,
 // whatever the balancer, and requests that don't need it carry on.
-func findStoreDown(res *Results) string {
+func findStoreDown(res *Results) Finding {
 	var ref *CellResult
 	for i := range res.Cells {
 		if needsRedis(res.Cells[i].Store) {
@@ -110,7 +123,7 @@ func findStoreDown(res *Results) string {
 	}
 	down, ok := harness.First(ref.Faults, func(a harness.Action) bool { return a == harness.StoreDown })
 	if !ok {
-		return "Not measured: the store was not stopped."
+		return unmeasured("the store was not stopped.")
 	}
 	end, upText := time.Duration(res.Settings.DurationS*float64(time.Second)), "was not started again before the end"
 	up, back := harness.First(ref.Faults, func(a harness.Action) bool { return a == harness.StoreUp })
@@ -133,7 +146,7 @@ func findStoreDown(res *Results) string {
 		out[c] = outage{during, before}
 	}
 	if _, ok := out[ref]; !ok {
-		return "Not measured: the store was down for less than one bucket of the timeline."
+		return unmeasured("the store was down for less than one bucket of the timeline.")
 	}
 	s := fmt.Sprintf("Measured: Redis was stopped at %.1f s and %s. Share of the requests that failed while it was down "+
 		"(and before it): %s.", down.Start.Seconds(), upText, byStore(res, func(c *CellResult) string {
@@ -183,17 +196,28 @@ func findStoreDown(res *Results) string {
 		s += " A stale cart right after a failed request (session_stale, the session intact): " + strings.Join(l.retried, ", ") + "."
 	}
 
-	if len(wrong) > 0 {
-		return s + " Disagrees: " + strings.Join(wrong, "; ") + "."
+	f := Finding{
+		Band: "agrees when the failure share of every cell with redis or cached-redis rose by at least 50 points while the " +
+			"store was down, and that of no memory or token cell by more than 5",
+		ForYou: fmt.Sprintf("while Redis was down for %.1f s, %.0f%% of the requests that needed it failed, whatever the balancer; "+
+			"sessions in memory or in a token served on", (end - down.Start).Seconds(), out[ref].during),
 	}
-	s += " Agrees: every cell whose sessions live in Redis failed its requests while Redis was down"
-	if len(cached) > 0 {
-		s += ", cached-redis included (its near cache still asks Redis for the session's version on every request)"
+	switch {
+	case len(wrong) > 0:
+		s += " Disagrees: " + strings.Join(wrong, "; ") + "."
+	default:
+		s += " Agrees: every cell whose sessions live in Redis failed its requests while Redis was down"
+		if len(cached) > 0 {
+			s += ", cached-redis included (its near cache still asks Redis for the session's version on every request)"
+		}
+		if independent == 0 {
+			s += "; the run has no memory or token cell to compare."
+		} else {
+			s += ", while the cells with memory or token sessions served on."
+		}
 	}
-	if independent == 0 {
-		return s + "; the run has no memory or token cell to compare."
-	}
-	return s + ", while the cells with memory or token sessions served on."
+	f.Text = s
+	return f
 }
 
 // storeDataNote says what became of the sessions in Redis across the

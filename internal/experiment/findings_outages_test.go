@@ -139,7 +139,9 @@ func TestOutageFindings(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := finding(tt.claim, tt.res)
+			f := finding(tt.claim, tt.res)
+			checkFinding(t, f)
+			got := f.Text
 			for _, w := range tt.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("finding lacks %q:\n%s", w, got)

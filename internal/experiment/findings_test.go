@@ -83,16 +83,55 @@ func TestFindings(t *testing.T) {
 			CellResult{Balancer: "cookie", Store: StoreMemory, Backends: []BackendStats{{Name: "b1", Sessions: 50, RSSBytes: 16 << 20}}},
 			CellResult{Balancer: "cookie", Store: StoreRedis, Backends: []BackendStats{{Name: "b1", RSSBytes: 17 << 20}}}),
 			[]string{"Agrees on sessions held, not on memory at this scale"}},
-		{"unknown claim", 13, run(), []string{"Not measured by this harness yet."}},
+		{"unknown claim", 99, run(), []string{"Not measured by this harness yet."}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := finding(tt.claim, tt.res)
+			f := finding(tt.claim, tt.res)
+			checkFinding(t, f)
+			got := f.Text
 			for _, w := range tt.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("finding lacks %q:\n%s", w, got)
 				}
 			}
 		})
+	}
+}
+
+// checkFinding checks what every finding must hold: a verdict that its
+// text states, and a pass band unless nothing was measured.
+func checkFinding(t *testing.T, f Finding) {
+	t.Helper()
+	words := map[string]string{Agrees: " Agrees", Disagrees: " Disagrees", Partly: " Agrees on ", NotMeasured: "Not measured"}
+	if w, ok := words[f.Verdict]; !ok || !strings.Contains(f.Text, w) {
+		t.Errorf("verdict %q does not match the text:\n%s", f.Verdict, f.Text)
+	}
+	if (f.Band == "") != (f.Verdict == NotMeasured) {
+		t.Errorf("verdict %q with band %q: a measured finding states its pass band", f.Verdict, f.Band)
+	}
+}
+
+func TestConclude(t *testing.T) {
+	res := run(killCell("cookie", StoreMemory, 31, 33), killCell("cookie", StoreRedis, 0, 33), killCell("round-robin", StoreMemory, 98, 33))
+	res.Spec.Claims = []int{1, 2, 99}
+	res.Settings.Backends = 3
+	conclude(res)
+	if len(res.Findings) != 2 || res.Findings[0].Claim != 1 || res.Findings[1].Claim != 2 {
+		t.Fatalf("findings %+v, want claims 1 and 2 (99 is unknown)", res.Findings)
+	}
+	for _, want := range []string{"With sessions in server memory, a crash of one of 3 servers logged out 31% of users", "(98% without it", "; with the session in Redis"} {
+		if !strings.Contains(res.ForYou, want) {
+			t.Errorf("for you %q lacks %q", res.ForYou, want)
+		}
+	}
+	// A run without claims says what its faults cost the worst cell.
+	res.Spec.Claims = nil
+	res.Settings.Faults = []string{"2s hang b2"}
+	res.Cells[0].Requests, res.Cells[0].Errors, res.Cells[0].P99Ms = 100, 7, 2000
+	res.Cells[1].Requests, res.Cells[2].Requests = 100, 100
+	conclude(res)
+	if want := "With 2s hang b2, the worst cell (cookie × memory) failed 7.0% of its requests with a p99 of 2000 ms"; !strings.HasPrefix(res.ForYou, want) {
+		t.Errorf("for you %q, want it to start %q", res.ForYou, want)
 	}
 }

@@ -18,6 +18,7 @@ import (
 // WriteReport writes the report of res into dir: report.md, results.json,
 // timeline.csv and the charts (SVG and PNG). It returns the paths written.
 func WriteReport(dir string, res *Results) ([]string, error) {
+	conclude(res)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("report directory: %w", err)
 	}
@@ -106,16 +107,19 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 			len(res.Cells), res.Spec.Cells(), res.Stopped)
 	}
 
-	b.WriteString("## Findings\n\n")
-	for _, n := range s.Claims {
-		text, ok := claimText[n]
-		if !ok {
-			continue
-		}
-		fmt.Fprintf(&b, "- **Claim %d**: %s\n  %s\n", n, text, finding(n, res))
+	if res.ForYou != "" {
+		b.WriteString("**What this means for you**: " + res.ForYou + "\n\n")
 	}
-	if len(s.Claims) == 0 {
-		b.WriteString("No claims named by this experiment; see the tables.\n")
+	b.WriteString("## Findings\n\n")
+	for _, f := range res.Findings {
+		fmt.Fprintf(&b, "- **Claim %d** (%s): %s\n  %s\n", f.Claim, f.Verdict, claimText[f.Claim], f.Text)
+		if f.Band != "" {
+			fmt.Fprintf(&b, "  Pass band: %s.\n", f.Band)
+		}
+	}
+	if len(res.Findings) == 0 {
+		b.WriteString("No claim named by this experiment: a spec names the claims of CLAIMS.md it measures with " +
+			"`claims: [1, 2]`, or takes them from a preset with `preset: NAME`. See the tables.\n")
 	}
 
 	b.WriteString("\n## Setup\n\n")
@@ -136,7 +140,7 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 	}
 	b.WriteString("\n")
 	if len(st.Faults) > 0 {
-		fmt.Fprintf(&b, "- Faults, from the start of the load: %s. The times each was applied, per cell, are in results.json.\n",
+		fmt.Fprintf(&b, "- Faults, from the start of the load: %s. The times each was applied, and when the proxy was seen routing by it, per cell, are in results.json.\n",
 			strings.Join(st.Faults, ", "))
 	}
 	if slices.ContainsFunc(s.Faults, func(f harness.Fault) bool { return f.Action == harness.Add || f.Action == harness.Remove }) {
@@ -237,15 +241,17 @@ func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
 // WriteSummary writes the table of the cells and the findings for a
 // terminal.
 func WriteSummary(w io.Writer, res *Results) {
+	conclude(res)
 	var b strings.Builder
 	b.WriteString("results:\n")
 	for i := range res.Cells {
 		b.WriteString("  " + cellLine(&res.Cells[i]) + "\n")
 	}
-	for _, n := range res.Spec.Claims {
-		if _, ok := claimText[n]; ok {
-			fmt.Fprintf(&b, "claim %d: %s\n", n, finding(n, res))
-		}
+	for _, f := range res.Findings {
+		fmt.Fprintf(&b, "claim %d (%s): %s\n", f.Claim, f.Verdict, f.Text)
+	}
+	if res.ForYou != "" {
+		fmt.Fprintf(&b, "what this means for you: %s\n", res.ForYou)
 	}
 	_, _ = io.WriteString(w, b.String())
 }

@@ -110,6 +110,10 @@ func TestWriteReport(t *testing.T) {
 		"affinity experiment run --preset failover --quick",
 		"![timeline](timeline.png)",
 		"2s kill b2",
+		"**What this means for you**: With sessions in server memory",
+		"- **Claim 1** (agrees):",
+		"Pass band: agrees when cookie × memory lost within 8.2 points",
+		"- **Claim 2** (not measured):",
 	} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
@@ -137,7 +141,7 @@ func TestWriteSummary(t *testing.T) {
 	var b bytes.Buffer
 	WriteSummary(&b, synthetic())
 	out := b.String()
-	if !strings.Contains(out, "cookie          × memory") || !strings.Contains(out, "claim 1: Measured") {
+	if !strings.Contains(out, "cookie          × memory") || !strings.Contains(out, "claim 1 (agrees): Measured") {
 		t.Errorf("summary:\n%s", out)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -63,7 +64,11 @@ type Results struct {
 	// Stopped says why the run ended before its last cell; empty when it
 	// ran them all.
 	Stopped string `json:"stopped,omitempty"`
-	Spec    Spec   `json:"-"`
+	// Findings and ForYou are what the cells say about the spec's claims
+	// (see conclude).
+	Findings []Finding `json:"findings"`
+	ForYou   string    `json:"for_you,omitempty"`
+	Spec     Spec      `json:"-"`
 }
 
 // Settings are the parameters of a run that every cell shared.
@@ -101,7 +106,7 @@ type Machine struct {
 // so far with ctx's error. Every process a cell started has been killed and
 // reaped when Run returns, whatever the outcome.
 func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
-	if err := s.Check(); err != nil {
+	if err := Preflight(ctx, s, o); err != nil {
 		return nil, err
 	}
 	sched, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration)
@@ -109,13 +114,6 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 		return nil, err
 	}
 	s.Faults = sched
-	if o.RedisAddr != "" {
-		for _, f := range sched {
-			if f.Action == harness.StoreDown || f.Action == harness.StoreUp {
-				return nil, fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
-			}
-		}
-	}
 	if o.Executable == "" {
 		if o.Executable, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("find the affinity binary: %w", err)
@@ -154,6 +152,30 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 	}
 	res.Elapsed = time.Since(res.Started).Seconds()
 	return res, nil
+}
+
+// Preflight checks, before anything is started or written, what would
+// otherwise fail a run part of the way through: the spec, store faults
+// asked of a Redis the harness does not own, and an external Redis that
+// does not answer.
+func Preflight(ctx context.Context, s Spec, o Options) error {
+	if err := s.Check(); err != nil {
+		return err
+	}
+	if o.RedisAddr == "" {
+		return nil
+	}
+	for _, f := range s.Faults {
+		if f.Action == harness.StoreDown || f.Action == harness.StoreUp {
+			return fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
+		}
+	}
+	if slices.ContainsFunc(s.Stores, needsRedis) {
+		if _, err := redisInfo(ctx, o.RedisAddr); err != nil {
+			return fmt.Errorf("--redis-addr: %w", err)
+		}
+	}
+	return nil
 }
 
 // loadStartDelay separates the end of a cell's setup from the first arrival,

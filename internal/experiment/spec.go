@@ -158,6 +158,7 @@ func (s *Spec) Cells() int { return len(s.Balancers) * len(s.Stores) }
 
 // specFile is the YAML form of a Spec.
 type specFile struct {
+	Preset    string        `yaml:"preset"`
 	Name      string        `yaml:"name"`
 	Title     string        `yaml:"title"`
 	Claims    []int         `yaml:"claims"`
@@ -185,19 +186,20 @@ const maxSpecBytes = 1 << 20
 
 // LoadSpec reads a spec from a YAML file such as:
 //
+//	preset: failover
 //	name: failover-long
-//	backends: 3
 //	users: 300
 //	rate: 500
 //	duration: 60s
-//	items: [3, 6]
 //	balancers: [cookie, round-robin]
 //	stores: [memory, redis]
 //	faults: ["20s kill b2", "40s restart b2"]
 //	quick: {duration: 5s}
 //
-// Absent fields take the values of the steady preset, so a file says only
-// what it changes.
+// Absent fields take the values of the preset the file names, or of the
+// steady preset, so a file says only what it changes. The claims whose
+// findings the report writes are the file's `claims: [1, 2]`, else those
+// of the preset it names; none without either.
 func LoadSpec(path string) (Spec, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -218,10 +220,29 @@ func LoadSpec(path string) (Spec, error) {
 	return s, nil
 }
 
-// parseSpec decodes a spec over the steady preset's values and checks it.
+// parseSpec decodes a spec over the values of the preset it names (steady
+// when none) and checks it.
 func parseSpec(data []byte) (Spec, error) {
-	base := steady
+	var head struct {
+		Preset string `yaml:"preset"`
+	}
+	if err := yaml.Unmarshal(data, &head); err != nil {
+		return Spec{}, fmt.Errorf("%w: %w", ErrBadSpec, err)
+	}
+	base := steady.clone()
 	var f specFile
+	if head.Preset != "" {
+		p, err := Preset(head.Preset)
+		if err != nil {
+			return Spec{}, err
+		}
+		base = p
+		f.Title, f.Claims = p.Title, p.Claims
+		for _, ft := range p.Faults {
+			f.Faults = append(f.Faults, ft.String())
+		}
+		f.Quick.Duration, f.Quick.Users, f.Quick.Balancers, f.Quick.Stores = p.Quick.Duration, p.Quick.Users, p.Quick.Balancers, p.Quick.Stores
+	}
 	f.Name, f.Backends, f.Users, f.Rate, f.Duration = "custom", base.Backends, base.Users, base.Rate, base.Duration
 	f.Seed, f.Items, f.Churn, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Work
 	f.Balancers, f.Stores = base.Balancers, base.Stores

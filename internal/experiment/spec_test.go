@@ -46,6 +46,27 @@ quick: {duration: 3s, users: 10, stores: [memory]}
 				t.Errorf("quick %+v", q)
 			}
 		}, ""},
+		{"from a preset", "preset: failover\nname: failover-long\nduration: 60s\nbalancers: [cookie, round-robin]\n", func(t *testing.T, s Spec) {
+			f, _ := Preset("failover")
+			if s.Name != "failover-long" || s.Title != f.Title || !slices.Equal(s.Claims, []int{1, 2}) || s.Users != f.Users || s.Duration != time.Minute {
+				t.Errorf("%+v", s)
+			}
+			// The preset's faults, at the times it gives them.
+			if len(s.Faults) != 2 || s.Faults[0] != f.Faults[0] || !slices.Equal(s.Stores, f.Stores) {
+				t.Errorf("faults %v, stores %v: want the preset's", s.Faults, s.Stores)
+			}
+		}, ""},
+		{"a preset's claims and faults replaced", "preset: failover\nclaims: [1]\nfaults: [\"1s hang b1\"]\n", func(t *testing.T, s Spec) {
+			if !slices.Equal(s.Claims, []int{1}) || len(s.Faults) != 1 || s.Faults[0].Action != harness.Hang {
+				t.Errorf("claims %v, faults %v", s.Claims, s.Faults)
+			}
+		}, ""},
+		{"no claims without a preset", "name: x\n", func(t *testing.T, s Spec) {
+			if len(s.Claims) != 0 {
+				t.Errorf("claims %v from steady, want none: a custom run names its own", s.Claims)
+			}
+		}, ""},
+		{"unknown preset", "preset: nope\n", nil, `no preset "nope"`},
 		{"unknown key", "name: x\nbackend: 3\n", nil, "field backend not found"},
 		{"bad fault", "name: x\nfaults: [\"1s smash b1\"]\n", nil, "unknown action"},
 		{"fault out of state", "name: x\nfaults: [\"1s restart b1\"]\n", nil, "b1 is running"},
@@ -78,5 +99,38 @@ quick: {duration: 3s, users: 10, stores: [memory]}
 	}
 	if _, err := LoadSpec(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
 		t.Error("LoadSpec of a missing file succeeded")
+	}
+}
+
+// TestDocsExampleSpecRuns reads the example spec of docs/experiments.md as
+// a user would copy it: it must load, name claims, and have the cells each
+// of their findings reads.
+func TestDocsExampleSpecRuns(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/experiments.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/experiments.md has no ```yaml example")
+	}
+	s, err := parseSpec([]byte(example))
+	if err != nil {
+		t.Fatalf("the example does not load: %v\n%s", err, example)
+	}
+	if len(s.Claims) == 0 {
+		t.Fatal("the example names no claim: its report would have no finding")
+	}
+	res := &Results{Spec: s, Settings: settings(s, Options{})}
+	for _, b := range s.Balancers {
+		for _, st := range s.Stores {
+			res.Cells = append(res.Cells, CellResult{Balancer: b, Store: st})
+		}
+	}
+	for _, n := range s.Claims {
+		if f := finding(n, res); strings.Contains(f.Text, "the run lacks the cell") {
+			t.Errorf("claim %d: %s", n, f.Text)
+		}
 	}
 }

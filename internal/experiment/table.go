@@ -89,8 +89,8 @@ func resultsTable(res *Results) string {
 	b.WriteString("\nSessions lost: share of the users that logged in (the users column) whose workflow broke at least once (409).")
 	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "users moved %" }) {
 		b.WriteString(" Users moved: share of the users answered both before the first kill, add or remove and once the proxy " +
-			"routed by it (the number after \"of\", fewer than the users who logged in, so the two shares have different " +
-			"denominators), whose backend differs: the last before against the first after.")
+			"routed by it (the number after \"of\": those answered on both sides, which may be fewer than the users who logged in, " +
+			"so the two shares can have different denominators), whose backend differs: the last before against the first after.")
 	}
 	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "hash moves %" }) {
 		b.WriteString(" Hash moves: the share of the same users that the balancer's own hash, built from the cell's config, " +
