@@ -164,11 +164,11 @@ type boundConn struct {
 	idle atomic.Bool
 
 	// Parking (park.go). fresh is set at StateIdle and cleared by the
-	// idle period's first Read; pending is set by a Read that hands the
+	// idle period's deadline; pending is set by a Read that hands the
 	// connection back, for the Close that follows. The other fields are
 	// used by the serving goroutine, then by the parker while parked.
 	fresh, pending atomic.Bool
-	armed          bool      // the idle deadline was brought forward
+	armed          bool      // the idle deadline was brought forward, and no Read has come since
 	idleUntil      time.Time // http.Server's idle deadline
 	fd             int       // the socket, while parked
 	handedBack     bool      // parked, and its StateClosed still to come; guarded by the binding's mu

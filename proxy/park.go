@@ -26,6 +26,25 @@ import (
 // (after StateIdle), while http.Server waits for the next request with
 // nothing of it buffered. boundConn's Read, SetReadDeadline and Close below
 // are where it does.
+//
+// What http.Server does on a keep-alive connection after a response, and so
+// what boundConn must tell apart:
+//
+//	StateIdle                       connState sets fresh
+//	SetReadDeadline(now+idle)       the idle period's: armed (fresh cleared)
+//	Peek(4)                         a Read only if under 4 bytes are buffered
+//	SetReadDeadline(now+header)     read_header_timeout: the wait is over
+//	read the request's head         more Reads if part of it is missing
+//	SetReadDeadline(now+read / 0)   read_timeout for the body, or none
+//
+// Only the first deadline after StateIdle is the idle timeout. When the
+// next request is already buffered (a pipelining client), no Read comes
+// between it and the next deadlines, which must then disarm. Taken for the
+// start of another idle period, they were brought forward, read_timeout's
+// into the past, and the first read of the body that found the buffer
+// empty timed out at once and parked the connection in the middle of the
+// body: the request cut (499), the rest of its body later read as a
+// request (400).
 
 // idleBufferSize is the size of http.Server's read buffer (bufio's default).
 // The first read of an idle period asks for all of it exactly when none of
@@ -34,23 +53,22 @@ import (
 // simply stop parking, which TestParkIdleConnection reports.
 const idleBufferSize = 4096
 
-// SetReadDeadline is how http.Server starts an idle period: it sets the
-// idle timeout right after StateIdle, and clears it once the next request
-// is there. On a connection that can park, the idle deadline is brought
-// forward to park_after, and kept for the parker, which closes the
-// connection then.
+// SetReadDeadline brings the idle deadline forward to park_after on a
+// connection that can park, and keeps http.Server's for the parker, which
+// closes the connection then. Any later deadline ends the idle period:
+// passed on as it is, it leaves nothing armed.
 func (c *boundConn) SetReadDeadline(t time.Time) error {
 	if c.fresh.Load() {
-		if t.IsZero() {
-			// The wait is over without a Read: the request was buffered.
-			c.fresh.Store(false)
-			c.armed = false
-		} else if p := c.b.park; p.after < p.idle {
+		c.fresh.Store(false)
+		if p := c.b.park; !t.IsZero() && p.after < p.idle {
 			// t is now + idle: no clock read on the request path.
 			c.idleUntil = t
 			t = t.Add(p.after - p.idle)
 			c.armed = true
 		}
+	} else if c.armed {
+		// The next request was buffered: no Read came.
+		c.armed = false
 	}
 	return c.Conn.SetReadDeadline(t)
 }
@@ -59,15 +77,11 @@ func (c *boundConn) SetReadDeadline(t time.Time) error {
 // out at park_after with nothing buffered: it reports the end of the
 // connection, and http.Server closes it, which Close turns into parking.
 func (c *boundConn) Read(p []byte) (int, error) {
-	if !c.fresh.Load() {
+	if !c.armed {
 		return c.Conn.Read(p)
 	}
-	c.fresh.Store(false)
-	n, err := c.Conn.Read(p)
-	if !c.armed {
-		return n, err
-	}
 	c.armed = false
+	n, err := c.Conn.Read(p)
 	switch {
 	case n == 0 && errors.Is(err, os.ErrDeadlineExceeded):
 		if len(p) == idleBufferSize {
