@@ -24,7 +24,7 @@ help:
 	@echo "make pgo     write cmd/affinity/default.pgo, a profile for go build to optimise with"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
-	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang] [QUICK=1]   report in reports/"
+	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang|hot-users] [QUICK=1]   report in reports/"
 	@echo "make clean   remove build and benchmark outputs"
 
 # Phony: go's build cache, not make, decides what is out of date.

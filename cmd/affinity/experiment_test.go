@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +92,10 @@ type cellResult struct {
 	StaleAfterFailurePct float64  `json:"stale_after_failure_pct"`
 	UsersMovedPct        *float64 `json:"users_moved_pct"`
 	UsersMovedPredicted  *float64 `json:"users_moved_predicted_pct"`
+	Imbalance            float64  `json:"imbalance"`
+	LeftFirstChoice      *float64 `json:"left_first_choice_pct"`
+	// Variant is the cell's options, such as {"load_factor": "1.25"}.
+	Variant map[string]string `json:"variant"`
 }
 
 // runExperimentBinary builds affinity, runs `experiment run --preset NAME
@@ -133,7 +139,11 @@ func runExperimentBinary(t *testing.T, preset string) map[string]cellResult {
 		if c.Requests == 0 {
 			t.Errorf("%s × %s sent no request", c.Balancer, c.Store)
 		}
-		cells[c.Balancer+" × "+c.Store] = c
+		name := c.Balancer
+		for _, k := range slices.Sorted(maps.Keys(c.Variant)) {
+			name += " " + k + "=" + c.Variant[k]
+		}
+		cells[name+" × "+c.Store] = c
 	}
 	for _, name := range []string{"report.md", "timeline.csv", "timeline.png", "timeline.svg", "sessions_lost.png"} {
 		if _, err := os.Stat(filepath.Join(report, name)); err != nil {
@@ -249,4 +259,28 @@ func TestMakeHelpListsEveryPreset(t *testing.T) {
 			t.Errorf("make help lacks the preset %s:\n%s", p.Name, line)
 		}
 	}
+}
+
+// TestExperimentHotUsersQuick asserts the physics of users whose request
+// rates are skewed, not exact numbers: hashing on the user makes a hotspot
+// that round-robin does not, and bounded loads flatten it by sending
+// requests off their key's first choice, which plain hashing never does.
+func TestExperimentHotUsersQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "hot-users")
+	rr := cellOf(t, cells, "round-robin × redis")
+	ch := cellOf(t, cells, "consistent-hash × redis")
+	bounded := cellOf(t, cells, "consistent-hash load_factor=1.25 × redis")
+	if ch.Imbalance < rr.Imbalance+0.15 {
+		t.Errorf("consistent-hash imbalance %.2f, round-robin %.2f: want a hotspot of the heavy users' backends", ch.Imbalance, rr.Imbalance)
+	}
+	if bounded.Imbalance >= ch.Imbalance {
+		t.Errorf("bounded loads left imbalance %.2f, plain consistent-hash %.2f: want it flatter", bounded.Imbalance, ch.Imbalance)
+	}
+	if ch.LeftFirstChoice == nil || *ch.LeftFirstChoice > 1 {
+		t.Errorf("plain consistent-hash sent %v%% of requests off their key's first choice, want none (no fault)", ch.LeftFirstChoice)
+	}
+	if bounded.LeftFirstChoice == nil || *bounded.LeftFirstChoice <= 1 {
+		t.Errorf("bounded loads sent %v%% off their key's first choice, want some", bounded.LeftFirstChoice)
+	}
+	cellOf(t, cells, "cookie × redis")
 }

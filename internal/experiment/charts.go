@@ -189,7 +189,7 @@ func loadPanel(c *CellResult, ymax float64) (*plot.Plot, error) {
 
 func newPanel(c *CellResult, ylabel string) *plot.Plot {
 	p := plot.New()
-	p.Title.Text = c.Balancer + " × " + c.Store
+	p.Title.Text = c.BalancerEntry() + " × " + c.StoreEntry()
 	p.Title.TextStyle.Font.Size = 11
 	p.X.Label.Text = "seconds"
 	p.Y.Label.Text = ylabel

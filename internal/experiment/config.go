@@ -18,15 +18,19 @@ const (
 // proxyConfig renders a cell's proxy config: one pool of the backends in p,
 // with fast health checks and retries so that a dead backend costs little
 // more than the sessions it held.
-func proxyConfig(p harness.ProxyConfig, bal, store string) string {
+func proxyConfig(p harness.ProxyConfig, bal choice, store string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by affinity experiment for the cell %s × %s.\n", bal, store)
 	fmt.Fprintf(&b, "listen: %s\nadmin: %s\nlog: {level: warn}\n", p.Listen, p.Admin)
 	fmt.Fprintf(&b, "timeouts: {connect: 500ms, response_header: %s}\n", requestTimeout)
 	fmt.Fprintf(&b, "pools:\n  %s:\n    balancer:\n", poolName)
-	fmt.Fprintf(&b, "      type: %s\n", bal)
-	if bal == "consistent-hash" {
-		fmt.Fprintf(&b, "      hash: {key: \"header:%s\"}\n", headerUser)
+	fmt.Fprintf(&b, "      type: %s\n", bal.name)
+	if bal.name == "consistent-hash" {
+		lf := ""
+		if v, ok := bal.opts["load_factor"]; ok {
+			lf = ", load_factor: " + v
+		}
+		fmt.Fprintf(&b, "      hash: {key: \"header:%s\"%s}\n", headerUser, lf)
 	}
 	fmt.Fprintf(&b, "    health_check: {interval: %s, timeout: 100ms, fall: 2, rise: 2}\n", healthInterval)
 	b.WriteString("    retries: 2\n    backends:\n")

@@ -12,8 +12,13 @@ func TestProxyConfigIsValid(t *testing.T) {
 	p := harness.ProxyConfig{Listen: "127.0.0.1:8080", Admin: "127.0.0.1:8081", Backends: []harness.Member{
 		{Name: "b1", Addr: "127.0.0.1:9001"}, {Name: "b2", Addr: "127.0.0.1:9002"}, {Name: "b4", Addr: "127.0.0.1:9004"},
 	}}
-	for _, bal := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash} {
-		text := proxyConfig(p, bal, StoreMemory)
+	for _, entry := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash, "consistent-hash load_factor=1.25"} {
+		c, err := parseChoice(entry, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bal := c.name
+		text := proxyConfig(p, c, StoreMemory)
 		cfg, err := config.Parse("proxy.yaml", []byte(text))
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", bal, err, text)
@@ -35,8 +40,11 @@ func TestProxyConfigIsValid(t *testing.T) {
 		if pool.HealthCheck == nil || pool.HealthCheck.Interval != healthInterval || pool.Retries.Count != 2 {
 			t.Errorf("%s: health check %+v, retries %d", bal, pool.HealthCheck, pool.Retries.Count)
 		}
-		if bal == "consistent-hash" && pool.Balancer.Options.Hash.Key != "header:X-User" {
-			t.Errorf("consistent-hash key %q", pool.Balancer.Options.Hash.Key)
+		if h := pool.Balancer.Options.Hash; bal == "consistent-hash" && h.Key != "header:X-User" {
+			t.Errorf("consistent-hash key %q", h.Key)
+		}
+		if lf, want := pool.Balancer.Options.Hash.LoadFactor, c.opts["load_factor"]; (lf != 0) != (want != "") || (want != "" && lf != 1.25) {
+			t.Errorf("%s: load_factor %v", entry, lf)
 		}
 	}
 }

@@ -18,6 +18,7 @@ var claimText = map[int]string{
 	5:  "Client-held tokens need no server store but every request carries the whole session.",
 	7:  "Sticky sessions are hard to rebalance: a new server only gets new users.",
 	8:  "Consistent hashing moves only ~1/N of users when a server joins; modulo hashing moves most.",
+	9:  "Sticky routing creates hotspots when some users are much heavier than others.",
 	10: "Stateful servers need more memory per server.",
 	11: "Draining a server for a deploy loses its sessions unless state lives elsewhere.",
 	12: "The central store is a single point of failure.",
@@ -53,7 +54,7 @@ func verdictOf(text string) string {
 		return NotMeasured
 	case strings.Contains(text, " Disagrees"):
 		return Disagrees
-	case strings.Contains(text, " Agrees on "), strings.Contains(text, " Partly"):
+	case strings.Contains(text, " Agrees on "), strings.Contains(text, " Partly:"):
 		return Partly
 	case strings.Contains(text, " Agrees"):
 		return Agrees
@@ -104,6 +105,8 @@ func measure(n int, res *Results) Finding {
 		return findNewServer(res)
 	case 8:
 		return findMoved(res)
+	case 9:
+		return findHotUsers(res)
 	case 10:
 		return findMemory(res)
 	case 11:
@@ -114,10 +117,12 @@ func measure(n int, res *Results) Finding {
 	return Finding{Text: "Not measured by this harness yet."}
 }
 
-// cell returns the result of balancer × store, or nil if the run had none.
+// cell returns the result of balancer × store, each named as the spec's
+// entries name them (a bare name is the cell without options), or nil if
+// the run had none.
 func cell(res *Results, balancer, store string) *CellResult {
 	for i := range res.Cells {
-		if c := &res.Cells[i]; c.Balancer == balancer && c.Store == store {
+		if c := &res.Cells[i]; c.BalancerEntry() == balancer && c.StoreEntry() == store {
 			return c
 		}
 	}

@@ -2,6 +2,7 @@ package experiment
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 	"time"
 
@@ -13,6 +14,9 @@ import (
 type CellResult struct {
 	Balancer string `json:"balancer"`
 	Store    string `json:"store"`
+	// Variant holds the options of the balancer and the store that tell
+	// this cell from another of the same two; absent when none.
+	Variant Variant `json:"variant,omitempty"`
 
 	// Requests counts the arrivals sent; Errors those that failed, for any
 	// reason (lost sessions included), itemised in ErrorKinds.
@@ -24,6 +28,9 @@ type CellResult struct {
 	Skipped int `json:"skipped"`
 	// Users counts the users (identities) that logged in at least once.
 	Users int `json:"users"`
+	// BusiestTenthPct is the share of the requests sent by the busiest
+	// tenth of the users who sent any: about 10 when users are alike.
+	BusiestTenthPct float64 `json:"busiest_tenth_pct"`
 
 	// SessionsLostPct is the share of Users whose workflow broke at least
 	// once with session_lost or session_stale.
@@ -171,6 +178,7 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		r.CacheHitPct = ptr(pct(hits, hits+misses))
 	}
 	r.Users, r.SessionsLostPct, r.StaleAfterFailurePct = sessionsLost(samples)
+	r.BusiestTenthPct = busiestTenth(samples)
 	for _, name := range backends {
 		r.Backends = append(r.Backends, BackendStats{Name: name, Requests: perBackend[name], P99Ms: ms(harness.Percentile(okBy[name], 99))})
 	}
@@ -236,6 +244,22 @@ func sessionsLost(samples []Sample) (users int, lostPct, afterFailurePct float64
 		}
 	}
 	return users, pct(lost, users), pct(afterFailure, users)
+}
+
+// busiestTenth returns the share of samples sent by the busiest tenth
+// (rounded up) of the users who sent any.
+func busiestTenth(samples []Sample) float64 {
+	per := map[string]int{}
+	for i := range samples {
+		per[samples[i].User]++
+	}
+	counts := slices.Sorted(maps.Values(per))
+	slices.Reverse(counts)
+	top := 0
+	for _, n := range counts[:(len(counts)+9)/10] {
+		top += n
+	}
+	return pct(top, len(samples))
 }
 
 // cookieBytesByItems returns, for each cart size, the mean Cookie header of

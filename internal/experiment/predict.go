@@ -25,7 +25,7 @@ type chooser struct {
 }
 
 // newChooser builds the policy of the cell's own config for bal × store.
-func newChooser(bal, store string) (*chooser, error) {
+func newChooser(bal choice, store string) (*chooser, error) {
 	text := proxyConfig(harness.ProxyConfig{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Backends: []harness.Member{{Name: "b1", Addr: "127.0.0.1:3"}}}, bal, store)
 	cfg, err := config.Parse("proxy.yaml", []byte(text))
 	if err != nil {

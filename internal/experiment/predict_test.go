@@ -17,7 +17,7 @@ import (
 // hash itself predicts; measured from the kill's first answers, it would
 // miss the rehash.
 func TestUsersMovedMatchesTheHashAfterAKill(t *testing.T) {
-	ch, err := newChooser(ModuloHash, StoreMemory)
+	ch, err := newChooser(choice{name: ModuloHash}, StoreMemory)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestUsersMovedMatchesTheHashAfterAKill(t *testing.T) {
 }
 
 func TestChooserIsTheConsistentHashOfTheConfig(t *testing.T) {
-	ch, err := newChooser("consistent-hash", StoreMemory)
+	ch, err := newChooser(choice{name: "consistent-hash"}, StoreMemory)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestChooserIsTheConsistentHashOfTheConfig(t *testing.T) {
 	if share := float64(moved) / 3000; share < 0.15 || share > 0.35 {
 		t.Errorf("moved %.2f of users going 3 → 4, want about 1/4", share)
 	}
-	if _, err := newChooser("no-such", StoreMemory); err == nil {
+	if _, err := newChooser(choice{name: "no-such"}, StoreMemory); err == nil {
 		t.Error("a chooser of an unknown balancer")
 	}
 }

@@ -129,8 +129,27 @@ var (
 	}
 )
 
+// The presets of what users do: a few much heavier than the rest.
+var hotUsers = Spec{
+	Name:  "hot-users",
+	Title: "A few users send most requests (Zipf-skewed rates)",
+	// 9: sticky routing makes hotspots of heavy users; bounded-load
+	// hashing spreads them.
+	Claims:   []int{9},
+	Backends: 3, Users: 300, Rate: 400, Duration: 8 * time.Second, Seed: 1,
+	// s = 1: the busiest user sends about a sixth of the requests, the
+	// busiest tenth about two thirds.
+	Skew:     1,
+	MinItems: 3, MaxItems: 6, Work: 2 * time.Millisecond,
+	// Redis keeps the sessions of requests a bounded load sends off their
+	// backend: the imbalance is measured, not the sessions it costs.
+	Balancers: []string{"round-robin", "cookie", "consistent-hash", "consistent-hash load_factor=1.25"},
+	Stores:    []string{StoreRedis},
+	Quick:     Quick{Duration: 3 * time.Second, Users: 200},
+}
+
 // presets are the named experiments, in the order `experiment list` shows.
-var presets = []*Spec{&failover, &scaleOut, &steady, &drain, &storeDown, &hang}
+var presets = []*Spec{&failover, &scaleOut, &steady, &drain, &storeDown, &hang, &hotUsers}
 
 // Presets returns copies of the built-in experiments.
 func Presets() []Spec {

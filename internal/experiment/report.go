@@ -81,7 +81,7 @@ func writeTimeline(w io.Writer, res *Results) error {
 	_ = cw.Write(head)
 	for _, c := range res.Cells {
 		for _, s := range c.Timeline {
-			row := []string{c.Balancer, c.Store, strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
+			row := []string{c.BalancerEntry(), c.StoreEntry(), strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
 				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), strconv.Itoa(s.Stale), f2(s.P50Ms), f2(s.P99Ms), f2(s.Imbalance)}
 			for i := 1; i <= n; i++ {
 				row = append(row, strconv.Itoa(s.ByBackend[harness.BackendName(i)]))
@@ -129,15 +129,21 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 		"on every request with redis and on near-cache misses with cached-redis; memory and token load nothing) behind `affinity serve`; "+
 		"the proxy checks health every %.0f ms (fall 2, rise 2) and retries a failed request twice.\n",
 		st.Backends, st.Backends, st.WorkMs, st.HealthMs)
-	fmt.Fprintf(&b, "- Open-loop load: %.0f arrivals/s for %.1f s per cell, dealt to %d users (seed %d) in rounds that visit "+
-		"every user once in a shuffled order, so each user gets an arrival every %.2f s on average. An arrival whose user still waits for its previous answer is skipped and counted. "+
+	deal := fmt.Sprintf("in rounds that visit every user once in a shuffled order, so each user gets an arrival every %.2f s on average",
+		float64(st.Users)/st.RateRPS)
+	if st.Skew > 0 {
+		deal = fmt.Sprintf("each to user i with a chance in proportion to 1/i^%g (Zipf's law), so that a few users send most requests", st.Skew)
+	}
+	fmt.Fprintf(&b, "- Open-loop load: %.0f arrivals/s for %.1f s per cell, dealt to %d users (seed %d) %s. "+
+		"An arrival whose user still waits for its previous answer is skipped and counted. "+
 		"Latency runs from the scheduled arrival; a request times out after %.0f ms.\n",
-		st.RateRPS, st.DurationS, st.Users, st.Seed, float64(st.Users)/st.RateRPS, st.TimeoutMs)
+		st.RateRPS, st.DurationS, st.Users, st.Seed, deal, st.TimeoutMs)
 	fmt.Fprintf(&b, "- Each user repeats: login, add %d to %d items, view the cart, check out. A 409 (session lost or stale) "+
 		"sends it back to login; another error retries the same step.", st.Items[0], st.Items[1])
 	if st.Churn > 0 {
 		fmt.Fprintf(&b, " After a checkout a user leaves with probability %.2f and a new one (new id, no cookies) takes its place.", st.Churn)
 	}
+
 	b.WriteString("\n")
 	if len(st.Faults) > 0 {
 		fmt.Fprintf(&b, "- Faults, from the start of the load: %s. The times each was applied, and when the proxy was seen routing by it, per cell, are in results.json.\n",
@@ -162,7 +168,7 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 
 	b.WriteString("\n### Errors by kind\n\n| balancer | store | errors |\n|---|---|---|\n")
 	for _, c := range res.Cells {
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.Balancer, c.Store, kinds(c.ErrorKinds))
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.BalancerEntry(), c.StoreEntry(), kinds(c.ErrorKinds))
 	}
 
 	b.WriteString("\n### Backends\n\nResponses per backend and the p99 latency of its successful ones; sessions held and resident " +
@@ -170,7 +176,7 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 		"| balancer | store | backend | responses | p99 ms | sessions held | RSS MiB |\n|---|---|---|--:|--:|--:|--:|\n")
 	for _, c := range res.Cells {
 		for _, be := range c.Backends {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %.2f | %d | %.1f |\n", c.Balancer, c.Store, be.Name, be.Requests, be.P99Ms, be.Sessions, float64(be.RSSBytes)/(1<<20))
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %.2f | %d | %.1f |\n", c.BalancerEntry(), c.StoreEntry(), be.Name, be.Requests, be.P99Ms, be.Sessions, float64(be.RSSBytes)/(1<<20))
 		}
 	}
 

@@ -80,6 +80,7 @@ type Settings struct {
 	Seed       uint64   `json:"seed"`
 	Items      [2]int   `json:"items"`
 	Churn      float64  `json:"churn"`
+	Skew       float64  `json:"skew"`
 	WorkMs     float64  `json:"work_ms"`
 	Faults     []string `json:"faults"`
 	HealthMs   float64  `json:"health_check_interval_ms"`
@@ -114,6 +115,17 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 		return nil, err
 	}
 	s.Faults = sched
+	// The entries in the form cells are known by; Preflight checked them.
+	s.Balancers, s.Stores = slices.Clone(s.Balancers), slices.Clone(s.Stores)
+	bals, stores := make([]choice, len(s.Balancers)), make([]choice, len(s.Stores))
+	for i, b := range s.Balancers {
+		bals[i], _ = parseChoice(b, true)
+		s.Balancers[i] = bals[i].String()
+	}
+	for i, st := range s.Stores {
+		stores[i], _ = parseChoice(st, false)
+		s.Stores[i] = stores[i].String()
+	}
 	if o.Executable == "" {
 		if o.Executable, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("find the affinity binary: %w", err)
@@ -136,8 +148,8 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 	// One secret for every token cell: a token is valid on every backend of
 	// a cell, as it must be, and the secret never leaves this run.
 	secret := rand.Text()
-	for i, bal := range s.Balancers {
-		for j, store := range s.Stores {
+	for i, bal := range bals {
+		for j, store := range stores {
 			cell, err := runCell(ctx, s, o, bal, store, secret)
 			if err != nil {
 				err = fmt.Errorf("cell %s × %s: %w", bal, store, err)
@@ -170,7 +182,7 @@ func Preflight(ctx context.Context, s Spec, o Options) error {
 			return fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
 		}
 	}
-	if slices.ContainsFunc(s.Stores, needsRedis) {
+	if slices.ContainsFunc(s.Stores, func(st string) bool { return needsRedis(strings.Fields(st)[0]) }) {
 		if _, err := redisInfo(ctx, o.RedisAddr); err != nil {
 			return fmt.Errorf("--redis-addr: %w", err)
 		}
@@ -208,13 +220,13 @@ func (c *procs) apply(ctx context.Context, f harness.Fault) error {
 
 // runCell starts the processes of one cell, plays the load and the faults,
 // and measures the outcome.
-func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) (CellResult, error) {
-	dir := filepath.Join(o.Dir, "cells", bal+"_"+store)
+func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret string) (CellResult, error) {
+	dir := filepath.Join(o.Dir, "cells", strings.ReplaceAll(bal.String()+"_"+store.String(), " ", "_"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return CellResult{}, fmt.Errorf("cell directory: %w", err)
 	}
 	c := &procs{}
-	if needsRedis(store) {
+	if needsRedis(store.name) {
 		r, err := startRedis(ctx, o.RedisAddr)
 		if err != nil {
 			return CellResult{}, err
@@ -224,8 +236,8 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 	}
 	c.Cluster = &harness.Cluster{
 		Exe: o.Executable, Dir: dir, Pool: poolName,
-		BackendFlags: backendFlags(store, s.Work, c.redis, secret),
-		Config:       func(p harness.ProxyConfig) string { return proxyConfig(p, bal, store) },
+		BackendFlags: backendFlags(store.name, s.Work, c.redis, secret),
+		Config:       func(p harness.ProxyConfig) string { return proxyConfig(p, bal, store.String()) },
 	}
 	defer func() { _ = c.Close() }()
 	if err := c.Start(ctx, s.Backends); err != nil {
@@ -235,7 +247,7 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 	tr := harness.NewTransport(s.Users)
 	defer tr.CloseIdleConnections()
 	gen, err := newGenerator(Load{
-		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed,
+		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed, Skew: s.Skew,
 		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
 	}, "http://"+c.ProxyAddr(), tr)
 	if err != nil {
@@ -261,15 +273,16 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store, secret string) 
 	for _, b := range c.Backends() {
 		names = append(names, b.Name)
 	}
-	r := summarize(bal, store, gen.rec.samples, gen.skipped, s.Duration, names, s.Backends, faults)
+	r := summarize(bal.name, store.name, gen.rec.samples, gen.skipped, s.Duration, names, s.Backends, faults)
 	for i := range r.Backends {
 		if m, ok := scraped[r.Backends[i].Name]; ok {
 			r.Backends[i].Sessions, r.Backends[i].RSSBytes, r.Backends[i].CacheHits = m.Sessions, m.RSSBytes, m.CacheHits
 		}
 	}
+	r.Variant = variantOf(bal, store)
 	r.ProxyReloads = c.Reloads()
-	if keyed(bal) {
-		ch, err := newChooser(bal, store)
+	if keyed(bal.name) {
+		ch, err := newChooser(bal, store.String())
 		if err != nil {
 			return CellResult{}, err
 		}
@@ -284,15 +297,15 @@ func cellLine(c *CellResult) string {
 	if c.UsersMovedPct != nil {
 		moved = fmt.Sprintf("%.0f%%", *c.UsersMovedPct)
 	}
-	return fmt.Sprintf("%-15s × %-12s %6d req %5.1f%% err  lost %5.1f%%  moved %4s  p50 %6.2f ms  p99 %7.2f ms  %5.0f rps",
-		c.Balancer, c.Store, c.Requests, pct(c.Errors, c.Requests), c.SessionsLostPct, moved, c.P50Ms, c.P99Ms, c.ThroughputRPS)
+	return fmt.Sprintf("%-15s × %-12s %6d req %5.1f%% err  lost %5.1f%%  moved %4s  imbalance %4.2f  p50 %6.2f ms  p99 %7.2f ms  %5.0f rps",
+		c.BalancerEntry(), c.StoreEntry(), c.Requests, pct(c.Errors, c.Requests), c.SessionsLostPct, moved, c.Imbalance, c.P50Ms, c.P99Ms, c.ThroughputRPS)
 }
 
 // settings records the parameters of s for the report.
 func settings(s Spec, o Options) Settings {
 	st := Settings{
 		Backends: s.Backends, Users: s.Users, RateRPS: s.Rate, DurationS: s.Duration.Seconds(), Seed: s.Seed,
-		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, WorkMs: ms(s.Work),
+		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, Skew: s.Skew, WorkMs: ms(s.Work),
 		HealthMs: ms(healthInterval), TimeoutMs: ms(requestTimeout),
 		Balancers: s.Balancers, Stores: s.Stores, RedisStore: "embedded",
 	}

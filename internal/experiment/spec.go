@@ -48,10 +48,17 @@ type Spec struct {
 	// MinItems and MaxItems bound the items added per workflow.
 	MinItems, MaxItems int
 	Churn              float64
+	// Skew, above 0, makes a few users send most requests: user i gets
+	// each arrival with a chance in proportion to 1/i^Skew (Zipf's law).
+	// 0 gives every user the same share.
+	Skew float64
 	// Work is the time each backend spends per request (--work), so that
 	// the store's cost is seen against a realistic handler, not against 0.
 	Work time.Duration
 
+	// Balancers and Stores name the matrix. An entry may carry options
+	// after the name, which make a variant of it: "consistent-hash
+	// load_factor=1.25".
 	Balancers []string
 	Stores    []string
 	Faults    harness.Schedule
@@ -110,6 +117,9 @@ func (s *Spec) Check() error {
 	if !(s.Churn >= 0 && s.Churn <= 1) {
 		bad("churn %v: want 0 to 1", s.Churn)
 	}
+	if !(s.Skew >= 0 && s.Skew <= 5) {
+		bad("skew %v: want 0 to 5", s.Skew)
+	}
 	if s.Work < 0 || s.Work > time.Second {
 		bad("work %v: want 0 to 1s", s.Work)
 	}
@@ -117,13 +127,21 @@ func (s *Spec) Check() error {
 		bad("balancers and stores must name at least one each")
 	}
 	for _, b := range s.Balancers {
-		if !balancer.Known(b) {
-			bad("unknown balancer %q (known: %v)", b, balancer.Names())
+		c, err := parseChoice(b, true)
+		switch {
+		case err != nil:
+			bad("balancer %v", err)
+		case !balancer.Known(c.name):
+			bad("unknown balancer %q (known: %v)", c.name, balancer.Names())
 		}
 	}
 	for _, st := range s.Stores {
-		if !slices.Contains(Stores, st) {
-			bad("unknown store %q (known: %v)", st, Stores)
+		c, err := parseChoice(st, false)
+		switch {
+		case err != nil:
+			bad("store %v", err)
+		case !slices.Contains(Stores, c.name):
+			bad("unknown store %q (known: %v)", c.name, Stores)
 		}
 	}
 	if _, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration); err != nil {
@@ -169,6 +187,7 @@ type specFile struct {
 	Seed      uint64        `yaml:"seed"`
 	Items     []int         `yaml:"items"` // [min, max]
 	Churn     float64       `yaml:"churn"`
+	Skew      float64       `yaml:"skew"`
 	Work      time.Duration `yaml:"work"`
 	Balancers []string      `yaml:"balancers"`
 	Stores    []string      `yaml:"stores"`
@@ -244,7 +263,7 @@ func parseSpec(data []byte) (Spec, error) {
 		f.Quick.Duration, f.Quick.Users, f.Quick.Balancers, f.Quick.Stores = p.Quick.Duration, p.Quick.Users, p.Quick.Balancers, p.Quick.Stores
 	}
 	f.Name, f.Backends, f.Users, f.Rate, f.Duration = "custom", base.Backends, base.Users, base.Rate, base.Duration
-	f.Seed, f.Items, f.Churn, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Work
+	f.Seed, f.Items, f.Churn, f.Skew, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Skew, base.Work
 	f.Balancers, f.Stores = base.Balancers, base.Stores
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -257,7 +276,7 @@ func parseSpec(data []byte) (Spec, error) {
 	s := Spec{
 		Name: f.Name, Title: f.Title, Claims: f.Claims,
 		Backends: f.Backends, Users: f.Users, Rate: f.Rate, Duration: f.Duration, Seed: f.Seed,
-		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Work: f.Work,
+		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Skew: f.Skew, Work: f.Work,
 		Balancers: f.Balancers, Stores: f.Stores,
 		Quick: Quick{Duration: f.Quick.Duration, Users: f.Quick.Users, Balancers: f.Quick.Balancers, Stores: f.Quick.Stores},
 	}

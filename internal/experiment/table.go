@@ -18,12 +18,17 @@ type column struct {
 
 // columns are the results table's, in order.
 var columns = []column{
-	{head: "balancer", figure: func(c *CellResult) string { return c.Balancer }},
-	{head: "store", figure: func(c *CellResult) string { return c.Store }},
+	{head: "balancer", figure: (*CellResult).BalancerEntry},
+	{head: "store", figure: (*CellResult).StoreEntry},
 	{head: "requests", figure: func(c *CellResult) string { return fmt.Sprint(c.Requests) }},
 	{head: "errors", figure: func(c *CellResult) string { return fmt.Sprint(c.Errors) }},
 	{head: "skipped", figure: func(c *CellResult) string { return fmt.Sprint(c.Skipped) }},
 	{head: "users", figure: func(c *CellResult) string { return fmt.Sprint(c.Users) }},
+	{
+		head:   "busiest tenth %",
+		figure: func(c *CellResult) string { return fmt.Sprintf("%.1f", c.BusiestTenthPct) },
+		any:    func(c *CellResult) bool { return c.BusiestTenthPct > 20 },
+	},
 	{head: "sessions lost %", figure: func(c *CellResult) string { return fmt.Sprintf("%.1f", c.SessionsLostPct) }},
 	{
 		head: "users moved %",
@@ -85,6 +90,9 @@ func resultsTable(res *Results) string {
 			b.WriteString("| " + col.figure(&res.Cells[i]) + " ")
 		}
 		b.WriteString("|\n")
+	}
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "busiest tenth %" }) {
+		b.WriteString("\nBusiest tenth: the share of the requests sent by the tenth of the users who sent most.")
 	}
 	b.WriteString("\nSessions lost: share of the users that logged in (the users column) whose workflow broke at least once (409).")
 	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "users moved %" }) {

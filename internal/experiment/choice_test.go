@@ -1,0 +1,57 @@
+package experiment
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseChoice(t *testing.T) {
+	tests := []struct {
+		entry    string
+		balancer bool
+		want     string // the canonical entry; empty: an error
+		err      string
+	}{
+		{"cookie", true, "cookie", ""},
+		{"  consistent-hash   load_factor=1.25 ", true, "consistent-hash load_factor=1.25", ""},
+		{"consistent-hash load_factor=1", true, "", "want a number above 1"},
+		{"consistent-hash load_factor=x", true, "", "want a number above 1"},
+		{"cookie load_factor=1.25", true, "", "applies to consistent-hash only"},
+		{"consistent-hash load_factor", true, "", "want key=value"},
+		{"consistent-hash speed=9", true, "", `unknown option "speed"`},
+		{"memory load_factor=1.25", false, "", `unknown option "load_factor"`}, // a balancer's option on a store
+		{"", true, "", "empty entry"},
+	}
+	for _, tt := range tests {
+		c, err := parseChoice(tt.entry, tt.balancer)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("parseChoice(%q) = %v, %v; want an error with %q", tt.entry, c, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || c.String() != tt.want {
+			t.Errorf("parseChoice(%q) = %q, %v; want %q", tt.entry, c, err, tt.want)
+		}
+	}
+}
+
+func TestCellEntries(t *testing.T) {
+	bal, _ := parseChoice("consistent-hash load_factor=1.25", true)
+	store, _ := parseChoice("redis", false)
+	c := CellResult{Balancer: bal.name, Store: store.name, Variant: variantOf(bal, store)}
+	if c.BalancerEntry() != "consistent-hash load_factor=1.25" || c.StoreEntry() != "redis" || c.Variant["load_factor"] != "1.25" {
+		t.Errorf("entries %q × %q, variant %v", c.BalancerEntry(), c.StoreEntry(), c.Variant)
+	}
+	plain := CellResult{Balancer: "consistent-hash", Store: "redis"}
+	res := run(plain, c)
+	if got := cell(res, "consistent-hash", "redis"); got == nil || got.Variant != nil {
+		t.Errorf("the bare name found %+v, want the cell without options", got)
+	}
+	if got := cell(res, "consistent-hash load_factor=1.25", "redis"); got == nil || got.Variant == nil {
+		t.Errorf("the entry with options found %+v", got)
+	}
+	if variantOf(choice{name: "cookie"}, choice{name: "memory"}) != nil {
+		t.Error("a cell without options has a variant")
+	}
+}
