@@ -478,8 +478,8 @@ func TestListenAndServeAdmin(t *testing.T) {
 	bu, started, release := blockingBackend(t)
 	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
-	cfg.Listen = testutil.ClosedURL(t).Host
-	cfg.Admin.Listen = testutil.ClosedURL(t).Host
+	cfg.Listen = testutil.FreeAddr(t)
+	cfg.Admin.Listen = testutil.FreeAddr(t)
 	s, err := NewServer(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -531,7 +531,7 @@ func TestListenAndServeAdmin(t *testing.T) {
 // bound stops ListenAndServe before the proxy serves.
 func TestListenAndServeAdminTaken(t *testing.T) {
 	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
-	cfg.Listen = testutil.ClosedURL(t).Host
+	cfg.Listen = testutil.FreeAddr(t)
 	cfg.Admin.Listen = testutil.Listen(t).Addr().String()
 	s, err := NewServer(cfg, nil)
 	if err != nil {

@@ -84,7 +84,7 @@ func TestReloadRebinds(t *testing.T) {
 	<-started
 
 	moved := *cfg
-	moved.Listen = testutil.ClosedURL(t).Host
+	moved.Listen = testutil.FreeAddr(t)
 	reload(t, s, &moved)
 	expectEOF(t, idleR, "idle connection of the old listener")
 	if c, err := net.Dial("tcp", oldAddr); err == nil {
@@ -106,20 +106,20 @@ func TestReloadRebinds(t *testing.T) {
 // Shutdown. A rebind before serving only changes the address to bind.
 func TestReloadRebindsListenAndServe(t *testing.T) {
 	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
-	cfg.Listen = testutil.ClosedURL(t).Host
+	cfg.Listen = testutil.FreeAddr(t)
 	s, err := NewServer(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	moved := *cfg
-	moved.Listen = testutil.ClosedURL(t).Host
+	moved.Listen = testutil.FreeAddr(t)
 	reload(t, s, &moved) // not serving yet
 	served := make(chan error, 1)
 	go func() { served <- s.ListenAndServe() }()
 	testutil.WaitHTTP(t, "http://"+moved.Listen+"/", waitFor)
 
 	again := moved
-	again.Listen = testutil.ClosedURL(t).Host
+	again.Listen = testutil.FreeAddr(t)
 	reload(t, s, &again)
 	testutil.WaitHTTP(t, "http://"+again.Listen+"/", waitFor)
 	if err := s.Shutdown(context.Background()); err != nil {

@@ -196,7 +196,7 @@ func TestParkShutdownAndRebind(t *testing.T) {
 	waitParked(t, s, 1)
 
 	moved := *cfg
-	moved.Listen = testutil.ClosedURL(t).Host
+	moved.Listen = testutil.FreeAddr(t)
 	reload(t, s, &moved)
 	expectEOF(t, oldR, "parked connection of the old listener")
 

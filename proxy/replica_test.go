@@ -58,7 +58,7 @@ type replica struct {
 // must stop on SIGTERM with status 0.
 func startReplica(t *testing.T, bin, config string) *replica {
 	t.Helper()
-	listen := testutil.ClosedURL(t).Host
+	listen := testutil.FreeAddr(t)
 	path := filepath.Join(t.TempDir(), "affinity.yaml")
 	if err := os.WriteFile(path, []byte("listen: "+listen+"\n"+config), 0o600); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func TestServeLogsListenerPoolsAndBackends(t *testing.T) {
 
 func TestListenAndServe(t *testing.T) {
 	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
-	cfg.Listen = testutil.ClosedURL(t).Host
+	cfg.Listen = testutil.FreeAddr(t)
 	s, err := NewServer(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

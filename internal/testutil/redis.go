@@ -61,7 +61,7 @@ func StartRedis(t testing.TB) *Redis {
 	t.Cleanup(r.Stop)
 	// A port found free can be taken before redis-server binds it.
 	for attempt := 1; ; attempt++ {
-		r.Addr = ClosedURL(t).Host
+		r.Addr = FreeAddr(t)
 		err := r.start()
 		if err == nil {
 			return r

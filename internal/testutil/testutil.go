@@ -12,10 +12,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // IDHeader is the response header in which a Backend names itself, besides
@@ -105,9 +108,11 @@ func Listen(t testing.TB) net.Listener {
 	return ln
 }
 
-// ClosedURL returns an http URL on 127.0.0.1 where nothing listens: the
-// port was free a moment ago and is released again, so a dial is refused.
-func ClosedURL(t testing.TB) *url.URL {
+// FreeAddr returns a host:port on 127.0.0.1 that was free a moment ago, for
+// a server a test starts there itself. Another process may take the port
+// meanwhile; callers that start a server there retry on a new address when
+// binding fails.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -117,7 +122,30 @@ func ClosedURL(t testing.TB) *url.URL {
 	if err := ln.Close(); err != nil {
 		t.Fatalf("close listener: %v", err)
 	}
-	return &url.URL{Scheme: "http", Host: addr}
+	return addr
+}
+
+// ClosedURL returns an http URL on 127.0.0.1 where a dial is refused. Its
+// port is held, until t ends, by a socket that is bound but not listening:
+// the kernel refuses connections to it, and no other listener (another
+// test's, or another process's) can take the port meanwhile, as it could
+// one merely closed.
+func ClosedURL(t testing.TB) *url.URL {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind on loopback: %v", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	return &url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 }
 
 // Client returns an http.Client with a transport of its own that does not

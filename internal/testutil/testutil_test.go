@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,6 +65,15 @@ func TestClosedURLRefusesConnections(t *testing.T) {
 	if err == nil {
 		_ = c.Close()
 		t.Fatalf("dial %s succeeded, want refused", u.Host)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial %s: %v, want connection refused", u.Host, err)
+	}
+	// The port stays taken: nothing else can listen there while the
+	// test runs.
+	if ln, err := net.Listen("tcp", u.Host); err == nil {
+		_ = ln.Close()
+		t.Errorf("listen on %s succeeded; the port is not held", u.Host)
 	}
 }
 
