@@ -114,13 +114,22 @@ func (b *Backend) Succeed() int32 {
 }
 
 // Set is the membership a Policy builds a Picker from. It is immutable once
-// handed to Build: a change of health or config builds a new Set.
+// handed to Build: a change of health, of a backend's state or of the
+// config builds a new Set.
 type Set struct {
 	// All holds every configured backend of the pool, in config order.
 	All []*Backend
 	// Available holds the backends that may receive new requests now, in
 	// config order: a subset of All.
 	Available []*Backend
+	// Draining holds the healthy backends an operator is draining, in
+	// config order: a subset of All, disjoint from Available. A draining
+	// backend takes the requests of the clients pinned to it (by a
+	// cookie, a learned session, or a hash key whose owner it is) and
+	// no new client: a policy never places a client there, nor moves one
+	// there from a backend that failed. A policy that pins no client
+	// ignores it, as round-robin does.
+	Draining []*Backend
 	// Group counts in-flight requests over the pool's backends; it may be
 	// nil when nothing counts them (a policy must then not bound loads).
 	Group *Group
@@ -211,6 +220,11 @@ type StickTable interface {
 	// store (Redis), 0 without one. Each is a session another replica
 	// may not find, or a lookup that fell back to the rotation.
 	StoreErrors() uint64
+	// Sessions counts the live entries of the table by backend ID: the
+	// clients still pinned to each, which an operator draining a backend
+	// waits for. It walks the table, so it is for status pages, not for
+	// the request path.
+	Sessions() map[string]int
 }
 
 // Policy builds Pickers for one pool. Build is called off the request path,

@@ -126,15 +126,19 @@ const hexDigits = "0123456789abcdef"
 
 // cookieEntry is what a cookie value resolves to.
 type cookieEntry struct {
-	backend   *Backend
-	available bool
-	variant   uint8
-	id        uint64 // hashString(backend.ID), the seed of its successors
+	backend *Backend
+	// serves is set when the backend takes the clients pinned to it: it
+	// is available, or draining.
+	serves  bool
+	variant uint8
+	id      uint64 // hashString(backend.ID), the seed of its successors
 }
 
 // Build resolves every value of every backend of s.All, so that a cookie
 // naming a backend that is down is told apart from garbage, and renders the
-// Set-Cookie headers of every available backend once.
+// Set-Cookie headers of every available backend once. A draining backend
+// keeps its clients, so its values resolve to it as serving, but it has
+// no Set-Cookie headers: nobody new is pinned there.
 func (p *cookiePolicy) Build(s Set) Picker {
 	n := cookieVariants
 	if p.bare {
@@ -158,11 +162,12 @@ func (p *cookiePolicy) Build(s Set) Picker {
 		cp.ids[i] = hashString(b.ID)
 		rc := p.render(b.ID, prev)
 		cp.setCookie[i] = &rc.setCookie
-		cp.resolve(rc, cookieEntry{backend: b, available: true, id: cp.ids[i]})
+		cp.resolve(rc, cookieEntry{backend: b, serves: true, id: cp.ids[i]})
 	}
 	for _, b := range s.All {
 		if !avail[b] {
-			cp.resolve(p.render(b.ID, prev), cookieEntry{backend: b, id: hashString(b.ID)})
+			e := cookieEntry{backend: b, serves: slices.Contains(s.Draining, b), id: hashString(b.ID)}
+			cp.resolve(p.render(b.ID, prev), e)
 		}
 	}
 	return cp
@@ -210,18 +215,19 @@ type cookiePicker struct {
 	variant   *atomic.Uint64            // hands out variants; survives rebuilds
 }
 
-// Pick sends a client with a valid cookie to its backend, moves a client
-// whose backend is unavailable to that backend's successor for the client's
-// variant, and places any other client on the weighted rotation, returning
-// the cookie that pins it there.
+// Pick sends a client with a valid cookie to its backend while that one is
+// available or draining, moves a client whose backend is unavailable to
+// that backend's successor for the client's variant, and places any other
+// client on the weighted rotation, returning the cookie that pins it there.
 func (p *cookiePicker) Pick(r *http.Request) (Pick, error) {
+	e, ok := p.entry(r)
+	if ok && e.serves {
+		return Pick{Backend: e.backend, Sticky: StickyKept}, nil
+	}
 	if len(p.w.backends) == 0 {
 		return Pick{}, ErrNoBackend
 	}
-	if e, ok := p.entry(r); ok {
-		if e.available {
-			return Pick{Backend: e.backend, Sticky: StickyKept}, nil
-		}
+	if ok {
 		i := p.successor(e.id, e.variant, nil)
 		return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][e.variant], Sticky: StickyRepinned}, nil
 	}

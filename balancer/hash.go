@@ -51,24 +51,40 @@ func newHashPolicy(o Options) (Policy, error) {
 	return &hashPolicy{key: key, vnodes: h.VirtualNodes, loadFactor: h.LoadFactor}, nil
 }
 
-// Build places VirtualNodes×Weight/g points per available backend on the
-// ring, where g is the gcd of the weights of Set.All. Taking g and the cap
-// from All rather than Available keeps every backend's points fixed across
-// health changes, so a backend going down moves only its own keys.
+// Build places VirtualNodes×Weight/g points per backend of Set.All on the
+// ring, where g is the gcd of their weights, so that every backend's points
+// stay where they are whatever its health or state: a key belongs to the
+// backend of the first point clockwise from it, and when that backend is
+// not available, to the first available one after it. A draining backend
+// keeps the keys of its own points, and takes no other.
 func (p *hashPolicy) Build(s Set) Picker {
 	hp := &hashPicker{
 		key:      p.key,
+		ring:     s.All,
+		role:     make([]ringRole, len(s.All)),
 		fallback: newWRR(s.Available, &p.next),
 	}
-	if p.loadFactor > 0 && s.Group != nil && len(s.Available) > 0 {
-		hp.group = s.Group
-		total := 0
-		for _, b := range s.Available {
+	roles := make(map[*Backend]ringRole, len(s.Available)+len(s.Draining))
+	for _, b := range s.Available {
+		roles[b] = ringAvailable
+	}
+	for _, b := range s.Draining {
+		roles[b] = ringDraining
+		hp.draining = true
+	}
+	total := 0
+	for i, b := range s.All {
+		if hp.role[i] = roles[b]; hp.role[i] != ringOut {
 			total += weightOf(b)
 		}
-		hp.share = make([]float64, len(s.Available))
-		for i, b := range s.Available {
-			hp.share[i] = p.loadFactor * float64(weightOf(b)) / float64(total)
+	}
+	if p.loadFactor > 0 && s.Group != nil && total > 0 {
+		hp.group = s.Group
+		hp.share = make([]float64, len(s.All))
+		for i, b := range s.All {
+			if hp.role[i] != ringOut {
+				hp.share[i] = p.loadFactor * float64(weightOf(b)) / float64(total)
+			}
 		}
 	}
 	counts := pointCounts(s.All, p.vnodes)
@@ -77,7 +93,7 @@ func (p *hashPolicy) Build(s Set) Picker {
 		owner uint32
 	}
 	var pts []point
-	for i, b := range s.Available {
+	for i, b := range s.All {
 		h := hashString(b.ID)
 		for j := range counts[b.ID] {
 			pts = append(pts, point{hash: mix64(h ^ (uint64(j)+1)*0x9e3779b97f4a7c15), owner: uint32(i)})
@@ -89,7 +105,7 @@ func (p *hashPolicy) Build(s Set) Picker {
 		if c := cmp.Compare(a.hash, b.hash); c != 0 {
 			return c
 		}
-		return cmp.Compare(s.Available[a.owner].ID, s.Available[b.owner].ID)
+		return cmp.Compare(s.All[a.owner].ID, s.All[b.owner].ID)
 	})
 	hp.points = make([]uint64, len(pts))
 	hp.owners = make([]uint32, len(pts))
@@ -99,6 +115,15 @@ func (p *hashPolicy) Build(s Set) Picker {
 	hp.buildPrefix()
 	return hp
 }
+
+// ringRole is what a backend of the ring does with keys.
+type ringRole uint8
+
+const (
+	ringOut       ringRole = iota // unavailable: its keys go on clockwise
+	ringAvailable                 // takes its keys, and those passed on to it
+	ringDraining                  // takes the keys of its own points only
+)
 
 // pointCounts gives each backend of all VirtualNodes×Weight/g points. When
 // that exceeds maxRingPoints in total, every count is scaled down in
@@ -126,14 +151,17 @@ func pointCounts(all []*Backend, vnodes int) map[string]int {
 
 type hashPicker struct {
 	key      func(r *http.Request) string
-	points   []uint64 // sorted ring positions
-	owners   []uint32 // owners[i] indexes fallback.backends: who owns points[i]
-	prefix   []uint32 // prefix[t]: first point whose top bits are ≥ t
-	shift    uint     // 64 - bits of the prefix table index
-	fallback wrr      // rotation over Set.Available for requests without a key
+	ring     []*Backend // Set.All
+	role     []ringRole // by index in ring
+	draining bool       // some backend of ring drains
+	points   []uint64   // sorted ring positions
+	owners   []uint32   // owners[i] indexes ring: who owns points[i]
+	prefix   []uint32   // prefix[t]: first point whose top bits are ≥ t
+	shift    uint       // 64 - bits of the prefix table index
+	fallback wrr        // rotation over Set.Available for requests without a key
 
 	group *Group    // nil: loads are not bounded
-	share []float64 // LoadFactor × backend's weight share, by owner
+	share []float64 // LoadFactor × backend's weight share, by index in ring
 }
 
 // buildPrefix indexes the ring by the top bits of a hash, about one slot per
@@ -167,15 +195,19 @@ func prefixBits(n int) uint {
 // next one clockwise under the load bound; a request without a key goes to
 // the weighted rotation.
 func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
-	if len(p.points) == 0 {
-		return Pick{}, ErrNoBackend
-	}
 	k := p.key(r)
 	if k == "" {
-		i, _ := p.fallback.pick()
+		i, ok := p.fallback.pick()
+		if !ok {
+			return Pick{}, ErrNoBackend
+		}
 		return Pick{Backend: p.fallback.backends[i], Sticky: StickyNone}, nil
 	}
-	return Pick{Backend: p.fallback.backends[p.owner(hashString(k), nil)], Sticky: StickyKept}, nil
+	i := p.owner(hashString(k), nil)
+	if i < 0 {
+		return Pick{}, ErrNoBackend
+	}
+	return Pick{Backend: p.ring[i], Sticky: StickyKept}, nil
 }
 
 // Repin chooses where a request goes when the backend it was sent to
@@ -188,26 +220,29 @@ func (p *hashPicker) Pick(r *http.Request) (Pick, error) {
 // of the rotation not in tried. The key is not a cookie of the proxy's:
 // setCookie is empty.
 func (p *hashPicker) Repin(r *http.Request, tried []*Backend) (*Backend, string, bool) {
-	if len(p.points) == 0 {
-		return nil, "", false
-	}
 	var i int
 	if k := p.key(r); k != "" {
 		i = p.owner(hashString(k), tried)
 	} else if j, ok := p.fallback.pickExcept(tried); ok {
-		i = j
+		i = slices.Index(p.ring, p.fallback.backends[j])
 	} else {
 		i = -1
 	}
 	if i < 0 {
 		return nil, "", false
 	}
-	return p.fallback.backends[i], "", true
+	return p.ring[i], "", true
 }
 
-// owner returns the index of the backend that serves hash h, leaving out
-// the backends in skip; -1 when skip holds every backend of the ring.
+// owner returns the index in ring of the backend that serves hash h,
+// leaving out the backends in skip: the backend of the first point
+// clockwise from h if it is available or draining, else the first
+// available backend after it; under a load bound, the first of those whose
+// requests in flight are below its bound. -1 when no backend is left.
 func (p *hashPicker) owner(h uint64, skip []*Backend) int {
+	if len(p.points) == 0 {
+		return -1
+	}
 	t := h >> p.shift
 	lo, hi := p.prefix[t], p.prefix[t+1]
 	for lo < hi {
@@ -222,10 +257,16 @@ func (p *hashPicker) owner(h uint64, skip []*Backend) int {
 	if start == len(p.points) {
 		start = 0
 	}
-	if p.group == nil && len(skip) == 0 {
-		return int(p.owners[start])
+	own := p.owners[start]
+	if p.group == nil && len(skip) == 0 && p.role[own] != ringOut {
+		return int(own)
 	}
-	if len(skip) > 0 && !slices.ContainsFunc(p.fallback.backends, func(b *Backend) bool { return !slices.Contains(skip, b) }) {
+	if !slices.ContainsFunc(p.fallback.backends, func(b *Backend) bool { return !slices.Contains(skip, b) }) {
+		// No available backend is left to walk to: only the key's own,
+		// draining, may serve it.
+		if p.role[own] == ringDraining && !slices.Contains(skip, p.ring[own]) {
+			return int(own)
+		}
 		return -1
 	}
 	// A backend takes a request while its in-flight count is below
@@ -239,9 +280,10 @@ func (p *hashPicker) owner(h uint64, skip []*Backend) int {
 	}
 	first := -1
 	i := start
-	for range len(p.points) {
+	for n := range len(p.points) {
 		o := p.owners[i]
-		if b := p.fallback.backends[o]; !slices.Contains(skip, b) {
+		role := p.role[o]
+		if b := p.ring[o]; (role == ringAvailable || role == ringDraining && n == 0) && !slices.Contains(skip, b) {
 			if p.group == nil || float64(b.InFlight()) < p.share[o]*limit {
 				return int(o)
 			}

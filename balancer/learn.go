@@ -118,7 +118,7 @@ func checkRedis(r RedisOptions) error {
 	return nil
 }
 
-// Build numbers the backends of s.All, marks the available ones, and drops
+// Build numbers the backends of s.All, marks those that take their sessions, and drops
 // the entries of backends that left s.All since the last Build.
 func (p *learnPolicy) Build(s Set) Picker {
 	p.buildMu.Lock()
@@ -142,9 +142,11 @@ func (p *learnPolicy) Build(s Set) Picker {
 	for _, b := range s.All {
 		lp.slots[lp.byID[b.ID]].backend = b
 	}
-	for _, b := range s.Available {
-		if n, ok := lp.byID[b.ID]; ok {
-			lp.slots[n].available = true
+	for _, bs := range [][]*Backend{s.Available, s.Draining} {
+		for _, b := range bs {
+			if n, ok := lp.byID[b.ID]; ok {
+				lp.slots[n].serves = true
+			}
 		}
 	}
 	gone := false
@@ -169,6 +171,22 @@ func (p *learnPolicy) Len() int { return p.table.len() }
 // Evictions counts the live sessions forgotten to make room.
 func (p *learnPolicy) Evictions() uint64 { return p.table.evictions.Load() }
 
+// Sessions counts the live sessions of the memory table by backend ID,
+// for the backends of the latest Build. With the Redis store, it counts
+// the sessions this replica has seen, not every replica's.
+func (p *learnPolicy) Sessions() map[string]int {
+	byNumber := p.table.count(p.table.clock())
+	p.buildMu.Lock()
+	defer p.buildMu.Unlock()
+	out := make(map[string]int, len(p.members))
+	for id, n := range p.ids {
+		if p.members[n] {
+			out[id] = byNumber[n]
+		}
+	}
+	return out
+}
+
 // StoreErrors counts the Redis operations that failed or were dropped.
 func (p *learnPolicy) StoreErrors() uint64 {
 	if p.store == nil {
@@ -190,8 +208,10 @@ func (p *learnPolicy) Close() error {
 
 // learnSlot is what a backend number resolves to in one Picker.
 type learnSlot struct {
-	backend   *Backend // nil: not in the Set's All
-	available bool
+	backend *Backend // nil: not in the Set's All
+	// serves is set when the backend takes the sessions it holds: it is
+	// available, or draining.
+	serves bool
 }
 
 type learnPicker struct {
@@ -202,7 +222,8 @@ type learnPicker struct {
 }
 
 // Pick sends a request whose session cookie is known to the backend that
-// issued it. A known session whose backend is unavailable is moved to
+// issued it, while that backend is available or draining. A known session
+// whose backend is unavailable is moved to
 // another, and remembered there: an application that shares its sessions
 // keeps the client where it now is, and one that does not issues a new
 // session, learned from the response. Any other request goes to the
@@ -236,7 +257,7 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 		return lp.rotate(StickyNew)
 	}
 	switch s := lp.slots[n]; {
-	case s.available:
+	case s.serves:
 		if stale && p.store != nil {
 			// Still in use: keep Redis from expiring it for the other
 			// replicas, which may not see this client for a while.

@@ -232,3 +232,20 @@ func (t *learnTable) len() int {
 	}
 	return n
 }
+
+// count counts the entries live at now by backend number, one shard at a
+// time under its read lock.
+func (t *learnTable) count(now int64) map[uint32]int {
+	out := map[uint32]int{}
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.RLock()
+		for _, e := range s.lru.Values() {
+			if !t.expired(e.seen, now) {
+				out[e.backend]++
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return out
+}
