@@ -38,8 +38,8 @@ func LoadChecked(path string) (*Config, error) {
 }
 
 // Check does what serve does with a loaded config before it listens, short
-// of listening: it reads and parses the listener's certificate and key and
-// every pool's CA file, resolves the listen and admin addresses, and finds
+// of listening: it reads and parses the listener's certificate and key,
+// every pool's CA file and the admin token's file, resolves the listen and admin addresses, and finds
 // them on one port. It starts nothing and binds nothing, so it cannot know
 // that a port is taken, or that an address is not this host's (a proxy
 // bound by IP_FREEBIND or ip_nonlocal_bind may listen on it anyway). Each
@@ -60,6 +60,11 @@ func Check(c *Config) error {
 		}
 		if _, err := LoadCAs(p.TLS.CA); err != nil {
 			at("pools."+p.Name+".tls.ca", "%v", err)
+		}
+	}
+	if f := c.Admin.TokenFile; f != "" {
+		if _, err := readTokenFile(f); err != nil {
+			at("admin.token_file", "%v", err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)

@@ -40,6 +40,10 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "missing.pem")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	config := func(top, pool string) string {
 		return "listen: 127.0.0.1:8080\n" + top + "pools:\n  web:\n    backends: [{url: \"https://127.0.0.1:9001\"}]\n" + pool
 	}
@@ -75,6 +79,14 @@ func TestCheck(t *testing.T) {
 			[]string{"3:11: admin.listen: localhost:8080 is the port of listen (127.0.0.1:8080) on the same address; use another port"}},
 		{"admin on listen's port on another address",
 			"listen: 127.0.0.1:8080\nadmin: 127.0.0.2:8080\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n", nil},
+		{"an admin token file that reads",
+			"listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token_file: " + tokenFile + "}\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n", nil},
+		{"a missing admin token file",
+			"listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token_file: " + missing + "}\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
+			[]string{"2:45: admin.token_file: open " + missing + ": no such file or directory"}},
+		{"an admin token file holding a short token",
+			"listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token_file: " + garbage + "}\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
+			[]string{"2:45: admin.token_file: " + garbage + ": the token must be at least 16 bytes long"}},
 		{"a listen host that does not resolve",
 			"listen: no-such-host.invalid:8080\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
 			[]string{`1:9: listen: "no-such-host.invalid" does not resolve: `}},

@@ -25,6 +25,10 @@ const (
 	DefaultIdleConnTimeout       = 90 * time.Second // timeouts.idle_conn
 
 	DefaultShutdownTimeout = 30 * time.Second // shutdown_timeout
+	// drain_timeout: below `affinity ctl drain --wait`'s default timeout of
+	// 5m, so that a deploy waiting with the defaults sees the connections
+	// that never end closed, rather than timing out.
+	DefaultDrainTimeout = 2 * time.Minute
 
 	DefaultReadHeaderTimeout = 10 * time.Second // server.read_header_timeout
 	DefaultReadTimeout       = 0                // server.read_timeout: none, as uploads may be slow
@@ -63,6 +67,8 @@ const (
 	// scheme's port made explicit (http://app → app:80), so that the name
 	// stays the same when backends are reordered or the config replicated.
 	DefaultWeight = 1 // pools.*.backends[].weight
+	// pools.*.backends[].state
+	DefaultState = StateReady
 
 	// A health_check section, even an empty one, turns active checks on
 	// with these values; without it there are none.

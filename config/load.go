@@ -178,11 +178,12 @@ func acceptYAML12(data []byte) []byte {
 
 // config decodes the top level.
 func (d *decoder) config(top *yaml.Node) *Config {
-	s := d.section(top, top, "", "admin", "listen", "log", "pools", "routes", "server", "shutdown_timeout", "timeouts", "tls", "trusted_proxies")
+	s := d.section(top, top, "", "admin", "drain_timeout", "listen", "log", "pools", "routes", "server", "shutdown_timeout", "timeouts", "tls", "trusted_proxies")
 	if s == nil {
 		return nil
 	}
-	c := &Config{File: d.file, Log: DefaultLog(), Timeouts: DefaultTimeouts(), ShutdownTimeout: DefaultShutdownTimeout}
+	c := &Config{File: d.file, Log: DefaultLog(), Timeouts: DefaultTimeouts(), ShutdownTimeout: DefaultShutdownTimeout,
+		DrainTimeout: DefaultDrainTimeout}
 	d.require(s, "listen", "pools")
 	if v, n := d.str(s, "listen"); n != nil {
 		if err := checkAddress(v); err != nil {
@@ -224,6 +225,9 @@ func (d *decoder) config(top *yaml.Node) *Config {
 	if v, n := d.duration(s, "shutdown_timeout", false); n != nil {
 		c.ShutdownTimeout = v
 	}
+	if v, n := d.duration(s, "drain_timeout", true); n != nil {
+		c.DrainTimeout = v
+	}
 	d.listener(s, c)
 	names := d.pools(s, c)
 	d.routes(s, c, names)
@@ -239,16 +243,17 @@ func (d *decoder) admin(top *section, c *Config) {
 	}
 	path, addr := "admin", n
 	if n.Kind == yaml.MappingNode {
-		s := d.section(n, top.keys["admin"], "admin", "listen", "pprof")
+		s := d.section(n, top.keys["admin"], "admin", "listen", "pprof", "token", "token_file")
 		d.require(s, "listen")
 		if v, bn := d.boolean(s, "pprof"); bn != nil {
 			c.Admin.Pprof = v
 		}
+		d.adminToken(s, &c.Admin)
 		if _, addr = d.str(s, "listen"); addr == nil {
 			return
 		}
 		path = "admin.listen"
-	} else if !d.scalar(n, path, "an address or a mapping of listen and pprof", "!!str", "!!int", "!!float", "!!timestamp") {
+	} else if !d.scalar(n, path, "an address or a mapping of listen, pprof, token and token_file", "!!str", "!!int", "!!float", "!!timestamp") {
 		// The tags are those str accepts, so that both forms of the
 		// address are read alike.
 		return
@@ -260,6 +265,27 @@ func (d *decoder) admin(top *section, c *Config) {
 	}
 	c.Admin.Listen = addr.Value
 	d.mark(path, addr)
+}
+
+// adminToken decodes the admin API's token, or the file holding it.
+func (d *decoder) adminToken(s *section, a *Admin) {
+	tok, tn := d.str(s, "token")
+	if tn != nil {
+		if err := checkToken(tok); err != nil {
+			d.errorf(tn, "admin.token: %v", err)
+		}
+		a.Token = tok
+	}
+	if v, fn := d.str(s, "token_file"); fn != nil {
+		switch {
+		case tn != nil:
+			d.errorf(fn, "admin.token_file: set token or token_file, not both")
+		case v == "":
+			d.errorf(fn, "admin.token_file: must name a file")
+		}
+		a.TokenFile = v
+		d.mark("admin.token_file", fn)
+	}
 }
 
 // pools decodes the pools and returns the names of all of them, including
@@ -545,11 +571,11 @@ func (d *decoder) backends(pool *section) []Backend {
 	names := map[string]int{} // name → line
 	out := make([]Backend, 0, len(items))
 	for i, it := range items {
-		s := d.section(it, it, fmt.Sprintf("%s.backends[%d]", pool.path, i), "name", "url", "weight")
+		s := d.section(it, it, fmt.Sprintf("%s.backends[%d]", pool.path, i), "name", "state", "url", "weight")
 		if s == nil {
 			continue
 		}
-		b := Backend{Weight: DefaultWeight}
+		b := Backend{Weight: DefaultWeight, State: DefaultState}
 		d.require(s, "url")
 		urlDup := false
 		if v, n := d.str(s, "url"); n != nil {
@@ -587,6 +613,9 @@ func (d *decoder) backends(pool *section) []Backend {
 		}
 		if v, n := d.integer(s, "weight", 1, MaxWeight); n != nil {
 			b.Weight = int(v)
+		}
+		if v, n := d.oneOf(s, "state", string(StateReady), string(StateDrain), string(StateMaint)); n != nil {
+			b.State = State(v)
 		}
 		out = append(out, b)
 	}

@@ -33,6 +33,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "log", c.Log, DefaultLog())
 			check(t, "timeouts", c.Timeouts, DefaultTimeouts())
 			check(t, "shutdown timeout", c.ShutdownTimeout, DefaultShutdownTimeout)
+			check(t, "drain timeout", c.DrainTimeout, DefaultDrainTimeout)
 			check(t, "implied route", c.Routes, []Route{{Pool: "web"}})
 			check(t, "server", c.Server, DefaultServer())
 			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix(nil))
@@ -44,10 +45,12 @@ func TestLoadValid(t *testing.T) {
 			check(t, "health check", p.HealthCheck, (*HealthCheck)(nil))
 			check(t, "passive", p.Passive, (*Passive)(nil))
 			check(t, "backends", backendSummary(p), []string{"127.0.0.1:9001 http://127.0.0.1:9001 1"})
+			check(t, "states", backendStates(p), []State{StateReady})
 		},
 		"full.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, "0.0.0.0:8080")
-			check(t, "admin", c.Admin, Admin{Listen: "127.0.0.1:9090", Pprof: true})
+			check(t, "admin", c.Admin, Admin{Listen: "127.0.0.1:9090", Pprof: true, Token: "0123456789abcdef-admin"})
+			check(t, "drain timeout", c.DrainTimeout, 10*time.Minute)
 			check(t, "log", c.Log, Log{Level: "debug", Format: "json", Access: true, AccessSample: 0.25})
 			check(t, "timeouts", c.Timeouts, Timeouts{Connect: time.Second, ResponseHeader: 15 * time.Second, IdleConn: time.Minute})
 			check(t, "shutdown timeout", c.ShutdownTimeout, 10*time.Second)
@@ -78,6 +81,7 @@ func TestLoadValid(t *testing.T) {
 				"web2.internal:443 https://web2.internal 1000",
 				"[::1]:9003 http://[::1]:9003/ 1",
 			})
+			check(t, "web states", backendStates(web), []State{StateReady, StateDrain, StateMaint})
 			check(t, "web health check", web.HealthCheck, &HealthCheck{
 				Path: "/ready", Interval: 10 * time.Second, Timeout: 500 * time.Millisecond, Rise: 1, Fall: 5,
 				StatusMin: 200, StatusMax: 200, Body: "ok", Host: "health.internal",
@@ -96,6 +100,11 @@ func TestLoadValid(t *testing.T) {
 		},
 		"admin-address.yaml": func(t *testing.T, c *Config) {
 			check(t, "admin", c.Admin, Admin{Listen: "[::1]:9090"})
+		},
+		"admin-token-file.yaml": func(t *testing.T, c *Config) {
+			check(t, "admin", c.Admin, Admin{Listen: "0.0.0.0:9090", TokenFile: "testdata/config/admin-token"})
+			check(t, "drain timeout", c.DrainTimeout, time.Duration(0))
+			check(t, "states", backendStates(onlyPool(t, c, "web")), []State{StateReady})
 		},
 		"round-robin.yaml": func(t *testing.T, c *Config) {
 			check(t, "listen", c.Listen, ":8080")
@@ -201,6 +210,14 @@ func backendSummary(p *Pool) []string {
 	var out []string
 	for _, b := range p.Backends {
 		out = append(out, b.Name+" "+b.URL.String()+" "+strconv.Itoa(b.Weight))
+	}
+	return out
+}
+
+func backendStates(p *Pool) []State {
+	var out []State
+	for _, b := range p.Backends {
+		out = append(out, b.State)
 	}
 	return out
 }

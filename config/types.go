@@ -42,6 +42,12 @@ type Config struct {
 	// ShutdownTimeout bounds how long a stopping proxy lets requests in
 	// flight finish (shutdown_timeout; default 30s).
 	ShutdownTimeout time.Duration
+	// DrainTimeout bounds how long requests, upgraded connections and
+	// streamed responses may stay open to a backend that is draining, in
+	// maintenance or removed, counted from when it left the ready state
+	// or from when they opened, whichever is later; then they are closed
+	// (drain_timeout; default 2m; 0: no limit).
+	DrainTimeout time.Duration
 
 	// Warnings are what Load found unusual but not wrong, such as a config
 	// that would hold gigabytes in its balancers' tables; each has
@@ -72,6 +78,12 @@ type Admin struct {
 	// Pprof serves Go's profiler under /debug/pprof/; default false, as
 	// profiles reveal the program's internals and cost CPU while taken.
 	Pprof bool
+	// Token, or the content of TokenFile, is the bearer token that writes
+	// to the admin API must carry (token, token_file; at most one). Without
+	// either, writes are accepted from anyone on a loopback admin
+	// listener, and refused on one reachable from other hosts.
+	Token     string
+	TokenFile string
 }
 
 // Log configures logging.
@@ -131,6 +143,10 @@ type Backend struct {
 	URL    *url.URL
 	Name   string // stable id; derived from the URL when not configured
 	Weight int    // 1..1000; default 1
+	// State is the backend's administrative state at start and after a
+	// reload that changes it; default ready. A state set at run time
+	// holds over reloads that leave this one as it was.
+	State State
 }
 
 // HealthCheck configures active health checks of a pool's backends.
