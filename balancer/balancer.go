@@ -72,12 +72,13 @@ func (b *Backend) Begin() {
 	}
 }
 
-// Done records the end of a request started with Begin.
-func (b *Backend) Done() {
-	b.inflight.Add(-1)
+// Done records the end of a request started with Begin, and returns the
+// requests still in flight to b.
+func (b *Backend) Done() int64 {
 	if b.group != nil {
 		b.group.inflight.Add(-1)
 	}
+	return b.inflight.Add(-1)
 }
 
 // InFlight reports the requests currently forwarded to b.

@@ -3,7 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -38,6 +38,12 @@ type admin struct {
 	sampler sampler
 	// draining is set when Shutdown starts: /readyz answers 503 from then.
 	draining atomic.Bool
+	// tokenSum is the SHA-256 of the token API writes need; nil without
+	// one (api.go).
+	tokenSum []byte
+	// exposed is set once the admin server serves a listener reachable
+	// from other hosts.
+	exposed atomic.Bool
 
 	mu      sync.Mutex
 	cancel  context.CancelFunc // stops the sampler; nil until it runs
@@ -61,6 +67,14 @@ const (
 // Server.ServeAdmin.
 func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
 	a := &admin{s: s, log: s.log, listen: c.Listen, pprof: c.Pprof}
+	tok, err := c.ReadToken()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if tok != "" {
+		sum := sha256.Sum256([]byte(tok))
+		a.tokenSum = sum[:]
+	}
 	// A registry per Server, not the global one: two servers in a
 	// process (tests, an embedding program) must not collide.
 	reg := prometheus.NewRegistry()
@@ -82,6 +96,7 @@ func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
 	mux.HandleFunc("GET /status", a.serveStatus)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	mux.HandleFunc("GET /readyz", a.serveReady)
+	a.routeAPI(mux)
 	if c.Pprof {
 		// The handlers of net/http/pprof, on this mux only: the package
 		// also registers them on http.DefaultServeMux, which nothing here
@@ -110,6 +125,7 @@ func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
 //	/metrics   Prometheus metrics
 //	/healthz   200 while the process runs
 //	/readyz    200 when every pool has an available backend, else 503
+//	/api/v1/   the runtime API (api.go): backends' states, read and set
 //	/debug/pprof/  Go profiles, only with admin.pprof: true
 //
 // ListenAndServe calls it for the configured admin address; call it
@@ -126,8 +142,9 @@ func (a *admin) serve(ln net.Listener) error {
 	addr := ln.Addr()
 	a.log.Info("admin listening", zap.String("addr", addr.String()), zap.Bool("pprof", a.pprof))
 	if !loopback(addr) {
+		a.exposed.Store(true)
 		a.log.Warn("admin listener is reachable from other hosts; it shows backend addresses and traffic to anyone who connects",
-			zap.String("addr", addr.String()))
+			zap.String("addr", addr.String()), zap.Bool("api_token", a.tokenSum != nil))
 	}
 	return a.http.Serve(ln)
 }
@@ -260,15 +277,7 @@ func (a *admin) serveReady(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *admin) serveStatus(w http.ResponseWriter, _ *http.Request) {
-	body, err := json.MarshalIndent(a.status(time.Now()), "", "  ")
-	if err != nil {
-		a.fail(w, "status", err)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	noStore(h)
-	_, _ = w.Write(append(body, '\n'))
+	writeJSON(w, http.StatusOK, a.status(time.Now()))
 }
 
 func (a *admin) servePage(w http.ResponseWriter, _ *http.Request) {

@@ -291,7 +291,7 @@ func TestStatus(t *testing.T) {
 
 	testutil.Eventually(t, waitFor, "w3 to fail its checks and w1 and w2 to pass theirs", func() bool {
 		v := p.view()
-		return v[2].state() == "down" && v[0].stats.check.Load() != nil && v[1].stats.check.Load() != nil
+		return v[2].health() == "down" && v[0].stats.check.Load() != nil && v[1].stats.check.Load() != nil
 	})
 	p.eject(p.backends[1], 3)
 	s.admin.sampler.sample(s.state.Load()) // the baseline
@@ -313,7 +313,7 @@ func TestStatus(t *testing.T) {
 	}
 	tests := []struct {
 		name      string
-		state     string
+		health    string
 		available bool
 		weight    int
 		requests  uint64
@@ -331,7 +331,7 @@ func TestStatus(t *testing.T) {
 	}
 	for i, tt := range tests {
 		b := ps.Backends[i]
-		if b.Name != tt.name || b.State != tt.state || b.Available != tt.available || b.Weight != tt.weight ||
+		if b.Name != tt.name || b.Health != tt.health || b.State != "ready" || b.Available != tt.available || b.Weight != tt.weight ||
 			b.Requests != tt.requests || b.Minute != tt.requests || b.Share != tt.share || b.Ejections != tt.ejections {
 			t.Errorf("backend %d = %+v, want %+v", i, b, tt)
 		}

@@ -67,6 +67,13 @@ type exchange struct {
 	// logging allocates none; serveLogged clears it once the request is
 	// logged, as serve clears the rest once it is forwarded.
 	access accessWriter
+	// client tells the drainer which backend serves the request
+	// (drain.go); it lives as long as the exchange, which serve keeps it
+	// in when it clears the rest.
+	client *client
+	// long is set by the retrier when the response may last: an upgraded
+	// connection or a body of unknown length.
+	long longKind
 }
 
 // addCookie adds the sticky cookie to a backend's response header h.
@@ -87,9 +94,16 @@ func (ex *exchange) addCookie(h http.Header) {
 type exchangeKey struct{}
 
 // connContext gives each client connection the exchange its HTTP/1 requests
-// reuse; it is http.Server.ConnContext.
-func connContext(ctx context.Context, _ net.Conn) context.Context {
-	return context.WithValue(ctx, exchangeKey{}, new(exchange))
+// reuse; it is http.Server.ConnContext. The connection's client is found
+// through its boundConn (drain.go).
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	ex := &exchange{client: &client{conn: c}}
+	if bc := boundOf(c); bc != nil {
+		// Not in its binding's conns yet: connState adds it at
+		// StateNew, after this.
+		bc.client = ex.client
+	}
+	return context.WithValue(ctx, exchangeKey{}, ex)
 }
 
 // exchangeOf returns the exchange in ctx, or nil.
@@ -106,13 +120,20 @@ func connExchange(r *http.Request) *exchange {
 	return exchangeOf(r.Context())
 }
 
-// exchangeFor returns an exchange free for r to use, and r carrying it.
-func exchangeFor(r *http.Request) (*exchange, *http.Request) {
+// exchangeFor returns an exchange free for r to use, and r carrying it. An
+// exchange of the request's own has a client of its own, which the
+// drainer finds in s.detached until done is called.
+func (s *Server) exchangeFor(r *http.Request) (ex *exchange, _ *http.Request, done func()) {
 	if ex := connExchange(r); ex != nil {
-		return ex, r
+		return ex, r, nil
 	}
-	ex := new(exchange)
-	return ex, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+	ctx, cancel := context.WithCancel(r.Context())
+	ex = &exchange{client: &client{cancel: cancel}}
+	s.detached.add(ex.client)
+	return ex, r.WithContext(context.WithValue(ctx, exchangeKey{}, ex)), func() {
+		s.detached.remove(ex.client)
+		cancel()
+	}
 }
 
 // outcome is what the access log tells about a request besides its status.
@@ -173,17 +194,24 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	if pk.Sticky == balancer.StickyRepinned {
 		p.repins.Add(1)
 	}
+	ex, r, done := s.exchangeFor(r)
+	if done != nil {
+		defer done()
+	}
 	if upgrading(r) {
 		// http.Server.Shutdown does not wait for connections a handler
-		// hijacks, as ReverseProxy does for a protocol switch.
-		s.tunnels.add()
-		defer s.tunnels.done()
+		// hijacks, as ReverseProxy does for a protocol switch, and
+		// forgets them.
+		s.tunnels.add(ex.client)
+		defer s.tunnels.remove(ex.client)
 	}
-	ex, r := exchangeFor(r)
 	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
 	b.Begin()
+	ex.client.begin(b)
 	defer func() {
-		ex.backend.Done()
+		finished(ex.backend)
+		ex.client.end()
+		statsOf(ex.backend).ended(ex.long)
 		o.attempts = ex.attempts
 		if ex.backend != b {
 			// A retry moved the request, and with a pinning policy
@@ -195,7 +223,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 				p.repins.Add(1)
 			}
 		}
-		*ex = exchange{access: ex.access}
+		*ex = exchange{access: ex.access, client: ex.client}
 	}()
 	s.proxy.ServeHTTP(w, r)
 }

@@ -458,27 +458,34 @@ func TestExchangeFor(t *testing.T) {
 	if conn == nil {
 		t.Fatal("connContext carries no exchange")
 	}
-	http1 := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(connCtx)
-	if ex, r := exchangeFor(http1); ex != conn || r != http1 {
-		t.Error("an HTTP/1 request does not reuse its connection's exchange")
-	}
-	http2 := http1.Clone(connCtx)
-	http2.ProtoMajor = 2
-	if ex, r := exchangeFor(http2); ex == conn || exchangeOf(r.Context()) != ex {
-		t.Error("an HTTP/2 request shares its connection's exchange")
-	}
-	foreign := httptest.NewRequest(http.MethodGet, "/", nil)
-	if ex, r := exchangeFor(foreign); ex == nil || exchangeOf(r.Context()) != ex {
-		t.Error("a request from another server gets no exchange of its own")
-	}
-
-	// Serve wires connContext, and a request leaves the exchange clear for
-	// the next one on its connection.
 	b := testutil.StartBackend(t, "a")
 	s, err := NewServer(catchAll(poolOf("web", "round-robin", balancer.Options{}, b)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	http1 := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(connCtx)
+	if ex, r, done := s.exchangeFor(http1); ex != conn || r != http1 || done != nil || ex.client == nil {
+		t.Error("an HTTP/1 request does not reuse its connection's exchange and client")
+	}
+	http2 := http1.Clone(connCtx)
+	http2.ProtoMajor = 2
+	foreign := httptest.NewRequest(http.MethodGet, "/", nil)
+	for _, r := range []*http.Request{http2, foreign} {
+		ex, out, done := s.exchangeFor(r)
+		if ex == conn || ex == nil || exchangeOf(out.Context()) != ex || ex.client == nil || ex.client == conn.client {
+			t.Fatalf("HTTP/%d request: no exchange and client of its own", r.ProtoMajor)
+		}
+		if !detached(s, ex.client) {
+			t.Error("a request's own client is not where the drainer looks")
+		}
+		done()
+		if detached(s, ex.client) || out.Context().Err() == nil {
+			t.Error("done left the request's client registered, or its context running")
+		}
+	}
+
+	// Serve wires connContext, and a request leaves the exchange clear for
+	// the next one on its connection, but for its client.
 	served := exchangeOf(s.http.ConnContext(context.Background(), nil))
 	if served == nil {
 		t.Fatal("the server's connections carry no exchange")
@@ -488,7 +495,7 @@ func TestExchangeFor(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Body.String() != "a" {
 		t.Errorf("ServeHTTP = %d %q", rec.Code, rec.Body.String())
 	}
-	if *conn != (exchange{}) {
+	if *conn != (exchange{client: conn.client}) || conn.client.backend.Load() != nil {
 		t.Errorf("exchange after the request = %+v, want it clear", *conn)
 	}
 	if err := s.Shutdown(context.Background()); err != nil {
@@ -508,12 +515,20 @@ func TestExchangeFor(t *testing.T) {
 	if rec.Code != http.StatusOK || logs.FilterMessage("request").Len() != 1 {
 		t.Errorf("logged ServeHTTP = %d with %d access lines", rec.Code, logs.FilterMessage("request").Len())
 	}
-	if *conn != (exchange{}) {
+	if *conn != (exchange{client: conn.client}) {
 		t.Errorf("exchange after a logged request = %+v, want it clear", *conn)
 	}
 	if err := logged.Shutdown(context.Background()); err != nil {
 		t.Error(err)
 	}
+}
+
+// detached reports whether c is in s's set of requests with a client of
+// their own.
+func detached(s *Server, c *client) bool {
+	found := false
+	s.detached.each(func(d *client) { found = found || d == c })
+	return found
 }
 
 func TestAccessLogRecordsCutOffResponse(t *testing.T) {

@@ -162,6 +162,9 @@ type boundConn struct {
 	// idle is set between two requests, when closing the connection
 	// loses nothing.
 	idle atomic.Bool
+	// client is what the drainer knows of the connection (drain.go). Set
+	// by connContext before StateNew, read under the binding's mu.
+	client *client
 
 	// Parking (park.go). fresh is set at StateIdle and cleared by the
 	// idle period's deadline; pending is set by a Read that hands the

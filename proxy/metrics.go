@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
 )
 
 // The request path counts into plain atomics, reached from the picked
@@ -90,6 +92,105 @@ type backendStats struct {
 	wentDown, wentUp atomic.Uint64
 	ejections        atomic.Uint64 // passive ejections
 	check            atomic.Pointer[checkResult]
+
+	// last is the clock() reading when the backend last had no request in
+	// flight left; 0 for never.
+	last atomic.Int64
+	// upgraded and streams count the responses that may last: upgraded
+	// connections (101) and responses of unknown length (chunked, event
+	// streams) still being relayed.
+	upgraded, streams atomic.Int64
+	// cut counts what the drainer closed for outliving drain_timeout.
+	cut atomic.Uint64
+}
+
+// longKind tells whether a response may last, and why.
+type longKind uint8
+
+const (
+	notLong      longKind = iota
+	longUpgraded          // a protocol switch: the connection is relayed
+	longStream            // a body of unknown length
+)
+
+// longOf classifies the response res of a backend to a request of method.
+func longOf(method string, res *http.Response) longKind {
+	switch {
+	case res.StatusCode == http.StatusSwitchingProtocols:
+		return longUpgraded
+	case res.ContentLength < 0 && method != http.MethodHead:
+		return longStream
+	}
+	return notLong
+}
+
+// began records a response that may last.
+func (st *backendStats) began(k longKind) {
+	switch {
+	case st == nil:
+	case k == longUpgraded:
+		st.upgraded.Add(1)
+	case k == longStream:
+		st.streams.Add(1)
+	}
+}
+
+// ended records the end of a request to the backend, whose response was of
+// kind k.
+func (st *backendStats) ended(k longKind) {
+	switch {
+	case st == nil:
+	case k == longUpgraded:
+		st.upgraded.Add(-1)
+	case k == longStream:
+		st.streams.Add(-1)
+	}
+}
+
+// finished ends a request started with b.Begin. The time is read only when it
+// was b's last request in flight: the time b went idle, which is all that
+// how long it has been idle needs.
+func finished(b *balancer.Backend) {
+	if b.Done() == 0 {
+		if st := statsOf(b); st != nil {
+			st.last.Store(int64(clock()))
+		}
+	}
+}
+
+// idle returns how long the backend has had no request, as of the clock
+// reading now, and false if it has had none since it was configured. It is
+// only meaningful with no request in flight.
+func (st *backendStats) idle(now time.Duration) (time.Duration, bool) {
+	if st == nil {
+		return 0, false
+	}
+	last := st.last.Load()
+	if last == 0 {
+		return 0, false
+	}
+	return max(now-time.Duration(last), 0), true
+}
+
+func (st *backendStats) openUpgraded() int64 {
+	if st == nil {
+		return 0
+	}
+	return st.upgraded.Load()
+}
+
+func (st *backendStats) openStreams() int64 {
+	if st == nil {
+		return 0
+	}
+	return st.streams.Load()
+}
+
+// drainClosed records n requests closed for outliving drain_timeout.
+func (st *backendStats) drainClosed(n int) {
+	if st != nil {
+		st.cut.Add(uint64(n))
+	}
 }
 
 // checkResult is the outcome of a backend's latest active check.
@@ -231,6 +332,20 @@ var (
 		"Sessions dropped from the learn balancer's table to stay within max_entries.", []string{"pool"}, nil)
 	descLearnStoreErrors = prometheus.NewDesc("affinity_learn_store_errors_total",
 		"Failed reads and writes of the learn balancer's shared (Redis) table.", []string{"pool"}, nil)
+	descState = prometheus.NewDesc("affinity_backend_state",
+		"1 for the backend's administrative state (ready, drain, maint, or removed while a removed backend still serves), 0 for the others.",
+		[]string{"pool", "backend", "state"}, nil)
+	descUpgraded = prometheus.NewDesc("affinity_backend_upgraded",
+		"Upgraded connections (WebSocket) open to the backend.", []string{"pool", "backend"}, nil)
+	descStreams = prometheus.NewDesc("affinity_backend_streams",
+		"Responses of unknown length (chunked, event streams) being relayed from the backend.", []string{"pool", "backend"}, nil)
+	descLastRequest = prometheus.NewDesc("affinity_backend_last_request_timestamp_seconds",
+		"When the latest request to the backend ended, as a Unix time; absent before the first.", []string{"pool", "backend"}, nil)
+	descDrainClosed = prometheus.NewDesc("affinity_drain_closed_total",
+		"Requests and connections closed because they outlived drain_timeout on a backend that was not ready.",
+		[]string{"pool", "backend"}, nil)
+	descLearnSessions = prometheus.NewDesc("affinity_learn_sessions",
+		"Live sessions the learn balancer's table pins to the backend.", []string{"pool", "backend"}, nil)
 	descClientConns = prometheus.NewDesc("affinity_client_connections",
 		"Open client connections of the listeners accepting now: served (active, or idle under a second) or parked (idle, held without a goroutine).",
 		[]string{"state"}, nil)
@@ -249,7 +364,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
 		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
-		descLearnEntries, descLearnEvictions, descLearnStoreErrors,
+		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnSessions,
+		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 	} {
 		ch <- d
 	}
@@ -267,6 +383,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	served, parked := s.clientConns()
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(served), "served")
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(parked), "parked")
+	wall, mono := time.Now(), clock()
+	type poolBackend struct{ pool, backend string }
+	seen := map[poolBackend]bool{}
 	for _, p := range s.state.Load().pools {
 		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
 		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)
@@ -275,18 +394,43 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			emit(ch, descLearnEntries, prometheus.GaugeValue, float64(t.Len()), p.name)
 			emit(ch, descLearnEvictions, prometheus.CounterValue, float64(t.Evictions()), p.name)
 			emit(ch, descLearnStoreErrors, prometheus.CounterValue, float64(t.StoreErrors()), p.name)
+			for id, n := range t.Sessions() {
+				emit(ch, descLearnSessions, prometheus.GaugeValue, float64(n), p.name, id)
+			}
 		}
 		for _, m := range p.view() {
-			collectBackend(ch, p.name, m)
+			seen[poolBackend{p.name, m.backend.ID}] = true
+			collectBackend(ch, p.name, m, wall, mono)
+		}
+	}
+	// A removed backend still serving, unless a backend of the same name
+	// has taken its place, whose labels it would repeat.
+	for _, r := range s.leaving.current() {
+		if !seen[poolBackend{r.pool, r.backend.ID}] {
+			collectBackend(ch, r.pool, removedView(r), wall, mono)
 		}
 	}
 }
 
-func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView) {
+// adminStates are the label values of affinity_backend_state.
+var adminStates = [...]string{string(config.StateReady), string(config.StateDrain), string(config.StateMaint), stateRemoved}
+
+// collectBackend sends the metrics of one backend; wall and mono are the
+// same moment by the wall clock and by clock().
+func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView, wall time.Time, mono time.Duration) {
 	id, st := m.backend.ID, m.stats
 	if st == nil {
 		return
 	}
+	for _, state := range adminStates {
+		emit(ch, descState, prometheus.GaugeValue, flag(m.stateName() == state), pool, id, state)
+	}
+	emit(ch, descUpgraded, prometheus.GaugeValue, float64(st.openUpgraded()), pool, id)
+	emit(ch, descStreams, prometheus.GaugeValue, float64(st.openStreams()), pool, id)
+	if d, ok := st.idle(mono); ok {
+		emit(ch, descLastRequest, prometheus.GaugeValue, float64(wall.Add(-d).UnixMilli())/1e3, pool, id)
+	}
+	emit(ch, descDrainClosed, prometheus.CounterValue, float64(st.cut.Load()), pool, id)
 	for i, class := range statusClasses {
 		emit(ch, descRequests, prometheus.CounterValue, float64(st.responses[i].Load()), pool, id, class)
 	}

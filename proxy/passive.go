@@ -109,7 +109,7 @@ func (p *pool) eject(b *balancer.Backend, fails int32) {
 	}
 	others := 0
 	for j := range p.members {
-		if o := &p.members[j]; j != i && o.healthy && !o.ejected {
+		if o := &p.members[j]; j != i && o.takesNew() {
 			others++
 		}
 	}

@@ -73,8 +73,9 @@ type pool struct {
 type snapshot struct {
 	picker balancer.Picker
 	// available is the Set.Available the picker was built from, in which
-	// a retry looks for another backend.
+	// a retry looks for another backend; draining is its Set.Draining.
 	available []*balancer.Backend
+	draining  []*balancer.Backend
 	// pinner is the picker as a balancer.Pinner, nil when it pins no
 	// client; asserted here once rather than on every retry.
 	pinner balancer.Pinner
@@ -83,10 +84,12 @@ type snapshot struct {
 	learner balancer.Learner
 }
 
-// member is the pool's view of one backend's health. A backend is available
-// when the active checks find it healthy and passive health has not ejected
-// it.
+// member is the pool's view of one backend's health and state. A backend is
+// available when the active checks find it healthy, passive health has not
+// ejected it, and its state is ready; it drains when it would be available
+// but its state is drain.
 type member struct {
+	adminState
 	healthy bool // active checks' verdict; true until they say otherwise
 	ejected bool
 	// ejections counts the ejections since the backend last answered well
@@ -97,6 +100,16 @@ type member struct {
 	spared bool
 	timer  *time.Timer // readmits an ejected backend; nil otherwise
 	until  time.Time   // when timer fires, for a reload to carry it over
+}
+
+// takesNew reports whether the backend may receive new clients.
+func (m *member) takesNew() bool {
+	return m.healthy && !m.ejected && m.state == config.StateReady
+}
+
+// drains reports whether the backend takes its pinned clients only.
+func (m *member) drains() bool {
+	return m.healthy && !m.ejected && m.state == config.StateDrain
 }
 
 // newPool creates the backends of pc and a first snapshot with all of them
@@ -155,6 +168,7 @@ func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 		}
 		p.backends = append(p.backends, b)
 		p.members[i].healthy = true
+		p.members[i].adminState = newAdminState(cb.State)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -260,13 +274,17 @@ func (p *pool) setHealthy(id string, up bool, why ...zap.Field) error {
 	return nil
 }
 
-// rebuildLocked builds and publishes a snapshot over the available
-// backends, returning how many those are.
+// rebuildLocked builds and publishes a snapshot over the available and
+// draining backends, returning how many are available.
 func (p *pool) rebuildLocked() int {
 	avail := make([]*balancer.Backend, 0, len(p.backends))
+	var draining []*balancer.Backend
 	for i, b := range p.backends {
-		if m := &p.members[i]; m.healthy && !m.ejected {
+		switch m := &p.members[i]; {
+		case m.takesNew():
 			avail = append(avail, b)
+		case m.drains():
+			draining = append(draining, b)
 		}
 	}
 	if len(avail) == 0 {
@@ -274,7 +292,7 @@ func (p *pool) rebuildLocked() int {
 		// take out every backend left, the healthy ones that are ejected
 		// serve rather than the pool answering 503 to everyone.
 		for i, b := range p.backends {
-			if p.members[i].healthy {
+			if m := &p.members[i]; m.healthy && m.state == config.StateReady {
 				avail = append(avail, b)
 			}
 		}
@@ -283,8 +301,8 @@ func (p *pool) rebuildLocked() int {
 				zap.String("pool", p.name), zap.Int("available", len(avail)))
 		}
 	}
-	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Group: p.group})
-	s := &snapshot{picker: pk, available: avail}
+	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Draining: draining, Group: p.group})
+	s := &snapshot{picker: pk, available: avail, draining: draining}
 	s.pinner, _ = pk.(balancer.Pinner)
 	s.learner, _ = pk.(balancer.Learner)
 	p.snap.Store(s)

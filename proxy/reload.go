@@ -209,13 +209,15 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 	for _, np := range next.pools {
 		op := old.pool(np.name)
 		np.takeOver(op)
-		for _, b := range np.backends {
+		for i, b := range np.backends {
 			if op == nil || op.index(b) < 0 {
 				s.log.Info("backend added", zap.String("pool", np.name), zap.String("backend", b.ID),
-					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight))
+					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight),
+					zap.String("state", string(np.members[i].state)))
 			}
 		}
 	}
+	now := time.Now()
 	for _, op := range old.pools {
 		np := next.pool(op.name)
 		for _, b := range op.backends {
@@ -223,6 +225,9 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 				removed++
 				s.log.Info("backend removed", zap.String("pool", op.name), zap.String("backend", b.ID),
 					zap.Int64("in_flight", b.InFlight()))
+				// Shown as removed until its requests end; drain_timeout
+				// bounds them from now.
+				s.leaving.add(removedBackend{pool: op.name, backend: b, since: now})
 			}
 		}
 	}
@@ -252,6 +257,7 @@ func (p *pool) takeOver(prev *pool) {
 			continue
 		}
 		ob, om, m := prev.backends[j], &prev.members[j], &p.members[i]
+		p.takeOverState(b.ID, &m.adminState, om.adminState)
 		if p.health != nil && prev.health != nil {
 			m.healthy = om.healthy
 		}

@@ -86,7 +86,11 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		start := clock()
 		res, err := next.RoundTrip(out)
 		if err == nil {
-			statsOf(b).answered(res.StatusCode, clock()-start)
+			st := statsOf(b)
+			st.answered(res.StatusCode, clock()-start)
+			if ex.long = longOf(out.Method, res); ex.long != notLong {
+				st.began(ex.long)
+			}
 			p.answered(b, res.StatusCode)
 			if l := p.snap.Load().learner; l != nil {
 				// Before the proxy's own cookie is added: it is
@@ -119,8 +123,9 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			ce.Write(zap.String("pool", p.name), zap.String("backend", b.ID), zap.String("next", nb.ID),
 				zap.Int("attempt", n+2), zap.String("method", out.Method), zap.Error(err))
 		}
-		b.Done()
+		finished(b)
 		nb.Begin()
+		ex.client.moved(nb)
 		ex.backend, ex.setCookie = nb, setCookie
 		out = retarget(out, &ex.url, nb, body)
 	}

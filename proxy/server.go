@@ -59,10 +59,17 @@ type Server struct {
 	tls *tls.Config
 	// cancel cancels the context every request derives from, aborting
 	// whatever Shutdown could not wait for.
-	cancel  context.CancelFunc
-	tunnels tracker
-	stats   serverStats
-	admin   *admin // the admin listener's server (admin.go)
+	cancel context.CancelFunc
+	// tunnels holds the clients of protocol-switching requests, which
+	// Shutdown waits for; detached the requests with a client of their
+	// own (drain.go).
+	tunnels, detached clientSet
+	// leaving lists the backends reloads removed that still serve.
+	leaving leaving
+	// stopDrainer stops the drainer that Serve starts; nil until then.
+	stopDrainer func()
+	stats       serverStats
+	admin       *admin // the admin listener's server (admin.go)
 
 	// reloadMu serialises Reload with the start of the checks by Serve
 	// and with Shutdown, and guards started and closed.
@@ -265,6 +272,9 @@ func (s *Server) serveBound(b *binding) error {
 		s.logState(st)
 		s.started = true
 		st.start()
+		if s.stopDrainer == nil {
+			s.stopDrainer = s.startDrainer()
+		}
 	}
 	s.reloadMu.Unlock()
 	s.serveBinding(b)
@@ -307,55 +317,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// are returning.
 	s.serving.Wait()
 	s.cancel()
+	s.reloadMu.Lock()
+	if s.stopDrainer != nil {
+		s.stopDrainer()
+	}
+	s.reloadMu.Unlock()
 	s.state.Load().stop()
 	s.transport.CloseIdleConnections()
 	// The admin server goes last, so that /readyz tells the proxy is
 	// draining until it is done.
 	s.admin.shutdown(ctx)
 	return err
-}
-
-// tracker counts requests that http.Server does not wait for on shutdown,
-// so that Shutdown can. Only protocol-switching requests use it, so its
-// mutex is never on the common path.
-type tracker struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0; nil until someone waits
-}
-
-func (t *tracker) add() {
-	t.mu.Lock()
-	t.n++
-	t.mu.Unlock()
-}
-
-func (t *tracker) done() {
-	t.mu.Lock()
-	t.n--
-	if t.n == 0 && t.idle != nil {
-		close(t.idle)
-		t.idle = nil
-	}
-	t.mu.Unlock()
-}
-
-// wait returns when no request is counted, or with ctx's error.
-func (t *tracker) wait(ctx context.Context) error {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
-		return nil
-	}
-	if t.idle == nil {
-		t.idle = make(chan struct{})
-	}
-	idle := t.idle
-	t.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -366,27 +366,38 @@ func TestShutdownWaitsForTunnel(t *testing.T) {
 	_ = conn2.Close()
 }
 
-func TestTrackerWait(t *testing.T) {
-	var tr tracker
-	if err := tr.wait(context.Background()); err != nil {
-		t.Fatalf("wait with nothing counted = %v", err)
+func TestClientSetWait(t *testing.T) {
+	var set clientSet
+	if err := set.wait(context.Background()); err != nil {
+		t.Fatalf("wait with nothing held = %v", err)
 	}
-	tr.add()
-	tr.add()
+	a, b := new(client), new(client)
+	set.add(a)
+	set.add(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := tr.wait(ctx); !errors.Is(err, context.Canceled) {
-		t.Fatalf("wait with 2 counted and no time = %v", err)
+	if err := set.wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait with 2 held and no time = %v", err)
 	}
 	waited := make(chan error, 1)
-	go func() { waited <- tr.wait(context.Background()) }()
-	tr.done()
+	go func() { waited <- set.wait(context.Background()) }()
+	set.remove(a)
 	select {
 	case err := <-waited:
-		t.Fatalf("wait returned %v with 1 still counted", err)
+		t.Fatalf("wait returned %v with 1 still held", err)
 	default:
 	}
-	tr.done()
+	n := 0
+	set.each(func(c *client) {
+		if c != b {
+			t.Errorf("each gave %p, want only %p", c, b)
+		}
+		n++
+	})
+	if n != 1 {
+		t.Errorf("each gave %d clients, want 1", n)
+	}
+	set.remove(b)
 	if err := <-waited; err != nil {
 		t.Errorf("wait = %v", err)
 	}

@@ -12,45 +12,78 @@ import (
 	"github.com/affinityproxy/affinity/balancer"
 )
 
-// backendView is a backend as the status page and the metrics show it. Its
-// states are read together under the pool's lock, so that they agree.
+// backendView is a backend as the status page, the admin API and the
+// metrics show it. Its states are read together under the pool's lock, so
+// that they agree.
 type backendView struct {
 	backend   *balancer.Backend
 	stats     *backendStats
 	healthy   bool // the active checks pass, or there are none
 	ejected   bool // passive health took it out
-	available bool // in the picker's Set: it receives new requests
+	available bool // in the picker's Set.Available: it takes new clients
+	adminState
+	// removed is set for a backend a reload took out of its pool, still
+	// serving requests.
+	removed bool
 }
 
 // view returns every backend of p, in config order, with its state.
 func (p *pool) view() []backendView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	// The snapshot is published under mu, so it matches the members.
-	avail := p.snap.Load().available
 	out := make([]backendView, len(p.backends))
-	for i, b := range p.backends {
-		out[i] = backendView{
-			backend:   b,
-			stats:     statsOf(b),
-			healthy:   p.members[i].healthy,
-			ejected:   p.members[i].ejected,
-			available: slices.Contains(avail, b),
-		}
+	for i := range p.backends {
+		out[i] = p.viewLocked(i)
 	}
 	return out
 }
 
-// state names v's health in one word: down (the active checks fail), ejected
-// (passive health took it out) or up.
-func (v backendView) state() string {
+// viewLocked returns backend i's view; p.mu must be held.
+func (p *pool) viewLocked(i int) backendView {
+	// The snapshot is published under mu, so it matches the members.
+	b, m := p.backends[i], &p.members[i]
+	return backendView{
+		backend:    b,
+		stats:      statsOf(b),
+		healthy:    m.healthy,
+		ejected:    m.ejected,
+		available:  slices.Contains(p.snap.Load().available, b),
+		adminState: m.adminState,
+	}
+}
+
+// removedView is the view of a backend a reload removed.
+func removedView(r removedBackend) backendView {
+	return backendView{
+		backend:    r.backend,
+		stats:      statsOf(r.backend),
+		adminState: adminState{since: r.since},
+		removed:    true,
+	}
+}
+
+// health names v's health in one word: down (the active checks fail),
+// ejected (passive health took it out) or up; unchecked for a removed
+// backend, whose checks stopped.
+func (v backendView) health() string {
 	switch {
+	case v.removed:
+		return "unchecked"
 	case !v.healthy:
 		return "down"
 	case v.ejected:
 		return "ejected"
 	}
 	return "up"
+}
+
+// stateName names v's administrative state: ready, drain, maint, or
+// removed.
+func (v backendView) stateName() string {
+	if v.removed {
+		return stateRemoved
+	}
+	return string(v.state)
 }
 
 const (
@@ -180,29 +213,50 @@ type configStatus struct {
 
 type poolStatus struct {
 	Name      string          `json:"name"`
-	Balancer  string          `json:"balancer"`
-	Available int             `json:"available"` // backends receiving new requests
+	Balancer  string          `json:"balancer"`  // empty for a pool a reload removed
+	Available int             `json:"available"` // backends taking new clients
 	Retries   uint64          `json:"retries"`
 	Repins    uint64          `json:"repins"`
 	Refused   uint64          `json:"refused"`     // requests answered 503
 	Minute    uint64          `json:"last_minute"` // requests over the pool's backends
 	Backends  []backendStatus `json:"backends"`
+	// Removed holds the backends a reload removed from the pool that
+	// still serve requests, upgraded connections or streams.
+	Removed []backendStatus `json:"removed,omitempty"`
 }
 
 type backendStatus struct {
-	Name      string       `json:"name"`
-	URL       string       `json:"url"`
-	State     string       `json:"state"` // up, down or ejected
-	Available bool         `json:"available"`
-	Weight    int          `json:"weight"`
-	InFlight  int64        `json:"in_flight"`
-	Requests  uint64       `json:"requests"` // since the backend was configured
-	Rate      float64      `json:"rate"`     // requests per second, last 10 s
-	Minute    uint64       `json:"last_minute"`
-	Share     float64      `json:"share"` // of the pool's requests in the last minute, 0..1
-	PerSecond []uint64     `json:"per_second"`
-	Ejections uint64       `json:"ejections"`
-	Check     *checkResult `json:"check,omitempty"` // nil: no check yet
+	Name string `json:"name"`
+	URL  string `json:"url"`
+	// State is the administrative state: ready, drain, maint, or removed
+	// for a backend a reload removed that still serves.
+	State string `json:"state"`
+	// StateSource is config, or api for a state set at run time.
+	StateSource string    `json:"state_source"`
+	StateSince  time.Time `json:"state_since"`
+	Health      string    `json:"health"`    // up, down or ejected
+	Available   bool      `json:"available"` // takes new clients
+	Weight      int       `json:"weight"`
+	InFlight    int64     `json:"in_flight"`
+	// Upgraded and Streams count the requests in flight that may last:
+	// upgraded connections, and responses of unknown length.
+	Upgraded int64 `json:"upgraded"`
+	Streams  int64 `json:"streams"`
+	// IdleSeconds is how long the backend has had no request in flight;
+	// 0 while it has one, absent when it has had none since it was
+	// configured.
+	IdleSeconds *float64 `json:"idle_seconds,omitempty"`
+	// Sessions counts the sessions pinned to the backend, where the
+	// balancer knows them (learn).
+	Sessions    *int         `json:"sessions,omitempty"`
+	DrainClosed uint64       `json:"drain_closed"` // closed for outliving drain_timeout
+	Requests    uint64       `json:"requests"`     // since the backend was configured
+	Rate        float64      `json:"rate"`         // requests per second, last 10 s
+	Minute      uint64       `json:"last_minute"`
+	Share       float64      `json:"share"` // of the pool's requests in the last minute, 0..1
+	PerSecond   []uint64     `json:"per_second"`
+	Ejections   uint64       `json:"ejections"`
+	Check       *checkResult `json:"check,omitempty"` // nil: no check yet
 }
 
 // status describes the server as it is at now.
@@ -217,11 +271,22 @@ func (a *admin) status(now time.Time) statusDoc {
 			ReloadsFailed: rs.Failed,
 			Unrouted:      s.stats.unrouted.Load(),
 		},
+		Pools: a.pools(),
 	}
 	doc.Connections.Served, doc.Connections.Parked = s.clientConns()
 	doc.NotReady = a.unready()
 	doc.Ready = len(doc.NotReady) == 0
-	for _, p := range s.state.Load().pools {
+	return doc
+}
+
+// pools describes every pool in service, and the removed backends still
+// serving: under their pool, or under a pool of their own, with no
+// balancer and no backends, when a reload removed the whole pool.
+func (a *admin) pools() []poolStatus {
+	now := clock()
+	var out []poolStatus
+	gone := a.s.leaving.current()
+	for _, p := range a.s.state.Load().pools {
 		ps := poolStatus{
 			Name:     p.name,
 			Balancer: p.kind,
@@ -229,38 +294,83 @@ func (a *admin) status(now time.Time) statusDoc {
 			Repins:   p.repins.Load(),
 			Refused:  p.refusals.Load(),
 		}
+		sessions := p.sessions()
 		for _, v := range p.view() {
-			sp := a.sampler.spreadOf(v.stats)
-			bs := backendStatus{
-				Name:      v.backend.ID,
-				URL:       v.backend.URL.Redacted(),
-				State:     v.state(),
-				Available: v.available,
-				Weight:    v.backend.Weight,
-				InFlight:  v.backend.InFlight(),
-				Requests:  v.stats.requests(),
-				Rate:      sp.rate,
-				Minute:    sp.lastMinute,
-				PerSecond: sp.perSecond,
-			}
-			if v.stats != nil {
-				bs.Ejections = v.stats.ejections.Load()
-				bs.Check = v.stats.check.Load()
-			}
-			if v.available {
+			ps.Backends = append(ps.Backends, a.backendStatus(v, now, sessions))
+		}
+		out = append(out, ps)
+	}
+	for _, r := range gone {
+		i := slices.IndexFunc(out, func(ps poolStatus) bool { return ps.Name == r.pool })
+		if i < 0 {
+			out = append(out, poolStatus{Name: r.pool})
+			i = len(out) - 1
+		}
+		out[i].Removed = append(out[i].Removed, a.backendStatus(removedView(r), now, nil))
+	}
+	for i := range out {
+		ps := &out[i]
+		for _, bs := range ps.Backends {
+			ps.Minute += bs.Minute
+			if bs.Available {
 				ps.Available++
 			}
-			ps.Minute += sp.lastMinute
-			ps.Backends = append(ps.Backends, bs)
 		}
-		for i := range ps.Backends {
+		for j := range ps.Backends {
 			if ps.Minute > 0 {
-				ps.Backends[i].Share = float64(ps.Backends[i].Minute) / float64(ps.Minute)
+				ps.Backends[j].Share = float64(ps.Backends[j].Minute) / float64(ps.Minute)
 			}
 		}
-		doc.Pools = append(doc.Pools, ps)
 	}
-	return doc
+	return out
+}
+
+// sessions returns the sessions p's balancer pins to each backend, or nil
+// when it does not know them.
+func (p *pool) sessions() map[string]int {
+	if t, ok := p.policy.(balancer.StickTable); ok {
+		return t.Sessions()
+	}
+	return nil
+}
+
+// backendStatus describes v as of the clock reading now; sessions, when
+// not nil, are the sessions pinned to each backend of v's pool.
+func (a *admin) backendStatus(v backendView, now time.Duration, sessions map[string]int) backendStatus {
+	sp := a.sampler.spreadOf(v.stats)
+	bs := backendStatus{
+		Name:        v.backend.ID,
+		URL:         v.backend.URL.Redacted(),
+		State:       v.stateName(),
+		StateSource: v.source(),
+		StateSince:  v.since,
+		Health:      v.health(),
+		Available:   v.available,
+		Weight:      v.backend.Weight,
+		InFlight:    v.backend.InFlight(),
+		Upgraded:    v.stats.openUpgraded(),
+		Streams:     v.stats.openStreams(),
+		Requests:    v.stats.requests(),
+		Rate:        sp.rate,
+		Minute:      sp.lastMinute,
+		PerSecond:   sp.perSecond,
+	}
+	if bs.InFlight > 0 {
+		bs.IdleSeconds = new(float64)
+	} else if d, ok := v.stats.idle(now); ok {
+		sec := d.Seconds()
+		bs.IdleSeconds = &sec
+	}
+	if sessions != nil {
+		n := sessions[v.backend.ID]
+		bs.Sessions = &n
+	}
+	if v.stats != nil {
+		bs.Ejections = v.stats.ejections.Load()
+		bs.Check = v.stats.check.Load()
+		bs.DrainClosed = v.stats.cut.Load()
+	}
+	return bs
 }
 
 // refreshSeconds is how often the status page reloads itself.
@@ -283,5 +393,12 @@ var statusPage = template.Must(template.New("status.html").Funcs(template.FuncMa
 	"ago": func(now, t time.Time) string {
 		return now.Sub(t).Round(time.Second).String() + " ago"
 	},
+	"since": func(now, t time.Time) string {
+		return "for " + now.Sub(t).Round(time.Second).String()
+	},
+	"seconds": func(f *float64) string {
+		return (time.Duration(*f * float64(time.Second))).Round(time.Second).String()
+	},
 	"refresh": func() int { return refreshSeconds },
+	"concat":  func(a, b []backendStatus) []backendStatus { return append(a[:len(a):len(a)], b...) },
 }).ParseFS(statusFiles, "status.html"))

@@ -124,7 +124,7 @@ func demoStatus(t *testing.T) (admin string, names []string) {
 	s, proxyURL, admin := startWithAdmin(t, cfg, nil)
 	st := s.state.Load()
 	testutil.Eventually(t, waitFor, "web-3 to fail its checks", func() bool {
-		return st.pools[0].view()[2].state() == "down"
+		return st.pools[0].view()[2].health() == "down"
 	})
 	c := testutil.Client(t)
 	st.pools[1].eject(st.pools[1].backends[1], 3)
