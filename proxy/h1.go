@@ -43,13 +43,26 @@ import (
 // capped as maxIdleConns and maxIdleConnsPerHost, and cancellation when the
 // client leaves.
 //
-// One difference is inherent: http.Transport reads from every idle
-// connection, and so drops one the backend closed as soon as it does; this
-// client learns it when the next request on it fails before any response
-// byte. The request is then sent again on a new connection, as
-// http.Transport does for a request that can be repeated, and the host's
-// other idle connections, idle since before the one that failed, are closed
-// with it rather than tried one by one.
+// So is the transport's guarantee about what a connection delivers: a
+// response is read only for the request it answers. http.Transport reads
+// every idle connection and drops one on which anything arrives (stray
+// bytes after a response, a second response, the backend's close). This
+// client reads a connection only while a request is out, so it checks
+// instead, at the two points where the next request could take bytes that
+// are not its answer: when a response ends, a connection with bytes
+// buffered past it is closed; when an idle connection is taken for a
+// request, it is first asked without blocking whether anything arrived
+// while it was idle (quiet), and closed if so. Both leave the one window
+// the transport has too: bytes a backend sends between that check and the
+// request's arrival, which no client can tell from an answer. Tests with
+// a backend on raw sockets (h1_test.go, conns_test.go) and a fuzz target
+// driving this client and http.Transport over the same stream of responses
+// and stray bytes (FuzzStream) hold the two to the same deliveries.
+//
+// A request is sent once. When a reused connection fails, the error goes
+// back to the retrier, whose rule alone decides whether the request goes
+// again and where (retry.go); a connection that quiet finds closed is
+// dropped before anything is written, which is no send at all.
 type h1Client struct {
 	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
 	headerTimeout time.Duration // timeouts.response_header; 0: none
@@ -82,6 +95,9 @@ func newH1Client(dial func(ctx context.Context, network, addr string) (net.Conn,
 // handles reports whether the client sends r; http.Transport sends any
 // other request.
 func (c *h1Client) handles(r *http.Request) bool {
+	if !canPeek {
+		return false
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 	default:
@@ -107,8 +123,8 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	addr   string
 	abort  func()        // closes nc; made once, for context.AfterFunc
-	reused bool          // served a request before
 	idleAt time.Duration // clock() when it went idle
+	peek   idlePeek      // what quiet asks the socket with
 }
 
 // h1Reader reads a connection, limiting what response headers may take
@@ -155,41 +171,28 @@ func (c *h1Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	addr := hostPort(r.URL.Host)
-	fresh := false
-	for {
-		hc, err := c.get(ctx, addr, fresh)
-		if err != nil {
-			return nil, err
-		}
-		res, stale, err := c.exchange(ctx, hc, r)
-		if !stale {
-			return res, err
-		}
-		// The backend closed the connection while it was idle: it may
-		// have closed the others idle since before too.
-		c.closeIdle(addr)
-		fresh = true
+	hc, err := c.get(ctx, hostPort(r.URL.Host))
+	if err != nil {
+		return nil, err
 	}
+	return c.exchange(ctx, hc, r)
 }
 
-// exchange sends r on hc and reads the response headers. stale reports a
-// reused connection that failed before any byte of a response, which the
-// caller may try again on a new one: r can be repeated.
-func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (res *http.Response, stale bool, err error) {
+// exchange sends r on hc and reads the response headers.
+func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (res *http.Response, err error) {
 	// The client leaving closes the connection, which ends whatever
 	// read or write is under way; the connection is not used again.
 	stop := context.AfterFunc(ctx, hc.abort)
-	fail := func(err error, canRetry bool) (*http.Response, bool, error) {
+	fail := func(err error) (*http.Response, error) {
 		stop()
 		_ = hc.nc.Close()
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, false, cerr
+			return nil, cerr
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, false, headerTimeoutError{}
+			return nil, headerTimeoutError{}
 		}
-		return nil, canRetry && hc.reused, err
+		return nil, err
 	}
 	trace := httptrace.ContextClientTrace(ctx)
 	if !writeHead(hc.bw, r, trace) {
@@ -199,14 +202,16 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 		err = hc.bw.Flush()
 	}
 	if err != nil {
-		return fail(fmt.Errorf("writing the request: %w", err), true)
+		return fail(fmt.Errorf("writing the request: %w", err))
 	}
 	if c.headerTimeout > 0 {
 		_ = hc.nc.SetReadDeadline(time.Now().Add(c.headerTimeout))
 	}
 	hc.r.limit = c.maxHeader
+	// The first read fills the buffer, where parseResponse finds the
+	// common head whole.
 	if _, err := hc.br.Peek(1); err != nil {
-		return fail(fmt.Errorf("reading the response: %w", err), true)
+		return fail(fmt.Errorf("reading the response: %w", err))
 	}
 	var wrap *h1Body
 	for {
@@ -214,7 +219,7 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 			if hc.r.limit <= 0 {
 				err = errHeaderTooLarge
 			}
-			return fail(fmt.Errorf("reading the response: %w", err), false)
+			return fail(fmt.Errorf("reading the response: %w", err))
 		}
 		// 1xx responses before the final one are relayed through the
 		// trace (ReverseProxy's), then the next is read; 101 is final.
@@ -224,7 +229,7 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {
-				return fail(err, false)
+				return fail(err)
 			}
 			hc.r.limit = c.maxHeader
 		}
@@ -237,14 +242,14 @@ func (c *h1Client) exchange(ctx context.Context, hc *h1Conn, r *http.Request) (r
 	if r.Method == http.MethodHead || res.ContentLength == 0 {
 		watched := stop()
 		c.release(hc, keep && watched)
-		return res, false, nil
+		return res, nil
 	}
 	if wrap == nil {
 		wrap = new(h1Body)
 	}
 	*wrap = h1Body{body: res.Body, ctx: ctx, c: c, hc: hc, stop: stop, keep: keep}
 	res.Body = wrap
-	return res, false, nil
+	return res, nil
 }
 
 // h1Body is a response body that gives its connection back once read to
@@ -298,30 +303,36 @@ func (b *h1Body) Close() error {
 	return nil
 }
 
-// get returns an idle connection to addr, or a new one when there is none
-// or fresh is set.
-func (c *h1Client) get(ctx context.Context, addr string, fresh bool) (*h1Conn, error) {
-	if !fresh {
-		now := clock()
+// get returns an idle connection to addr that nothing arrived on while it
+// was idle, or a new one.
+func (c *h1Client) get(ctx context.Context, addr string) (*h1Conn, error) {
+	now := clock()
+	for {
 		c.mu.Lock()
-		if conns := c.idle[addr]; len(conns) > 0 {
-			hc := conns[len(conns)-1]
-			conns[len(conns)-1] = nil
-			c.idle[addr] = conns[:len(conns)-1]
-			c.nidle--
+		conns := c.idle[addr]
+		if len(conns) == 0 {
 			c.mu.Unlock()
-			if c.idleTimeout > 0 && now-hc.idleAt > c.idleTimeout {
-				// The sweep has not come yet; every other idle
-				// connection to addr is older still.
-				_ = hc.nc.Close()
-				c.closeIdle(addr)
-			} else {
-				hc.reused = true
-				return hc, nil
-			}
-		} else {
-			c.mu.Unlock()
+			break
 		}
+		hc := conns[len(conns)-1]
+		conns[len(conns)-1] = nil
+		c.idle[addr] = conns[:len(conns)-1]
+		c.nidle--
+		c.mu.Unlock()
+		if c.idleTimeout > 0 && now-hc.idleAt > c.idleTimeout {
+			// The sweep has not come yet; every other idle
+			// connection to addr is older still.
+			_ = hc.nc.Close()
+			c.closeIdle(addr)
+			break
+		}
+		if hc.peek.quiet() {
+			return hc, nil
+		}
+		// Bytes no request asked for, or the backend's close: the
+		// connection is dropped, as http.Transport drops it, and the
+		// next one tried.
+		_ = hc.nc.Close()
 	}
 	nc, err := c.dial(ctx, "tcp", addr)
 	if err != nil {
@@ -331,6 +342,7 @@ func (c *h1Client) get(ctx context.Context, addr string, fresh bool) (*h1Conn, e
 	hc.br = bufio.NewReaderSize(&hc.r, 4<<10)
 	hc.bw = bufio.NewWriterSize(nc, 4<<10)
 	hc.abort = func() { _ = nc.Close() }
+	hc.peek.init(nc)
 	return hc, nil
 }
 

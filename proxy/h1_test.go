@@ -279,9 +279,11 @@ func TestH1BodyLeftUnread(t *testing.T) {
 	}
 }
 
-// TestH1StaleConnection: a request sent on an idle connection the backend
-// has closed meanwhile goes again on a new one; a new connection that
-// fails is not tried again.
+// TestH1StaleConnection: an idle connection the backend has closed is
+// dropped before anything is written on it, and the request goes on a new
+// one; a connection that fails once the request was written is not tried
+// again, new or reused: the request was sent once, and the retrier decides
+// what follows.
 func TestH1StaleConnection(t *testing.T) {
 	t.Run("idle connection closed by the backend", func(t *testing.T) {
 		// Each connection answers once, as if keep-alive, then closes.
@@ -295,6 +297,31 @@ func TestH1StaleConnection(t *testing.T) {
 		}
 		if n := rb.accepted.Load(); n != 2 {
 			t.Errorf("%d connections, want 2", n)
+		}
+	})
+	t.Run("reused connection closed after the request", func(t *testing.T) {
+		var seen atomic.Int32
+		rb := startRaw(t, func(c net.Conn, br *bufio.Reader) {
+			for i := 0; ; i++ {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				seen.Add(1)
+				if i > 0 {
+					return // read, then closed unanswered
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		})
+		c := newTestH1(time.Second, 0)
+		defer c.CloseIdleConnections()
+		h1Get(t, c, http.MethodGet, rb.url())
+		req, _ := http.NewRequest(http.MethodGet, rb.url(), nil)
+		if _, err := c.RoundTrip(req); err == nil {
+			t.Fatal("no error from a connection closed before the response")
+		}
+		if n, conns := seen.Load(), rb.accepted.Load(); n != 2 || conns != 1 {
+			t.Errorf("backend saw %d requests on %d connections, want 2 on 1: the second sent once", n, conns)
 		}
 	})
 	t.Run("new connection closed", func(t *testing.T) {
@@ -546,4 +573,81 @@ func FuzzWriteHead(f *testing.F) {
 			t.Errorf("writeHead wrote\n%q\nRequest.Write writes\n%q", fast, want)
 		}
 	})
+}
+
+// loopbackPair returns both ends of a TCP connection on loopback.
+func loopbackPair(t testing.TB) (client, server net.Conn) {
+	t.Helper()
+	ln := testutil.Listen(t)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			c = nil
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() {
+		_ = client.Close()
+		_ = server.Close()
+	})
+	return client, server
+}
+
+// TestIdlePeek: quiet reports a connection nothing arrived on, and leaves
+// what did arrive to be read.
+func TestIdlePeek(t *testing.T) {
+	client, server := loopbackPair(t)
+	var p idlePeek
+	p.init(client)
+	if !p.quiet() {
+		t.Fatal("a connection nothing arrived on is not quiet")
+	}
+	if _, err := io.WriteString(server, "x"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitFor, "a byte arrived", func() bool { return !p.quiet() })
+	b := make([]byte, 2)
+	if n, err := client.Read(b); n != 1 || b[0] != 'x' || err != nil {
+		t.Fatalf("read %q, %v after the check; want the byte it left", b[:n], err)
+	}
+	if !p.quiet() {
+		t.Fatal("not quiet once the byte was read")
+	}
+	_ = server.Close()
+	testutil.Eventually(t, waitFor, "the close noticed", func() bool { return !p.quiet() })
+
+	c1, _ := net.Pipe()
+	defer c1.Close()
+	var pipe idlePeek
+	pipe.init(c1)
+	if pipe.quiet() {
+		t.Error("a connection without a socket to ask is quiet")
+	}
+	_ = client.Close()
+	if p.quiet() {
+		t.Error("a closed connection is quiet")
+	}
+}
+
+// BenchmarkIdlePeek is what h1Client pays to check an idle connection
+// before it reuses it, a recv that finds nothing.
+func BenchmarkIdlePeek(b *testing.B) {
+	client, _ := loopbackPair(b)
+	var p idlePeek
+	p.init(client)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !p.quiet() {
+			b.Fatal("not quiet")
+		}
+	}
 }

@@ -63,6 +63,9 @@ type exchange struct {
 	// array on its stack would escape, through the Pinner, to the heap.
 	attempts int
 	tried    [config.MaxRetries + 1]*balancer.Backend
+	// sends counts the connections http.Transport took for the current
+	// attempt; see oneSend.
+	sends int
 	// access is the access log's wrapper of the ResponseWriter, so that
 	// logging allocates none; serveLogged clears it once the request is
 	// logged, as serve clears the rest once it is forwarded.

@@ -54,7 +54,11 @@ type retrier struct {
 func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 	ex := exchangeOf(out.Context())
 	if ex == nil || ex.backend == nil {
-		return rt.next.RoundTrip(out)
+		res, err := rt.next.RoundTrip(out)
+		if err != nil {
+			return nil, err
+		}
+		return relayable(res)
 	}
 	p := ex.pool
 	next := rt.next
@@ -83,9 +87,16 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		b := ex.backend
 		tried[n] = b
 		ex.attempts = n + 1
+		ex.sends = 0
 		start := clock()
 		res, err := next.RoundTrip(out)
 		if err == nil {
+			if res, err = relayable(res); err != nil {
+				// The backend is failing, but it answered: sending
+				// the request again could repeat what it did.
+				p.failed(b)
+				return nil, err
+			}
 			st := statsOf(b)
 			st.answered(res.StatusCode, clock()-start)
 			if ex.long = longOf(out.Method, res); ex.long != notLong {
@@ -129,6 +140,24 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		ex.backend, ex.setCookie = nb, setCookie
 		out = retarget(out, &ex.url, nb, body)
 	}
+}
+
+// badStatusError is a response whose status no client may be sent.
+type badStatusError int
+
+func (e badStatusError) Error() string {
+	return fmt.Sprintf("backend answered with status %d, outside 100-999", int(e))
+}
+
+// relayable returns res, or an error in its place when its status is one
+// that http.ReadResponse accepts (any three characters Atoi reads: "000",
+// "099", "+12") but that net/http's ResponseWriter refuses with a panic.
+func relayable(res *http.Response) (*http.Response, error) {
+	if c := res.StatusCode; c >= 100 && c <= 999 {
+		return res, nil
+	}
+	_ = res.Body.Close()
+	return nil, badStatusError(res.StatusCode)
 }
 
 // retryable reports whether out, which failed with err, may be sent again.

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -38,9 +40,10 @@ const (
 func newTransport(t config.Timeouts) *http.Transport {
 	d := &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
 	return &http.Transport{
-		// Backends are addressed directly: a proxy taken from the
-		// environment would silently reroute them.
-		Proxy:       nil,
+		// Backends are addressed directly (a proxy taken from the
+		// environment would silently reroute them); the hook is there
+		// to stop the transport's own resends.
+		Proxy:       oneSend,
 		DialContext: d.DialContext,
 		// A TLS handshake is part of connecting to an https backend.
 		TLSHandshakeTimeout:   t.Connect,
@@ -56,6 +59,27 @@ func newTransport(t config.Timeouts) *http.Transport {
 		// through byte for byte instead of being inflated by the proxy.
 		DisableCompression: true,
 	}
+}
+
+// errResend stands for a send http.Transport wanted to make on its own.
+var errResend = errors.New("reused connection failed before a response; not sent again")
+
+// oneSend is the transport's Proxy: it names no proxy, and refuses every
+// connection after the first within one RoundTrip of a request the retrier
+// sends. http.Transport asks its Proxy once for each connection it tries a
+// request on, and tries a second only to send the request again after a
+// reused connection failed (net/http's shouldRetryRequest: a request it
+// deems replayable, or one of which nothing was written). Whether a request
+// goes again, and to which backend, is the retrier's to decide and count;
+// the transport returns errResend to it instead.
+func oneSend(r *http.Request) (*url.URL, error) {
+	if ex := exchangeOf(r.Context()); ex != nil {
+		ex.sends++
+		if ex.sends > 1 {
+			return nil, errResend
+		}
+	}
+	return nil, nil
 }
 
 // backendTransport is the one RoundTripper the server forwards every

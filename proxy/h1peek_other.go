@@ -1,0 +1,16 @@
+//go:build !linux
+
+package proxy
+
+import "net"
+
+// canPeek is false: without a way to ask an idle socket whether anything
+// arrived, h1Client could not keep http.Transport's guarantee that a
+// response goes only to the request it answers, so it sends nothing.
+const canPeek = false
+
+type idlePeek struct{}
+
+func (*idlePeek) init(net.Conn) {}
+
+func (*idlePeek) quiet() bool { return false }
