@@ -46,12 +46,18 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	cmd, err := root.ExecuteContextC(ctx)
+	var ee *exitError
 	switch {
 	case err == nil:
 		return exitOK
 	case !ran:
 		fmt.Fprintf(stderr, "affinity: %v\nRun '%s --help' for usage.\n", err, cmd.CommandPath())
 		return exitUsage
+	case errors.As(err, &ee):
+		if !errors.Is(ee.err, errReported) {
+			fmt.Fprintf(stderr, "affinity: %v\n", ee.err)
+		}
+		return ee.code
 	case errors.Is(err, errReported):
 		return exitFailure
 	default:
@@ -76,7 +82,7 @@ func newRootCmd(parsed func()) *cobra.Command {
 		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newServeCmd(), newValidateCmd(), newBackendCmd(), newVersionCmd(), newExperimentCmd())
+	root.AddCommand(newServeCmd(), newValidateCmd(), newBackendCmd(), newCtlCmd(), newVersionCmd(), newExperimentCmd())
 	return root
 }
 
