@@ -66,6 +66,9 @@ type exchange struct {
 	// sends counts the connections http.Transport took for the current
 	// attempt; see oneSend.
 	sends int
+	// body is the client's body as guardBody wrapped it, nil for none:
+	// ReverseProxy hands the retrier another wrapper of it.
+	body *clientBody
 	// access is the access log's wrapper of the ResponseWriter, so that
 	// logging allocates none; serveLogged clears it once the request is
 	// logged, as serve clears the rest once it is forwarded.
@@ -209,6 +212,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		defer s.tunnels.remove(ex.client)
 	}
 	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
+	ex.body, _ = r.Body.(*clientBody)
 	b.Begin()
 	ex.client.begin(b)
 	defer func() {
@@ -325,13 +329,6 @@ func rewrite(pr *httputil.ProxyRequest) {
 // line and nothing about the backend; the log gets the details.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ex := exchangeOf(r.Context())
-	if r.Context().Err() != nil {
-		// The client left (or Shutdown ran out of time): the failure is
-		// the cancellation, not the backend's, and nobody reads the reply.
-		ex.failed(statusClientClosed)
-		w.WriteHeader(statusClientClosed)
-		return
-	}
 	if tooLarge(err) {
 		// The body passed max_body: the transport cut the backend
 		// request, and the client hears why (harden.go).
@@ -341,10 +338,18 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if errors.Is(err, errRequestBody) {
 		// The client's body broke off: its request failed, not a
-		// backend, which must not be blamed for it.
+		// backend, which must not be blamed for it. This comes before
+		// the cancellation a client's half-close also causes.
 		s.log.Debug("client body failed", zap.Error(err))
 		ex.failed(http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest)
+		return
+	}
+	if r.Context().Err() != nil {
+		// The client left (or Shutdown ran out of time): the failure is
+		// the cancellation, not the backend's, and nobody reads the reply.
+		ex.failed(statusClientClosed)
+		w.WriteHeader(statusClientClosed)
 		return
 	}
 	status := http.StatusBadGateway

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/affinityproxy/affinity/config"
 )
@@ -41,9 +42,9 @@ func serverLimits(s config.Server) (config.Server, error) {
 // Content-Length.
 //
 // Every body is then wrapped so that a failed read (a malformed chunk, a
-// client gone mid-body) comes back from the transport marked as the
-// client's: answered 400, never blamed on the backend. A request without a
-// body, the common GET, allocates nothing here.
+// client gone mid-body) is known to be the client's: answered 400, never
+// blamed on the backend. A request without a body, the common GET,
+// allocates nothing here.
 func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
@@ -65,22 +66,40 @@ func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 			r.Body = http.MaxBytesReader(unwrapWriter(w), r.Body, limit)
 		}
 	}
-	r.Body = clientBody{r.Body}
+	r.Body = &clientBody{ReadCloser: r.Body}
 	return true
 }
 
 // clientBody marks the errors of reading a client's body with
-// errRequestBody. The transport returns a body's read error as its own, so
-// the mark is what tells proxyError (and passive health) that the client
-// failed, not the backend.
-type clientBody struct{ io.ReadCloser }
+// errRequestBody, and keeps the first. The transport returns a body's read
+// error as its own, or the context's instead once the server has cancelled
+// the request (as it does when the client half-closes mid-body); the retrier
+// asks the body itself, so that the client's failure, not the backend's nor
+// a departure, is what proxyError answers and passive health sees.
+type clientBody struct {
+	io.ReadCloser
+	failed atomic.Pointer[error]
+}
 
-func (b clientBody) Read(p []byte) (int, error) {
+func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
+		b.failed.CompareAndSwap(nil, &err)
 		err = fmt.Errorf("%w: %w", errRequestBody, err)
 	}
 	return n, err
+}
+
+// failure returns the error reading the body failed with, or nil; nil for
+// a nil b, a request without a body.
+func (b *clientBody) failure() error {
+	if b == nil {
+		return nil
+	}
+	if err := b.failed.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // unwrapWriter returns the ResponseWriter under the access log's wrapper.

@@ -1,17 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"sync"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -22,26 +17,35 @@ import (
 // failed: the client is at fault, not a backend.
 var errRequestBody = errors.New("reading the request body")
 
-// retrier is the ReverseProxy's Transport. It forwards each attempt with
-// the shared transport, records the outcome for passive health, and moves a
-// request that failed to another backend when that is safe:
+// retrier is the ReverseProxy's Transport. It sends each attempt with the
+// shared transport, records the outcome for passive health, and sends a
+// request that failed to another backend when that is safe. Every send of
+// a request to a backend is an attempt it makes: h1Client never sends a
+// request twice, and http.Transport is kept from doing so (oneSend). So
+// each counts in the exchange's attempts (the access log's), each retry in
+// affinity_retries_total and a debug line with its reason; there are at
+// most 1+retries, never two to one backend. A failed attempt goes on to
+// another available backend while retries last:
 //
-//   - a request whose connection could not be made (a dial error: refused,
-//     no route, dial timeout) reached no backend, and is retried whatever its
-//     method;
-//   - one that may have reached the backend (no response headers in time,
-//     the connection reset or closed before any response) is retried only if
-//     repeating it is harmless: an idempotent method or an Idempotency-Key
-//     header, and a body small enough to have been kept for a replay.
+//   - whatever its method, when it reached no backend: the connection could
+//     not be made (refused, no route, dial timeout), or http.Transport
+//     found its reused connection dead before a byte of the request was
+//     written (see unsent);
+//   - when it may have reached the backend (the connection reset or closed
+//     before any response, no response headers in time), only if repeating
+//     it is harmless: an idempotent method, or an Idempotency-Key with a
+//     value (idempotent);
+//
+// and either way only if its body can be sent again: none was read yet, or
+// the copy kept while it streamed to the first backend holds all that was
+// read, up to retry_max_body (replay.go).
 //
 // A response is final: it is passed on as it is, even a 5xx, and nothing is
-// retried once RoundTrip returned one, so no retry follows a response byte
-// sent to the client. (1xx interim responses, which ReverseProxy relays as
-// they come, do not count: HTTP lets any number of them precede the final
-// response, so a retry after one still gives the client a valid exchange.)
-//
-// Which other errors mean "nothing was sent" is known only inside
-// http.Transport; they are treated as "may have reached the backend".
+// retried once RoundTrip returned one, so no retry follows a byte of a final
+// response sent to the client. 1xx interim responses, which ReverseProxy
+// relays as they come, do not count: HTTP lets any number of them precede
+// the final response, so a retry after one still gives the client a valid
+// exchange, whose final response comes from the backend that served it.
 type retrier struct {
 	next http.RoundTripper
 	log  *zap.Logger
@@ -65,21 +69,14 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 	if p.transport != nil {
 		next = p.transport // the pool's own TLS settings (tls.go)
 	}
-	canRetry := p.retries > 0 && len(p.backends) > 1
 	var body *replay
-	if out.Body != nil && out.Body != http.NoBody && (canRetry || p.passive != nil) {
-		// A body is wrapped to be replayed, and to tell a client's
-		// broken body from a backend's failure, which passive health
-		// must not blame on the backend.
-		keep := p.maxBody
-		if !canRetry {
-			keep = -1
+	if p.retries > 0 && len(p.backends) > 1 && out.Body != nil && out.Body != http.NoBody {
+		keep := int64(0)
+		if idempotent(out) {
+			keep = p.maxBody
 		}
-		var err error
-		if body, err = newReplay(out, keep); err != nil {
-			return nil, err
-		}
-		defer body.release()
+		body = newReplay(out, keep)
+		defer body.done()
 		out = body.attach(out)
 	}
 	tried := &ex.tried
@@ -113,16 +110,20 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			return res, nil
 		}
+		if cerr := ex.body.failure(); cerr != nil {
+			// The client's body broke off, which may also have
+			// cancelled the request: the body's error is the one to
+			// answer (400, or 413 past max_body), not the backend's.
+			return nil, fmt.Errorf("%w: %w", errRequestBody, cerr)
+		}
 		if out.Context().Err() != nil {
 			// The client left, or shutdown ran out of time: neither is
 			// the backend's failure, and nobody waits for a retry.
 			return nil, err
 		}
-		if body.broken() {
-			return nil, fmt.Errorf("%w: %w", errRequestBody, err)
-		}
 		p.failed(b)
-		if n >= p.retries || !retryable(out, err, body) {
+		reason := retryReason(out, err, body)
+		if n >= p.retries || reason == "" {
 			return nil, err
 		}
 		nb, setCookie := p.alternative(out, tried[:n+1])
@@ -132,7 +133,8 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		p.retried.Add(1)
 		if ce := rt.log.Check(zap.DebugLevel, "retrying request"); ce != nil {
 			ce.Write(zap.String("pool", p.name), zap.String("backend", b.ID), zap.String("next", nb.ID),
-				zap.Int("attempt", n+2), zap.String("method", out.Method), zap.Error(err))
+				zap.Int("attempt", n+2), zap.String("method", out.Method), zap.String("reason", reason),
+				zap.Error(err))
 		}
 		finished(b)
 		nb.Begin()
@@ -160,26 +162,67 @@ func relayable(res *http.Response) (*http.Response, error) {
 	return nil, badStatusError(res.StatusCode)
 }
 
-// retryable reports whether out, which failed with err, may be sent again.
-func retryable(out *http.Request, err error, body *replay) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return body.untouched()
+// Why a failed attempt is sent to another backend, as logged.
+const (
+	reasonUnsent     = "not sent" // it reached no backend
+	reasonIdempotent = "idempotent"
+)
+
+// retryReason returns why out, whose attempt failed with err, may be sent
+// again, or "" if it may not.
+func retryReason(out *http.Request, err error, body *replay) string {
+	switch {
+	case !body.resendable():
+		return ""
+	case unsent(out, err):
+		return reasonUnsent
+	case idempotent(out):
+		return reasonIdempotent
 	}
-	return idempotent(out) && body.complete()
+	return ""
 }
 
-// idempotent reports whether sending r twice does no more than sending it
-// once, by its method (RFC 9110, 9.2.2) or an Idempotency-Key header, which
-// net/http's own retries honour too.
-func idempotent(r *http.Request) bool {
+// unsent reports whether the attempt to send r that failed with err
+// reached no backend: its connection could not be made, or http.Transport
+// wanted to send it again (errResend) although it does not deem it
+// replayable, which it does only when nothing of the request was written
+// on the reused connection that failed (net/http's shouldRetryRequest).
+func unsent(r *http.Request, err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, errResend) && !transportReplayable(r)
+}
+
+// transportReplayable is net/http's Request.isReplayable for a request
+// whose GetBody is nil, as the proxy leaves it: no body, and a method safe
+// to repeat or either key header, whatever its value.
+func transportReplayable(r *http.Request) bool {
+	if r.Body != nil && r.Body != http.NoBody {
+		return false
+	}
 	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
 	}
 	_, key := r.Header["Idempotency-Key"]
 	_, xkey := r.Header["X-Idempotency-Key"]
 	return key || xkey
+}
+
+// idempotent reports whether sending r twice does no more than sending it
+// once: by its method (RFC 9110, 9.2.2), or by an Idempotency-Key header
+// with a value (the IETF draft's header, draft-ietf-httpapi-idempotency-key-
+// header, which the demo app honours). X-Idempotency-Key, which net/http's
+// own retries honour too, does not count: a backend that knows only the
+// draft's name would run a POST carrying it twice.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+		return true
+	}
+	return r.Header.Get("Idempotency-Key") != ""
 }
 
 // retarget returns a copy of out sent to b instead: url is the outgoing URL
@@ -193,183 +236,7 @@ func retarget(out *http.Request, u *url.URL, b *balancer.Backend, body *replay) 
 	pr.SetURL(b.URL)
 	next.Host = out.Host
 	if body != nil {
-		next.Body, next.GetBody = body.attempt(), body.getBody()
+		next.Body = body.attempt()
 	}
 	return next
-}
-
-// replay keeps what it takes to send a request body again. A body of an
-// idempotent request up to the pool's retry_max_body is read whole into a
-// pooled buffer first, and every attempt reads a copy; any other body is
-// streamed, and can be sent again only if an attempt failed before reading
-// any of it. A nil *replay stands for no body.
-type replay struct {
-	buf  *bytes.Buffer // the body's first bytes, or all of it; nil if none were read
-	rest io.ReadCloser // the body after buf; nil when buf holds all of it
-	cur  *attemptBody  // the body of the latest attempt
-	// failed is set when reading rest failed: the client's body broke.
-	failed atomic.Bool
-	// refs counts the holders of buf: the retrier, and each attempt's
-	// body until the transport closes it, which may be after RoundTrip
-	// returned. The last one returns buf to the pool.
-	refs atomic.Int32
-}
-
-// newReplay prepares out's body for retries, buffering it if it is at most
-// limit bytes long; a negative limit buffers nothing.
-func newReplay(out *http.Request, limit int64) (*replay, error) {
-	r := &replay{rest: out.Body}
-	r.refs.Store(1)
-	if limit < 0 || !idempotent(out) || out.ContentLength > limit {
-		// Only a dial error can send it again, and then nothing was read.
-		return r, nil
-	}
-	r.buf = bodyBuffers.Get().(*bytes.Buffer)
-	if out.ContentLength > 0 {
-		r.buf.Grow(int(out.ContentLength))
-	}
-	// One byte over the limit tells a body of unknown length that fits
-	// from one that does not.
-	n, err := r.buf.ReadFrom(io.LimitReader(out.Body, min(limit, math.MaxInt64-1)+1))
-	if err != nil {
-		r.release()
-		return nil, fmt.Errorf("%w: %w", errRequestBody, err)
-	}
-	if n <= limit {
-		r.rest = nil
-	}
-	return r, nil
-}
-
-// attach returns a shallow copy of out carrying the first attempt's body,
-// leaving out to its owner as a RoundTripper must.
-func (r *replay) attach(out *http.Request) *http.Request {
-	first := new(http.Request)
-	*first = *out
-	first.Body, first.GetBody = r.attempt(), r.getBody()
-	return first
-}
-
-// attempt returns a reader of the whole body for one attempt.
-func (r *replay) attempt() *attemptBody {
-	r.refs.Add(1)
-	a := &attemptBody{r: r}
-	r.cur = a
-	return a
-}
-
-// getBody returns a Request.GetBody for a body held whole, so that the
-// transport can itself resend it on a stale keep-alive connection; nil for
-// a streamed body.
-func (r *replay) getBody() func() (io.ReadCloser, error) {
-	if r.rest != nil {
-		return nil
-	}
-	return func() (io.ReadCloser, error) { return r.attempt(), nil }
-}
-
-// complete reports whether the whole body can be sent again; a nil replay
-// is an empty body, which can.
-func (r *replay) complete() bool { return r == nil || r.rest == nil }
-
-// untouched reports whether the body can be sent again after the latest
-// attempt: it is held whole, or the attempt read none of it.
-func (r *replay) untouched() bool {
-	if r.complete() || r.cur == nil {
-		return true
-	}
-	r.cur.mu.Lock()
-	defer r.cur.mu.Unlock()
-	return !r.cur.started
-}
-
-// broken reports whether reading the client's body failed.
-func (r *replay) broken() bool { return r != nil && r.failed.Load() }
-
-// release drops one hold on the buffer, returning it to the pool with the
-// last.
-func (r *replay) release() {
-	if r.refs.Add(-1) == 0 && r.buf != nil {
-		putBodyBuffer(r.buf)
-		r.buf = nil
-	}
-}
-
-// attemptBody is the request body of one attempt: the buffered bytes, then
-// the rest of the client's body. Reads and Close may come from different
-// goroutines of the transport.
-type attemptBody struct {
-	r  *replay
-	mu sync.Mutex
-	// off is the position in r.buf; the buffer is read under mu, so that
-	// Close cannot hand it back to the pool in the middle of a copy.
-	off             int
-	started, closed bool
-}
-
-var errBodyClosed = errors.New("proxy: read of a closed request body")
-
-func (a *attemptBody) Read(p []byte) (int, error) {
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return 0, errBodyClosed
-	}
-	a.started = true
-	if buf := a.r.buf; buf != nil && a.off < buf.Len() {
-		n := copy(p, buf.Bytes()[a.off:])
-		a.off += n
-		a.mu.Unlock()
-		return n, nil
-	}
-	a.mu.Unlock()
-	if a.r.rest == nil {
-		return 0, io.EOF
-	}
-	n, err := a.r.rest.Read(p)
-	if err != nil && err != io.EOF {
-		// After Close, the error is the one Close caused, not the
-		// client's; Close marks the attempt closed before it closes rest.
-		a.mu.Lock()
-		if !a.closed {
-			a.r.failed.Store(true)
-		}
-		a.mu.Unlock()
-	}
-	return n, err
-}
-
-// Close ends the attempt's hold on the buffer, and closes the client's body
-// if the attempt read from it. A body the attempt did not touch stays open
-// for the next attempt; ReverseProxy closes it when the request ends.
-func (a *attemptBody) Close() error {
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return nil
-	}
-	a.closed = true
-	started := a.started
-	a.mu.Unlock()
-	var err error
-	if started && a.r.rest != nil {
-		err = a.r.rest.Close()
-	}
-	a.r.release()
-	return err
-}
-
-// maxPooledBody is the largest buffer kept for reuse; bigger ones, from
-// pools configured with a large retry_max_body, go to the garbage collector
-// rather than pin their memory.
-const maxPooledBody = 1 << 20
-
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-func putBodyBuffer(b *bytes.Buffer) {
-	if b.Cap() > maxPooledBody {
-		return
-	}
-	b.Reset()
-	bodyBuffers.Put(b)
 }

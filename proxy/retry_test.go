@@ -3,7 +3,9 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -222,11 +224,11 @@ func TestRetryClientBodyFails(t *testing.T) {
 		backends int
 		retries  int
 		passive  bool
-		buffered bool // read whole before any backend is asked
 	}{
-		{"buffered for a retry", http.MethodPut, 2, 2, true, true},
-		{"streamed, pool that could retry", http.MethodPost, 2, 2, true, false},
-		{"streamed, passive health only", http.MethodPost, 1, 0, true, false},
+		{"copied for a retry", http.MethodPut, 2, 2, true},
+		{"not copied, pool that could retry", http.MethodPost, 2, 2, true},
+		{"passive health only", http.MethodPost, 1, 0, true},
+		{"neither retries nor passive health", http.MethodPut, 1, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -260,8 +262,8 @@ func TestRetryClientBodyFails(t *testing.T) {
 			for _, b := range bs {
 				hits += b.Hits()
 			}
-			if (tt.buffered && hits != 0) || hits > 1 || p.retried.Load() != 0 {
-				t.Errorf("backends asked %d times, %d retries; want at most one attempt (none if buffered)", hits, p.retried.Load())
+			if hits > 1 || p.retried.Load() != 0 {
+				t.Errorf("backends asked %d times, %d retries; want at most one attempt", hits, p.retried.Load())
 			}
 			if n := len(entries(logs, "backend request failed")); n != 0 {
 				t.Errorf("a client failure was logged as the backend's %d times", n)
@@ -274,97 +276,170 @@ func TestIdempotent(t *testing.T) {
 	for _, tt := range []struct {
 		method string
 		header string
+		value  string
 		want   bool
 	}{
-		{http.MethodGet, "", true}, {http.MethodHead, "", true}, {http.MethodOptions, "", true},
-		{http.MethodPut, "", true}, {http.MethodDelete, "", true}, {http.MethodTrace, "", true},
-		{http.MethodPost, "", false}, {http.MethodPatch, "", false}, {"CONNECT", "", false},
-		{http.MethodPost, "Idempotency-Key", true}, {http.MethodPatch, "X-Idempotency-Key", true},
+		{http.MethodGet, "", "", true}, {http.MethodHead, "", "", true}, {http.MethodOptions, "", "", true},
+		{http.MethodPut, "", "", true}, {http.MethodDelete, "", "", true}, {http.MethodTrace, "", "", true},
+		{http.MethodPost, "", "", false}, {http.MethodPatch, "", "", false}, {"CONNECT", "", "", false},
+		{http.MethodPost, "Idempotency-Key", "k-1", true}, {http.MethodPatch, "idempotency-key", "k-1", true},
+		{http.MethodPost, "Idempotency-Key", "", false},
+		{http.MethodPost, "X-Idempotency-Key", "k-1", false},
 	} {
 		r := httptest.NewRequest(tt.method, "/", nil)
 		if tt.header != "" {
-			r.Header.Set(tt.header, "1")
+			r.Header.Set(tt.header, tt.value)
 		}
 		if got := idempotent(r); got != tt.want {
-			t.Errorf("idempotent(%s, %q) = %v, want %v", tt.method, tt.header, got, tt.want)
+			t.Errorf("idempotent(%s, %s: %q) = %v, want %v", tt.method, tt.header, tt.value, got, tt.want)
 		}
 	}
 }
 
-func TestReplay(t *testing.T) {
-	tests := []struct {
-		name     string
-		method   string
-		body     string
-		length   int64 // Content-Length; -1 unknown
-		complete bool  // held whole for any retry
+// TestUnsent: which failures mean that nothing of the request reached a
+// backend, by the errors h1Client and http.Transport (with oneSend) return.
+func TestUnsent(t *testing.T) {
+	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	read := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}
+	for _, tt := range []struct {
+		name   string
+		method string
+		header string
+		body   bool
+		err    error
+		want   bool
 	}{
-		{"small PUT", http.MethodPut, "hello", 5, true},
-		{"chunked PUT at the limit", http.MethodPut, "12345678", -1, true},
-		{"chunked PUT over the limit", http.MethodPut, "123456789", -1, false},
-		{"PUT over the limit", http.MethodPut, "123456789", 9, false},
-		{"POST", http.MethodPost, "hello", 5, false},
-	}
-	const limit = 8
-	for _, tt := range tests {
+		{"dial failed", http.MethodPost, "", true, fmt.Errorf("wrapped: %w", dial), true},
+		{"reset after the request", http.MethodGet, "", false, read, false},
+		// http.Transport wants to resend a request it does not deem
+		// replayable only when nothing of it was written.
+		{"resend of a POST without a key", http.MethodPost, "", false, errResend, true},
+		{"resend of a DELETE", http.MethodDelete, "", false, errResend, true},
+		// Others it resends after a failure past the write too.
+		{"resend of a GET", http.MethodGet, "", false, errResend, false},
+		{"resend of a POST with Idempotency-Key", http.MethodPost, "Idempotency-Key", false, errResend, false},
+		{"resend of a POST with X-Idempotency-Key", http.MethodPost, "X-Idempotency-Key", false, errResend, false},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out := httptest.NewRequest(tt.method, "/", strings.NewReader(tt.body))
-			out.ContentLength = tt.length
-			r, err := newReplay(out, limit)
-			if err != nil {
-				t.Fatal(err)
+			r := httptest.NewRequest(tt.method, "http://b/", nil)
+			r.Body = nil
+			if tt.body {
+				r.Body = io.NopCloser(strings.NewReader("x"))
 			}
-			if r.complete() != tt.complete {
-				t.Fatalf("complete = %v, want %v", r.complete(), tt.complete)
+			if tt.header != "" {
+				r.Header.Set(tt.header, "")
 			}
-			first := r.attach(out)
-			if first == out || out.Body == first.Body {
-				t.Fatal("attach changed the caller's request")
-			}
-			// An attempt that failed before reading leaves the body
-			// whole for the next.
-			_ = first.Body.Close()
-			if !r.untouched() {
-				t.Fatal("an unread body is not untouched")
-			}
-			second := r.attempt()
-			got, err := io.ReadAll(second)
-			if err != nil || string(got) != tt.body {
-				t.Fatalf("second attempt read %q, %v; want %q", got, err, tt.body)
-			}
-			if r.untouched() != tt.complete {
-				t.Errorf("after a read, untouched = %v, want %v", r.untouched(), tt.complete)
-			}
-			_ = second.Close()
-			if _, err := second.Read(make([]byte, 1)); !errors.Is(err, errBodyClosed) {
-				t.Errorf("read after close: %v, want errBodyClosed", err)
-			}
-			if (first.GetBody != nil) != tt.complete {
-				t.Errorf("GetBody set %v, want %v", first.GetBody != nil, tt.complete)
-			}
-			if tt.complete {
-				third, _ := first.GetBody()
-				if got, _ := io.ReadAll(third); string(got) != tt.body {
-					t.Errorf("GetBody read %q", got)
-				}
-				_ = third.Close()
-			}
-			r.release()
-			if n := r.refs.Load(); n != 0 {
-				t.Errorf("%d holds left on the buffer after every attempt closed", n)
+			if got := unsent(r, tt.err); got != tt.want {
+				t.Errorf("unsent = %v, want %v", got, tt.want)
 			}
 		})
 	}
 }
 
+// TestReplay: the first attempt streams the body through and keeps a copy
+// within the limit; a later attempt reads the copy, then the rest, and is
+// possible only while the copy holds all that was read.
+func TestReplay(t *testing.T) {
+	tests := []struct {
+		name       string
+		body       string
+		length     int64 // Content-Length; -1 unknown
+		limit      int64 // as the retrier passes it: 0 for a body not to keep
+		read       int   // bytes the first attempt reads before it fails; -1 all
+		resendable bool
+	}{
+		{"small PUT", "hello", 5, 8, -1, true},
+		{"chunked PUT at the limit", "12345678", -1, 8, -1, true},
+		{"chunked PUT over the limit", "123456789", -1, 8, -1, false},
+		{"PUT declared over the limit", "123456789", 9, 8, -1, false},
+		{"PUT declared over the limit, nothing read", "123456789", 9, 8, 0, true},
+		{"chunked PUT over the limit, first bytes read", "123456789", -1, 8, 3, true},
+		{"POST", "hello", 5, 0, -1, false},
+		{"POST, nothing read", "hello", 5, 0, 0, true},
+		{"empty chunked body", "", -1, 0, -1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := httptest.NewRequest(http.MethodPut, "/", strings.NewReader(tt.body))
+			out.ContentLength = tt.length
+			r := newReplay(out, tt.limit)
+			first := r.attach(out)
+			if first == out || out.Body == first.Body || first.GetBody != nil {
+				t.Fatal("attach changed the caller's request, or left the transport a way to resend")
+			}
+			var got []byte
+			var err error
+			if tt.read < 0 {
+				got, err = io.ReadAll(first.Body)
+			} else {
+				got = make([]byte, tt.read)
+				_, err = io.ReadFull(first.Body, got)
+			}
+			if err != nil || !strings.HasPrefix(tt.body, string(got)) || (tt.read < 0 && string(got) != tt.body) {
+				t.Fatalf("first attempt read %q, %v", got, err)
+			}
+			_ = first.Body.Close()
+			if _, err := first.Body.Read(make([]byte, 1)); !errors.Is(err, errBodyClosed) {
+				t.Errorf("read after close: %v, want errBodyClosed", err)
+			}
+			if r.resendable() != tt.resendable {
+				t.Fatalf("resendable = %v, want %v", r.resendable(), tt.resendable)
+			}
+			if tt.resendable {
+				second := r.attempt()
+				if got, err := io.ReadAll(second); err != nil || string(got) != tt.body {
+					t.Errorf("second attempt read %q, %v; want %q", got, err, tt.body)
+				}
+				_ = second.Close()
+			}
+			r.done()
+			if r.refs != 0 || r.buf != nil {
+				t.Errorf("%d holds left on the copy after every attempt closed", r.refs)
+			}
+		})
+	}
+}
+
+// TestReplayDone: once the retrier returned, an attempt still streaming
+// the body keeps no copy, and its copy lives until the attempt closes.
+func TestReplayDone(t *testing.T) {
+	out := httptest.NewRequest(http.MethodPut, "/", strings.NewReader("0123456789"))
+	r := newReplay(out, 64)
+	first := r.attach(out)
+	if _, err := io.ReadFull(first.Body, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	second := r.attempt()
+	if _, err := io.ReadFull(second, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	r.done()
+	if r.buf == nil {
+		t.Fatal("the copy went while an attempt still reads it")
+	}
+	if got, err := io.ReadAll(second); err != nil || string(got) != "23456789" {
+		t.Fatalf("read %q, %v after done", got, err)
+	}
+	if r.resendable() {
+		t.Error("the copy grew after done")
+	}
+	_ = first.Body.Close()
+	_ = second.Close()
+	if r.refs != 0 || r.buf != nil {
+		t.Errorf("%d holds left on the copy", r.refs)
+	}
+}
+
 func TestReplayBufferReuse(t *testing.T) {
 	out := httptest.NewRequest(http.MethodPut, "/", bytes.NewReader(make([]byte, maxPooledBody+1)))
-	r, err := newReplay(out, maxPooledBody+1)
-	if err != nil {
+	r := newReplay(out, maxPooledBody+1)
+	first := r.attach(out)
+	if _, err := io.ReadAll(first.Body); err != nil {
 		t.Fatal(err)
 	}
 	buf := r.buf
-	r.release()
+	_ = first.Body.Close()
+	r.done()
 	if buf.Len() == 0 {
 		t.Error("a buffer too big to pool was reset and pooled")
 	}
