@@ -106,6 +106,11 @@ func NewWithOptions(name string, o Options) http.Handler {
 		a.metrics.serveMetrics(w, a.store.Held())
 	})
 	a.routeShop()
+	a.mux.HandleFunc("POST /logout", a.logout)
+	a.mux.HandleFunc("/logout", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Allow", http.MethodPost)
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	})
 	// Browsers fetch a favicon with every page load; counting it would make
 	// the counter jump by two per reload and hide what a reload did.
 	a.mux.HandleFunc("/favicon.ico", func(w http.ResponseWriter, _ *http.Request) {
@@ -182,4 +187,19 @@ func (a *app) visit(w http.ResponseWriter, r *http.Request) (id string, count in
 		SameSite: http.SameSiteLaxMode,
 	})
 	return id, 1
+}
+
+// logout forgets the client's counter session and expires the app's
+// cookies, the counter's and the shop's, as applications end a session:
+// with an empty value and Max-Age=0, not the session's ID. The shop
+// session itself stays in its store until it expires.
+func (a *app) logout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(CookieName); err == nil {
+		a.sessions.Remove(c.Value)
+	}
+	for _, name := range []string{CookieName, a.store.Cookie()} {
+		http.SetCookie(w, &http.Cookie{Name: name, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
 }

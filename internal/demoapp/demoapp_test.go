@@ -274,3 +274,49 @@ func TestDownAndUp(t *testing.T) {
 		}
 	}
 }
+
+// Logging out forgets the counter session and expires the app's cookies,
+// with an empty value as applications usually do.
+func TestLogout(t *testing.T) {
+	srv := start(t, New("web-1"))
+	c := newClient(t)
+	first := get(t, c, srv.URL+"/")
+	get(t, c, srv.URL+"/")
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/logout", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sent by hand, so that the old cookie can be sent again after.
+	req.AddCookie(&http.Cookie{Name: CookieName, Value: first.session})
+	resp, err := (&http.Client{Transport: c.Transport}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(HeaderBackend) != "web-1" {
+		t.Fatalf("POST /logout: %d from %q, want 204 from web-1", resp.StatusCode, resp.Header.Get(HeaderBackend))
+	}
+	expired := map[string]bool{}
+	for _, ck := range resp.Cookies() {
+		if ck.Value == "" && ck.MaxAge < 0 && ck.Path == "/" {
+			expired[ck.Name] = true
+		}
+	}
+	if !expired[CookieName] || !expired[SessionCookie] || len(resp.Cookies()) != 2 {
+		t.Errorf("Set-Cookie %q, want %s and %s expired with empty values", resp.Header["Set-Cookie"], CookieName, SessionCookie)
+	}
+	again := &http.Client{Transport: c.Transport}
+	req, _ = http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+	req.AddCookie(&http.Cookie{Name: CookieName, Value: first.session})
+	resp, err = again.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if n := resp.Header.Get(HeaderSessionCount); n != "1" {
+		t.Errorf("the old session after logout counts %s, want a new session at 1", n)
+	}
+	if r := get(t, c, srv.URL+"/logout"); r.status != http.StatusMethodNotAllowed {
+		t.Errorf("GET /logout: %d, want 405", r.status)
+	}
+}

@@ -49,6 +49,14 @@
 // malformed header or item is 400 {"error":"bad_request"}; another method on
 // a shop path, 405.
 //
+// # Logout
+//
+//	POST /logout      204. Forgets the client's counter session and expires
+//	                  the DEMO_SESSION cookie and the shop's session cookie
+//	                  (an empty value with Max-Age=0), as applications
+//	                  commonly log out. The shop session stays in its store
+//	                  until it expires. Another method is answered 405.
+//
 // # Operations
 //
 //	GET /metrics      Prometheus text: demoapp_sessions (sessions held in this
