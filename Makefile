@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench bench-peers bench-instr bench-cpu bench-conns pgo fuzz chaos experiment clean
+.PHONY: help build run test bench bench-peers bench-instr bench-cpu bench-conns pgo fuzz chaos deploy experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
@@ -24,6 +24,7 @@ help:
 	@echo "make pgo     write cmd/affinity/default.pgo, a profile for go build to optimise with"
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
+	@echo "make deploy  deploys of real processes under users that come and go: drain, restart, sessions lost"
 	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang|hot-users] [QUICK=1]   report in reports/"
 	@echo "make clean   remove build and benchmark outputs"
 
@@ -126,6 +127,15 @@ fuzz:
 # short form of it.
 chaos: build
 	CHAOS=full CHAOS_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestChaosFull -count=1 -v -timeout 10m ./internal/chaos/
+
+# Deploys of real processes under 60 users at a time who come and go: a
+# backend drained (affinity ctl drain --wait) then killed, beside the same
+# backend removed from the config; every backend in turn drained, killed,
+# restarted and put back, with the learn and the cookie balancer. Prints the
+# table; fails when a drain loses a session or a request. The tests run a
+# short form of each.
+deploy: build
+	DEPLOY=full DEPLOY_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestDeployFull -count=1 -v -timeout 30m ./internal/deploy/
 
 # Sticky vs stateless: balancers x session stores under a scripted fault,
 # on real processes; writes report.md, charts, results.json in reports/.
