@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/affinityproxy/affinity/internal/loopback"
 )
 
 // ctlProxy is `affinity serve` run in-process for ctl to talk to: pool
@@ -30,7 +32,13 @@ type ctlProxy struct {
 // admin:).
 func startCtlProxy(t *testing.T, extra string) *ctlProxy {
 	t.Helper()
-	p := &ctlProxy{listen: freeAddr(t), admin: freeAddr(t), started: make(chan struct{}, 8), release: make(chan struct{})}
+	// Distinct, and below the ephemeral range, where no other test's
+	// connection can take one before serve binds it.
+	addrs, err := loopback.FreeAddrs(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &ctlProxy{listen: addrs[0], admin: addrs[1], started: make(chan struct{}, 8), release: make(chan struct{})}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.started <- struct{}{}
 		select {
@@ -201,6 +209,11 @@ func TestCtlWait(t *testing.T) {
 func TestCtlErrors(t *testing.T) {
 	p := startCtlProxy(t, "  token: \"0123456789abcdef-ctl\"")
 	admin := "--admin=" + p.admin
+	free, err := loopback.FreeAddrs(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := free[0]
 	tests := []struct {
 		name string
 		args []string
@@ -212,7 +225,7 @@ func TestCtlErrors(t *testing.T) {
 		{"missing backend", []string{"ctl", admin, "drain", "web"}, "", exitUsage, "accepts 2 arg(s)"},
 		{"unknown command", []string{"ctl", admin, "pause", "web", "b1"}, "", exitUsage, "unknown command"},
 		{"bad idle", []string{"ctl", admin, "drain", "web", "b1", "--wait", "--idle", "soon"}, "", exitUsage, "invalid argument"},
-		{"proxy not there", []string{"ctl", "--admin", freeAddr(t), "status"}, "", exitUsage, "connection refused"},
+		{"proxy not there", []string{"ctl", "--admin", nobody, "status"}, "", exitUsage, "connection refused"},
 		{"bad address", []string{"ctl", "--admin", "ftp://x", "status"}, "", exitUsage, "want host:port"},
 		{"no token", []string{"ctl", admin, "drain", "web", "b1"}, "", exitUsage, "401 Unauthorized: this write needs Authorization: Bearer TOKEN"},
 		{"wrong token", []string{"ctl", admin, "--token", "0123456789abcdef-nope", "drain", "web", "b1"}, "", exitUsage, "401 Unauthorized: wrong token"},
