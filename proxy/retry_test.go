@@ -56,8 +56,9 @@ func TestRetryDeadBackend(t *testing.T) {
 		t.Errorf("%d retries, want 3: one per request picked for the dead backend", p.retried.Load())
 	}
 	retries := entries(logs, "retrying request")
-	if len(retries) != 3 || retries[0].Level.String() != "debug" || retries[0].ContextMap()["backend"] != "dead" {
-		t.Errorf("retry lines %v, want 3 at debug naming the dead backend", retries)
+	if len(retries) != 3 || retries[0].Level.String() != "debug" || retries[0].ContextMap()["backend"] != "dead" ||
+		retries[0].ContextMap()["reason"] != reasonUnsent {
+		t.Errorf("retry lines %v, want 3 at debug naming the dead backend and the reason %q", retries, reasonUnsent)
 	}
 	if n := len(entries(logs, "backend request failed")); n != 0 {
 		t.Errorf("%d failures logged, want none: every request was served", n)
