@@ -182,6 +182,25 @@ type Picker interface {
 	Pick(r *http.Request) (Pick, error)
 }
 
+// rendezvous ranks backends by a hash of seed and each one's hashString(ID)
+// in ids (rendezvous hashing), and returns the index of the first not in
+// skip, or -1 when none is left. Removing any other candidate does not
+// change the winner, so a retry (which skips the failed backend) and a
+// later pick (where it is down) agree. It scans the pool, which is fine for
+// the failure paths it serves.
+func rendezvous(seed uint64, backends []*Backend, ids []uint64, skip []*Backend) int {
+	best, top := -1, uint64(0)
+	for i, b := range backends {
+		if slices.Contains(skip, b) {
+			continue
+		}
+		if score := mix64(seed ^ ids[i]); best < 0 || score > top {
+			best, top = i, score
+		}
+	}
+	return best
+}
+
 // Pinner is an optional interface of a Picker that pins clients to a
 // backend, as a sticky cookie does. When a request's backend fails and the
 // proxy retries it elsewhere, it asks Repin where to, so that the retry goes
@@ -201,10 +220,11 @@ type Pinner interface {
 // backend returns, before the response goes on to the client; like Pinner,
 // it checks for the interface once per Build, not per request.
 type Learner interface {
-	// Learn records what the response header h of backend b says about the
-	// clients it serves. It is called on the request path, so it must be
-	// cheap when h holds nothing to learn, and it must not modify h.
-	Learn(b *Backend, h http.Header)
+	// Learn records what the response header h of backend b, answering
+	// the request r, says about the clients it serves. It is called on
+	// the request path, so it must be cheap when h holds nothing to
+	// learn, and it must modify neither r nor h.
+	Learn(r *http.Request, b *Backend, h http.Header)
 }
 
 // StickTable is an optional interface of a Policy that keeps a bounded

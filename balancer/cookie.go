@@ -265,17 +265,7 @@ func (p *cookiePicker) Repin(r *http.Request, tried []*Backend) (*Backend, strin
 // is the same. It scans the pool, which is fine for the failure path it
 // serves.
 func (p *cookiePicker) successor(failed uint64, v uint8, skip []*Backend) int {
-	best, top := -1, uint64(0)
-	seed := failed ^ (uint64(v)+1)*0x9e3779b97f4a7c15
-	for i, b := range p.w.backends {
-		if slices.Contains(skip, b) {
-			continue
-		}
-		if score := mix64(seed ^ p.ids[i]); best < 0 || score > top {
-			best, top = i, score
-		}
-	}
-	return best
+	return rendezvous(failed^(uint64(v)+1)*0x9e3779b97f4a7c15, p.w.backends, p.ids, skip)
 }
 
 // entry returns what the request's sticky cookie resolves to; false when

@@ -3,9 +3,9 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,20 +50,23 @@ var ErrInvalidLearn = errors.New("invalid learn options")
 //
 // The table lives in the Policy, not the Picker, so that rebuilds on health
 // changes keep what was learned. Pickers share it; so do, through Redis,
-// the replicas of the proxy when the store is LearnStoreRedis.
+// the replicas of the proxy when the store is LearnStoreRedis. A policy
+// that replaces this one on a reload takes it over (HandOver).
 type learnPolicy struct {
 	cookie string
-	table  *learnTable
-	store  *redisStore // nil with the memory store
-	next   atomic.Uint64
+	// table is read by every pick; HandOver points it at the table of
+	// the policy that replaces this one.
+	table atomic.Pointer[learnTable]
+	store *redisStore // nil with the memory store
+	next  atomic.Uint64
 
-	// buildMu guards Build's own state: every backend ID
-	// seen, numbered in order of appearance, and the numbers in the last
-	// Set.All. Entries store the number, not the ID, and a number is never
-	// reused, so an entry of a removed backend can never name another.
+	// buildMu guards Build's own state: every backend ID seen, numbered
+	// in order of appearance. Entries store the number, not the ID, and a
+	// number is never reused, so an entry of a removed backend can never
+	// name another.
 	buildMu sync.Mutex
 	ids     map[string]uint32
-	members map[uint32]bool
+	members map[uint32]bool // the numbers of the latest Set.All, for Sessions
 }
 
 func newLearnPolicy(o Options) (Policy, error) {
@@ -77,11 +80,8 @@ func newLearnPolicy(o Options) (Policy, error) {
 	if l.TTL <= 0 {
 		return nil, fmt.Errorf("%w: ttl %v must be positive", ErrInvalidLearn, l.TTL)
 	}
-	p := &learnPolicy{
-		cookie: l.Cookie,
-		table:  newLearnTable(l.MaxEntries, l.TTL),
-		ids:    map[string]uint32{},
-	}
+	p := &learnPolicy{cookie: l.Cookie, ids: map[string]uint32{}}
+	p.table.Store(newLearnTable(l.MaxEntries, l.TTL))
 	switch l.Store {
 	case LearnStoreMemory:
 	case LearnStoreRedis:
@@ -89,8 +89,8 @@ func newLearnPolicy(o Options) (Policy, error) {
 			return nil, fmt.Errorf("%w: redis: %w", ErrInvalidLearn, err)
 		}
 		// The store reads the table's clock, which tests replace.
-		clock := func() int64 { return p.table.clock() }
-		p.store = newRedisStore(l.Redis, RedisKeyPrefix+l.Cookie+":", p.table.keep(), clock)
+		clock := func() int64 { return p.tab().clock() }
+		p.store = newRedisStore(l.Redis, RedisKeyPrefix+l.Cookie+":", p.tab().keep(), clock)
 	default:
 		return nil, fmt.Errorf("%w: store %q must be %s or %s", ErrInvalidLearn, l.Store, LearnStoreMemory, LearnStoreRedis)
 	}
@@ -118,8 +118,10 @@ func checkRedis(r RedisOptions) error {
 	return nil
 }
 
-// Build numbers the backends of s.All, marks those that take their sessions, and drops
-// the entries of backends that left s.All since the last Build.
+// Build numbers the backends of s.All and marks those that take their
+// sessions: the available and the draining ones. The entries of a backend
+// that left s.All stay: like those of a backend that is down, each is moved
+// to the session's successor on its next request, and remembered there.
 func (p *learnPolicy) Build(s Set) Picker {
 	p.buildMu.Lock()
 	defer p.buildMu.Unlock()
@@ -127,8 +129,8 @@ func (p *learnPolicy) Build(s Set) Picker {
 		policy: p,
 		byID:   make(map[string]uint32, len(s.All)),
 		w:      newWRR(s.Available, &p.next),
+		ids:    make([]uint64, len(s.Available)),
 	}
-	members := make(map[uint32]bool, len(s.All))
 	for _, b := range s.All {
 		n, ok := p.ids[b.ID]
 		if !ok {
@@ -136,7 +138,6 @@ func (p *learnPolicy) Build(s Set) Picker {
 			p.ids[b.ID] = n
 		}
 		lp.byID[b.ID] = n
-		members[n] = true
 	}
 	lp.slots = make([]learnSlot, len(p.ids))
 	for _, b := range s.All {
@@ -149,33 +150,79 @@ func (p *learnPolicy) Build(s Set) Picker {
 			}
 		}
 	}
-	gone := false
-	for n := range p.members {
-		if !members[n] {
-			gone = true
-			break
-		}
+	for i, b := range s.Available {
+		lp.ids[i] = hashString(b.ID)
 	}
-	if gone {
-		// A backend left the pool: a walk of the whole table, but only on
-		// a change of membership, never on a change of health.
-		p.table.dropIf(func(n uint32) bool { return !members[n] })
+	p.members = make(map[uint32]bool, len(s.All))
+	for _, n := range lp.byID {
+		p.members[n] = true
 	}
-	p.members = members
 	return lp
 }
 
+// tab returns the memory table.
+func (p *learnPolicy) tab() *learnTable { return p.table.Load() }
+
+// NewFrom makes the policy registered under name, as New does, for a pool
+// whose policy until now is prev (nil for a new pool). When both are learn
+// policies of the same cookie, the new one keys and numbers its table as
+// prev does, so that HandOver can move prev's sessions into it once the new
+// policy is in use.
+func NewFrom(prev Policy, name string, o Options) (Policy, error) {
+	p, err := New(name, o)
+	if err != nil {
+		return nil, err
+	}
+	if next, old := learnPair(prev, p); next != nil {
+		old.buildMu.Lock()
+		next.ids = maps.Clone(old.ids)
+		old.buildMu.Unlock()
+		next.tab().seed = old.tab().seed
+	}
+	return p, nil
+}
+
+// HandOver gives next, made by NewFrom(prev, ...), what prev learned, when
+// next has just replaced prev: a reload changed the learn policy's options
+// (max_entries, ttl, Redis) but not its cookie. The sessions move to next's
+// table, the most recently used first up to its max_entries, each as old as
+// it was and forgotten if that is past next's ttl; prev's pickers, which
+// serve the requests still in flight, use next's table from then on. Other
+// pairs of policies hand nothing over.
+func HandOver(prev, next Policy) {
+	np, op := learnPair(prev, next)
+	if np == nil {
+		return
+	}
+	t := np.tab()
+	old := op.table.Swap(t)
+	old.copyTo(t)
+	t.evictions.Add(old.evictions.Load())
+}
+
+// learnPair returns prev and next as learn policies of the same cookie, or
+// nils.
+func learnPair(prev, next Policy) (np, op *learnPolicy) {
+	n, ok := next.(*learnPolicy)
+	o, ok2 := prev.(*learnPolicy)
+	if !ok || !ok2 || n == o || n.cookie != o.cookie {
+		return nil, nil
+	}
+	return n, o
+}
+
 // Len reports the sessions in the memory table.
-func (p *learnPolicy) Len() int { return p.table.len() }
+func (p *learnPolicy) Len() int { return p.tab().len() }
 
 // Evictions counts the live sessions forgotten to make room.
-func (p *learnPolicy) Evictions() uint64 { return p.table.evictions.Load() }
+func (p *learnPolicy) Evictions() uint64 { return p.tab().evictions.Load() }
 
 // Sessions counts the live sessions of the memory table by backend ID,
 // for the backends of the latest Build. With the Redis store, it counts
 // the sessions this replica has seen, not every replica's.
 func (p *learnPolicy) Sessions() map[string]int {
-	byNumber := p.table.count(p.table.clock())
+	t := p.tab()
+	byNumber := t.count(t.clock())
 	p.buildMu.Lock()
 	defer p.buildMu.Unlock()
 	out := make(map[string]int, len(p.members))
@@ -219,16 +266,17 @@ type learnPicker struct {
 	slots  []learnSlot       // by backend number
 	byID   map[string]uint32 // Set.All: backend ID → number
 	w      wrr               // over Set.Available
+	ids    []uint64          // parallel to w.backends: hashString(ID)
 }
 
 // Pick sends a request whose session cookie is known to the backend that
 // issued it, while that backend is available or draining. A known session
-// whose backend is unavailable is moved to
-// another, and remembered there: an application that shares its sessions
-// keeps the client where it now is, and one that does not issues a new
-// session, learned from the response. Any other request goes to the
-// weighted rotation, and learns its backend when the backend sets the
-// cookie.
+// whose backend is unavailable, or no longer in the pool, is moved to the
+// session's successor (see successor) and remembered there: an application
+// that shares its sessions keeps the client where it now is, and one that
+// does not issues a new session, learned from the response. Any other
+// request goes to the weighted rotation, and learns its backend when the
+// backend sets the cookie.
 //
 // With the Redis store, a session missing from the memory table is looked
 // up in Redis: the pick then waits for Redis, RedisOptions.Timeout at most,
@@ -242,47 +290,55 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 	if len(sid) > maxSessionID {
 		return lp.rotate(StickyNew)
 	}
-	t := p.table
+	t := p.tab()
 	key := t.key(sid)
 	now := t.clock()
 	n, found, stale := t.get(key, now)
 	if !found {
-		if n, found = lp.fetch(r, sid, key, now); !found {
+		id, ok := lp.fetch(r, sid)
+		if !ok {
 			return lp.rotate(StickyNew)
 		}
+		// A backend this replica's config does not have is one
+		// removed from the pool: the session moves, as below.
+		if n, found = lp.byID[id]; found {
+			t.put(key, n, now)
+		}
 	}
-	if int(n) >= len(lp.slots) {
+	if found && int(n) >= len(lp.slots) {
 		// Numbered by a Build after this picker's, whose Set this one
 		// cannot tell about; the next snapshot can.
 		return lp.rotate(StickyNew)
 	}
-	switch s := lp.slots[n]; {
-	case s.serves:
+	if found && lp.slots[n].serves {
+		b := lp.slots[n].backend
 		if stale && p.store != nil {
 			// Still in use: keep Redis from expiring it for the other
 			// replicas, which may not see this client for a while.
-			p.store.set(sid, s.backend.ID)
+			p.store.set(sid, b.ID)
 		}
-		return Pick{Backend: s.backend, Sticky: StickyKept}, nil
-	case s.backend != nil:
-		pk, err := lp.rotate(StickyRepinned)
-		if err != nil {
-			return pk, err
-		}
-		if m, ok := lp.byID[pk.Backend.ID]; ok {
-			t.put(key, m, now)
-			if p.store != nil {
-				p.store.set(sid, pk.Backend.ID)
-			}
-		}
-		return pk, nil
-	default:
-		// The backend left the pool; Build drops such entries, this one
-		// raced it. Redis keeps it: another replica may still have the
-		// backend, and it expires there by itself.
-		t.remove(key)
-		return lp.rotate(StickyNew)
+		return Pick{Backend: b, Sticky: StickyKept}, nil
 	}
+	i := lp.successor(sid, nil)
+	if i < 0 {
+		return Pick{}, ErrNoBackend
+	}
+	b := lp.w.backends[i]
+	t.put(key, lp.byID[b.ID], now)
+	if p.store != nil {
+		p.store.set(sid, b.ID)
+	}
+	return Pick{Backend: b, Sticky: StickyRepinned}, nil
+}
+
+// successor returns the index in w.backends of the backend that takes the
+// session sid when its own cannot, leaving out those in skip; -1 when none
+// is left. It ranks the available backends by a hash of the session and
+// each backend's ID (rendezvous hashing), with no per-process seed, so
+// every replica of the proxy, every pick and every retry move the session
+// to the same backend, whichever of them first finds its backend gone.
+func (lp *learnPicker) successor(sid string, skip []*Backend) int {
+	return rendezvous(hashString(sid), lp.w.backends, lp.ids, skip)
 }
 
 // rotate places a request on the weighted rotation.
@@ -294,85 +350,66 @@ func (lp *learnPicker) rotate(sticky Sticky) (Pick, error) {
 	return Pick{Backend: lp.w.backends[i], Sticky: sticky}, nil
 }
 
-// Repin chooses where a request goes when its backend failed: the next
-// backend of the rotation not in tried. A session the table knows is moved
-// there (and in Redis), so that the client's next requests follow it to the
-// backend that served it rather than back to the one that failed. The
-// policy pins by its table, never by a cookie of its own: setCookie is
-// empty.
+// Repin chooses where a request goes when its backend failed. A request
+// with a session cookie goes to the session's successor among the
+// backends not in tried: the backend Pick moves the session to once the
+// failed one is marked down, so that a retry, the client's next requests
+// and the other replicas agree. A session the table knows is moved there
+// (and in Redis). Any other request goes to the next backend of the
+// rotation not in tried. The policy pins by its table, never by a cookie
+// of its own: setCookie is empty.
 func (lp *learnPicker) Repin(r *http.Request, tried []*Backend) (*Backend, string, bool) {
-	i, ok := lp.w.pick()
-	if !ok {
-		return nil, "", false
-	}
-	n := len(lp.w.backends)
-	for k := range n {
-		b := lp.w.backends[(i+k)%n]
-		if slices.Contains(tried, b) {
-			continue
-		}
-		lp.move(r, b)
-		return b, "", true
-	}
-	return nil, "", false
-}
-
-// move moves the session r carries, if the table knows it, to b.
-func (lp *learnPicker) move(r *http.Request, b *Backend) {
 	p := lp.policy
 	sid, ok := cookieValue(r.Header, p.cookie)
 	if !ok || sid == "" || len(sid) > maxSessionID {
-		return
+		i, ok := lp.w.pickExcept(tried)
+		if !ok {
+			return nil, "", false
+		}
+		return lp.w.backends[i], "", true
 	}
-	m, ok := lp.byID[b.ID]
-	if !ok {
-		return
+	i := lp.successor(sid, tried)
+	if i < 0 {
+		return nil, "", false
 	}
-	if p.table.move(p.table.key(sid), m, p.table.clock()) && p.store != nil {
+	b := lp.w.backends[i]
+	if t := p.tab(); t.move(t.key(sid), lp.byID[b.ID], t.clock()) && p.store != nil {
 		p.store.set(sid, b.ID)
 	}
+	return b, "", true
 }
 
-// fetch looks a session up in Redis, and keeps what it finds in the memory
-// table, so that the client's next requests do not ask again.
-func (lp *learnPicker) fetch(r *http.Request, sid string, key uint64, now int64) (uint32, bool) {
+// fetch looks a session up in Redis and returns the ID of its backend.
+func (lp *learnPicker) fetch(r *http.Request, sid string) (string, bool) {
 	st := lp.policy.store
 	if st == nil {
-		return 0, false
+		return "", false
 	}
-	id, ok := st.get(r.Context(), sid)
-	if !ok {
-		return 0, false
-	}
-	n, ok := lp.byID[id]
-	if !ok {
-		// A backend this replica's config does not have.
-		return 0, false
-	}
-	lp.policy.table.put(key, n, now)
-	return n, true
+	return st.get(r.Context(), sid)
 }
 
 // Learn records the sessions that the response header h of backend b sets,
-// and forgets those it deletes. Only the Set-Cookie lines of the policy's
-// cookie are parsed, and a response without Set-Cookie costs one map
-// lookup.
-func (lp *learnPicker) Learn(b *Backend, h http.Header) {
+// and forgets those it expires, along with the session the request r
+// carried (the usual logout answers DEMO_SESSION=; Max-Age=0, or another
+// placeholder, not the session's own ID). Only the Set-Cookie lines of the
+// policy's cookie are parsed, and a response without Set-Cookie costs one
+// map lookup.
+func (lp *learnPicker) Learn(r *http.Request, b *Backend, h http.Header) {
 	lines := h["Set-Cookie"]
 	if len(lines) == 0 {
 		return
 	}
 	p := lp.policy
+	t := p.tab()
 	for _, line := range lines {
 		sid, del, ok := sessionCookie(line, p.cookie)
 		if !ok {
 			continue
 		}
-		key := p.table.key(sid)
 		if del {
-			p.table.remove(key)
-			if p.store != nil {
-				p.store.del(sid)
+			p.forget(t, sid)
+			if carried, ok := cookieValue(r.Header, p.cookie); ok && carried != sid {
+				p.forget(t, carried)
 			}
 			continue
 		}
@@ -382,18 +419,31 @@ func (lp *learnPicker) Learn(b *Backend, h http.Header) {
 		}
 		// An application that sends its cookie again with every
 		// response does not cost a Redis write each time.
-		if p.table.learn(key, n, p.table.clock()) && p.store != nil {
+		if t.learn(t.key(sid), n, t.clock()) && p.store != nil {
 			p.store.set(sid, b.ID)
 		}
 	}
 }
 
+// forget removes the session sid from the table t and from Redis; an
+// empty or overlong ID names no session.
+func (p *learnPolicy) forget(t *learnTable, sid string) {
+	if sid == "" || len(sid) > maxSessionID {
+		return
+	}
+	t.remove(t.key(sid))
+	if p.store != nil {
+		p.store.del(sid)
+	}
+}
+
 // sessionCookie reads a Set-Cookie header line, as RFC 6265 section 5.2
 // does, for the cookie called name. It returns the value set and ok, or,
-// with del, a value whose cookie the line deletes: Max-Age zero or below,
-// or else Expires in the past (Max-Age wins when both are there, as in
-// browsers). A line for another cookie, or with an empty or overlong value,
-// is not ok. Nothing is allocated unless the line has an Expires attribute.
+// with del, the value of a cookie the line deletes, which may be empty:
+// Max-Age zero or below, or else Expires in the past (Max-Age wins when
+// both are there, as in browsers). A line for another cookie, or one that
+// sets an empty or overlong value, is not ok. Nothing is allocated unless
+// the line has an Expires attribute.
 func sessionCookie(line, name string) (sid string, del, ok bool) {
 	pair, attrs, _ := strings.Cut(line, ";")
 	k, v, found := strings.Cut(pair, "=")
@@ -403,9 +453,6 @@ func sessionCookie(line, name string) (sid string, del, ok bool) {
 	v = trimSpace(v)
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 		v = v[1 : len(v)-1]
-	}
-	if v == "" || len(v) > maxSessionID {
-		return "", false, false
 	}
 	maxAge, expires := 0, 0 // 0: absent; 1: keeps; -1: deletes
 	for attrs != "" {
@@ -423,10 +470,11 @@ func sessionCookie(line, name string) (sid string, del, ok bool) {
 			}
 		}
 	}
-	if maxAge != 0 {
-		return v, maxAge < 0, true
+	del = maxAge < 0 || (maxAge == 0 && expires < 0)
+	if !del && (v == "" || len(v) > maxSessionID) {
+		return "", false, false
 	}
-	return v, expires < 0, true
+	return v, del, true
 }
 
 func verdict(deletes bool) int {

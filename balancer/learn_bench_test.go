@@ -18,7 +18,7 @@ func fillLearn(p *learnPolicy, s Set, n int) {
 	buf := make([]byte, 0, 16)
 	for i := range n {
 		buf = strconv.AppendInt(append(buf[:0], 's'), int64(i), 10)
-		p.table.put(p.table.key(string(buf)), uint32(i%len(s.All)), 0)
+		p.tab().put(p.tab().key(string(buf)), uint32(i%len(s.All)), 0)
 	}
 }
 
@@ -84,11 +84,12 @@ func BenchmarkLearnLearn(b *testing.B) {
 	for i := range headers {
 		headers[i] = setCookies("theme=dark; Path=/", "JSESSIONID=s"+strconv.Itoa(i)+"; Path=/; HttpOnly; SameSite=Lax")
 	}
+	r := cookieRequest("_ga=GA1.2.3; lang=en")
 	b.Run("set-cookie", func(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			l.Learn(s.All[i%len(s.All)], headers[i&(len(headers)-1)])
+			l.Learn(r, s.All[i%len(s.All)], headers[i&(len(headers)-1)])
 			i++
 		}
 	})
@@ -96,7 +97,7 @@ func BenchmarkLearnLearn(b *testing.B) {
 	b.Run("no-set-cookie", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			l.Learn(s.All[0], plain)
+			l.Learn(r, s.All[0], plain)
 		}
 	})
 }

@@ -48,7 +48,7 @@ func TestLearnRedisShared(t *testing.T) {
 	learn(t, pa, bsA[1], "JSESSIONID=s1; Path=/")
 	testutil.Eventually(t, waitFor, "session written to Redis", func() bool { return rc.Exists(context.Background(), sessionKey("s1")).Val() == 1 })
 	ttl := rc.PTTL(context.Background(), sessionKey("s1")).Val()
-	if keep := a.table.keep(); ttl <= 0 || ttl > keep {
+	if keep := a.tab().keep(); ttl <= 0 || ttl > keep {
 		t.Errorf("Redis TTL %v, want up to %v", ttl, keep)
 	}
 	for range 5 {
@@ -61,7 +61,7 @@ func TestLearnRedisShared(t *testing.T) {
 	// A session still in use on B is written again, so that Redis keeps
 	// it for A (and fills a Redis that restarted empty).
 	rc.Del(context.Background(), sessionKey("s1"))
-	clockB.advance(b.table.keep() / 2)
+	clockB.advance(b.tab().keep() / 2)
 	expectPick(t, pb, sessionRequest("s1"), bsB[1], StickyKept)
 	testutil.Eventually(t, waitFor, "session written again", func() bool { return rc.Get(context.Background(), sessionKey("s1")).Val() == "b1" })
 
@@ -98,7 +98,7 @@ func TestLearnRedisWritesOncePerSlack(t *testing.T) {
 	if exists("s") {
 		t.Error("the same session from the same backend was written again at once")
 	}
-	clock.advance(p.table.keep() / 8)
+	clock.advance(p.tab().keep() / 8)
 	learn(t, pk, bs[0], "JSESSIONID=s")
 	testutil.Eventually(t, waitFor, "session written again once stale", func() bool { return exists("s") })
 	// Another backend's cookie for the session is written at once.
@@ -106,7 +106,8 @@ func TestLearnRedisWritesOncePerSlack(t *testing.T) {
 	testutil.Eventually(t, waitFor, "move written", func() bool { return rc.Get(context.Background(), sessionKey("s")).Val() == "b1" })
 }
 
-// A session naming a backend this replica does not have is a new client.
+// A session naming a backend this replica does not have, one removed from
+// the pool, is moved to its successor, remembered, and written back.
 func TestLearnRedisUnknownBackend(t *testing.T) {
 	r := testutil.StartRedis(t)
 	rc := inspect(t, r.Addr)
@@ -115,10 +116,9 @@ func TestLearnRedisUnknownBackend(t *testing.T) {
 	if err := rc.Set(context.Background(), sessionKey("s"), "elsewhere", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	expectPick(t, pk, sessionRequest("s"), nil, StickyNew)
-	if n := p.Len(); n != 0 {
-		t.Errorf("Len = %d, want 0: nothing to keep", n)
-	}
+	moved := expectPick(t, pk, sessionRequest("s"), nil, StickyRepinned).Backend
+	expectPick(t, pk, sessionRequest("s"), moved, StickyKept)
+	testutil.Eventually(t, waitFor, "move written", func() bool { return rc.Get(context.Background(), sessionKey("s")).Val() == moved.ID })
 }
 
 // A Redis that is down costs a pick one failed lookup, then none until the

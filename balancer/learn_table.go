@@ -1,7 +1,9 @@
 package balancer
 
 import (
+	"cmp"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,17 +42,18 @@ type learnTable struct {
 	evictions atomic.Uint64
 }
 
-// learnShard is one part of the table. Its list is ordered by the entries'
-// times, not by every use: a lookup of a fresh entry only reads, under a
-// read lock, and an entry moves to the front when its time is renewed, once
-// per slack at most. The least recently used entry is thus evicted first,
-// to within slack, and the expired ones are all at the back.
+// learnShard is one part of the table. Its list is ordered by use: every
+// lookup that finds an entry moves it to the front, so the least recently
+// used entry is the one evicted. An entry's time, which only expiry reads,
+// is renewed once per slack at most. The expired entries are thus at the
+// back, to within slack.
 type learnShard struct {
-	mu  sync.RWMutex
-	lru *simplelru.LRU[uint64, learned]
+	mu   sync.Mutex
+	lru  *simplelru.LRU[uint64, learned]
+	size int // the most entries lru holds
 	// Each shard fills a cache line of its own, so that locking one does
 	// not slow down the cores that use its neighbours.
-	_ [32]byte
+	_ [40]byte
 }
 
 // learned is an entry: the backend's number and the time the session was
@@ -84,6 +87,7 @@ func newLearnTable(maxEntries int, ttl time.Duration) *learnTable {
 		}
 		// NewLRU fails only on a size below 1, which cannot happen here.
 		t.shards[i].lru, _ = simplelru.NewLRU[uint64, learned](size, nil)
+		t.shards[i].size = size
 	}
 	return t
 }
@@ -102,37 +106,29 @@ func (t *learnTable) shard(key uint64) *learnShard { return &t.shards[key&t.mask
 // so it is kept at least ttl after its last use, and at most ttl+slack.
 func (t *learnTable) expired(seen, now int64) bool { return now-seen > t.ttl+t.slack }
 
-// get returns the backend number of the session key at time now. stale
-// reports that its time was renewed, so that a shared store can renew its
-// copy too: at most once per slack per session.
+// get returns the backend number of the session key at time now, and
+// makes it the shard's most recently used entry. stale reports that its
+// time was renewed, so that a shared store can renew its copy too: at most
+// once per slack per session.
 func (t *learnTable) get(key uint64, now int64) (backend uint32, found, stale bool) {
 	s := t.shard(key)
-	s.mu.RLock()
-	e, ok := s.lru.Peek(key)
-	s.mu.RUnlock()
-	if ok && now-e.seen <= t.slack {
-		return e.backend, true, false
-	}
-	if !ok {
-		return 0, false, false
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t.sweep(s, now)
-	// Looked up again: another goroutine may have changed it meanwhile.
-	e, ok = s.lru.Peek(key)
+	e, ok := s.lru.Get(key)
 	switch {
 	case !ok:
 		return 0, false, false
+	case now-e.seen <= t.slack:
+		return e.backend, true, false
 	case t.expired(e.seen, now):
 		s.lru.Remove(key)
+		t.sweep(s, now)
 		return 0, false, false
-	case now-e.seen > t.slack:
-		e.seen = now
-		s.lru.Add(key, e)
-		return e.backend, true, true
 	}
-	return e.backend, true, false
+	e.seen = now
+	s.lru.Add(key, e)
+	t.sweep(s, now)
+	return e.backend, true, true
 }
 
 // put records that the session key is on backend number n, as of now.
@@ -206,16 +202,44 @@ func (t *learnTable) sweep(s *learnShard, now int64) {
 	}
 }
 
-// dropIf removes the entries whose backend number gone reports, one shard
-// at a time, so that picks wait for at most one shard's walk.
-func (t *learnTable) dropIf(gone func(n uint32) bool) {
+// copyTo adds the live entries of t to dst, a table of the same seed
+// (other bounds) that may already be in use. In each shard of dst, the
+// entries already there stay its most recent ones, and the most recent of
+// t's fill what room is left, as old as they were: those past dst's expiry
+// are left out. Recency across t's shards is told by the entries' times,
+// which is right to within slack. An entry removed from dst while the copy
+// runs may come back from t, as a removal a moment earlier would not: it
+// then only expires.
+func (t *learnTable) copyTo(dst *learnTable) {
+	type item struct {
+		key uint64
+		e   learned
+	}
+	now, dnow := t.clock(), dst.clock()
+	parts := make([][]item, len(dst.shards))
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for _, k := range s.lru.Keys() {
-			if e, ok := s.lru.Peek(k); ok && gone(e.backend) {
-				s.lru.Remove(k)
+		for _, k := range s.lru.Keys() { // least recently used first
+			e, _ := s.lru.Peek(k)
+			if age := now - e.seen; age <= dst.ttl+dst.slack {
+				j := k & dst.mask
+				parts[j] = append(parts[j], item{k, learned{backend: e.backend, seen: dnow - age}})
 			}
+		}
+		s.mu.Unlock()
+	}
+	for j, items := range parts {
+		slices.SortStableFunc(items, func(a, b item) int { return cmp.Compare(a.e.seen, b.e.seen) })
+		s := &dst.shards[j]
+		s.mu.Lock()
+		present := s.lru.Keys()
+		items = slices.DeleteFunc(items, func(it item) bool { return s.lru.Contains(it.key) })
+		for _, it := range items[max(0, len(items)-(s.size-len(present))):] {
+			s.lru.Add(it.key, it.e)
+		}
+		for _, k := range present {
+			s.lru.Get(k) // back to the front, in their order
 		}
 		s.mu.Unlock()
 	}
@@ -226,26 +250,26 @@ func (t *learnTable) len() int {
 	n := 0
 	for i := range t.shards {
 		s := &t.shards[i]
-		s.mu.RLock()
+		s.mu.Lock()
 		n += s.lru.Len()
-		s.mu.RUnlock()
+		s.mu.Unlock()
 	}
 	return n
 }
 
 // count counts the entries live at now by backend number, one shard at a
-// time under its read lock.
+// time under its lock.
 func (t *learnTable) count(now int64) map[uint32]int {
 	out := map[uint32]int{}
 	for i := range t.shards {
 		s := &t.shards[i]
-		s.mu.RLock()
+		s.mu.Lock()
 		for _, e := range s.lru.Values() {
 			if !t.expired(e.seen, now) {
 				out[e.backend]++
 			}
 		}
-		s.mu.RUnlock()
+		s.mu.Unlock()
 	}
 	return out
 }

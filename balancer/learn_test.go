@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 const testSessionCookie = "JSESSIONID"
@@ -39,7 +39,7 @@ func newLearn(t testing.TB, o Options) (*learnPolicy, *fakeClock) {
 		}
 	})
 	c := new(fakeClock)
-	p.table.clock = c.now
+	p.tab().clock = c.now
 	return p, c
 }
 
@@ -53,14 +53,22 @@ func setCookies(lines ...string) http.Header {
 	return http.Header{"Set-Cookie": lines}
 }
 
-// learn feeds picker pk a response of b setting the given session.
+// learn feeds picker pk a response of b, with the given Set-Cookie lines,
+// to a request that carried no session.
 func learn(t testing.TB, pk Picker, b *Backend, lines ...string) {
+	t.Helper()
+	answer(t, pk, cookieRequest(), b, lines...)
+}
+
+// answer feeds picker pk a response of b to r, with the given Set-Cookie
+// lines.
+func answer(t testing.TB, pk Picker, r *http.Request, b *Backend, lines ...string) {
 	t.Helper()
 	l, ok := pk.(Learner)
 	if !ok {
 		t.Fatalf("%T is not a Learner", pk)
 	}
-	l.Learn(b, setCookies(lines...))
+	l.Learn(r, b, setCookies(lines...))
 }
 
 // expectPick picks for r and checks the backend (nil: any) and the sticky
@@ -108,8 +116,10 @@ func TestLearnSticks(t *testing.T) {
 	}
 }
 
-// TestLearnSetCookie feeds one Set-Cookie line from b1 after b0 set session
-// abc, and checks where abc goes next.
+// TestLearnSetCookie feeds one Set-Cookie line from b1, answering a
+// request that carried the session in carried (none if empty), after b0
+// set sessions abc and other, and checks where abc goes next. An expiring
+// line forgets the session the request carried, whatever its value.
 func TestLearnSetCookie(t *testing.T) {
 	const (
 		moved   = "moved to b1"
@@ -117,40 +127,53 @@ func TestLearnSetCookie(t *testing.T) {
 		ignored = "ignored"
 	)
 	tests := []struct {
-		name, line, want string
+		name, line, carried, want string
 	}{
-		{"plain", "JSESSIONID=abc", moved},
-		{"attributes", "JSESSIONID=abc; Path=/app; Domain=example.com; HttpOnly; Secure; SameSite=Lax", moved},
-		{"spaces and quotes", `  JSESSIONID = "abc" ;Path=/`, moved},
-		{"max-age positive", "JSESSIONID=abc; Max-Age=1800", moved},
-		{"max-age zero", "JSESSIONID=abc; Max-Age=0", deleted},
-		{"max-age zeros, any case", "JSESSIONID=abc; max-AGE=000", deleted},
-		{"max-age negative", "JSESSIONID=abc; Max-Age=-1", deleted},
-		{"max-age beyond int64", "JSESSIONID=abc; Max-Age=-99999999999999999999999", deleted},
-		{"max-age invalid is ignored", "JSESSIONID=abc; Max-Age=soon", moved},
-		{"max-age empty is ignored", "JSESSIONID=abc; Max-Age=", moved},
-		{"expires past", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT", deleted},
-		{"expires past, servlet format", "JSESSIONID=abc; Expires=Thu, 01-Jan-1970 00:00:10 GMT", deleted},
-		{"expires future", "JSESSIONID=abc; Expires=Fri, 01 Jan 2100 00:00:00 GMT", moved},
-		{"expires invalid is ignored", "JSESSIONID=abc; Expires=yesterday", moved},
-		{"max-age wins over expires", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60", moved},
-		{"max-age zero wins over expires", "JSESSIONID=abc; Max-Age=0; Expires=Fri, 01 Jan 2100 00:00:00 GMT", deleted},
-		{"other cookie", "OTHER=abc", ignored},
-		{"name is case-sensitive", "jsessionid=abc", ignored},
-		{"longer name", "JSESSIONIDX=abc", ignored},
-		{"name in an attribute", "X=1; JSESSIONID=abc", ignored},
-		{"empty value", "JSESSIONID=; Max-Age=0", ignored},
-		{"empty quoted value", `JSESSIONID=""`, ignored},
-		{"no value", "JSESSIONID", ignored},
-		{"empty line", "", ignored},
+		{"plain", "JSESSIONID=abc", "", moved},
+		{"attributes", "JSESSIONID=abc; Path=/app; Domain=example.com; HttpOnly; Secure; SameSite=Lax", "", moved},
+		{"spaces and quotes", `  JSESSIONID = "abc" ;Path=/`, "", moved},
+		{"max-age positive", "JSESSIONID=abc; Max-Age=1800", "", moved},
+		{"max-age zero", "JSESSIONID=abc; Max-Age=0", "", deleted},
+		{"max-age zeros, any case", "JSESSIONID=abc; max-AGE=000", "", deleted},
+		{"max-age negative", "JSESSIONID=abc; Max-Age=-1", "", deleted},
+		{"max-age beyond int64", "JSESSIONID=abc; Max-Age=-99999999999999999999999", "", deleted},
+		{"max-age invalid is ignored", "JSESSIONID=abc; Max-Age=soon", "", moved},
+		{"max-age empty is ignored", "JSESSIONID=abc; Max-Age=", "", moved},
+		{"expires past", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT", "", deleted},
+		{"expires past, servlet format", "JSESSIONID=abc; Expires=Thu, 01-Jan-1970 00:00:10 GMT", "", deleted},
+		{"expires future", "JSESSIONID=abc; Expires=Fri, 01 Jan 2100 00:00:00 GMT", "", moved},
+		{"expires invalid is ignored", "JSESSIONID=abc; Expires=yesterday", "", moved},
+		{"max-age wins over expires", "JSESSIONID=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60", "", moved},
+		{"max-age zero wins over expires", "JSESSIONID=abc; Max-Age=0; Expires=Fri, 01 Jan 2100 00:00:00 GMT", "", deleted},
+		{"other cookie", "OTHER=abc", "", ignored},
+		{"name is case-sensitive", "jsessionid=abc", "", ignored},
+		{"longer name", "JSESSIONIDX=abc", "", ignored},
+		{"name in an attribute", "X=1; JSESSIONID=abc", "", ignored},
+		{"empty value", "JSESSIONID=", "", ignored},
+		{"empty value expiring, no session carried", "JSESSIONID=; Max-Age=0", "", ignored},
+		{"empty quoted value", `JSESSIONID=""`, "", ignored},
+		{"no value", "JSESSIONID", "", ignored},
+		{"empty line", "", "", ignored},
+		{"logout, empty value", "JSESSIONID=; Max-Age=0", "abc", deleted},
+		{"logout, max-age -1", "JSESSIONID=; Max-Age=-1; Path=/", "abc", deleted},
+		{"logout, placeholder value", "JSESSIONID=deleted; Expires=Thu, 01 Jan 1970 00:00:00 GMT", "abc", deleted},
+		{"logout, empty quoted value", `JSESSIONID=""; Max-Age=0`, "abc", deleted},
+		{"logout of another session", "JSESSIONID=other; Max-Age=0", "abc", deleted},
+		{"empty value, not expiring", "JSESSIONID=; Max-Age=60", "abc", ignored},
+		{"new session", "JSESSIONID=next", "abc", ignored},
+		{"other cookie expiring", "OTHER=; Max-Age=0", "abc", ignored},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			bs := testBackends(nil, 1, 1)
 			p, _ := newLearn(t, learnOpts(100, time.Hour))
 			pk := p.Build(allAvailable(bs))
-			learn(t, pk, bs[0], "JSESSIONID=abc")
-			learn(t, pk, bs[1], tt.line)
+			learn(t, pk, bs[0], "JSESSIONID=abc", "JSESSIONID=other")
+			r := cookieRequest()
+			if tt.carried != "" {
+				r = sessionRequest(tt.carried)
+			}
+			answer(t, pk, r, bs[1], tt.line)
 			switch tt.want {
 			case moved:
 				expectPick(t, pk, sessionRequest("abc"), bs[1], StickyKept)
@@ -158,6 +181,10 @@ func TestLearnSetCookie(t *testing.T) {
 				expectPick(t, pk, sessionRequest("abc"), nil, StickyNew)
 			case ignored:
 				expectPick(t, pk, sessionRequest("abc"), bs[0], StickyKept)
+			}
+			// Another client's session is not touched unless named.
+			if !strings.HasPrefix(tt.line, "JSESSIONID=other") {
+				expectPick(t, pk, sessionRequest("other"), bs[0], StickyKept)
 			}
 		})
 	}
@@ -178,7 +205,7 @@ func TestLearnSeveralLines(t *testing.T) {
 	}
 	// A response without Set-Cookie, and one from a backend the Set does
 	// not have, teach nothing.
-	pk.(Learner).Learn(bs[0], http.Header{"Content-Type": {"text/plain"}})
+	pk.(Learner).Learn(sessionRequest("new"), bs[0], http.Header{"Content-Type": {"text/plain"}})
 	learn(t, pk, NewBackend("elsewhere", nil, 1, nil), "JSESSIONID=foreign")
 	if n := p.Len(); n != 1 {
 		t.Errorf("Len = %d after responses with nothing to learn, want 1", n)
@@ -257,9 +284,9 @@ func TestLearnEvictsLeastRecentlyUsed(t *testing.T) {
 	for i := range 3 {
 		learn(t, pk, bs[i], fmt.Sprintf("JSESSIONID=s%d", i))
 	}
-	// Uses are recorded to within ttl/16, which a use must be apart
-	// from the learning to count.
-	clock.advance(time.Hour/16 + 1)
+	// A use a moment after the learning counts: s1 is now the least
+	// recently used.
+	clock.advance(time.Second)
 	expectPick(t, pk, sessionRequest("s0"), bs[0], StickyKept)
 	learn(t, pk, bs[0], "JSESSIONID=s3")
 	if n, e := p.Len(), p.Evictions(); n != 3 || e != 1 {
@@ -277,7 +304,7 @@ func TestLearnShardedBound(t *testing.T) {
 	const maxEntries, learned = 5000, 20000
 	bs := testBackends(nil, 1)
 	p, _ := newLearn(t, learnOpts(maxEntries, time.Hour))
-	if n := len(p.table.shards); n != 4 {
+	if n := len(p.tab().shards); n != 4 {
 		t.Fatalf("%d shards, want 4", n)
 	}
 	pk := p.Build(allAvailable(bs))
@@ -293,6 +320,9 @@ func TestLearnShardedBound(t *testing.T) {
 }
 
 func TestLearnShardCount(t *testing.T) {
+	if n := unsafe.Sizeof(learnShard{}); n != 64 {
+		t.Errorf("a shard is %d bytes, not a cache line", n)
+	}
 	tests := []struct{ maxEntries, shards int }{
 		{1, 1}, {2047, 1}, {2048, 2}, {5000, 4}, {65535, 32}, {MaxLearnEntries, 32},
 	}
@@ -304,6 +334,9 @@ func TestLearnShardCount(t *testing.T) {
 	}
 }
 
+// A session of a backend removed from the pool is moved once, as one of a
+// backend that is down is, and remembered where it went, even when the
+// application never sets its cookie again; the sessions of the others stay.
 func TestLearnRemovedBackend(t *testing.T) {
 	bs := testBackends(nil, 1, 1, 1)
 	p, _ := newLearn(t, learnOpts(100, time.Hour))
@@ -311,90 +344,111 @@ func TestLearnRemovedBackend(t *testing.T) {
 	learn(t, all, bs[0], "JSESSIONID=kept")
 	learn(t, all, bs[2], "JSESSIONID=gone")
 	without := p.Build(allAvailable(bs[:2]))
-	if n := p.Len(); n != 1 {
-		t.Errorf("Len = %d after removing a backend, want 1", n)
+	if n := p.Len(); n != 2 {
+		t.Errorf("Len = %d after removing a backend, want 2", n)
 	}
-	expectPick(t, without, sessionRequest("gone"), nil, StickyNew)
+	moved := expectPick(t, without, sessionRequest("gone"), nil, StickyRepinned).Backend
+	for range 5 {
+		expectPick(t, without, sessionRequest("gone"), moved, StickyKept)
+	}
 	expectPick(t, without, sessionRequest("kept"), bs[0], StickyKept)
 	// A response of the removed backend that an older picker learns
-	// from, as a request in flight during the change does, is dropped on
-	// its first lookup.
+	// from, as a request in flight during the change does, is moved on
+	// its first lookup like the others.
 	learn(t, all, bs[2], "JSESSIONID=late")
-	expectPick(t, without, sessionRequest("late"), nil, StickyNew)
-	if n := p.Len(); n != 1 {
-		t.Errorf("Len = %d after the lookup, want 1", n)
-	}
-	// Back in the pool, the backend has no old sessions, and learns new
-	// ones.
+	late := expectPick(t, without, sessionRequest("late"), nil, StickyRepinned).Backend
+	expectPick(t, without, sessionRequest("late"), late, StickyKept)
+	// Back in the pool, the backend gets new sessions, and keeps those
+	// nobody used while it was away; the moved ones stay moved.
+	learn(t, all, bs[2], "JSESSIONID=idle")
 	again := p.Build(allAvailable(bs))
-	expectPick(t, again, sessionRequest("gone"), nil, StickyNew)
+	expectPick(t, again, sessionRequest("gone"), moved, StickyKept)
+	expectPick(t, again, sessionRequest("idle"), bs[2], StickyKept)
 	learn(t, again, bs[2], "JSESSIONID=new")
 	expectPick(t, again, sessionRequest("new"), bs[2], StickyKept)
 }
 
-// A session whose backend is unavailable moves to another and stays there,
-// even once its old backend is back.
+// A session whose backend is unavailable moves to the session's
+// successor, the same for every replica (each with a table of its own):
+// every replica that sees the client move it moves it to the same
+// backend. It stays there when its old backend is back.
 func TestLearnRepin(t *testing.T) {
-	bs := testBackends(nil, 1, 1, 1)
-	p, _ := newLearn(t, learnOpts(100, time.Hour))
-	all := p.Build(allAvailable(bs))
-	learn(t, all, bs[1], "JSESSIONID=abc")
-	down := p.Build(Set{All: bs, Available: []*Backend{bs[0], bs[2]}})
-	moved := expectPick(t, down, sessionRequest("abc"), nil, StickyRepinned).Backend
-	if moved == bs[1] {
-		t.Fatal("repinned to the unavailable backend")
+	bs := testBackends(nil, 1, 1, 1, 1)
+	replicas := make([]*learnPolicy, 2)
+	for i := range replicas {
+		replicas[i], _ = newLearn(t, learnOpts(100, time.Hour))
 	}
-	for range 5 {
-		expectPick(t, down, sessionRequest("abc"), moved, StickyKept)
+	down := Set{All: bs, Available: []*Backend{bs[0], bs[2], bs[3]}}
+	successors := map[*Backend]bool{}
+	for i := range 40 {
+		sid := fmt.Sprintf("s%d", i)
+		var moved *Backend
+		for _, p := range replicas {
+			learn(t, p.Build(allAvailable(bs)), bs[1], "JSESSIONID="+sid)
+			got := expectPick(t, p.Build(down), sessionRequest(sid), nil, StickyRepinned).Backend
+			if got == bs[1] || (moved != nil && got != moved) {
+				t.Fatalf("%s moved to %s and %s", sid, moved.ID, got.ID)
+			}
+			moved = got
+		}
+		successors[moved] = true
+		for _, p := range replicas {
+			pk := p.Build(down)
+			for range 3 {
+				expectPick(t, pk, sessionRequest(sid), moved, StickyKept)
+			}
+			expectPick(t, p.Build(allAvailable(bs)), sessionRequest(sid), moved, StickyKept)
+		}
 	}
-	back := p.Build(allAvailable(bs))
-	expectPick(t, back, sessionRequest("abc"), moved, StickyKept)
+	if len(successors) != 3 {
+		t.Errorf("the sessions of b1 moved to %d backends, want all 3 others", len(successors))
+	}
 	// The new backend's own session is learned as any other.
-	learn(t, back, moved, "JSESSIONID=abc; Max-Age=0", "JSESSIONID=fresh")
-	expectPick(t, back, sessionRequest("fresh"), moved, StickyKept)
+	back := replicas[0].Build(allAvailable(bs))
+	learn(t, back, bs[3], "JSESSIONID=s0; Max-Age=0", "JSESSIONID=fresh")
+	expectPick(t, back, sessionRequest("fresh"), bs[3], StickyKept)
 }
 
-// A retry moves a known session to the backend it is retried on, so that
-// the client's next requests go where it was served.
+// A retry moves a known session to its successor among the backends not
+// tried, where the next picks find it, and where a pick moves it once the
+// failed backend is marked down: retries and picks agree.
 func TestLearnRepinOnRetry(t *testing.T) {
 	bs := testBackends(nil, 1, 1, 1)
 	p, _ := newLearn(t, learnOpts(100, time.Hour))
 	pk := p.Build(allAvailable(bs))
-	learn(t, pk, bs[1], "JSESSIONID=abc")
 	pn, ok := pk.(Pinner)
 	if !ok {
 		t.Fatalf("%T is not a Pinner", pk)
 	}
-	for _, tt := range []struct {
-		name  string
-		sid   string
-		tried []*Backend
-	}{
-		{"known session", "abc", []*Backend{bs[1]}},
-		{"known session, second retry", "abc", []*Backend{bs[1], bs[0]}},
-		{"unknown session", "new", []*Backend{bs[2]}},
-		{"no session", "", []*Backend{bs[0]}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			r := cookieRequest("lang=en")
-			if tt.sid != "" {
-				r = sessionRequest(tt.sid)
-			}
-			for range 2 * len(bs) {
-				b, setCookie, ok := pn.Repin(r, tt.tried)
-				if !ok || b == nil || slices.Contains(tt.tried, b) || setCookie != "" {
-					t.Fatalf("Repin = %v, %q, %v; want an untried backend and no cookie", b, setCookie, ok)
-				}
-				if tt.sid == "abc" {
-					expectPick(t, pk, r, b, StickyKept)
-				}
-			}
-		})
+	for i := range 20 {
+		sid := fmt.Sprintf("s%d", i)
+		learn(t, pk, bs[1], "JSESSIONID="+sid)
+		b, setCookie, ok := pn.Repin(sessionRequest(sid), bs[1:2])
+		if !ok || b == bs[1] || setCookie != "" {
+			t.Fatalf("Repin(%s) = %v, %q, %v; want an untried backend and no cookie", sid, b, setCookie, ok)
+		}
+		expectPick(t, pk, sessionRequest(sid), b, StickyKept)
+		// The same session, failed over by a pick on another replica.
+		other, _ := newLearn(t, learnOpts(100, time.Hour))
+		learn(t, other.Build(allAvailable(bs)), bs[1], "JSESSIONID="+sid)
+		expectPick(t, other.Build(Set{All: bs, Available: []*Backend{bs[0], bs[2]}}), sessionRequest(sid), b, StickyRepinned)
+		// A second failure in the same request leaves one backend.
+		if c, _, ok := pn.Repin(sessionRequest(sid), []*Backend{bs[1], b}); !ok || c == b || c == bs[1] {
+			t.Fatalf("second Repin(%s) = %v, %v", sid, c, ok)
+		}
 	}
-	if n := p.Len(); n != 1 {
+	for _, r := range []*http.Request{sessionRequest("unknown"), cookieRequest("lang=en")} {
+		for range 2 * len(bs) {
+			b, _, ok := pn.Repin(r, bs[:1])
+			if !ok || b == bs[0] {
+				t.Fatalf("Repin = %v, %v; want an untried backend", b, ok)
+			}
+		}
+	}
+	if n := p.Len(); n != 20 {
 		t.Errorf("Len = %d: a retry taught the table a session", n)
 	}
-	if b, _, ok := pn.Repin(sessionRequest("abc"), bs); ok || b != nil {
+	if b, _, ok := pn.Repin(sessionRequest("s1"), bs); ok || b != nil {
 		t.Errorf("Repin with every backend tried = %v, %v; want none", b, ok)
 	}
 }
@@ -497,7 +551,8 @@ func TestLearnPickDoesNotAllocate(t *testing.T) {
 		})
 	}
 	h := setCookies("JSESSIONID=abc; Path=/; HttpOnly")
-	if n := testing.AllocsPerRun(100, func() { pk.(Learner).Learn(s.Available[7], h) }); n != 0 {
+	r := sessionRequest("abc")
+	if n := testing.AllocsPerRun(100, func() { pk.(Learner).Learn(r, s.Available[7], h) }); n != 0 {
 		t.Errorf("%.1f allocations per Learn of a known session, want 0", n)
 	}
 }
@@ -521,7 +576,8 @@ func TestLearnConcurrent(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				pk.(Learner).Learn(got.Backend, setCookies("JSESSIONID="+sid))
+				r := sessionRequest(sid)
+				pk.(Learner).Learn(r, got.Backend, setCookies("JSESSIONID="+sid))
 			}
 		})
 	}
@@ -560,10 +616,11 @@ func FuzzLearn(f *testing.F) {
 			t.Fatal(err)
 		}
 		pk := p.Build(Set{All: bs, Available: bs[1:]})
-		if _, err := pk.Pick(cookieRequest(cookie)); err != nil {
+		r := cookieRequest(cookie)
+		if _, err := pk.Pick(r); err != nil {
 			t.Fatalf("Pick(%q): %v", cookie, err)
 		}
-		pk.(Learner).Learn(bs[2], setCookies(setCookie))
+		pk.(Learner).Learn(r, bs[2], setCookies(setCookie))
 		if n := p.(*learnPolicy).Len(); n > 1 {
 			t.Fatalf("Len = %d after one line", n)
 		}
@@ -578,4 +635,116 @@ func FuzzLearn(f *testing.F) {
 			t.Fatalf("Pick(%q): %v", cookie, err)
 		}
 	})
+}
+
+// A policy made for other options takes over its predecessor's sessions:
+// the most recently used first, up to its max_entries, each as old as it
+// was and dropped when that is past the new ttl. The old pickers, serving
+// requests in flight, learn into the new table from then on.
+func TestLearnHandOver(t *testing.T) {
+	const sessions = 12
+	tests := []struct {
+		name       string
+		maxEntries int
+		ttl        time.Duration
+		kept       int // how many of s0, s1, ... (most recent first) stay
+	}{
+		{"same bounds", 1000, time.Hour, sessions},
+		{"larger", 5000, 2 * time.Hour, sessions},
+		// fresh and a, learned by the new policy, and b, the old
+		// policy's most recent, leave room for two.
+		{"fewer entries", 5, time.Hour, 2},
+		{"fewer entries, sharded", 4096, time.Hour, sessions},
+		// s0 to s11 are 0 to 44 minutes old; 20m and its slack of
+		// 1m15s keep those up to 20 minutes old.
+		{"shorter ttl", 1000, 20 * time.Minute, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := testBackends(nil, 1, 1, 1)
+			old, clock := newLearn(t, learnOpts(1000, time.Hour))
+			oldPk := old.Build(allAvailable(bs))
+			for i := range sessions {
+				learn(t, oldPk, bs[i%3], fmt.Sprintf("JSESSIONID=s%d", i))
+			}
+			// s11 is used first and s0 last, 4 minutes apart (more than
+			// the old table's slack, so that each use renews the
+			// entry's time): the order of use is the reverse of the
+			// order of learning.
+			for i := sessions - 1; i >= 0; i-- {
+				clock.advance(4 * time.Minute)
+				expectPick(t, oldPk, sessionRequest(fmt.Sprintf("s%d", i)), bs[i%3], StickyKept)
+			}
+			learn(t, oldPk, bs[0], "JSESSIONID=a", "JSESSIONID=b")
+
+			p, err := NewFrom(old, "learn", learnOpts(tt.maxEntries, tt.ttl))
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := p.(*learnPolicy)
+			t.Cleanup(func() { _ = next.Close() })
+			nextClock := new(fakeClock)
+			nextClock.advance(42 * time.Hour)
+			next.tab().clock = nextClock.now
+			pk := next.Build(allAvailable(bs))
+			// Sessions learned by the new policy before the hand-over
+			// stay the most recent, and win over the old policy's.
+			learn(t, pk, bs[1], "JSESSIONID=fresh", "JSESSIONID=a")
+			old.tab().evictions.Add(7)
+			HandOver(old, next)
+			if n := next.Evictions(); n != 7 {
+				t.Errorf("evictions %d, want the old policy's 7 carried", n)
+			}
+
+			expectPick(t, pk, sessionRequest("fresh"), bs[1], StickyKept)
+			expectPick(t, pk, sessionRequest("a"), bs[1], StickyKept)
+			expectPick(t, pk, sessionRequest("b"), bs[0], StickyKept)
+			for i := range sessions {
+				sid := fmt.Sprintf("s%d", i)
+				if i < tt.kept {
+					expectPick(t, pk, sessionRequest(sid), bs[i%3], StickyKept)
+				} else {
+					expectPick(t, pk, sessionRequest(sid), nil, StickyNew)
+				}
+			}
+			// The old pickers write where the new ones read.
+			learn(t, oldPk, bs[2], "JSESSIONID=late")
+			expectPick(t, pk, sessionRequest("late"), bs[2], StickyKept)
+
+		})
+	}
+}
+
+// Only a learn policy of the same cookie takes over a table.
+func TestLearnHandOverOtherPolicies(t *testing.T) {
+	bs := testBackends(nil, 1, 1)
+	old, _ := newLearn(t, learnOpts(100, time.Hour))
+	learn(t, old.Build(allAvailable(bs)), bs[1], "JSESSIONID=abc")
+	other := learnOpts(100, time.Hour)
+	other.Learn.Cookie = "PHPSESSID"
+	for _, tt := range []struct {
+		name string
+		kind string
+		o    Options
+	}{
+		{"other cookie", "learn", other},
+		{"cookie balancer", "cookie", cookieOpts()},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := NewFrom(old, tt.kind, tt.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			HandOver(old, p)
+			if lp, ok := p.(*learnPolicy); ok && lp.Len() != 0 {
+				t.Errorf("a policy of cookie %s took %d sessions of JSESSIONID", lp.cookie, lp.Len())
+			}
+			if old.Len() != 1 {
+				t.Errorf("the old policy holds %d sessions, want its own 1", old.Len())
+			}
+		})
+	}
+	if _, err := NewFrom(old, "learn", learnOpts(0, time.Hour)); !errors.Is(err, ErrInvalidLearn) {
+		t.Errorf("NewFrom with bad options: %v, want ErrInvalidLearn", err)
+	}
 }

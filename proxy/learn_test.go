@@ -6,11 +6,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/demoapp"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
@@ -178,43 +180,57 @@ func TestLearnReplicasShareSessions(t *testing.T) {
 }
 
 // A reload that leaves a pool's balancer settings alone keeps its policy,
-// and with it the learned sessions; one that changes them starts afresh.
+// and with it the learned sessions. One that changes the table's bounds
+// makes a new policy, which takes the sessions over: all of them for a new
+// ttl, the most recently used for a smaller max_entries.
 func TestLearnTableSurvivesReload(t *testing.T) {
 	apps := startSessionApps(t, "app-1", "app-2", "app-3")
-	pool := func(backends []config.Backend, maxEntries int) *config.Config {
+	pool := func(backends []config.Backend, maxEntries int, ttl time.Duration) *config.Config {
 		o := learnOptions()
-		o.Learn.MaxEntries = maxEntries
+		o.Learn.MaxEntries, o.Learn.TTL = maxEntries, ttl
 		return catchAll(&config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: o}, Backends: backends})
 	}
-	s, u := startProxy(t, pool(apps[:2], 1000), nil)
+	s, u := startProxy(t, pool(apps[:2], 1000, 30*time.Minute), nil)
 	c := testutil.Client(t)
+	var order []string          // sessions, least recently used first
 	home := map[string]string{} // session → backend
-	for range 4 {
+	for range 21 {
 		b, sid := sessionGet(t, c, u.String()+"/", "")
 		home[sid] = b
+		order = append(order, sid)
+	}
+	table := func() balancer.StickTable { return s.state.Load().pools[0].policy.(balancer.StickTable) }
+	routed := func(when string, sids []string) {
+		t.Helper()
+		for _, sid := range sids {
+			if got, renewed := sessionGet(t, c, u.String()+"/", sid); got != home[sid] || renewed != "" {
+				t.Errorf("%s, session %s went to %s (new session %q), want %s", when, sid, got, renewed, home[sid])
+			}
+		}
 	}
 	before := s.state.Load().pools[0].policy
 
 	// A backend joins; the balancer settings stay.
-	reload(t, s, pool(apps, 1000))
+	reload(t, s, pool(apps, 1000, 30*time.Minute))
 	if got := s.state.Load().pools[0].policy; got != before {
 		t.Fatal("a reload with the same balancer settings replaced the policy")
 	}
-	for sid, want := range home {
-		if got, renewed := sessionGet(t, c, u.String()+"/", sid); got != want || renewed != "" {
-			t.Errorf("after reload, session %s went to %s (new session %q), want %s", sid, got, renewed, want)
-		}
-	}
+	routed("after a backend joined", order)
 
-	// Other settings: a new policy, an empty table.
-	reload(t, s, pool(apps, 500))
-	after, ok := s.state.Load().pools[0].policy.(balancer.StickTable)
-	if !ok || s.state.Load().pools[0].policy == before {
-		t.Fatal("a reload with other balancer settings kept the policy")
+	reload(t, s, pool(apps, 1000, 20*time.Minute))
+	if s.state.Load().pools[0].policy == before {
+		t.Fatal("a reload with another ttl kept the policy")
 	}
-	if n := after.Len(); n != 0 {
-		t.Errorf("the new table holds %d sessions, want 0", n)
+	if n := table().Len(); n != 21 {
+		t.Errorf("after ttl 30m → 20m the table holds %d sessions, want 21", n)
 	}
+	routed("after ttl 30m → 20m", order)
+
+	reload(t, s, pool(apps, 10, 20*time.Minute))
+	if n := table().Len(); n != 10 {
+		t.Errorf("after max_entries 1000 → 10 the table holds %d sessions, want 10", n)
+	}
+	routed("after max_entries 1000 → 10", order[len(order)-10:])
 }
 
 // The learn table's size shows in /metrics.
@@ -232,5 +248,121 @@ func TestLearnMetrics(t *testing.T) {
 	}
 	if v, ok := metricValue(fams, "affinity_learn_evictions_total", "pool=app"); !ok || v != 0 {
 		t.Errorf("affinity_learn_evictions_total = %v (%v), want 0", v, ok)
+	}
+}
+
+// A logout that expires the session cookie with an empty value, as the
+// demo app's does, makes the proxy forget the session the client carried.
+func TestLearnForgetsLoggedOutSession(t *testing.T) {
+	var bs []config.Backend
+	for _, name := range []string{"web-1", "web-2"} {
+		bs = append(bs, config.Backend{URL: testutil.StartServer(t, demoapp.New(name)), Name: name, Weight: 1})
+	}
+	o := learnOptions()
+	o.Learn.Cookie = demoapp.CookieName
+	s, u := startProxy(t, catchAll(&config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: o}, Backends: bs}), nil)
+	p := s.state.Load().pools[0]
+	table := p.policy.(balancer.StickTable)
+	c := testutil.Client(t)
+	withSession := func(sid string) func(*http.Request) {
+		return func(r *http.Request) { r.AddCookie(&http.Cookie{Name: demoapp.CookieName, Value: sid}) }
+	}
+	first := get(t, c, u.String()+"/", nil)
+	var sid string
+	for _, line := range first.header["Set-Cookie"] {
+		if ck, err := http.ParseSetCookie(line); err == nil && ck.Name == demoapp.CookieName {
+			sid = ck.Value
+		}
+	}
+	if sid == "" || table.Len() != 1 {
+		t.Fatalf("first visit: session %q, table of %d; want one learned", sid, table.Len())
+	}
+	req, err := http.NewRequest(http.MethodPost, u.String()+"/logout", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withSession(sid)(req)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(demoapp.HeaderBackend) != first.header.Get(demoapp.HeaderBackend) {
+		t.Fatalf("logout: %d from %q, want 204 from the session's backend", resp.StatusCode, resp.Header.Get(demoapp.HeaderBackend))
+	}
+	if n := table.Len(); n != 0 {
+		t.Errorf("the table holds %d sessions after the logout, want 0", n)
+	}
+	r, _ := http.NewRequest(http.MethodGet, u.String()+"/", nil)
+	withSession(sid)(r)
+	if pk, err := p.pick(r); err != nil || pk.Sticky != balancer.StickyNew {
+		t.Errorf("the logged-out session picks %+v, %v; want a new client", pk, err)
+	}
+}
+
+// sharedSessionApp stands for an application whose sessions live in a
+// shared store: it sets its session cookie on a client's first request
+// only, and serves any session it is sent, under its name.
+type sharedSessionApp struct {
+	name   string
+	issued atomic.Int64
+}
+
+func (a *sharedSessionApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, err := r.Cookie(sessionCookie); err != nil {
+		sid := fmt.Sprintf("%s-%d", a.name, a.issued.Add(1))
+		http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: sid, Path: "/"})
+	}
+	_, _ = io.WriteString(w, a.name)
+}
+
+// startSharedSessionApps starts a sharedSessionApp per name and returns
+// them as a pool's backends.
+func startSharedSessionApps(t *testing.T, names ...string) []config.Backend {
+	t.Helper()
+	bs := make([]config.Backend, len(names))
+	for i, n := range names {
+		bs[i] = config.Backend{URL: testutil.StartServer(t, &sharedSessionApp{name: n}), Name: n, Weight: 1}
+	}
+	return bs
+}
+
+// The sessions of a backend that a reload removes are moved once, each to
+// one backend, and remembered there, though the application never sets
+// their cookie again: as those of a backend that is down.
+func TestLearnRemovedBackendMovedOnce(t *testing.T) {
+	apps := startSharedSessionApps(t, "app-1", "app-2", "app-3")
+	pool := func(backends []config.Backend) *config.Config {
+		return catchAll(&config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: learnOptions()}, Backends: backends})
+	}
+	s, u := startProxy(t, pool(apps), nil)
+	c := testutil.Client(t)
+	home := map[string]string{}
+	for range 12 {
+		b, sid := sessionGet(t, c, u.String()+"/", "")
+		home[sid] = b
+	}
+	reload(t, s, pool(apps[:2]))
+	moved := map[string]string{}
+	for range 4 {
+		for sid, was := range home {
+			got, renewed := sessionGet(t, c, u.String()+"/", sid)
+			switch {
+			case renewed != "":
+				t.Fatalf("session %s renewed as %s", sid, renewed)
+			case was != "app-3" && got != was:
+				t.Errorf("session %s of %s moved to %s", sid, was, got)
+			case was == "app-3" && moved[sid] == "":
+				moved[sid] = got
+			case was == "app-3" && got != moved[sid]:
+				t.Errorf("session %s of the removed app-3 went to %s, then %s", sid, moved[sid], got)
+			}
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatal("no session was on app-3: the test proves nothing")
+	}
+	if n := s.state.Load().pools[0].repins.Load(); n != uint64(len(moved)) {
+		t.Errorf("%d repins counted, want %d: one per session moved", n, len(moved))
 	}
 }

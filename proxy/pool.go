@@ -179,12 +179,16 @@ func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 // policyFor returns the policy of a pool configured with bc: prev's, when
 // prev (the pool of the same name before a reload, or nil) has the same
 // balancer settings, so that whatever the policy keeps (the learn policy's
-// table, the rotation) survives the reload; a new one otherwise.
+// table, the rotation) survives the reload; a new one otherwise, which
+// takes over what prev's learned where it can (see takeOver).
 func (prev *pool) policyFor(bc config.Balancer) (balancer.Policy, error) {
-	if prev != nil && reflect.DeepEqual(prev.balancer, bc) {
+	if prev == nil {
+		return balancer.New(bc.Type, bc.Options)
+	}
+	if reflect.DeepEqual(prev.balancer, bc) {
 		return prev.policy, nil
 	}
-	return balancer.New(bc.Type, bc.Options)
+	return balancer.NewFrom(prev.policy, bc.Type, bc.Options)
 }
 
 // checkPoolSettings rejects the values config.Load never produces but a

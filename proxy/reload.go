@@ -238,13 +238,18 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 type checkKey struct{ pool, id string }
 
 // takeOver copies the health of every backend p shares with prev (see
-// index) from prev, which must be stopped, and publishes p's snapshot. A
+// index) from prev, which must be stopped, hands prev's learned sessions
+// to p's policy if it is a new one, and publishes p's snapshot. A
 // verdict only carries over where both pools have that kind of health
 // check: a backend under checks that were just turned on starts in
 // service, as at startup.
 func (p *pool) takeOver(prev *pool) {
 	if prev == nil {
 		return
+	}
+	if p.policy != prev.policy {
+		// Other learn options: the sessions carry over.
+		balancer.HandOver(prev.policy, p.policy)
 	}
 	prev.mu.Lock()
 	defer prev.mu.Unlock()

@@ -103,7 +103,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			if l := p.snap.Load().learner; l != nil {
 				// Before the proxy's own cookie is added: it is
 				// not the backend's to learn from.
-				l.Learn(b, res.Header)
+				l.Learn(out, b, res.Header)
 			}
 			if ex.setCookie != "" {
 				ex.addCookie(res.Header)
