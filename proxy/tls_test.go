@@ -1,20 +1,14 @@
 package proxy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -30,50 +24,18 @@ import (
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-// testCert is a self-signed certificate for 127.0.0.1, in PEM files.
+// testCert is a certificate for 127.0.0.1, in PEM files.
 type testCert struct {
 	certFile, keyFile string
 	roots             *x509.CertPool // trusts the certificate
 }
 
-// newTestCert makes an ECDSA key and a certificate for 127.0.0.1 and names,
-// valid for an hour, in t.TempDir().
+// newTestCert makes a certificate for 127.0.0.1 and names, valid for an
+// hour, signed by an authority of its own.
 func newTestCert(t *testing.T, names ...string) testCert {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "affinity test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              names,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	tc := testCert{certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), roots: x509.NewCertPool()}
-	writePEM(t, tc.certFile, "CERTIFICATE", der)
-	writePEM(t, tc.keyFile, "PRIVATE KEY", keyDER)
-	tc.roots.AddCert(cert)
-	return tc
+	c := testutil.NewCerts(t, names...)
+	return testCert{certFile: c.ServerCert, keyFile: c.ServerKey, roots: c.Client.RootCAs}
 }
 
 func writePEM(t *testing.T, path, kind string, der []byte) {

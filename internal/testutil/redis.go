@@ -3,18 +3,27 @@ package testutil
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// redisServer is the program StartRedis runs, found on PATH.
-const redisServer = "redis-server"
+// The programs StartRedis runs, found on PATH: the server, and the same
+// program as Debian's redis-sentinel package installs it, for sentinels.
+const (
+	redisServer   = "redis-server"
+	redisSentinel = "redis-sentinel"
+)
 
 // redisStartTimeout bounds how long a redis-server may take to answer PING.
 const redisStartTimeout = 10 * time.Second
@@ -28,6 +37,7 @@ type Redis struct {
 	Addr string
 
 	t    testing.TB
+	c    RedisConfig
 	path string // of the redis-server program
 	dir  string // its working directory, where it would write if it wrote
 
@@ -42,22 +52,50 @@ type redisProcess struct {
 	done chan struct{} // closed once it has exited
 }
 
+// RedisConfig asks StartRedisWith for more than a plain server.
+type RedisConfig struct {
+	// Args are more redis-server arguments: --requirepass PASSWORD,
+	// --user NAME on >PASSWORD ~* +@all, --replicaof HOST PORT...
+	Args []string
+	// Password, when set, is sent with AUTH (of the default user) before
+	// the PING that tells the server is up.
+	Password string
+	// TLS, when set, makes the server serve TLS only, with the server
+	// certificate of TLS, asking clients for a certificate that TLS's
+	// authority signs; the PING then uses TLS.Client.
+	TLS *Certs
+	// Sentinel, when set, runs redis-sentinel instead, with this
+	// configuration (sentinel monitor ...); the port is added to it.
+	Sentinel string
+}
+
 // StartRedis starts a redis-server on a free loopback port and waits until
 // it answers PING; t's Cleanup stops it. Without redis-server on PATH it
 // skips the test, unless the environment has CI=true: CI must run every
 // test that proves Redis works, so there a missing server fails the test.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	path, err := exec.LookPath(redisServer)
+	return StartRedisWith(t, RedisConfig{})
+}
+
+// StartRedisWith starts a redis-server, or a redis-sentinel, configured as
+// c says, as StartRedis does.
+func StartRedisWith(t testing.TB, c RedisConfig) *Redis {
+	t.Helper()
+	program := redisServer
+	if c.Sentinel != "" {
+		program = redisSentinel
+	}
+	path, err := exec.LookPath(program)
 	if err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and %s is not installed: %v", redisServer, err)
+			t.Fatalf("CI=true and %s is not installed: %v", program, err)
 		} else {
-			t.Skipf("%s is not installed; this test needs it (and fails without it under CI=true)", redisServer)
+			t.Skipf("%s is not installed; this test needs it (and fails without it under CI=true)", program)
 		}
 		return nil
 	}
-	r := &Redis{t: t, path: path, dir: t.TempDir()}
+	r := &Redis{t: t, c: c, path: path, dir: t.TempDir()}
 	t.Cleanup(r.Stop)
 	// A port found free can be taken before redis-server binds it.
 	for attempt := 1; ; attempt++ {
@@ -67,7 +105,7 @@ func StartRedis(t testing.TB) *Redis {
 			return r
 		}
 		if attempt == 3 {
-			t.Fatalf("start %s: %v", redisServer, err)
+			t.Fatalf("start %s: %v", program, err)
 			return nil
 		}
 	}
@@ -100,15 +138,11 @@ func (r *Redis) start() error {
 	if r.proc != nil {
 		return errors.New("already running")
 	}
-	_, port, err := net.SplitHostPort(r.Addr)
+	args, err := r.args()
 	if err != nil {
-		return fmt.Errorf("address %q: %w", r.Addr, err)
+		return err
 	}
-	cmd := exec.Command(r.path,
-		"--bind", "127.0.0.1", "--port", port,
-		// No snapshots, no append-only file: nothing survives a stop.
-		"--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", "", "--daemonize", "no")
+	cmd := exec.Command(r.path, args...)
 	out := new(LockedBuffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -119,7 +153,7 @@ func (r *Redis) start() error {
 		_ = cmd.Wait()
 		close(p.done)
 	}()
-	if err := waitPing(r.Addr, p.done); err != nil {
+	if err := waitPing(r.Addr, p.done, r.c); err != nil {
 		p.kill()
 		return fmt.Errorf("%w; its log:\n%s", err, out)
 	}
@@ -127,14 +161,44 @@ func (r *Redis) start() error {
 	return nil
 }
 
+// args returns the command line of the program.
+func (r *Redis) args() ([]string, error) {
+	_, port, err := net.SplitHostPort(r.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", r.Addr, err)
+	}
+	args := []string{"--bind", "127.0.0.1", "--dir", r.dir, "--logfile", "", "--daemonize", "no"}
+	if t := r.c.TLS; t != nil {
+		args = append(args, "--port", "0", "--tls-port", port,
+			"--tls-cert-file", t.ServerCert, "--tls-key-file", t.ServerKey, "--tls-ca-cert-file", t.CA,
+			"--tls-auth-clients", "yes")
+	} else {
+		args = append(args, "--port", port)
+	}
+	if r.c.Sentinel != "" {
+		// A sentinel rewrites its file as it learns the topology; a
+		// restart starts from what it wrote.
+		conf := filepath.Join(r.dir, "sentinel.conf")
+		if _, err := os.Stat(conf); errors.Is(err, fs.ErrNotExist) {
+			if err := os.WriteFile(conf, []byte(r.c.Sentinel+"\n"), 0o600); err != nil {
+				return nil, err
+			}
+		}
+		return append([]string{conf}, args...), nil
+	}
+	// No snapshots, no append-only file: nothing survives a stop.
+	args = append(args, "--save", "", "--appendonly", "no")
+	return append(args, r.c.Args...), nil
+}
+
 func (p *redisProcess) kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
 
-// waitPing polls addr with PING until it answers PONG, the process exits
-// (done is closed) or redisStartTimeout passes.
-func waitPing(addr string, done <-chan struct{}) error {
+// waitPing polls addr with PING, as c says to reach it, until it answers
+// PONG, the process exits (done is closed) or redisStartTimeout passes.
+func waitPing(addr string, done <-chan struct{}, c RedisConfig) error {
 	var err error
 	exited := false
 	answered := poll(redisStartTimeout, func() bool {
@@ -144,7 +208,7 @@ func waitPing(addr string, done <-chan struct{}) error {
 			return true
 		default:
 		}
-		err = ping(addr)
+		err = ping(addr, c)
 		return err == nil
 	})
 	switch {
@@ -156,25 +220,49 @@ func waitPing(addr string, done <-chan struct{}) error {
 	return nil
 }
 
-// ping sends one PING in the Redis protocol and checks the answer.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// ping sends one PING in the Redis protocol, after AUTH if c has a
+// password, and checks the answers.
+func ping(addr string, c RedisConfig) error {
+	d := &net.Dialer{Timeout: time.Second}
+	var conn net.Conn
+	var err error
+	if c.TLS != nil {
+		conn, err = tls.DialWithDialer(d, "tcp", addr, c.TLS.Client)
+	} else {
+		conn, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(time.Second)); err != nil {
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(time.Second)); err != nil {
 		return err
 	}
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+	br := bufio.NewReader(conn)
+	if c.Password != "" {
+		if err := command(conn, br, "+OK\r\n", "AUTH", c.Password); err != nil {
+			return err
+		}
+	}
+	return command(conn, br, "+PONG\r\n", "PING")
+}
+
+// command sends args as a Redis command and checks that the answer is want.
+func command(w io.Writer, br *bufio.Reader, want string, args ...string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := br.ReadString('\n')
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", line)
+	if line != want {
+		return fmt.Errorf("%s answered %q", args[0], line)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bufio"
+	"crypto/tls"
 	"net"
 	"testing"
 	"time"
@@ -86,5 +87,35 @@ func TestStartRedisWithoutServer(t *testing.T) {
 				t.Errorf("skipped %v, failed %v; want %v, %v", rt.skipped, rt.failed, tc.skip, tc.fails)
 			}
 		})
+	}
+}
+
+// A server with a password and TLS answers only a client that speaks TLS,
+// shows the authority's client certificate, and authenticates.
+func TestRedisPasswordAndTLS(t *testing.T) {
+	certs := NewCerts(t)
+	r := StartRedisWith(t, RedisConfig{Args: []string{"--requirepass", "s3cret"}, Password: "s3cret", TLS: certs})
+	if err := ping(r.Addr, RedisConfig{Password: "s3cret", TLS: certs}); err != nil {
+		t.Errorf("PING with the password over TLS: %v", err)
+	}
+	for name, c := range map[string]RedisConfig{
+		"plain":                 {Password: "s3cret"},
+		"no password":           {TLS: certs},
+		"wrong password":        {Password: "guess", TLS: certs},
+		"no client certificate": {Password: "s3cret", TLS: &Certs{Client: &tls.Config{RootCAs: certs.Client.RootCAs}}},
+	} {
+		if err := ping(r.Addr, c); err == nil {
+			t.Errorf("%s: PING answered", name)
+		}
+	}
+}
+
+// A sentinel answers PING, and knows the master it is told to watch.
+func TestSentinel(t *testing.T) {
+	master := StartRedis(t)
+	host, port, _ := net.SplitHostPort(master.Addr)
+	s := StartRedisWith(t, RedisConfig{Sentinel: "sentinel monitor m " + host + " " + port + " 1"})
+	if got := redisCommand(t, s.Addr, "SENTINEL get-master-addr-by-name m"); got != "*2\r\n" {
+		t.Errorf("the sentinel answered %q about its master", got)
 	}
 }
