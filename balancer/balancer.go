@@ -315,15 +315,51 @@ type LearnOptions struct {
 	Redis RedisOptions
 }
 
-// RedisOptions locates a Redis server or cluster.
+// RedisOptions locates a Redis server, a Redis Cluster, or the master that
+// Redis Sentinel names, and says how to connect to it.
 type RedisOptions struct {
 	// Addrs holds host:port of a single server, or two or more seed
-	// addresses of a Redis Cluster.
+	// addresses of a Redis Cluster; none with Sentinel.
 	Addrs []string
+	// Sentinel, when not nil, asks Redis Sentinel for the master's
+	// address, and follows it when the sentinels fail it over.
+	Sentinel *RedisSentinel
 	// Timeout bounds each Redis command. A pick whose session is not in
 	// the memory table waits this long at most for Redis before it falls
 	// back to the rotation.
 	Timeout time.Duration
+	// Username and Password authenticate every connection (AUTH): an
+	// ACL user's, or, without Username, the default user's (requirepass).
+	// No Password: no AUTH.
+	Username, Password string
+	// DB selects a database of a single server or of Sentinel's master;
+	// a Redis Cluster has database 0 only.
+	DB int
+	// TLS, when not nil, encrypts the connections, to the sentinels too.
+	TLS *RedisTLS
+}
+
+// RedisSentinel names the master that the sentinels at Addrs watch.
+type RedisSentinel struct {
+	Master string
+	Addrs  []string // host:port of the sentinels
+	// Username and Password authenticate with the sentinels, when they
+	// require it (their own requirepass); the master's are RedisOptions'.
+	Username, Password string
+}
+
+// RedisTLS configures TLS to Redis. The certificates are PEM bytes, read by
+// whoever made the options (config reads them from files).
+type RedisTLS struct {
+	// CA holds the certificates that sign the servers'; empty: the
+	// system's roots.
+	CA []byte
+	// ServerName is the name the servers' certificates must hold; empty:
+	// the host of the address dialled.
+	ServerName string
+	// Cert and Key are a client certificate and its key, for a server
+	// that asks for one (Redis's tls-auth-clients); both or neither.
+	Cert, Key []byte
 }
 
 // Options is everything a Factory may read. Each policy reads only its part;

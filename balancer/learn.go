@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,37 +83,17 @@ func newLearnPolicy(o Options) (Policy, error) {
 	switch l.Store {
 	case LearnStoreMemory:
 	case LearnStoreRedis:
-		if err := checkRedis(l.Redis); err != nil {
+		opts, err := redisOptions(l.Redis)
+		if err != nil {
 			return nil, fmt.Errorf("%w: redis: %w", ErrInvalidLearn, err)
 		}
 		// The store reads the table's clock, which tests replace.
 		clock := func() int64 { return p.tab().clock() }
-		p.store = newRedisStore(l.Redis, RedisKeyPrefix+l.Cookie+":", p.tab().keep(), clock)
+		p.store = newRedisStore(opts, RedisKeyPrefix+l.Cookie, p.tab().keep(), clock, p.adopt)
 	default:
 		return nil, fmt.Errorf("%w: store %q must be %s or %s", ErrInvalidLearn, l.Store, LearnStoreMemory, LearnStoreRedis)
 	}
 	return p, nil
-}
-
-// checkRedis accepts what newRedisStore can dial: host:port addresses with
-// a host, and a positive timeout.
-func checkRedis(r RedisOptions) error {
-	if len(r.Addrs) == 0 {
-		return errors.New("no addresses")
-	}
-	for _, a := range r.Addrs {
-		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" {
-			return fmt.Errorf("address %q is not host:port", a)
-		}
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			return fmt.Errorf("address %q: port must be from 1 to 65535", a)
-		}
-	}
-	if r.Timeout <= 0 {
-		return fmt.Errorf("timeout %v must be positive", r.Timeout)
-	}
-	return nil
 }
 
 // Build numbers the backends of s.All and marks those that take their
@@ -158,6 +136,22 @@ func (p *learnPolicy) Build(s Set) Picker {
 		p.members[n] = true
 	}
 	return lp
+}
+
+// adopt moves the session sid, if the memory table holds it, to the
+// backend with ID id, as Redis or another replica says it now is. A
+// backend this policy never had leaves the entry as it is.
+func (p *learnPolicy) adopt(sid, id string) {
+	if len(sid) > maxSessionID {
+		return
+	}
+	p.buildMu.Lock()
+	n, ok := p.ids[id]
+	p.buildMu.Unlock()
+	if ok {
+		t := p.tab()
+		t.move(t.key(sid), n, t.clock())
+	}
 }
 
 // tab returns the memory table.
@@ -315,7 +309,7 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 		if stale && p.store != nil {
 			// Still in use: keep Redis from expiring it for the other
 			// replicas, which may not see this client for a while.
-			p.store.set(sid, b.ID)
+			p.store.touch(sid, b.ID)
 		}
 		return Pick{Backend: b, Sticky: StickyKept}, nil
 	}
@@ -326,7 +320,7 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 	b := lp.w.backends[i]
 	t.put(key, lp.byID[b.ID], now)
 	if p.store != nil {
-		p.store.set(sid, b.ID)
+		p.store.move(sid, b.ID)
 	}
 	return Pick{Backend: b, Sticky: StickyRepinned}, nil
 }
@@ -374,7 +368,7 @@ func (lp *learnPicker) Repin(r *http.Request, tried []*Backend) (*Backend, strin
 	}
 	b := lp.w.backends[i]
 	if t := p.tab(); t.move(t.key(sid), lp.byID[b.ID], t.clock()) && p.store != nil {
-		p.store.set(sid, b.ID)
+		p.store.move(sid, b.ID)
 	}
 	return b, "", true
 }
@@ -419,8 +413,15 @@ func (lp *learnPicker) Learn(r *http.Request, b *Backend, h http.Header) {
 		}
 		// An application that sends its cookie again with every
 		// response does not cost a Redis write each time.
-		if t.learn(t.key(sid), n, t.clock()) && p.store != nil {
-			p.store.set(sid, b.ID)
+		switch t.learn(t.key(sid), n, t.clock()) {
+		case learnedNew:
+			if p.store != nil {
+				p.store.set(sid, b.ID)
+			}
+		case learnedMoved:
+			if p.store != nil {
+				p.store.move(sid, b.ID)
+			}
 		}
 	}
 }

@@ -2,7 +2,13 @@ package balancer
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,20 +32,31 @@ const (
 )
 
 // redisStore shares a learn table between the replicas of the proxy: each
-// session is a Redis string, key prefix+session, value the backend's ID,
+// session is a Redis string, key prefix:session, value the backend's ID,
 // expiring with the entry. Writes go through a queue to one goroutine, in
 // pipelines, so that a response never waits for Redis; lookups are made
 // by picks, bounded by the timeout.
+//
+// A session moved to another backend is also published on the channel
+// named prefix, which every replica's store listens to, so that a replica
+// holding the session in its memory table follows the move at once rather
+// than when its entry is next read from Redis. A replica renewing an entry
+// in use does not overwrite Redis: it keeps what Redis holds, and takes it
+// if it differs (see touch), so that a move whose message it missed
+// reaches it within the entry's renewal time.
 //
 // Nothing is dialled nor started until the first use: config validation
 // makes policies it never builds, and a pool that serves nothing holds no
 // connection.
 type redisStore struct {
-	prefix  string
+	prefix  string // of the keys, with a colon; without, the channel of moves
 	expiry  time.Duration
 	timeout time.Duration
 	opts    *redis.UniversalOptions
 	clock   func() int64 // monotonic nanoseconds, as the table's
+	// adopt is told of a session that Redis or another replica says is
+	// on the backend with ID id.
+	adopt func(sid, id string)
 
 	mu     sync.Mutex // serialises start and close
 	conn   atomic.Pointer[redisConn]
@@ -50,45 +67,134 @@ type redisStore struct {
 	errors    atomic.Uint64
 }
 
-// redisConn is the client and the writer goroutine, once started.
+// redisConn is the client and the goroutines of the store, once started.
 type redisConn struct {
 	client redis.UniversalClient
+	moves  *redis.PubSub // the channel of moves, subscribed by listen
 	queue  chan storeOp
-	stop   chan struct{} // closed by close
-	done   chan struct{} // closed by the writer as it returns
+	stop   chan struct{}  // closed by close
+	done   sync.WaitGroup // the writer and the listener
 }
 
-// storeOp writes a session to Redis, or deletes it when id is empty.
+// storeOp is a write to Redis.
 type storeOp struct {
+	kind    opKind
 	sid, id string
 }
 
+type opKind uint8
+
+const (
+	opSet   opKind = iota // the session is on backend id
+	opMove                // as opSet, and tell the other replicas
+	opTouch               // keep the session in Redis, on id unless it is elsewhere
+	opDel                 // forget the session
+)
+
+// redisOptions checks o and turns it into go-redis's options, for a
+// single server, a Cluster (two or more addresses), or a Sentinel's
+// master.
+func redisOptions(o RedisOptions) (*redis.UniversalOptions, error) {
+	addrs := o.Addrs
+	if sn := o.Sentinel; sn != nil {
+		switch {
+		case len(addrs) > 0:
+			return nil, errors.New("with sentinel, the addresses are the sentinels', in sentinel.addrs")
+		case sn.Master == "":
+			return nil, errors.New("sentinel: no master name")
+		case sn.Username != "" && sn.Password == "":
+			return nil, errors.New("sentinel: a username needs a password")
+		}
+		addrs = sn.Addrs
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("no addresses")
+	}
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("address %q is not host:port", a)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return nil, fmt.Errorf("address %q: port must be from 1 to 65535", a)
+		}
+	}
+	switch {
+	case o.Timeout <= 0:
+		return nil, fmt.Errorf("timeout %v must be positive", o.Timeout)
+	case o.Username != "" && o.Password == "":
+		return nil, errors.New("a username needs a password")
+	case o.DB < 0:
+		return nil, fmt.Errorf("db %d must not be negative", o.DB)
+	case o.DB != 0 && o.Sentinel == nil && len(addrs) > 1:
+		return nil, fmt.Errorf("db %d: a Redis Cluster has database 0 only", o.DB)
+	}
+	u := &redis.UniversalOptions{
+		// One address is a server, several are seeds of a cluster; with
+		// a master name, they are sentinels.
+		Addrs:    addrs,
+		Username: o.Username,
+		Password: o.Password,
+		DB:       o.DB,
+		// RESP2 without client identification nor maintenance
+		// notifications: a new connection costs one handshake.
+		Protocol:                 2,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		DialTimeout:              o.Timeout,
+		ReadTimeout:              o.Timeout,
+		WriteTimeout:             o.Timeout,
+		PoolTimeout:              o.Timeout,
+		ContextTimeoutEnabled:    true,
+		// A lookup that fails falls back to the rotation at once:
+		// a retry would double the wait of the pick.
+		MaxRetries:    -1,
+		DialerRetries: 1,
+	}
+	if sn := o.Sentinel; sn != nil {
+		u.MasterName, u.SentinelUsername, u.SentinelPassword = sn.Master, sn.Username, sn.Password
+	}
+	if o.TLS != nil {
+		tc, err := redisTLS(o.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		u.TLSConfig = tc
+	}
+	return u, nil
+}
+
+// redisTLS returns the client TLS config of t.
+func redisTLS(t *RedisTLS) (*tls.Config, error) {
+	tc := &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
+	if len(t.CA) > 0 {
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(t.CA) {
+			return nil, errors.New("ca: no PEM certificate found")
+		}
+		tc.RootCAs = roots
+	}
+	if len(t.Cert) > 0 || len(t.Key) > 0 {
+		cert, err := tls.X509KeyPair(t.Cert, t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("cert and key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
 // newRedisStore makes a store of the sessions under prefix, expiring
-// expiry after their last write. o must have passed checkRedis.
-func newRedisStore(o RedisOptions, prefix string, expiry time.Duration, clock func() int64) *redisStore {
+// expiry after their last write, that tells adopt of the sessions moved by
+// other replicas.
+func newRedisStore(opts *redis.UniversalOptions, prefix string, expiry time.Duration, clock func() int64, adopt func(sid, id string)) *redisStore {
 	return &redisStore{
-		prefix:  prefix,
+		prefix:  prefix + ":",
 		expiry:  expiry,
-		timeout: o.Timeout,
+		timeout: opts.ReadTimeout,
+		opts:    opts,
 		clock:   clock,
-		opts: &redis.UniversalOptions{
-			// One address is a server, several are seeds of a cluster.
-			Addrs: o.Addrs,
-			// RESP2 without client identification nor maintenance
-			// notifications: a new connection costs one handshake.
-			Protocol:                 2,
-			DisableIdentity:          true,
-			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-			DialTimeout:              o.Timeout,
-			ReadTimeout:              o.Timeout,
-			WriteTimeout:             o.Timeout,
-			PoolTimeout:              o.Timeout,
-			ContextTimeoutEnabled:    true,
-			// A lookup that fails falls back to the rotation at once:
-			// a retry would double the wait of the pick.
-			MaxRetries:    -1,
-			DialerRetries: 1,
-		},
+		adopt:   adopt,
 	}
 }
 
@@ -109,9 +215,12 @@ func (s *redisStore) use() *redisConn {
 		client: redis.NewUniversalClient(s.opts),
 		queue:  make(chan storeOp, redisQueue),
 		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
 	}
+	// No channel yet: Subscribe would dial here, on the request path.
+	c.moves = c.client.Subscribe(context.Background())
+	c.done.Add(2)
 	go s.write(c)
+	go s.listen(c)
 	s.conn.Store(c)
 	return c
 }
@@ -137,17 +246,24 @@ func (s *redisStore) get(ctx context.Context, sid string) (string, bool) {
 	case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
 		// The client left: not Redis's failure.
 	default:
-		s.errors.Add(1)
-		s.downUntil.Store(s.clock() + int64(redisBackoff))
+		s.failed(1)
 	}
 	return "", false
 }
 
 // set queues a write of the session's backend ID.
-func (s *redisStore) set(sid, id string) { s.enqueue(storeOp{sid: sid, id: id}) }
+func (s *redisStore) set(sid, id string) { s.enqueue(storeOp{kind: opSet, sid: sid, id: id}) }
+
+// move queues a write of the session's new backend ID, which the other
+// replicas are told of.
+func (s *redisStore) move(sid, id string) { s.enqueue(storeOp{kind: opMove, sid: sid, id: id}) }
+
+// touch queues a renewal of the session, on backend id if Redis has lost
+// it; if Redis holds another backend, adopt is told.
+func (s *redisStore) touch(sid, id string) { s.enqueue(storeOp{kind: opTouch, sid: sid, id: id}) }
 
 // del queues a delete of the session.
-func (s *redisStore) del(sid string) { s.enqueue(storeOp{sid: sid}) }
+func (s *redisStore) del(sid string) { s.enqueue(storeOp{kind: opDel, sid: sid}) }
 
 // enqueue hands op to the writer without waiting: a full queue drops it.
 // The strings are kept as they are, substrings of a request's or a
@@ -168,10 +284,16 @@ func (s *redisStore) enqueue(op storeOp) {
 	}
 }
 
+// failed counts n failed operations and starts the backoff.
+func (s *redisStore) failed(n int) {
+	s.errors.Add(uint64(n))
+	s.downUntil.Store(s.clock() + int64(redisBackoff))
+}
+
 // write sends the queued operations in pipelines until close, then sends
 // what is left, all within one timeout, and returns.
 func (s *redisStore) write(c *redisConn) {
-	defer close(c.done)
+	defer c.done.Done()
 	batch := make([]storeOp, 0, redisBatch)
 	for {
 		select {
@@ -212,45 +334,117 @@ func drain(q <-chan storeOp, batch []storeOp) []storeOp {
 	return batch
 }
 
-// flush sends batch as one pipeline within ctx, and counts the operations
-// that failed. Within the backoff after a failure it sends nothing, and
-// counts them all.
+// flush sends batch as one pipeline within ctx, counts the operations that
+// failed, and tells adopt of the sessions a renewal found elsewhere.
+// Within the backoff after a failure it sends nothing, and counts them
+// all.
 func (s *redisStore) flush(ctx context.Context, client redis.UniversalClient, batch []storeOp) {
 	if s.clock() < s.downUntil.Load() {
 		s.errors.Add(uint64(len(batch)))
 		return
 	}
 	pipe := client.Pipeline()
-	for _, op := range batch {
-		if op.id == "" {
-			pipe.Del(ctx, s.prefix+op.sid)
-		} else {
-			pipe.Set(ctx, s.prefix+op.sid, op.id, s.expiry)
+	first := make([]redis.Cmder, len(batch))     // by op: its first command
+	held := make([]*redis.StringCmd, len(batch)) // by op: what Redis holds after a touch
+	for i, op := range batch {
+		key := s.prefix + op.sid
+		switch op.kind {
+		case opSet:
+			first[i] = pipe.Set(ctx, key, op.id, s.expiry)
+		case opMove:
+			first[i] = pipe.Set(ctx, key, op.id, s.expiry)
+			pipe.Publish(ctx, s.channel(), moveMessage(op.sid, op.id))
+		case opTouch:
+			// Written only if Redis lost it (a restart, an eviction);
+			// renewed either way, and read back.
+			first[i] = pipe.SetNX(ctx, key, op.id, s.expiry)
+			pipe.PExpire(ctx, key, s.expiry)
+			held[i] = pipe.Get(ctx, key)
+		case opDel:
+			first[i] = pipe.Del(ctx, key)
 		}
 	}
-	cmds, err := pipe.Exec(ctx)
-	if err == nil {
+	_, err := pipe.Exec(ctx)
+	for i, op := range batch {
+		if c := held[i]; c != nil && c.Err() == nil && c.Val() != op.id {
+			s.adopt(op.sid, c.Val())
+		}
+	}
+	if err == nil || errors.Is(err, redis.Nil) {
 		return
 	}
 	failed := 0
-	for _, cmd := range cmds {
-		if cmd.Err() != nil {
+	for _, c := range first {
+		if c.Err() != nil {
 			failed++
 		}
 	}
-	if len(cmds) == 0 {
-		failed = len(batch)
+	if failed == 0 || failed == len(batch) {
+		// Redis is down, unreachable or refused the connection (no
+		// command ran), not refusing one command.
+		s.failed(len(batch))
+		return
 	}
 	s.errors.Add(uint64(failed))
-	if failed == len(batch) {
-		// Redis is down or unreachable, not refusing one command.
-		s.downUntil.Store(s.clock() + int64(redisBackoff))
+}
+
+// channel is where moves are published.
+func (s *redisStore) channel() string { return strings.TrimSuffix(s.prefix, ":") }
+
+// moveMessage encodes a move for the channel: the length of the backend ID,
+// a colon, the ID, then the session ID, which may hold any byte.
+func moveMessage(sid, id string) string { return strconv.Itoa(len(id)) + ":" + id + sid }
+
+// parseMove decodes a moveMessage.
+func parseMove(msg string) (sid, id string, ok bool) {
+	n, rest, found := strings.Cut(msg, ":")
+	l, err := strconv.Atoi(n)
+	if !found || err != nil || l < 1 || l >= len(rest) {
+		return "", "", false
+	}
+	return rest[l:], rest[:l], true
+}
+
+// listen subscribes to the channel of moves and tells adopt of each, until
+// close. A subscription that breaks (Redis restarted, failed over, or is
+// down) is made again, once per backoff at most; moves published meanwhile
+// are missed, and reach this replica by its renewals instead (touch).
+func (s *redisStore) listen(c *redisConn) {
+	defer c.done.Done()
+	subscribed := false
+	for {
+		var err error
+		if !subscribed {
+			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			err = c.moves.Subscribe(ctx, s.channel())
+			cancel()
+			subscribed = err == nil
+		}
+		if err == nil {
+			// The client reconnects and subscribes again itself when
+			// a receive finds the connection broken.
+			var msg any
+			msg, err = c.moves.Receive(context.Background())
+			if m, ok := msg.(*redis.Message); ok {
+				if sid, id, ok := parseMove(m.Payload); ok {
+					s.adopt(sid, id)
+				}
+			}
+		}
+		if err == nil {
+			continue
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(redisBackoff):
+		}
 	}
 }
 
 // close stops the writer once it has sent what is queued, or what it could
-// of that within the timeout, then closes the client. Later writes are
-// dropped and lookups skipped.
+// of that within the timeout, and the listener, then closes the client.
+// Later writes are dropped and lookups skipped.
 func (s *redisStore) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -262,6 +456,8 @@ func (s *redisStore) close() error {
 		return nil
 	}
 	close(c.stop)
-	<-c.done
-	return c.client.Close()
+	// Ends a receive in progress; the listener then sees stop.
+	err := c.moves.Close()
+	c.done.Wait()
+	return errors.Join(err, c.client.Close())
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -290,4 +293,291 @@ func TestLearnRedisClose(t *testing.T) {
 	if _, err := inspect(t, r.Addr).Get(context.Background(), sessionKey("after")).Result(); !errors.Is(err, redis.Nil) {
 		t.Errorf("a session learned after Close reached Redis: %v", err)
 	}
+}
+
+// inspectAs returns a client to look at what the store wrote, connecting
+// as o says.
+func inspectAs(t *testing.T, o *redis.Options) *redis.Client {
+	t.Helper()
+	o.Protocol, o.DisableIdentity = 2, true
+	c := redis.NewClient(o)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// replicaPair is two learn policies, a and b, that stand for two replicas
+// of the proxy sharing a Redis, each with backends of its own under the same
+// IDs, and with session s1 learned by a on b1 and found by b.
+type replicaPair struct {
+	rc       *redis.Client // looks at the Redis
+	a, b     *learnPolicy
+	bsA, bsB []*Backend
+	pa, pb   Picker // built with every backend available
+	clockB   *fakeClock
+}
+
+func sharedSession(t *testing.T) *replicaPair {
+	t.Helper()
+	r := testutil.StartRedis(t)
+	rp := &replicaPair{rc: inspect(t, r.Addr), bsA: testBackends(nil, 1, 1, 1, 1), bsB: testBackends(nil, 1, 1, 1, 1)}
+	rp.a, _ = newLearn(t, redisOpts(r.Addr))
+	rp.b, rp.clockB = newLearn(t, redisOpts(r.Addr))
+	rp.pa, rp.pb = rp.a.Build(allAvailable(rp.bsA)), rp.b.Build(allAvailable(rp.bsB))
+	learn(t, rp.pa, rp.bsA[1], "JSESSIONID=s1")
+	testutil.Eventually(t, waitFor, "session written", func() bool { return rp.rc.Get(context.Background(), sessionKey("s1")).Val() == "b1" })
+	expectPick(t, rp.pb, sessionRequest("s1"), rp.bsB[1], StickyKept)
+	return rp
+}
+
+// A session that one replica moves is moved by the others at once, though
+// for them its backend is still up: each holds it in memory, where Redis
+// would not be asked again for a long while.
+func TestLearnRedisMoveReachesReplicas(t *testing.T) {
+	rp := sharedSession(t)
+	// Each store listens from its first use, a moment after it.
+	channel := RedisKeyPrefix + testSessionCookie
+	testutil.Eventually(t, waitFor, "both subscribed", func() bool {
+		return rp.rc.PubSubNumSub(context.Background(), channel).Val()[channel] == 2
+	})
+
+	down := rp.a.Build(Set{All: rp.bsA, Available: []*Backend{rp.bsA[0], rp.bsA[2], rp.bsA[3]}})
+	moved := expectPick(t, down, sessionRequest("s1"), nil, StickyRepinned).Backend
+	testutil.Eventually(t, waitFor, "move followed by b", func() bool {
+		return mustPick(t, rp.pb, sessionRequest("s1")).Backend.ID == moved.ID
+	})
+	expectPick(t, rp.pb, sessionRequest("s1"), rp.bsB[slices.Index(rp.bsA, moved)], StickyKept)
+	if got := rp.rc.Get(context.Background(), sessionKey("s1")).Val(); got != moved.ID {
+		t.Errorf("Redis holds %q, want %s", got, moved.ID)
+	}
+	if n := rp.a.StoreErrors() + rp.b.StoreErrors(); n != 0 {
+		t.Errorf("%d store errors", n)
+	}
+}
+
+// A replica renewing a session it still uses keeps what Redis holds: a
+// move it did not hear of is not undone, and it takes it.
+func TestLearnRedisRenewalKeepsMoves(t *testing.T) {
+	rp := sharedSession(t)
+	// Moved by a replica whose message b missed (it was not
+	// subscribed, say): only Redis knows.
+	if err := rp.rc.Set(context.Background(), sessionKey("s1"), "b3", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	expectPick(t, rp.pb, sessionRequest("s1"), rp.bsB[1], StickyKept)
+	rp.clockB.advance(rp.b.tab().keep() / 8)
+	expectPick(t, rp.pb, sessionRequest("s1"), rp.bsB[1], StickyKept) // renews
+	testutil.Eventually(t, waitFor, "the move taken by b", func() bool {
+		return mustPick(t, rp.pb, sessionRequest("s1")).Backend == rp.bsB[3]
+	})
+	if got := rp.rc.Get(context.Background(), sessionKey("s1")).Val(); got != "b3" {
+		t.Errorf("Redis holds %q after b's renewal, want b3 kept", got)
+	}
+	if ttl := rp.rc.PTTL(context.Background(), sessionKey("s1")).Val(); ttl > rp.b.tab().keep() {
+		t.Errorf("Redis TTL %v after the renewal, want at most %v", ttl, rp.b.tab().keep())
+	}
+}
+
+// The store authenticates as configured: the default user's password, an
+// ACL user, and a database of its own. A wrong password fails, counted.
+func TestLearnRedisAuth(t *testing.T) {
+	r := testutil.StartRedisWith(t, testutil.RedisConfig{
+		Args:     []string{"--requirepass", "s3cret", "--user", "app", "on", ">app-pw", "~affinity:*", "&*", "+@all"},
+		Password: "s3cret",
+	})
+	tests := []struct {
+		name string
+		opts RedisOptions
+		ok   bool
+	}{
+		{"default user", RedisOptions{Password: "s3cret"}, true},
+		{"ACL user", RedisOptions{Username: "app", Password: "app-pw"}, true},
+		{"another database", RedisOptions{Password: "s3cret", DB: 3}, true},
+		{"no password", RedisOptions{}, false},
+		{"wrong password", RedisOptions{Username: "app", Password: "s3cret"}, false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := redisOpts(r.Addr)
+			tt.opts.Addrs, tt.opts.Timeout = o.Learn.Redis.Addrs, time.Second
+			o.Learn.Redis = tt.opts
+			rc := inspectAs(t, &redis.Options{Addr: r.Addr, Password: "s3cret", DB: tt.opts.DB})
+			expectStore(t, o, rc, fmt.Sprintf("s%d", i), tt.ok)
+		})
+	}
+}
+
+// expectStore makes a policy of o, learns session sid, and checks that it
+// reaches rc (or, unless ok, that the write fails, counted), and that a
+// second policy reads it back.
+func expectStore(t *testing.T, o Options, rc *redis.Client, sid string, ok bool) {
+	t.Helper()
+	p, _ := newLearn(t, o)
+	bs := testBackends(nil, 1, 1)
+	learn(t, p.Build(allAvailable(bs)), bs[1], "JSESSIONID="+sid)
+	if !ok {
+		testutil.Eventually(t, waitFor, "failure counted", func() bool { return p.StoreErrors() == 1 })
+		if n := rc.Exists(context.Background(), sessionKey(sid)).Val(); n != 0 {
+			t.Error("the session reached Redis")
+		}
+		return
+	}
+	testutil.Eventually(t, waitFor, "session written", func() bool { return rc.Get(context.Background(), sessionKey(sid)).Val() == "b1" })
+	other, _ := newLearn(t, o)
+	expectPick(t, other.Build(allAvailable(bs)), sessionRequest(sid), bs[1], StickyKept)
+	if n := p.StoreErrors() + other.StoreErrors(); n != 0 {
+		t.Errorf("%d store errors", n)
+	}
+}
+
+// The store speaks TLS to a server that asks for a client certificate,
+// and fails, counted, without the certificate or trusting another
+// authority.
+func TestLearnRedisTLS(t *testing.T) {
+	certs := testutil.NewCerts(t, "redis.internal")
+	r := testutil.StartRedisWith(t, testutil.RedisConfig{TLS: certs})
+	read := func(path string) []byte {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	good := RedisTLS{CA: read(certs.CA), Cert: read(certs.ClientCert), Key: read(certs.ClientKey)}
+	byName := good
+	byName.ServerName = "redis.internal"
+	noClientCert := RedisTLS{CA: good.CA}
+	otherCA := good
+	otherCA.CA = read(testutil.NewCerts(t).CA)
+	wrongName := good
+	wrongName.ServerName = "other.internal"
+	tests := []struct {
+		name string
+		tls  RedisTLS
+		ok   bool
+	}{
+		{"client certificate", good, true},
+		{"server name", byName, true},
+		{"no client certificate", noClientCert, false},
+		{"another authority", otherCA, false},
+		{"another server name", wrongName, false},
+	}
+	rc := inspectAs(t, &redis.Options{Addr: r.Addr, TLSConfig: certs.Client})
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := redisOpts(r.Addr)
+			o.Learn.Redis.TLS = &tt.tls
+			o.Learn.Redis.Timeout = time.Second
+			expectStore(t, o, rc, fmt.Sprintf("s%d", i), tt.ok)
+		})
+	}
+}
+
+// Through Redis Sentinel, with passwords on the servers and on the
+// sentinel: sessions are written to the master, and, once the sentinel has
+// failed it over to its replica, to the new master, where another replica
+// of the proxy finds those written before.
+func TestLearnRedisSentinelFailover(t *testing.T) {
+	const master, pw, sentinelPW = "sessions", "s3cret", "watch-pw"
+	// The master starts a replica's sync at once, rather than waiting 5 s
+	// for others to sync with them.
+	auth := []string{"--requirepass", pw, "--masterauth", pw, "--repl-diskless-sync-delay", "0"}
+	primary := testutil.StartRedisWith(t, testutil.RedisConfig{Args: auth, Password: pw})
+	host, port, _ := net.SplitHostPort(primary.Addr)
+	replica := testutil.StartRedisWith(t, testutil.RedisConfig{Args: append(auth, "--replicaof", host, port), Password: pw})
+	rp, rr := inspectAs(t, &redis.Options{Addr: primary.Addr, Password: pw}), inspectAs(t, &redis.Options{Addr: replica.Addr, Password: pw})
+	testutil.Eventually(t, waitFor, "replica in sync", func() bool {
+		return strings.Contains(rr.Info(context.Background(), "replication").Val(), "master_link_status:up")
+	})
+	sentinel := testutil.StartRedisWith(t, testutil.RedisConfig{Password: sentinelPW, Sentinel: strings.Join([]string{
+		"sentinel monitor " + master + " " + host + " " + port + " 1",
+		"sentinel auth-pass " + master + " " + pw,
+		"sentinel down-after-milliseconds " + master + " 300",
+		"sentinel failover-timeout " + master + " 2000",
+		"requirepass " + sentinelPW,
+	}, "\n")})
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr, Password: sentinelPW, Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { _ = sc.Close() })
+	testutil.Eventually(t, waitFor, "sentinel sees the replica", func() bool {
+		return len(sc.Replicas(context.Background(), master).Val()) == 1
+	})
+
+	o := redisOpts("")
+	o.Learn.Redis = RedisOptions{
+		Sentinel: &RedisSentinel{Master: master, Addrs: []string{sentinel.Addr}, Password: sentinelPW},
+		Password: pw, Timeout: time.Second,
+	}
+	p, clock := newLearn(t, o)
+	bs := testBackends(nil, 1, 1)
+	pk := p.Build(allAvailable(bs))
+	learn(t, pk, bs[1], "JSESSIONID=before")
+	testutil.Eventually(t, waitFor, "written to the master and replicated", func() bool {
+		return rp.Get(context.Background(), sessionKey("before")).Val() == "b1" && rr.Get(context.Background(), sessionKey("before")).Val() == "b1"
+	})
+
+	primary.Stop()
+	testutil.Eventually(t, 10*time.Second, "failed over to the replica", func() bool {
+		addr := sc.GetMasterAddrByName(context.Background(), master).Val()
+		return len(addr) == 2 && net.JoinHostPort(addr[0], addr[1]) == replica.Addr
+	})
+	// Writes in flight when the master died fail, and stop the writer for
+	// the backoff; each round learns a session until one reaches the new
+	// master.
+	for i := 0; ; i++ {
+		sid := fmt.Sprintf("after%d", i)
+		clock.advance(redisBackoff)
+		learn(t, pk, bs[0], "JSESSIONID="+sid)
+		ok := false
+		testutil.Eventually(t, waitFor, "write handled", func() bool {
+			ok = rr.Get(context.Background(), sessionKey(sid)).Val() == "b0"
+			return ok || p.StoreErrors() > uint64(i)
+		})
+		if ok {
+			break
+		}
+		if i == 20 {
+			t.Fatalf("no write reached the new master; %d errors", p.StoreErrors())
+		}
+	}
+	other, _ := newLearn(t, o)
+	expectPick(t, other.Build(allAvailable(bs)), sessionRequest("before"), bs[1], StickyKept)
+}
+
+// Anything published on the channel of moves is parsed without a panic;
+// only a well-formed message names a session and a backend.
+func TestParseMove(t *testing.T) {
+	tests := []struct {
+		msg, sid, id string
+		ok           bool
+	}{
+		{moveMessage("s1", "web-1"), "s1", "web-1", true},
+		{moveMessage("a:b 2:c", "b:9"), "a:b 2:c", "b:9", true},
+		{"", "", "", false},
+		{"5", "", "", false},
+		{"5:web-1", "", "", false}, // no session
+		{"0:s1", "", "", false},
+		{"-1:s1", "", "", false},
+		{"x:s1", "", "", false},
+		{"99999999999999999999:s", "", "", false},
+		{"9:web", "", "", false},
+	}
+	for _, tt := range tests {
+		sid, id, ok := parseMove(tt.msg)
+		if sid != tt.sid || id != tt.id || ok != tt.ok {
+			t.Errorf("parseMove(%q) = %q, %q, %v; want %q, %q, %v", tt.msg, sid, id, ok, tt.sid, tt.id, tt.ok)
+		}
+	}
+}
+
+func FuzzParseMove(f *testing.F) {
+	f.Add("s1", "web-1", "5:web-1s1")
+	f.Add("", "x", "1:")
+	f.Fuzz(func(t *testing.T, sid, id, msg string) {
+		parseMove(msg)
+		if sid == "" || id == "" {
+			return
+		}
+		if gs, gi, ok := parseMove(moveMessage(sid, id)); !ok || gs != sid || gi != id {
+			t.Fatalf("round trip of %q, %q gave %q, %q, %v", sid, id, gs, gi, ok)
+		}
+	})
 }

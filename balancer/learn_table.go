@@ -144,22 +144,31 @@ func (t *learnTable) put(key uint64, n uint32, now int64) {
 	}
 }
 
+// What learn did, and what a shared store must hear of.
+const (
+	learnedSame  = iota // known, on the same backend, written within slack: nothing
+	learnedNew          // new, or renewed: write it
+	learnedMoved        // it was on another backend: write it, and tell the other replicas
+)
+
 // learn records that the session key is on backend number n, as of now, as
-// put does, and reports whether a shared store must hear of it: the session
-// is new, on another backend, or was last written more than slack ago.
-func (t *learnTable) learn(key uint64, n uint32, now int64) bool {
+// put does, and reports what changed.
+func (t *learnTable) learn(key uint64, n uint32, now int64) int {
 	s := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t.sweep(s, now)
 	e, ok := s.lru.Peek(key)
 	if ok && e.backend == n && now-e.seen <= t.slack {
-		return false
+		return learnedSame
 	}
 	if s.lru.Add(key, learned{backend: n, seen: now}) {
 		t.evictions.Add(1)
 	}
-	return true
+	if ok && e.backend != n && !t.expired(e.seen, now) {
+		return learnedMoved
+	}
+	return learnedNew
 }
 
 // move records that the session key is now on backend number n, if the

@@ -493,6 +493,41 @@ func TestNewLearnPolicyErrors(t *testing.T) {
 		{"redis port 0", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{"redis:0"} }, false},
 		{"redis port not a number", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = []string{"redis:http"} }, false},
 		{"redis without timeout", func(o *LearnOptions) { *o = redisOK; o.Redis.Timeout = 0 }, false},
+		{"redis auth and database", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.Username, o.Redis.Password, o.Redis.DB = o.Redis.Addrs[:1], "app", "pw", 5
+		}, true},
+		{"redis username without password", func(o *LearnOptions) { *o = redisOK; o.Redis.Username = "app" }, false},
+		{"redis negative database", func(o *LearnOptions) { *o = redisOK; o.Redis.Addrs = o.Redis.Addrs[:1]; o.Redis.DB = -1 }, false},
+		{"redis cluster database", func(o *LearnOptions) { *o = redisOK; o.Redis.DB = 1 }, false},
+		{"redis tls", func(o *LearnOptions) { *o = redisOK; o.Redis.TLS = &RedisTLS{ServerName: "redis.internal"} }, true},
+		{"redis tls, not a CA", func(o *LearnOptions) { *o = redisOK; o.Redis.TLS = &RedisTLS{CA: []byte("CA")} }, false},
+		{"redis tls, cert without key", func(o *LearnOptions) { *o = redisOK; o.Redis.TLS = &RedisTLS{Cert: []byte("cert")} }, false},
+		{"sentinel", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.DB = nil, 2
+			o.Redis.Sentinel = &RedisSentinel{Master: "m", Addrs: []string{"127.0.0.1:26379", "127.0.0.2:26379"}, Username: "w", Password: "pw"}
+		}, true},
+		{"sentinel and addresses", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Sentinel = &RedisSentinel{Master: "m", Addrs: []string{"127.0.0.1:26379"}}
+		}, false},
+		{"sentinel without master", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.Sentinel = nil, &RedisSentinel{Addrs: []string{"127.0.0.1:26379"}}
+		}, false},
+		{"sentinel without addresses", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.Sentinel = nil, &RedisSentinel{Master: "m"}
+		}, false},
+		{"sentinel address without port", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.Sentinel = nil, &RedisSentinel{Master: "m", Addrs: []string{"sentinel"}}
+		}, false},
+		{"sentinel username without password", func(o *LearnOptions) {
+			*o = redisOK
+			o.Redis.Addrs, o.Redis.Sentinel = nil, &RedisSentinel{Master: "m", Addrs: []string{"127.0.0.1:26379"}, Username: "w"}
+		}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

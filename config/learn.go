@@ -1,12 +1,6 @@
 package config
 
 import (
-	"fmt"
-	"net"
-	"strconv"
-
-	"gopkg.in/yaml.v3"
-
 	"github.com/affinityproxy/affinity/balancer"
 )
 
@@ -47,57 +41,15 @@ func (d *decoder) learn(s *section, o *balancer.LearnOptions) {
 	} else if n := s.vals["store"]; n != nil && !isNull(n) {
 		storeOK = false // reported by oneOf
 	}
-	r := d.sub(s, "redis", "addrs", "timeout")
+	r := d.sub(s, "redis", "addrs", "db", "password", "password_file", "sentinel", "timeout", "tls", "username")
 	if r != nil {
 		d.redis(r, &o.Redis)
 	}
 	switch {
 	case !storeOK:
 	case o.Store == balancer.LearnStoreRedis && r == nil:
-		d.errorf(sn, "%s.store: redis needs redis.addrs (host:port of the server, or of cluster nodes)", s.path)
+		d.errorf(sn, "%s.store: redis needs a redis section: redis.addrs (host:port of the server, or of cluster nodes) or redis.sentinel", s.path)
 	case o.Store != balancer.LearnStoreRedis && s.vals["redis"] != nil && !isNull(s.vals["redis"]):
 		d.errorf(s.keys["redis"], "%s: redis applies to store: redis only (store is %s)", s.path, o.Store)
 	}
-}
-
-// redis decodes where a shared learn table lives into o, which holds
-// defaults.
-func (d *decoder) redis(s *section, o *balancer.RedisOptions) {
-	d.require(s, "addrs")
-	seen := map[string]int{} // address → line
-	for i, it := range d.list(s, "addrs") {
-		path := fmt.Sprintf("%s.addrs[%d]", s.path, i)
-		if !d.scalar(it, path, "a host:port string", "!!str") {
-			continue
-		}
-		if err := checkDialAddress(it.Value); err != nil {
-			d.errorf(it, "%s: %v", path, err)
-			continue
-		}
-		if line, dup := seen[it.Value]; dup {
-			d.errorf(it, "%s: duplicate address %q (first at line %d)", path, it.Value, line)
-			continue
-		}
-		seen[it.Value] = it.Line
-		o.Addrs = append(o.Addrs, it.Value)
-	}
-	if n := s.vals["addrs"]; n != nil && n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
-		d.errorf(n, "%s.addrs: at least one address is required", s.path)
-	}
-	if v, n := d.duration(s, "timeout", false); n != nil {
-		o.Timeout = v
-	}
-}
-
-// checkDialAddress accepts the host:port of a server to connect to: unlike
-// a listen address, it needs a host and a port other than 0.
-func checkDialAddress(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return fmt.Errorf("%q: port must be a number from 1 to 65535", addr)
-	}
-	return nil
 }

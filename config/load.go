@@ -34,26 +34,32 @@ const MaxFileSize = 4 << 20
 // Only a regular file is read (a symlink to one is followed): a FIFO or a
 // device would block the reader until someone writes to it, or never end.
 func Load(path string) (*Config, error) {
-	// O_NONBLOCK: opening a FIFO blocks until a writer opens it, which
-	// may be never; it is refused once open. A regular file ignores it.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("read config: %w", &fs.PathError{Op: "read", Path: path, Err: notRegular(fi.Mode())})
-	}
-	// One byte more than the limit is enough to know the file is too big.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	data, err := readRegular(path, MaxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, data)
+}
+
+// readRegular reads the regular file at path (a symlink to one is
+// followed), up to limit bytes and one more: enough for the caller to know
+// that the file is too big.
+func readRegular(path string, limit int64) ([]byte, error) {
+	// O_NONBLOCK: opening a FIFO blocks until a writer opens it, which
+	// may be never; it is refused once open. A regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: notRegular(fi.Mode())}
+	}
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // notRegular says what a file that is not a regular one is instead.

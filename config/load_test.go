@@ -137,6 +137,17 @@ func TestLoadValid(t *testing.T) {
 				Redis: balancer.RedisOptions{Addrs: []string{"10.0.0.5:7000", "redis-2.internal:7001"}, Timeout: 20 * time.Millisecond},
 			})
 		},
+		"learn-sentinel.yaml": func(t *testing.T, c *Config) {
+			p := onlyPool(t, c, "app")
+			check(t, "redis", p.Balancer.Options.Learn.Redis, balancer.RedisOptions{
+				Sentinel: &balancer.RedisSentinel{
+					Master: "sessions", Addrs: []string{"10.0.0.5:26379", "10.0.0.6:26379", "sentinel-3.internal:26379"},
+					Password: "sentinel-secret",
+				},
+				Timeout: DefaultRedisTimeout, Username: "affinity", Password: "redis-secret", DB: 3,
+				TLS: &balancer.RedisTLS{ServerName: "redis.internal"},
+			})
+		},
 		"consistent-hash.yaml": func(t *testing.T, c *Config) {
 			p := onlyPool(t, c, "cache")
 			check(t, "balancer", p.Balancer.Type, "consistent-hash")

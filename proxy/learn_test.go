@@ -3,7 +3,11 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,21 +142,34 @@ func TestLearnFromRetriedBackend(t *testing.T) {
 	}
 }
 
-// Two proxy processes share their learned sessions through a real Redis: a
-// session learned through one replica is routed to the same backend through
-// the other, which never saw the client before.
+// Two proxy processes share their learned sessions through a real Redis,
+// which asks for a password and a client certificate over TLS: a session
+// learned through one replica is routed to the same backend through the
+// other, which never saw the client before.
 func TestLearnReplicasShareSessions(t *testing.T) {
 	bin := buildAffinity(t)
-	rds := testutil.StartRedis(t)
+	certs := testutil.NewCerts(t)
+	rds := testutil.StartRedisWith(t, testutil.RedisConfig{Args: []string{"--requirepass", "s3cret"}, Password: "s3cret", TLS: certs})
+	password := filepath.Join(t.TempDir(), "redis-password")
+	if err := os.WriteFile(password, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	apps := startSessionApps(t, "app-1", "app-2", "app-3")
 	var pool strings.Builder
 	fmt.Fprintf(&pool, `pools:
   app:
     balancer:
       type: learn
-      learn: {cookie: %s, store: redis, redis: {addrs: ["%s"], timeout: 200ms}}
+      learn:
+        cookie: %s
+        store: redis
+        redis:
+          addrs: ["%s"]
+          timeout: 200ms
+          password_file: %q
+          tls: {ca: %q, cert: %q, key: %q}
     backends:
-`, sessionCookie, rds.Addr)
+`, sessionCookie, rds.Addr, password, certs.CA, certs.ClientCert, certs.ClientKey)
 	for _, a := range apps {
 		fmt.Fprintf(&pool, "      - {url: %q, name: %s}\n", a.URL.String(), a.Name)
 	}
@@ -364,5 +381,84 @@ func TestLearnRemovedBackendMovedOnce(t *testing.T) {
 	}
 	if n := s.state.Load().pools[0].repins.Load(); n != uint64(len(moved)) {
 		t.Errorf("%d repins counted, want %d: one per session moved", n, len(moved))
+	}
+}
+
+// Two proxy processes sharing Redis, with health checks, in front of an
+// application that keeps a session wherever it is served (a shared session
+// store): when a session's backend dies, every request of the session,
+// through either replica, reaches one backend, and stays there when the
+// dead one is back. A session moved through one replica only is followed
+// by the other when the client comes back to it.
+func TestLearnReplicasMoveSessionsAlike(t *testing.T) {
+	bin := buildAffinity(t)
+	rds := testutil.StartRedis(t)
+	bs := startCtls(t, "app-1", "app-2", "app-3", "app-4")
+	for _, b := range bs {
+		b.sessions.Store(true)
+	}
+	pools := ctlPoolYAML(fmt.Sprintf(`{type: learn, learn: {cookie: %s, store: redis, redis: {addrs: ["%s"], timeout: 200ms}}}
+    health_check: {path: %s, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}`, sessionCookie, rds.Addr, healthPath), bs...)
+	replicas := []*replica{startReplica(t, bin, pools), startReplica(t, bin, pools)}
+	c := testutil.Client(t)
+
+	// Sessions of app-2, each learned through one replica and found
+	// through the other.
+	home := map[string]string{}
+	for len(home) < 6 {
+		got, sid := sessionGet(t, c, replicas[len(home)%2].url+"/", "")
+		if sid == "" {
+			t.Fatalf("%s set no session", got)
+		}
+		if got != "app-2" {
+			continue
+		}
+		testutil.Eventually(t, waitFor, "session "+sid+" shared", func() bool {
+			got, _ := sessionGet(t, c, replicas[1-len(home)%2].url+"/", sid)
+			return got == "app-2"
+		})
+		home[sid] = got
+	}
+	sids := slices.Sorted(maps.Keys(home))
+	// The last session is seen only through replica 0 while app-2 is down.
+	alternating, oneSided := sids[:len(sids)-1], sids[len(sids)-1]
+
+	bs[1].kill()
+	moved := map[string]string{}
+	visit := func(sid string, r *replica) string {
+		got, renewed := sessionGet(t, c, r.url+"/", sid)
+		if renewed != "" {
+			t.Fatalf("session %s renewed as %s: the application lost it", sid, renewed)
+		}
+		return got
+	}
+	for i := range 10 {
+		for _, sid := range alternating {
+			got := visit(sid, replicas[i%2])
+			switch {
+			case got == "app-2":
+				t.Fatalf("session %s still served by the dead app-2", sid)
+			case moved[sid] == "":
+				moved[sid] = got
+			case got != moved[sid]:
+				t.Errorf("session %s served by %s, then %s through replica %d", sid, moved[sid], got, i%2)
+			}
+		}
+		moved[oneSided] = visit(oneSided, replicas[0])
+	}
+
+	bs[1].revive()
+	for _, r := range replicas {
+		testutil.Eventually(t, waitFor, "app-2 back on "+r.url, func() bool {
+			got, _ := sessionGet(t, c, r.url+"/", "")
+			return got == "app-2"
+		})
+	}
+	for i := range 6 {
+		for _, sid := range sids {
+			if got := visit(sid, replicas[i%2]); got != moved[sid] {
+				t.Errorf("after app-2 returned, session %s went to %s through replica %d, want %s where it moved", sid, got, i%2, moved[sid])
+			}
+		}
 	}
 }
