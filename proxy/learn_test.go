@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,14 +131,8 @@ func TestLearnFromRetriedBackend(t *testing.T) {
 		if got != "live" || sid == "" {
 			t.Fatalf("client %d: served by %s with session %q, want live setting one", client, got, sid)
 		}
-		req, err := http.NewRequest(http.MethodGet, u.String()+"/", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: sid})
-		pk, err := p.pick(req)
-		if err != nil || pk.Backend.ID != "live" || pk.Sticky != balancer.StickyKept {
-			t.Fatalf("client %d: next pick %v %v, want kept on live", client, pk, err)
+		if pk := pickSession(t, p, sessionCookie, sid); pk.Backend.ID != "live" || pk.Sticky != balancer.StickyKept {
+			t.Fatalf("client %d: next pick %v, want kept on live", client, pk)
 		}
 	}
 }
@@ -310,10 +305,8 @@ func TestLearnForgetsLoggedOutSession(t *testing.T) {
 	if n := table.Len(); n != 0 {
 		t.Errorf("the table holds %d sessions after the logout, want 0", n)
 	}
-	r, _ := http.NewRequest(http.MethodGet, u.String()+"/", nil)
-	withSession(sid)(r)
-	if pk, err := p.pick(r); err != nil || pk.Sticky != balancer.StickyNew {
-		t.Errorf("the logged-out session picks %+v, %v; want a new client", pk, err)
+	if pk := pickSession(t, p, demoapp.CookieName, sid); pk.Sticky != balancer.StickyNew {
+		t.Errorf("the logged-out session picks %+v; want a new client", pk)
 	}
 }
 
@@ -461,4 +454,55 @@ func TestLearnReplicasMoveSessionsAlike(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With max_entries 3, a new session evicts the least recently used one,
+// not a session used a moment ago: what the issue saw evicted was a session
+// used a second before, while one idle since its creation stayed.
+func TestLearnEvictsLeastRecentlyUsed(t *testing.T) {
+	o := learnOptions()
+	o.Learn.MaxEntries = 3
+	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: o},
+		Backends: startSessionApps(t, "app-1", "app-2", "app-3")}
+	s, u := startProxy(t, catchAll(pc), nil)
+	c := testutil.Client(t)
+	home := map[string]string{}
+	var sids []string
+	for range 3 {
+		b, sid := sessionGet(t, c, u.String()+"/", "")
+		home[sid] = b
+		sids = append(sids, sid)
+	}
+	// The first session, the oldest, is used again; the second is now the
+	// least recently used.
+	if got, _ := sessionGet(t, c, u.String()+"/", sids[0]); got != home[sids[0]] {
+		t.Fatalf("session %s went to %s, want %s", sids[0], got, home[sids[0]])
+	}
+	_, fourth := sessionGet(t, c, u.String()+"/", "")
+	p := s.state.Load().pools[0]
+	if n, e := p.policy.(balancer.StickTable).Len(), p.policy.(balancer.StickTable).Evictions(); n != 3 || e != 1 {
+		t.Fatalf("table of %d sessions, %d evictions; want 3 and 1", n, e)
+	}
+	for _, sid := range []string{sids[0], sids[2], fourth} {
+		if pk := pickSession(t, p, sessionCookie, sid); pk.Sticky != balancer.StickyKept {
+			t.Errorf("session %s picks %+v; want kept", sid, pk)
+		}
+	}
+	if pk := pickSession(t, p, sessionCookie, sids[1]); pk.Sticky != balancer.StickyNew {
+		t.Errorf("the least recently used session %s picks %+v; want forgotten", sids[1], pk)
+	}
+}
+
+// pickSession asks p where a request carrying session sid in the cookie
+// called name goes, without sending it: no backend answers it, so the
+// table learns nothing from it.
+func pickSession(t *testing.T, p *pool, name, sid string) balancer.Pick {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.AddCookie(&http.Cookie{Name: name, Value: sid})
+	pk, err := p.pick(r)
+	if err != nil {
+		t.Fatalf("pick of session %s: %v", sid, err)
+	}
+	return pk
 }
