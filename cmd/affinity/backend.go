@@ -28,6 +28,7 @@ type backendFlags struct {
 	store        storeKindFlag
 	redisAddr    string
 	tokenSecret  string
+	denylist     bool
 	work         time.Duration
 	cacheSize    int
 }
@@ -44,8 +45,9 @@ func newBackendCmd() *cobra.Command {
 			"per-session request counter (cookie " + demoapp.CookieName + ", kept in memory), " +
 			"and /healthz with ok. A client that loses its session sees a new id and count=1.\n\n" +
 			"It is also a small shop (POST /login, POST /cart/items, GET /cart, POST /checkout, " +
-			"GET /metrics) whose sessions live where --session-store says: in memory, in Redis, " +
-			"in Redis behind a near-cache, or in a signed token the client holds.",
+			"POST /logout, GET /metrics) whose sessions live where --session-store says: in memory, in Redis, " +
+			"in Redis behind a near-cache, or in a signed token the client holds (with --token-denylist, " +
+			"revocable at logout through a denylist in Redis).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBackend(cmd, f)
@@ -57,6 +59,7 @@ func newBackendCmd() *cobra.Command {
 	fl.Var(&f.store, "session-store", "where shop sessions live: "+strings.Join(storeKinds, ", "))
 	fl.StringVar(&f.redisAddr, "redis-addr", "127.0.0.1:6379", "Redis host:port, for the redis and cached-redis stores")
 	fl.StringVar(&f.tokenSecret, "token-secret", "", "HMAC key of the token store; every backend of a pool needs the same (default: a built-in development secret)")
+	fl.BoolVar(&f.denylist, "token-denylist", false, "token store: list logged-out sessions in Redis (--redis-addr) and refuse their tokens, checked on every request")
 	fl.DurationVar(&f.work, "work", 0, "simulated cost of loading a user's data from the store (redis: every request; cached-redis: near-cache misses)")
 	fl.IntVar(&f.cacheSize, "cache-size", demoapp.DefaultCacheSize, "sessions kept in the near-cache of the cached-redis store")
 	return cmd
@@ -73,6 +76,9 @@ func runBackend(cmd *cobra.Command, f backendFlags) error {
 	}
 	if f.work < 0 {
 		return fmt.Errorf("backend: --work %v: want 0 or more", f.work)
+	}
+	if f.denylist && f.store != "token" {
+		return fmt.Errorf("backend: --token-denylist: applies to --session-store token only, not %s", f.store)
 	}
 	store, err := openStore(cmd.Context(), f, log)
 	if err != nil {
@@ -123,11 +129,19 @@ func openStore(ctx context.Context, f backendFlags, log *zap.Logger) (demoapp.St
 			log.Warn("token store signs with the built-in development secret; give every backend the same --token-secret")
 			secret = devTokenSecret
 		}
-		s, err := demoapp.NewTokenStore([]byte(secret))
+		if !f.denylist {
+			s, err := demoapp.NewTokenStore([]byte(secret))
+			if err != nil {
+				return nil, err
+			}
+			store = s
+			break
+		}
+		s, err := demoapp.NewDenylistTokenStore([]byte(secret), f.redisAddr)
 		if err != nil {
 			return nil, err
 		}
-		store = s
+		store, pinger = s, s
 	default:
 		// The flag's Set rules this out; kept so a new kind cannot be half added.
 		return nil, fmt.Errorf("session store %q: unknown", f.store)

@@ -128,6 +128,7 @@ func TestBackendBadFlags(t *testing.T) {
 		{[]string{"--work", "soon"}, exitUsage, "--work"},
 		{[]string{"--cache-size", "0"}, exitFailure, "--cache-size 0: want at least 1"},
 		{[]string{"--work", "-1s"}, exitFailure, "--work -1s: want 0 or more"},
+		{[]string{"--token-denylist"}, exitFailure, "--token-denylist: applies to --session-store token only, not memory"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -195,6 +196,7 @@ func TestBackendSessionStores(t *testing.T) {
 		{"cached-redis", []string{"--session-store", "cached-redis", "--cache-size", "5", "--work", "1ms"}, true, demoapp.SessionCookie, "1", true, false},
 		{"token with a secret", []string{"--session-store", "token", "--token-secret", "s3"}, false, demoapp.TokenCookie, "0", true, false},
 		{"token with the dev secret", []string{"--session-store", "token"}, false, demoapp.TokenCookie, "0", true, true},
+		{"token with a denylist", []string{"--session-store", "token", "--token-secret", "s3", "--token-denylist"}, true, demoapp.TokenCookie, "0", true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

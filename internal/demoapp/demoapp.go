@@ -189,13 +189,34 @@ func (a *app) visit(w http.ResponseWriter, r *http.Request) (id string, count in
 	return id, 1
 }
 
-// logout forgets the client's counter session and expires the app's
-// cookies, the counter's and the shop's, as applications end a session:
-// with an empty value and Max-Age=0, not the session's ID. The shop
-// session itself stays in its store until it expires.
+// logout forgets the client's counter session, revokes its shop session in
+// the store (as far as the store can: a token without a denylist stays
+// valid until it expires), and expires the app's cookies, the counter's and
+// the shop's, as applications end a session: with an empty value and
+// Max-Age=0, not the session's ID. A store that fails to revoke is
+// answered 503 store_unavailable, the cookies kept: the client is not told
+// it logged out when its session lives on.
 func (a *app) logout(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie(CookieName); err == nil {
 		a.sessions.Remove(c.Value)
+	}
+	ctx, u := withUsage(r.Context())
+	var fail *shopError
+	if c, err := r.Cookie(a.store.Cookie()); err == nil {
+		if err := a.store.Revoke(ctx, c.Value); err != nil {
+			fail = storeFailure(err)
+		}
+	}
+	code := ""
+	if fail != nil {
+		code = fail.code
+	}
+	a.metrics.record(u, code)
+	a.noteStore(u, fail)
+	w.Header().Set(HeaderStoreOps, strconv.Itoa(u.ops))
+	if fail != nil {
+		writeJSON(w, fail.status, errorReply{Error: fail.code})
+		return
 	}
 	for _, name := range []string{CookieName, a.store.Cookie()} {
 		http.SetCookie(w, &http.Cookie{Name: name, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})

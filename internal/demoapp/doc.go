@@ -16,7 +16,8 @@
 // The shop is a cart whose session lives where Options.Store says: in this
 // process (MemoryStore), in Redis (RedisStore), in Redis behind a versioned
 // near-cache (CachedRedisStore), or in a signed token the client holds
-// (TokenStore). The experiments compare them; the HTTP contract they rely on
+// (TokenStore), optionally with a denylist of revoked sessions in Redis.
+// The experiments compare them; the HTTP contract they rely on
 // is this, and must not change without them.
 //
 // Every shop response is JSON and carries X-Backend (the backend's name),
@@ -51,11 +52,16 @@
 //
 // # Logout
 //
-//	POST /logout      204. Forgets the client's counter session and expires
-//	                  the DEMO_SESSION cookie and the shop's session cookie
-//	                  (an empty value with Max-Age=0), as applications
-//	                  commonly log out. The shop session stays in its store
-//	                  until it expires. Another method is answered 405.
+//	POST /logout      204. Forgets the client's counter session, revokes its
+//	                  shop session in the store (memory, redis and
+//	                  cached-redis delete it; a token store with a denylist
+//	                  lists it in Redis; a token store without one cannot,
+//	                  and the token stays valid until it expires), and
+//	                  expires the DEMO_SESSION cookie and the shop's session
+//	                  cookie (an empty value with Max-Age=0), as applications
+//	                  commonly log out. 503 {"error":"store_unavailable"},
+//	                  cookies kept, when the store fails to revoke. Another
+//	                  method is answered 405.
 //
 // # Operations
 //

@@ -22,7 +22,8 @@ var storeKinds = []string{"memory", "redis", "cached-redis", "token"}
 var testSecret = []byte("test secret")
 
 // fixture is what the backends of one test share: a Redis for the redis
-// kinds, the token secret for the token kind.
+// kinds and the token store's denylist, the token secret for the token
+// kinds.
 type fixture struct {
 	kind  string
 	redis *testutil.Redis // nil for memory and token
@@ -31,7 +32,7 @@ type fixture struct {
 func newFixture(t testing.TB, kind string) *fixture {
 	t.Helper()
 	f := &fixture{kind: kind}
-	if kind == "redis" || kind == "cached-redis" {
+	if kind == "redis" || kind == "cached-redis" || kind == "token-denylist" {
 		f.redis = testutil.StartRedis(t)
 	}
 	return f
@@ -50,6 +51,12 @@ func (f *fixture) store(t testing.TB) Store {
 		s = NewCachedRedisStore(f.redis.Addr, 0)
 	case "token":
 		ts, err := NewTokenStore(testSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = ts
+	case "token-denylist":
+		ts, err := NewDenylistTokenStore(testSecret, f.redis.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}

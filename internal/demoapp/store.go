@@ -72,6 +72,12 @@ type Store interface {
 	// unless the handle is the session itself. A store may refuse, with
 	// ErrNoSession, to save a session that vanished since it was loaded.
 	Save(ctx context.Context, handle string, s Session) (string, error)
+	// Revoke ends the session handle names, at logout: from then on the
+	// handle is no session. A store that keeps nothing on the server (a
+	// token without a denylist) cannot, and does nothing: its handle stays
+	// valid until it expires. A handle that names no session is not an
+	// error.
+	Revoke(ctx context.Context, handle string) error
 	// Held reports how many sessions this process holds in its own memory.
 	Held() int
 	// Close releases the store's connections, if it has any.

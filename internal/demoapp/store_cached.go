@@ -112,5 +112,13 @@ func (c *CachedRedisStore) put(ctx context.Context, id string, s Session, fresh 
 	return nil
 }
 
+// Revoke deletes the session id names from Redis (one round trip) and from
+// the near-cache. Other backends' copies are not trusted without Redis's
+// version, which is gone with the session.
+func (c *CachedRedisStore) Revoke(ctx context.Context, id string) error {
+	c.near.Remove(id)
+	return c.remove(ctx, id)
+}
+
 // Held reports the sessions in the near-cache.
 func (c *CachedRedisStore) Held() int { return c.near.Len() }

@@ -54,6 +54,12 @@ func (m *MemoryStore) Save(_ context.Context, id string, s Session) (string, err
 	return id, nil
 }
 
+// Revoke forgets the session id names.
+func (m *MemoryStore) Revoke(_ context.Context, id string) error {
+	m.sessions.Remove(id)
+	return nil
+}
+
 // Held reports the sessions in memory.
 func (m *MemoryStore) Held() int { return m.sessions.Len() }
 

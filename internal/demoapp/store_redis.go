@@ -141,6 +141,18 @@ func (r redisSessions) version(ctx context.Context, id string) (int64, error) {
 	return v, nil
 }
 
+// remove deletes the session id names: one round trip.
+func (r redisSessions) remove(ctx context.Context, id string) error {
+	if !validSessionID(id) {
+		return nil
+	}
+	usageOf(ctx).addOp()
+	if err := r.client.Del(ctx, redisKey(id)).Err(); err != nil {
+		return fmt.Errorf("redis store: delete session %q: %w", id, err)
+	}
+	return nil
+}
+
 // Ping checks that Redis answers, for a startup report.
 func (r redisSessions) Ping(ctx context.Context) error {
 	if err := r.client.Ping(ctx).Err(); err != nil {
@@ -202,6 +214,9 @@ func (s *RedisStore) Save(ctx context.Context, id string, sess Session) (string,
 	}
 	return id, nil
 }
+
+// Revoke deletes the session id names from Redis: one round trip.
+func (s *RedisStore) Revoke(ctx context.Context, id string) error { return s.remove(ctx, id) }
 
 // Held reports 0: no session stays in this process.
 func (*RedisStore) Held() int { return 0 }

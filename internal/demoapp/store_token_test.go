@@ -33,7 +33,7 @@ func TestTokenForgeries(t *testing.T) {
 	// What a forger wants the shop to believe: alice's cart, of 2 items.
 	want := func() tokenClaims {
 		return tokenClaims{
-			User: "alice", Items: []string{"x", "free"}, Version: 9,
+			Session: newSessionID(), User: "alice", Items: []string{"x", "free"}, Version: 9,
 			RegisteredClaims: jwt.RegisteredClaims{ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))},
 		}
 	}
@@ -61,7 +61,8 @@ func TestTokenForgeries(t *testing.T) {
 		{"HS512 with the right secret", signed(t, jwt.SigningMethodHS512, want(), testSecret), false},
 		{"no expiry", signed(t, jwt.SigningMethodHS256, noExp, testSecret), false},
 		{"expired", signed(t, jwt.SigningMethodHS256, expired, testSecret), false},
-		{"no user", signed(t, jwt.SigningMethodHS256, tokenClaims{RegisteredClaims: want().RegisteredClaims}, testSecret), false},
+		{"no user", signed(t, jwt.SigningMethodHS256, tokenClaims{Session: "S", RegisteredClaims: want().RegisteredClaims}, testSecret), false},
+		{"no session", signed(t, jwt.SigningMethodHS256, func() tokenClaims { c := want(); c.Session = ""; return c }(), testSecret), false},
 		{"not a token", "garbage", false},
 		{"payload only", payload, false},
 	}
@@ -105,15 +106,29 @@ func TestTokenStoreExpiry(t *testing.T) {
 	if _, err := ts.Load(ctx, old); !errors.Is(err, ErrNoSession) || !errors.Is(err, jwt.ErrTokenExpired) {
 		t.Errorf("Load of a token issued %v ago: %v, want %v wrapping %v", SessionTTL+time.Minute, err, ErrNoSession, jwt.ErrTokenExpired)
 	}
-	// Every save renews the expiry.
+	if _, err := ts.Save(ctx, old, Session{User: "alice"}); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Save over an expired token: %v, want %v", err, ErrNoSession)
+	}
+	// Every save renews the expiry: a token a minute from expiring, saved
+	// now, holds for SessionTTL again.
+	ts.now = func() time.Time { return time.Now().Add(-SessionTTL + time.Minute) }
+	young, err := ts.New(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ts.now = time.Now
-	renewed, err := ts.Save(ctx, old, Session{User: "alice", Items: []string{"x"}, Version: 4})
+	renewed, err := ts.Save(ctx, young, Session{User: "alice", Items: []string{"x"}, Version: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, err := ts.Load(ctx, renewed)
 	if err != nil || s.User != "alice" || len(s.Items) != 1 || s.Version != 5 {
 		t.Errorf("Load of a saved token: %+v, %v; want alice, 1 item, version 5", s, err)
+	}
+	a, _ := ts.verify(young)
+	b, _ := ts.verify(renewed)
+	if a == nil || b == nil || !b.ExpiresAt.After(a.ExpiresAt.Add(time.Minute)) || a.Session != b.Session {
+		t.Errorf("saved token %+v of %+v: want a later expiry, the same session", b, a)
 	}
 }
 
