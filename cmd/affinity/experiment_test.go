@@ -95,7 +95,9 @@ type cellResult struct {
 	Imbalance            float64  `json:"imbalance"`
 	LeftFirstChoice      *float64 `json:"left_first_choice_pct"`
 	// Variant is the cell's options, such as {"load_factor": "1.25"}.
-	Variant map[string]string `json:"variant"`
+	Variant         map[string]string `json:"variant"`
+	Replays         int               `json:"replays"`
+	ReplaysAccepted *int              `json:"replays_accepted"`
 }
 
 // runExperimentBinary builds affinity, runs `experiment run --preset NAME
@@ -139,11 +141,12 @@ func runExperimentBinary(t *testing.T, preset string) map[string]cellResult {
 		if c.Requests == 0 {
 			t.Errorf("%s × %s sent no request", c.Balancer, c.Store)
 		}
-		name := c.Balancer
+		// The variant's options follow: "consistent-hash × redis load_factor=1.25".
+		name := c.Balancer + " × " + c.Store
 		for _, k := range slices.Sorted(maps.Keys(c.Variant)) {
 			name += " " + k + "=" + c.Variant[k]
 		}
-		cells[name+" × "+c.Store] = c
+		cells[name] = c
 	}
 	for _, name := range []string{"report.md", "timeline.csv", "timeline.png", "timeline.svg", "sessions_lost.png"} {
 		if _, err := os.Stat(filepath.Join(report, name)); err != nil {
@@ -269,7 +272,7 @@ func TestExperimentHotUsersQuick(t *testing.T) {
 	cells := runExperimentBinary(t, "hot-users")
 	rr := cellOf(t, cells, "round-robin × redis")
 	ch := cellOf(t, cells, "consistent-hash × redis")
-	bounded := cellOf(t, cells, "consistent-hash load_factor=1.25 × redis")
+	bounded := cellOf(t, cells, "consistent-hash × redis load_factor=1.25")
 	if ch.Imbalance < rr.Imbalance+0.15 {
 		t.Errorf("consistent-hash imbalance %.2f, round-robin %.2f: want a hotspot of the heavy users' backends", ch.Imbalance, rr.Imbalance)
 	}
@@ -283,4 +286,22 @@ func TestExperimentHotUsersQuick(t *testing.T) {
 		t.Errorf("bounded loads sent %v%% off their key's first choice, want some", bounded.LeftFirstChoice)
 	}
 	cellOf(t, cells, "cookie × redis")
+}
+
+// TestExperimentRevokeQuick asserts the physics of replaying a session
+// cookie after logging out: a signed token is still accepted, and nothing
+// is where the server keeps state about the session (a denylist, or the
+// session itself in Redis).
+func TestExperimentRevokeQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "revoke")
+	for name, wantAll := range map[string]bool{"cookie × token": true, "cookie × token denylist=redis": false, "cookie × redis": false} {
+		c := cellOf(t, cells, name)
+		if c.Replays == 0 || c.ReplaysAccepted == nil {
+			t.Errorf("%s: %d replays, accepted %v; want replays after logouts", name, c.Replays, c.ReplaysAccepted)
+			continue
+		}
+		if got := *c.ReplaysAccepted; (wantAll && got != c.Replays) || (!wantAll && got != 0) {
+			t.Errorf("%s accepted %d of %d replays, want all: %v", name, got, c.Replays, wantAll)
+		}
+	}
 }

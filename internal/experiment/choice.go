@@ -39,6 +39,14 @@ var options = map[string]option{
 		}
 		return nil
 	}},
+	// A denylist of logged-out sessions, checked on every request: the
+	// backends' --token-denylist, in the cell's Redis.
+	"denylist": {balancer: false, of: StoreToken, check: func(v string) error {
+		if v != "redis" {
+			return fmt.Errorf("want redis")
+		}
+		return nil
+	}},
 }
 
 // parseChoice reads an entry: a name, then options key=value, space

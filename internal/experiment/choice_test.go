@@ -3,6 +3,7 @@ package experiment
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseChoice(t *testing.T) {
@@ -21,6 +22,10 @@ func TestParseChoice(t *testing.T) {
 		{"consistent-hash speed=9", true, "", `unknown option "speed"`},
 		{"memory load_factor=1.25", false, "", `unknown option "load_factor"`}, // a balancer's option on a store
 		{"", true, "", "empty entry"},
+		{"token denylist=redis", false, "token denylist=redis", ""},
+		{"token denylist=memcached", false, "", "want redis"},
+		{"redis denylist=redis", false, "", "applies to token only"},
+		{"cookie denylist=redis", true, "", `unknown option "denylist"`},
 	}
 	for _, tt := range tests {
 		c, err := parseChoice(tt.entry, tt.balancer)
@@ -53,5 +58,19 @@ func TestCellEntries(t *testing.T) {
 	}
 	if variantOf(choice{name: "cookie"}, choice{name: "memory"}) != nil {
 		t.Error("a cell without options has a variant")
+	}
+}
+
+func TestNeedsRedis(t *testing.T) {
+	for store, want := range map[string]bool{
+		"memory": false, "token": false, "redis": true, "cached-redis": true, "token denylist=redis": true,
+	} {
+		if got := needsRedis(store); got != want {
+			t.Errorf("needsRedis(%q) = %v, want %v", store, got, want)
+		}
+	}
+	flags := backendFlags(choice{name: StoreToken, opts: Variant{"denylist": "redis"}}, time.Millisecond, &redisStore{addr: "127.0.0.1:6379"}, "s")
+	if got := strings.Join(flags, " "); got != "--session-store token --work 1ms --redis-addr 127.0.0.1:6379 --token-secret s --token-denylist" {
+		t.Errorf("backend flags %q", got)
 	}
 }

@@ -42,13 +42,16 @@ func proxyConfig(p harness.ProxyConfig, bal choice, store string) string {
 
 // backendFlags are the flags of a cell's `affinity backend`s after
 // --listen and --name.
-func backendFlags(store string, work time.Duration, redis *redisStore, secret string) []string {
-	args := []string{"--session-store", store, "--work", work.String()}
+func backendFlags(store choice, work time.Duration, redis *redisStore, secret string) []string {
+	args := []string{"--session-store", store.name, "--work", work.String()}
 	if redis != nil {
 		args = append(args, "--redis-addr", redis.addr)
 	}
-	if store == StoreToken {
+	if store.name == StoreToken {
 		args = append(args, "--token-secret", secret)
+	}
+	if store.opts["denylist"] != "" {
+		args = append(args, "--token-denylist")
 	}
 	return args
 }

@@ -16,6 +16,7 @@ var claimText = map[int]string{
 	3:  "The external store costs a network hop on every request.",
 	4:  "A local cache in front of the store wins back that cost only when routing is sticky.",
 	5:  "Client-held tokens need no server store but every request carries the whole session.",
+	6:  "A token can't be revoked before it expires without server-side state.",
 	7:  "Sticky sessions are hard to rebalance: a new server only gets new users.",
 	8:  "Consistent hashing moves only ~1/N of users when a server joins; modulo hashing moves most.",
 	9:  "Sticky routing creates hotspots when some users are much heavier than others.",
@@ -101,6 +102,8 @@ func measure(n int, res *Results) Finding {
 		return findNearCache(res)
 	case 5:
 		return findTokenBytes(res)
+	case 6:
+		return findRevoke(res)
 	case 7:
 		return findNewServer(res)
 	case 8:

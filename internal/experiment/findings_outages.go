@@ -113,7 +113,7 @@ func findDrain(res *Results) Finding {
 func findStoreDown(res *Results) Finding {
 	var ref *CellResult
 	for i := range res.Cells {
-		if needsRedis(res.Cells[i].Store) {
+		if needsRedis(res.Cells[i].StoreEntry()) {
 			ref = &res.Cells[i]
 			break
 		}
@@ -160,7 +160,7 @@ func findStoreDown(res *Results) Finding {
 		s += " Time from its return until requests that needed it stopped failing (the backends' Redis clients " +
 			"connecting again): " + byStore(res, func(c *CellResult) string {
 			o, ok := out[c]
-			if !ok || !needsRedis(c.Store) {
+			if !ok || !needsRedis(c.StoreEntry()) {
 				return ""
 			}
 			if at, ok := recovered(c, up.Start, o.before); ok {
@@ -180,13 +180,13 @@ func findStoreDown(res *Results) Finding {
 			continue
 		}
 		switch rise := o.during - o.before; {
-		case needsRedis(c.Store) && rise < 50:
+		case needsRedis(c.StoreEntry()) && rise < 50:
 			wrong = append(wrong, fmt.Sprintf("%s × %s failed only %.1f%% of its requests while the store was down", c.Balancer, c.Store, o.during))
-		case needsRedis(c.Store) && c.Store == StoreCachedRedis:
+		case needsRedis(c.StoreEntry()) && c.Store == StoreCachedRedis:
 			cached = append(cached, c.Balancer)
-		case !needsRedis(c.Store) && rise > 5:
+		case !needsRedis(c.StoreEntry()) && rise > 5:
 			wrong = append(wrong, fmt.Sprintf("%s × %s, which needs no store, failed %.1f points more while it was down", c.Balancer, c.Store, rise))
-		case !needsRedis(c.Store):
+		case !needsRedis(c.StoreEntry()):
 			independent++
 		}
 	}
@@ -230,7 +230,7 @@ func storeDataNote(res *Results, back bool) string {
 	}
 	var lost []string
 	for _, c := range res.Cells {
-		if needsRedis(c.Store) && c.SessionsLostPct-c.StaleAfterFailurePct > 1e-9 {
+		if needsRedis(c.StoreEntry()) && c.SessionsLostPct-c.StaleAfterFailurePct > 1e-9 {
 			lost = append(lost, fmt.Sprintf("%s × %s %.1f%% (%s)", c.Balancer, c.Store, c.SessionsLostPct, kinds(c.ErrorKinds)))
 		}
 	}

@@ -136,3 +136,16 @@ func TestConclude(t *testing.T) {
 		t.Errorf("for you %q, want it to start %q", res.ForYou, want)
 	}
 }
+
+// wantFinding checks the finding of claim on res, and that its text holds
+// each of want.
+func wantFinding(t *testing.T, claim int, res *Results, want ...string) {
+	t.Helper()
+	f := finding(claim, res)
+	checkFinding(t, f)
+	for _, w := range want {
+		if !strings.Contains(f.Text, w) {
+			t.Errorf("finding lacks %q:\n%s", w, f.Text)
+		}
+	}
+}

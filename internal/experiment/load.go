@@ -35,6 +35,10 @@ type Load struct {
 	Timeout time.Duration
 	// Skew, above 0, makes a few users send most requests (harness.Load).
 	Skew float64
+	// Logout has a user log out after each checkout, and then replay the
+	// session credential it held, as a thief who copied it would: its
+	// next request is a cart with the cookies it had before the logout.
+	Logout bool
 }
 
 // step is a request of the shop workflow.
@@ -45,9 +49,11 @@ const (
 	stepAdd
 	stepCart
 	stepCheckout
+	stepLogout
+	stepReplay // the cart, asked with the cookies held before the logout
 )
 
-var stepNames = [...]string{"login", "add", "cart", "checkout"}
+var stepNames = [...]string{"login", "add", "cart", "checkout", "logout", "replay"}
 
 // String names the step in reports.
 func (s step) String() string { return stepNames[s] }
@@ -76,13 +82,18 @@ type Sample struct {
 	Cache               int8
 }
 
-// OK reports whether the request succeeded.
+// OK reports whether the request succeeded; for a replay, whether the
+// server accepted a credential it should have revoked.
 func (s *Sample) OK() bool { return s.Kind == "" }
+
+// failed reports whether the request failed as a user sees it: a replay
+// refused is the server doing its job, not a failure.
+func (s *Sample) failed() bool { return !s.OK() && s.Step != stepReplay }
 
 // lostSession reports whether the sample is the shop saying the session was
 // gone or out of date: the workflow broke.
 func (s *Sample) lostSession() bool {
-	return s.Kind == kindSessionLost || s.Kind == kindSessionStale
+	return s.failed() && (s.Kind == kindSessionLost || s.Kind == kindSessionStale)
 }
 
 // user is a virtual user: an identity, its client (with its cookie jar) and
@@ -97,6 +108,7 @@ type user struct {
 	next   step
 	target int // items to add in this workflow
 	added  int
+	stolen string // the Cookie header held when it logged out, for the replay
 }
 
 func newUser(seed uint64, slot int, tr http.RoundTripper) *user {
@@ -133,6 +145,7 @@ type generator struct {
 	load  Load
 	base  *url.URL // the proxy's
 	tr    http.RoundTripper
+	bare  *http.Client // without a cookie jar: replays send the stolen cookies alone
 	users []*user
 	rec   recorder
 	// skipped counts arrivals that came while their user's previous request
@@ -145,7 +158,8 @@ func newGenerator(l Load, base string, tr http.RoundTripper) (*generator, error)
 	if err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
-	g := &generator{load: l, base: u, tr: tr}
+	g := &generator{load: l, base: u, tr: tr, bare: harness.NewClient(tr, 0)}
+	g.bare.Jar = nil
 	g.users = make([]*user, l.Users)
 	for i := range g.users {
 		g.users[i] = newUser(l.Seed, i, tr)
@@ -177,12 +191,21 @@ func (g *generator) do(ctx context.Context, c harness.Clock, u *user, at time.Du
 		s.Kind = kindConnection
 		return s
 	}
-	cookie := harness.CookieHeader(u.client.Jar, req.URL)
+	client, cookie := u.client, harness.CookieHeader(u.client.Jar, req.URL)
+	switch u.next {
+	case stepLogout:
+		u.stolen = cookie
+	case stepReplay:
+		client, cookie = g.bare, u.stolen
+	}
 	s.CookieBytes = len(cookie)
 	s.ReqBytes = requestBytes(req, cookie)
+	if u.next == stepReplay && cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
 	ctx, cancel := context.WithTimeout(ctx, g.load.Timeout)
 	defer cancel()
-	resp, err := u.client.Do(req.WithContext(ctx))
+	resp, err := client.Do(req.WithContext(ctx))
 	if err != nil {
 		s.Latency = c.Now().Sub(due)
 		s.Kind = harness.TransportKind(err)
@@ -219,10 +242,12 @@ func (g *generator) request(ctx context.Context, u *user) (*http.Request, error)
 	switch u.next {
 	case stepAdd:
 		path = pathItems + "?item=sku-" + strconv.Itoa(u.added+1)
-	case stepCart:
+	case stepCart, stepReplay:
 		method, path = http.MethodGet, pathCart
 	case stepCheckout:
 		path = pathCheckout
+	case stepLogout:
+		path = pathLogout
 	}
 	req, err := http.NewRequestWithContext(ctx, method, g.base.String()+path, nil)
 	if err != nil {
@@ -239,8 +264,16 @@ func (g *generator) request(ctx context.Context, u *user) (*http.Request, error)
 // advance moves u to its next step (its client's jar has kept the
 // response's cookies): on success the next of the workflow, on a lost
 // session back to login (the user starts over, as a real one would), and
-// on any other error the same step again.
+// on any other error the same step again. After a replay, whatever its
+// answer, the user logs in again.
 func (g *generator) advance(u *user, s *Sample) {
+	if u.next == stepReplay {
+		// Accepted or refused, the replay was the one chance: the user
+		// logs in again.
+		u.next, u.stolen = stepLogin, ""
+		g.churn(u)
+		return
+	}
 	switch {
 	case s.lostSession():
 		u.next, u.added = stepLogin, 0
@@ -261,9 +294,21 @@ func (g *generator) advance(u *user, s *Sample) {
 		u.next = stepCheckout
 	case stepCheckout:
 		u.next, u.added = stepLogin, 0
-		if u.rng.Float64() < g.load.Churn {
-			u.gen++
-			u.reset(g.tr)
+		if g.load.Logout {
+			u.next = stepLogout
+			return
 		}
+		g.churn(u)
+	case stepLogout:
+		u.next = stepReplay
+	}
+}
+
+// churn replaces u, at the end of its workflow, by a new user (new id, no
+// cookies) with the chance Load.Churn.
+func (g *generator) churn(u *user) {
+	if u.rng.Float64() < g.load.Churn {
+		u.gen++
+		u.reset(g.tr)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +58,14 @@ func (s *fakeShop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user := r.Header.Get(headerUser)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if r.URL.Path == pathLogout {
+		if c, err := r.Cookie("SHOP_SESSION"); err == nil {
+			delete(s.sessions, c.Value)
+		}
+		http.SetCookie(w, &http.Cookie{Name: "SHOP_SESSION", MaxAge: -1})
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if r.URL.Path == pathLogin {
 		s.next++
 		id := strconv.Itoa(s.next)
@@ -230,5 +239,46 @@ func TestRunRecordsEveryArrival(t *testing.T) {
 		if s.Latency <= 0 || s.ReqBytes <= 0 || s.RespBytes <= 0 {
 			t.Fatalf("sample %+v: want latency and sizes", s)
 		}
+	}
+}
+
+// TestLogoutThenReplay plays a workflow with logouts: after the checkout
+// the user logs out, then replays the cookie it held, which the shop (which
+// deleted the session) refuses; the user logs in again.
+func TestLogoutThenReplay(t *testing.T) {
+	var replayed atomic.Value
+	shop := newFakeShop("b1")
+	srv, tr := startShop(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == pathCart {
+			replayed.Store(r.Header.Get("Cookie"))
+		}
+		shop.ServeHTTP(w, r)
+	}))
+	l := testLoad()
+	l.Logout = true
+	g := testGenerator(t, l, srv.URL, tr)
+	u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
+	var got []Sample
+	for range 8 { // login, 2 items, cart, checkout, logout, replay, login
+		got = append(got, g.do(ctx, c, u, 0, c.Now()))
+	}
+	var steps []string
+	for _, s := range got {
+		steps = append(steps, fmt.Sprintf("%s/%d", s.Step, s.Status))
+	}
+	want := "[login/200 add/200 add/200 cart/200 checkout/200 logout/204 replay/409 login/200]"
+	if fmt.Sprint(steps) != want {
+		t.Fatalf("steps %v, want %s", steps, want)
+	}
+	if cookie := replayed.Load().(string); !strings.HasPrefix(cookie, "SHOP_SESSION=") || got[6].CookieBytes != len(cookie) {
+		t.Errorf("the replay sent %q (%d bytes counted), want the session cookie held before the logout", cookie, got[6].CookieBytes)
+	}
+	r := summarize("cookie", StoreMemory, got, 0, time.Second, []string{"b1"}, 1, nil)
+	if r.Replays != 1 || r.ReplaysAccepted == nil || *r.ReplaysAccepted != 0 || r.Errors != 0 || r.SessionsLostPct != 0 {
+		t.Errorf("replays %d, accepted %v, errors %d, lost %.0f%%: want 1 refused replay, no error, no lost session",
+			r.Replays, r.ReplaysAccepted, r.Errors, r.SessionsLostPct)
+	}
+	if r.Timeline[0].Errors != 0 || r.Timeline[0].Lost != 0 {
+		t.Errorf("timeline %+v: a refused replay is neither an error nor a lost session", r.Timeline[0])
 	}
 }

@@ -19,10 +19,17 @@ type CellResult struct {
 	Variant Variant `json:"variant,omitempty"`
 
 	// Requests counts the arrivals sent; Errors those that failed, for any
-	// reason (lost sessions included), itemised in ErrorKinds.
+	// reason (lost sessions included, refused replays not), itemised in
+	// ErrorKinds.
 	Requests   int            `json:"requests"`
 	Errors     int            `json:"errors"`
 	ErrorKinds map[string]int `json:"error_kinds"`
+	// Replays counts the requests made, after a logout, with the session
+	// credential held before it (Spec.Logout), and ReplaysAccepted those
+	// the server answered as if the user were logged in; null without
+	// replays. A refused replay is no error.
+	Replays         int  `json:"replays,omitempty"`
+	ReplaysAccepted *int `json:"replays_accepted,omitempty"`
 	// Skipped counts arrivals not sent because the user's previous request
 	// was still in flight.
 	Skipped int `json:"skipped"`
@@ -131,14 +138,21 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 	}
 	var ok []time.Duration
 	okBy := map[string][]time.Duration{}
-	var bytes, wired, ops, opsN, hits, misses int
+	var bytes, wired, ops, opsN, hits, misses, accepted int
 	perBackend := map[string]int{}
 	for i := range samples {
 		s := &samples[i]
-		if s.OK() {
+		if s.Step == stepReplay {
+			r.Replays++
+			if s.OK() {
+				accepted++
+			}
+		}
+		switch {
+		case s.OK():
 			ok = append(ok, s.Latency)
 			okBy[s.Backend] = append(okBy[s.Backend], s.Latency)
-		} else {
+		case s.failed():
 			r.Errors++
 			r.ErrorKinds[s.Kind]++
 		}
@@ -159,6 +173,9 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		case cacheMiss:
 			misses++
 		}
+	}
+	if r.Replays > 0 {
+		r.ReplaysAccepted = &accepted
 	}
 	slices.Sort(ok)
 	for _, l := range okBy {

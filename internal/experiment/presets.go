@@ -148,8 +148,22 @@ var hotUsers = Spec{
 	Quick:     Quick{Duration: 3 * time.Second, Users: 200},
 }
 
+// revoke logs users out and replays what they held.
+var revoke = Spec{
+	Name:  "revoke",
+	Title: "Users log out, then replay the session cookie they held",
+	// 6: a token cannot be revoked before it expires without server-side
+	// state: a denylist, or the session itself on the server.
+	Claims:   []int{6},
+	Backends: 3, Users: 150, Rate: 400, Duration: 6 * time.Second, Seed: 1,
+	MinItems: 2, MaxItems: 4, Work: 2 * time.Millisecond, Logout: true,
+	Balancers: []string{"cookie"},
+	Stores:    []string{StoreToken, StoreToken + " denylist=redis", StoreRedis},
+	Quick:     Quick{Duration: 3 * time.Second, Users: 100},
+}
+
 // presets are the named experiments, in the order `experiment list` shows.
-var presets = []*Spec{&failover, &scaleOut, &steady, &drain, &storeDown, &hang, &hotUsers}
+var presets = []*Spec{&failover, &scaleOut, &steady, &drain, &storeDown, &hang, &hotUsers, &revoke}
 
 // Presets returns copies of the built-in experiments.
 func Presets() []Spec {

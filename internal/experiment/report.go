@@ -140,6 +140,10 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 		st.RateRPS, st.DurationS, st.Users, st.Seed, deal, st.TimeoutMs)
 	fmt.Fprintf(&b, "- Each user repeats: login, add %d to %d items, view the cart, check out. A 409 (session lost or stale) "+
 		"sends it back to login; another error retries the same step.", st.Items[0], st.Items[1])
+	if st.Logout {
+		b.WriteString(" After each checkout the user logs out (POST /logout), and its next request replays the cookies it held " +
+			"before the logout, as a thief who copied them would (GET /cart); then it logs in again.")
+	}
 	if st.Churn > 0 {
 		fmt.Fprintf(&b, " After a checkout a user leaves with probability %.2f and a new one (new id, no cookies) takes its place.", st.Churn)
 	}

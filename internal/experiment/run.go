@@ -81,6 +81,7 @@ type Settings struct {
 	Items      [2]int   `json:"items"`
 	Churn      float64  `json:"churn"`
 	Skew       float64  `json:"skew"`
+	Logout     bool     `json:"logout"`
 	WorkMs     float64  `json:"work_ms"`
 	Faults     []string `json:"faults"`
 	HealthMs   float64  `json:"health_check_interval_ms"`
@@ -182,7 +183,7 @@ func Preflight(ctx context.Context, s Spec, o Options) error {
 			return fmt.Errorf("%w: %q: %w", ErrBadSpec, f, ErrExternalStore)
 		}
 	}
-	if slices.ContainsFunc(s.Stores, func(st string) bool { return needsRedis(strings.Fields(st)[0]) }) {
+	if slices.ContainsFunc(s.Stores, needsRedis) {
 		if _, err := redisInfo(ctx, o.RedisAddr); err != nil {
 			return fmt.Errorf("--redis-addr: %w", err)
 		}
@@ -226,7 +227,7 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 		return CellResult{}, fmt.Errorf("cell directory: %w", err)
 	}
 	c := &procs{}
-	if needsRedis(store.name) {
+	if needsRedis(store.String()) {
 		r, err := startRedis(ctx, o.RedisAddr)
 		if err != nil {
 			return CellResult{}, err
@@ -236,7 +237,7 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	}
 	c.Cluster = &harness.Cluster{
 		Exe: o.Executable, Dir: dir, Pool: poolName,
-		BackendFlags: backendFlags(store.name, s.Work, c.redis, secret),
+		BackendFlags: backendFlags(store, s.Work, c.redis, secret),
 		Config:       func(p harness.ProxyConfig) string { return proxyConfig(p, bal, store.String()) },
 	}
 	defer func() { _ = c.Close() }()
@@ -247,7 +248,7 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	tr := harness.NewTransport(s.Users)
 	defer tr.CloseIdleConnections()
 	gen, err := newGenerator(Load{
-		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed, Skew: s.Skew,
+		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed, Skew: s.Skew, Logout: s.Logout,
 		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
 	}, "http://"+c.ProxyAddr(), tr)
 	if err != nil {
@@ -305,7 +306,7 @@ func cellLine(c *CellResult) string {
 func settings(s Spec, o Options) Settings {
 	st := Settings{
 		Backends: s.Backends, Users: s.Users, RateRPS: s.Rate, DurationS: s.Duration.Seconds(), Seed: s.Seed,
-		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, Skew: s.Skew, WorkMs: ms(s.Work),
+		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, Skew: s.Skew, Logout: s.Logout, WorkMs: ms(s.Work),
 		HealthMs: ms(healthInterval), TimeoutMs: ms(requestTimeout),
 		Balancers: s.Balancers, Stores: s.Stores, RedisStore: "embedded",
 	}

@@ -14,6 +14,7 @@ const (
 	pathItems    = "/cart/items"
 	pathCart     = "/cart"
 	pathCheckout = "/checkout"
+	pathLogout   = "/logout"
 
 	headerUser     = "X-User"
 	headerStep     = "X-Step"

@@ -28,8 +28,12 @@ const (
 // Stores lists the session stores a spec may name.
 var Stores = []string{StoreMemory, StoreRedis, StoreCachedRedis, StoreToken}
 
-// needsRedis reports whether backends with the store talk to Redis.
-func needsRedis(store string) bool { return store == StoreRedis || store == StoreCachedRedis }
+// needsRedis reports whether backends with the store entry talk to Redis:
+// to keep their sessions there, or a token store's denylist.
+func needsRedis(store string) bool {
+	c, _ := parseChoice(store, false)
+	return c.name == StoreRedis || c.name == StoreCachedRedis || c.opts["denylist"] != ""
+}
 
 // Spec describes an experiment: every cell of Balancers × Stores runs the
 // same users, load and faults against a fresh set of processes.
@@ -48,6 +52,9 @@ type Spec struct {
 	// MinItems and MaxItems bound the items added per workflow.
 	MinItems, MaxItems int
 	Churn              float64
+	// Logout has each user log out after a checkout and then replay the
+	// session cookie it held, as a thief who copied it would.
+	Logout bool
 	// Skew, above 0, makes a few users send most requests: user i gets
 	// each arrival with a chance in proportion to 1/i^Skew (Zipf's law).
 	// 0 gives every user the same share.
@@ -188,6 +195,7 @@ type specFile struct {
 	Items     []int         `yaml:"items"` // [min, max]
 	Churn     float64       `yaml:"churn"`
 	Skew      float64       `yaml:"skew"`
+	Logout    bool          `yaml:"logout"`
 	Work      time.Duration `yaml:"work"`
 	Balancers []string      `yaml:"balancers"`
 	Stores    []string      `yaml:"stores"`
@@ -263,7 +271,7 @@ func parseSpec(data []byte) (Spec, error) {
 		f.Quick.Duration, f.Quick.Users, f.Quick.Balancers, f.Quick.Stores = p.Quick.Duration, p.Quick.Users, p.Quick.Balancers, p.Quick.Stores
 	}
 	f.Name, f.Backends, f.Users, f.Rate, f.Duration = "custom", base.Backends, base.Users, base.Rate, base.Duration
-	f.Seed, f.Items, f.Churn, f.Skew, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Skew, base.Work
+	f.Seed, f.Items, f.Churn, f.Skew, f.Logout, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Skew, base.Logout, base.Work
 	f.Balancers, f.Stores = base.Balancers, base.Stores
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -276,7 +284,7 @@ func parseSpec(data []byte) (Spec, error) {
 	s := Spec{
 		Name: f.Name, Title: f.Title, Claims: f.Claims,
 		Backends: f.Backends, Users: f.Users, Rate: f.Rate, Duration: f.Duration, Seed: f.Seed,
-		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Skew: f.Skew, Work: f.Work,
+		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Skew: f.Skew, Logout: f.Logout, Work: f.Work,
 		Balancers: f.Balancers, Stores: f.Stores,
 		Quick: Quick{Duration: f.Quick.Duration, Users: f.Quick.Users, Balancers: f.Quick.Balancers, Stores: f.Quick.Stores},
 	}

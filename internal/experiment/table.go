@@ -52,6 +52,16 @@ var columns = []column{
 		figure: func(c *CellResult) string { return opt(c.LeftFirstChoicePct, "%.1f") },
 		any:    func(c *CellResult) bool { return c.LeftFirstChoicePct != nil },
 	},
+	{
+		head: "replays accepted",
+		figure: func(c *CellResult) string {
+			if c.ReplaysAccepted == nil {
+				return "-"
+			}
+			return fmt.Sprintf("%d of %d", *c.ReplaysAccepted, c.Replays)
+		},
+		any: func(c *CellResult) bool { return c.ReplaysAccepted != nil },
+	},
 	{head: "p50 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P50Ms) }},
 	{head: "p95 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P95Ms) }},
 	{head: "p99 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P99Ms) }},
@@ -109,6 +119,10 @@ func resultsTable(res *Results) string {
 	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "off first choice %" }) {
 		b.WriteString(" Off first choice: share of the responses not given by the backend the hash picks for the user " +
 			"over the backends in rotation (bounded loads and retries send requests elsewhere).")
+	}
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "replays accepted" }) {
+		b.WriteString(" Replays accepted: of the requests made after a logout with the session cookie held before it, " +
+			"those the shop answered as if the user were still logged in; a refused replay is not an error.")
 	}
 	b.WriteString(" Latency and ok rps count successful requests.\n")
 	return b.String()

@@ -48,16 +48,18 @@ func timeline(samples []Sample, d, width time.Duration, up map[string][]span) []
 		}
 		sec := &secs[t]
 		sec.Requests++
-		if s.OK() {
+		switch {
+		case s.OK():
 			sec.OK++
 			lat[t] = append(lat[t], s.Latency)
-		} else {
+		case s.failed():
 			sec.Errors++
 		}
-		switch s.Kind {
-		case kindSessionLost:
+		switch {
+		case !s.failed():
+		case s.Kind == kindSessionLost:
 			sec.Lost++
-		case kindSessionStale:
+		case s.Kind == kindSessionStale:
 			sec.Stale++
 		}
 		if s.Backend != "" {
