@@ -17,10 +17,13 @@ import (
 const maxBody = 64 << 10
 
 // load is the scenario's open-loop load (harness.Load): Rate requests per
-// second dealt to Clients virtual users, each with its own cookie jar, sent
-// whether or not earlier ones were answered, a client's requests
-// overlapping when its backend is slow, so that a stalled backend shows as
-// failures and latency instead of as fewer requests sent.
+// second dealt to Clients virtual users in turn, each with its own cookie
+// jar and a request every Clients/Rate seconds, sent whether or not earlier
+// ones were answered, a client's requests overlapping when its backend is
+// slow, so that a stalled backend shows as failures and latency instead of
+// as fewer requests sent. Spaced evenly, a client's first two requests do
+// not overlap on a loaded machine, which would give it two cookies and
+// count as a move.
 type load struct {
 	url     string
 	sc      Scenario
@@ -45,7 +48,7 @@ func newLoad(url string, sc Scenario, tr http.RoundTripper) *load {
 // all are answered or have failed. It stops sending early only when ctx
 // ends.
 func (l *load) run(ctx context.Context, start time.Time) []record {
-	hl := harness.Load{Users: l.sc.Clients, Rate: float64(l.sc.Rate), Duration: l.sc.Duration, Seed: 1, Overlap: true}
+	hl := harness.Load{Users: l.sc.Clients, Rate: float64(l.sc.Rate), Duration: l.sc.Duration, Periodic: true, Overlap: true}
 	recs := make([]record, hl.Arrivals())
 	var mu sync.Mutex
 	sent := 0

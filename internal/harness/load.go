@@ -33,6 +33,11 @@ type Load struct {
 	// most requests. At 0 the arrivals are dealt in rounds that visit every
 	// user once, in an order shuffled afresh for each round.
 	Skew float64
+	// Periodic deals the rounds in user order instead, arrival k to user
+	// k mod Users, so that each user's arrivals come exactly Users/Rate
+	// apart, as a client polling on a timer: no two of a user's requests
+	// start close together unless the answers are slow.
+	Periodic bool
 	// Overlap sends an arrival while its user's previous request is still
 	// in flight, as a browser with several tabs would. Without it the
 	// arrival is skipped and counted, so that a slow server meets one
@@ -124,6 +129,9 @@ func (l Load) dealer() func(k int) int {
 			i, _ := slices.BinarySearch(cum, rng.Float64()*total)
 			return min(i, l.Users-1)
 		}
+	}
+	if l.Periodic {
+		return func(k int) int { return k % l.Users }
 	}
 	// A fixed order would keep the same users in lockstep with a
 	// round-robin balancer (with as many users as a multiple of the

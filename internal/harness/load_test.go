@@ -221,6 +221,17 @@ func TestDealerGivesEveryUserOneArrivalPerRound(t *testing.T) {
 	}
 }
 
+func TestPeriodicDealsInUserOrder(t *testing.T) {
+	d := Load{Users: 3, Seed: 9, Periodic: true}.dealer()
+	var got []int
+	for k := range 7 {
+		got = append(got, d(k))
+	}
+	if fmt.Sprint(got) != "[0 1 2 0 1 2 0]" {
+		t.Errorf("dealt %v, want each user every third arrival", got)
+	}
+}
+
 // TestSkewFollowsZipf deals many arrivals with Skew 1 over 4 users and
 // checks each user's share against 1/(i+1) over the harmonic number.
 func TestSkewFollowsZipf(t *testing.T) {
