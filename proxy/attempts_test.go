@@ -27,17 +27,17 @@ import (
 // before the request it watches.
 const primed = 3
 
-// dyingBackend is a connBackend that answers requests on new connections,
+// dyingBackend is a testutil.ConnBackend that answers requests on new connections,
 // and on a reused one reads the request (body included), records it, and
 // closes or resets the connection unanswered: a crash, a deploy, a
 // keep-alive timeout racing the request. Requests to /prime are held until
 // primed of them are in, so that each takes a connection of its own.
-func dyingBackend(t *testing.T, id string, end connEnd) *connBackend {
+func dyingBackend(t *testing.T, id string, end testutil.ConnEnd) *testutil.ConnBackend {
 	var mu sync.Mutex
 	waiting := 0
 	all := make(chan struct{})
-	return startConnBackend(t, func(r backendRequest) reaction {
-		if strings.HasPrefix(r.target, "/prime") {
+	return testutil.StartConnBackend(t, func(r testutil.RawRequest) testutil.Reaction {
+		if strings.HasPrefix(r.Target, "/prime") {
 			mu.Lock()
 			if waiting++; waiting == primed {
 				close(all)
@@ -47,14 +47,14 @@ func dyingBackend(t *testing.T, id string, end connEnd) *connBackend {
 			case <-all:
 			case <-time.After(waitFor):
 			}
-		} else if r.reused {
-			return reaction{end: end}
+		} else if r.Reused {
+			return testutil.Reaction{End: end}
 		}
 		head := "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(id)) + "\r\n\r\n"
-		if r.method == http.MethodHead {
-			return reaction{raw: head}
+		if r.Method == http.MethodHead {
+			return testutil.Reaction{Raw: head}
 		}
-		return reaction{raw: head + id}
+		return testutil.Reaction{Raw: head + id}
 	})
 }
 
@@ -110,8 +110,8 @@ func TestEveryAttemptCounted(t *testing.T) {
 	}
 	ends := []struct {
 		name string
-		end  connEnd
-	}{{"closed", closeConn}, {"reset", resetConn}}
+		end  testutil.ConnEnd
+	}{{"closed", testutil.CloseConn}, {"reset", testutil.ResetConn}}
 	for _, path := range paths {
 		for _, e := range ends {
 			for _, retries := range []int{0, 2} {
@@ -127,14 +127,14 @@ func TestEveryAttemptCounted(t *testing.T) {
 	}
 }
 
-func checkAttempts(t *testing.T, path string, end connEnd, retries int, maxBody int64, ar attemptRequest, retryable bool) {
+func checkAttempts(t *testing.T, path string, end testutil.ConnEnd, retries int, maxBody int64, ar attemptRequest, retryable bool) {
 	ids := []string{"a", "b", "c"}
 	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Retries: config.Retries{Count: retries, MaxBody: maxBody}}
-	bs := make([]*connBackend, len(ids))
+	bs := make([]*testutil.ConnBackend, len(ids))
 	for i, id := range ids {
 		bs[i] = dyingBackend(t, id, end)
-		pc.Backends = append(pc.Backends, config.Backend{URL: bs[i].url(), Name: id})
+		pc.Backends = append(pc.Backends, config.Backend{URL: bs[i].BaseURL(), Name: id})
 	}
 	cfg := catchAll(pc)
 	cfg.Log.Access = true
@@ -165,8 +165,8 @@ func checkAttempts(t *testing.T, path string, end connEnd, retries int, maxBody 
 	total := 0
 	for i, b := range bs {
 		n := 0
-		for _, r := range b.requests() {
-			if r.target == "/watched" {
+		for _, r := range b.Requests() {
+			if r.Target == "/watched" {
 				n++
 			}
 		}
@@ -355,12 +355,12 @@ func TestOpenHTTP2StreamReachesBackend(t *testing.T) {
 func TestRetryAfterInterimResponse(t *testing.T) {
 	for _, path := range paths {
 		t.Run(path, func(t *testing.T) {
-			hinting := startConnBackend(t, func(backendRequest) reaction {
-				return reaction{raw: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", end: resetConn}
+			hinting := testutil.StartConnBackend(t, func(testutil.RawRequest) testutil.Reaction {
+				return testutil.Reaction{Raw: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", End: testutil.ResetConn}
 			})
 			other := testutil.StartBackend(t, "other")
 			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-				Backends: []config.Backend{{URL: hinting.url(), Name: "hinting"}, {URL: other.URL, Name: "other"}},
+				Backends: []config.Backend{{URL: hinting.BaseURL(), Name: "hinting"}, {URL: other.URL, Name: "other"}},
 				Retries:  config.DefaultRetries()}
 			s, u := startVia(t, path, catchAll(pc), nil)
 			var interim []int

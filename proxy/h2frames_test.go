@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 // parsedRequest is what a lineBackend parsed of one request: its request
@@ -35,7 +36,7 @@ type parsedRequest struct {
 // request's body is the next request, so that a request smuggled inside
 // another's bytes shows up as a request line of its own.
 type lineBackend struct {
-	*rawBackend
+	*testutil.RawBackend
 	mu   sync.Mutex
 	seen []parsedRequest
 }
@@ -43,7 +44,7 @@ type lineBackend struct {
 func startLineBackend(t *testing.T) *lineBackend {
 	t.Helper()
 	lb := &lineBackend{}
-	lb.rawBackend = startRaw(t, lb.serve)
+	lb.RawBackend = testutil.StartRaw(t, lb.serve)
 	return lb
 }
 
@@ -244,7 +245,7 @@ func startH2Proxy(t *testing.T, cfg *config.Config) (*Server, string, testCert) 
 // request.
 func lineBackendConfig(t *testing.T, lb *lineBackend) *config.Config {
 	t.Helper()
-	u, err := url.Parse(lb.url())
+	u, err := url.Parse(lb.URL())
 	if err != nil {
 		t.Fatal(err)
 	}

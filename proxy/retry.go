@@ -20,7 +20,7 @@ var errRequestBody = errors.New("reading the request body")
 // retrier is the ReverseProxy's Transport. It sends each attempt with the
 // shared transport, records the outcome for passive health, and sends a
 // request that failed to another backend when that is safe. Every send of
-// a request to a backend is an attempt it makes: h1Client never sends a
+// a request to a backend is an attempt it makes: the h1 client never sends a
 // request twice, and http.Transport is kept from doing so (oneSend). So
 // each counts in the exchange's attempts (the access log's), each retry in
 // affinity_retries_total and a debug line with its reason; there are at

@@ -298,7 +298,7 @@ func TestIdempotent(t *testing.T) {
 }
 
 // TestUnsent: which failures mean that nothing of the request reached a
-// backend, by the errors h1Client and http.Transport (with oneSend) return.
+// backend, by the errors the h1 client and http.Transport (with oneSend) return.
 func TestUnsent(t *testing.T) {
 	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
 	read := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}

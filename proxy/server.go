@@ -1,7 +1,8 @@
 // Package proxy is affinity's data path. A Server routes each request to a
 // pool by host and path, asks the pool's balancer for a backend, and
-// forwards the request there with one httputil.ReverseProxy and one shared,
-// tuned http.Transport.
+// forwards the request there with one httputil.ReverseProxy and one shared
+// transport: the HTTP/1.1 client of internal/h1 for the common GET, a tuned
+// http.Transport for every other request.
 //
 // Everything a request reads is an immutable snapshot behind an
 // atomic.Pointer: the routing state of the Server and the Picker of each

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/h1"
 )
 
 const (
@@ -85,21 +86,27 @@ func oneSend(r *http.Request) (*url.URL, error) {
 // backendTransport is the one RoundTripper the server forwards every
 // request with, so that keep-alive connections to a backend are shared by
 // all routes and pools that use it: the common request goes through the
-// h1Client, every other through the embedded http.Transport. Both dial
-// alike and keep the same timeouts.
+// h1 client (internal/h1), every other through the embedded
+// http.Transport. Both dial alike and keep the same timeouts and limits.
 type backendTransport struct {
 	*http.Transport
-	h1 *h1Client
+	h1 *h1.Client
 }
 
 func newBackendTransport(t config.Timeouts) *backendTransport {
 	tr := newTransport(t)
-	return &backendTransport{Transport: tr, h1: newH1Client(tr.DialContext, t.ResponseHeader, t.IdleConn)}
+	return &backendTransport{Transport: tr, h1: h1.New(h1.Config{
+		Dial:                  tr.DialContext,
+		ResponseHeaderTimeout: tr.ResponseHeaderTimeout,
+		IdleConnTimeout:       tr.IdleConnTimeout,
+		MaxIdleConns:          tr.MaxIdleConns,
+		MaxIdleConnsPerHost:   tr.MaxIdleConnsPerHost,
+	})}
 }
 
 // RoundTrip sends r with whichever of the two handles it.
 func (bt *backendTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if bt.h1.handles(r) {
+	if bt.h1.Handles(r) {
 		return bt.h1.RoundTrip(r)
 	}
 	return bt.Transport.RoundTrip(r)

@@ -1,11 +1,11 @@
 //go:build !linux
 
-package proxy
+package h1
 
 import "net"
 
 // canPeek is false: without a way to ask an idle socket whether anything
-// arrived, h1Client could not keep http.Transport's guarantee that a
+// arrived, Client could not keep http.Transport's guarantee that a
 // response goes only to the request it answers, so it sends nothing.
 const canPeek = false
 

@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -200,7 +200,7 @@ func FuzzParseResponse(f *testing.F) {
 	})
 }
 
-// BenchmarkReadResponse reads nginx's response head as h1Client does and
+// BenchmarkReadResponse reads nginx's response head as Client does and
 // with http.ReadResponse.
 func BenchmarkReadResponse(b *testing.B) {
 	raw := nginxHead + "b1"
@@ -211,7 +211,7 @@ func BenchmarkReadResponse(b *testing.B) {
 		name string
 		read func(*bufio.Reader, *http.Request) (*http.Response, error)
 	}{{"parseResponse", func(br *bufio.Reader, r *http.Request) (*http.Response, error) {
-		// With the h1Body the exchange wraps the body in, allocated along.
+		// With the respBody the exchange wraps the body in, allocated along.
 		res, _, err := readResponse(br, r)
 		return res, err
 	}}, {"ReadResponse", http.ReadResponse}} {

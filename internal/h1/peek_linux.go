@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"net"
@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// canPeek is set where idlePeek can ask a socket; elsewhere h1Client
+// canPeek is set where idlePeek can ask a socket; elsewhere Client
 // sends nothing and http.Transport sends every request.
 const canPeek = true
 

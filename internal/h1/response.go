@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -15,9 +15,9 @@ import (
 // readResponse reads the head of the response to r from br, as
 // http.ReadResponse does. The common head, already whole in br's buffer,
 // is parsed by parseResponse in one pass and one copy; anything else goes
-// to http.ReadResponse. For a parsed response it also returns the h1Body
+// to http.ReadResponse. For a parsed response it also returns the respBody
 // allocated with it, for the exchange to wrap the body in.
-func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, *h1Body, error) {
+func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, *respBody, error) {
 	if pr := parseResponse(br, r); pr != nil {
 		return &pr.res, &pr.wrap, nil
 	}
@@ -26,11 +26,11 @@ func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, *h1Body, e
 }
 
 // parsedResponse is what parseResponse allocates at once: the response,
-// its body, and the h1Body the exchange wraps that in.
+// its body, and the respBody the exchange wraps that in.
 type parsedResponse struct {
 	res  http.Response
 	body lengthBody
-	wrap h1Body
+	wrap respBody
 }
 
 // parseResponse returns what http.ReadResponse would return for the
@@ -42,9 +42,9 @@ type parsedResponse struct {
 // beyond splitting it: none folded, no Transfer-Encoding, Trailer or
 // Pragma; a request that is not HEAD. Where ReadMIMEHeader copies each
 // value and each uncommon name, it makes one string of the head and takes
-// the status, names and values from it: for nginx's 6 header lines, 5
-// allocations (with the h1Body) against 13 and half the time
-// (BenchmarkReadResponse), and 8 % fewer instructions per proxied request
+// the status, names and values from it, and allocates the response, its
+// body and the respBody together: fewer allocations and less time per
+// head (BenchmarkReadResponse), fewer instructions per proxied request
 // (make bench-instr).
 func parseResponse(br *bufio.Reader, r *http.Request) *parsedResponse {
 	if r.Method == http.MethodHead {
@@ -163,7 +163,7 @@ func parseResponse(br *bufio.Reader, r *http.Request) *parsedResponse {
 
 // lengthBody reads a body of n bytes as net/http's does: the read that
 // takes the last byte also returns io.EOF, and an end of stream before it
-// is io.ErrUnexpectedEOF. h1Body, which wraps it, closes the connection.
+// is io.ErrUnexpectedEOF. respBody, which wraps it, closes the connection.
 type lengthBody struct {
 	br *bufio.Reader
 	n  int64 // bytes left
@@ -209,9 +209,8 @@ var tokenByte = func() (t [256]byte) {
 // canonicalName returns name in canonical form and whether it is a token,
 // as textproto.CanonicalMIMEHeaderKey after httpguts.ValidHeaderFieldName
 // would, in one pass over a name already canonical, as a backend's names
-// mostly are. Those two take a pass each, about 300 instructions for
-// Content-Type together; one pass saved 1.3 % of a request's instructions
-// (make bench-instr).
+// mostly are, where those two take a pass each (make bench-instr counts
+// the difference).
 func canonicalName(name string) (string, bool) {
 	if name == "" {
 		return "", false
