@@ -144,6 +144,13 @@ type field struct{ name, value string }
 // frame of body, and reads the proxy's answer.
 func (h *h2Conn) request(fields []field, body string) h2Reply {
 	h.t.Helper()
+	return h.stream(fields, body, true)
+}
+
+// stream is request, which leaves the stream open when end is false: the
+// proxy answers before the client has sent all of its body.
+func (h *h2Conn) stream(fields []field, body string, end bool) h2Reply {
+	h.t.Helper()
 	id := h.next
 	h.next += 2
 	h.buf.Reset()
@@ -153,10 +160,10 @@ func (h *h2Conn) request(fields []field, body string) h2Reply {
 		}
 	}
 	err := h.fr.WriteHeaders(http2.HeadersFrameParam{
-		StreamID: id, BlockFragment: h.buf.Bytes(), EndHeaders: true, EndStream: body == "",
+		StreamID: id, BlockFragment: h.buf.Bytes(), EndHeaders: true, EndStream: end && body == "",
 	})
 	if err == nil && body != "" {
-		err = h.fr.WriteData(id, true, []byte(body))
+		err = h.fr.WriteData(id, end, []byte(body))
 	}
 	if err != nil {
 		h.t.Fatal(err)
@@ -309,6 +316,9 @@ func TestH2RequestWrittenAsHTTP1(t *testing.T) {
 		body   string
 		status int  // the answer, unless reset
 		reset  bool // net/http's HTTP/2 server resets the stream itself
+		// open leaves the stream open after body: the answer comes
+		// before the client has sent all of it.
+		open bool
 		// what the backend parses; nothing when the request is refused
 		backend []parsedRequest
 	}{
@@ -332,6 +342,50 @@ func TestH2RequestWrittenAsHTTP1(t *testing.T) {
 		{name: "path in :authority", fields: h2Fields(map[string]string{":authority": "evil.example/x"}), status: 400},
 		{name: "Host instead of :authority", fields: h2Fields(map[string]string{":authority": ""}, field{"host", "evil.example x"}), status: 400},
 		{name: "userinfo in :authority", fields: h2Fields(map[string]string{":authority": "user@app.example"}), reset: true},
+		// Routed on its first host, forwarded whole as X-Forwarded-Host,
+		// whose last element many apps read.
+		{name: "list of hosts", fields: h2Fields(map[string]string{":authority": "app.example:443,evil.example"}), status: 400},
+		{name: "list of hosts, empty port", fields: h2Fields(map[string]string{":authority": "app.example:,evil.example"}), status: 400},
+		{name: "host and parameter", fields: h2Fields(map[string]string{":authority": "app.example;evil"}), status: 400},
+		{name: "percent-encoded host", fields: h2Fields(map[string]string{":authority": "app%2eexample"}), status: 400},
+		{name: "port out of range", fields: h2Fields(map[string]string{":authority": "app.example:99999"}), status: 400},
+		{name: "port not a number", fields: h2Fields(map[string]string{":authority": "app.example:abc"}), status: 400},
+		{name: "two ports", fields: h2Fields(map[string]string{":authority": "app.example:1:2"}), status: 400},
+		{name: "IPv6 literal without brackets", fields: h2Fields(map[string]string{":authority": "::1"}), status: 400},
+		{name: "IPv6 literal with a zone", fields: h2Fields(map[string]string{":authority": "[fe80::1%25eth0]:80"}), status: 400},
+		{name: "IPv4 with a port", fields: h2Fields(map[string]string{":authority": "127.0.0.1:8080"}), status: 200,
+			backend: []parsedRequest{{"GET / HTTP/1.1", "127.0.0.1:8080", ""}}},
+		{name: "upper case and a trailing dot", fields: h2Fields(map[string]string{":authority": "App.Example.:443"}), status: 200,
+			backend: []parsedRequest{{"GET / HTTP/1.1", "App.Example.:443", ""}}},
+
+		// Go's server takes a content-length it cannot parse as 0, and
+		// the body would be dropped: the backend ran the POST without it.
+		// The stream stays open, its body unsent, so that the answer is
+		// the proxy's and not the reset a DATA frame past the length
+		// draws from Go's server.
+		{name: "content-length not a number", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "abc"}),
+			open: true, status: 400},
+		{name: "negative content-length", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "-1"}),
+			open: true, status: 400},
+		{name: "signed content-length", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "+8"}),
+			open: true, status: 400},
+		{name: "content-length and a space", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8 "}),
+			open: true, status: 400},
+		{name: "hexadecimal content-length", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "0x8"}),
+			open: true, status: 400},
+		{name: "content-length beyond int64", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "99999999999999999999"}),
+			open: true, status: 400},
+		{name: "two content-lengths", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8"}, field{"content-length", "10"}),
+			open: true, status: 400},
+		{name: "content-length and no body", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8"}), status: 400},
+		{name: "content-length", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8"}),
+			body: "amount=5", status: 200, backend: []parsedRequest{{"POST / HTTP/1.1", "app.example", ""}}},
+		{name: "identical content-lengths", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8"}, field{"content-length", "8"}),
+			body: "amount=5", status: 200, backend: []parsedRequest{{"POST / HTTP/1.1", "app.example", ""}}},
+
+		// The asterisk form is OPTIONS's alone (net/http answers that
+		// itself); forwarded, GET * became "GET /%2A".
+		{name: "asterisk target of GET", fields: h2Fields(map[string]string{":path": "*"}), status: 400},
 
 		{name: "method with a path", fields: h2Fields(map[string]string{":method": "GET /admin"}), status: 400},
 		{name: "method with a slash", fields: h2Fields(map[string]string{":method": "GET/admin"}), status: 400},
@@ -344,7 +398,7 @@ func TestH2RequestWrittenAsHTTP1(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lb := startLineBackend(t)
 			_, addr, cert := startH2Proxy(t, lineBackendConfig(t, lb))
-			r := dialH2(t, addr, cert).request(tt.fields, tt.body)
+			r := dialH2(t, addr, cert).stream(tt.fields, tt.body, !tt.open)
 			switch {
 			case tt.reset && !r.reset:
 				t.Errorf("answer %+v, want the stream reset", r)

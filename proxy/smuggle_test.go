@@ -252,6 +252,103 @@ func TestHTTP1RequestsRejected(t *testing.T) {
 			statuses: []int{400},
 		},
 		{
+			// Routed on its first host, forwarded whole as
+			// X-Forwarded-Host, whose last element many apps read.
+			name:     "list of hosts",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example:443,evil.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "host and a port out of range",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example:99999\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "absolute form naming a list of hosts",
+			raw:      "GET http://app.example,evil.example/ HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "IPv6 literal",
+			raw:      "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "[::1]:8080", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			// Forwarded, it became "GET /%2A".
+			name:     "asterisk target of GET",
+			raw:      "GET * HTTP/1.1\r\nHost: app.example\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			// The HTTP/2 preface, which net/http's HTTP/1 server passes
+			// on as a request "PRI *" for a handler to switch.
+			name:     "HTTP/2 preface",
+			raw:      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			// Backends disagree on such names; any spelling a lenient
+			// one might read as h2c is not one of a list of protocols.
+			name:     "upgrade to h2c with a parameter",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: h2c;\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "upgrade to a quoted h2c",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: \"h2c\"\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "upgrade protocols separated by a space",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket h2c\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			// net/http joins the lines with a space.
+			name:     "upgrade folded onto a second line",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\th2c\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "upgrade to h2 c",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: h2 c\r\n\r\n" + last,
+			statuses: []int{400},
+		},
+		{
+			name:     "upgrade to h2c with a version",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: h2c/1.0\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			name:     "upgrade to a protocol named with h2c inside",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket, x-H2C-14\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			// Switched, the connection would carry HTTP requests too.
+			name:     "upgrade to HTTP/2.0",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: HTTP/2.0\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			name:     "upgrade to TLS",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: TLS/1.2\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", ""}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
+			// A list of protocols is forwarded as it came; the backend
+			// here answers without switching.
+			name:     "upgrade offering two protocols",
+			raw:      "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket/13 , x-other,\r\n\r\n" + last,
+			statuses: []int{200, 200},
+			backend:  []parsedRequest{{"GET / HTTP/1.1", "app.example", "websocket/13 , x-other,"}, {"GET /last HTTP/1.1", "app.example", ""}},
+		},
+		{
 			name: "trailer named with a space",
 			raw: "POST / HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\nTrailer: x y\r\n\r\n" +
 				"5\r\nhello\r\n0\r\n\r\n" + last,
