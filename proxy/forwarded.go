@@ -114,6 +114,7 @@ func withClient(r *http.Request, client string) *http.Request {
 // scheme and host the first proxy was asked for. From anyone else the
 // proxy states only what it saw itself.
 func setForwarded(pr *httputil.ProxyRequest, trusted bool) {
+	dropForwardingSpellings(pr.Out.Header)
 	if !trusted {
 		pr.SetXForwarded()
 		return
@@ -145,4 +146,56 @@ func forwardedFor(remoteAddr string) string {
 		return "for=" + a.Unmap().String()
 	}
 	return `for="[` + a.String() + `]"`
+}
+
+// forwardingNames are the headers the proxy sets, whose other spellings
+// dropForwardingSpellings drops; Forwarded has no hyphen to misspell.
+var forwardingNames = [...]string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// dropForwardingSpellings removes from h every header whose name is one of
+// forwardingNames with an underscore for a hyphen (X_Forwarded_For,
+// X-Forwarded_For). ReverseProxy drops the proper names a client sends,
+// but backends that read names as CGI does (WSGI, Rack, PHP-FPM: "_" and
+// "-" alike) would take these for them, and their value, sorted after the
+// proxy's, for the nearest hop. nginx drops every name with an underscore
+// by default for this reason; dropping only these spellings keeps the other
+// headers an app may use. A request whose names have no underscore only
+// pays for a length test of each.
+func dropForwardingSpellings(h http.Header) {
+	for name := range h {
+		if len(name) < len("X-Forwarded-For") || len(name) > len("X-Forwarded-Proto") || strings.IndexByte(name, '_') < 0 {
+			continue
+		}
+		for _, f := range forwardingNames {
+			if sameNameCGI(name, f) {
+				delete(h, name)
+				break
+			}
+		}
+	}
+}
+
+// sameNameCGI reports whether a and b are one header name as CGI reads
+// it: in any case, and '_' and '-' alike.
+func sameNameCGI(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if cgiByte(a[i]) != cgiByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// cgiByte is c of a header name as CGI reads it: lower case, '_' for '-'.
+func cgiByte(c byte) byte {
+	switch {
+	case c == '-':
+		return '_'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
 }

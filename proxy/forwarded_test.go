@@ -283,3 +283,74 @@ func BenchmarkHandlerForwarding(b *testing.B) {
 		})
 	}
 }
+
+// A backend that reads header names as CGI does (WSGI, Rack, PHP: "_" and
+// "-" alike, upper case) takes X_Forwarded_For for X-Forwarded-For, and the
+// client's value, sorted after the proxy's, for the nearest hop. Every such
+// spelling of the headers the proxy sets is dropped, over HTTP/1 and
+// HTTP/2, whether the peer is trusted or not.
+func TestForwardingHeaderSpellingsDropped(t *testing.T) {
+	spellings := []field{
+		{"x_forwarded_for", "6.6.6.6"}, {"x-forwarded_for", "7.7.7.7"}, {"x_forwarded-for", "8.8.8.8"},
+		{"x_forwarded_host", "evil.example"}, {"x_forwarded_proto", "http"}, {"X_FORWARDED_PROTO", "gopher"},
+	}
+	// Names that only look alike pass.
+	kept := []field{{"x_forwarded_fors", "kept"}, {"x_forwarded", "kept"}, {"forwarded_for", "kept"}}
+	wantForwarded := func(t *testing.T, b *testutil.Backend, proto string) {
+		t.Helper()
+		got, ok := b.Last()
+		if !ok {
+			t.Fatal("the backend saw no request")
+		}
+		for name, v := range got.Header {
+			canon := strings.ReplaceAll(strings.ToLower(name), "_", "-")
+			if strings.HasPrefix(canon, "x-forwarded-") && strings.Contains(name, "_") && v[0] != "kept" {
+				t.Errorf("backend saw %s: %q", name, v)
+			}
+		}
+		for _, f := range kept {
+			if v := got.Header.Get(f.name); v != "kept" {
+				t.Errorf("backend saw %s %q, want it kept", f.name, v)
+			}
+		}
+		want := map[string]string{"X-Forwarded-For": "127.0.0.1", "X-Forwarded-Host": "app.example", "X-Forwarded-Proto": proto}
+		for k, w := range want {
+			if have := strings.Join(got.Header[k], ", "); have != w {
+				t.Errorf("backend saw %s %q, want %q", k, have, w)
+			}
+		}
+	}
+	for _, trusted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
+			b := testutil.StartBackend(t, "a")
+			cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, b))
+			if trusted {
+				cfg.TrustedProxies = prefixes("127.0.0.0/8")
+			}
+			t.Run("HTTP/1", func(t *testing.T) {
+				_, u := startProxy(t, cfg, nil)
+				raw := "GET / HTTP/1.1\r\nHost: app.example\r\n"
+				for _, f := range append(spellings, kept...) {
+					raw += f.name + ": " + f.value + "\r\n"
+				}
+				if rs := rawExchange(t, u.Host, raw+"Connection: close\r\n\r\n"); len(rs) != 1 || rs[0].StatusCode != http.StatusOK {
+					t.Fatalf("responses %v, want one 200", rs)
+				}
+				wantForwarded(t, b, "http")
+			})
+			t.Run("HTTP/2", func(t *testing.T) {
+				_, addr, cert := startH2Proxy(t, cfg)
+				var fs []field
+				for _, f := range append(spellings, kept...) {
+					// HTTP/2 field names are lower case.
+					fs = append(fs, field{strings.ToLower(f.name), f.value})
+				}
+				r := dialH2(t, addr, cert).request(h2Fields(nil, fs...), "")
+				if r.status != http.StatusOK {
+					t.Fatalf("answer %+v, want 200", r)
+				}
+				wantForwarded(t, b, "https")
+			})
+		})
+	}
+}
