@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/affinityproxy/affinity/internal/park"
+	"go.uber.org/zap"
 )
 
 // binding is one listener the Server accepts on. A reload that changes the
@@ -25,9 +28,9 @@ type binding struct {
 	mu    sync.Mutex // guards conns, taken once per connection opened and closed
 	conns map[*boundConn]struct{}
 
-	// park holds the idle connections (park.go); nil when they do not
-	// park (TLS, or not Linux). Set before the first Accept.
-	park *parker
+	// parker holds the idle connections (internal/park); nil when they do
+	// not park (TLS, or not Linux). Set before the first Accept.
+	parker *park.Parker
 }
 
 // bindLocked makes ln a current binding of s; s.lnMu must be held.
@@ -61,6 +64,33 @@ func (s *Server) serveBinding(b *binding) {
 	close(b.done)
 }
 
+// parkIdle starts parking b's idle connections: b's parker and the Serve
+// that takes them back. The returned stop closes the parked connections and
+// waits for that Serve to return.
+func (s *Server) parkIdle(b *binding) (stop func()) {
+	p, err := park.New(b.ln.Addr(), s.parkAfter, s.http.IdleTimeout)
+	if err != nil {
+		if !errors.Is(err, errors.ErrUnsupported) {
+			s.log.Warn("idle connections will not park", zap.Error(err))
+		}
+		return func() {}
+	}
+	// Under lnMu for the tests' sake; connections read it unlocked, as
+	// they are accepted after this.
+	s.lnMu.Lock()
+	b.parker = p
+	s.lnMu.Unlock()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = s.http.Serve(p)
+	}()
+	return func() {
+		_ = p.Close()
+		<-served
+	}
+}
+
 // clientConns counts the client connections of the listeners accepting
 // now: those http.Server serves (active, or idle for less than parkAfter)
 // and those parked.
@@ -68,8 +98,8 @@ func (s *Server) clientConns() (served, parked int) {
 	s.lnMu.Lock()
 	defer s.lnMu.Unlock()
 	for _, b := range s.bindings {
-		if b.park != nil {
-			parked += b.park.parked()
+		if b.parker != nil {
+			parked += b.parker.Parked()
 		}
 		b.mu.Lock()
 		served += len(b.conns)
@@ -148,12 +178,14 @@ func (l *boundListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &boundConn{Conn: c, b: l.b}, nil
+	return &boundConn{Conn: park.Conn{Conn: c, Parker: l.b.parker}, b: l.b}, nil
 }
 
 // boundConn is a client connection and the binding that accepted it.
 type boundConn struct {
-	net.Conn
+	// Conn is the connection as accepted, which parks when idle on a
+	// binding with a parker.
+	park.Conn
 	b *binding
 	// outer is the connection http.Server serves, this one or a TLS
 	// connection over it; closing it sends TLS's close_notify. Set at
@@ -165,26 +197,33 @@ type boundConn struct {
 	// client is what the drainer knows of the connection (drain.go). Set
 	// by connContext before StateNew, read under the binding's mu.
 	client *client
-
-	// Parking (park.go). fresh is set at StateIdle and cleared by the
-	// idle period's deadline; pending is set by a Read that hands the
-	// connection back, for the Close that follows. The other fields are
-	// used by the serving goroutine, then by the parker while parked.
-	fresh, pending atomic.Bool
-	armed          bool      // the idle deadline was brought forward, and no Read has come since
-	idleUntil      time.Time // http.Server's idle deadline
-	fd             int       // the socket, while parked
-	handedBack     bool      // parked, and its StateClosed still to come; guarded by the binding's mu
+	// handedBack is set while the connection is parked and the
+	// StateClosed of its serving is still to come; guarded by the
+	// binding's mu.
+	handedBack bool
 }
 
-// CloseWrite half-closes a TCP connection, which http.Server does before
-// closing one after a final response, so that the client reads the whole
-// response rather than a reset.
-func (c *boundConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+// Close parks a connection that Read handed back (internal/park); any
+// other close is real.
+//
+// The connection leaves its binding's table here, before the parker can
+// wake it, rather than at the StateClosed that follows: by then the parker
+// may have handed it to http.Server again, and StateNew put it back.
+func (c *boundConn) Close() error {
+	if c.Parking() {
+		b := c.b
+		b.mu.Lock()
+		delete(b.conns, c)
+		c.handedBack = true
+		b.mu.Unlock()
+		if b.parker.Park(&c.Conn, c) {
+			return nil
+		}
+		b.mu.Lock()
+		c.handedBack = false
+		b.mu.Unlock()
 	}
-	return nil
+	return c.Conn.Close()
 }
 
 // connState is the http.Server's ConnState hook. It tracks each
@@ -200,22 +239,24 @@ func connState(c net.Conn, cs http.ConnState) {
 	case http.StateNew:
 		bc.b.mu.Lock()
 		bc.outer = c
+		// One the parker hands back was idle; its request is there, and a
+		// retiring listener must let it be served, as it does a new
+		// connection's first.
+		bc.idle.Store(false)
 		bc.b.conns[bc] = struct{}{}
 		bc.b.mu.Unlock()
 	case http.StateActive:
 		bc.idle.Store(false)
 	case http.StateIdle:
 		bc.idle.Store(true)
-		if bc.b.park != nil {
-			bc.fresh.Store(true)
-		}
+		bc.SetIdle()
 		if bc.b.retired.Load() {
 			_ = c.Close()
 		}
 	case http.StateHijacked, http.StateClosed:
 		bc.b.mu.Lock()
 		if bc.handedBack {
-			// Parked: Close took it out of conns (park.go).
+			// Parked: Close took it out of conns.
 			bc.handedBack = false
 		} else {
 			delete(bc.b.conns, bc)

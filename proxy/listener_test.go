@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
@@ -27,18 +26,6 @@ func rawGet(conn net.Conn, br *bufio.Reader, path string) (reply, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return reply{status: resp.StatusCode, body: string(b), header: resp.Header}, err
-}
-
-// dialRaw opens a client connection to addr, closed when the test ends.
-func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(waitFor))
-	return conn, bufio.NewReader(conn)
 }
 
 // expectEOF fails t unless the server closes the connection br reads.
@@ -68,11 +55,11 @@ func TestReloadRebinds(t *testing.T) {
 	s, u := startProxy(t, cfg, nil)
 	oldAddr := u.Host
 
-	idle, idleR := dialRaw(t, oldAddr)
+	idle, idleR := testutil.DialRaw(t, oldAddr, waitFor)
 	if r, err := rawGet(idle, idleR, "/"); err != nil || r.body != "fast" {
 		t.Fatalf("first request: %v %q, %v", r.status, r.body, err)
 	}
-	busy, busyR := dialRaw(t, oldAddr)
+	busy, busyR := testutil.DialRaw(t, oldAddr, waitFor)
 	done := make(chan reply, 1)
 	go func() {
 		r, err := rawGet(busy, busyR, "/slow")

@@ -87,7 +87,7 @@ type Server struct {
 	// Shutdown waits for.
 	serving sync.WaitGroup
 	// parkAfter is server.park_after: how long a plain HTTP connection
-	// is idle before it parks (park.go); 0 never.
+	// is idle before it parks (internal/park); 0 never.
 	parkAfter time.Duration
 }
 

@@ -196,7 +196,7 @@ type statusDoc struct {
 	NotReady []string     `json:"not_ready,omitempty"` // why not ready
 	Config   configStatus `json:"config"`
 	// Client connections of the listener: served by http.Server, or
-	// parked while idle (park.go).
+	// parked while idle (internal/park).
 	Connections struct {
 		Served int `json:"served"`
 		Parked int `json:"parked"`

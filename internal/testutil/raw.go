@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,6 +72,19 @@ func (rb *RawBackend) Accepted() int32 { return rb.accepted.Load() }
 
 // Closed is the number of connections served to their end so far.
 func (rb *RawBackend) Closed() int32 { return rb.closed.Load() }
+
+// DialRaw opens a client connection to addr, with a deadline of timeout
+// for all it reads and writes, closed when the test ends.
+func DialRaw(t testing.TB, addr string, timeout time.Duration) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	return conn, bufio.NewReader(conn)
+}
 
 // ConnBackend is a keep-alive HTTP/1.1 backend on raw sockets that writes
 // whatever its test decides: it parses every request on every connection,

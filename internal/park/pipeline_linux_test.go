@@ -1,83 +1,27 @@
-package proxy
+package park
 
 import (
-	"bufio"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-// echoConfig is a config whose one backend answers each request with
-// "<path> <body length> <CRC-32 of the body>", what it received.
-func echoConfig(t *testing.T) *config.Config {
-	t.Helper()
-	u := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			return // a body cut short is no request the backend acts on
-		}
-		fmt.Fprintf(w, "%s %d %08x", r.URL.Path, len(body), crc32.ChecksumIEEE(body))
-	}))
-	return catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-		Backends: []config.Backend{{URL: u, Name: "echo"}}})
-}
-
-// pipelined is one request of a pipelining client, and what the echo
-// backend must answer to it.
-type pipelined struct {
-	raw, want string
-}
-
-func postOf(path string, body []byte) pipelined {
-	return pipelined{
-		raw:  "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body),
-		want: fmt.Sprintf("%s %d %08x", path, len(body), crc32.ChecksumIEEE(body)),
-	}
-}
-
-func getOf(path string) pipelined {
-	return pipelined{raw: "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n", want: fmt.Sprintf("%s 0 %08x", path, 0)}
-}
-
-// readAnswers reads a response to each of reqs, in order, and checks that
-// each is the backend's 200 with what the request sent.
-func readAnswers(t *testing.T, br *bufio.Reader, reqs []pipelined) {
-	t.Helper()
-	for i, rq := range reqs {
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("response %d of %d: %v", i+1, len(reqs), err)
-		}
-		body, err := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK || string(body) != rq.want {
-			t.Fatalf("response %d of %d: %d %q (%v), want 200 %q", i+1, len(reqs), resp.StatusCode, body, err, rq.want)
-		}
-	}
-}
-
 // A GET and a POST with a body, pipelined in one write, are both answered
-// in full with server.read_timeout set: http.Server's own deadlines on a
+// in full with ReadTimeout set: http.Server's own deadlines on a
 // request already buffered are not the start of an idle period, and the
 // body is never taken for an idle connection to park.
 func TestParkPipelinedBodyWithReadTimeout(t *testing.T) {
 	for _, readTimeout := range []time.Duration{0, 5 * time.Second} {
 		for _, size := range []int{1000, 4500, 5000, 6000, 8000, 20000} {
-			t.Run(fmt.Sprintf("read_timeout %v, body %d", readTimeout, size), func(t *testing.T) {
-				cfg := echoConfig(t)
-				cfg.Server.ReadTimeout = readTimeout
-				s, addr := startParking(t, cfg)
-				conn, br := dialRaw(t, addr)
+			t.Run(fmt.Sprintf("read timeout %v, body %d", readTimeout, size), func(t *testing.T) {
+				s := startServer(t, time.Minute, readTimeout)
+				conn, br := testutil.DialRaw(t, s.addr, waitFor)
 				reqs := []pipelined{getOf("/first"), postOf("/second", []byte(strings.Repeat("b", size)))}
 				if _, err := io.WriteString(conn, reqs[0].raw+reqs[1].raw); err != nil {
 					t.Fatal(err)
@@ -85,7 +29,7 @@ func TestParkPipelinedBodyWithReadTimeout(t *testing.T) {
 				readAnswers(t, br, reqs)
 				// Nothing more is answered, and the connection parks
 				// once idle, and serves on.
-				waitParked(t, s, 1)
+				s.waitParked(t, 1)
 				if n := br.Buffered(); n != 0 {
 					t.Fatalf("%d bytes more than the two responses", n)
 				}
@@ -100,14 +44,12 @@ func TestParkPipelinedBodyWithReadTimeout(t *testing.T) {
 
 // Pipelined requests of many body sizes, the stream cut at random points
 // around the moment the connection parks: sent at once, after a random
-// pause across park_after, or (between two requests) once the answers are
-// read and the connection has parked. Every request is answered in full,
-// in order, on its connection, with server.read_timeout set. Bounded: 16
-// connections of at most 5 requests and 3 pauses each.
+// pause across the parking delay, or (between two requests) once the
+// answers are read and the connection has parked. Every request is
+// answered in full, in order, on its connection, with ReadTimeout set.
+// Bounded: 16 connections of at most 5 requests and 3 pauses each.
 func TestParkPipelinedRandom(t *testing.T) {
-	cfg := echoConfig(t)
-	cfg.Server.ReadTimeout = 5 * time.Second
-	s, addr := startParking(t, cfg)
+	s := startServer(t, time.Minute, 5*time.Second)
 	sizes := []int{0, 1, 100, 4095, 4096, 4097, 4500, 5000, 8000, 8192, 12000, 20000, 65543}
 	for round := range 16 {
 		rng := rand.New(rand.NewPCG(uint64(round), 6))
@@ -142,7 +84,7 @@ func TestParkPipelinedRandom(t *testing.T) {
 		}
 		slices.Sort(cuts)
 		t.Run(fmt.Sprintf("round %d", round), func(t *testing.T) {
-			conn, br := dialRaw(t, addr)
+			conn, br := testutil.DialRaw(t, s.addr, waitFor)
 			raw, sent, answered := stream.String(), 0, 0
 			for _, cut := range cuts {
 				if _, err := io.WriteString(conn, raw[sent:cut]); err != nil {
@@ -154,7 +96,7 @@ func TestParkPipelinedRandom(t *testing.T) {
 					// connection parks.
 					readAnswers(t, br, reqs[answered:i+1])
 					answered = i + 1
-					waitParked(t, s, 1)
+					s.waitParked(t, 1)
 					continue
 				}
 				// A pause across the moment the connection would park,
@@ -166,10 +108,7 @@ func TestParkPipelinedRandom(t *testing.T) {
 			}
 			readAnswers(t, br, reqs[answered:])
 			_ = conn.Close()
-			testutil.Eventually(t, waitFor, "closed connection still counted", func() bool {
-				served, parked := s.clientConns()
-				return served == 0 && parked == 0
-			})
+			s.waitGone(t)
 		})
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package park
 
 import (
 	"net"
@@ -6,57 +6,33 @@ import (
 	"syscall"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
-// parker holds the parked connections of one listener (park.go) in an
-// epoll set of its own, one goroutine for all of them. It is also the
-// listener of a second http.Server.Serve, whose Accept returns the parked
-// connections that have a request waiting.
-type parker struct {
+// Parker holds the parked connections of one listener in an epoll set of
+// its own, one goroutine for all of them. It is also the listener of a
+// second http.Server.Serve, whose Accept returns the parked connections
+// that have a request waiting.
+type Parker struct {
 	addr        net.Addr
-	after, idle time.Duration // Server.parkAfter; http.Server's idle timeout
+	after, idle time.Duration // the parking delay; http.Server's idle timeout
 
 	epfd   int // the epoll set of the parked sockets and of wake
 	wake   int // an eventfd: written by Close to end the loop
-	woken  chan *boundConn
+	woken  chan *Conn
 	done   chan struct{} // closed by Close
 	looped chan struct{} // closed when the loop has returned
 
 	mu     sync.Mutex // guards conns and closed; the loop takes it once per wake-up
-	conns  map[int]*boundConn
+	conns  map[int]*Conn
 	closed bool
 }
 
-// parkIdle starts parking b's idle connections: b's parker and the Serve
-// that takes them back. The returned stop closes the parked connections and
-// waits for that Serve to return.
-func (s *Server) parkIdle(b *binding) (stop func()) {
-	p, err := newParker(b.ln.Addr(), s.parkAfter, s.http.IdleTimeout)
-	if err != nil {
-		s.log.Warn("idle connections will not park", zap.Error(err))
-		return func() {}
-	}
-	// Under lnMu for the tests' sake; connections read it unlocked, as
-	// they are accepted after this.
-	s.lnMu.Lock()
-	b.park = p
-	s.lnMu.Unlock()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = s.http.Serve(p)
-	}()
-	return func() {
-		_ = p.Close()
-		<-served
-	}
-}
-
-// newParker returns the parker of the listener at addr, with its loop
-// running until Close.
-func newParker(addr net.Addr, after, idle time.Duration) (*parker, error) {
+// New returns the Parker of the listener at addr, with its loop running
+// until Close. Its connections park once idle for after, and close once
+// idle for idle, the server's IdleTimeout; they park only if after is the
+// shorter.
+func New(addr net.Addr, after, idle time.Duration) (*Parker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -71,21 +47,23 @@ func newParker(addr net.Addr, after, idle time.Duration) (*parker, error) {
 		_ = unix.Close(epfd)
 		return nil, err
 	}
-	p := &parker{
+	p := &Parker{
 		addr: addr, after: after, idle: idle,
 		epfd: epfd, wake: wake,
-		woken:  make(chan *boundConn, 64),
+		woken:  make(chan *Conn, 64),
 		done:   make(chan struct{}),
 		looped: make(chan struct{}),
-		conns:  make(map[int]*boundConn),
+		conns:  make(map[int]*Conn),
 	}
 	go p.loop()
 	return p, nil
 }
 
-// park adds c to the epoll set; it reports false, leaving c to be closed,
-// once the parker is closed or when the socket cannot be watched.
-func (p *parker) park(c *boundConn) bool {
+// Park adds c to the epoll set, until its client sends again and Accept
+// returns served, the connection as http.Server served it (c, or the type
+// that embeds it). It reports false, leaving c to be closed, once the
+// Parker is closed or when the socket cannot be watched.
+func (p *Parker) Park(c *Conn, served net.Conn) bool {
 	sc, ok := c.Conn.(syscall.Conn)
 	if !ok {
 		return false
@@ -99,6 +77,7 @@ func (p *parker) park(c *boundConn) bool {
 	if p.closed {
 		return false
 	}
+	c.served = served
 	added := false
 	// The entry is in conns before the socket is in the set, so that the
 	// loop, which takes mu, finds it however soon the client writes.
@@ -120,7 +99,7 @@ func (p *parker) park(c *boundConn) bool {
 // loop waits for parked sockets to become readable (a request, or the
 // client closing) and hands those over; once a second it closes the ones
 // whose idle timeout has passed.
-func (p *parker) loop() {
+func (p *Parker) loop() {
 	defer close(p.looped)
 	events := make([]unix.EpollEvent, 64)
 	swept := time.Now()
@@ -146,9 +125,6 @@ func (p *parker) loop() {
 			if c == nil {
 				continue
 			}
-			// Its request is there: a retiring listener must let it be
-			// served, as it does a new connection's first.
-			c.idle.Store(false)
 			select {
 			case p.woken <- c:
 			case <-p.done:
@@ -163,8 +139,8 @@ func (p *parker) loop() {
 }
 
 // sweep closes the parked connections whose idle timeout has passed.
-func (p *parker) sweep(now time.Time) {
-	var expired []*boundConn
+func (p *Parker) sweep(now time.Time) {
+	var expired []*Conn
 	p.mu.Lock()
 	for fd, c := range p.conns {
 		if !now.Before(c.idleUntil) {
@@ -179,18 +155,18 @@ func (p *parker) sweep(now time.Time) {
 	}
 }
 
-// parked returns how many connections are parked.
-func (p *parker) parked() int {
+// Parked returns how many connections are parked.
+func (p *Parker) Parked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
 
 // Accept returns the next parked connection with a request waiting.
-func (p *parker) Accept() (net.Conn, error) {
+func (p *Parker) Accept() (net.Conn, error) {
 	select {
 	case c := <-p.woken:
-		return c, nil
+		return c.served, nil
 	case <-p.done:
 		return nil, net.ErrClosed
 	}
@@ -198,7 +174,7 @@ func (p *parker) Accept() (net.Conn, error) {
 
 // Close closes the parked connections (they are idle: nothing is lost) and
 // stops the loop. The listener's Serve calls it when the listener closes.
-func (p *parker) Close() error {
+func (p *Parker) Close() error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -229,4 +205,4 @@ func (p *parker) Close() error {
 }
 
 // Addr is the address of the listener whose connections p parks.
-func (p *parker) Addr() net.Addr { return p.addr }
+func (p *Parker) Addr() net.Addr { return p.addr }
