@@ -128,6 +128,9 @@ func demoStatus(t *testing.T) (admin string, names []string) {
 	})
 	c := testutil.Client(t)
 	st.pools[1].eject(st.pools[1].backends[1], 3)
+	if _, err := st.pools[0].setState("web-2", config.StateDrain, "127.0.0.1:40000"); err != nil {
+		t.Fatal(err)
+	}
 	s.admin.sampler.sample(st)
 	for sec := range 4 {
 		for i := range 10 + 5*sec {
@@ -159,7 +162,7 @@ func TestStatusPage(t *testing.T) {
 		t.Fatalf("GET / = %d %q", resp.StatusCode, ct)
 	}
 	want := append([]string{`<meta http-equiv="refresh" content="3">`, "5e5e5e5e5e5e", "cookie",
-		`class="state down"`, `class="state ejected"`, "status 503", " served, 0 parked"}, names...)
+		`class="state down"`, `class="state ejected"`, `class="state drain"`, `title="set at run time, through the API">api<`, "status 503", " served, 0 parked"}, names...)
 	for _, w := range want {
 		if !strings.Contains(page, w) {
 			t.Errorf("page lacks %q", w)
@@ -225,7 +228,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 
 	dom := string(browse("--dump-dom", admin+"/"))
-	for _, n := range append(names, "affinity", "ejected", "down") {
+	for _, n := range append(names, "affinity", "ejected", "down", "drain") {
 		if !strings.Contains(dom, n) {
 			t.Errorf("DOM lacks %q", n)
 		}
