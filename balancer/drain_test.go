@@ -196,6 +196,10 @@ func TestDrainLearn(t *testing.T) {
 		t.Errorf("Sessions() = %v, want 9 on b0 and 30 in all", got)
 	}
 	learn(t, drain, bs[0], testSessionCookie+"=s3; Max-Age=0")
+	if got := p.Sessions(); got["b0"] != 9 {
+		t.Errorf("Sessions() at once = %v, want the count of a moment ago, 9 on b0", got)
+	}
+	clock.advance(time.Second) // a count is kept for a second
 	if got := p.Sessions(); got["b0"] != 8 {
 		t.Errorf("Sessions() after a logout on b0 = %v, want 8 on b0", got)
 	}

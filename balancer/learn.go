@@ -65,6 +65,12 @@ type learnPolicy struct {
 	buildMu sync.Mutex
 	ids     map[string]uint32
 	members map[uint32]bool // the numbers of the latest Set.All, for Sessions
+
+	// countMu guards the latest count of Sessions, when it was made and
+	// how long it took, by the table's clock.
+	countMu              sync.Mutex
+	counted              map[string]int
+	countedAt, countTook int64
 }
 
 func newLearnPolicy(o Options) (Policy, error) {
@@ -214,18 +220,29 @@ func (p *learnPolicy) Evictions() uint64 { return p.tab().evictions.Load() }
 // Sessions counts the live sessions of the memory table by backend ID,
 // for the backends of the latest Build. With the Redis store, it counts
 // the sessions this replica has seen, not every replica's.
+//
+// A count walks the table, and status pages, scrapes and operators
+// waiting for a drain all ask: a count is reused for a second, or for ten
+// times what it took, so that a huge table costs a tenth of a core at most.
 func (p *learnPolicy) Sessions() map[string]int {
+	p.countMu.Lock()
+	defer p.countMu.Unlock()
 	t := p.tab()
-	byNumber := t.count(t.clock())
+	now := t.clock()
+	if p.counted != nil && now-p.countedAt < max(int64(time.Second), 10*p.countTook) {
+		return maps.Clone(p.counted)
+	}
+	byNumber := t.count(now)
 	p.buildMu.Lock()
-	defer p.buildMu.Unlock()
 	out := make(map[string]int, len(p.members))
 	for id, n := range p.ids {
 		if p.members[n] {
 			out[id] = byNumber[n]
 		}
 	}
-	return out
+	p.buildMu.Unlock()
+	p.counted, p.countedAt, p.countTook = out, now, t.clock()-now
+	return maps.Clone(out)
 }
 
 // StoreErrors counts the Redis operations that failed or were dropped.

@@ -55,10 +55,9 @@ func (a *admin) serveBackend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pool, backend := r.PathValue("pool"), r.PathValue("backend")
-	for _, ps := range a.pools() {
-		if ps.Name != pool {
-			continue
-		}
+	// Only the pool asked for: counting a learn table's sessions walks
+	// it, and ctl --wait asks every second.
+	for _, ps := range a.poolsNamed(func(name string) bool { return name == pool }) {
 		// A backend a reload removed may share its name with the one
 		// that replaced it, which comes first.
 		for _, bs := range append(ps.Backends, ps.Removed...) {

@@ -678,6 +678,11 @@ func TestDrainProgress(t *testing.T) {
 		}
 		sessions[backend]++
 	}
+	// Counts are kept for a second.
+	testutil.Eventually(t, waitFor, "the sessions counted", func() bool {
+		bs, _ := backendOf(t, admin, "web", "b0")
+		return bs.Sessions != nil && *bs.Sessions == sessions["b0"]
+	})
 	bs := mustSetState(t, admin, "web", "b0", config.StateDrain)
 	if bs.Sessions == nil || *bs.Sessions != sessions["b0"] || bs.IdleSeconds == nil || bs.InFlight != 0 {
 		t.Errorf("draining b0: sessions %v, idle %v, in flight %d; want %d sessions, idle, none in flight",

@@ -282,11 +282,17 @@ func (a *admin) status(now time.Time) statusDoc {
 // pools describes every pool in service, and the removed backends still
 // serving: under their pool, or under a pool of their own, with no
 // balancer and no backends, when a reload removed the whole pool.
-func (a *admin) pools() []poolStatus {
+func (a *admin) pools() []poolStatus { return a.poolsNamed(nil) }
+
+// poolsNamed is pools, for the pools whose name want accepts only; nil
+// accepts every one.
+func (a *admin) poolsNamed(want func(string) bool) []poolStatus {
 	now := clock()
 	var out []poolStatus
-	gone := a.s.leaving.current()
 	for _, p := range a.s.state.Load().pools {
+		if want != nil && !want(p.name) {
+			continue
+		}
 		ps := poolStatus{
 			Name:     p.name,
 			Balancer: p.kind,
@@ -300,7 +306,10 @@ func (a *admin) pools() []poolStatus {
 		}
 		out = append(out, ps)
 	}
-	for _, r := range gone {
+	for _, r := range a.s.leaving.current() {
+		if want != nil && !want(r.pool) {
+			continue
+		}
 		i := slices.IndexFunc(out, func(ps poolStatus) bool { return ps.Name == r.pool })
 		if i < 0 {
 			out = append(out, poolStatus{Name: r.pool})
