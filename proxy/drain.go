@@ -288,7 +288,9 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 		if sg.at.After(start) {
 			start = sg.at
 		}
-		if now.Sub(start) >= timeout {
+		// Unless the request ended meanwhile: closing would then cut
+		// the connection's next request, to a backend that may be ready.
+		if now.Sub(start) >= timeout && c.seq.Load() == seq && c.backend.Load() == b {
 			c.close()
 			closed[b]++
 		}

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -720,5 +722,56 @@ func TestDrainProgress(t *testing.T) {
 	if v, ok := metricValue(fams, "affinity_backend_last_request_timestamp_seconds", "pool=slow,backend=slow"); !ok ||
 		time.Since(time.UnixMilli(int64(v*1000))) > time.Minute {
 		t.Errorf("affinity_backend_last_request_timestamp_seconds{slow} = %v (%v), want about now", v, ok)
+	}
+}
+
+// TestDrainTimeoutHTTP2: an HTTP/2 stream of a draining backend is reset
+// at drain_timeout, and the other streams of its connection go on.
+func TestDrainTimeoutHTTP2(t *testing.T) {
+	cert := newTestCert(t)
+	cfg := &config.Config{Listen: "127.0.0.1:0", Timeouts: testTimeouts, DrainTimeout: 200 * time.Millisecond,
+		TLS:    &config.TLS{Cert: cert.certFile, Key: cert.keyFile},
+		Routes: []config.Route{{Match: config.Match{Path: "/events"}, Pool: "events"}, {Pool: "web"}},
+		Pools: []*config.Pool{
+			{Name: "events", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: streamBackend(t, "sse"), Name: "sse"}}},
+			poolOf("web", "round-robin", balancer.Options{}, startBackends(t, "w1")...),
+		}}
+	_, proxyURL, admin := startWithAdmin(t, cfg, nil)
+	tr := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{RootCAs: cert.roots}}
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr}
+	base := "https://" + proxyURL.Host
+
+	// Bounded, so that a stream never reset fails the test instead of
+	// hanging it.
+	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("stream over %s, want HTTP/2", resp.Proto)
+	}
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "data: hello\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+	mustSetState(t, admin, "events", "sse", config.StateDrain)
+	if _, err := io.Copy(io.Discard, br); err == nil || ctx.Err() != nil {
+		t.Errorf("the stream of a draining backend ended with %v, want it reset before %v", err, waitFor)
+	}
+	// The same connection serves on.
+	if r := get(t, c, base+"/", nil); r.status != http.StatusOK || r.body != "w1" {
+		t.Errorf("after the reset: %d %q, want 200 from w1", r.status, r.body)
+	}
+	if bs, _ := backendOf(t, admin, "events", "sse"); bs.DrainClosed != 1 {
+		t.Errorf("drain_closed %d, want 1", bs.DrainClosed)
 	}
 }
