@@ -33,9 +33,8 @@ const statusClientClosed = 499
 // our http.Server accepts gets one exchange in its context (connContext),
 // which its requests reuse without allocating; serve clears it after each.
 // Any other request, HTTP/2 or one handed to ServeHTTP by another
-// http.Server, gets an exchange and a context of its own: three more
-// allocations (the exchange, the context, the copy of the request
-// WithContext makes), 17 → 20 per request. Writing the backend into the
+// http.Server, gets an exchange and a context of its own (exchangeFor),
+// whose allocations BenchmarkHandoff counts. Writing the backend into the
 // inbound request's URL for Rewrite to read would also cost nothing, but
 // the retrier and ErrorHandler would then see only an address in the
 // outgoing request, not which pool and backend it belongs to.
