@@ -101,11 +101,20 @@ func (s *Server) clientConns() (served, parked int) {
 		if b.parker != nil {
 			parked += b.parker.Parked()
 		}
+	}
+	return openConns(s.bindings), parked
+}
+
+// openConns counts the connections http.Server still serves on the
+// listeners of bindings, closed or not.
+func openConns(bindings []*binding) int {
+	n := 0
+	for _, b := range bindings {
 		b.mu.Lock()
-		served += len(b.conns)
+		n += len(b.conns)
 		b.mu.Unlock()
 	}
-	return served, parked
+	return n
 }
 
 // outcome waits for b's serving to end and returns its error, following b

@@ -116,3 +116,41 @@ func TestReloadRebindsListenAndServe(t *testing.T) {
 		t.Errorf("ListenAndServe = %v, want ErrServerClosed", err)
 	}
 }
+
+// TestReloadRespelledListen: a listen address written another way for the
+// same address and port (a name for its address, an IPv4-mapped form)
+// keeps the listener and its connections, where binding it again would
+// fail on the listener holding it.
+func TestReloadRespelledListen(t *testing.T) {
+	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
+	cfg.Listen = testutil.ClosedURL(t).Host
+	log, logs := observed()
+	s, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.ListenAndServe() }()
+	testutil.WaitHTTP(t, "http://"+cfg.Listen+"/", waitFor)
+	conn, br := dialRaw(t, cfg.Listen)
+	_, port, _ := net.SplitHostPort(cfg.Listen)
+	for _, spelling := range []string{"localhost:" + port, "[::ffff:127.0.0.1]:" + port} {
+		next := *cfg
+		next.Listen = spelling
+		reload(t, s, &next)
+		if r, err := rawGet(conn, br, "/"); err != nil || r.status != http.StatusOK {
+			t.Errorf("after %s: the open connection got %d, %v", spelling, r.status, err)
+		}
+		cfg = &next
+	}
+	if n := len(entries(logs, "listen address written anew; the listener stays")); n != 2 {
+		t.Errorf("%d log lines for the new spellings, want 2", n)
+	}
+	_ = conn.Close()
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("ListenAndServe = %v, want ErrServerClosed", err)
+	}
+}

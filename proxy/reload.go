@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -51,14 +52,20 @@ func (s *Server) Config() *config.Config { return s.state.Load().cfg }
 
 // ReloadFile loads the config file at path and checks it against this host
 // with config.LoadChecked, as serve does at start, and applies it with
-// Reload. A file with the same bytes as the configuration in use (the
-// same Hash) changes nothing and is not applied again. A file that does not
-// load is logged, with every error at its FILE:LINE:COL as `affinity
-// validate` reports it, and counted as a failed reload; the error returned
-// is config.LoadChecked's (a config.ErrorList for an invalid file). The
-// config's warnings are logged.
+// ReloadLoaded.
 func (s *Server) ReloadFile(path string) error {
 	cfg, err := config.LoadChecked(path)
+	return s.ReloadLoaded(path, cfg, err)
+}
+
+// ReloadLoaded applies what loading the config file at path gave, for a
+// caller that loads it itself (serve reads it with a time limit): err, when
+// loading failed, is logged, with every error at its FILE:LINE:COL as
+// `affinity validate` reports it, counted as a failed reload and returned;
+// otherwise cfg is applied with Reload, unless it has the same bytes as the
+// configuration in use (the same Hash), which changes nothing. The config's
+// warnings are logged.
+func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error {
 	if err != nil {
 		s.reloads.failed.Add(1)
 		s.logFailure(path, err)
@@ -94,7 +101,8 @@ func (s *Server) ReloadFile(path string) error {
 // keep the transport and its idle connections. A changed listen address
 // is bound before anything else changes, then served, then the old
 // listener is closed: its connections finish their request in progress and
-// close. The log format, access log and admin listener are set up once and
+// close. The same address and port written otherwise (":8080" for
+// "0.0.0.0:8080", a name for its address) keeps the listener. The log format, access log and admin listener are set up once and
 // change at restart only; a reload that changes them logs a warning.
 //
 // Reload logs and counts its outcome (ReloadStats). After Shutdown it
@@ -132,7 +140,8 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		return 0, fmt.Errorf("proxy: reload: %w", err)
 	}
 	var ln net.Listener
-	if cfg.Listen != old.cfg.Listen {
+	respelled := cfg.Listen != old.cfg.Listen && sameListen(old.cfg.Listen, cfg.Listen)
+	if cfg.Listen != old.cfg.Listen && !respelled {
 		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return 0, fmt.Errorf("proxy: reload: %w", err)
 		}
@@ -151,6 +160,16 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 	s.state.Store(next)
 	if s.started {
 		next.start()
+	}
+	if respelled {
+		// The same address written another way (":8080" for
+		// "0.0.0.0:8080", a name for its address): binding it again
+		// would fail on the listener that holds it, which stays.
+		s.lnMu.Lock()
+		s.listen = cfg.Listen
+		s.lnMu.Unlock()
+		s.log.Info("listen address written anew; the listener stays", zap.String("listen", cfg.Listen),
+			zap.String("was", old.cfg.Listen))
 	}
 	if ln != nil {
 		if s.rebind(ln, cfg.Listen) {
@@ -173,6 +192,22 @@ func LogWarnings(log *zap.Logger, cfg *config.Config) {
 		log.Warn("config warning", zap.String("warning", w.Error()))
 	}
 }
+
+// sameListen reports whether listen addresses a and b bind the same
+// address and port, as net.Listen resolves them.
+func sameListen(a, b string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	ba, err := config.ResolveListen(ctx, a)
+	if err != nil {
+		return false
+	}
+	bb, err := config.ResolveListen(ctx, b)
+	return err == nil && ba == bb
+}
+
+// resolveTimeout bounds the lookups of sameListen.
+const resolveTimeout = 5 * time.Second
 
 // logFailure logs a failed reload of file: one line, with every error of a
 // config.ErrorList as an entry of its own, FILE:LINE:COL first.

@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -296,7 +297,8 @@ func (s *Server) logState(st *state) {
 
 // Shutdown stops accepting, waits for in-flight requests until ctx ends, and stops background work.
 // Upgraded connections (WebSocket) count as in flight. When ctx ends first,
-// the requests still running are aborted and ctx's error is returned.
+// the requests still running are aborted, and a *CutError tells how many
+// connections that took (errors.Is finds ctx's error in it).
 // Health checks and ejection timers run until the requests are done, so
 // that retries meanwhile still see which backends are available.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -304,12 +306,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closed = true
 	s.reloadMu.Unlock()
 	s.admin.draining.Store(true)
+	// Their Serve loops end, and let go of them, once the listeners close.
+	s.lnMu.Lock()
+	bindings := slices.Clone(s.bindings)
+	s.lnMu.Unlock()
 	err := s.http.Shutdown(ctx)
 	if err == nil {
 		err = s.tunnels.wait(ctx)
 	}
 	if err != nil {
-		err = fmt.Errorf("proxy: shutdown: %w", err)
+		// The listeners are closed and the idle connections too: those
+		// left have a request in flight.
+		upgraded := 0
+		s.tunnels.each(func(*client) { upgraded++ })
+		err = &CutError{Connections: openConns(bindings), Upgraded: upgraded, Err: err}
 		// Close drops the client connections still active; cancel below
 		// aborts their backend requests and tunnels.
 		_ = s.http.Close()
@@ -330,3 +340,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.admin.shutdown(ctx)
 	return err
 }
+
+// CutError is Shutdown's error when its context ended before the requests
+// in flight did, which were then cut by closing their connections.
+type CutError struct {
+	Connections int   // client connections closed with a request in flight
+	Upgraded    int   // upgraded connections (WebSocket) closed
+	Err         error // the context's error
+}
+
+func (e *CutError) Error() string {
+	return fmt.Sprintf("proxy: shutdown: %v: cut %d connections with a request in flight and %d upgraded ones",
+		e.Err, e.Connections, e.Upgraded)
+}
+
+// Unwrap returns the context's error.
+func (e *CutError) Unwrap() error { return e.Err }

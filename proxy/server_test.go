@@ -221,8 +221,10 @@ func TestShutdownTimeoutAbortsRequests(t *testing.T) {
 	<-started
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // already over: Shutdown must abort rather than wait
-	if err := s.Shutdown(ctx); !errors.Is(err, context.Canceled) {
-		t.Errorf("Shutdown = %v, want context.Canceled", err)
+	err = s.Shutdown(ctx)
+	var cut *CutError
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &cut) || cut.Connections != 1 || cut.Upgraded != 0 {
+		t.Errorf("Shutdown = %v, want context.Canceled and one connection cut", err)
 	}
 	if err := <-failed; err == nil {
 		t.Error("aborted request completed")
@@ -357,8 +359,10 @@ func TestShutdownWaitsForTunnel(t *testing.T) {
 	conn2, br2 := openTunnel(t, u.Host)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s2.Shutdown(ctx); !errors.Is(err, context.Canceled) {
-		t.Errorf("Shutdown with a tunnel and no time = %v, want context.Canceled", err)
+	err = s2.Shutdown(ctx)
+	var cut *CutError
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &cut) || cut.Upgraded != 1 {
+		t.Errorf("Shutdown with a tunnel and no time = %v, want context.Canceled and one upgraded connection cut", err)
 	}
 	if _, err := br2.ReadString('\n'); err == nil {
 		t.Error("tunnel still open after Shutdown gave up")

@@ -15,7 +15,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) {
+		if binary.dir != "" {
+			_ = os.RemoveAll(binary.dir)
+		}
+	}))
 }
 
 // syncBuffer is a bytes.Buffer safe to write from a running command while

@@ -198,18 +198,42 @@ func TestServeReloadsOnFileChange(t *testing.T) {
 	}
 }
 
+// servingProxy is `affinity serve --watch=false` running reloadConfig
+// over the demo backend web-1 and a slow backend, and serving.
+type servingProxy struct {
+	*serveProc
+	cfg, listen string
+	slow        string // the slow backend's URL
+	c           *http.Client
+	started     <-chan struct{} // a request reached the slow backend
+}
+
+// startServingProxy starts a servingProxy, its config passed through edit
+// (nil: as it is), and waits for it to serve.
+func startServingProxy(t *testing.T, edit func(string) string) *servingProxy {
+	t.Helper()
+	bin := buildBinary(t)
+	w1 := startBackend(t, "web-1")
+	slow, started, _ := slowBackend(t)
+	sp := &servingProxy{listen: freeAddr(t), slow: slow, started: started}
+	data := string(reloadConfig(sp.listen, slow, w1.URL))
+	if edit != nil {
+		data = edit(data)
+	}
+	sp.cfg = writeFile(t, "affinity.yaml", []byte(data))
+	sp.serveProc = startServe(t, bin, sp.cfg, "--watch=false")
+	sp.c = &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	t.Cleanup(sp.c.CloseIdleConnections)
+	waitFor(t, "the proxy to serve web-1", func() bool { return servedBy(sp.c, "http://"+sp.listen+"/") == "web-1" })
+	return sp
+}
+
 // TestServeReloadsOnSIGHUP: without --watch, SIGHUP applies the file.
 func TestServeReloadsOnSIGHUP(t *testing.T) {
-	bin := buildBinary(t)
-	w1, w2 := startBackend(t, "web-1"), startBackend(t, "web-2")
-	slow, _, _ := slowBackend(t)
-	listen := freeAddr(t)
-	cfg := writeFile(t, "affinity.yaml", reloadConfig(listen, slow, w1.URL))
-	p := startServe(t, bin, cfg, "--watch=false")
-	c := &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}
-	defer c.CloseIdleConnections()
+	p := startServingProxy(t, nil)
+	w2 := startBackend(t, "web-2")
+	cfg, listen, slow, c := p.cfg, p.listen, p.slow, p.c
 	url := "http://" + listen + "/"
-	waitFor(t, "the proxy to serve web-1", func() bool { return servedBy(c, url) == "web-1" })
 
 	if err := os.WriteFile(cfg, reloadConfig(listen, slow, w2.URL), 0o644); err != nil {
 		t.Fatal(err)

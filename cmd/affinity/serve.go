@@ -37,11 +37,21 @@ func newServeCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run the proxy",
 		Long: "Run the proxy with the configuration in --config until SIGINT or SIGTERM, " +
-			"then stop accepting connections and let requests in flight finish (shutdown_timeout, 30 s by default). " +
+			"then stop accepting connections and let requests in flight finish (shutdown_timeout, 30 s by default); " +
+			"what outlives it is cut and logged, and the exit status is still 0. " +
 			"SIGHUP, and with --watch any change of the file, reloads the configuration; " +
 			"an invalid one is logged and the running one kept.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// SIGHUP is caught before anything slow: by Go's default it
+			// would end the process, and `systemctl reload` right after a
+			// start would then crash the proxy. One that comes during
+			// start-up waits in the channel, and reloads once the proxy
+			// serves. SIGINT and SIGTERM keep their default until then: a
+			// proxy not yet serving has nothing to drain.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			cfg, err := config.LoadChecked(file)
 			if err != nil {
 				return reportConfigError(cmd.ErrOrStderr(), file, err)
@@ -69,7 +79,7 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
-			r := &reloader{file: file, srv: srv, log: log}
+			r := &reloader{file: file, srv: srv, log: log, hup: hup, load: config.LoadChecked, timeout: reloadTimeout}
 			if level == "" {
 				// Without --log-level, log.level follows the file.
 				r.level = &sl.Level
@@ -95,6 +105,15 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
+// reloadTimeout bounds the reading and checking of the config file on a
+// reload: a read that hangs (a file on a network file system that stopped
+// answering) fails the reload instead of holding it forever.
+const reloadTimeout = 10 * time.Second
+
+// errReadPending refuses a reload while a read of the file that timed out
+// has not returned: reading again would only add a second hung read.
+var errReadPending = errors.New("the previous read of the file, which timed out, has not returned yet")
+
 // reloader runs a proxy.Server and reloads its configuration file when
 // asked to.
 type reloader struct {
@@ -103,25 +122,47 @@ type reloader struct {
 	log  *zap.Logger
 	// level, when not nil, is set to each reloaded config's log.level.
 	level *zap.AtomicLevel
-	// changes receives a value when the file changed; nil without --watch.
+	// hup receives SIGHUP; changes receives a value when the file
+	// changed, and is nil without --watch.
+	hup     <-chan os.Signal
 	changes <-chan struct{}
+	// load reads and checks the file (config.LoadChecked), for at most
+	// timeout.
+	load    func(string) (*config.Config, error)
+	timeout time.Duration
+	// reading is closed when the read started last returns; a reload
+	// started while a timed-out read is still open fails at once.
+	reading chan struct{}
 }
 
 // run serves until the server fails, ctx ends, or the process gets SIGINT
 // or SIGTERM; then it shuts the server down, letting requests in flight
-// finish for the configuration's shutdown_timeout. SIGHUP and changes of
-// the file reload the configuration meanwhile, one at a time. A stop asked
-// for is not an error.
+// finish for the configuration's shutdown_timeout, and cutting those that
+// outlive it (logged; not an error). SIGHUP and changes of the file reload
+// the configuration meanwhile, one at a time, off this loop: a reload that
+// hangs reading the file never delays a stop. A stop asked for is not an
+// error.
 func (r *reloader) run(ctx context.Context) error {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(term)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	served := make(chan error, 1)
 	go func() { served <- r.srv.ListenAndServe() }()
+	reloaded := make(chan struct{}, 1)
+	running, again := false, ""
+	reload := func(trigger string) {
+		if running {
+			// Changes made meanwhile are read by one more reload.
+			again = trigger
+			return
+		}
+		running = true
+		go func() {
+			r.reload(trigger)
+			reloaded <- struct{}{}
+		}()
+	}
 	for stop := false; !stop; {
 		select {
 		case err := <-served:
@@ -130,10 +171,17 @@ func (r *reloader) run(ctx context.Context) error {
 			stop = true
 		case <-term:
 			stop = true
-		case <-hup:
-			r.reload("SIGHUP")
+		case <-r.hup:
+			reload("SIGHUP")
 		case <-r.changes:
-			r.reload("file changed")
+			reload("file changed")
+		case <-reloaded:
+			running = false
+			if again != "" {
+				trigger := again
+				again = ""
+				reload(trigger)
+			}
 		}
 	}
 	// A second SIGINT or SIGTERM now kills the process at once, for a
@@ -146,25 +194,72 @@ func (r *reloader) run(ctx context.Context) error {
 	r.log.Info("shutting down", zap.Duration("timeout", timeout))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	if err := r.srv.Shutdown(sctx); err != nil {
+	var cut *proxy.CutError
+	switch err := r.srv.Shutdown(sctx); {
+	case errors.As(err, &cut):
+		// Cutting what outlives shutdown_timeout is what the timeout is
+		// for: logged, and the stop is still a clean one.
+		r.log.Warn("shutdown_timeout reached: cut what was still running",
+			zap.Duration("timeout", timeout), zap.Int("connections", cut.Connections), zap.Int("upgraded", cut.Upgraded))
+	case err != nil:
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	if running {
+		// A reload still running fails against the closed server; one
+		// hung reading the file is left to the process's end.
+		select {
+		case <-reloaded:
+		case <-time.After(time.Second):
+		}
+	}
 	r.log.Info("stopped")
 	return nil
 }
 
-// reload applies the file again; the server logs and counts the outcome.
+// reload reads and checks the file off the caller's goroutine, for at most
+// r.timeout, and applies it; the server logs and counts the outcome.
 func (r *reloader) reload(trigger string) {
 	r.log.Info("reloading config", zap.String("file", r.file), zap.String("trigger", trigger))
-	if err := r.srv.ReloadFile(r.file); err != nil {
+	cfg, err := r.read()
+	if err := r.srv.ReloadLoaded(r.file, cfg, err); err != nil {
 		return
 	}
 	if r.level != nil {
 		if lvl, err := zapcore.ParseLevel(r.srv.Config().Log.Level); err == nil {
 			r.level.SetLevel(lvl)
 		}
+	}
+}
+
+// read loads the file, giving up after r.timeout; a read that timed out
+// goes on in the background, and the reloads until it returns fail at once.
+func (r *reloader) read() (*config.Config, error) {
+	if r.reading != nil {
+		select {
+		case <-r.reading:
+		default:
+			return nil, errReadPending
+		}
+	}
+	type loaded struct {
+		cfg *config.Config
+		err error
+	}
+	done := make(chan loaded, 1)
+	reading := make(chan struct{})
+	r.reading = reading
+	go func() {
+		defer close(reading)
+		cfg, err := r.load(r.file)
+		done <- loaded{cfg, err}
+	}()
+	select {
+	case l := <-done:
+		return l.cfg, l.err
+	case <-time.After(r.timeout):
+		return nil, fmt.Errorf("reading the file did not finish within %v", r.timeout)
 	}
 }

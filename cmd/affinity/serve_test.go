@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,22 +38,38 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// buildBinary compiles the affinity command into a temporary directory.
+// binary is the affinity command, built once for every test that runs it
+// as a process, and removed when they are done (TestMain).
+var binary struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+// buildBinary compiles the affinity command, once, and returns its path.
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "affinity")
-	// Without a default.pgo (make pgo): a profile-guided build
-	// recompiles every package, minutes that the behaviour under test
-	// does not depend on. The other tests that build the program do the
-	// same.
-	out, err := exec.Command("go", "build", "-pgo=off", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	binary.once.Do(func() {
+		if binary.dir, binary.err = os.MkdirTemp("", "affinity-test-"); binary.err != nil {
+			return
+		}
+		binary.path = filepath.Join(binary.dir, "affinity")
+		// Without a default.pgo (make pgo): a profile-guided build
+		// recompiles every package, minutes that the behaviour under
+		// test does not depend on. The other tests that build the
+		// program do the same.
+		out, err := exec.Command("go", "build", "-pgo=off", "-o", binary.path, ".").CombinedOutput()
+		if err != nil {
+			binary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binary.err != nil {
+		t.Fatal(binary.err)
 	}
-	return bin
+	return binary.path
 }
 
 // TestServeProcess runs `affinity serve` as a real process over two demo

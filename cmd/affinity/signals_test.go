@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/proxy"
+)
+
+// cpuTicks returns the CPU time a process has used, in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses:
+	// utime and stime are the 12th and 13th of them.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+// TestServeSIGHUPDuringStartup: a SIGHUP while serve is still starting
+// (building large rings) neither kills it nor is lost: the reload runs once
+// the proxy serves.
+func TestServeSIGHUPDuringStartup(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("reads the process's CPU time from /proc")
+	}
+	bin := buildBinary(t)
+	listen := freeAddr(t)
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: %s\nroutes: [{pool: p0}]\npools:\n", listen)
+	// Rings of 160,480 points each take serve a while to build.
+	for i := range 4 {
+		fmt.Fprintf(&b, "  p%d:\n    balancer: {type: consistent-hash, hash: {key: ip}}\n    backends:\n", i)
+		// Never asked: the proxy gets no request.
+		for j, w := range []int{1, 2, 1000} {
+			fmt.Fprintf(&b, "      - {url: \"http://127.0.0.1:%d\", weight: %d}\n", 9001+j, w)
+		}
+	}
+	cfg := writeFile(t, "affinity.yaml", []byte(b.String()))
+	p := startServe(t, bin, cfg, "--watch=false")
+	// 30 ms of CPU is far past the handler's installation, first thing
+	// in serve, and far from the end of the start-up.
+	waitFor(t, "serve to be busy starting", func() bool { return cpuTicks(t, p.cmd.Process.Pid) >= 3 })
+	if strings.Contains(p.out.String(), "starting") {
+		t.Fatalf("serve started before the test could signal it; output:\n%s", p.out)
+	}
+	p.signal(t, syscall.SIGHUP)
+	waitFor(t, "the reload asked for during start-up", func() bool {
+		return strings.Contains(p.out.String(), `"trigger": "SIGHUP"`)
+	})
+	out := p.out.String()
+	if i, j := strings.Index(out, "starting"), strings.Index(out, "reloading config"); i < 0 || j < i {
+		t.Errorf("the reload did not follow the start-up:\n%s", out)
+	}
+	if !strings.Contains(out, "config unchanged") {
+		t.Errorf("the reload of the same file did not end as unchanged:\n%s", out)
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+}
+
+// TestServeConfigBecomesFIFO: a config path that has become a FIFO fails
+// its reload at once rather than blocking it, and SIGTERM then stops the
+// proxy cleanly.
+func TestServeConfigBecomesFIFO(t *testing.T) {
+	p := startServingProxy(t, nil)
+	if err := os.Remove(p.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(p.cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	waitFor(t, "the reload to fail", func() bool {
+		out := p.out.String()
+		return strings.Contains(out, "config reload failed") && strings.Contains(out, "not a regular file (a FIFO)")
+	})
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+	if servedBy(p.c, "http://"+p.listen+"/") != "" {
+		t.Error("the proxy still answers after it stopped")
+	}
+}
+
+// TestValidateFIFO: validate refuses a FIFO at once, where reading it would
+// wait for a writer.
+func TestValidateFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "affinity.yaml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		code   int
+		errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out, errOut strings.Builder
+		code := execute(context.Background(), []string{"validate", "-c", fifo}, &out, &errOut)
+		done <- result{code, errOut.String()}
+	}()
+	select {
+	case r := <-done:
+		if want := fifo + ": cannot read: not a regular file (a FIFO)\n"; r.code != exitFailure || r.errOut != want {
+			t.Errorf("exit %d, stderr %q; want 1 and %q", r.code, r.errOut, want)
+		}
+	case <-time.After(10 * time.Second):
+		// Open the FIFO for writing, so that the command ends.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			_ = f.Close()
+		}
+		<-done
+		t.Fatal("validate blocked on a FIFO")
+	}
+}
+
+// TestServeShutdownTimeout: a stop that reaches shutdown_timeout with a
+// request still running cuts it, logs how many connections that took, and
+// exits 0.
+func TestServeShutdownTimeout(t *testing.T) {
+	p := startServingProxy(t, func(cfg string) string {
+		return strings.Replace(cfg, "shutdown_timeout: 10s", "shutdown_timeout: 100ms", 1)
+	})
+	cut := make(chan error, 1)
+	go func() {
+		resp, err := p.c.Get("http://" + p.listen + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		cut <- err
+	}()
+	<-p.started
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+	if err := <-cut; err == nil {
+		t.Error("the request that outlived shutdown_timeout completed")
+	}
+	out := p.out.String()
+	for _, want := range []string{"shutdown_timeout reached: cut what was still running", `"connections": 1`, "stopped"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestStopDuringHungRead: a reload stuck reading the file (a network file
+// system that stopped answering) fails after the reload timeout, a reload
+// asked for meanwhile fails at once, and a stop is never held up by it.
+func TestStopDuringHungRead(t *testing.T) {
+	w1 := startBackend(t, "web-1")
+	cfgData := fmt.Sprintf("listen: 127.0.0.1:0\npools:\n  web:\n    backends: [{url: %q}]\n", w1.URL)
+	cfg, err := config.Parse("affinity.yaml", []byte(cfgData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	log := zap.New(core)
+	srv, err := proxy.NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := make(chan struct{}, 4)
+	release := make(chan struct{})
+	defer close(release)
+	changes := make(chan struct{}, 1)
+	r := &reloader{file: "affinity.yaml", srv: srv, log: log, changes: changes, timeout: 50 * time.Millisecond,
+		load: func(string) (*config.Config, error) {
+			reads <- struct{}{}
+			<-release
+			return nil, io.ErrUnexpectedEOF
+		}}
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- r.run(ctx) }()
+
+	changes <- struct{}{}
+	<-reads
+	waitFor(t, "the hung read to time out", func() bool {
+		return logs.FilterMessage("config reload failed").FilterFieldKey("error").Len() == 1
+	})
+	if e := logs.FilterMessage("config reload failed").All()[0].ContextMap()["error"]; !strings.Contains(fmt.Sprint(e), "did not finish within 50ms") {
+		t.Errorf("failure logged as %q, want the timeout", e)
+	}
+	changes <- struct{}{}
+	waitFor(t, "the second reload to fail", func() bool { return logs.FilterMessage("config reload failed").Len() == 2 })
+	if e := logs.FilterMessage("config reload failed").All()[1].ContextMap()["error"]; !strings.Contains(fmt.Sprint(e), "has not returned yet") {
+		t.Errorf("second failure logged as %q, want the pending read", e)
+	}
+	if len(reads) != 0 {
+		t.Error("the file was read again while the first read hung")
+	}
+	if st := srv.ReloadStats(); st.Failed != 2 || st.OK != 0 {
+		t.Errorf("reload stats %+v, want 2 failed", st)
+	}
+	stop()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("run = %v, want nil after a stop", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stop waited for the hung read")
+	}
+}
