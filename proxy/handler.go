@@ -276,8 +276,10 @@ func (s *Server) logAccess(r *http.Request, aw *accessWriter, o *outcome, d time
 		status = http.StatusOK
 	}
 	// Sampling keeps every failure: those are the lines an operator
-	// looks for. rand.Uint64 draws from a per-thread source, no lock.
-	if s.accessSample != 0 && status < 500 && !aborted && rand.Uint64() >= s.accessSample {
+	// looks for. A 499 is one: the client gave up before the response.
+	// rand.Uint64 draws from a per-thread source, no lock.
+	failed := status >= 500 || status == statusClientClosed || aborted
+	if s.accessSample != 0 && !failed && rand.Uint64() >= s.accessSample {
 		return
 	}
 	ce := s.access.Check(zap.InfoLevel, "request")
@@ -347,7 +349,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		// The client left (or Shutdown ran out of time): the failure is
 		// the cancellation, not the backend's, and nobody reads the reply.
-		ex.failed(statusClientClosed)
+		ex.clientAborted()
 		w.WriteHeader(statusClientClosed)
 		return
 	}

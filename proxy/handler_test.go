@@ -353,13 +353,17 @@ func TestAccessLogSample(t *testing.T) {
 	}
 }
 
+// TestClientCancelIsNotABackendError: a client that gives up before the
+// response is logged as 499, not cut off, and kept by any sample as a
+// failure; it is counted as a client abort, not as a response of the
+// backend's.
 func TestClientCancelIsNotABackendError(t *testing.T) {
 	bu, started, _ := blockingBackend(t)
 	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
-	cfg.Log.Access = true
+	cfg.Log.Access, cfg.Log.AccessSample = true, 1e-9
 	log, logs := observed()
-	_, u := startProxy(t, cfg, log)
+	s, u := startProxy(t, cfg, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -380,11 +384,15 @@ func TestClientCancelIsNotABackendError(t *testing.T) {
 	testutil.Eventually(t, waitFor, "access line for the canceled request", func() bool {
 		return len(entries(logs, "request")) == 1
 	})
-	if st := entries(logs, "request")[0].ContextMap()["status"]; st != int64(statusClientClosed) {
-		t.Errorf("access status = %v, want %d", st, statusClientClosed)
+	if m := entries(logs, "request")[0].ContextMap(); m["status"] != int64(statusClientClosed) || m["aborted"] != false {
+		t.Errorf("access line %v, want status %d, not aborted", m, statusClientClosed)
 	}
 	if n := len(entries(logs, "backend request failed")); n != 0 {
 		t.Errorf("client cancel logged %d backend failures", n)
+	}
+	st := statsOf(s.state.Load().pools[0].backends[0])
+	if st.aborts.Load() != 1 || st.requests() != 0 {
+		t.Errorf("%d client aborts and %d responses counted, want 1 and 0", st.aborts.Load(), st.requests())
 	}
 }
 

@@ -85,6 +85,10 @@ type backendStats struct {
 	// status the client got: the backend's, or the proxy's own when the
 	// backend could not answer (502, 504).
 	responses [len(statusClasses)]atomic.Uint64
+	// aborts counts the requests whose client went away before the
+	// response started (logged as 499): nobody got a status, and the
+	// backend is not at fault, so they are not among responses.
+	aborts atomic.Uint64
 	// latency is the time to the response headers of each attempt the
 	// backend answered.
 	latency histogram
@@ -271,6 +275,17 @@ func (ex *exchange) failed(status int) {
 	}
 }
 
+// clientAborted records that the client of ex's request went away before
+// the response started; it does nothing for a request no backend was
+// picked for.
+func (ex *exchange) clientAborted() {
+	if ex != nil && ex.backend != nil {
+		if st := statsOf(ex.backend); st != nil {
+			st.aborts.Add(1)
+		}
+	}
+}
+
 // poolStats counts what happened in a pool as a whole.
 type poolStats struct {
 	retried  atomic.Uint64 // attempts beyond a request's first
@@ -298,6 +313,9 @@ var (
 	descRequests = prometheus.NewDesc("affinity_requests_total",
 		"Requests answered, by pool, backend and class of the status sent to the client.",
 		[]string{"pool", "backend", "class"}, nil)
+	descAborts = prometheus.NewDesc("affinity_client_aborts_total",
+		"Requests whose client went away before the response started (logged with status 499), by pool and backend; not in affinity_requests_total.",
+		[]string{"pool", "backend"}, nil)
 	descLatency = prometheus.NewDesc("affinity_upstream_latency_seconds",
 		"Time from sending a request to a backend to its response headers, per attempt answered.",
 		[]string{"pool", "backend"}, nil)
@@ -347,7 +365,7 @@ var (
 	descLearnSessions = prometheus.NewDesc("affinity_learn_sessions",
 		"Live sessions the learn balancer's table pins to the backend.", []string{"pool", "backend"}, nil)
 	descClientConns = prometheus.NewDesc("affinity_client_connections",
-		"Open client connections of the listeners accepting now: served (active, or idle under a second) or parked (idle, held without a goroutine).",
+		"Open client connections of the listeners accepting now: served (active, or idle for less than server.park_after) or parked (idle longer, held without a goroutine).",
 		[]string{"state"}, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
@@ -362,7 +380,7 @@ type collector struct{ s *Server }
 // Describe sends every metric's description.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descRequests, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
+		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
 		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
@@ -434,6 +452,7 @@ func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView, wal
 	for i, class := range statusClasses {
 		emit(ch, descRequests, prometheus.CounterValue, float64(st.responses[i].Load()), pool, id, class)
 	}
+	emit(ch, descAborts, prometheus.CounterValue, float64(st.aborts.Load()), pool, id)
 	count, sum, buckets := st.latency.read()
 	if h, err := prometheus.NewConstHistogram(descLatency, count, sum, buckets, pool, id); err != nil {
 		ch <- prometheus.NewInvalidMetric(descLatency, err)

@@ -97,8 +97,9 @@ func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error 
 // its requests in flight finish, and its checks stop.
 //
 // Changed timeouts take a new transport: requests in flight finish on the
-// old one, which keeps no idle connection after them; unchanged timeouts
-// keep the transport and its idle connections. A changed listen address
+// old one, whose connections close as they go idle, and which is dropped
+// once it has none; unchanged timeouts keep the transport and its idle
+// connections. A changed listen address
 // is bound before anything else changes, then served, then the old
 // listener is closed: its connections finish their request in progress and
 // close. The same address and port written otherwise (":8080" for
@@ -414,12 +415,19 @@ type transportSwitch struct {
 
 	mu       sync.Mutex // guards what follows, and serialises set
 	timeouts config.Timeouts
-	// retired are the transports switched from, whose connections in use
-	// go idle there once their requests finish. Each is closed on every
-	// switch and at Shutdown; what goes idle between lasts its
-	// timeouts.idle_conn at most.
+	// retired are the transports switched from that still have a
+	// connection open. Each sweep closes their idle connections, those
+	// of requests that ended since, and drops the transports left with
+	// none; a sweep runs on every switch, then every sweepEvery while
+	// any is left.
 	retired []*backendTransport
+	sweep   *time.Timer // the next sweep; nil when none is due
+	closed  bool        // Shutdown ran: no sweep is scheduled any more
 }
+
+// sweepEvery is how long a connection of a retired transport stays idle at
+// most once its request ended.
+const sweepEvery = time.Second
 
 func newTransportSwitch(t config.Timeouts) *transportSwitch {
 	ts := &transportSwitch{timeouts: t}
@@ -442,17 +450,42 @@ func (ts *transportSwitch) set(t config.Timeouts) {
 	}
 	ts.timeouts = t
 	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t)))
+	ts.sweepLocked()
+}
+
+// sweepLocked closes the idle connections of the retired transports, drops
+// those with no connection left, and schedules the next sweep while any
+// is. ts.mu must be held.
+func (ts *transportSwitch) sweepLocked() {
+	kept := ts.retired[:0]
 	for _, tr := range ts.retired {
 		tr.CloseIdleConnections()
+		if tr.conns.Load() > 0 {
+			kept = append(kept, tr)
+		}
+	}
+	clear(ts.retired[len(kept):])
+	ts.retired = kept
+	if len(kept) > 0 && ts.sweep == nil && !ts.closed {
+		ts.sweep = time.AfterFunc(sweepEvery, func() {
+			ts.mu.Lock()
+			defer ts.mu.Unlock()
+			ts.sweep = nil
+			ts.sweepLocked()
+		})
 	}
 }
 
-// CloseIdleConnections closes the idle connections of every transport.
-func (ts *transportSwitch) CloseIdleConnections() {
+// close closes the idle connections of every transport and stops the
+// sweeps, at Shutdown.
+func (ts *transportSwitch) close() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	ts.cur.Load().CloseIdleConnections()
-	for _, tr := range ts.retired {
-		tr.CloseIdleConnections()
+	ts.closed = true
+	if ts.sweep != nil {
+		ts.sweep.Stop()
+		ts.sweep = nil
 	}
+	ts.cur.Load().CloseIdleConnections()
+	ts.sweepLocked()
 }

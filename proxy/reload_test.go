@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -418,6 +420,75 @@ func TestReloadTransport(t *testing.T) {
 	if r := get(t, testutil.Client(t), u.String()+"/", nil); r.status != http.StatusOK {
 		t.Errorf("after new timeouts: %d", r.status)
 	}
+}
+
+// TestReloadDropsOldTransports: reloads that change the timeouts leave no
+// transport behind. One switched from while a request runs on it keeps
+// that connection until the request ends, then closes it and is dropped;
+// the current transport keeps its idle connection.
+func TestReloadDropsOldTransports(t *testing.T) {
+	var open atomic.Int64 // the backend's connections from the proxy
+	hold := make(chan struct{})
+	holding := make(chan struct{}, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			holding <- struct{}{}
+			<-hold
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	srv.Config.ConnState = func(_ net.Conn, cs http.ConnState) {
+		switch cs {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: u, Name: "a", Weight: 1}}})
+	cfg.Timeouts = testTimeouts
+	s, pu := startProxy(t, cfg, nil)
+	c := testutil.Client(t)
+	next := *cfg
+	for i := range 20 {
+		next.Timeouts.ResponseHeader = testTimeouts.ResponseHeader + time.Duration(i+1)*time.Millisecond
+		reload(t, s, &next)
+		if r := get(t, c, pu.String()+"/", nil); r.status != http.StatusOK {
+			t.Fatalf("reload %d: %d", i, r.status)
+		}
+	}
+	held := make(chan reply, 1)
+	go func() { held <- get(t, c, pu.String()+"/hold", nil) }()
+	<-holding
+	inUse := s.transport.cur.Load()
+	next.Timeouts.ResponseHeader *= 2
+	reload(t, s, &next)
+	s.transport.mu.Lock()
+	retired := slices.Clone(s.transport.retired)
+	s.transport.mu.Unlock()
+	if len(retired) != 1 || retired[0] != inUse {
+		t.Errorf("%d transports kept after the switch, want only the one with a request in flight", len(retired))
+	}
+	close(hold)
+	if r := <-held; r.status != http.StatusOK {
+		t.Errorf("the request in flight across the switch: %d", r.status)
+	}
+	testutil.Eventually(t, waitFor, "the old transport to be dropped", func() bool {
+		s.transport.mu.Lock()
+		defer s.transport.mu.Unlock()
+		return len(s.transport.retired) == 0 && inUse.conns.Load() == 0
+	})
+	c.CloseIdleConnections()
+	if r := get(t, c, pu.String()+"/", nil); r.status != http.StatusOK {
+		t.Fatal(r.status)
+	}
+	testutil.Eventually(t, waitFor, "the backend to hold the current transport's connection alone", func() bool {
+		return open.Load() == 1 && s.transport.cur.Load().conns.Load() == 1
+	})
 }
 
 // TestReloadUnderLoad reloads 20 times, alternating two configs that

@@ -334,7 +334,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.reloadMu.Unlock()
 	s.state.Load().stop()
-	s.transport.CloseIdleConnections()
+	s.transport.close()
 	// The admin server goes last, so that /readyz tells the proxy is
 	// draining until it is done.
 	s.admin.shutdown(ctx)

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/affinityproxy/affinity/config"
@@ -91,17 +94,54 @@ func oneSend(r *http.Request) (*url.URL, error) {
 type backendTransport struct {
 	*http.Transport
 	h1 *h1.Client
+	// conns counts the connections both have open, idle or in use, so
+	// that a transport a reload switched from is dropped once it has
+	// none (transportSwitch).
+	conns atomic.Int64
 }
 
 func newBackendTransport(t config.Timeouts) *backendTransport {
-	tr := newTransport(t)
-	return &backendTransport{Transport: tr, h1: h1.New(h1.Config{
-		Dial:                  tr.DialContext,
-		ResponseHeaderTimeout: tr.ResponseHeaderTimeout,
-		IdleConnTimeout:       tr.IdleConnTimeout,
-		MaxIdleConns:          tr.MaxIdleConns,
-		MaxIdleConnsPerHost:   tr.MaxIdleConnsPerHost,
-	})}
+	bt := &backendTransport{Transport: newTransport(t)}
+	dial := bt.DialContext
+	bt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		bt.conns.Add(1)
+		return &countedConn{Conn: c, open: &bt.conns}, nil
+	}
+	bt.h1 = h1.New(h1.Config{
+		Dial:                  bt.DialContext,
+		ResponseHeaderTimeout: bt.ResponseHeaderTimeout,
+		IdleConnTimeout:       bt.IdleConnTimeout,
+		MaxIdleConns:          bt.MaxIdleConns,
+		MaxIdleConnsPerHost:   bt.MaxIdleConnsPerHost,
+	})
+	return bt
+}
+
+// countedConn is a connection counted in open until it is closed.
+type countedConn struct {
+	net.Conn
+	open   *atomic.Int64
+	closed sync.Once
+}
+
+// Close closes the connection and counts it out, once.
+func (c *countedConn) Close() error {
+	c.closed.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// SyscallConn reaches the socket under the connection, as *net.TCPConn's
+// does, for the h1 client's check of an idle connection before reuse.
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("proxy: backend connection has no socket")
+	}
+	return sc.SyscallConn()
 }
 
 // RoundTrip sends r with whichever of the two handles it.
