@@ -227,7 +227,7 @@ func (d *decoder) warnings(c *Config) ErrorList {
 	p := d.at["pools"]
 	return ErrorList{{File: c.File, Line: p.line, Col: p.col, Warning: true, Msg: fmt.Sprintf(
 		"pools: the balancers' tables would take about %s of memory (the largest, pool %q: %s); "+
-			"lower virtual_nodes or learn.max_entries, or keep weights to few distinct values",
+			"lower virtual_nodes or learn.max_entries, or give weights a larger common divisor",
 		bytesText(total), name, bytesText(largest))}}
 }
 

@@ -123,15 +123,15 @@ func TestReloadRebindsListenAndServe(t *testing.T) {
 // fail on the listener holding it.
 func TestReloadRespelledListen(t *testing.T) {
 	cfg := catchAll(poolOf("web", "round-robin", balancer.Options{}, testutil.StartBackend(t, "a")))
-	cfg.Listen = testutil.ClosedURL(t).Host
+	ln := testutil.Listen(t)
+	cfg.Listen = ln.Addr().String()
 	log, logs := observed()
 	s, err := NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
-	go func() { served <- s.ListenAndServe() }()
-	testutil.WaitHTTP(t, "http://"+cfg.Listen+"/", waitFor)
+	go func() { served <- s.Serve(ln) }()
 	conn, br := dialRaw(t, cfg.Listen)
 	_, port, _ := net.SplitHostPort(cfg.Listen)
 	for _, spelling := range []string{"localhost:" + port, "[::ffff:127.0.0.1]:" + port} {
@@ -151,6 +151,6 @@ func TestReloadRespelledListen(t *testing.T) {
 		t.Errorf("Shutdown = %v", err)
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		t.Errorf("ListenAndServe = %v, want ErrServerClosed", err)
+		t.Errorf("Serve = %v, want ErrServerClosed", err)
 	}
 }

@@ -27,8 +27,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// PollEvery is how often a file that cannot be watched is checked.
-const PollEvery = 2 * time.Second
+// pollEvery is how often a file that cannot be watched is checked.
+const pollEvery = 2 * time.Second
 
 // Watcher reports changes of one file on C.
 type Watcher struct {
@@ -61,7 +61,7 @@ type Watcher struct {
 // when it watches again. Events of other files in the directories watched
 // are ignored.
 func New(path string, quiet time.Duration, log *zap.Logger) (*Watcher, error) {
-	return newWatcher(path, quiet, PollEvery, log, fsnotify.NewWatcher)
+	return newWatcher(path, quiet, pollEvery, log, fsnotify.NewWatcher)
 }
 
 func newWatcher(path string, quiet, poll time.Duration, log *zap.Logger, notify func() (*fsnotify.Watcher, error)) (*Watcher, error) {
