@@ -427,7 +427,7 @@ func TestReloadTransport(t *testing.T) {
 // that connection until the request ends, then closes it and is dropped;
 // the current transport keeps its idle connection.
 func TestReloadDropsOldTransports(t *testing.T) {
-	var open atomic.Int64 // the backend's connections from the proxy
+	var open, accepted atomic.Int64 // the backend's connections from the proxy
 	hold := make(chan struct{})
 	holding := make(chan struct{}, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -441,6 +441,7 @@ func TestReloadDropsOldTransports(t *testing.T) {
 		switch cs {
 		case http.StateNew:
 			open.Add(1)
+			accepted.Add(1)
 		case http.StateClosed, http.StateHijacked:
 			open.Add(-1)
 		}
@@ -489,6 +490,17 @@ func TestReloadDropsOldTransports(t *testing.T) {
 	testutil.Eventually(t, waitFor, "the backend to hold the current transport's connection alone", func() bool {
 		return open.Load() == 1 && s.transport.cur.Load().conns.Load() == 1
 	})
+	// The counted connections are reused as any: the socket check
+	// before reuse reaches through them.
+	before := accepted.Load()
+	for range 3 {
+		if r := get(t, c, pu.String()+"/", nil); r.status != http.StatusOK {
+			t.Fatal(r.status)
+		}
+	}
+	if n := accepted.Load() - before; n != 0 {
+		t.Errorf("%d new backend connections for 3 requests in a row, want the idle one reused", n)
+	}
 }
 
 // TestReloadUnderLoad reloads 20 times, alternating two configs that
