@@ -132,7 +132,7 @@ func TestReloadRespelledListen(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
-	conn, br := dialRaw(t, cfg.Listen)
+	conn, br := testutil.DialRaw(t, cfg.Listen, waitFor)
 	_, port, _ := net.SplitHostPort(cfg.Listen)
 	for _, spelling := range []string{"localhost:" + port, "[::ffff:127.0.0.1]:" + port} {
 		next := *cfg
