@@ -209,6 +209,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		// forgets them.
 		s.tunnels.add(ex.client)
 		defer s.tunnels.remove(ex.client)
+		w = switchWriter{w}
 	}
 	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
 	ex.body, _ = r.Body.(*clientBody)
@@ -344,6 +345,16 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Debug("client body failed", zap.Error(err))
 		ex.failed(http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest)
+		return
+	}
+	var refused *switchRefusedError
+	if errors.As(err, &refused) {
+		// The backend answered; what it answered cannot be relayed
+		// (retry.go). Clients choose what they offer, so this is no
+		// news for the operator: debug, and nothing against the
+		// backend, whose answer was counted.
+		s.log.Debug("protocol switch not relayed", zap.Error(err))
+		writeError(w, http.StatusBadGateway)
 		return
 	}
 	if r.Context().Err() != nil {

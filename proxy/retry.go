@@ -96,6 +96,12 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			st := statsOf(b)
 			st.answered(res.StatusCode, clock()-start)
+			if err := relayedSwitch(out, res); err != nil {
+				// The backend answered: passive health counts the
+				// answer, and the client's 502 is no failure of it.
+				p.answered(b, res.StatusCode)
+				return nil, err
+			}
 			if ex.long = longOf(out.Method, res); ex.long != notLong {
 				st.began(ex.long)
 			}
