@@ -19,9 +19,11 @@ import (
 	"github.com/affinityproxy/affinity/config"
 )
 
-// statusClientClosed is recorded, as nginx does, for a request whose client
-// went away before the backend answered: nobody receives it, and the
-// backend is not at fault.
+// statusClientClosed is what the access log records, as nginx does, for a
+// request whose client's side ended before the backend answered (or that
+// shutdown or drain_timeout cut). It is never written to the client: the
+// connection (an HTTP/2 stream) is closed without an answer. The backend
+// is not at fault.
 const statusClientClosed = 499
 
 // exchange carries a request's pick from ServeHTTP to the ReverseProxy
@@ -251,9 +253,11 @@ func (s *Server) serveLogged(w http.ResponseWriter, r *http.Request) {
 		// ReverseProxy panics with http.ErrAbortHandler when a response
 		// breaks off after its header was sent (the backend died, or the
 		// client left); that request is logged too, then the panic goes on
-		// to net/http, which drops the connection.
+		// to net/http, which drops the connection. proxyError panics so
+		// too for a client taken as gone before any status was sent,
+		// which is no response cut off.
 		aborted := recover()
-		s.logAccess(r, aw, &o, clock()-start, aborted != nil)
+		s.logAccess(r, aw, &o, clock()-start, aborted != nil && !aw.unsent)
 		*aw = accessWriter{}
 		if aborted != nil {
 			panic(aborted)
@@ -341,10 +345,16 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, errRequestBody) {
 		// The client's body broke off: its request failed, not a
 		// backend, which must not be blamed for it. This comes before
-		// the cancellation a client's half-close also causes.
+		// the cancellation a client's half-close, or server.read_timeout
+		// passing, also causes: the client is still there to read why,
+		// 408 for a body too slow for read_timeout, 400 for any other.
+		status := http.StatusBadRequest
+		if isTimeout(err) {
+			status = http.StatusRequestTimeout
+		}
 		s.log.Debug("client body failed", zap.Error(err))
-		ex.failed(http.StatusBadRequest)
-		writeError(w, http.StatusBadRequest)
+		ex.failed(status)
+		writeError(w, status)
 		return
 	}
 	var refused *switchRefusedError
@@ -358,11 +368,16 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	if r.Context().Err() != nil {
-		// The client left (or Shutdown ran out of time): the failure is
-		// the cancellation, not the backend's, and nobody reads the reply.
+		// The client's side ended (it left, or half-closed, which no
+		// server tells apart before writing; Go's cancels the request
+		// either way), or shutdown or the drainer cut the request. The
+		// failure is not the backend's. Whatever status were written,
+		// net/http would send it to a client that may still read, so
+		// none is: the access log records 499, and the connection (the
+		// stream) is aborted, as ReverseProxy aborts a response cut off.
 		ex.clientAborted()
-		w.WriteHeader(statusClientClosed)
-		return
+		recordUnsent(w, statusClientClosed)
+		panic(http.ErrAbortHandler)
 	}
 	status := http.StatusBadGateway
 	if isTimeout(err) {
@@ -401,6 +416,7 @@ type accessWriter struct {
 	http.ResponseWriter
 	status int   // first final status written; 0 until then
 	bytes  int64 // body bytes written
+	unsent bool  // status was recorded for the log alone, never written
 }
 
 func (a *accessWriter) WriteHeader(code int) {
@@ -422,6 +438,25 @@ func (a *accessWriter) Write(p []byte) (int, error) {
 
 // Unwrap returns the wrapped writer, for http.ResponseController.
 func (a *accessWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
+// recordUnsent has the access log record status for a response that is
+// never sent, if w, or a writer it wraps, is the log's and has recorded
+// none yet.
+func recordUnsent(w http.ResponseWriter, status int) {
+	for {
+		switch x := w.(type) {
+		case *accessWriter:
+			if x.status == 0 {
+				x.status, x.unsent = status, true
+			}
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return
+		}
+	}
+}
 
 // Flush sends buffered data to the client, for http.Flusher.
 func (a *accessWriter) Flush() { _ = a.FlushError() }

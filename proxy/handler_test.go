@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
@@ -353,17 +356,26 @@ func TestAccessLogSample(t *testing.T) {
 	}
 }
 
-// TestClientCancelIsNotABackendError: a client that gives up before the
-// response is logged as 499, not cut off, and kept by any sample as a
-// failure; it is counted as a client abort, not as a response of the
-// backend's.
-func TestClientCancelIsNotABackendError(t *testing.T) {
+// slowLoggedProxy is a proxy with the access log on, sampling so thinly
+// that only the failures it always keeps are logged, to a backend that
+// answers no request, signalling each on started.
+func slowLoggedProxy(t *testing.T) (*Server, *url.URL, <-chan struct{}, *observer.ObservedLogs) {
+	t.Helper()
 	bu, started, _ := blockingBackend(t)
 	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
 	cfg.Log.Access, cfg.Log.AccessSample = true, 1e-9
 	log, logs := observed()
 	s, u := startProxy(t, cfg, log)
+	return s, u, started, logs
+}
+
+// TestClientCancelIsNotABackendError: a client that gives up before the
+// response is logged as 499, not cut off, and kept by any sample as a
+// failure; it is counted as a client abort, not as a response of the
+// backend's.
+func TestClientCancelIsNotABackendError(t *testing.T) {
+	s, u, started, logs := slowLoggedProxy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -393,6 +405,87 @@ func TestClientCancelIsNotABackendError(t *testing.T) {
 	st := statsOf(s.state.Load().pools[0].backends[0])
 	if st.aborts.Load() != 1 || st.requests() != 0 {
 		t.Errorf("%d client aborts and %d responses counted, want 1 and 0", st.aborts.Load(), st.requests())
+	}
+}
+
+// 499 is what the access log records for a request whose client's side
+// ended before the answer (nginx's code), never a status written to the
+// client: a client that half-closes after a whole request is taken as gone,
+// as Go's server (which cancels the request then), nginx and Envoy take
+// it, and its connection closed without an answer; before, it read
+// "HTTP/1.1 499 status code 499". Over HTTP/1, with a GET and a POST.
+func TestHalfCloseAnsweredNothing(t *testing.T) {
+	s, u, started, logs := slowLoggedProxy(t)
+	for i, req := range []string{
+		"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: app.example\r\nContent-Length: 5\r\n\r\nhello",
+	} {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(waitFor))
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(conn)
+		_ = conn.Close()
+		if err != nil || len(got) != 0 {
+			t.Fatalf("%q then half-close: read %q, %v; want the connection closed without an answer", req, got, err)
+		}
+		testutil.Eventually(t, waitFor, "access line", func() bool { return len(entries(logs, "request")) == i+1 })
+		line := entries(logs, "request")[i].ContextMap()
+		if line["status"] != int64(statusClientClosed) || line["aborted"] != false {
+			t.Errorf("access line %v, want status %d, not aborted (no status line was sent)", line, statusClientClosed)
+		}
+	}
+	if n := statsOf(s.state.Load().pools[0].backends[0]).aborts.Load(); n != 2 {
+		t.Errorf("%d client aborts counted, want 2", n)
+	}
+	if n := len(entries(logs, "backend request failed")); n != 0 {
+		t.Errorf("%d backend failures logged, want none", n)
+	}
+}
+
+// A body that outlasts server.read_timeout is answered 408 Request
+// Timeout, the connection closed, over HTTP/1 and HTTP/2: the client is
+// there to read it, too slow, not gone (it was answered 499, and over
+// HTTP/1 later 400). No backend is blamed.
+func TestReadTimeoutMidBody(t *testing.T) {
+	b := testutil.StartBackend(t, "a")
+	pc := poolOf("web", "round-robin", balancer.Options{}, b)
+	passive := config.DefaultPassive()
+	passive.Failures = 1
+	pc.Passive = &passive
+	cfg := catchAll(pc)
+	cfg.Server.ReadTimeout = 200 * time.Millisecond
+	log, logs := observed()
+	t.Run("HTTP/1", func(t *testing.T) {
+		_, u := startProxy(t, cfg, log)
+		// The rest of the body never comes: rawExchange reads until the
+		// proxy closes the connection.
+		rs := rawExchange(t, u.Host, "POST /upload HTTP/1.1\r\nHost: app.example\r\nContent-Length: 10\r\n\r\nabcde")
+		if len(rs) != 1 || rs[0].StatusCode != http.StatusRequestTimeout {
+			var statuses []int
+			for _, r := range rs {
+				statuses = append(statuses, r.StatusCode)
+			}
+			t.Fatalf("statuses %v, want one 408", statuses)
+		}
+	})
+	t.Run("HTTP/2", func(t *testing.T) {
+		_, addr, cert := startH2Proxy(t, cfg)
+		r := dialH2(t, addr, cert).stream(h2Fields(map[string]string{":method": "POST"}, field{"content-length", "10"}), "abcde", false)
+		if r.status != http.StatusRequestTimeout {
+			t.Fatalf("answer %+v, want 408", r)
+		}
+	})
+	if n := len(entries(logs, "backend request failed")) + len(entries(logs, "backend ejected")); n != 0 {
+		t.Errorf("%d backend failures and ejections logged, want none", n)
 	}
 }
 
