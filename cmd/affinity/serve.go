@@ -68,10 +68,10 @@ func newServeCmd() *cobra.Command {
 			log := sl.Logger
 			proxy.LogWarnings(log, cfg)
 			// GOGC follows the live heap (internal/gctune) unless the
-			// environment sets it: 11 % less CPU per request under the
-			// peer harness's load (make bench-cpu CPU_ENV=GOGC=100), for at
-			// most 48 MiB more heap than Go's default. GOMEMLIMIT applies
-			// either way.
+			// environment sets it: less CPU per request under load
+			// (make bench-cpu CPU_ENV=GOGC=100; docs/performance.md), for
+			// at most 48 MiB more heap than Go's default. GOMEMLIMIT
+			// applies either way.
 			if _, set := os.LookupEnv("GOGC"); !set {
 				defer gctune.Start()()
 			}

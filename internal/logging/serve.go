@@ -23,9 +23,8 @@ const (
 //
 // The access log (log.access) is written in batches, every other line at
 // once: a write to the log file for each request costs the proxy about as
-// much CPU as encoding the line (BenchmarkAccessLine: 5.0 µs a line
-// written at once, 1.5 µs batched). The price is
-// that an access line reaches the file up to accessFlush late, and that
+// much CPU as encoding the line (BenchmarkAccessLine). The price is that
+// an access line reaches the file up to accessFlush late, and that
 // the lines of the last second are lost if the process is killed
 // (SIGKILL, a crash); a stop by SIGINT or SIGTERM writes them.
 type Serve struct {
