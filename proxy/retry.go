@@ -49,6 +49,9 @@ var errRequestBody = errors.New("reading the request body")
 type retrier struct {
 	next http.RoundTripper
 	log  *zap.Logger
+	// everyMethod retries every method as if it were idempotent; see
+	// Server.RetryEveryMethod.
+	everyMethod bool
 }
 
 // RoundTrip forwards out to the exchange's backend, and to others after it
@@ -72,7 +75,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 	var body *replay
 	if p.retries > 0 && len(p.backends) > 1 && out.Body != nil && out.Body != http.NoBody {
 		keep := int64(0)
-		if idempotent(out) {
+		if rt.everyMethod || idempotent(out) {
 			keep = p.maxBody
 		}
 		body = newReplay(out, keep)
@@ -128,7 +131,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		p.failed(b)
-		reason := retryReason(out, err, body)
+		reason := rt.retryReason(out, err, body)
 		if n >= p.retries || reason == "" {
 			return nil, err
 		}
@@ -170,13 +173,14 @@ func relayable(res *http.Response) (*http.Response, error) {
 
 // Why a failed attempt is sent to another backend, as logged.
 const (
-	reasonUnsent     = "not sent" // it reached no backend
-	reasonIdempotent = "idempotent"
+	reasonUnsent      = "not sent" // it reached no backend
+	reasonIdempotent  = "idempotent"
+	reasonEveryMethod = "every method" // Server.RetryEveryMethod
 )
 
 // retryReason returns why out, whose attempt failed with err, may be sent
 // again, or "" if it may not.
-func retryReason(out *http.Request, err error, body *replay) string {
+func (rt *retrier) retryReason(out *http.Request, err error, body *replay) string {
 	switch {
 	case !body.resendable():
 		return ""
@@ -184,6 +188,8 @@ func retryReason(out *http.Request, err error, body *replay) string {
 		return reasonUnsent
 	case idempotent(out):
 		return reasonIdempotent
+	case rt.everyMethod:
+		return reasonEveryMethod
 	}
 	return ""
 }

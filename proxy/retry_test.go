@@ -152,6 +152,69 @@ func TestRetryAfterSend(t *testing.T) {
 	}
 }
 
+// TestRetryEveryMethod: with RetryEveryMethod, a request whose backend
+// did not answer in time goes to another whatever its method, as long as
+// its body was kept; the reason logged says which rule allowed it.
+func TestRetryEveryMethod(t *testing.T) {
+	const maxBody = 1024
+	tests := []struct {
+		name, method, body string
+		reason             string // "" when not retried
+	}{
+		{"POST", http.MethodPost, "order=1", reasonEveryMethod},
+		{"POST without a body", http.MethodPost, "", reasonEveryMethod},
+		{"PATCH", http.MethodPatch, "x", reasonEveryMethod},
+		{"GET", http.MethodGet, "", reasonIdempotent},
+		{"POST with a body over the limit", http.MethodPost, strings.Repeat("L", maxBody+1), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			hung, good := startCtl(t, "hung"), startCtl(t, "good")
+			hung.hang.Store(true)
+			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: hung.URL, Name: "hung"}, {URL: good.URL, Name: "good"}},
+				Retries:  config.Retries{Count: 2, MaxBody: maxBody}}
+			cfg := catchAll(pc)
+			cfg.Timeouts.ResponseHeader = 100 * time.Millisecond
+			log, logs := observed()
+			s, err := NewServer(cfg, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.RetryEveryMethod()
+			u := testutil.Serve(t, s)
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			r := send(t, testutil.Client(t), tt.method, u.String()+"/", body, nil)
+			if hung.hits.Load() != 1 {
+				t.Errorf("the hung backend saw %d requests, want 1", hung.hits.Load())
+			}
+			retries := entries(logs, "retrying request")
+			if tt.reason == "" {
+				if r.status != http.StatusGatewayTimeout || good.hits.Load() != 0 || len(retries) != 0 {
+					t.Errorf("got %d, good backend saw %d, %d retries logged; want 504 and no retry", r.status, good.hits.Load(), len(retries))
+				}
+				return
+			}
+			if r.status != http.StatusOK || good.hits.Load() != 1 {
+				t.Fatalf("got %d %q, good backend saw %d; want 200 from a retry", r.status, r.body, good.hits.Load())
+			}
+			if got, want := r.header.Get(bodyHeader), describeBody([]byte(tt.body)); got != want {
+				t.Errorf("the retry carried body %s, want %s", got, want)
+			}
+			if len(retries) != 1 || retries[0].ContextMap()["reason"] != tt.reason {
+				t.Errorf("retry lines %v, want one with the reason %q", retries, tt.reason)
+			}
+			if warned := entries(logs, "retrying requests of every method: a POST whose answer is late may run twice, on two backends (a setting for experiments)"); len(warned) != 1 {
+				t.Errorf("%d warnings of the setting at start, want 1", len(warned))
+			}
+		})
+	}
+}
+
 // TestRetryPassesResponsesThrough: an answer, even a 500, is the backend's
 // to give, and is not retried.
 func TestRetryPassesResponsesThrough(t *testing.T) {

@@ -196,6 +196,18 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	return s, nil
 }
 
+// RetryEveryMethod makes s retry a failed request whatever its method, as
+// if every method were idempotent, as nginx's `proxy_next_upstream ...
+// non_idempotent` does: a POST that reached a backend, whose answer did
+// not come in time, is sent to another, and may run on both. It is no
+// configuration key, on purpose: it exists so that `affinity experiment`
+// can measure what it costs (the retry-safety preset), through a hidden
+// flag of `affinity serve`. Call it before serving.
+func (s *Server) RetryEveryMethod() {
+	s.retry.everyMethod = true
+	s.log.Warn("retrying requests of every method: a POST whose answer is late may run twice, on two backends (a setting for experiments)")
+}
+
 // newState builds the pools of cfg and the routes to them. prev, when not
 // nil, is the state a reload replaces, whose pools the new ones of the same
 // name take their kept backends from (see newPool); prev is only read.

@@ -26,12 +26,17 @@ import (
 // several writes and renames in a row, and only the last state is wanted.
 const reloadQuiet = 200 * time.Millisecond
 
+// unsafeRetryFlag is the hidden flag of `affinity serve` that retries
+// requests of every method; see proxy.Server.RetryEveryMethod.
+const unsafeRetryFlag = "unsafe-retry-every-method"
+
 // newServeCmd builds `affinity serve`: the proxy itself.
 func newServeCmd() *cobra.Command {
 	var (
-		file      string
-		level     levelFlag
-		watchFile bool
+		file        string
+		level       levelFlag
+		watchFile   bool
+		everyMethod bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -79,6 +84,9 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
+			if everyMethod {
+				srv.RetryEveryMethod()
+			}
 			r := &reloader{file: file, srv: srv, log: log, hup: hup, load: config.LoadChecked, timeout: reloadTimeout}
 			if level == "" {
 				// Without --log-level, log.level follows the file.
@@ -102,6 +110,13 @@ func newServeCmd() *cobra.Command {
 	cmd.Flags().StringVarP(&file, "config", "c", "affinity.yaml", "configuration file")
 	cmd.Flags().Var(&level, "log-level", "override the config's log.level: debug, info, warn or error")
 	cmd.Flags().BoolVar(&watchFile, "watch", true, "reload the configuration when its file changes")
+	// Hidden: it makes retries unsafe, and exists only so that the
+	// experiments can measure what that costs (proxy.Server.RetryEveryMethod).
+	// A flag rather than a config key or an environment variable: it shows
+	// on the process's command line, cannot be copied into a config, and
+	// is inherited by nothing.
+	cmd.Flags().BoolVar(&everyMethod, unsafeRetryFlag, false, "retry every method, POST included")
+	_ = cmd.Flags().MarkHidden(unsafeRetryFlag)
 	return cmd
 }
 

@@ -181,3 +181,15 @@ func TestMissingDefaultConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestUnsafeRetryFlagHidden: the flag that makes retries unsafe is accepted
+// but not advertised, so that nobody finds it in the help and sets it.
+func TestUnsafeRetryFlagHidden(t *testing.T) {
+	code, out, _ := run(t, "serve", "--help")
+	if code != 0 || strings.Contains(out, unsafeRetryFlag) || !strings.Contains(out, "--watch") {
+		t.Errorf("serve --help: exit %d, output %q; want 0 and no mention of --%s", code, out, unsafeRetryFlag)
+	}
+	if f := newServeCmd().Flags().Lookup(unsafeRetryFlag); f == nil || !f.Hidden || f.DefValue != "false" {
+		t.Errorf("--%s: %+v, want a hidden flag off by default", unsafeRetryFlag, f)
+	}
+}
