@@ -30,6 +30,7 @@ type backendFlags struct {
 	tokenSecret  string
 	denylist     bool
 	work         time.Duration
+	checkoutWork time.Duration
 	cacheSize    int
 }
 
@@ -61,6 +62,7 @@ func newBackendCmd() *cobra.Command {
 	fl.StringVar(&f.tokenSecret, "token-secret", "", "HMAC key of the token store; every backend of a pool needs the same (default: a built-in development secret)")
 	fl.BoolVar(&f.denylist, "token-denylist", false, "token store: list logged-out sessions in Redis (--redis-addr) and refuse their tokens, checked on every request")
 	fl.DurationVar(&f.work, "work", 0, "simulated cost of loading a user's data from the store (redis: every request; cached-redis: near-cache misses)")
+	fl.DurationVar(&f.checkoutWork, "checkout-work", 0, "simulated time of a checkout between reading the cart and placing the order (prices, stock, payment); a checkout that began it finishes even if its client leaves")
 	fl.IntVar(&f.cacheSize, "cache-size", demoapp.DefaultCacheSize, "sessions kept in the near-cache of the cached-redis store")
 	return cmd
 }
@@ -77,6 +79,9 @@ func runBackend(cmd *cobra.Command, f backendFlags) error {
 	if f.work < 0 {
 		return fmt.Errorf("backend: --work %v: want 0 or more", f.work)
 	}
+	if f.checkoutWork < 0 {
+		return fmt.Errorf("backend: --checkout-work %v: want 0 or more", f.checkoutWork)
+	}
 	if f.denylist && f.store != "token" {
 		return fmt.Errorf("backend: --token-denylist: applies to --session-store token only, not %s", f.store)
 	}
@@ -85,6 +90,8 @@ func runBackend(cmd *cobra.Command, f backendFlags) error {
 		return fmt.Errorf("backend: %w", err)
 	}
 	defer func() { _ = store.Close() }()
+	orders := openOrders(f)
+	defer func() { _ = orders.Close() }()
 	// Listening before logging means "listening" is only said once it is
 	// true, and a busy port fails the command at once.
 	ln, err := net.Listen("tcp", f.listen)
@@ -96,12 +103,14 @@ func runBackend(cmd *cobra.Command, f backendFlags) error {
 		f.name = ln.Addr().String()
 	}
 	srv := &http.Server{
-		Handler:           demoapp.NewWithOptions(f.name, demoapp.Options{Store: store, Work: f.work, Log: log}),
+		Handler: demoapp.NewWithOptions(f.name, demoapp.Options{
+			Store: store, Orders: orders, Work: f.work, CheckoutWork: f.checkoutWork, Log: log,
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          zap.NewStdLog(log),
 	}
 	log.Info("backend listening", zap.String("name", f.name), zap.Stringer("addr", ln.Addr()),
-		zap.String("session_store", string(f.store)), zap.Duration("work", f.work))
+		zap.String("session_store", string(f.store)), zap.Duration("work", f.work), zap.Duration("checkout_work", f.checkoutWork))
 	return runUntilSignal(cmd.Context(), log, func() error { return srv.Serve(ln) }, srv.Shutdown)
 }
 
@@ -152,6 +161,17 @@ func openStore(ctx context.Context, f backendFlags, log *zap.Logger) (demoapp.St
 		}
 	}
 	return store, nil
+}
+
+// openOrders keeps the shop's orders where its sessions can be seen by
+// every backend: in Redis for the stores that use it (the token store with
+// a denylist too), so that an order placed twice for one cart is counted
+// wherever the second ran; in this process otherwise.
+func openOrders(f backendFlags) demoapp.Orders {
+	if f.store == "redis" || f.store == "cached-redis" || f.denylist {
+		return demoapp.NewRedisOrders(f.redisAddr)
+	}
+	return demoapp.NewMemoryOrders()
 }
 
 // silentRedis drops the Redis client's own log lines.

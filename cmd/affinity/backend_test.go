@@ -128,6 +128,7 @@ func TestBackendBadFlags(t *testing.T) {
 		{[]string{"--work", "soon"}, exitUsage, "--work"},
 		{[]string{"--cache-size", "0"}, exitFailure, "--cache-size 0: want at least 1"},
 		{[]string{"--work", "-1s"}, exitFailure, "--work -1s: want 0 or more"},
+		{[]string{"--checkout-work", "-1ms"}, exitFailure, "--checkout-work -1ms: want 0 or more"},
 		{[]string{"--token-denylist"}, exitFailure, "--token-denylist: applies to --session-store token only, not memory"},
 	}
 	for _, tc := range tests {

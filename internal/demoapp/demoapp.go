@@ -50,6 +50,19 @@ type Options struct {
 	// database. 0 makes loads free.
 	Work time.Duration
 
+	// CheckoutWork is the time a checkout takes between reading the cart
+	// and placing the order (prices, stock, payment), during which the
+	// same checkout, repeated elsewhere, can run too. A checkout that has
+	// begun this work runs to its end even if its client left, as one
+	// whose payment went out must. 0 places orders at once.
+	CheckoutWork time.Duration
+
+	// Orders records the first order of each cart, to count the orders
+	// placed twice for one cart and to answer a retried checkout with its
+	// order. nil means a MemoryOrders of this process. The app does not
+	// close it.
+	Orders Orders
+
 	// Log gets a line each time the store starts failing and each time it
 	// works again. nil logs nothing.
 	Log *zap.Logger
@@ -62,11 +75,13 @@ type app struct {
 	// sessions maps a session id to its request counter.
 	sessions *lru.Cache[string, *atomic.Int64]
 
-	store   Store
-	work    time.Duration
-	pause   func(context.Context, time.Duration) // waits out Work; sleep but in tests
-	metrics metrics
-	down    atomic.Bool // set by /_down: /healthz fails until /_up
+	store        Store
+	orders       Orders
+	work         time.Duration
+	checkoutWork time.Duration
+	pause        func(context.Context, time.Duration) // waits out Work and CheckoutWork; sleep but in tests
+	metrics      metrics
+	down         atomic.Bool // set by /_down: /healthz fails until /_up
 
 	log          *zap.Logger
 	storeFailing atomic.Bool // the store failed, and has not worked since
@@ -87,14 +102,19 @@ func NewWithOptions(name string, o Options) http.Handler {
 	if o.Store == nil {
 		o.Store = NewMemoryStore(o.MaxSessions)
 	}
+	if o.Orders == nil {
+		o.Orders = NewMemoryOrders()
+	}
 	a := &app{
-		name:     name,
-		mux:      http.NewServeMux(),
-		sessions: sessions,
-		store:    o.Store,
-		work:     o.Work,
-		pause:    sleep,
-		log:      o.Log,
+		name:         name,
+		mux:          http.NewServeMux(),
+		sessions:     sessions,
+		store:        o.Store,
+		orders:       o.Orders,
+		work:         o.Work,
+		checkoutWork: o.CheckoutWork,
+		pause:        sleep,
+		log:          o.Log,
 	}
 	if a.log == nil {
 		a.log = zap.NewNop()

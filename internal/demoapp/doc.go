@@ -39,7 +39,15 @@
 //	POST /checkout    X-User: U, X-Step: k, optional Idempotency-Key
 //	    200 {"order":ID,"items":k}; the cart is emptied, the session kept. A
 //	    retry with the same Idempotency-Key returns the same order (with
-//	    Idempotent-Replayed: true) instead of making a second one.
+//	    Idempotent-Replayed: true) instead of making a second one, even
+//	    when the first attempt still runs on another backend. A checkout
+//	    takes Options.CheckoutWork between reading the cart and placing
+//	    the order, and once begun it finishes even if its client left.
+//	    Orders keeps the first order of each cart (in Redis when the store
+//	    uses one, so that every backend sees it): a second order of one
+//	    cart, from a checkout repeated without a key that read the cart
+//	    before the first placed its order, is placed and counted as a
+//	    duplicate.
 //
 // The server detects lost and stale sessions itself. A shop request other
 // than /login whose handle is missing, unknown to the store, forged or
@@ -70,6 +78,7 @@
 //	                  demoapp_requests_total, demoapp_store_ops_total,
 //	                  demoapp_store_loads_total, demoapp_cache_hits_total,
 //	                  demoapp_cache_misses_total, demoapp_orders_total,
+//	                  demoapp_duplicate_orders_total,
 //	                  demoapp_session_errors_total{kind="lost|stale|store"},
 //	                  process_resident_memory_bytes.
 //	/healthz          200 ok, or 503 down between /_down and /_up.

@@ -18,6 +18,7 @@ type metrics struct {
 	cacheHits atomic.Int64
 	cacheMiss atomic.Int64
 	orders    atomic.Int64
+	dupOrders atomic.Int64
 	errLost   atomic.Int64
 	errStale  atomic.Int64
 	errStore  atomic.Int64
@@ -64,8 +65,10 @@ func (m *metrics) serveMetrics(w http.ResponseWriter, sessions int) {
 	fmt.Fprintf(&b, "demoapp_cache_hits_total %d\n", m.cacheHits.Load())
 	metric("demoapp_cache_misses_total", "counter", "Requests that found no current copy in the near-cache.")
 	fmt.Fprintf(&b, "demoapp_cache_misses_total %d\n", m.cacheMiss.Load())
-	metric("demoapp_orders_total", "counter", "Checkouts that created an order; replays of an idempotent checkout are not counted.")
+	metric("demoapp_orders_total", "counter", "Checkouts that placed an order, duplicates included; replays of an idempotent checkout are not counted.")
 	fmt.Fprintf(&b, "demoapp_orders_total %d\n", m.orders.Load())
+	metric("demoapp_duplicate_orders_total", "counter", "Orders placed for a cart that already had one: a checkout that ran twice.")
+	fmt.Fprintf(&b, "demoapp_duplicate_orders_total %d\n", m.dupOrders.Load())
 	metric("demoapp_session_errors_total", "counter", "Shop requests that failed, by kind.")
 	for _, e := range []struct {
 		kind string

@@ -18,10 +18,11 @@ func TestMetricsAfterKnownSequence(t *testing.T) {
 		hits                 float64
 	}{
 		{kind: "memory", sessions: 1},
-		// login 1, add 2, add 2, cart 1, stale cart 1, checkout 2; the
-		// request without a cookie never reaches the store.
-		{kind: "redis", ops: 9, loads: 5},
-		{kind: "cached-redis", sessions: 1, ops: 9, hits: 5},
+		// login 1, add 2, add 2, cart 1, stale cart 1, checkout 3 (the
+		// order placed in Redis too); the request without a cookie never
+		// reaches the store.
+		{kind: "redis", ops: 10, loads: 5},
+		{kind: "cached-redis", sessions: 1, ops: 10, hits: 5},
 		{kind: "token"},
 	}
 	for _, tc := range tests {
@@ -47,6 +48,7 @@ func TestMetricsAfterKnownSequence(t *testing.T) {
 				"demoapp_cache_hits_total":                   tc.hits,
 				"demoapp_cache_misses_total":                 0,
 				"demoapp_orders_total":                       1,
+				"demoapp_duplicate_orders_total":             0,
 				`demoapp_session_errors_total{kind="lost"}`:  1,
 				`demoapp_session_errors_total{kind="stale"}`: 1,
 				`demoapp_session_errors_total{kind="store"}`: 0,
@@ -99,7 +101,7 @@ func TestMetricsFormat(t *testing.T) {
 			t.Errorf("%q: no TYPE line before it", line)
 		}
 	}
-	if len(typed) != 9 {
-		t.Errorf("%d metrics, want 9:\n%s", len(typed), body)
+	if len(typed) != 10 {
+		t.Errorf("%d metrics, want 10:\n%s", len(typed), body)
 	}
 }

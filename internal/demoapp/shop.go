@@ -172,6 +172,9 @@ func (a *app) addItem(w http.ResponseWriter, r *http.Request) (any, *shopError) 
 	if fail := v.checkStep(); fail != nil {
 		return nil, fail
 	}
+	if len(v.sess.Items) == 0 {
+		v.sess.Cart = rand.Text() // a new cart begins
+	}
 	v.sess.Items = append(v.sess.Items, item)
 	if fail := a.save(w, r, v); fail != nil {
 		return nil, fail
@@ -197,8 +200,12 @@ func (a *app) cart(_ http.ResponseWriter, r *http.Request) (any, *shopError) {
 
 // checkout turns the cart into an order and empties it. A retry of a
 // checkout that carries the same Idempotency-Key gets the first outcome
-// back, even though the cart is empty by then; one without a key is judged
-// like any request, so its X-Step no longer matches and it is stale.
+// back, even though the cart is empty by then, and even when the first
+// attempt is still running elsewhere: Orders keeps the first order of each
+// cart. One without a key is judged like any request: once the first has
+// emptied the cart its X-Step no longer matches and it is stale; but when
+// both read the cart before either placed its order, the cart is ordered
+// twice, and counted as a duplicate.
 func (a *app) checkout(w http.ResponseWriter, r *http.Request) (any, *shopError) {
 	v, fail := a.open(r)
 	if fail != nil {
@@ -212,13 +219,36 @@ func (a *app) checkout(w http.ResponseWriter, r *http.Request) (any, *shopError)
 	if fail := v.checkStep(); fail != nil {
 		return nil, fail
 	}
-	order := Order{ID: rand.Text(), Key: key, Items: len(v.sess.Items)}
-	v.sess.Items = nil
+	// From here on the checkout runs to its end whether or not the client
+	// waits for it, as a real one that has charged a card must: a client
+	// that gave up, or a proxy that timed out, does not undo it.
+	r = r.WithContext(context.WithoutCancel(r.Context()))
+	if a.checkoutWork > 0 {
+		a.pause(r.Context(), a.checkoutWork)
+	}
+	order := Order{ID: rand.Text(), Key: key, Items: len(v.sess.Items), Cart: v.sess.Cart}
+	first, placed, err := a.orders.Place(r.Context(), order)
+	if err != nil {
+		return nil, storeFailure(err)
+	}
+	replayed := !placed && key != "" && first.Key == key
+	if replayed {
+		// The same checkout ran elsewhere and placed the order first.
+		order = first
+	}
+	v.sess.Items, v.sess.Cart = nil, ""
 	if key != "" {
 		v.sess.LastOrder = &order
 	}
 	if fail := a.save(w, r, v); fail != nil {
 		return nil, fail
+	}
+	if replayed {
+		w.Header().Set(HeaderReplayed, "true")
+		return orderReply{Order: order.ID, Items: order.Items}, nil
+	}
+	if !placed {
+		a.metrics.dupOrders.Add(1)
 	}
 	a.metrics.orders.Add(1)
 	return orderReply{Order: order.ID, Items: order.Items}, nil

@@ -79,10 +79,27 @@ type backend struct {
 }
 
 // start serves a backend called name with a store of its own on the
-// fixture.
+// fixture, and its orders where `affinity backend` keeps them: in the
+// fixture's Redis when it has one, else in the app.
 func (f *fixture) start(t *testing.T, name string) *backend {
 	t.Helper()
-	return startApp(t, name, Options{Store: f.store(t)})
+	return startApp(t, name, f.options(t))
+}
+
+// options are a backend's options on the fixture: its store and orders.
+func (f *fixture) options(t testing.TB) Options {
+	t.Helper()
+	o := Options{Store: f.store(t)}
+	if f.redis != nil {
+		orders := NewRedisOrders(f.redis.Addr)
+		t.Cleanup(func() {
+			if err := orders.Close(); err != nil {
+				t.Errorf("close orders: %v", err)
+			}
+		})
+		o.Orders = orders
+	}
+	return o
 }
 
 func startApp(t *testing.T, name string, o Options) *backend {

@@ -23,10 +23,11 @@ func TestShopWorkflow(t *testing.T) {
 		cache  string // X-Cache of the requests after login
 	}{
 		{"memory", SessionCookie, ops{}, ""},
-		// Load and save are a round trip each.
-		{"redis", SessionCookie, ops{login: 1, add: 2, cart: 1, checkout: 2}, ""},
+		// Load and save are a round trip each; a checkout places its
+		// order in Redis too.
+		{"redis", SessionCookie, ops{login: 1, add: 2, cart: 1, checkout: 3}, ""},
 		// A version check replaces the load, and hits.
-		{"cached-redis", SessionCookie, ops{login: 1, add: 2, cart: 1, checkout: 2}, "hit"},
+		{"cached-redis", SessionCookie, ops{login: 1, add: 2, cart: 1, checkout: 3}, "hit"},
 		{"token", TokenCookie, ops{}, ""},
 	}
 	for _, tc := range tests {
@@ -272,8 +273,8 @@ func TestNearCacheNeverServesStale(t *testing.T) {
 		// B's version check sees it, and B reloads: check plus read.
 		{"cart on B after A's change", func() shopReply { return s.cart(b.url, 2) }, 200, `["x","y"]`, 2, "miss"},
 		{"cart on B once more", func() shopReply { return s.cart(b.url, 2) }, 200, `["x","y"]`, 1, "hit"},
-		// B changes it; A's copy is now old.
-		{"checkout on B", func() shopReply { return s.checkout(b.url, 2, "") }, 200, "2", 2, "hit"},
+		// B changes it (and places the order); A's copy is now old.
+		{"checkout on B", func() shopReply { return s.checkout(b.url, 2, "") }, 200, "2", 3, "hit"},
 		{"cart on A after B's checkout", func() shopReply { return s.cart(a.url, 0) }, 200, "[]", 2, "miss"},
 	}
 	for _, st := range steps {
@@ -294,7 +295,7 @@ func TestNearCacheNeverServesStale(t *testing.T) {
 		"demoapp_cache_hits_total":   3,
 		"demoapp_cache_misses_total": 2,
 		"demoapp_store_loads_total":  2,
-		"demoapp_store_ops_total":    1 + 1 + 2 + 1 + 2,
+		"demoapp_store_ops_total":    1 + 1 + 2 + 1 + 3,
 		"demoapp_sessions":           1,
 	})
 }

@@ -29,6 +29,9 @@ var ErrNoSession = errors.New("no such session")
 type Session struct {
 	User  string   `json:"user"`
 	Items []string `json:"items"`
+	// Cart names the cart being filled, from its first item to its
+	// checkout, so that Orders can tell two orders of one cart.
+	Cart string `json:"cart,omitempty"`
 	// Version counts the saves of the session; a store sets it. Redis keeps it
 	// beside the JSON rather than in it, hence the tag.
 	Version int64 `json:"-"`
@@ -43,6 +46,7 @@ type Order struct {
 	ID    string `json:"id"`
 	Key   string `json:"key,omitempty"` // the Idempotency-Key it was made with
 	Items int    `json:"items"`
+	Cart  string `json:"cart,omitempty"` // the Session.Cart it was made of
 }
 
 // clone returns a copy of s that shares no memory with it, so that a store

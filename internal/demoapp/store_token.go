@@ -40,6 +40,7 @@ type tokenClaims struct {
 	Session   string   `json:"sid"`
 	User      string   `json:"user"`
 	Items     []string `json:"items"`
+	Cart      string   `json:"cart,omitempty"`
 	Version   int64    `json:"version"`
 	LastOrder *Order   `json:"last_order,omitempty"`
 	jwt.RegisteredClaims
@@ -99,7 +100,7 @@ func (t *TokenStore) Load(ctx context.Context, token string) (Session, error) {
 			return Session{}, fmt.Errorf("token store: session revoked: %w", ErrNoSession)
 		}
 	}
-	return Session{User: c.User, Items: c.Items, Version: c.Version, LastOrder: c.LastOrder}, nil
+	return Session{User: c.User, Items: c.Items, Cart: c.Cart, Version: c.Version, LastOrder: c.LastOrder}, nil
 }
 
 // verify checks token's signature, algorithm and expiry and returns its
@@ -154,6 +155,7 @@ func (t *TokenStore) sign(session string, s Session) (string, error) {
 		Session:          session,
 		User:             s.User,
 		Items:            s.Items,
+		Cart:             s.Cart,
 		Version:          s.Version,
 		LastOrder:        s.LastOrder,
 		RegisteredClaims: jwt.RegisteredClaims{ExpiresAt: jwt.NewNumericDate(t.now().Add(SessionTTL))},
