@@ -13,18 +13,19 @@
 //     backend (SIGKILL, so that nothing it still held could be saved);
 //     with Restart, start it again and `affinity ctl ready`.
 //   - remove: take the backend out of the proxy's config (a reload), then
-//     stop it, as a deploy without a drain state has to.
+//     stop it, as a deploy without a drain state has to; with Restart,
+//     start it again and put it back in the config.
 //
 // A user whose session its backend no longer knows (the shop answers 409)
 // has lost its session; any other failed request is an error.
+//
+// Rollout is the deploy itself, apart from the users: `affinity
+// experiment`'s rolling-deploy preset runs it under its own load.
 package deploy
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,20 +102,6 @@ type Result struct {
 	Failures []string `json:"failures,omitempty"`
 }
 
-// Step is the deploy of one target.
-type Step struct {
-	Target string `json:"target"`
-	// Took is how long the target took to drain (ctl drain --wait), or
-	// to leave the config (remove).
-	Took time.Duration `json:"took"`
-	// Began is when the target stopped taking new users, from the start
-	// of the run.
-	Began time.Duration `json:"began"`
-	// Sessions is what ctl last said of the sessions the balancer still
-	// pinned to the target when it was drained (learn only); -1 unknown.
-	Sessions int `json:"sessions"`
-}
-
 // Execute performs r and returns what it measured. It fails when the
 // cluster cannot be run as asked, or a drain does not end in r.Timeout.
 func (r Run) Execute(ctx context.Context) (Result, error) {
@@ -142,115 +129,20 @@ func (r Run) Execute(ctx context.Context) (Result, error) {
 	return res, err
 }
 
-// deploy deploys the targets one after the other, after r.Before.
+// deploy deploys the targets one after the other, after r.Before, telling
+// the shop who is at risk and when each target takes no new user.
 func (r Run) deploy(ctx context.Context, c *harness.Cluster, shop *shop, start time.Time, res *Result) error {
 	if err := sleep(ctx, r.Before); err != nil {
 		return err
 	}
-	for _, target := range r.Targets {
-		shop.atRisk(target)
-		began := time.Now()
-		step := Step{Target: target}
-		switch r.Method {
-		case Drain:
-			set, last, err := r.ctlDrain(ctx, c, target)
-			if err != nil {
-				return err
-			}
-			step.Sessions = sessionsIn(last)
-			shop.closeTo(target, set)
-			step.Began = set.Sub(start)
-			step.Took = time.Since(began)
-			if err := c.Apply(ctx, harness.Fault{Action: harness.Kill, Target: target}); err != nil {
-				return err
-			}
-		case Remove:
-			// The reload is applied when Apply returns the first time it
-			// is seen: new users may have been placed on the target until
-			// then, which no drain promised otherwise.
-			if err := c.Apply(ctx, harness.Fault{Action: harness.Remove, Target: target}); err != nil {
-				return err
-			}
-			step.Began = began.Sub(start)
-			step.Took = time.Since(began)
-			step.Sessions = -1
-		default:
-			return fmt.Errorf("deploy: unknown method %q", r.Method)
-		}
-		res.Deploys = append(res.Deploys, step)
-		if !r.Restart {
-			continue
-		}
-		if r.Method == Remove {
-			return errors.New("deploy: a removed backend is not restarted")
-		}
-		if err := c.Apply(ctx, harness.Fault{Action: harness.Restart, Target: target}); err != nil {
-			return err
-		}
-		// Before the state is set: a user placed there once it is set is
-		// no drain's fault.
-		shop.reopen(target, time.Now())
-		if err := r.ctl(ctx, c, "ready", target); err != nil {
-			return err
-		}
-		if err := c.Settle(ctx, harness.Fault{Action: harness.Restart, Target: target}); err != nil {
-			return err
-		}
+	ro := Rollout{
+		Binary: r.Binary, Pool: pool, Method: r.Method, Targets: r.Targets, Restart: r.Restart,
+		Idle: r.Idle, Timeout: r.Timeout,
+		Out: shop.atRisk, Closed: shop.closeTo, Back: shop.reopen,
 	}
-	return nil
-}
-
-// ctlDrain runs `affinity ctl drain POOL TARGET --wait` and returns, once
-// ctl has exited 0, when the backend's state was set (ctl's first line) and
-// ctl's last line.
-func (r Run) ctlDrain(ctx context.Context, c *harness.Cluster, target string) (time.Time, string, error) {
-	cmd := exec.CommandContext(ctx, r.Binary, "ctl", "--admin", c.AdminAddr(), "drain", pool, target, "--wait",
-		"--idle", r.Idle.String(), "--timeout", r.Timeout.String())
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return time.Time{}, "", err
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return time.Time{}, "", err
-	}
-	var set time.Time
-	var lines []string
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if set.IsZero() {
-			set = time.Now()
-		}
-		lines = append(lines, sc.Text())
-	}
-	if err := cmd.Wait(); err != nil || len(lines) == 0 {
-		return set, "", fmt.Errorf("ctl drain %s: %v\n%s%s", target, err, strings.Join(lines, "\n"), stderr.String())
-	}
-	return set, lines[len(lines)-1], nil
-}
-
-// sessionsIn reads "N sessions" from a line of ctl's; -1 when it has none.
-func sessionsIn(line string) int {
-	i := strings.Index(line, " sessions")
-	if i < 0 {
-		return -1
-	}
-	j := strings.LastIndexByte(line[:i], ' ')
-	n, err := strconv.Atoi(line[j+1 : i])
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
-// ctl runs `affinity ctl COMMAND POOL TARGET`.
-func (r Run) ctl(ctx context.Context, c *harness.Cluster, command, target string) error {
-	out, err := exec.CommandContext(ctx, r.Binary, "ctl", "--admin", c.AdminAddr(), command, pool, target).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ctl %s %s: %w\n%s", command, target, err, out)
-	}
-	return nil
+	steps, err := ro.Run(ctx, c, start)
+	res.Deploys = steps
+	return err
 }
 
 // config renders the proxy's config: the pool's balancer, health checks

@@ -104,6 +104,9 @@ func TestRollingDeployLearn(t *testing.T) {
 		if d.Sessions != 0 {
 			t.Errorf("%s drained with %d sessions left in the learn table, want 0: its users logged out", d.Target, d.Sessions)
 		}
+		if d.TimedOut || d.Back <= d.Began || d.Total < d.Took {
+			t.Errorf("%s: %+v, want it back after its drain began, in all no shorter than the drain", d.Target, d)
+		}
 	}
 }
 

@@ -50,6 +50,8 @@ type Cluster struct {
 	Config func(p ProxyConfig) string
 	// Pool is the name of that pool.
 	Pool string
+	// ProxyFlags are added to `affinity serve -c FILE`.
+	ProxyFlags []string
 	// Watch leaves the proxy watching its config file, so that a reload is
 	// a file saved, as an editor does; otherwise the proxy watches nothing
 	// and the harness sends it SIGHUP once the whole file is in place.
@@ -187,7 +189,7 @@ func (c *Cluster) startProxy(ctx context.Context) error {
 	if err := c.writeConfig(0); err != nil {
 		return err
 	}
-	args := []string{"serve", "-c", c.ConfigPath()}
+	args := append([]string{"serve", "-c", c.ConfigPath()}, c.ProxyFlags...)
 	if !c.Watch && sigReload != nil {
 		// Only the harness's SIGHUP reloads, once the whole file is in
 		// place, so that each change is applied exactly once.
@@ -295,7 +297,8 @@ func (c *Cluster) Get(ctx context.Context, url string, h http.Header) (int, http
 // Apply carries out one fault on the cluster. It does not wait for the
 // proxy to notice (Settle does), except for add, remove and reload, which
 // are the proxy's own doing and done once it routes by its new config.
-// Store faults are not the cluster's: they fail with errors.ErrUnsupported.
+// Store faults and deploys are not the cluster's: they fail with
+// errors.ErrUnsupported.
 func (c *Cluster) Apply(ctx context.Context, f Fault) error {
 	if err := c.apply(ctx, f); err != nil {
 		return fmt.Errorf("%s: %w", f, err)
@@ -313,7 +316,7 @@ func (c *Cluster) apply(ctx context.Context, f Fault) error {
 		return c.reloadProxy(ctx, b.Name)
 	case Reload:
 		return c.reloadProxy(ctx, "")
-	case StoreDown, StoreUp:
+	case StoreDown, StoreUp, Deploy:
 		return errors.ErrUnsupported
 	}
 	b, err := c.Backend(f.Target)
@@ -330,7 +333,15 @@ func (c *Cluster) apply(ctx context.Context, f Fault) error {
 		b.proc = nil
 		return err
 	case Restart:
-		return c.runBackend(ctx, b)
+		removed := b.State == Removed
+		if err := c.runBackend(ctx, b); err != nil {
+			return err
+		}
+		if removed {
+			// Back in the config, where it was.
+			return c.reloadProxy(ctx, b.Name)
+		}
+		return nil
 	case Hang:
 		b.State = Hung
 		return b.proc.Stop()

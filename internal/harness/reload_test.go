@@ -207,6 +207,17 @@ func TestAddAndRemoveReloadTheProxy(t *testing.T) {
 		t.Errorf("temporary config files left: %v", tmp)
 	}
 
+	// A removed backend restarted goes back in the config, in its place.
+	if err := c.Apply(ctx, Fault{Action: Restart, Target: "b2"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.proxyStatus(ctx); err != nil || !st.routes(testPool, []string{"b1", "b2", "b3"}, "b2") || c.Reloads() != 4 {
+		t.Errorf("after restarting b2: status %+v (%v), %d reloads; want b1, b2 (available), b3 after 4", st, err, c.Reloads())
+	}
+	if b2.State != Running || b2.proc == nil {
+		t.Errorf("b2 is %s after its restart, want running", b2.State)
+	}
+
 	// A config the proxy refuses fails the reload at once, not after
 	// the deadline.
 	c.Config = func(p ProxyConfig) string {

@@ -19,7 +19,7 @@ type Action string
 // next one bN+1.
 const (
 	Kill      Action = "kill"       // SIGKILL a backend: a crash
-	Restart   Action = "restart"    // start a killed backend again, same name and port
+	Restart   Action = "restart"    // start a killed or removed backend again, same name and port; a removed one goes back in the config
 	Hang      Action = "hang"       // SIGSTOP a backend: it accepts connections but never answers
 	Resume    Action = "resume"     // SIGCONT a hung backend
 	Add       Action = "add"        // start a new backend and put it in the proxy's config
@@ -27,10 +27,14 @@ const (
 	Reload    Action = "reload"     // rewrite the proxy's config, the same backends in it, and have it reload
 	StoreDown Action = "store-down" // stop the session store (Redis)
 	StoreUp   Action = "store-up"   // start it again, on the same address
+	// Deploy takes every backend out in turn, stops it, starts it again
+	// and puts it back: a rolling deploy. How it takes one out is the
+	// runner's (package experiment: the cell's mode, remove or drain).
+	Deploy Action = "deploy"
 )
 
 // Actions lists every Action, in the order help text shows them.
-var Actions = []Action{Kill, Restart, Hang, Resume, Add, Remove, Reload, StoreDown, StoreUp}
+var Actions = []Action{Kill, Restart, Hang, Resume, Add, Remove, Reload, StoreDown, StoreUp, Deploy}
 
 // targeted reports whether a names a backend.
 func (a Action) targeted() bool {
@@ -126,7 +130,7 @@ func NewSchedule(faults []Fault, backends int, duration time.Duration) (Schedule
 		case Kill:
 			from, to = []State{Running, Hung}, Killed
 		case Restart:
-			from, to = []State{Killed}, Running
+			from, to = []State{Killed, Removed}, Running
 		case Hang:
 			from, to = []State{Running}, Hung
 		case Resume:
@@ -142,6 +146,13 @@ func NewSchedule(faults []Fault, backends int, duration time.Duration) (Schedule
 			state[BackendName(n)] = Running
 			continue
 		case Reload:
+			continue
+		case Deploy:
+			for name, st := range state {
+				if st != Running {
+					return nil, fmt.Errorf("%w %q: %s is %s at that time; a deploy needs every backend running", ErrBadFault, f, name, st)
+				}
+			}
 			continue
 		case StoreDown, StoreUp:
 			if storeUp != (f.Action == StoreDown) {

@@ -124,7 +124,9 @@ func TestNewScheduleOrdersAndChecksState(t *testing.T) {
 		{"store up while up", []string{"1s store-up"}, nil},
 		{"after the end", []string{"10s kill b1"}, nil},
 		{"before the start", []string{"-1s kill b1"}, nil},
-		{"restart a removed one", []string{"1s remove b1", "2s restart b1"}, nil},
+		{"restart a removed one", []string{"1s remove b1", "2s restart b1"}, []string{"1s remove b1", "2s restart b1"}},
+		{"deploy with every backend running", []string{"1s kill b1", "2s restart b1", "3s deploy"}, []string{"1s kill b1", "2s restart b1", "3s deploy"}},
+		{"deploy with a backend down", []string{"1s kill b1", "3s deploy"}, nil},
 		{"reloads in any state", []string{"1s kill b1", "2s reload", "3s reload"}, []string{"1s kill b1", "2s reload", "3s reload"}},
 	}
 	for _, tt := range tests {
