@@ -25,7 +25,7 @@ help:
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
 	@echo "make deploy  deploys of real processes under users that come and go: drain, restart, sessions lost"
-	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang|hot-users|revoke] [QUICK=1]   report in reports/"
+	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang|hot-users|revoke|retry-safety|rolling-deploy|all] [QUICK=1]   report in reports/"
 	@echo "make clean   remove build and benchmark outputs"
 
 # Phony: go's build cache, not make, decides what is out of date.

@@ -68,7 +68,8 @@ func newExperimentRunCmd() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.preset, "preset", "", "built-in experiment to run: "+strings.Join(presetNames(), ", "))
+	fl.StringVar(&f.preset, "preset", "", "built-in experiment to run: "+strings.Join(presetNames(), ", ")+
+		", or "+allPresets+" for every one, each in a folder of its own under --out, with an index of every claim's verdict")
 	fl.BoolVar(&f.quick, "quick", false, "the short version: a shorter load, a smaller matrix, the same story")
 	fl.StringVar(&f.out, "out", "", "report directory (default reports/<name>-<timestamp>)")
 	fl.StringVar(&f.redisAddr, "redis-addr", "", "use this Redis (host:port) instead of an embedded one per cell; "+
@@ -84,9 +85,15 @@ func presetNames() []string {
 	return names
 }
 
+// allPresets is the --preset value that runs every preset.
+const allPresets = "all"
+
 // runExperiment runs the experiment and writes its report, also when the
 // run is interrupted after some cells.
 func runExperiment(ctx context.Context, stdout io.Writer, file string, f experimentFlags) error {
+	if file == "" && f.preset == allPresets {
+		return runAll(ctx, stdout, f)
+	}
 	var (
 		spec experiment.Spec
 		err  error
@@ -102,13 +109,7 @@ func runExperiment(ctx context.Context, stdout io.Writer, file string, f experim
 	if f.quick {
 		spec = spec.Shortened()
 	}
-	opts := experiment.Options{
-		RedisAddr: f.redisAddr,
-		Progress:  stdout,
-		Quick:     f.quick,
-		Version:   versionString(),
-		Command:   reproduce(file, f),
-	}
+	opts := options(stdout, f, reproduce(file, f))
 	// What would fail the run later fails it now, before a report folder
 	// is made and announced.
 	if err := experiment.Preflight(ctx, spec, opts); err != nil {
@@ -118,37 +119,107 @@ func runExperiment(ctx context.Context, stdout io.Writer, file string, f experim
 	if out == "" {
 		out = filepath.Join("reports", spec.Name+"-"+time.Now().Format("20060102-150405"))
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return fmt.Errorf("experiment: %w", err)
-	}
-
-	// The first Ctrl-C stops the run in order; after it, a second one
-	// kills the harness at once (its children die with it).
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptible(ctx)
 	defer stop()
-	context.AfterFunc(ctx, stop)
+	_, err = runOne(ctx, stdout, spec, opts, out)
+	return err
+}
 
+// options are the run's options for the flags: every cell reports to
+// stdout as it ends.
+func options(stdout io.Writer, f experimentFlags, command string) experiment.Options {
+	return experiment.Options{
+		RedisAddr: f.redisAddr,
+		Progress:  stdout,
+		Quick:     f.quick,
+		Version:   versionString(),
+		Command:   command,
+	}
+}
+
+// interruptible returns ctx ended by the first Ctrl-C (or SIGTERM), which
+// stops the run in order; after it, a second one kills the harness at once
+// (its children die with it).
+func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
+}
+
+// runOne runs spec into the folder out and writes its report, also when
+// the run is interrupted after some cells. It returns the results, nil
+// when no cell ran.
+func runOne(ctx context.Context, stdout io.Writer, spec experiment.Spec, opts experiment.Options, out string) (*experiment.Results, error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("experiment: %w", err)
+	}
 	fmt.Fprintf(stdout, "affinity experiment %s%s: %d cells × %v of load; report in %s\n",
-		spec.Name, map[bool]string{true: " (quick)"}[f.quick], spec.Cells(), spec.Duration, out)
+		spec.Name, map[bool]string{true: " (quick)"}[opts.Quick], spec.Cells(), spec.Duration, out)
 	opts.Dir = out
 	res, runErr := experiment.Run(ctx, spec, opts)
 	if res == nil || len(res.Cells) == 0 {
 		if runErr != nil {
-			return fmt.Errorf("experiment: %w", runErr)
+			return nil, fmt.Errorf("experiment: %w", runErr)
 		}
-		return nil
+		return nil, nil
 	}
 	paths, err := experiment.WriteReport(out, res)
 	if err != nil {
-		return errors.Join(runErr, err)
+		return res, errors.Join(runErr, err)
 	}
 	fmt.Fprintln(stdout)
 	experiment.WriteSummary(stdout, res)
 	fmt.Fprintf(stdout, "\nwrote %d files in %s: report.md, results.json, timeline.csv and charts\n", len(paths), out)
 	if runErr != nil {
-		return fmt.Errorf("experiment stopped after %d of %d cells (the report covers those): %w", len(res.Cells), spec.Cells(), runErr)
+		return res, fmt.Errorf("experiment stopped after %d of %d cells (the report covers those): %w", len(res.Cells), spec.Cells(), runErr)
 	}
-	return nil
+	return res, nil
+}
+
+// runAll runs every preset, each into a folder of its own under --out, and
+// writes an index of them: every claim's verdict, linked to its report. A
+// preset that fails does not stop the others; Ctrl-C does, and the index
+// covers what ran.
+func runAll(ctx context.Context, stdout io.Writer, f experimentFlags) error {
+	command := reproduce("", f)
+	var specs []experiment.Spec
+	for _, p := range experiment.Presets() {
+		if f.quick {
+			p = p.Shortened()
+		}
+		if err := experiment.Preflight(ctx, p, options(stdout, f, command)); err != nil {
+			return fmt.Errorf("preset %s: %w (run the others one by one, or all without --redis-addr)", p.Name, err)
+		}
+		specs = append(specs, p)
+	}
+	out := f.out
+	if out == "" {
+		out = filepath.Join("reports", allPresets+"-"+time.Now().Format("20060102-150405"))
+	}
+	ctx, stop := interruptible(ctx)
+	defer stop()
+	var runs []experiment.Ran
+	var errs []error
+	for _, spec := range specs {
+		one := f
+		one.preset = spec.Name
+		res, err := runOne(ctx, stdout, spec, options(stdout, f, reproduce("", one)), filepath.Join(out, spec.Name))
+		r := experiment.Ran{Preset: spec.Name, Dir: spec.Name, Results: res}
+		if err != nil {
+			r.Err = err.Error()
+			errs = append(errs, fmt.Errorf("preset %s: %w", spec.Name, err))
+		}
+		runs = append(runs, r)
+		if ctx.Err() != nil {
+			break
+		}
+		fmt.Fprintln(stdout)
+	}
+	if err := experiment.WriteIndex(out, runs, command); err != nil {
+		errs = append(errs, err)
+	}
+	fmt.Fprintf(stdout, "index of %d presets in %s\n", len(runs), filepath.Join(out, "index.md"))
+	return errors.Join(errs...)
 }
 
 // reproduce is the command line that runs the same experiment again.
@@ -166,6 +237,16 @@ func reproduce(file string, f experimentFlags) string {
 		args = append(args, "--redis-addr", f.redisAddr)
 	}
 	return strings.Join(args, " ")
+}
+
+// matrix writes the dimensions of s: "cookie, learn × memory, redis ×
+// mode=remove, mode=drain".
+func matrix(s experiment.Spec) string {
+	m := strings.Join(s.Balancers, ", ") + " × " + strings.Join(s.Stores, ", ")
+	if len(s.Variants) > 0 {
+		m += " × " + strings.Join(s.Variants, ", ")
+	}
+	return m
 }
 
 func newExperimentListCmd() *cobra.Command {
@@ -192,10 +273,10 @@ func newExperimentListCmd() *cobra.Command {
 					claims = []string{"none"}
 				}
 				fmt.Fprintf(w, "%s: %s\n  claims %s; %d backends, %d users, %.0f arrivals/s\n"+
-					"  full:  %d cells (%s × %s), %v each; faults: %s\n  quick: %d cells (%s × %s), %v each, %d users\n",
+					"  full:  %d cells (%s), %v each; faults: %s\n  quick: %d cells (%s), %v each, %d users\n",
 					p.Name, p.Title, strings.Join(claims, ", "), p.Backends, p.Users, p.Rate,
-					p.Cells(), strings.Join(p.Balancers, ", "), strings.Join(p.Stores, ", "), p.Duration, strings.Join(faults, ", "),
-					q.Cells(), strings.Join(q.Balancers, ", "), strings.Join(q.Stores, ", "), q.Duration, q.Users)
+					p.Cells(), matrix(p), p.Duration, strings.Join(faults, ", "),
+					q.Cells(), matrix(q), q.Duration, q.Users)
 			}
 			return nil
 		},

@@ -52,6 +52,8 @@ func TestExperimentRunUsage(t *testing.T) {
 			"--redis-addr", "127.0.0.1:1", "--out", out}, exitFailure, "cannot stop or start an external Redis"},
 		{"an external redis that does not answer", []string{"experiment", "run", "--preset", "failover",
 			"--redis-addr", testutil.ClosedURL(t).Host, "--out", out}, exitFailure, "--redis-addr: redis 127.0.0.1:"},
+		{"every preset on an external redis that does not answer", []string{"experiment", "run", "--preset", "all",
+			"--redis-addr", testutil.ClosedURL(t).Host, "--out", out}, exitFailure, "preset failover: --redis-addr: redis 127.0.0.1:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,6 +101,14 @@ type cellResult struct {
 	Variant         map[string]string `json:"variant"`
 	Replays         int               `json:"replays"`
 	ReplaysAccepted *int              `json:"replays_accepted"`
+	Checkouts       int               `json:"checkouts"`
+	DuplicateOrders int               `json:"duplicate_orders"`
+	FailedCheckouts int               `json:"failed_checkouts"`
+	DeploySeconds   *float64          `json:"deploy_seconds"`
+	Deploys         []struct {
+		Target   string `json:"target"`
+		TimedOut bool   `json:"timed_out"`
+	} `json:"deploys"`
 }
 
 // runExperimentBinary builds affinity, runs `experiment run --preset NAME
@@ -313,5 +323,55 @@ func TestExperimentRevokeQuick(t *testing.T) {
 		if got := *c.ReplaysAccepted; (wantAll && got*2 < c.Replays) || (!wantAll && got != 0) {
 			t.Errorf("%s accepted %d of %d replays; want most: %v, want none: %v", name, got, c.Replays, wantAll, !wantAll)
 		}
+	}
+}
+
+// TestExperimentRetrySafetyQuick asserts the physics of retrying checkouts
+// sent to a frozen backend: retrying every method without keys orders carts
+// twice; the proxy's own policy orders none but fails the checkouts it
+// cannot retry; a key makes the retry safe, and it fails fewer.
+func TestExperimentRetrySafetyQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "retry-safety")
+	unsafe := cellOf(t, cells, "cookie × redis client=nokey retry=all")
+	safe := cellOf(t, cells, "cookie × redis client=nokey retry=safe")
+	if unsafe.DuplicateOrders == 0 {
+		t.Errorf("retry=all without keys: %d checkouts, no cart ordered twice; want some", unsafe.Checkouts)
+	}
+	if safe.DuplicateOrders != 0 || safe.FailedCheckouts == 0 {
+		t.Errorf("retry=safe without keys: %d duplicates, %d failed checkouts; want none duplicated and some failed",
+			safe.DuplicateOrders, safe.FailedCheckouts)
+	}
+	for _, name := range []string{"cookie × redis client=key retry=safe", "cookie × redis client=key retry=all"} {
+		c := cellOf(t, cells, name)
+		if c.Checkouts == 0 || c.DuplicateOrders != 0 || c.FailedCheckouts >= safe.FailedCheckouts {
+			t.Errorf("%s: %d checkouts, %d duplicates, %d failed; want none duplicated and fewer failed than without keys (%d)",
+				name, c.Checkouts, c.DuplicateOrders, c.FailedCheckouts, safe.FailedCheckouts)
+		}
+	}
+}
+
+// TestExperimentRollingDeployQuick asserts the physics of a rolling deploy
+// of every backend under users who come and go: removed from the config,
+// each backend costs the in-memory sessions it held; drained until idle
+// first, none.
+func TestExperimentRollingDeployQuick(t *testing.T) {
+	cells := runExperimentBinary(t, "rolling-deploy")
+	removed := cellOf(t, cells, "cookie × memory mode=remove")
+	drained := cellOf(t, cells, "cookie × memory mode=drain")
+	for _, c := range []cellResult{removed, drained} {
+		if c.DeploySeconds == nil || len(c.Deploys) != 3 {
+			t.Fatalf("mode=%s: deploy %v s, %d steps; want a whole deploy of the 3 backends", c.Variant["mode"], c.DeploySeconds, len(c.Deploys))
+		}
+	}
+	if removed.SessionsLostPct == 0 {
+		t.Error("removing each backend from the config lost no in-memory session; want those it held")
+	}
+	for _, d := range drained.Deploys {
+		if d.TimedOut {
+			t.Skipf("the drain of %s did not end in time: the machine is too busy for the users to finish", d.Target)
+		}
+	}
+	if drained.SessionsLostPct != 0 {
+		t.Errorf("draining each backend until idle lost %.1f%% of sessions, want none", drained.SessionsLostPct)
 	}
 }

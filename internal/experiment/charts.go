@@ -77,6 +77,11 @@ func writeCharts(dir string, res *Results) ([]string, error) {
 				return *c.UsersMovedPct, true
 			})
 		}, slices.ContainsFunc(res.Cells, func(c CellResult) bool { return c.UsersMovedPct != nil })},
+		{"duplicate_orders", func(f string) (vgWriter, error) {
+			return barChart(res, f, "Carts ordered twice (duplicate orders)", false, func(c *CellResult) (float64, bool) {
+				return float64(c.DuplicateOrders), checkoutsMeasured(c)
+			})
+		}, slices.ContainsFunc(res.Cells, func(c CellResult) bool { return checkoutsMeasured(&c) })},
 		{"latency", func(f string) (vgWriter, error) {
 			return barChart(res, f, "p50 latency of successful requests (ms)", false, func(c *CellResult) (float64, bool) { return c.P50Ms, true })
 		}, true},
@@ -109,10 +114,47 @@ func writeCanvas(path string, c vgWriter) error {
 	return f.Close()
 }
 
-// gridChart draws one panel per cell, balancers across and stores down, all
-// on the same axes so that panels compare at a glance.
+// chartRow is a row of the grid charts and a group of the bar charts: a
+// store, and a variant of the run when it has them.
+type chartRow struct{ store, variant string }
+
+func (r chartRow) String() string {
+	if r.variant == "" {
+		return r.store
+	}
+	return r.store + ", " + r.variant
+}
+
+// chartRows returns the rows of res's charts: every store, each with every
+// variant.
+func chartRows(res *Results) []chartRow {
+	variants := res.Settings.Variants
+	if len(variants) == 0 {
+		variants = []string{""}
+	}
+	var rows []chartRow
+	for _, st := range res.Settings.Stores {
+		for _, v := range variants {
+			rows = append(rows, chartRow{st, v})
+		}
+	}
+	return rows
+}
+
+// cellAt returns the cell of balancer in row, or nil.
+func cellAt(res *Results, balancer string, row chartRow) *CellResult {
+	for i := range res.Cells {
+		if c := &res.Cells[i]; c.BalancerEntry() == balancer && c.StoreEntry() == row.store && c.RunEntry() == row.variant {
+			return c
+		}
+	}
+	return nil
+}
+
+// gridChart draws one panel per cell, balancers across and stores (and
+// variants) down, all on the same axes so that panels compare at a glance.
 func gridChart(res *Results, format string, panel func(*CellResult, float64) (*plot.Plot, error)) (vgWriter, error) {
-	bals, stores := res.Settings.Balancers, res.Settings.Stores
+	bals, stores := res.Settings.Balancers, chartRows(res)
 	ymax := 0.0
 	for _, c := range res.Cells {
 		for _, b := range c.Fine {
@@ -127,7 +169,7 @@ func gridChart(res *Results, format string, panel func(*CellResult, float64) (*p
 	for i, st := range stores {
 		plots[i] = make([]*plot.Plot, len(bals))
 		for j, b := range bals {
-			c := cell(res, b, st)
+			c := cellAt(res, b, st)
 			if c == nil {
 				continue
 			}
@@ -190,6 +232,9 @@ func loadPanel(c *CellResult, ymax float64) (*plot.Plot, error) {
 func newPanel(c *CellResult, ylabel string) *plot.Plot {
 	p := plot.New()
 	p.Title.Text = c.BalancerEntry() + " × " + c.StoreEntry()
+	if v := c.RunEntry(); v != "" {
+		p.Title.Text += " × " + v
+	}
 	p.Title.TextStyle.Font.Size = 11
 	p.X.Label.Text = "seconds"
 	p.Y.Label.Text = ylabel
@@ -270,21 +315,26 @@ func markFaults(p *plot.Plot, c *CellResult, ymax float64) error {
 // balancer, each bar labelled with its value. Cells where value has nothing
 // to say are left out.
 func barChart(res *Results, format, title string, percent bool, value func(*CellResult) (float64, bool)) (vgWriter, error) {
-	bals, stores := res.Settings.Balancers, res.Settings.Stores
+	bals, stores := res.Settings.Balancers, chartRows(res)
 	p := plot.New()
 	p.Title.Text = title
 	p.Title.TextStyle.Font.Size = 12
 	p.Legend.Top = true
 	p.Legend.TextStyle.Font.Size = 9
 	p.Add(plotter.NewGrid())
-	const groupW = 110 // points per store group
+	// Points per group, wider for long names ("redis, client=nokey
+	// retry=all").
+	groupW := 110
+	for _, st := range stores {
+		groupW = max(groupW, 5*len(st.String()))
+	}
 	barW := vg.Points(float64(groupW-24) / float64(len(bals)))
 	ymax := 0.0
 	for j, b := range bals {
 		vals := make(plotter.Values, len(stores))
 		var labels plotter.XYLabels
 		for i, st := range stores {
-			c := cell(res, b, st)
+			c := cellAt(res, b, st)
 			if c == nil {
 				continue
 			}
@@ -319,7 +369,11 @@ func barChart(res *Results, format, title string, percent bool, value func(*Cell
 		lb.Offset = vg.Point{X: bc.Offset, Y: 2}
 		p.Add(lb)
 	}
-	p.NominalX(stores...)
+	names := make([]string, len(stores))
+	for i, st := range stores {
+		names[i] = st.String()
+	}
+	p.NominalX(names...)
 	p.X.Min, p.X.Max = -0.6, float64(len(stores))-0.4
 	// Room above the tallest bar for its label and the legend; a share
 	// needs no axis far beyond 100%.

@@ -13,26 +13,46 @@ import (
 // "1.25"} for a consistent-hash cell with bounded loads.
 type Variant map[string]string
 
-// choice is an entry of Spec.Balancers or Spec.Stores: a name and the
-// options that make a variant of it, written "consistent-hash
-// load_factor=1.25".
+// choice is an entry of Spec.Balancers, Spec.Stores or Spec.Variants: a
+// name and the options that make a variant of it, written "consistent-hash
+// load_factor=1.25"; an entry of Variants has options only, "retry=all
+// client=nokey".
 type choice struct {
 	name string
 	opts Variant
 }
 
+// entryKind says which list of a spec an entry is from.
+type entryKind uint8
+
+const (
+	ofBalancer entryKind = iota
+	ofStore
+	ofRun // Spec.Variants: options of the whole cell, its proxy and its users
+)
+
 // option is an option an entry may carry: who takes it, and its check.
 type option struct {
-	balancer bool   // an option of a balancer entry, else of a store entry
-	of       string // the one name that takes it
-	check    func(v string) error
+	kind  entryKind
+	of    string // the one name that takes it; "" for the run's
+	check func(v string) error
+}
+
+// oneOf checks that a value is one of vals.
+func oneOf(vals ...string) func(string) error {
+	return func(v string) error {
+		if !slices.Contains(vals, v) {
+			return fmt.Errorf("want %s", strings.Join(vals, " or "))
+		}
+		return nil
+	}
 }
 
 // options are the options entries may carry, by key.
 var options = map[string]option{
 	// A bound on each backend's requests in flight, as a multiple of the
 	// pool's average: the proxy's hash.load_factor.
-	"load_factor": {balancer: true, of: "consistent-hash", check: func(v string) error {
+	"load_factor": {kind: ofBalancer, of: "consistent-hash", check: func(v string) error {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || !(f > 1 && f <= 100) {
 			return fmt.Errorf("want a number above 1")
@@ -41,76 +61,98 @@ var options = map[string]option{
 	}},
 	// A denylist of logged-out sessions, checked on every request: the
 	// backends' --token-denylist, in the cell's Redis.
-	"denylist": {balancer: false, of: StoreToken, check: func(v string) error {
-		if v != "redis" {
-			return fmt.Errorf("want redis")
-		}
-		return nil
-	}},
+	"denylist": {kind: ofStore, of: StoreToken, check: oneOf("redis")},
+	// The proxy's retry policy: safe, its own (idempotent methods and
+	// requests with an Idempotency-Key), or all, every method (the hidden
+	// flag of affinity serve that only the harness sets).
+	"retry": {kind: ofRun, check: oneOf(retrySafe, retryAll)},
+	// Whether the users send an Idempotency-Key with each checkout (and
+	// repeat a failed one with it), or none (and do not repeat one).
+	"client": {kind: ofRun, check: oneOf(clientKey, clientNoKey)},
+	// How a deploy fault takes each backend out: out of the config, or
+	// the drain state and a wait until it is idle.
+	"mode": {kind: ofRun, check: oneOf(modeRemove, modeDrain)},
 }
 
-// parseChoice reads an entry: a name, then options key=value, space
-// apart. It checks the options against the name; the name itself is the
-// caller's to check.
-func parseChoice(entry string, balancer bool) (choice, error) {
+// Values of the run's options.
+const (
+	retrySafe   = "safe"
+	retryAll    = "all"
+	clientKey   = "key"
+	clientNoKey = "nokey"
+	modeRemove  = "remove"
+	modeDrain   = "drain"
+)
+
+// parseChoice reads an entry of the kind k: a name (none for a run's), then
+// options key=value, space apart. It checks the options against the name;
+// the name itself is the caller's to check.
+func parseChoice(entry string, k entryKind) (choice, error) {
 	fields := strings.Fields(entry)
 	if len(fields) == 0 {
 		return choice{}, fmt.Errorf("empty entry")
 	}
-	c := choice{name: fields[0]}
-	for _, f := range fields[1:] {
-		k, v, ok := strings.Cut(f, "=")
-		o, known := options[k]
+	var c choice
+	if k != ofRun {
+		c.name, fields = fields[0], fields[1:]
+	}
+	for _, f := range fields {
+		key, v, ok := strings.Cut(f, "=")
+		o, known := options[key]
 		switch {
 		case !ok || v == "":
 			return choice{}, fmt.Errorf("%q: option %q: want key=value", entry, f)
-		case !known || o.balancer != balancer:
-			return choice{}, fmt.Errorf("%q: unknown option %q", entry, k)
+		case !known || o.kind != k:
+			return choice{}, fmt.Errorf("%q: unknown option %q", entry, key)
 		case o.of != c.name:
-			return choice{}, fmt.Errorf("%q: %s applies to %s only", entry, k, o.of)
+			return choice{}, fmt.Errorf("%q: %s applies to %s only", entry, key, o.of)
 		}
 		if err := o.check(v); err != nil {
-			return choice{}, fmt.Errorf("%q: %s: %w", entry, k, err)
+			return choice{}, fmt.Errorf("%q: %s: %w", entry, key, err)
 		}
 		if c.opts == nil {
 			c.opts = Variant{}
 		}
-		c.opts[k] = v
+		c.opts[key] = v
 	}
 	return c, nil
 }
 
 // String writes c as an entry, options sorted: the form cells are known by.
 func (c choice) String() string {
-	s := c.name
-	for _, k := range slices.Sorted(maps.Keys(c.opts)) {
-		s += " " + k + "=" + c.opts[k]
+	parts := []string{}
+	if c.name != "" {
+		parts = append(parts, c.name)
 	}
-	return s
+	for _, k := range slices.Sorted(maps.Keys(c.opts)) {
+		parts = append(parts, k+"="+c.opts[k])
+	}
+	return strings.Join(parts, " ")
 }
 
-// variantOf merges the options of a cell's balancer and store, or nil when
-// neither has any.
-func variantOf(bal, store choice) Variant {
-	if len(bal.opts)+len(store.opts) == 0 {
-		return nil
+// variantOf merges the options of a cell's entries, or nil when none has
+// any.
+func variantOf(entries ...choice) Variant {
+	var v Variant
+	for _, e := range entries {
+		if len(e.opts) > 0 && v == nil {
+			v = Variant{}
+		}
+		maps.Copy(v, e.opts)
 	}
-	v := Variant{}
-	maps.Copy(v, bal.opts)
-	maps.Copy(v, store.opts)
 	return v
 }
 
-// entry writes name with the options of v that belong to entries of its
-// kind (balancer or store).
-func entry(name string, v Variant, balancer bool) string {
+// entry writes name with the options of v that belong to entries of the
+// kind k.
+func entry(name string, v Variant, k entryKind) string {
 	c := choice{name: name}
-	for k, val := range v {
-		if options[k].balancer == balancer {
+	for key, val := range v {
+		if options[key].kind == k {
 			if c.opts == nil {
 				c.opts = Variant{}
 			}
-			c.opts[k] = val
+			c.opts[key] = val
 		}
 	}
 	return c.String()
@@ -118,7 +160,20 @@ func entry(name string, v Variant, balancer bool) string {
 
 // BalancerEntry is the cell's balancer with its options, as the spec names
 // it: "consistent-hash load_factor=1.25".
-func (c *CellResult) BalancerEntry() string { return entry(c.Balancer, c.Variant, true) }
+func (c *CellResult) BalancerEntry() string { return entry(c.Balancer, c.Variant, ofBalancer) }
 
 // StoreEntry is the cell's store with its options, as the spec names it.
-func (c *CellResult) StoreEntry() string { return entry(c.Store, c.Variant, false) }
+func (c *CellResult) StoreEntry() string { return entry(c.Store, c.Variant, ofStore) }
+
+// RunEntry is the cell's entry of Spec.Variants, "retry=all client=nokey";
+// empty for a spec without variants.
+func (c *CellResult) RunEntry() string { return entry("", c.Variant, ofRun) }
+
+// option returns the value of the run's option key in c, or def when the
+// cell has none.
+func (c *CellResult) option(key, def string) string {
+	if v, ok := c.Variant[key]; ok {
+		return v
+	}
+	return def
+}

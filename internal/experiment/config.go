@@ -17,14 +17,18 @@ const (
 
 // proxyConfig renders a cell's proxy config: one pool of the backends in p,
 // with fast health checks and retries so that a dead backend costs little
-// more than the sessions it held.
-func proxyConfig(p harness.ProxyConfig, bal choice, store string) string {
+// more than the sessions it held, and respTimeout to wait for an answer.
+func proxyConfig(p harness.ProxyConfig, bal choice, store string, respTimeout time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by affinity experiment for the cell %s × %s.\n", bal, store)
 	fmt.Fprintf(&b, "listen: %s\nadmin: %s\nlog: {level: warn}\n", p.Listen, p.Admin)
-	fmt.Fprintf(&b, "timeouts: {connect: 500ms, response_header: %s}\n", requestTimeout)
+	fmt.Fprintf(&b, "timeouts: {connect: 500ms, response_header: %s}\n", respTimeout)
 	fmt.Fprintf(&b, "pools:\n  %s:\n    balancer:\n", poolName)
 	fmt.Fprintf(&b, "      type: %s\n", bal.name)
+	if bal.name == "learn" {
+		// The shop's own session cookie, which a logout expires.
+		fmt.Fprintf(&b, "      learn: {cookie: %s}\n", sessionCookie)
+	}
 	if bal.name == "consistent-hash" {
 		lf := ""
 		if v, ok := bal.opts["load_factor"]; ok {
@@ -42,8 +46,11 @@ func proxyConfig(p harness.ProxyConfig, bal choice, store string) string {
 
 // backendFlags are the flags of a cell's `affinity backend`s after
 // --listen and --name.
-func backendFlags(store choice, work time.Duration, redis *redisStore, secret string) []string {
-	args := []string{"--session-store", store.name, "--work", work.String()}
+func backendFlags(store choice, s *Spec, redis *redisStore, secret string) []string {
+	args := []string{"--session-store", store.name, "--work", s.Work.String()}
+	if s.CheckoutWork > 0 {
+		args = append(args, "--checkout-work", s.CheckoutWork.String())
+	}
 	if redis != nil {
 		args = append(args, "--redis-addr", redis.addr)
 	}

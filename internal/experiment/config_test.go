@@ -3,6 +3,7 @@ package experiment
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/harness"
@@ -12,13 +13,13 @@ func TestProxyConfigIsValid(t *testing.T) {
 	p := harness.ProxyConfig{Listen: "127.0.0.1:8080", Admin: "127.0.0.1:8081", Backends: []harness.Member{
 		{Name: "b1", Addr: "127.0.0.1:9001"}, {Name: "b2", Addr: "127.0.0.1:9002"}, {Name: "b4", Addr: "127.0.0.1:9004"},
 	}}
-	for _, entry := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash, "consistent-hash load_factor=1.25"} {
-		c, err := parseChoice(entry, true)
+	for _, entry := range []string{"round-robin", "cookie", "consistent-hash", ModuloHash, "consistent-hash load_factor=1.25", "learn"} {
+		c, err := parseChoice(entry, ofBalancer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		bal := c.name
-		text := proxyConfig(p, c, StoreMemory)
+		text := proxyConfig(p, c, StoreMemory, 700*time.Millisecond)
 		cfg, err := config.Parse("proxy.yaml", []byte(text))
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", bal, err, text)
@@ -42,6 +43,12 @@ func TestProxyConfigIsValid(t *testing.T) {
 		}
 		if h := pool.Balancer.Options.Hash; bal == "consistent-hash" && h.Key != "header:X-User" {
 			t.Errorf("consistent-hash key %q", h.Key)
+		}
+		if cfg.Timeouts.ResponseHeader != 700*time.Millisecond {
+			t.Errorf("%s: response_header %v, want the spec's 700ms", bal, cfg.Timeouts.ResponseHeader)
+		}
+		if l := pool.Balancer.Options.Learn; bal == "learn" && l.Cookie != sessionCookie {
+			t.Errorf("learn options %+v, want the shop's cookie %s", l, sessionCookie)
 		}
 		if lf, want := pool.Balancer.Options.Hash.LoadFactor, c.opts["load_factor"]; (lf != 0) != (want != "") || (want != "" && lf != 1.25) {
 			t.Errorf("%s: load_factor %v", entry, lf)

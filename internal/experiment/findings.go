@@ -23,6 +23,7 @@ var claimText = map[int]string{
 	10: "Stateful servers need more memory per server.",
 	11: "Draining a server for a deploy loses its sessions unless state lives elsewhere.",
 	12: "The central store is a single point of failure.",
+	13: "Retrying requests is safe only for idempotent operations.",
 }
 
 // Verdicts of a finding.
@@ -46,6 +47,9 @@ type Finding struct {
 	// ForYou says what the figures mean for someone choosing a design, in
 	// a sentence.
 	ForYou string `json:"for_you,omitempty"`
+	// Headline is the finding's main figure in a few words, for a summary
+	// table of every claim; empty when nothing was measured.
+	Headline string `json:"headline,omitempty"`
 }
 
 // verdictOf reads the verdict a finding's text ends with.
@@ -84,7 +88,7 @@ func finding(n int, res *Results) Finding {
 		f.Verdict = verdictOf(f.Text)
 	}
 	if f.Verdict == NotMeasured {
-		f.Band, f.ForYou = "", ""
+		f.Band, f.ForYou, f.Headline = "", "", ""
 	}
 	return f
 }
@@ -116,6 +120,8 @@ func measure(n int, res *Results) Finding {
 		return findDrain(res)
 	case 12:
 		return findStoreDown(res)
+	case 13:
+		return findRetrySafety(res)
 	}
 	return Finding{Text: "Not measured by this harness yet."}
 }
@@ -170,6 +176,7 @@ func findCrash(res *Results) Finding {
 	if ch := cell(res, "consistent-hash", StoreMemory); ch != nil {
 		s += fmt.Sprintf(" consistent-hash × memory: %.1f%%.", ch.SessionsLostPct)
 	}
+	f.Headline = fmt.Sprintf("cookie × memory lost %.1f%% of users; %s held %.1f%%", ck.SessionsLostPct, kill.Target, victim)
 	f.ForYou = fmt.Sprintf("with sessions in server memory, a crash of one of %d servers logged out %.0f%% of users even with sticky routing", res.Settings.Backends, ck.SessionsLostPct)
 	if rr != nil {
 		f.ForYou += fmt.Sprintf(" (%.0f%% without it, crash or not)", rr.SessionsLostPct)
@@ -199,6 +206,7 @@ func findExternalStore(res *Results) Finding {
 	f := Finding{Band: "agrees when no cell with a redis, cached-redis or token store lost a session; a stale cart right after " +
 		"a request failed in flight is counted apart, as the session survived (partly when those are all there is)"}
 	s := fmt.Sprintf("Measured: %d of %d cells with redis, cached-redis or token stores saw no broken workflow.", l.zero, l.cells)
+	f.Headline = fmt.Sprintf("%d of %d cells with redis, cached-redis or token lost a session", len(l.lossy), l.cells)
 	f.ForYou = "with the session in Redis or in a signed token, a crash logged nobody out"
 	if ck, rd := cell(res, "cookie", StoreMemory), cell(res, "round-robin", StoreRedis); ck != nil && rd != nil {
 		s += fmt.Sprintf(" round-robin × redis: %.1f%% broken, p50 %.2f ms, against cookie × memory: %.1f%% broken, p50 %.2f ms (%+.2f ms).",
@@ -287,6 +295,7 @@ func findNewServer(res *Results) Finding {
 		s += " Agrees: the cookie balancer gave the new backend only users that arrived after it, far below its share."
 	}
 	f.Text = s
+	f.Headline = fmt.Sprintf("the new backend served %.1f%% with cookie; a fair share is %.1f%%", *ck.NewBackendPct, fair)
 	f.ForYou = fmt.Sprintf("a server added behind cookie stickiness took %.0f%% of requests instead of %.0f%% for the rest of the run: "+
 		"it fills only as new users arrive, so add capacity before a peak, not during it", *ck.NewBackendPct, fair)
 	return f
@@ -319,6 +328,7 @@ func findMoved(res *Results) Finding {
 	if len(others) > 0 {
 		s += " For comparison: " + strings.Join(others, ", ") + "."
 	}
+	f.Headline = fmt.Sprintf("moved: consistent-hash %.1f%%, modulo-hash %.1f%%", *ch.UsersMovedPct, *mod.UsersMovedPct)
 	f.ForYou = fmt.Sprintf("when a server joined, a hash ring moved %.0f%% of users to another server and modulo hashing %.0f%%; "+
 		"each move costs an in-memory session", *ch.UsersMovedPct, *mod.UsersMovedPct)
 	f.Text = s + agreesIf(*ch.UsersMovedPct < *mod.UsersMovedPct && *ch.UsersMovedPct <= 100/n+10)
@@ -336,6 +346,7 @@ func findStoreCost(res *Results) Finding {
 	s := fmt.Sprintf("Measured (%s balancer): p50 %.2f ms with redis against %.2f ms with memory (%+.2f ms), p99 %.2f against %.2f ms; "+
 		"%s store round trips per request with redis.", b, rd.P50Ms, mem.P50Ms, rd.P50Ms-mem.P50Ms, rd.P99Ms, mem.P99Ms, opt(rd.StoreOpsPerRequest, "%.2f"))
 	f.ForYou = fmt.Sprintf("Redis cost %.1f ms per request at p50 over memory", rd.P50Ms-mem.P50Ms)
+	f.Headline = fmt.Sprintf("p50 %+.2f ms with redis over memory (%s); %s round trips per request", rd.P50Ms-mem.P50Ms, b, opt(rd.StoreOpsPerRequest, "%.2f"))
 	if w := res.Settings.WorkMs; w > 0 {
 		s += fmt.Sprintf(" Of the difference, %g ms per request is the backends' simulated work per session loaded (--work), "+
 			"which the memory store never pays; the rest is the round trips.", w)
@@ -359,6 +370,7 @@ func findNearCache(res *Results) Finding {
 	f := Finding{Band: "agrees when the near cache's hit rate with cookie is more than 20 points above round-robin's and its p50 no higher"}
 	s := fmt.Sprintf("Measured: near-cache hit rate %.1f%% with cookie against %.1f%% with round-robin; p50 %.2f against %.2f ms.",
 		*ck.CacheHitPct, *rr.CacheHitPct, ck.P50Ms, rr.P50Ms)
+	f.Headline = fmt.Sprintf("near-cache hits %.0f%% with cookie, %.0f%% with round-robin", *ck.CacheHitPct, *rr.CacheHitPct)
 	if rd := cell(res, "cookie", StoreRedis); rd != nil {
 		s += fmt.Sprintf(" cookie × redis (no cache): p50 %.2f ms.", rd.P50Ms)
 		f.ForYou = fmt.Sprintf("a near cache with sticky routing won %.1f ms of it back (hit rate %.0f%%; %.0f%% without stickiness)",
@@ -383,6 +395,7 @@ func findTokenBytes(res *Results) Finding {
 		ForYou: fmt.Sprintf("a signed token added %.0f bytes to every request over a Redis session id, growing with the cart",
 			tk.BytesPerRequest-rd.BytesPerRequest),
 	}
+	f.Headline = fmt.Sprintf("%.0f bytes per request with token, %.0f with redis; the token cookie %.0f to %.0f bytes", tk.BytesPerRequest, rd.BytesPerRequest, first, last)
 	s := fmt.Sprintf("Measured (%s balancer): %.0f bytes per request with token against %.0f with redis; the Cookie header "+
 		"grew from %.0f bytes with an empty cart to %.0f with %d items (redis: %.0f to %.0f).",
 		b, tk.BytesPerRequest, rd.BytesPerRequest, first, last, len(tk.CookieBytesByItems)-1, rf, rl)
@@ -421,6 +434,7 @@ func findMemory(res *Results) Finding {
 			mem[0], mem[1]-rd[1], res.Settings.Users),
 	}
 	s := fmt.Sprintf("Measured (%s balancer, per backend at the end of the load): %s.", b, strings.Join(parts, "; "))
+	f.Headline = fmt.Sprintf("memory %.0f sessions and %.1f MiB per backend, redis %.0f and %.1f MiB", mem[0], mem[1], rd[0], rd[1])
 	switch {
 	case mem[0] <= rd[0]:
 		s += " Disagrees: memory backends held no more sessions than redis ones."

@@ -17,6 +17,9 @@ import (
 // findDrain: draining a backend loses the sessions it held when they live in
 // its memory, and none when they live in Redis or in a token.
 func findDrain(res *Results) Finding {
+	if deployed(res) {
+		return findRollingDeploy(res)
+	}
 	var sticky []*CellResult
 	for _, b := range res.Settings.Balancers {
 		if c := cell(res, b, StoreMemory); c != nil && b != "round-robin" {
@@ -73,6 +76,10 @@ func findDrain(res *Results) Finding {
 		s += fmt.Sprintf(" round-robin × memory: %.1f%%, fault or no fault, as no request follows its session.", rr.SessionsLostPct)
 	}
 	l := externalLosses(res)
+	f.Headline = fmt.Sprintf("%s removed: memory lost %s", rm.Target, strings.Join(against, ", "))
+	if l.cells > 0 {
+		f.Headline += fmt.Sprintf("; %d of %d cells with the state elsewhere lost a session", len(l.lossy), l.cells)
+	}
 	var elsewhere []string
 	for _, st := range res.Settings.Stores {
 		if st != StoreMemory && slices.ContainsFunc(res.Cells, func(c CellResult) bool { return c.Store == st }) {
@@ -201,6 +208,7 @@ func findStoreDown(res *Results) Finding {
 			"store was down, and that of no memory or token cell by more than 5",
 		ForYou: fmt.Sprintf("while Redis was down for %.1f s, %.0f%% of the requests that needed it failed, whatever the balancer; "+
 			"sessions in memory or in a token served on", (end - down.Start).Seconds(), out[ref].during),
+		Headline: fmt.Sprintf("Redis down %.1f s: %.0f%% of %s × %s's requests failed", (end - down.Start).Seconds(), out[ref].during, ref.Balancer, ref.StoreEntry()),
 	}
 	switch {
 	case len(wrong) > 0:

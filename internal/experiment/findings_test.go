@@ -111,6 +111,9 @@ func checkFinding(t *testing.T, f Finding) {
 	if (f.Band == "") != (f.Verdict == NotMeasured) {
 		t.Errorf("verdict %q with band %q: a measured finding states its pass band", f.Verdict, f.Band)
 	}
+	if (f.Headline == "") != (f.Verdict == NotMeasured) {
+		t.Errorf("verdict %q with headline %q: a measured finding has a headline for the summary", f.Verdict, f.Headline)
+	}
 }
 
 func TestConclude(t *testing.T) {

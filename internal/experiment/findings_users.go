@@ -50,7 +50,13 @@ func findHotUsers(res *Results) Finding {
 		}
 	}
 	s += " p99 of the busiest backend against the least busy: " + strings.Join(p99s, "; ") + "."
-	f := Finding{Band: fmt.Sprintf("agrees when the imbalance of every sticky cell (cookie, consistent-hash) is at least %.2f above "+
+	headline := make([]string, 0, len(figures))
+	for _, c := range append([]*CellResult{rr}, append(sticky, bounded)...) {
+		if c != nil {
+			headline = append(headline, fmt.Sprintf("%s %.2f", c.BalancerEntry(), c.Imbalance))
+		}
+	}
+	f := Finding{Headline: "imbalance " + strings.Join(headline, ", "), Band: fmt.Sprintf("agrees when the imbalance of every sticky cell (cookie, consistent-hash) is at least %.2f above "+
 		"round-robin's (%.2f) and bounded loads bring consistent-hash's down; partly when only some do", hotspot, rr.Imbalance+hotspot)}
 	var hot, flat []string
 	for _, c := range sticky {
@@ -127,7 +133,11 @@ func findRevoke(res *Results) Finding {
 		figures = append(figures, fmt.Sprintf("%s × %s %d of %d", c.BalancerEntry(), c.StoreEntry(), *c.ReplaysAccepted, c.Replays))
 	}
 	s := "Measured: after logging out, users replayed the session cookie they held before; accepted: " + strings.Join(figures, ", ") + "."
-	f := Finding{Band: "agrees when the token store without a denylist accepted some replays and every store with server-side " +
+	accepted := 0
+	for _, c := range revocable {
+		accepted += *c.ReplaysAccepted
+	}
+	f := Finding{Headline: fmt.Sprintf("replays accepted: token %d of %d; with server-side state %d", *plain[0].ReplaysAccepted, plain[0].Replays, accepted), Band: "agrees when the token store without a denylist accepted some replays and every store with server-side " +
 		"state (a denylist, or the sessions themselves in Redis or memory) accepted none"}
 	tk := plain[0]
 	dl := cell(res, tk.BalancerEntry(), StoreToken+" denylist=redis")

@@ -7,7 +7,7 @@ import (
 
 // hotCell is a cell of the hot-users preset with the imbalance given.
 func hotCell(entry string, imbalance float64, left *float64) CellResult {
-	c, _ := parseChoice(entry, true)
+	c, _ := parseChoice(entry, ofBalancer)
 	return CellResult{Balancer: c.name, Store: StoreRedis, Variant: variantOf(c, choice{name: StoreRedis}), Imbalance: imbalance,
 		ImbalancePeak: imbalance + 0.1, BusiestTenthPct: 64, LeftFirstChoicePct: left,
 		Backends: []BackendStats{{Name: "b1", Requests: 500, P99Ms: 9}, {Name: "b2", Requests: 300, P99Ms: 5}}}
@@ -60,7 +60,7 @@ func TestBusiestTenth(t *testing.T) {
 // revokeCell is a cell of the revoke preset: store is an entry, such as
 // "token denylist=redis".
 func revokeCell(store string, accepted, replays int, p50 float64, ops *float64) CellResult {
-	c, _ := parseChoice(store, false)
+	c, _ := parseChoice(store, ofStore)
 	return CellResult{Balancer: "cookie", Store: c.name, Variant: variantOf(choice{name: "cookie"}, c),
 		Replays: replays, ReplaysAccepted: &accepted, P50Ms: p50, StoreOpsPerRequest: ops}
 }

@@ -35,10 +35,19 @@ type Load struct {
 	Timeout time.Duration
 	// Skew, above 0, makes a few users send most requests (harness.Load).
 	Skew float64
-	// Logout has a user log out after each checkout, and then replay the
-	// session credential it held, as a thief who copied it would: its
-	// next request is a cart with the cookies it had before the logout.
+	// Logout has a user log out after each checkout (Churn then decides
+	// whether a new user takes its place).
 	Logout bool
+	// Replay has a user who logged out replay the session credential it
+	// held, as a thief who copied it would: its next request is a cart
+	// with the cookies it had before the logout.
+	Replay bool
+	// Client is how users check out: "" repeats a failed checkout as it
+	// was, without an Idempotency-Key; clientKey sends a key, one per
+	// cart, and repeats a failed checkout with it; clientNoKey sends none
+	// and, not knowing whether a failed checkout placed the order, does
+	// not repeat it: the user starts over with a new cart.
+	Client string
 }
 
 // step is a request of the shop workflow.
@@ -71,6 +80,7 @@ type Sample struct {
 	Latency time.Duration // from the scheduled arrival to the end of the response
 	User    string
 	Step    step
+	Cart    int    // the user's cart: how many it had begun before this one
 	Items   int    // items in the cart before the request
 	Status  int    // HTTP status; 0 when no response came
 	Kind    string // empty on success; else the error kind
@@ -108,6 +118,7 @@ type user struct {
 	next   step
 	target int // items to add in this workflow
 	added  int
+	cart   int    // carts begun before the current one
 	stolen string // the Cookie header held when it logged out, for the replay
 }
 
@@ -184,7 +195,7 @@ func (g *generator) run(ctx context.Context, c harness.Clock, start time.Time) {
 // do sends u's next request, due at "due" (offset "at" from the start of the
 // load), and moves u along its workflow by the answer.
 func (g *generator) do(ctx context.Context, c harness.Clock, u *user, at time.Duration, due time.Time) Sample {
-	s := Sample{At: at, User: u.id, Step: u.next, Items: u.added, StoreOps: -1}
+	s := Sample{At: at, User: u.id, Step: u.next, Cart: u.cart, Items: u.added, StoreOps: -1}
 	req, err := g.request(ctx, u)
 	if err != nil {
 		// Only a malformed base URL fails here, the same for every arrival.
@@ -258,14 +269,19 @@ func (g *generator) request(ctx context.Context, u *user) (*http.Request, error)
 	if u.next != stepLogin {
 		req.Header.Set(headerStep, strconv.Itoa(u.added))
 	}
+	if u.next == stepCheckout && g.load.Client == clientKey {
+		// One key per cart: a repeat of this checkout is the same one.
+		req.Header.Set(headerIdempotencyKey, u.id+"."+strconv.Itoa(u.cart))
+	}
 	return req, nil
 }
 
 // advance moves u to its next step (its client's jar has kept the
 // response's cookies): on success the next of the workflow, on a lost
 // session back to login (the user starts over, as a real one would), and
-// on any other error the same step again. After a replay, whatever its
-// answer, the user logs in again.
+// on any other error the same step again, but for a checkout of a client
+// without keys (Load.Client), which starts over too. After a replay,
+// whatever its answer, the user logs in again.
 func (g *generator) advance(u *user, s *Sample) {
 	if u.next == stepReplay {
 		// Accepted or refused, the replay was the one chance: the user
@@ -275,8 +291,8 @@ func (g *generator) advance(u *user, s *Sample) {
 		return
 	}
 	switch {
-	case s.lostSession():
-		u.next, u.added = stepLogin, 0
+	case s.lostSession(), !s.OK() && u.next == stepCheckout && g.load.Client == clientNoKey:
+		u.startOver()
 		return
 	case !s.OK():
 		return
@@ -293,15 +309,26 @@ func (g *generator) advance(u *user, s *Sample) {
 	case stepCart:
 		u.next = stepCheckout
 	case stepCheckout:
-		u.next, u.added = stepLogin, 0
+		u.startOver()
 		if g.load.Logout {
 			u.next = stepLogout
 			return
 		}
 		g.churn(u)
 	case stepLogout:
-		u.next = stepReplay
+		if g.load.Replay {
+			u.next = stepReplay
+			return
+		}
+		u.next = stepLogin
+		g.churn(u)
 	}
+}
+
+// startOver sends u back to login, with a new cart to fill.
+func (u *user) startOver() {
+	u.next, u.added = stepLogin, 0
+	u.cart++
 }
 
 // churn replaces u, at the end of its workflow, by a new user (new id, no

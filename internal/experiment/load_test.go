@@ -255,7 +255,7 @@ func TestLogoutThenReplay(t *testing.T) {
 		shop.ServeHTTP(w, r)
 	}))
 	l := testLoad()
-	l.Logout = true
+	l.Logout, l.Replay = true, true
 	g := testGenerator(t, l, srv.URL, tr)
 	u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
 	var got []Sample
@@ -280,5 +280,89 @@ func TestLogoutThenReplay(t *testing.T) {
 	}
 	if r.Timeline[0].Errors != 0 || r.Timeline[0].Lost != 0 {
 		t.Errorf("timeline %+v: a refused replay is neither an error nor a lost session", r.Timeline[0])
+	}
+}
+
+// TestLogoutThenNewUser: without Replay, a user who logged out is replaced
+// (Churn 1) by a new one, who logs in with no cookie.
+func TestLogoutThenNewUser(t *testing.T) {
+	var cookies []string
+	shop := newFakeShop("b1")
+	srv, tr := startShop(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == pathLogin {
+			cookies = append(cookies, r.Header.Get(headerUser)+":"+r.Header.Get("Cookie"))
+		}
+		shop.ServeHTTP(w, r)
+	}))
+	l := testLoad()
+	l.Logout, l.Churn = true, 1
+	g := testGenerator(t, l, srv.URL, tr)
+	u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
+	var steps []string
+	for range 7 {
+		s := g.do(ctx, c, u, 0, c.Now())
+		steps = append(steps, fmt.Sprintf("%s/%d", s.Step, s.Status))
+	}
+	if want := "[login/200 add/200 add/200 cart/200 checkout/200 logout/204 login/200]"; fmt.Sprint(steps) != want {
+		t.Fatalf("steps %v, want %s", steps, want)
+	}
+	if fmt.Sprint(cookies) != "[u0001: u0001.1:]" {
+		t.Errorf("logins (user:cookie) %q, want u0001 then a new user, u0001.1, both without cookies", cookies)
+	}
+}
+
+// TestCheckoutClients: a client with keys sends one Idempotency-Key per
+// cart and repeats a failed checkout with it; one without keys sends none
+// and starts over with a new cart instead; the default repeats it as it
+// was. Checkouts count each cart once, and a cart no checkout ordered as
+// failed.
+func TestCheckoutClients(t *testing.T) {
+	for _, tt := range []struct {
+		client string
+		steps  string
+		keys   string
+		failed int
+	}{
+		{clientKey, "[checkout/503 checkout/200 login/200]", "[u0001.0 u0001.0]", 0},
+		{clientNoKey, "[checkout/503 login/200 add/200]", "[]", 1},
+		{"", "[checkout/503 checkout/200 login/200]", "[ ]", 0},
+	} {
+		t.Run("client="+tt.client, func(t *testing.T) {
+			var keys []string
+			failNext := true
+			shop := newFakeShop("b1")
+			srv, tr := startShop(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == pathCheckout {
+					keys = append(keys, r.Header.Get(headerIdempotencyKey))
+					if failNext {
+						failNext = false
+						w.WriteHeader(http.StatusServiceUnavailable)
+						return
+					}
+				}
+				shop.ServeHTTP(w, r)
+			}))
+			l := testLoad()
+			l.Client = tt.client
+			g := testGenerator(t, l, srv.URL, tr)
+			u, c, ctx := g.users[0], harness.WallClock{}, context.Background()
+			var got []Sample
+			for range 7 { // login, 2 items, cart, then the three steps checked
+				got = append(got, g.do(ctx, c, u, 0, c.Now()))
+			}
+			var steps []string
+			for _, s := range got[4:] {
+				steps = append(steps, fmt.Sprintf("%s/%d", s.Step, s.Status))
+			}
+			if fmt.Sprint(steps) != tt.steps || fmt.Sprint(keys) != tt.keys {
+				t.Errorf("steps %v, keys %q; want %s, %s", steps, keys, tt.steps, tt.keys)
+			}
+			if carts, failed, _ := checkouts(got); carts != 1 || failed != tt.failed {
+				t.Errorf("%d checkouts, %d failed; want 1 and %d", carts, failed, tt.failed)
+			}
+			if last := got[len(got)-1]; last.Cart != 1 {
+				t.Errorf("the step after the checkout is of cart %d, want the next, 1", last.Cart)
+			}
+		})
 	}
 }

@@ -87,6 +87,27 @@ type CellResult struct {
 	// ThroughputRPS is successful requests per second of load.
 	ThroughputRPS float64 `json:"throughput_rps"`
 
+	// Checkouts counts the carts the users tried to check out, each once
+	// however often its checkout was sent; FailedCheckouts those that no
+	// checkout answered with an order; CheckoutP99Ms is the p99 latency
+	// of the successful checkouts.
+	Checkouts       int     `json:"checkouts"`
+	FailedCheckouts int     `json:"failed_checkouts"`
+	CheckoutP99Ms   float64 `json:"checkout_p99_ms"`
+	// Orders and DuplicateOrders are what the backends running at the end
+	// counted (demoapp_orders_total, demoapp_duplicate_orders_total):
+	// orders placed, and among them orders of a cart that already had one,
+	// a checkout that ran twice.
+	Orders          int `json:"orders"`
+	DuplicateOrders int `json:"duplicate_orders"`
+
+	// DeploySeconds is how long a rolling deploy took (a deploy fault),
+	// from its start until the last backend was back in service; null
+	// without one, or when it did not end. Deploys has each backend's
+	// step.
+	DeploySeconds *float64     `json:"deploy_seconds"`
+	Deploys       []DeployStep `json:"deploys,omitempty"`
+
 	// CacheHitPct is the near-cache hit rate from X-Cache; null when no
 	// response carried it.
 	CacheHitPct *float64 `json:"cache_hit_pct"`
@@ -211,14 +232,51 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		r.NewcomersPct = newcomers(samples, f.Start, f.End, backends[initial:])
 	}
 	r.CookieBytesByItems = cookieBytesByItems(samples)
-	up := uptime(backends, initial, faults, d)
+	r.Checkouts, r.FailedCheckouts, r.CheckoutP99Ms = checkouts(samples)
+	r.setBalance(samples, d, uptime(backends, initial, faults, d))
+	return r
+}
+
+// setBalance sets the figures that count each backend only while it was in
+// rotation, the spans of up: the timelines and the imbalance.
+func (r *CellResult) setBalance(samples []Sample, d time.Duration, up map[string][]span) {
 	r.Timeline = timeline(samples, d, time.Second, up)
 	r.Fine = timeline(samples, d, fineBucket(d), up)
-	r.Imbalance = imbalance(r.Fine, up)
+	r.Imbalance, r.ImbalancePeak = imbalance(r.Fine, up), 0
 	for _, b := range r.Timeline {
 		r.ImbalancePeak = max(r.ImbalancePeak, b.Imbalance)
 	}
-	return r
+}
+
+// checkouts returns the carts the users tried to check out (each user's
+// cart once, however often its checkout was sent), those of them that no
+// checkout answered with an order, and the p99 latency of the successful
+// checkouts.
+func checkouts(samples []Sample) (carts, failed int, p99Ms float64) {
+	type cart struct {
+		user string
+		n    int
+	}
+	ordered := map[cart]bool{}
+	var ok []time.Duration
+	for i := range samples {
+		s := &samples[i]
+		if s.Step != stepCheckout {
+			continue
+		}
+		k := cart{s.User, s.Cart}
+		ordered[k] = ordered[k] || s.OK()
+		if s.OK() {
+			ok = append(ok, s.Latency)
+		}
+	}
+	for _, done := range ordered {
+		if !done {
+			failed++
+		}
+	}
+	slices.Sort(ok)
+	return len(ordered), failed, ms(harness.Percentile(ok, 99))
 }
 
 // sessionsLost returns the users that logged in, the share of them whose

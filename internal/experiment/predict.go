@@ -26,7 +26,7 @@ type chooser struct {
 
 // newChooser builds the policy of the cell's own config for bal × store.
 func newChooser(bal choice, store string) (*chooser, error) {
-	text := proxyConfig(harness.ProxyConfig{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Backends: []harness.Member{{Name: "b1", Addr: "127.0.0.1:3"}}}, bal, store)
+	text := proxyConfig(harness.ProxyConfig{Listen: "127.0.0.1:1", Admin: "127.0.0.1:2", Backends: []harness.Member{{Name: "b1", Addr: "127.0.0.1:3"}}}, bal, store, requestTimeout)
 	cfg, err := config.Parse("proxy.yaml", []byte(text))
 	if err != nil {
 		return nil, fmt.Errorf("predict %s: %w", bal, err)

@@ -74,14 +74,14 @@ func writeTimeline(w io.Writer, res *Results) error {
 		n = max(n, len(c.Backends))
 	}
 	cw := csv.NewWriter(w)
-	head := []string{"balancer", "store", "second", "requests", "ok", "errors", "session_lost", "session_stale", "p50_ms", "p99_ms", "imbalance"}
+	head := []string{"balancer", "store", "variant", "second", "requests", "ok", "errors", "session_lost", "session_stale", "p50_ms", "p99_ms", "imbalance"}
 	for i := 1; i <= n; i++ {
 		head = append(head, harness.BackendName(i))
 	}
 	_ = cw.Write(head)
 	for _, c := range res.Cells {
 		for _, s := range c.Timeline {
-			row := []string{c.BalancerEntry(), c.StoreEntry(), strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
+			row := []string{c.BalancerEntry(), c.StoreEntry(), c.RunEntry(), strconv.Itoa(int(s.Start / time.Second)), strconv.Itoa(s.Requests), strconv.Itoa(s.OK),
 				strconv.Itoa(s.Errors), strconv.Itoa(s.Lost), strconv.Itoa(s.Stale), f2(s.P50Ms), f2(s.P99Ms), f2(s.Imbalance)}
 			for i := 1; i <= n; i++ {
 				row = append(row, strconv.Itoa(s.ByBackend[harness.BackendName(i)]))
@@ -123,12 +123,28 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 	}
 
 	b.WriteString("\n## Setup\n\n")
-	fmt.Fprintf(&b, "- %d cells: balancers %s × stores %s, run one after another, each on fresh processes.\n",
-		len(res.Cells), strings.Join(st.Balancers, ", "), strings.Join(st.Stores, ", "))
+	variants := ""
+	if len(st.Variants) > 0 {
+		variants = " × variants " + strings.Join(st.Variants, ", ")
+	}
+	fmt.Fprintf(&b, "- %d cells: balancers %s × stores %s%s, run one after another, each on fresh processes.\n",
+		len(res.Cells), strings.Join(st.Balancers, ", "), strings.Join(st.Stores, ", "), variants)
+	checkout := ""
+	if st.CheckoutWorkMs > 0 {
+		checkout = fmt.Sprintf(", `--checkout-work %gms`: the time a checkout takes between reading the cart and placing the order, "+
+			"which it finishes even if its client left", st.CheckoutWorkMs)
+	}
 	fmt.Fprintf(&b, "- %d backends (b1..b%d, `affinity backend --work %gms`: simulated work per session loaded from Redis, "+
-		"on every request with redis and on near-cache misses with cached-redis; memory and token load nothing) behind `affinity serve`; "+
-		"the proxy checks health every %.0f ms (fall 2, rise 2) and retries a failed request twice.\n",
-		st.Backends, st.Backends, st.WorkMs, st.HealthMs)
+		"on every request with redis and on near-cache misses with cached-redis; memory and token load nothing%s) behind `affinity serve`; "+
+		"the proxy checks health every %.0f ms (fall 2, rise 2), waits %.0f ms for a backend's answer, and retries a failed request "+
+		"twice, on other backends, where its policy allows: a request that reached no backend, an idempotent method, or a request "+
+		"with an Idempotency-Key.",
+		st.Backends, st.Backends, st.WorkMs, checkout, st.HealthMs, st.ResponseTimeoutMs)
+	if strings.Contains(strings.Join(st.Variants, " "), "retry="+retryAll) {
+		b.WriteString(" With retry=all it retries every method, as nginx's `proxy_next_upstream ... non_idempotent` does: a setting of " +
+			"`affinity serve` that only the harness sets (a hidden flag), not a configuration key.")
+	}
+	b.WriteString("\n")
 	deal := fmt.Sprintf("in rounds that visit every user once in a shuffled order, so each user gets an arrival every %.2f s on average",
 		float64(st.Users)/st.RateRPS)
 	if st.Skew > 0 {
@@ -140,9 +156,17 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 		st.RateRPS, st.DurationS, st.Users, st.Seed, deal, st.TimeoutMs)
 	fmt.Fprintf(&b, "- Each user repeats: login, add %d to %d items, view the cart, check out. A 409 (session lost or stale) "+
 		"sends it back to login; another error retries the same step.", st.Items[0], st.Items[1])
-	if st.Logout {
+	switch {
+	case st.Replay:
 		b.WriteString(" After each checkout the user logs out (POST /logout), and its next request replays the cookies it held " +
 			"before the logout, as a thief who copied them would (GET /cart); then it logs in again.")
+	case st.Logout:
+		b.WriteString(" After each checkout the user logs out (POST /logout).")
+	}
+	if strings.Contains(strings.Join(st.Variants, " "), "client=") {
+		b.WriteString(" With client=key, each checkout carries an Idempotency-Key, one per cart, and a failed checkout is sent again " +
+			"with it; with client=nokey, none, and a failed checkout is not sent again (the user cannot tell whether the order was " +
+			"placed): it starts over with a new cart.")
 	}
 	if st.Churn > 0 {
 		fmt.Fprintf(&b, " After a checkout a user leaves with probability %.2f and a new one (new id, no cookies) takes its place.", st.Churn)
@@ -159,6 +183,14 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 			"and the health of the backends that stayed. A removed backend got no new request from then on; %.0f ms later "+
 			"it was stopped gracefully (SIGTERM), answering the requests it still held.\n", ms(harness.DrainGrace))
 	}
+	if slices.ContainsFunc(s.Faults, func(f harness.Fault) bool { return f.Action == harness.Deploy }) {
+		fmt.Fprintf(&b, "- The deploy takes every backend in turn, b1 first. With mode=remove: out of the proxy's config (a reload), "+
+			"stopped gracefully %.0f ms later, started again and put back in the config. With mode=drain: `affinity ctl drain %s BACKEND "+
+			"--wait --idle %gms --timeout %gms` (the drain state: no new user, the backend's own users still served; then a wait until it "+
+			"has had no request for the idle window; at the timeout the deploy goes on all the same), a kill, a restart and `affinity ctl "+
+			"ready`. Each backend is back in service, as the proxy's /status shows, before the next is taken out.\n",
+			ms(harness.DrainGrace), poolName, st.DrainIdleMs, st.DrainTimeoutMs)
+	}
 	switch {
 	case !slices.ContainsFunc(st.Stores, needsRedis):
 	case st.RedisStore == "embedded":
@@ -170,17 +202,20 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 	b.WriteString("\n## Results\n\n")
 	b.WriteString(resultsTable(res))
 
-	b.WriteString("\n### Errors by kind\n\n| balancer | store | errors |\n|---|---|---|\n")
-	for _, c := range res.Cells {
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.BalancerEntry(), c.StoreEntry(), kinds(c.ErrorKinds))
+	head, rule, name := cellColumns(res)
+	b.WriteString("\n### Errors by kind\n\n" + head + " errors |\n" + rule + "---|\n")
+	for i := range res.Cells {
+		c := &res.Cells[i]
+		fmt.Fprintf(&b, "%s %s |\n", name(c), kinds(c.ErrorKinds))
 	}
 
 	b.WriteString("\n### Backends\n\nResponses per backend and the p99 latency of its successful ones; sessions held and resident " +
 		"memory as each running backend reported at the end of the load.\n\n" +
-		"| balancer | store | backend | responses | p99 ms | sessions held | RSS MiB |\n|---|---|---|--:|--:|--:|--:|\n")
-	for _, c := range res.Cells {
+		head + " backend | responses | p99 ms | sessions held | RSS MiB |\n" + rule + "---|--:|--:|--:|--:|\n")
+	for i := range res.Cells {
+		c := &res.Cells[i]
 		for _, be := range c.Backends {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %.2f | %d | %.1f |\n", c.BalancerEntry(), c.StoreEntry(), be.Name, be.Requests, be.P99Ms, be.Sessions, float64(be.RSSBytes)/(1<<20))
+			fmt.Fprintf(&b, "%s %s | %d | %.2f | %d | %.1f |\n", name(c), be.Name, be.Requests, be.P99Ms, be.Sessions, float64(be.RSSBytes)/(1<<20))
 		}
 	}
 
@@ -207,13 +242,29 @@ func writeMarkdown(w io.Writer, res *Results, charts []string) error {
 	return err
 }
 
+// cellColumns returns the heading and the rule of the columns that name a
+// cell in report.md's tables (balancer, store, and variant when the run
+// has variants), each ending with "|" for the next column, and the row
+// start of a cell.
+func cellColumns(res *Results) (head, rule string, name func(*CellResult) string) {
+	if len(res.Settings.Variants) == 0 {
+		return "| balancer | store |", "|---|---|", func(c *CellResult) string {
+			return "| " + c.BalancerEntry() + " | " + c.StoreEntry() + " |"
+		}
+	}
+	return "| balancer | store | variant |", "|---|---|---|", func(c *CellResult) string {
+		return "| " + c.BalancerEntry() + " | " + c.StoreEntry() + " | " + c.RunEntry() + " |"
+	}
+}
+
 // chartCaptions say what each chart shows, above it in report.md.
 var chartCaptions = map[string]string{
-	"timeline":      "Successful and failed requests per second in each cell (failures include 409 session_lost and session_stale).",
-	"backend_load":  "Responses per second of each backend in each cell: where the load went when the pool changed.",
-	"sessions_lost": "Share of users whose workflow broke at least once (409 session_lost or session_stale), per cell.",
-	"users_moved":   "Share of users whose backend changed across the first kill, add or remove, per cell.",
-	"latency":       "Median latency of successful requests, from the scheduled arrival, per cell.",
+	"timeline":         "Successful and failed requests per second in each cell (failures include 409 session_lost and session_stale).",
+	"backend_load":     "Responses per second of each backend in each cell: where the load went when the pool changed.",
+	"sessions_lost":    "Share of users whose workflow broke at least once (409 session_lost or session_stale), per cell.",
+	"users_moved":      "Share of users whose backend changed across the first kill, add or remove, per cell.",
+	"duplicate_orders": "Carts the shop ordered twice, per cell: a checkout that ran on the frozen backend and again where the proxy retried it.",
+	"latency":          "Median latency of successful requests, from the scheduled arrival, per cell.",
 }
 
 // kinds lists error counts by kind, most frequent first.

@@ -129,10 +129,10 @@ func TestWriteReport(t *testing.T) {
 	if len(rows) != 1+2*3 {
 		t.Fatalf("timeline.csv has %d rows, want a header and 3 seconds × 2 cells", len(rows))
 	}
-	if got := strings.Join(rows[0], ","); got != "balancer,store,second,requests,ok,errors,session_lost,session_stale,p50_ms,p99_ms,imbalance,b1,b2,b3" {
+	if got := strings.Join(rows[0], ","); got != "balancer,store,variant,second,requests,ok,errors,session_lost,session_stale,p50_ms,p99_ms,imbalance,b1,b2,b3" {
 		t.Errorf("header %s", got)
 	}
-	if got := strings.Join(rows[3], ","); got != "round-robin,memory,2,400,300,100,0,0,0.00,0.00,0.00,150,150,0" {
+	if got := strings.Join(rows[3], ","); got != "round-robin,memory,,2,400,300,100,0,0,0.00,0.00,0.00,150,150,0" {
 		t.Errorf("row 3 %s", got)
 	}
 }

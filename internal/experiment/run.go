@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/affinityproxy/affinity/internal/deploy"
 	"github.com/affinityproxy/affinity/internal/harness"
 )
 
@@ -73,22 +74,32 @@ type Results struct {
 
 // Settings are the parameters of a run that every cell shared.
 type Settings struct {
-	Backends   int      `json:"backends"`
-	Users      int      `json:"users"`
-	RateRPS    float64  `json:"rate_rps"`
-	DurationS  float64  `json:"duration_s"`
-	Seed       uint64   `json:"seed"`
-	Items      [2]int   `json:"items"`
-	Churn      float64  `json:"churn"`
-	Skew       float64  `json:"skew"`
-	Logout     bool     `json:"logout"`
-	WorkMs     float64  `json:"work_ms"`
-	Faults     []string `json:"faults"`
-	HealthMs   float64  `json:"health_check_interval_ms"`
-	TimeoutMs  float64  `json:"request_timeout_ms"`
-	Balancers  []string `json:"balancers"`
-	Stores     []string `json:"stores"`
-	RedisStore string   `json:"redis"`
+	Backends  int     `json:"backends"`
+	Users     int     `json:"users"`
+	RateRPS   float64 `json:"rate_rps"`
+	DurationS float64 `json:"duration_s"`
+	Seed      uint64  `json:"seed"`
+	Items     [2]int  `json:"items"`
+	Churn     float64 `json:"churn"`
+	Skew      float64 `json:"skew"`
+	Logout    bool    `json:"logout"`
+	Replay    bool    `json:"replay"`
+	WorkMs    float64 `json:"work_ms"`
+	// CheckoutWorkMs is the backends' --checkout-work.
+	CheckoutWorkMs float64 `json:"checkout_work_ms"`
+	// ResponseTimeoutMs is the proxy's timeouts.response_header.
+	ResponseTimeoutMs float64 `json:"response_timeout_ms"`
+	// DrainIdleMs and DrainTimeoutMs are a deploy's drain settings; 0
+	// without a deploy.
+	DrainIdleMs    float64  `json:"drain_idle_ms,omitempty"`
+	DrainTimeoutMs float64  `json:"drain_timeout_ms,omitempty"`
+	Faults         []string `json:"faults"`
+	HealthMs       float64  `json:"health_check_interval_ms"`
+	TimeoutMs      float64  `json:"request_timeout_ms"`
+	Balancers      []string `json:"balancers"`
+	Stores         []string `json:"stores"`
+	Variants       []string `json:"variants,omitempty"`
+	RedisStore     string   `json:"redis"`
 }
 
 // Machine is where the run happened.
@@ -117,15 +128,9 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 	}
 	s.Faults = sched
 	// The entries in the form cells are known by; Preflight checked them.
-	s.Balancers, s.Stores = slices.Clone(s.Balancers), slices.Clone(s.Stores)
-	bals, stores := make([]choice, len(s.Balancers)), make([]choice, len(s.Stores))
-	for i, b := range s.Balancers {
-		bals[i], _ = parseChoice(b, true)
-		s.Balancers[i] = bals[i].String()
-	}
-	for i, st := range s.Stores {
-		stores[i], _ = parseChoice(st, false)
-		s.Stores[i] = stores[i].String()
+	bals, stores, runs := entries(&s.Balancers, ofBalancer), entries(&s.Stores, ofStore), entries(&s.Variants, ofRun)
+	if len(runs) == 0 {
+		runs = []choice{{}}
 	}
 	if o.Executable == "" {
 		if o.Executable, err = os.Executable(); err != nil {
@@ -149,17 +154,20 @@ func Run(ctx context.Context, s Spec, o Options) (*Results, error) {
 	// One secret for every token cell: a token is valid on every backend of
 	// a cell, as it must be, and the secret never leaves this run.
 	secret := rand.Text()
-	for i, bal := range bals {
-		for j, store := range stores {
-			cell, err := runCell(ctx, s, o, bal, store, secret)
-			if err != nil {
-				err = fmt.Errorf("cell %s × %s: %w", bal, store, err)
-				res.Elapsed, res.Stopped = time.Since(res.Started).Seconds(), err.Error()
-				return res, err
-			}
-			res.Cells = append(res.Cells, cell)
-			if o.Progress != nil {
-				_, _ = fmt.Fprintf(o.Progress, "[%d/%d] %s\n", i*len(s.Stores)+j+1, s.Cells(), cellLine(&cell))
+	for _, bal := range bals {
+		for _, store := range stores {
+			for _, rn := range runs {
+				cs := cellSpec{bal, store, rn}
+				cell, err := runCell(ctx, s, o, cs, secret)
+				if err != nil {
+					err = fmt.Errorf("cell %s: %w", cs, err)
+					res.Elapsed, res.Stopped = time.Since(res.Started).Seconds(), err.Error()
+					return res, err
+				}
+				res.Cells = append(res.Cells, cell)
+				if o.Progress != nil {
+					_, _ = fmt.Fprintf(o.Progress, "[%d/%d] %s\n", len(res.Cells), s.Cells(), cellLine(&cell))
+				}
 			}
 		}
 	}
@@ -195,11 +203,42 @@ func Preflight(ctx context.Context, s Spec, o Options) error {
 // so that the first slots are not already late.
 const loadStartDelay = 50 * time.Millisecond
 
+// entries parses the spec's list of entries of kind k, which Check has
+// checked, and rewrites it in the form cells are known by.
+func entries(list *[]string, k entryKind) []choice {
+	*list = slices.Clone(*list)
+	out := make([]choice, len(*list))
+	for i, e := range *list {
+		out[i], _ = parseChoice(e, k)
+		(*list)[i] = out[i].String()
+	}
+	return out
+}
+
+// cellSpec is a cell of the matrix: its balancer, store and run entries.
+type cellSpec struct{ bal, store, run choice }
+
+// String names the cell: "cookie × redis", "cookie × redis × mode=drain".
+func (cs cellSpec) String() string {
+	s := cs.bal.String() + " × " + cs.store.String()
+	if r := cs.run.String(); r != "" {
+		s += " × " + r
+	}
+	return s
+}
+
 // procs is the processes of one cell: the harness's backends and proxy, and
 // the Redis they may share.
 type procs struct {
 	*harness.Cluster
 	redis *redisStore // nil unless the store needs Redis
+	// spec, mode and start are what a deploy fault needs: the drain's
+	// settings, how it takes backends out, and the start of the load for
+	// its times; steps is what it did.
+	spec  *Spec
+	mode  string
+	start time.Time
+	steps []deploy.Step
 }
 
 // apply carries out one fault: the store's on the cell's Redis (nothing
@@ -215,18 +254,21 @@ func (c *procs) apply(ctx context.Context, f harness.Fault) error {
 			return c.redis.down()
 		}
 		return c.redis.up()
+	case harness.Deploy:
+		return c.rollout(ctx)
 	}
 	return c.Cluster.Apply(ctx, f)
 }
 
 // runCell starts the processes of one cell, plays the load and the faults,
 // and measures the outcome.
-func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret string) (CellResult, error) {
-	dir := filepath.Join(o.Dir, "cells", strings.ReplaceAll(bal.String()+"_"+store.String(), " ", "_"))
+func runCell(ctx context.Context, s Spec, o Options, cs cellSpec, secret string) (CellResult, error) {
+	bal, store := cs.bal, cs.store
+	dir := filepath.Join(o.Dir, "cells", strings.NewReplacer(" × ", "_", " ", "_").Replace(cs.String()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return CellResult{}, fmt.Errorf("cell directory: %w", err)
 	}
-	c := &procs{}
+	c := &procs{spec: &s, mode: cs.run.opts["mode"]}
 	if needsRedis(store.String()) {
 		r, err := startRedis(ctx, o.RedisAddr)
 		if err != nil {
@@ -237,8 +279,11 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	}
 	c.Cluster = &harness.Cluster{
 		Exe: o.Executable, Dir: dir, Pool: poolName,
-		BackendFlags: backendFlags(store, s.Work, c.redis, secret),
-		Config:       func(p harness.ProxyConfig) string { return proxyConfig(p, bal, store.String()) },
+		BackendFlags: backendFlags(store, &s, c.redis, secret),
+		ProxyFlags:   proxyFlags(cs.run),
+		Config: func(p harness.ProxyConfig) string {
+			return proxyConfig(p, bal, store.String(), s.responseTimeout())
+		},
 	}
 	defer func() { _ = c.Close() }()
 	if err := c.Start(ctx, s.Backends); err != nil {
@@ -248,21 +293,23 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	tr := harness.NewTransport(s.Users)
 	defer tr.CloseIdleConnections()
 	gen, err := newGenerator(Load{
-		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed, Skew: s.Skew, Logout: s.Logout,
-		MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
+		Users: s.Users, Rate: s.Rate, Duration: s.Duration, Seed: s.Seed, Skew: s.Skew, Logout: s.Logout, Replay: s.Replay,
+		Client: cs.run.opts["client"], MinItems: s.MinItems, MaxItems: s.MaxItems, Churn: s.Churn, Timeout: requestTimeout,
 	}, "http://"+c.ProxyAddr(), tr)
 	if err != nil {
 		return CellResult{}, err
 	}
 
 	start := time.Now().Add(loadStartDelay)
+	c.start = start
 	fctx, stopFaults := context.WithCancel(ctx)
 	defer stopFaults()
 	applied := make(chan []harness.Applied, 1)
 	go func() { applied <- s.Faults.Run(fctx, harness.WallClock{}, start, c.apply, c.Settle) }()
 	gen.run(ctx, harness.WallClock{}, start)
 	// A fault still being applied when the load ends (a backend starting,
-	// a reload not yet seen) is cut short; one not yet due never happens.
+	// a reload not yet seen, a deploy) is cut short; one not yet due never
+	// happens.
 	stopFaults()
 	faults := <-applied
 	if err := ctx.Err(); err != nil {
@@ -278,10 +325,13 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	for i := range r.Backends {
 		if m, ok := scraped[r.Backends[i].Name]; ok {
 			r.Backends[i].Sessions, r.Backends[i].RSSBytes, r.Backends[i].CacheHits = m.Sessions, m.RSSBytes, m.CacheHits
+			r.Orders += m.orders
+			r.DuplicateOrders += m.duplicates
 		}
 	}
-	r.Variant = variantOf(bal, store)
+	r.Variant = variantOf(bal, store, cs.run)
 	r.ProxyReloads = c.Reloads()
+	deployFigures(&r, c.steps, gen.rec.samples, s.Duration, names, s.Backends)
 	if keyed(bal.name) {
 		ch, err := newChooser(bal, store.String())
 		if err != nil {
@@ -292,14 +342,27 @@ func runCell(ctx context.Context, s Spec, o Options, bal, store choice, secret s
 	return r, nil
 }
 
+// proxyFlags are the flags of a cell's `affinity serve`: with retry=all,
+// the hidden one that retries every method.
+func proxyFlags(run choice) []string {
+	if run.opts["retry"] == retryAll {
+		return []string{"--unsafe-retry-every-method"}
+	}
+	return nil
+}
+
 // cellLine is the one-line summary of a cell printed as the run goes.
 func cellLine(c *CellResult) string {
 	moved := "-"
 	if c.UsersMovedPct != nil {
 		moved = fmt.Sprintf("%.0f%%", *c.UsersMovedPct)
 	}
-	return fmt.Sprintf("%-15s × %-12s %6d req %5.1f%% err  lost %5.1f%%  moved %4s  imbalance %4.2f  p50 %6.2f ms  p99 %7.2f ms  %5.0f rps",
-		c.BalancerEntry(), c.StoreEntry(), c.Requests, pct(c.Errors, c.Requests), c.SessionsLostPct, moved, c.Imbalance, c.P50Ms, c.P99Ms, c.ThroughputRPS)
+	name := fmt.Sprintf("%-15s × %-12s", c.BalancerEntry(), c.StoreEntry())
+	if r := c.RunEntry(); r != "" {
+		name += " × " + fmt.Sprintf("%-22s", r)
+	}
+	return fmt.Sprintf("%s %6d req %5.1f%% err  lost %5.1f%%  moved %4s  imbalance %4.2f  p50 %6.2f ms  p99 %7.2f ms  %5.0f rps",
+		name, c.Requests, pct(c.Errors, c.Requests), c.SessionsLostPct, moved, c.Imbalance, c.P50Ms, c.P99Ms, c.ThroughputRPS)
 }
 
 // settings records the parameters of s for the report.
@@ -308,7 +371,11 @@ func settings(s Spec, o Options) Settings {
 		Backends: s.Backends, Users: s.Users, RateRPS: s.Rate, DurationS: s.Duration.Seconds(), Seed: s.Seed,
 		Items: [2]int{s.MinItems, s.MaxItems}, Churn: s.Churn, Skew: s.Skew, Logout: s.Logout, WorkMs: ms(s.Work),
 		HealthMs: ms(healthInterval), TimeoutMs: ms(requestTimeout),
-		Balancers: s.Balancers, Stores: s.Stores, RedisStore: "embedded",
+		Balancers: s.Balancers, Stores: s.Stores, Variants: s.Variants, RedisStore: "embedded",
+		CheckoutWorkMs: ms(s.CheckoutWork), ResponseTimeoutMs: ms(s.responseTimeout()), Replay: s.Replay,
+	}
+	if slices.ContainsFunc(s.Faults, func(f harness.Fault) bool { return f.Action == harness.Deploy }) {
+		st.DrainIdleMs, st.DrainTimeoutMs = ms(s.drainIdle()), ms(s.drainTimeout())
 	}
 	if o.RedisAddr != "" {
 		st.RedisStore = o.RedisAddr

@@ -12,9 +12,15 @@ import (
 	"github.com/affinityproxy/affinity/internal/harness"
 )
 
+// scraped is what a backend's /metrics told at the end of the load.
+type scraped struct {
+	BackendStats
+	orders, duplicates int
+}
+
 // scrape reads each running backend's /metrics.
-func scrape(ctx context.Context, c *harness.Cluster) map[string]BackendStats {
-	out := map[string]BackendStats{}
+func scrape(ctx context.Context, c *harness.Cluster) map[string]scraped {
+	out := map[string]scraped{}
 	for _, b := range c.Backends() {
 		if b.State != harness.Running {
 			continue
@@ -24,11 +30,15 @@ func scrape(ctx context.Context, c *harness.Cluster) map[string]BackendStats {
 			continue
 		}
 		m := parseMetrics(bytes.NewReader(body))
-		out[b.Name] = BackendStats{
-			Name:      b.Name,
-			Sessions:  int(m["demoapp_sessions"]),
-			RSSBytes:  int64(m["process_resident_memory_bytes"]),
-			CacheHits: int64(m["demoapp_cache_hits_total"]),
+		out[b.Name] = scraped{
+			BackendStats: BackendStats{
+				Name:      b.Name,
+				Sessions:  int(m["demoapp_sessions"]),
+				RSSBytes:  int64(m["process_resident_memory_bytes"]),
+				CacheHits: int64(m["demoapp_cache_hits_total"]),
+			},
+			orders:     int(m["demoapp_orders_total"]),
+			duplicates: int(m["demoapp_duplicate_orders_total"]),
 		}
 	}
 	return out

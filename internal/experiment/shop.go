@@ -16,11 +16,17 @@ const (
 	pathCheckout = "/checkout"
 	pathLogout   = "/logout"
 
+	// sessionCookie carries the shop's session id (memory, redis and
+	// cached-redis stores): what the learn balancer learns.
+	sessionCookie = "SHOP_SESSION"
+
 	headerUser     = "X-User"
 	headerStep     = "X-Step"
 	headerBackend  = "X-Backend"
 	headerStoreOps = "X-Store-Ops"
 	headerCache    = "X-Cache"
+
+	headerIdempotencyKey = "Idempotency-Key"
 )
 
 // Error kinds of a sample; the shop's own kinds come from its JSON body.

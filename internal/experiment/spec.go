@@ -2,6 +2,7 @@ package experiment
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +32,7 @@ var Stores = []string{StoreMemory, StoreRedis, StoreCachedRedis, StoreToken}
 // needsRedis reports whether backends with the store entry talk to Redis:
 // to keep their sessions there, or a token store's denylist.
 func needsRedis(store string) bool {
-	c, _ := parseChoice(store, false)
+	c, _ := parseChoice(store, ofStore)
 	return c.name == StoreRedis || c.name == StoreCachedRedis || c.opts["denylist"] != ""
 }
 
@@ -52,9 +53,13 @@ type Spec struct {
 	// MinItems and MaxItems bound the items added per workflow.
 	MinItems, MaxItems int
 	Churn              float64
-	// Logout has each user log out after a checkout and then replay the
-	// session cookie it held, as a thief who copied it would.
+	// Logout has each user log out after a checkout; then, with Churn 1,
+	// a new user takes its place.
 	Logout bool
+	// Replay has a user who logged out replay the session cookie it held,
+	// as a thief who copied it would, before it logs in again. It needs
+	// Logout.
+	Replay bool
 	// Skew, above 0, makes a few users send most requests: user i gets
 	// each arrival with a chance in proportion to 1/i^Skew (Zipf's law).
 	// 0 gives every user the same share.
@@ -62,13 +67,30 @@ type Spec struct {
 	// Work is the time each backend spends per request (--work), so that
 	// the store's cost is seen against a realistic handler, not against 0.
 	Work time.Duration
+	// CheckoutWork is the time a checkout takes on the backends between
+	// reading the cart and placing the order (--checkout-work): a request
+	// repeated elsewhere meanwhile can order the cart a second time.
+	CheckoutWork time.Duration
+	// ResponseTimeout is the proxy's timeouts.response_header: how long it
+	// waits for a backend's answer before it fails the attempt, and
+	// retries it where its policy allows. 0 means the users' own request
+	// timeout (2 s), so that the proxy gives up when they do.
+	ResponseTimeout time.Duration
+	// DrainIdle and DrainTimeout are how a deploy fault with mode=drain
+	// waits for each backend, as ctl drain --wait's --idle and --timeout;
+	// 0 takes 500 ms and 5 s.
+	DrainIdle, DrainTimeout time.Duration
 
 	// Balancers and Stores name the matrix. An entry may carry options
 	// after the name, which make a variant of it: "consistent-hash
 	// load_factor=1.25".
 	Balancers []string
 	Stores    []string
-	Faults    harness.Schedule
+	// Variants, when set, are a third dimension of the matrix: each entry
+	// holds options of the whole cell, its proxy and its users, such as
+	// "retry=all client=nokey" or "mode=drain" (see options).
+	Variants []string
+	Faults   harness.Schedule
 
 	// Quick is the short version of the run that --quick selects.
 	Quick Quick
@@ -82,6 +104,7 @@ type Quick struct {
 	Users     int
 	Balancers []string
 	Stores    []string
+	Variants  []string
 }
 
 // Limits that keep a run bounded in time and memory.
@@ -127,14 +150,26 @@ func (s *Spec) Check() error {
 	if !(s.Skew >= 0 && s.Skew <= 5) {
 		bad("skew %v: want 0 to 5", s.Skew)
 	}
+	if s.Replay && !s.Logout {
+		bad("replay needs logout: only a user who logged out has a cookie to replay")
+	}
 	if s.Work < 0 || s.Work > time.Second {
 		bad("work %v: want 0 to 1s", s.Work)
+	}
+	if s.CheckoutWork < 0 || s.CheckoutWork > time.Second {
+		bad("checkout_work %v: want 0 to 1s", s.CheckoutWork)
+	}
+	if s.ResponseTimeout < 0 || s.ResponseTimeout > time.Minute {
+		bad("response_timeout %v: want 0 to 1m", s.ResponseTimeout)
+	}
+	if s.DrainIdle < 0 || s.DrainTimeout < 0 || (s.DrainTimeout > 0 && s.DrainTimeout <= s.drainIdle()) {
+		bad("drain idle %v, timeout %v: want a timeout above the idle window", s.DrainIdle, s.DrainTimeout)
 	}
 	if len(s.Balancers) == 0 || len(s.Stores) == 0 {
 		bad("balancers and stores must name at least one each")
 	}
 	for _, b := range s.Balancers {
-		c, err := parseChoice(b, true)
+		c, err := parseChoice(b, ofBalancer)
 		switch {
 		case err != nil:
 			bad("balancer %v", err)
@@ -143,12 +178,17 @@ func (s *Spec) Check() error {
 		}
 	}
 	for _, st := range s.Stores {
-		c, err := parseChoice(st, false)
+		c, err := parseChoice(st, ofStore)
 		switch {
 		case err != nil:
 			bad("store %v", err)
 		case !slices.Contains(Stores, c.name):
 			bad("unknown store %q (known: %v)", c.name, Stores)
+		}
+	}
+	for _, v := range s.Variants {
+		if _, err := parseChoice(v, ofRun); err != nil {
+			bad("variant %v", err)
 		}
 	}
 	if _, err := harness.NewSchedule(s.Faults, s.Backends, s.Duration); err != nil {
@@ -174,37 +214,62 @@ func (s Spec) Shortened() Spec {
 	if len(s.Quick.Stores) > 0 {
 		q.Stores = s.Quick.Stores
 	}
+	if len(s.Quick.Variants) > 0 {
+		q.Variants = s.Quick.Variants
+	}
 	q.Quick = Quick{}
 	return q
 }
 
 // Cells returns the number of cells of the matrix.
-func (s *Spec) Cells() int { return len(s.Balancers) * len(s.Stores) }
+func (s *Spec) Cells() int { return len(s.Balancers) * len(s.Stores) * max(1, len(s.Variants)) }
+
+// Defaults of a deploy's drain.
+const (
+	defaultDrainIdle    = 500 * time.Millisecond
+	defaultDrainTimeout = 5 * time.Second
+)
+
+// drainIdle and drainTimeout are the drain's settings, defaults for zero.
+func (s *Spec) drainIdle() time.Duration    { return cmp.Or(s.DrainIdle, defaultDrainIdle) }
+func (s *Spec) drainTimeout() time.Duration { return cmp.Or(s.DrainTimeout, defaultDrainTimeout) }
+
+// responseTimeout is the proxy's wait for an answer, the users' own for 0.
+func (s *Spec) responseTimeout() time.Duration { return cmp.Or(s.ResponseTimeout, requestTimeout) }
 
 // specFile is the YAML form of a Spec.
 type specFile struct {
-	Preset    string        `yaml:"preset"`
-	Name      string        `yaml:"name"`
-	Title     string        `yaml:"title"`
-	Claims    []int         `yaml:"claims"`
-	Backends  int           `yaml:"backends"`
-	Users     int           `yaml:"users"`
-	Rate      float64       `yaml:"rate"`
-	Duration  time.Duration `yaml:"duration"`
-	Seed      uint64        `yaml:"seed"`
-	Items     []int         `yaml:"items"` // [min, max]
-	Churn     float64       `yaml:"churn"`
-	Skew      float64       `yaml:"skew"`
-	Logout    bool          `yaml:"logout"`
-	Work      time.Duration `yaml:"work"`
-	Balancers []string      `yaml:"balancers"`
-	Stores    []string      `yaml:"stores"`
-	Faults    []string      `yaml:"faults"`
+	Preset          string        `yaml:"preset"`
+	Name            string        `yaml:"name"`
+	Title           string        `yaml:"title"`
+	Claims          []int         `yaml:"claims"`
+	Backends        int           `yaml:"backends"`
+	Users           int           `yaml:"users"`
+	Rate            float64       `yaml:"rate"`
+	Duration        time.Duration `yaml:"duration"`
+	Seed            uint64        `yaml:"seed"`
+	Items           []int         `yaml:"items"` // [min, max]
+	Churn           float64       `yaml:"churn"`
+	Skew            float64       `yaml:"skew"`
+	Logout          bool          `yaml:"logout"`
+	Replay          bool          `yaml:"replay"`
+	Work            time.Duration `yaml:"work"`
+	CheckoutWork    time.Duration `yaml:"checkout_work"`
+	ResponseTimeout time.Duration `yaml:"response_timeout"`
+	Drain           struct {
+		Idle    time.Duration `yaml:"idle"`
+		Timeout time.Duration `yaml:"timeout"`
+	} `yaml:"drain"`
+	Balancers []string `yaml:"balancers"`
+	Stores    []string `yaml:"stores"`
+	Variants  []string `yaml:"variants"`
+	Faults    []string `yaml:"faults"`
 	Quick     struct {
 		Duration  time.Duration `yaml:"duration"`
 		Users     int           `yaml:"users"`
 		Balancers []string      `yaml:"balancers"`
 		Stores    []string      `yaml:"stores"`
+		Variants  []string      `yaml:"variants"`
 	} `yaml:"quick"`
 }
 
@@ -269,10 +334,13 @@ func parseSpec(data []byte) (Spec, error) {
 			f.Faults = append(f.Faults, ft.String())
 		}
 		f.Quick.Duration, f.Quick.Users, f.Quick.Balancers, f.Quick.Stores = p.Quick.Duration, p.Quick.Users, p.Quick.Balancers, p.Quick.Stores
+		f.Quick.Variants = p.Quick.Variants
 	}
 	f.Name, f.Backends, f.Users, f.Rate, f.Duration = "custom", base.Backends, base.Users, base.Rate, base.Duration
-	f.Seed, f.Items, f.Churn, f.Skew, f.Logout, f.Work = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Skew, base.Logout, base.Work
-	f.Balancers, f.Stores = base.Balancers, base.Stores
+	f.Seed, f.Items, f.Churn, f.Skew, f.Logout, f.Replay = base.Seed, []int{base.MinItems, base.MaxItems}, base.Churn, base.Skew, base.Logout, base.Replay
+	f.Work, f.CheckoutWork, f.ResponseTimeout = base.Work, base.CheckoutWork, base.ResponseTimeout
+	f.Drain.Idle, f.Drain.Timeout = base.DrainIdle, base.DrainTimeout
+	f.Balancers, f.Stores, f.Variants = base.Balancers, base.Stores, base.Variants
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
@@ -284,9 +352,11 @@ func parseSpec(data []byte) (Spec, error) {
 	s := Spec{
 		Name: f.Name, Title: f.Title, Claims: f.Claims,
 		Backends: f.Backends, Users: f.Users, Rate: f.Rate, Duration: f.Duration, Seed: f.Seed,
-		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Skew: f.Skew, Logout: f.Logout, Work: f.Work,
-		Balancers: f.Balancers, Stores: f.Stores,
-		Quick: Quick{Duration: f.Quick.Duration, Users: f.Quick.Users, Balancers: f.Quick.Balancers, Stores: f.Quick.Stores},
+		MinItems: f.Items[0], MaxItems: f.Items[1], Churn: f.Churn, Skew: f.Skew, Logout: f.Logout, Replay: f.Replay,
+		Work: f.Work, CheckoutWork: f.CheckoutWork, ResponseTimeout: f.ResponseTimeout,
+		DrainIdle: f.Drain.Idle, DrainTimeout: f.Drain.Timeout,
+		Balancers: f.Balancers, Stores: f.Stores, Variants: f.Variants,
+		Quick: Quick{Duration: f.Quick.Duration, Users: f.Quick.Users, Balancers: f.Quick.Balancers, Stores: f.Quick.Stores, Variants: f.Quick.Variants},
 	}
 	if s.Title == "" {
 		s.Title = s.Name

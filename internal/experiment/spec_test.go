@@ -1,10 +1,14 @@
 package experiment
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +70,38 @@ quick: {duration: 3s, users: 10, stores: [memory]}
 				t.Errorf("claims %v from steady, want none: a custom run names its own", s.Claims)
 			}
 		}, ""},
+		{"variants and the keys of the new presets", `name: deploys
+logout: true
+churn: 1
+checkout_work: 300ms
+response_timeout: 800ms
+drain: {idle: 300ms, timeout: 2s}
+variants: ["mode=drain", "retry=all client=key"]
+faults: ["1s deploy"]
+quick: {variants: ["mode=drain"]}
+`, func(t *testing.T, s Spec) {
+			if !s.Logout || s.Replay || s.CheckoutWork != 300*time.Millisecond || s.responseTimeout() != 800*time.Millisecond ||
+				s.drainIdle() != 300*time.Millisecond || s.drainTimeout() != 2*time.Second || s.Cells() != 2*len(steady.Balancers)*len(steady.Stores) {
+				t.Errorf("%+v", s)
+			}
+			if q := s.Shortened(); !slices.Equal(q.Variants, []string{"mode=drain"}) || q.Faults[0].Action != harness.Deploy {
+				t.Errorf("quick %+v", q)
+			}
+		}, ""},
+		{"the preset's variants and drain", "preset: rolling-deploy\nname: x\n", func(t *testing.T, s Spec) {
+			if len(s.Variants) != 2 || s.DrainIdle != rollingDeploy.DrainIdle || !s.Logout || s.Churn != 1 {
+				t.Errorf("%+v", s)
+			}
+		}, ""},
+		{"defaults without settings", "name: x\n", func(t *testing.T, s Spec) {
+			if s.responseTimeout() != requestTimeout || s.drainIdle() != defaultDrainIdle || s.drainTimeout() != defaultDrainTimeout || s.Cells() != len(steady.Balancers)*len(steady.Stores) {
+				t.Errorf("%+v", s)
+			}
+		}, ""},
+		{"replay without logout", "name: x\nreplay: true\n", nil, "replay needs logout"},
+		{"a bad variant", "name: x\nvariants: [\"retry=sometimes\"]\n", nil, "want safe or all"},
+		{"a drain shorter than its idle window", "name: x\ndrain: {idle: 2s, timeout: 1s}\n", nil, "want a timeout above the idle window"},
+		{"a deploy with a backend down", "name: x\nfaults: [\"1s kill b1\", \"2s deploy\"]\n", nil, "a deploy needs every backend running"},
 		{"unknown preset", "preset: nope\n", nil, `no preset "nope"`},
 		{"unknown key", "name: x\nbackend: 3\n", nil, "field backend not found"},
 		{"bad fault", "name: x\nfaults: [\"1s smash b1\"]\n", nil, "unknown action"},
@@ -133,4 +169,74 @@ func TestDocsExampleSpecRuns(t *testing.T) {
 			t.Errorf("claim %d: %s", n, f.Text)
 		}
 	}
+}
+
+// TestDocsClaimsTable keeps the claims table of docs/experiments.md in step
+// with the harness: every claim, with its text, against every preset that
+// measures it, and a verdict; and, once the committed reports carry a
+// summary (examples/reports/summary.json, from --preset all), the verdicts
+// they found.
+func TestDocsClaimsTable(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/experiments.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "## The claims and today's verdicts\n")
+	if !ok {
+		t.Fatal("docs/experiments.md has no section of the claims and their verdicts")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	verdicts := map[string]string{} // "claim preset" → verdict
+	for line := range strings.Lines(section) {
+		cols := strings.Split(strings.TrimSpace(line), "|")
+		if len(cols) != 6 || strings.HasPrefix(strings.TrimSpace(cols[1]), "-") || strings.TrimSpace(cols[1]) == "#" {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(cols[1]))
+		text, preset, verdict := strings.TrimSpace(cols[2]), strings.Trim(strings.TrimSpace(cols[3]), "`"), strings.TrimSpace(cols[4])
+		if err != nil || text != claimText[n] {
+			t.Errorf("row %q: claim %q, want the text of claim %d: %q", line, cols[1], n, claimText[n])
+			continue
+		}
+		word, _, _ := strings.Cut(verdict, ":")
+		word, _, _ = strings.Cut(word, ",")
+		if !slices.Contains([]string{Agrees, Disagrees, Partly, NotMeasured}, word) {
+			t.Errorf("claim %d, %s: verdict %q, want agrees, disagrees, partly or not measured", n, preset, verdict)
+		}
+		verdicts[fmt.Sprint(n, " ", preset)] = word
+	}
+	for _, p := range Presets() {
+		for _, n := range p.Claims {
+			if _, ok := verdicts[fmt.Sprint(n, " ", p.Name)]; !ok {
+				t.Errorf("the table lacks claim %d measured by %s", n, p.Name)
+			}
+		}
+	}
+	if len(verdicts) != countClaims(Presets()) {
+		t.Errorf("the table has %d rows, the presets measure %d claims: a row names a preset that does not measure it", len(verdicts), countClaims(Presets()))
+	}
+	data, err := os.ReadFile("../../examples/reports/summary.json")
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s Summary
+	if err := json.Unmarshal(data, &s); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Claims {
+		if got := verdicts[fmt.Sprint(c.Claim, " ", c.Preset)]; got != c.Verdict {
+			t.Errorf("claim %d, %s: the docs say %q, the committed report %q", c.Claim, c.Preset, got, c.Verdict)
+		}
+	}
+}
+
+func countClaims(ps []Spec) int {
+	n := 0
+	for _, p := range ps {
+		n += len(p.Claims)
+	}
+	return n
 }

@@ -20,6 +20,7 @@ type column struct {
 var columns = []column{
 	{head: "balancer", figure: (*CellResult).BalancerEntry},
 	{head: "store", figure: (*CellResult).StoreEntry},
+	{head: "variant", figure: (*CellResult).RunEntry, any: func(c *CellResult) bool { return c.RunEntry() != "" }},
 	{head: "requests", figure: func(c *CellResult) string { return fmt.Sprint(c.Requests) }},
 	{head: "errors", figure: func(c *CellResult) string { return fmt.Sprint(c.Errors) }},
 	{head: "skipped", figure: func(c *CellResult) string { return fmt.Sprint(c.Skipped) }},
@@ -62,6 +63,36 @@ var columns = []column{
 		},
 		any: func(c *CellResult) bool { return c.ReplaysAccepted != nil },
 	},
+	{
+		head:   "checkouts",
+		figure: func(c *CellResult) string { return fmt.Sprint(c.Checkouts) },
+		any:    checkoutsMeasured,
+	},
+	{
+		head:   "duplicate orders",
+		figure: func(c *CellResult) string { return fmt.Sprint(c.DuplicateOrders) },
+		any:    checkoutsMeasured,
+	},
+	{
+		head:   "failed checkouts",
+		figure: func(c *CellResult) string { return fmt.Sprint(c.FailedCheckouts) },
+		any:    checkoutsMeasured,
+	},
+	{
+		head:   "checkout p99 ms",
+		figure: func(c *CellResult) string { return fmt.Sprintf("%.0f", c.CheckoutP99Ms) },
+		any:    checkoutsMeasured,
+	},
+	{
+		head:   "deploy s",
+		figure: func(c *CellResult) string { return opt(c.DeploySeconds, "%.1f") },
+		any:    func(c *CellResult) bool { return c.Deploys != nil },
+	},
+	{
+		head:   "per backend s",
+		figure: func(c *CellResult) string { return perBackend(c) },
+		any:    func(c *CellResult) bool { return c.Deploys != nil },
+	},
 	{head: "p50 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P50Ms) }},
 	{head: "p95 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P95Ms) }},
 	{head: "p99 ms", figure: func(c *CellResult) string { return fmt.Sprintf("%.2f", c.P99Ms) }},
@@ -69,6 +100,13 @@ var columns = []column{
 	{head: "cache hit %", figure: func(c *CellResult) string { return opt(c.CacheHitPct, "%.1f") }},
 	{head: "store ops/req", figure: func(c *CellResult) string { return opt(c.StoreOpsPerRequest, "%.2f") }},
 	{head: "bytes/req", figure: func(c *CellResult) string { return fmt.Sprintf("%.0f", c.BytesPerRequest) }},
+}
+
+// checkoutsMeasured reports whether c is a cell whose checkouts the run is
+// about: its users send keys or not (retry-safety), or the shop counted a
+// duplicate order.
+func checkoutsMeasured(c *CellResult) bool {
+	return c.Variant["client"] != "" || c.DuplicateOrders > 0
 }
 
 // resultsTable renders the cells of res as a markdown table of the columns
@@ -87,8 +125,8 @@ func resultsTable(res *Results) string {
 			b.WriteString("|\n")
 		}
 	}
-	for i := range shown {
-		if i < 2 {
+	for i, col := range shown {
+		if i < 2 || col.head == "variant" || col.head == "per backend s" {
 			b.WriteString("|---")
 		} else {
 			b.WriteString("|--:")
@@ -123,6 +161,16 @@ func resultsTable(res *Results) string {
 	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "replays accepted" }) {
 		b.WriteString(" Replays accepted: of the requests made after a logout with the session cookie held before it, " +
 			"those the shop answered as if the user were still logged in; a refused replay is not an error.")
+	}
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "checkouts" }) {
+		b.WriteString(" Checkouts: the carts the users tried to check out, each once however often its checkout was sent; " +
+			"duplicate orders: orders the shop placed for a cart that already had one (a checkout that ran twice), as the backends " +
+			"counted them; failed checkouts: carts whose checkout never got an order back; checkout p99: of the successful checkouts.")
+	}
+	if slices.ContainsFunc(shown, func(c column) bool { return c.head == "deploy s" }) {
+		b.WriteString(" Deploy: from the start of the rolling deploy until the last backend was back in service (- when it did not end " +
+			"before the load did); per backend: each backend's time out of service, in order, \"timed out\" when its drain did not end " +
+			"within the drain's timeout and it was stopped with users still on it.")
 	}
 	b.WriteString(" Latency and ok rps count successful requests.\n")
 	return b.String()
