@@ -30,6 +30,8 @@ func TestRetrySafetyFindings(t *testing.T) {
 			[]string{"2s hang b2, 4.5s resume b2, the proxy waiting 1000 ms for an answer, a checkout taking 400 ms",
 				"client=nokey retry=all: 300 checkouts, 12 duplicate orders, 0 failed", "client=nokey retry=safe: 300 checkouts, 0 duplicate orders, 9 failed",
 				"Agrees: only the retry of a POST without a key ordered carts twice", "left 9 checkouts failed"}},
+		{"keyed checkouts failed for other reasons", retryRun([4]int{0, 0, 12, 0}, [4]int{9, 2, 0, 1}),
+			[]string{"Agrees", "with the key, the retries ordered no cart twice, and 3 checkouts failed"}},
 		{"no duplicate at all", retryRun([4]int{0, 0, 0, 0}, [4]int{9, 0, 0, 0}), []string{"Disagrees: retrying every method ordered no cart twice"}},
 		{"keys did not help", retryRun([4]int{0, 0, 12, 2}, [4]int{9, 0, 0, 0}), []string{"Disagrees: client=key retry=all ordered 2 carts twice"}},
 		{"safe policy duplicated", retryRun([4]int{1, 0, 12, 0}, [4]int{9, 0, 0, 0}), []string{"Disagrees: client=nokey retry=safe ordered 1 carts twice"}},
