@@ -86,6 +86,14 @@ const (
 	DefaultPassiveEject    = 10 * time.Second // passive.eject
 	DefaultPassiveMaxEject = 5 * time.Minute  // passive.max_eject
 
+	// A pool's discover section has no default name; port is required for
+	// A and AAAA records, and resolver defaults to the system's.
+	DefaultDiscoverType         = DiscoverA        // discover.type
+	DefaultDiscoverScheme       = "http"           // discover.scheme
+	DefaultDiscoverInterval     = 10 * time.Second // discover.interval
+	DefaultDiscoverDrainTimeout = 5 * time.Minute  // discover.drain_timeout
+	DefaultSlowStart            = 0                // pools.*.slow_start: none
+
 	DefaultRetryCount   = 2        // pools.*.retries
 	DefaultRetryMaxBody = 64 << 10 // pools.*.retry_max_body, in bytes
 )
@@ -96,6 +104,9 @@ const (
 	MaxRetries      = 10                       // pools.*.retries: 0..MaxRetries
 	MaxVirtualNodes = 10000                    // balancer.hash.virtual_nodes: 1..MaxVirtualNodes
 	MaxLearnEntries = balancer.MaxLearnEntries // balancer.learn.max_entries: 1..MaxLearnEntries
+	// discover.interval: at least a second, so that a pool does not turn
+	// its resolver into a load test.
+	MinDiscoverInterval = time.Second
 	// server.max_header_bytes: MinHeaderBytes..MaxHeaderBytes. Below 1 KiB
 	// ordinary browsers' requests would not fit; above 16 MiB one client
 	// could hold that much memory per connection.
@@ -181,6 +192,16 @@ func DefaultPassive() Passive {
 		Failures: DefaultPassiveFailures,
 		Eject:    DefaultPassiveEject,
 		MaxEject: DefaultPassiveMaxEject,
+	}
+}
+
+// DefaultDiscover returns a discover section's values before the file's.
+func DefaultDiscover() Discover {
+	return Discover{
+		Type:         DefaultDiscoverType,
+		Scheme:       DefaultDiscoverScheme,
+		Interval:     DefaultDiscoverInterval,
+		DrainTimeout: DefaultDiscoverDrainTimeout,
 	}
 }
 

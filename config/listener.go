@@ -108,16 +108,20 @@ func parseTrustedProxy(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// backendTLS decodes a pool's tls section, given the pool's backends; nil
-// when there is none.
-func (d *decoder) backendTLS(pool *section, backends []Backend) *BackendTLS {
+// backendTLS decodes a pool's tls section, given the pool's backends or its
+// discover section; nil when there is none and none is implied (see
+// discoveredTLS).
+func (d *decoder) backendTLS(pool *section, backends []Backend, disc *Discover) *BackendTLS {
 	s := d.sub(pool, "tls", "ca", "insecure_skip_verify", "server_name")
 	if s == nil {
-		return nil
+		return discoveredTLS(nil, disc)
 	}
 	// Judged only when every URL was read, so that a mistyped one is not
 	// reported twice.
-	if len(backends) > 0 && !slices.ContainsFunc(backends, func(b Backend) bool { return b.URL == nil || b.URL.Scheme == "https" }) {
+	switch {
+	case disc != nil && disc.Scheme == "http":
+		d.errorf(s.at, "%s: applies to https backends, and discover.scheme is http", s.path)
+	case len(backends) > 0 && !slices.ContainsFunc(backends, func(b Backend) bool { return b.URL == nil || b.URL.Scheme == "https" }):
 		d.errorf(s.at, "%s: applies to https:// backends, and the pool has none", s.path)
 	}
 	t := &BackendTLS{}
@@ -140,7 +144,7 @@ func (d *decoder) backendTLS(pool *section, backends []Backend) *BackendTLS {
 			d.errorf(n, "%s.insecure_skip_verify: verifying nothing makes ca pointless; remove one of them", s.path)
 		}
 	}
-	return t
+	return discoveredTLS(t, disc)
 }
 
 // cookieSecret decodes the key that signs a pool's sticky cookie.

@@ -121,9 +121,16 @@ type Match struct {
 
 // Pool is a group of interchangeable backends behind one balancer.
 type Pool struct {
-	Name        string
-	Balancer    Balancer
-	Backends    []Backend
+	Name     string
+	Balancer Balancer
+	// Backends are the configured backends; none when Discover is set.
+	Backends []Backend
+	// Discover takes the backends from DNS instead; nil: Backends.
+	Discover *Discover
+	// SlowStart is how long a backend that joins, or comes back from down
+	// or maint, takes to reach its full share of new clients, from a
+	// tenth of it (slow_start; default 0: at once).
+	SlowStart   time.Duration
 	HealthCheck *HealthCheck // nil: no active checks
 	Passive     *Passive     // nil: no passive ejection
 	Retries     Retries
@@ -148,6 +155,39 @@ type Backend struct {
 	// holds over reloads that leave this one as it was.
 	State State
 }
+
+// Discover makes a pool follow the records of a DNS name: each address (or
+// SRV target) is a backend, named after it, and one that leaves DNS drains.
+type Discover struct {
+	// DNS is the name looked up (dns), e.g. app.default.svc.cluster.local,
+	// or _http._tcp.app.service.consul for SRV.
+	DNS string
+	// Type is DiscoverA (A and AAAA records), DiscoverAAAA, or DiscoverSRV
+	// (target, port and weight from each record) (type; default A).
+	Type string
+	// Port is the backends' port for A and AAAA (port; required there); 0
+	// with SRV, whose records carry it.
+	Port int
+	// Scheme is http or https (scheme; default http).
+	Scheme string
+	// Interval is the time between lookups, at least MinDiscoverInterval
+	// (interval; default 10s). Records' TTLs do not shorten it.
+	Interval time.Duration
+	// Resolver is the ip:port of the DNS server asked (resolver); empty:
+	// the system's, from /etc/resolv.conf.
+	Resolver string
+	// DrainTimeout bounds how long a backend that left DNS keeps its
+	// pinned clients before it is removed, if it is not idle before
+	// (drain_timeout; default 5m; 0: removed at once).
+	DrainTimeout time.Duration
+}
+
+// The record types a pool can discover its backends by.
+const (
+	DiscoverA    = "A"    // A and AAAA records of the name, on Discover.Port
+	DiscoverAAAA = "AAAA" // AAAA records only
+	DiscoverSRV  = "SRV"  // SRV records: target, port and weight
+)
 
 // HealthCheck configures active health checks of a pool's backends.
 type HealthCheck struct {
