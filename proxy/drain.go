@@ -318,7 +318,10 @@ func (s *Server) outgoing() map[*balancer.Backend]outgoing {
 	for _, p := range s.state.Load().pools {
 		p.mu.Lock()
 		for i, b := range p.backends {
-			if m := &p.members[i]; m.state != config.StateReady {
+			m := &p.members[i]
+			if drains, since := m.draining(); drains {
+				out[b] = outgoing{pool: p.name, state: string(config.StateDrain), since: since}
+			} else if m.state != config.StateReady {
 				out[b] = outgoing{pool: p.name, state: string(m.state), since: m.since}
 			}
 		}

@@ -367,6 +367,12 @@ var (
 	descClientConns = prometheus.NewDesc("affinity_client_connections",
 		"Open client connections of the listeners accepting now: served (active, or idle for less than server.park_after) or parked (idle longer, held without a goroutine).",
 		[]string{"state"}, nil)
+	descDiscoveryErrors = prometheus.NewDesc("affinity_discovery_errors_total",
+		"Lookups of a pool's DNS name that failed or found no record; the backends known last kept serving.",
+		[]string{"pool"}, nil)
+	descDiscoveryAnswer = prometheus.NewDesc("affinity_discovery_last_answer_timestamp_seconds",
+		"When DNS last answered a pool's lookup with records, as a Unix time; absent before the first.",
+		[]string{"pool"}, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
 		[]string{"hash"}, nil)
@@ -384,6 +390,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
+		descDiscoveryErrors, descDiscoveryAnswer,
 	} {
 		ch <- d
 	}
@@ -408,6 +415,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
 		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)
 		emit(ch, descRefused, prometheus.CounterValue, float64(p.refusals.Load()), p.name)
+		if d := p.discovery; d != nil {
+			st := d.status(wall, 0)
+			emit(ch, descDiscoveryErrors, prometheus.CounterValue, float64(st.Errors), p.name)
+			if st.LastAnswer != nil {
+				emit(ch, descDiscoveryAnswer, prometheus.GaugeValue, float64(st.LastAnswer.UnixMilli())/1e3, p.name)
+			}
+		}
 		if t, ok := p.policy.(balancer.StickTable); ok {
 			emit(ch, descLearnEntries, prometheus.GaugeValue, float64(t.Len()), p.name)
 			emit(ch, descLearnEvictions, prometheus.CounterValue, float64(t.Evictions()), p.name)

@@ -60,7 +60,7 @@ func passivePool(t *testing.T, n int) (*pool, *observer.ObservedLogs) {
 		pc.Backends = append(pc.Backends, config.Backend{URL: u, Name: "b" + strconv.Itoa(i), Weight: 1})
 	}
 	log, logs := observed()
-	p, err := newPool(pc, log, nil)
+	p, err := newPool(pc, nil, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,6 +53,9 @@ type pool struct {
 	// hashesIP is set when the policy hashes the client's address, which
 	// the handler then resolves behind trusted proxies (forwarded.go).
 	hashesIP bool
+	// discovery follows the DNS records the backends come from; nil for a
+	// pool of configured backends (discover.go).
+	discovery *discoverer
 
 	snap atomic.Pointer[snapshot]
 	// exhausted is set while picks fail, so that running out of backends
@@ -100,16 +103,31 @@ type member struct {
 	spared bool
 	timer  *time.Timer // readmits an ejected backend; nil otherwise
 	until  time.Time   // when timer fires, for a reload to carry it over
+	// gone is when DNS stopped listing a discovered backend, which then
+	// drains whatever its state; zero while it is listed, or configured.
+	gone time.Time
 }
 
 // takesNew reports whether the backend may receive new clients.
 func (m *member) takesNew() bool {
-	return m.healthy && !m.ejected && m.state == config.StateReady
+	return m.healthy && !m.ejected && m.state == config.StateReady && m.gone.IsZero()
 }
 
 // drains reports whether the backend takes its pinned clients only.
 func (m *member) drains() bool {
-	return m.healthy && !m.ejected && m.state == config.StateDrain
+	return m.healthy && !m.ejected && (m.state == config.StateDrain || m.state == config.StateReady && !m.gone.IsZero())
+}
+
+// draining reports whether the backend drains by its state or because it
+// left DNS, whatever its health, and since when.
+func (m *member) draining() (bool, time.Time) {
+	switch {
+	case m.state == config.StateDrain:
+		return true, m.since
+	case m.state == config.StateReady && !m.gone.IsZero():
+		return true, m.gone
+	}
+	return false, time.Time{}
 }
 
 // newPool creates the backends of pc and a first snapshot with all of them
@@ -120,7 +138,10 @@ func (m *member) drains() bool {
 // reload replaces: the new pool counts in prev's Group and takes over the
 // Backend of each backend it keeps unchanged (see backendFor), so that
 // requests in flight on either pool count alike.
-func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
+//
+// gone holds, for a pool whose backends DNS lists, those it has stopped
+// listing, which drain, and since when; nil for configured backends.
+func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *pool) (*pool, error) {
 	policy, err := prev.policyFor(pc.Balancer)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", pc.Name, err)
@@ -169,6 +190,7 @@ func newPool(pc *config.Pool, log *zap.Logger, prev *pool) (*pool, error) {
 		p.backends = append(p.backends, b)
 		p.members[i].healthy = true
 		p.members[i].adminState = newAdminState(cb.State)
+		p.members[i].gone = gone[id]
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -210,6 +232,10 @@ func checkPoolSettings(pc *config.Pool) error {
 		if err := checkHealthPath(h.Path); err != nil {
 			return err
 		}
+	}
+	if d := pc.Discover; d != nil && (d.Interval <= 0 || d.DrainTimeout < 0 || d.DNS == "") {
+		return fmt.Errorf("discover dns %q, interval %v and drain_timeout %v: want a name, a positive interval and a drain_timeout not negative",
+			d.DNS, d.Interval, d.DrainTimeout)
 	}
 	if pv := pc.Passive; pv != nil && (pv.Failures < 1 || pv.Eject <= 0 || pv.MaxEject < pv.Eject) {
 		return fmt.Errorf("passive failures %d must be at least 1, eject %v positive and max_eject %v at least eject",
@@ -296,7 +322,7 @@ func (p *pool) rebuildLocked() int {
 		// take out every backend left, the healthy ones that are ejected
 		// serve rather than the pool answering 503 to everyone.
 		for i, b := range p.backends {
-			if m := &p.members[i]; m.healthy && m.state == config.StateReady {
+			if m := &p.members[i]; m.healthy && m.state == config.StateReady && m.gone.IsZero() {
 				avail = append(avail, b)
 			}
 		}

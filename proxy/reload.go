@@ -136,7 +136,11 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		return 0, errClosed
 	}
 	old := s.state.Load()
-	next, err := newState(cfg, s.log, old)
+	disc, err := discoverers(cfg, s.log, s.discovery)
+	if err != nil {
+		return 0, fmt.Errorf("proxy: reload: %w", err)
+	}
+	next, err := newState(cfg, s.log, old, disc)
 	if err != nil {
 		return 0, fmt.Errorf("proxy: reload: %w", err)
 	}
@@ -148,19 +152,18 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		}
 	}
 	// Nothing fails from here on.
-	for _, np := range next.pools {
-		if op := old.pool(np.name); op != nil && op.policy == np.policy {
-			op.mu.Lock()
-			op.policyHandedOver = true
-			op.mu.Unlock()
+	for name, d := range s.discovery {
+		if disc[name] != d {
+			d.stop()
 		}
 	}
-	old.stop()
-	removed := s.takeOver(old, next)
+	s.discovery = disc
 	s.transport.set(cfg.Timeouts)
-	s.state.Store(next)
+	removed := s.swap(old, next)
 	if s.started {
-		next.start()
+		for _, d := range disc {
+			d.start(s)
+		}
 	}
 	if respelled {
 		// The same address written another way (":8080" for
@@ -185,6 +188,26 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 		s.log.Warn("setting changes at restart only", zap.String("key", key))
 	}
 	return removed, nil
+}
+
+// swap puts next in service in place of old, which it stops, handing it
+// what old knew of the backends they share (takeOver); it returns how many
+// backends left. s.reloadMu must be held.
+func (s *Server) swap(old, next *state) (removed int) {
+	for _, np := range next.pools {
+		if op := old.pool(np.name); op != nil && op.policy == np.policy {
+			op.mu.Lock()
+			op.policyHandedOver = true
+			op.mu.Unlock()
+		}
+	}
+	old.stop()
+	removed = s.takeOver(old, next)
+	s.state.Store(next)
+	if s.started {
+		next.start()
+	}
+	return removed
 }
 
 // LogWarnings logs each of cfg's warnings, FILE:LINE:COL first.
@@ -227,8 +250,9 @@ func (s *Server) logFailure(file string, err error) {
 
 // takeOver hands what old knew of its backends to next, before next serves
 // (see Reload). old must be stopped, so that nothing changes what it knows
-// meanwhile. It logs the backends that came and went, and returns how many
-// went.
+// meanwhile. It logs the backends that came and went, but for those of a
+// pool that discovers them, whose discoverer logs them with their records,
+// and returns how many went.
 func (s *Server) takeOver(old, next *state) (removed int) {
 	checks := make(map[checkKey]*checker, len(old.checks.list))
 	for _, ck := range old.checks.list {
@@ -246,7 +270,7 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 		op := old.pool(np.name)
 		np.takeOver(op)
 		for i, b := range np.backends {
-			if op == nil || op.index(b) < 0 {
+			if np.discovery == nil && (op == nil || op.index(b) < 0) {
 				s.log.Info("backend added", zap.String("pool", np.name), zap.String("backend", b.ID),
 					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight),
 					zap.String("state", string(np.members[i].state)))
@@ -256,15 +280,22 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 	now := time.Now()
 	for _, op := range old.pools {
 		np := next.pool(op.name)
-		for _, b := range op.backends {
-			if np == nil || np.index(b) < 0 {
-				removed++
+		for i, b := range op.backends {
+			if np != nil && np.index(b) >= 0 {
+				continue
+			}
+			removed++
+			if np == nil || np.discovery == nil {
 				s.log.Info("backend removed", zap.String("pool", op.name), zap.String("backend", b.ID),
 					zap.Int64("in_flight", b.InFlight()))
-				// Shown as removed until its requests end; drain_timeout
-				// bounds them from now.
-				s.leaving.add(removedBackend{pool: op.name, backend: b, since: now})
 			}
+			// Shown as removed until its requests end; drain_timeout
+			// bounds them from now, or from when it left DNS.
+			since := now
+			if gone := op.members[i].gone; !gone.IsZero() {
+				since = gone
+			}
+			s.leaving.add(removedBackend{pool: op.name, backend: b, since: since})
 		}
 	}
 	return removed

@@ -154,7 +154,7 @@ func TestTakeOverCarriesCheckCounts(t *testing.T) {
 	}
 	cfg := catchAll(pc)
 	log, _ := observed()
-	old, err := newState(cfg, log, nil)
+	old, err := newState(cfg, log, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestTakeOverCarriesCheckCounts(t *testing.T) {
 	pc2 := *pc
 	pc2.Backends = slices.Clone(pc.Backends)
 	pc2.Backends[1].URL = &url.URL{Scheme: "http", Host: "127.0.0.1:9003"}
-	next, err := newState(catchAll(&pc2), log, old)
+	next, err := newState(catchAll(&pc2), log, old, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

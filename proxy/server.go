@@ -68,6 +68,14 @@ type Server struct {
 	tunnels, detached clientSet
 	// leaving lists the backends reloads removed that still serve.
 	leaving leaving
+	// discovery holds the discoverer of each pool that takes its backends
+	// from DNS, by pool name; guarded by reloadMu. discoveryLoops counts
+	// their loops, which Shutdown waits for (discover.go).
+	discovery      map[string]*discoverer
+	discoveryLoops sync.WaitGroup
+	// goneIdle is how long a backend that left DNS must be idle to be
+	// removed: the constant goneIdle, but in tests; guarded by reloadMu.
+	goneIdle time.Duration
 	// stopDrainer stops the drainer that Serve starts; nil until then.
 	stopDrainer func()
 	stats       serverStats
@@ -141,7 +149,11 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := newState(cfg, log, nil)
+	disc, err := discoverers(cfg, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	st, err := newState(cfg, log, nil, disc)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +168,8 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
 		parkAfter: limits.ParkAfter,
+		discovery: disc,
+		goneIdle:  goneIdle,
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig
@@ -210,8 +224,9 @@ func (s *Server) RetryEveryMethod() {
 
 // newState builds the pools of cfg and the routes to them. prev, when not
 // nil, is the state a reload replaces, whose pools the new ones of the same
-// name take their kept backends from (see newPool); prev is only read.
-func newState(cfg *config.Config, log *zap.Logger, prev *state) (*state, error) {
+// name take their kept backends from (see newPool); prev is only read. A
+// pool that discovers its backends takes them from its discoverer in disc.
+func newState(cfg *config.Config, log *zap.Logger, prev *state, disc map[string]*discoverer) (*state, error) {
 	st := &state{cfg: cfg, pools: make([]*pool, 0, len(cfg.Pools))}
 	byName := make(map[string]*pool, len(cfg.Pools))
 	for i, pc := range cfg.Pools {
@@ -221,9 +236,22 @@ func newState(cfg *config.Config, log *zap.Logger, prev *state) (*state, error) 
 		if _, dup := byName[pc.Name]; dup {
 			return nil, fmt.Errorf("pool %q: %w", pc.Name, errDuplicatePool)
 		}
-		p, err := newPool(pc, log, prev.pool(pc.Name))
+		var gone map[string]time.Time
+		d := disc[pc.Name]
+		if pc.Discover != nil {
+			if d == nil {
+				return nil, fmt.Errorf("pool %q: %w", pc.Name, errNoDiscovery)
+			}
+			found := *pc
+			found.Backends, gone = d.members()
+			pc = &found
+		}
+		p, err := newPool(pc, gone, log, prev.pool(pc.Name))
 		if err != nil {
 			return nil, err
+		}
+		if pc.Discover != nil {
+			p.discovery = d
 		}
 		byName[p.name] = p
 		st.pools = append(st.pools, p)
@@ -286,6 +314,9 @@ func (s *Server) serveBound(b *binding) error {
 		s.logState(st)
 		s.started = true
 		st.start()
+		for _, d := range s.discovery {
+			d.start(s)
+		}
 		if s.stopDrainer == nil {
 			s.stopDrainer = s.startDrainer()
 		}
@@ -316,7 +347,12 @@ func (s *Server) logState(st *state) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.reloadMu.Lock()
 	s.closed = true
+	for _, d := range s.discovery {
+		d.stop()
+	}
 	s.reloadMu.Unlock()
+	// A loop applying a lookup finds the server closed, and returns.
+	s.discoveryLoops.Wait()
 	s.admin.draining.Store(true)
 	// Their Serve loops end, and let go of them, once the listeners close.
 	s.lnMu.Lock()

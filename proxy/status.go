@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/config"
 )
 
 // backendView is a backend as the status page, the admin API and the
@@ -25,6 +26,9 @@ type backendView struct {
 	// removed is set for a backend a reload took out of its pool, still
 	// serving requests.
 	removed bool
+	// gone is when DNS stopped listing a discovered backend; zero while
+	// it is listed, or configured.
+	gone time.Time
 }
 
 // view returns every backend of p, in config order, with its state.
@@ -49,6 +53,7 @@ func (p *pool) viewLocked(i int) backendView {
 		ejected:    m.ejected,
 		available:  slices.Contains(p.snap.Load().available, b),
 		adminState: m.adminState,
+		gone:       m.gone,
 	}
 }
 
@@ -78,12 +83,36 @@ func (v backendView) health() string {
 }
 
 // stateName names v's administrative state: ready, drain, maint, or
-// removed.
+// removed; drain for a ready backend that left DNS.
 func (v backendView) stateName() string {
-	if v.removed {
+	switch {
+	case v.removed:
 		return stateRemoved
+	case v.leftDNS():
+		return string(config.StateDrain)
 	}
 	return string(v.state)
+}
+
+// leftDNS reports whether v drains because DNS no longer lists it, rather
+// than by a state an operator set.
+func (v backendView) leftDNS() bool { return v.state == config.StateReady && !v.gone.IsZero() }
+
+// stateSource tells where v's state comes from: config, api (set at run
+// time), or dns for a backend draining because it left DNS.
+func (v backendView) stateSource() string {
+	if v.leftDNS() {
+		return "dns"
+	}
+	return v.source()
+}
+
+// stateSince is when v entered the state stateName names.
+func (v backendView) stateSince() time.Time {
+	if v.leftDNS() {
+		return v.gone
+	}
+	return v.since
 }
 
 const (
@@ -223,6 +252,9 @@ type poolStatus struct {
 	// Removed holds the backends a reload removed from the pool that
 	// still serve requests, upgraded connections or streams.
 	Removed []backendStatus `json:"removed,omitempty"`
+	// Discovery tells, for a pool that takes its backends from DNS, what
+	// it asks and how its lookups fare.
+	Discovery *discoveryStatus `json:"discovery,omitempty"`
 }
 
 type backendStatus struct {
@@ -231,7 +263,8 @@ type backendStatus struct {
 	// State is the administrative state: ready, drain, maint, or removed
 	// for a backend a reload removed that still serves.
 	State string `json:"state"`
-	// StateSource is config, or api for a state set at run time.
+	// StateSource is config, api for a state set at run time, or dns for
+	// a discovered backend draining because DNS no longer lists it.
 	StateSource string    `json:"state_source"`
 	StateSince  time.Time `json:"state_since"`
 	Health      string    `json:"health"`    // up, down or ejected
@@ -301,8 +334,15 @@ func (a *admin) poolsNamed(want func(string) bool) []poolStatus {
 			Refused:  p.refusals.Load(),
 		}
 		sessions := p.sessions()
+		listed := 0
 		for _, v := range p.view() {
 			ps.Backends = append(ps.Backends, a.backendStatus(v, now, sessions))
+			if v.gone.IsZero() {
+				listed++
+			}
+		}
+		if p.discovery != nil {
+			ps.Discovery = p.discovery.status(time.Now(), listed)
 		}
 		out = append(out, ps)
 	}
@@ -351,8 +391,8 @@ func (a *admin) backendStatus(v backendView, now time.Duration, sessions map[str
 		Name:        v.backend.ID,
 		URL:         v.backend.URL.Redacted(),
 		State:       v.stateName(),
-		StateSource: v.source(),
-		StateSince:  v.since,
+		StateSource: v.stateSource(),
+		StateSince:  v.stateSince(),
 		Health:      v.health(),
 		Available:   v.available,
 		Weight:      v.backend.Weight,

@@ -91,11 +91,11 @@ func (d *DNS) SetHosts(hosts []string) {
 	if d.proc == nil {
 		return
 	}
+	// It logs each reading of the file; wait for the new one.
+	want := strings.Count(d.out.String(), "read "+d.hosts) + 1
 	if err := d.proc.Process.Signal(syscall.SIGHUP); err != nil {
 		d.t.Fatalf("signal %s: %v", dnsmasq, err)
 	}
-	// It logs each reading of the file; wait for the new one.
-	want := strings.Count(d.out.String(), "read "+d.hosts) + 1
 	if !poll(5*time.Second, func() bool { return strings.Count(d.out.String(), "read "+d.hosts) >= want }) {
 		d.t.Fatalf("%s did not read %s again; its log:\n%s", dnsmasq, d.hosts, d.out)
 	}
