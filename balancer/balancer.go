@@ -134,6 +134,12 @@ type Set struct {
 	// Group counts in-flight requests over the pool's backends; it may be
 	// nil when nothing counts them (a policy must then not bound loads).
 	Group *Group
+	// Warming holds, for available backends in slow start, the fraction
+	// of their weight, in (0, 1), by which they take new clients now: the
+	// weighted rotation that places new clients (and round-robin's
+	// requests) counts them so. nil: every backend at its full weight. A
+	// consistent-hash ring ignores it: a key goes to its owner at once.
+	Warming map[*Backend]float64
 }
 
 // Sticky tells what a pick did to the client's affinity, for logs and metrics.

@@ -149,7 +149,7 @@ func (p *cookiePolicy) Build(s Set) Picker {
 		byValue:   make(map[string]cookieEntry, n*len(s.All)),
 		setCookie: make([]*[cookieVariants]string, len(s.Available)),
 		ids:       make([]uint64, len(s.Available)),
-		w:         newWRR(s.Available, &p.next),
+		w:         newWRR(s.Available, s.Warming, &p.next),
 		variant:   &p.variant,
 	}
 	p.mu.Lock()

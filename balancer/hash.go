@@ -62,7 +62,7 @@ func (p *hashPolicy) Build(s Set) Picker {
 		key:      p.key,
 		ring:     s.All,
 		role:     make([]ringRole, len(s.All)),
-		fallback: newWRR(s.Available, &p.next),
+		fallback: newWRR(s.Available, s.Warming, &p.next),
 	}
 	roles := make(map[*Backend]ringRole, len(s.Available)+len(s.Draining))
 	for _, b := range s.Available {

@@ -112,7 +112,7 @@ func (p *learnPolicy) Build(s Set) Picker {
 	lp := &learnPicker{
 		policy: p,
 		byID:   make(map[string]uint32, len(s.All)),
-		w:      newWRR(s.Available, &p.next),
+		w:      newWRR(s.Available, s.Warming, &p.next),
 		ids:    make([]uint64, len(s.Available)),
 	}
 	for _, b := range s.All {

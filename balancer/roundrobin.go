@@ -21,7 +21,7 @@ type roundRobin struct {
 
 // Build precomputes the rotation over s.Available.
 func (p *roundRobin) Build(s Set) Picker {
-	return rrPicker{w: newWRR(s.Available, &p.next)}
+	return rrPicker{w: newWRR(s.Available, s.Warming, &p.next)}
 }
 
 type rrPicker struct{ w wrr }
@@ -46,7 +46,8 @@ type wrr struct {
 }
 
 // newWRR precomputes the rotation over backends in O(W log n) time and
-// 4 bytes per entry, W = sum of w_i being the period.
+// 4 bytes per entry, W = sum of w_i being the period. A backend in warming
+// takes that fraction of its weight (see warmWeights).
 //
 // Slot k of the period is time k/W. Backend i's n-th turn is released at
 // (n-1)/w_i and due at n/w_i; each slot goes to the released turn due first
@@ -55,20 +56,21 @@ type wrr struct {
 // and each backend has exactly w_i slots per period. Without the release
 // rule, turns pile up where deadlines coincide: 1:1:1:1:4 would send four
 // requests in a row to the heavy backend.
-func newWRR(backends []*Backend, next *atomic.Uint64) wrr {
+func newWRR(backends []*Backend, warming map[*Backend]float64, next *atomic.Uint64) wrr {
 	w := wrr{backends: backends, next: next}
 	if len(backends) == 0 {
 		return w
 	}
+	weights := warmWeights(backends, warming)
 	g := 0
-	for _, b := range backends {
-		g = gcd(g, weightOf(b))
+	for _, wi := range weights {
+		g = gcd(g, wi)
 	}
 	ready := turns{due: true}
 	var waiting turns
 	total := 0
-	for i, b := range backends {
-		wi := weightOf(b) / g
+	for i := range backends {
+		wi := weights[i] / g
 		ready.push(turn{idx: uint32(i), n: 1, w: wi})
 		total += wi
 	}
@@ -110,6 +112,30 @@ func (w *wrr) pickExcept(skip []*Backend) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// WarmSteps is how finely a warming backend's share is counted: its
+// weight is scaled by this, and a fraction of it taken, so that a ramp in
+// steps of 1/WarmSteps of the weight is exact, and the rotation's period
+// grows by at most this factor while any backend warms.
+const WarmSteps = 20
+
+// warmWeights returns the weights backends take new clients by: each
+// backend's weight, or with any backend warming, every weight times
+// WarmSteps, a warming one's times its fraction (at least 1).
+func warmWeights(backends []*Backend, warming map[*Backend]float64) []int {
+	out := make([]int, len(backends))
+	for i, b := range backends {
+		out[i] = weightOf(b)
+		if len(warming) == 0 {
+			continue
+		}
+		out[i] *= WarmSteps
+		if f, ok := warming[b]; ok && f > 0 && f < 1 {
+			out[i] = max(1, int(float64(out[i])*f))
+		}
+	}
+	return out
 }
 
 // weightOf guards against a Backend built without NewBackend.

@@ -2,11 +2,13 @@ package balancer
 
 import (
 	"errors"
+	"io"
 	"net/http/httptest"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 )
 
 // rrSequence returns the IDs of n consecutive picks.
@@ -200,4 +202,43 @@ func idsName(weights []int) string {
 		s += "-" + strconv.Itoa(w)
 	}
 	return s
+}
+
+// TestWarming: a backend in slow start takes its fraction of its share of
+// the rotation, whichever policy places new clients by it.
+func TestWarming(t *testing.T) {
+	tests := []struct {
+		fraction float64
+		weights  []int
+		want     []int // picks per backend over one period
+	}{
+		{0.1, []int{1, 1}, []int{20, 2}},
+		{0.5, []int{1, 1}, []int{20, 10}},
+		{0.5, []int{2, 4}, []int{40, 40}},
+		{0.01, []int{1, 1}, []int{20, 1}}, // at least one turn
+		{1, []int{1, 1}, []int{1, 1}},     // full: not warming
+	}
+	for _, tt := range tests {
+		bs := testBackends(nil, tt.weights...)
+		warming := map[*Backend]float64{bs[1]: tt.fraction}
+		for _, kind := range []string{"round-robin", "cookie", "learn"} {
+			p, err := New(kind, Options{Cookie: CookieOptions{Name: "c", Path: "/"}, Learn: LearnOptions{Cookie: "s", MaxEntries: 10, TTL: time.Minute, Store: LearnStoreMemory}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pk := p.Build(Set{All: bs, Available: bs, Warming: warming})
+			total := tt.want[0] + tt.want[1]
+			got := []int{0, 0}
+			for range total {
+				b := mustPick(t, pk, httptest.NewRequest("GET", "/", nil)).Backend
+				got[slices.Index(bs, b)]++
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("%s, weights %v, b1 warming at %v: picks %v, want %v", kind, tt.weights, tt.fraction, got, tt.want)
+			}
+			if c, ok := p.(io.Closer); ok {
+				_ = c.Close()
+			}
+		}
+	}
 }

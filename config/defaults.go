@@ -92,6 +92,7 @@ const (
 	DefaultDiscoverScheme       = "http"           // discover.scheme
 	DefaultDiscoverInterval     = 10 * time.Second // discover.interval
 	DefaultDiscoverDrainTimeout = 5 * time.Minute  // discover.drain_timeout
+	DefaultSlowStart            = 0                // pools.*.slow_start: none
 
 	DefaultRetryCount   = 2        // pools.*.retries
 	DefaultRetryMaxBody = 64 << 10 // pools.*.retry_max_body, in bytes

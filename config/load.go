@@ -414,11 +414,11 @@ func covers(a, b Match) bool {
 // pool decodes one pool; key is its name in the pools mapping.
 func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	path := "pools." + name
-	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "passive", "retries", "retry_max_body", "tls")
+	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "passive", "retries", "retry_max_body", "slow_start", "tls")
 	if s == nil {
 		return nil
 	}
-	p := &Pool{Name: name, Balancer: DefaultBalancer(), Retries: DefaultRetries()}
+	p := &Pool{Name: name, Balancer: DefaultBalancer(), Retries: DefaultRetries(), SlowStart: DefaultSlowStart}
 	d.membership(s)
 	before := len(d.errs)
 	d.balancer(s, &p.Balancer)
@@ -435,6 +435,9 @@ func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	}
 	p.Backends = d.backends(s)
 	p.Discover = d.discover(s)
+	if v, n := d.duration(s, "slow_start", true); n != nil {
+		p.SlowStart = v
+	}
 	if h := d.sub(s, "health_check", "expect_body", "expect_status", "fall", "host", "interval", "path", "rise", "timeout"); h != nil {
 		p.HealthCheck = d.healthCheck(h)
 	}

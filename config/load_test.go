@@ -129,6 +129,8 @@ func TestLoadValid(t *testing.T) {
 			check(t, "web discover", web.Discover, &Discover{DNS: "app.default.svc.cluster.local", Type: DiscoverA,
 				Port: 8080, Scheme: "http", Interval: DefaultDiscoverInterval, DrainTimeout: DefaultDiscoverDrainTimeout})
 			check(t, "web tls", web.TLS, (*BackendTLS)(nil))
+			check(t, "web slow start", web.SlowStart, 30*time.Second)
+			check(t, "api slow start", api.SlowStart, time.Duration(0))
 			check(t, "api discover", api.Discover, &Discover{DNS: "_https._tcp.api.service.consul.", Type: DiscoverSRV,
 				Scheme: "https", Interval: time.Second, Resolver: "127.0.0.1:53"})
 			// Dialled by address, verified against the service's name.

@@ -126,7 +126,11 @@ type Pool struct {
 	// Backends are the configured backends; none when Discover is set.
 	Backends []Backend
 	// Discover takes the backends from DNS instead; nil: Backends.
-	Discover    *Discover
+	Discover *Discover
+	// SlowStart is how long a backend that joins, or comes back from down,
+	// ejected or maint, takes to reach its full share of new clients,
+	// from a tenth of it (slow_start; default 0: at once).
+	SlowStart   time.Duration
 	HealthCheck *HealthCheck // nil: no active checks
 	Passive     *Passive     // nil: no passive ejection
 	Retries     Retries

@@ -45,6 +45,9 @@ type pool struct {
 	passive *passive            // nil: no passive ejection
 	retries int                 // further attempts after the first
 	maxBody int64               // largest request body buffered for a retry
+	// slowStart is how long a backend that starts taking new clients
+	// after serving nobody takes to reach its full weight (slowstart.go).
+	slowStart time.Duration
 	// transport forwards to the backends and checkClient checks them,
 	// when the pool's tls section needs its own; nil: the server's shared
 	// transport and the default check client (tls.go).
@@ -70,6 +73,7 @@ type pool struct {
 	mu      sync.Mutex // serialises Build, which a Policy needs, and guards:
 	members []member   // parallel to backends
 	stopped bool       // set by stop: no more ejections or readmissions
+	ramp    *time.Timer // the next rebuild of a slow start; nil when none is due
 }
 
 // snapshot is what requests read of a pool: immutable, swapped whole.
@@ -106,6 +110,11 @@ type member struct {
 	// gone is when DNS stopped listing a discovered backend, which then
 	// drains whatever its state; zero while it is listed, or configured.
 	gone time.Time
+	// served is set while the backend is in the snapshot, available or
+	// draining; warm is when its slow start began, zero when it takes
+	// its full weight (slowstart.go).
+	served bool
+	warm   time.Time
 }
 
 // takesNew reports whether the backend may receive new clients.
@@ -162,6 +171,7 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 		passive:   newPassive(pc.Passive),
 		retries:   pc.Retries.Count,
 		maxBody:   pc.Retries.MaxBody,
+		slowStart: pc.SlowStart,
 	}
 	if pc.HealthCheck != nil {
 		hc := *pc.HealthCheck
@@ -188,7 +198,9 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 			b.Stats = new(backendStats)
 		}
 		p.backends = append(p.backends, b)
-		p.members[i].healthy = true
+		// Served already, as far as slow start is concerned: the
+		// backends of a pool that starts are all cold alike.
+		p.members[i].healthy, p.members[i].served = true, true
 		p.members[i].adminState = newAdminState(cb.State)
 		p.members[i].gone = gone[id]
 	}
@@ -331,7 +343,8 @@ func (p *pool) rebuildLocked() int {
 				zap.String("pool", p.name), zap.Int("available", len(avail)))
 		}
 	}
-	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Draining: draining, Group: p.group})
+	warming := p.warmLocked(avail, draining, time.Now())
+	pk := p.policy.Build(balancer.Set{All: p.backends, Available: avail, Draining: draining, Group: p.group, Warming: warming})
 	s := &snapshot{picker: pk, available: avail, draining: draining}
 	s.pinner, _ = pk.(balancer.Pinner)
 	s.learner, _ = pk.(balancer.Learner)
@@ -347,6 +360,10 @@ func (p *pool) stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stopped = true
+	if p.ramp != nil {
+		p.ramp.Stop()
+		p.ramp = nil
+	}
 	for i := range p.members {
 		if t := p.members[i].timer; t != nil {
 			t.Stop()

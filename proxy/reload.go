@@ -326,9 +326,12 @@ func (p *pool) takeOver(prev *pool) {
 	for i, b := range p.backends {
 		j := prev.index(b)
 		if j < 0 {
+			// New to the pool: it has served nobody, and warms up.
+			p.members[i].served = false
 			continue
 		}
 		ob, om, m := prev.backends[j], &prev.members[j], &p.members[i]
+		m.served, m.warm = om.served, om.warm
 		p.takeOverState(b.ID, &m.adminState, om.adminState)
 		if p.health != nil && prev.health != nil {
 			m.healthy = om.healthy

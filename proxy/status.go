@@ -29,6 +29,9 @@ type backendView struct {
 	// gone is when DNS stopped listing a discovered backend; zero while
 	// it is listed, or configured.
 	gone time.Time
+	// warming is the fraction of its weight a backend in slow start takes
+	// new clients by; 0 when it takes all of it.
+	warming float64
 }
 
 // view returns every backend of p, in config order, with its state.
@@ -54,6 +57,7 @@ func (p *pool) viewLocked(i int) backendView {
 		available:  slices.Contains(p.snap.Load().available, b),
 		adminState: m.adminState,
 		gone:       m.gone,
+		warming:    p.warmingOf(m, time.Now()),
 	}
 }
 
@@ -270,7 +274,10 @@ type backendStatus struct {
 	Health      string    `json:"health"`    // up, down or ejected
 	Available   bool      `json:"available"` // takes new clients
 	Weight      int       `json:"weight"`
-	InFlight    int64     `json:"in_flight"`
+	// SlowStart is, for a backend in slow start, the fraction of its
+	// weight it takes new clients by now; absent at its full weight.
+	SlowStart *float64 `json:"slow_start,omitempty"`
+	InFlight  int64    `json:"in_flight"`
 	// Upgraded and Streams count the requests in flight that may last:
 	// upgraded connections, and responses of unknown length.
 	Upgraded int64 `json:"upgraded"`
@@ -403,6 +410,9 @@ func (a *admin) backendStatus(v backendView, now time.Duration, sessions map[str
 		Rate:        sp.rate,
 		Minute:      sp.lastMinute,
 		PerSecond:   sp.perSecond,
+	}
+	if v.warming > 0 {
+		bs.SlowStart = &v.warming
 	}
 	if bs.InFlight > 0 {
 		bs.IdleSeconds = new(float64)
