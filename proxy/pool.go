@@ -70,9 +70,9 @@ type pool struct {
 	// a pool replacing this one on a reload counts on in the same.
 	*poolStats
 
-	mu      sync.Mutex // serialises Build, which a Policy needs, and guards:
-	members []member   // parallel to backends
-	stopped bool       // set by stop: no more ejections or readmissions
+	mu      sync.Mutex  // serialises Build, which a Policy needs, and guards:
+	members []member    // parallel to backends
+	stopped bool        // set by stop: no more ejections or readmissions
 	ramp    *time.Timer // the next rebuild of a slow start; nil when none is due
 }
 
