@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"time"
 
@@ -97,11 +96,11 @@ func Check(c *Config) error {
 // reporting a problem of the certificate at tls.cert and one of the key, or
 // of the pair, at tls.key.
 func checkKeyPair(t *TLS, at func(path, format string, args ...any)) {
-	certPEM, err := os.ReadFile(t.Cert)
+	certPEM, err := ReadSmallFile(t.Cert)
 	if err != nil {
 		at("tls.cert", "%v", err)
 	}
-	keyPEM, kerr := os.ReadFile(t.Key)
+	keyPEM, kerr := ReadSmallFile(t.Key)
 	if kerr != nil {
 		at("tls.key", "%v", kerr)
 	}
@@ -115,6 +114,20 @@ func checkKeyPair(t *TLS, at func(path, format string, args ...any)) {
 	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
 		at("tls.key", "%s: %v", t.Key, err)
 	}
+}
+
+// LoadKeyPair loads the listener's certificate and key, each read as
+// ReadSmallFile reads it.
+func LoadKeyPair(t *TLS) (tls.Certificate, error) {
+	certPEM, err := ReadSmallFile(t.Cert)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := ReadSmallFile(t.Key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // checkCertificate reports a file whose first PEM certificate is missing or
@@ -139,7 +152,7 @@ func checkCertificate(file string, data []byte) error {
 // LoadCAs reads a PEM file of CA certificates, as a pool's tls.ca; a file
 // holding none is an error.
 func LoadCAs(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
+	data, err := ReadSmallFile(file)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -42,6 +43,17 @@ func TestCheck(t *testing.T) {
 	missing := filepath.Join(dir, "missing.pem")
 	tokenFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenFile, []byte("0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A FIFO nobody writes to, and a device without end: read as they
+	// were, the first blocks Check for ever and the second until memory
+	// runs out.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, make([]byte, maxSecretFile+1), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	config := func(top, pool string) string {
@@ -87,6 +99,18 @@ func TestCheck(t *testing.T) {
 		{"an admin token file holding a short token",
 			"listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token_file: " + garbage + "}\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
 			[]string{"2:45: admin.token_file: " + garbage + ": the token must be at least 16 bytes long"}},
+		{"a certificate and key that are a FIFO and a device",
+			config(fmt.Sprintf("tls: {cert: %q, key: /dev/zero}\n", fifo), ""),
+			[]string{"2:13: tls.cert: read " + fifo + ": not a regular file (a FIFO)", fmt.Sprintf("2:%d: tls.key: read /dev/zero: not a regular file (a device)", 22+len(fifo))}},
+		{"a CA that is a device",
+			config("", "    tls: {ca: /dev/zero}\n"),
+			[]string{"5:15: pools.web.tls.ca: read /dev/zero: not a regular file (a device)"}},
+		{"a CA too large to be one",
+			config("", fmt.Sprintf("    tls: {ca: %q}\n", big)),
+			[]string{fmt.Sprintf("5:15: pools.web.tls.ca: %s is larger than %d bytes", big, maxSecretFile)}},
+		{"an admin token file that is a FIFO",
+			"listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.1:9090, token_file: " + fifo + "}\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
+			[]string{"2:45: admin.token_file: read " + fifo + ": not a regular file (a FIFO)"}},
 		{"a listen host that does not resolve",
 			"listen: no-such-host.invalid:8080\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n",
 			[]string{`1:9: listen: "no-such-host.invalid" does not resolve: `}},

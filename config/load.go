@@ -62,6 +62,22 @@ func readRegular(path string, limit int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
+// ReadSmallFile reads a file the config names beside itself: a
+// certificate, a key, a CA bundle, a token or a password. Like the config
+// file, only a regular file is read, so that /dev/zero or a FIFO named by
+// mistake is refused at once instead of read without end or waited on for
+// ever; and one larger than maxSecretFile is refused, not read whole.
+func ReadSmallFile(path string) ([]byte, error) {
+	data, err := readRegular(path, maxSecretFile)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxSecretFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSecretFile)
+	}
+	return data, nil
+}
+
 // notRegular says what a file that is not a regular one is instead.
 func notRegular(m fs.FileMode) error {
 	kind := "a special file"

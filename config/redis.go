@@ -14,8 +14,8 @@ import (
 	"github.com/affinityproxy/affinity/balancer"
 )
 
-// maxSecretFile bounds the files the redis section reads: a password, a
-// CA bundle, a certificate or a key is far smaller, and a wrong path (a
+// maxSecretFile bounds the files the config names (ReadSmallFile): a
+// password, a token, a CA bundle, a certificate or a key is far smaller, and a wrong path (a
 // log, a disk image) is refused rather than read whole.
 const maxSecretFile = 1 << 20
 
@@ -159,13 +159,9 @@ func (d *decoder) readFile(n *yaml.Node, path, file string) ([]byte, bool) {
 		d.errorf(n, "%s: must name a file", path)
 		return nil, false
 	}
-	data, err := readRegular(file, maxSecretFile)
-	switch {
-	case err != nil:
+	data, err := ReadSmallFile(file)
+	if err != nil {
 		d.errorf(n, "%s: %v", path, err)
-		return nil, false
-	case len(data) > maxSecretFile:
-		d.errorf(n, "%s: %s is larger than %d bytes", path, file, maxSecretFile)
 		return nil, false
 	}
 	return data, true

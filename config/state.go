@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 )
 
@@ -60,7 +59,7 @@ func (a Admin) ReadToken() (string, error) {
 
 // readTokenFile reads a token from the file at path.
 func readTokenFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadSmallFile(path)
 	if err != nil {
 		return "", err
 	}

@@ -17,7 +17,7 @@ func listenerTLS(c *config.TLS) (*tls.Config, error) {
 	if c == nil {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	cert, err := config.LoadKeyPair(c)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: tls: cert %q, key %q: %w", c.Cert, c.Key, err)
 	}
