@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,7 +45,7 @@ type Watcher struct {
 	w     *fsnotify.Watcher // nil when inotify cannot be had at all
 
 	// Owned by run once it started.
-	watched map[string]bool // directories watched now
+	watched map[string]os.FileInfo // directories watched now, and which directory each path was
 	names   map[string]bool // paths whose events matter: links and the file
 	polling bool            // some directory could not be watched
 	waiting bool            // a directory of the path does not exist
@@ -76,7 +77,7 @@ func newWatcher(path string, quiet, poll time.Duration, log *zap.Logger, notify 
 		log = zap.NewNop()
 	}
 	c := make(chan struct{}, 1)
-	w := &Watcher{C: c, path: abs, quiet: quiet, poll: poll, log: log, watched: map[string]bool{}, done: make(chan struct{})}
+	w := &Watcher{C: c, path: abs, quiet: quiet, poll: poll, log: log, watched: map[string]os.FileInfo{}, done: make(chan struct{})}
 	if w.w, err = notify(); err != nil {
 		log.Warn("cannot watch the config file; checking it by polling", zap.String("file", abs),
 			zap.Duration("every", poll), zap.Error(err))
@@ -160,7 +161,8 @@ func (w *Watcher) matters(ev fsnotify.Event) bool {
 	if ev.Op == fsnotify.Chmod {
 		return false
 	}
-	return w.names[ev.Name] || w.watched[ev.Name]
+	_, dir := w.watched[ev.Name]
+	return w.names[ev.Name] || dir
 }
 
 // sync resolves the path again and watches the directories that now decide
@@ -168,6 +170,24 @@ func (w *Watcher) matters(ev fsnotify.Event) bool {
 // is waited for in its parent, which is watched instead. A directory that
 // cannot be watched turns polling on until it can.
 func (w *Watcher) sync() {
+	// A change made between resolving the path and watching a directory
+	// newly watched sends no event (a directory renamed into place just
+	// before its parent's watch began): so the path is resolved again
+	// after a new watch, until it resolves as it did.
+	for range maxLinks {
+		entries, added := w.syncOnce()
+		if !added {
+			return
+		}
+		if again, _ := resolve(w.path); slices.Equal(again, entries) {
+			return
+		}
+	}
+}
+
+// syncOnce is one round of sync: it returns the entries it resolved, and
+// whether it watched a directory it did not before.
+func (w *Watcher) syncOnce() (entries []entry, added bool) {
 	entries, complete := resolve(w.path)
 	w.names = make(map[string]bool, len(entries))
 	dirs := map[string]bool{}
@@ -180,14 +200,31 @@ func (w *Watcher) sync() {
 		failed = errors.New("no inotify instance")
 	}
 	for dir := range dirs {
-		if w.w == nil || w.watched[dir] {
+		if w.w == nil {
 			continue
 		}
-		if err := w.w.Add(dir); err != nil {
+		// A watch follows a directory, not its path: when another
+		// directory was renamed to the path (a deploy swapping a whole
+		// directory), the old watch sees only the old one, wherever it
+		// went, so the path is watched afresh.
+		fi, err := os.Stat(dir)
+		if old, ok := w.watched[dir]; ok {
+			if err == nil && os.SameFile(old, fi) {
+				continue
+			}
+			// The old directory may be gone, and its watch with it.
+			_ = w.w.Remove(dir)
+			delete(w.watched, dir)
+		}
+		if err == nil {
+			err = w.w.Add(dir)
+		}
+		if err != nil {
 			failed = err
 			continue
 		}
-		w.watched[dir] = true
+		w.watched[dir] = fi
+		added = true
 	}
 	for dir := range w.watched {
 		if !dirs[dir] {
@@ -212,6 +249,7 @@ func (w *Watcher) sync() {
 		w.log.Info("watching the config file again", zap.String("file", w.path))
 	}
 	w.polling = failed != nil
+	return entries, added
 }
 
 // entry is a directory entry that decides what a path reads: a symlink met

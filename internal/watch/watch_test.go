@@ -2,6 +2,7 @@ package watch
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -260,6 +261,38 @@ func TestDirectoryRecreated(t *testing.T) {
 		if n := logs.FilterMessageSnippet("is back").Len(); n != round+1 {
 			t.Errorf("round %d: %d lines telling the directory is back, want %d", round, n, round+1)
 		}
+	}
+}
+
+// TestDirectorySwapped: a deploy swaps the config's whole directory by two
+// renames in a row (the old one aside, the new one into its place), too
+// quick for the watch to see the path missing in between. Writes to the
+// new directory are changes, and writes to the old one, wherever it went,
+// are not.
+func TestDirectorySwapped(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "conf")
+	mkdir(t, dir)
+	path := filepath.Join(dir, "a.yaml")
+	write(t, path, "a")
+	w := watch(t, path, quiet)
+	for round := range 3 {
+		next, old := filepath.Join(root, "conf.new"), filepath.Join(root, fmt.Sprintf("conf.old%d", round))
+		mkdir(t, next)
+		write(t, filepath.Join(next, "a.yaml"), "swapped")
+		if err := os.Rename(dir, old); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(next, dir); err != nil {
+			t.Fatal(err)
+		}
+		expectChange(t, w, "the directory swapped")
+		for i := range 2 {
+			write(t, path, string(rune('a'+i)))
+			expectChange(t, w, fmt.Sprintf("round %d: write %d in the swapped-in directory", round, i))
+		}
+		write(t, filepath.Join(old, "a.yaml"), "old")
+		expectQuiet(t, w, quiet, "a write in the swapped-out directory")
 	}
 }
 
