@@ -199,9 +199,6 @@ func (r *reloader) run(ctx context.Context) error {
 			}
 		}
 	}
-	// A second SIGINT or SIGTERM now kills the process at once, for a
-	// user who does not want to wait for slow requests.
-	signal.Stop(term)
 	timeout := r.srv.Config().ShutdownTimeout
 	if timeout <= 0 {
 		timeout = config.DefaultShutdownTimeout
@@ -209,12 +206,31 @@ func (r *reloader) run(ctx context.Context) error {
 	r.log.Info("shutting down", zap.Duration("timeout", timeout))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
+	// A second SIGINT or SIGTERM ends the wait at once, for a user who
+	// does not want to wait for slow requests: what is still running is
+	// cut as at shutdown_timeout, and logged (the access log too), rather
+	// than lost with a process killed by the signal.
+	hurried := make(chan struct{})
+	go func() {
+		select {
+		case <-term:
+			close(hurried)
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	var cut *proxy.CutError
 	switch err := r.srv.Shutdown(sctx); {
 	case errors.As(err, &cut):
 		// Cutting what outlives shutdown_timeout is what the timeout is
 		// for: logged, and the stop is still a clean one.
-		r.log.Warn("shutdown_timeout reached: cut what was still running",
+		msg := "shutdown_timeout reached: cut what was still running"
+		select {
+		case <-hurried:
+			msg = "stopped by a second signal: cut what was still running"
+		default:
+		}
+		r.log.Warn(msg,
 			zap.Duration("timeout", timeout), zap.Int("connections", cut.Connections), zap.Int("upgraded", cut.Upgraded))
 	case err != nil:
 		return fmt.Errorf("shutdown: %w", err)

@@ -160,6 +160,45 @@ func TestServeShutdownTimeout(t *testing.T) {
 	}
 }
 
+// TestServeSecondSignal: a second SIGTERM while serve waits for a slow
+// request cuts it at once, long before shutdown_timeout, and the stop is
+// still a clean one: exit 0, the cut logged, and the access log written
+// out, the cut request's 499 and the lines of the last second with it.
+func TestServeSecondSignal(t *testing.T) {
+	p := startServingProxy(t, func(cfg string) string {
+		cfg = strings.Replace(cfg, "shutdown_timeout: 10s", "shutdown_timeout: 5m", 1)
+		return "log: {access: true}\n" + cfg
+	})
+	cut := make(chan error, 1)
+	go func() {
+		resp, err := p.c.Get("http://" + p.listen + "/slow")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		cut <- err
+	}()
+	<-p.started
+	p.signal(t, syscall.SIGTERM)
+	waitFor(t, "the shutdown to start", func() bool { return strings.Contains(p.out.String(), "shutting down") })
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+	if err := <-cut; err == nil {
+		t.Error("the request still running at the second signal completed")
+	}
+	out := p.out.String()
+	for _, want := range []string{"stopped by a second signal: cut what was still running", `"connections": 1`, "stopped",
+		`"path": "/slow", "status": 499`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	// Every request the test made before the stop has its line.
+	if n := strings.Count(out, `"path": "/", "status": 200`); n == 0 {
+		t.Errorf("no access line of the requests before the stop:\n%s", out)
+	}
+}
+
 // TestStopDuringHungRead: a reload stuck reading the file (a network file
 // system that stopped answering) fails after the reload timeout, a reload
 // asked for meanwhile fails at once, and a stop is never held up by it.
