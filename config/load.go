@@ -131,31 +131,38 @@ func (d *decoder) document(data []byte) *Config {
 	}
 	data = acceptYAML12(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
+	// The config is the first document with anything in it. Empty ones
+	// before or after it are ignored (tools that join YAML files often
+	// begin or end each with "---"); a second one with anything in it is
+	// refused.
 	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			d.errs = append(d.errs, &Error{File: d.file, Line: 1, Col: 1, Msg: "file is empty; a config needs at least listen and pools"})
-		} else {
-			d.syntax(data, err)
-		}
-		return nil
-	}
-	// Documents after the first are refused, but for empty ones: tools
-	// that join YAML files often end each with "---".
+	found := false
 	for {
-		var extra yaml.Node
-		err := dec.Decode(&extra)
+		var next yaml.Node
+		err := dec.Decode(&next)
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
 			d.syntax(data, err)
+			if !found {
+				return nil
+			}
 			break
 		}
-		if len(extra.Content) != 1 || !isEmpty(extra.Content[0]) {
-			d.errorf(&extra, "a config is one YAML document; found a second one")
-			break
+		if len(next.Content) == 1 && isEmpty(next.Content[0]) {
+			continue
 		}
+		if !found {
+			doc, found = next, true
+			continue
+		}
+		d.errorf(&next, "a config is one YAML document; found a second one")
+		break
+	}
+	if !found {
+		d.errs = append(d.errs, &Error{File: d.file, Line: 1, Col: 1, Msg: "file is empty; a config needs at least listen and pools"})
+		return nil
 	}
 	if len(doc.Content) != 1 || isNull(doc.Content[0]) {
 		d.errorf(&doc, "file is empty; a config needs at least listen and pools")

@@ -445,3 +445,33 @@ func TestHash(t *testing.T) {
 		t.Error("a file with another comment has the same hash")
 	}
 }
+
+// TestEmptyDocuments: empty documents before or after the config are
+// ignored, as tools that join YAML files leave them; a file of nothing but
+// empty documents is empty, and a second document with anything in it is
+// refused at its position.
+func TestEmptyDocuments(t *testing.T) {
+	const valid = "listen: 127.0.0.1:8080\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n"
+	tests := []struct {
+		name, data string
+		want       string // the error without the file name; "": none
+	}{
+		{"one before", "---\n" + valid, ""},
+		{"two before", "---\n---\n" + valid, ""},
+		{"before and after", "---\n---\n" + valid + "---\n---\n", ""},
+		{"nothing but empty documents", "---\n---\n", "1:1: file is empty; a config needs at least listen and pools"},
+		{"a null before", "--- ~\n---\n" + valid, "1:1: file is empty; a config needs at least listen and pools"},
+		{"a second one after empty ones", "---\n" + valid + "---\n---\nlisten: x\n", "7:1: a config is one YAML document; found a second one"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("a.yaml", []byte(tt.data))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Parse: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), "a.yaml:"+tt.want)):
+				t.Fatalf("Parse = %v, want %s", err, tt.want)
+			}
+		})
+	}
+}

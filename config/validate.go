@@ -265,14 +265,30 @@ func (d *decoder) intNode(n *yaml.Node, path string, lo, hi int64) (int64, *yaml
 // leadingZeroNumber is a plain number written with a leading zero.
 var leadingZeroNumber = regexp.MustCompile(`^[-+]?0[0-9_]`)
 
-// leadingZero reports a plain number written with a leading zero, such as
-// 010: YAML 1.1, and yaml.v3, read it as octal (8), YAML 1.2 as decimal
-// (10), and 08 as a float. No reading is safe to guess.
+// leadingZero reports a plain number that YAML 1.1 and YAML 1.2 read
+// differently, as no reading of it is safe to guess: one written with a
+// leading zero, such as 010, which YAML 1.1, and yaml.v3, read as octal (8)
+// and YAML 1.2 as decimal (10) (and 08 as a float); 0o10, octal in YAML 1.2
+// and a string in YAML 1.1; and 0b11 or 1_000, binary and digits grouped in
+// YAML 1.1, strings in YAML 1.2.
 func (d *decoder) leadingZero(n *yaml.Node, path string) bool {
-	if n.Kind != yaml.ScalarNode || n.Style != 0 || !leadingZeroNumber.MatchString(n.Value) {
+	if n.Kind != yaml.ScalarNode || n.Style != 0 {
 		return false
 	}
-	d.errorf(n, "%s: %s has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write the number without it", path, n.Value)
+	v := strings.TrimLeft(n.Value, "+-")
+	number := n.ShortTag() == "!!int" || n.ShortTag() == "!!float"
+	switch {
+	case leadingZeroNumber.MatchString(n.Value):
+		d.errorf(n, "%s: %s has a leading zero, which YAML 1.1 reads as octal and YAML 1.2 as decimal; write the number without it", path, n.Value)
+	case number && (strings.HasPrefix(v, "0o") || strings.HasPrefix(v, "0O")):
+		d.errorf(n, "%s: %s is octal in YAML 1.2 and a string in YAML 1.1; write the number in decimal", path, n.Value)
+	case number && (strings.HasPrefix(v, "0b") || strings.HasPrefix(v, "0B")):
+		d.errorf(n, "%s: %s is binary in YAML 1.1 and a string in YAML 1.2; write the number in decimal", path, n.Value)
+	case number && strings.Contains(v, "_"):
+		d.errorf(n, "%s: %s groups digits with _, which YAML 1.1 allows and YAML 1.2 reads as a string; write the number without it", path, n.Value)
+	default:
+		return false
+	}
 	return true
 }
 
