@@ -46,10 +46,10 @@ type Watcher struct {
 
 	// Owned by run once it started.
 	watched map[string]os.FileInfo // directories watched now, and which directory each path was
-	names   map[string]bool // paths whose events matter: links and the file
-	polling bool            // some directory could not be watched
-	waiting bool            // a directory of the path does not exist
-	last    fileState       // of the file, for polling
+	names   map[string]bool        // paths whose events matter: links and the file
+	polling bool                   // some directory could not be watched
+	waiting bool                   // a directory of the path does not exist
+	last    fileState              // of the file, for polling
 
 	done  chan struct{}
 	close sync.Once
