@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ type instrTarget struct {
 	path   string // "/" goes to the round-robin pool, "/sticky/" to the cookie one
 	keep   bool   // clients send back the cookie they were given
 	access bool   // the access log on
+	body   int    // bytes of a POST body; 0: a GET
 }
 
 var instrTargets = []instrTarget{
@@ -35,6 +37,7 @@ var instrTargets = []instrTarget{
 	{name: "cookie, new clients", path: "/sticky/"},
 	{name: "cookie, returning clients", path: "/sticky/", keep: true},
 	{name: "round-robin + access log", path: "/", access: true},
+	{name: "round-robin, POST of 1 KiB", path: "/", body: 1 << 10},
 }
 
 // valgrindSlowdown is about how much slower the proxy runs under
@@ -121,11 +124,19 @@ func send(ctx context.Context, addr string, t instrTarget, n, clients int) error
 		first error
 	)
 	left.Store(int64(n))
+	method, payload := http.MethodGet, []byte(nil)
+	if t.body > 0 {
+		method, payload = http.MethodPost, bytes.Repeat([]byte("b"), t.body)
+	}
 	for range clients {
 		wg.Go(func() {
 			var cookie string
 			for left.Add(-1) >= 0 {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+t.path, nil)
+				var body io.Reader
+				if payload != nil {
+					body = bytes.NewReader(payload)
+				}
+				req, _ := http.NewRequestWithContext(ctx, method, "http://"+addr+t.path, body)
 				if cookie != "" {
 					req.Header.Set("Cookie", cookie)
 				}
@@ -134,7 +145,7 @@ func send(ctx context.Context, addr string, t instrTarget, n, clients int) error
 					_, err = io.Copy(io.Discard, res.Body)
 					_ = res.Body.Close()
 					if err == nil && res.StatusCode != http.StatusOK {
-						err = fmt.Errorf("GET %s: %s", t.path, res.Status)
+						err = fmt.Errorf("%s %s: %s", method, t.path, res.Status)
 					}
 				}
 				if err != nil {
