@@ -95,9 +95,12 @@ func countRun(ctx context.Context, vg, bin string, bs *backends, t instrTarget, 
 	p, err := startProxy(ctx, bin, bs, proxyOptions{
 		access: t.access,
 		// Without asynchronous preemption the runtime sends itself no
-		// signals, which valgrind's tools handle poorly; one thread, as
-		// the peer harness runs the proxy.
-		wrap: []string{"env", "GODEBUG=asyncpreemptoff=1", "GOMAXPROCS=1",
+		// signals, which valgrind's tools handle poorly; without RDTSCP,
+		// which the runtime reads the clock with where the CPU has it,
+		// and which the valgrind of Debian 12 cannot decode on some
+		// CPUs (AMD EPYC): the proxy dies of SIGILL. One thread, as the
+		// peer harness runs the proxy.
+		wrap: []string{"env", "GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off", "GOMAXPROCS=1",
 			vg, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"},
 		slow: valgrindSlowdown,
 	})
