@@ -27,26 +27,17 @@ import (
 // before the request it watches.
 const primed = 3
 
-// dyingBackend is a testutil.ConnBackend that answers requests on new connections,
-// and on a reused one reads the request (body included), records it, and
-// closes or resets the connection unanswered: a crash, a deploy, a
-// keep-alive timeout racing the request. Requests to /prime are held until
-// primed of them are in, so that each takes a connection of its own.
-func dyingBackend(t *testing.T, id string, end testutil.ConnEnd) *testutil.ConnBackend {
-	var mu sync.Mutex
-	waiting := 0
-	all := make(chan struct{})
-	return testutil.StartConnBackend(t, func(r testutil.RawRequest) testutil.Reaction {
+// dyingBackend is a testutil.ConnBackend (in TLS with certs, unless nil)
+// that answers requests on new connections, and on a reused one reads the
+// request (body included), records it, and closes or resets the connection
+// unanswered: a crash, a deploy, a keep-alive timeout racing the request.
+// Requests to /prime are held until primed of them are in, so that each
+// takes a connection of its own.
+func dyingBackend(t *testing.T, certs *testutil.Certs, id string, end testutil.ConnEnd) *testutil.ConnBackend {
+	allPrimed := barrier(primed)
+	return connBackend(t, certs, func(r testutil.RawRequest) testutil.Reaction {
 		if strings.HasPrefix(r.Target, "/prime") {
-			mu.Lock()
-			if waiting++; waiting == primed {
-				close(all)
-			}
-			mu.Unlock()
-			select {
-			case <-all:
-			case <-time.After(waitFor):
-			}
+			allPrimed()
 		} else if r.Reused {
 			return testutil.Reaction{End: end}
 		}
@@ -112,14 +103,14 @@ func TestEveryAttemptCounted(t *testing.T) {
 		name string
 		end  testutil.ConnEnd
 	}{{"closed", testutil.CloseConn}, {"reset", testutil.ResetConn}}
-	for _, path := range paths {
+	for _, scheme := range schemes {
 		for _, e := range ends {
 			for _, retries := range []int{0, 2} {
 				for _, tt := range tests {
-					name := path + "/" + e.name + "/retries " + strconv.Itoa(retries) + "/" + tt.name
+					name := scheme + "/" + e.name + "/retries " + strconv.Itoa(retries) + "/" + tt.name
 					t.Run(name, func(t *testing.T) {
 						t.Parallel()
-						checkAttempts(t, path, e.end, retries, maxBody, tt.req, tt.retryable)
+						checkAttempts(t, scheme, e.end, retries, maxBody, tt.req, tt.retryable)
 					})
 				}
 			}
@@ -127,19 +118,20 @@ func TestEveryAttemptCounted(t *testing.T) {
 	}
 }
 
-func checkAttempts(t *testing.T, path string, end testutil.ConnEnd, retries int, maxBody int64, ar attemptRequest, retryable bool) {
+func checkAttempts(t *testing.T, scheme string, end testutil.ConnEnd, retries int, maxBody int64, ar attemptRequest, retryable bool) {
 	ids := []string{"a", "b", "c"}
+	certs := certsFor(t, scheme)
 	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-		Retries: config.Retries{Count: retries, MaxBody: maxBody}}
+		Retries: config.Retries{Count: retries, MaxBody: maxBody}, TLS: poolTLS(certs)}
 	bs := make([]*testutil.ConnBackend, len(ids))
 	for i, id := range ids {
-		bs[i] = dyingBackend(t, id, end)
+		bs[i] = dyingBackend(t, certs, id, end)
 		pc.Backends = append(pc.Backends, config.Backend{URL: bs[i].BaseURL(), Name: id})
 	}
 	cfg := catchAll(pc)
 	cfg.Log.Access = true
 	log, logs := observed()
-	s, u := startVia(t, path, cfg, log)
+	s, u := startProxy(t, cfg, log)
 	c := testutil.Client(t)
 
 	// Each backend gets primed requests at once, so that the proxy holds
@@ -353,16 +345,17 @@ func TestOpenHTTP2StreamReachesBackend(t *testing.T) {
 // come, and the request is retried; the final response is the next
 // backend's.
 func TestRetryAfterInterimResponse(t *testing.T) {
-	for _, path := range paths {
-		t.Run(path, func(t *testing.T) {
-			hinting := testutil.StartConnBackend(t, func(testutil.RawRequest) testutil.Reaction {
+	for _, scheme := range schemes {
+		t.Run(scheme, func(t *testing.T) {
+			certs := certsFor(t, scheme)
+			hinting := connBackend(t, certs, func(testutil.RawRequest) testutil.Reaction {
 				return testutil.Reaction{Raw: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n", End: testutil.ResetConn}
 			})
 			other := testutil.StartBackend(t, "other")
 			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 				Backends: []config.Backend{{URL: hinting.BaseURL(), Name: "hinting"}, {URL: other.URL, Name: "other"}},
-				Retries:  config.DefaultRetries()}
-			s, u := startVia(t, path, catchAll(pc), nil)
+				Retries:  config.DefaultRetries(), TLS: poolTLS(certs)}
+			s, u := startProxy(t, catchAll(pc), nil)
 			var interim []int
 			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, _ textproto.MIMEHeader) error {
 				interim = append(interim, code)

@@ -8,47 +8,15 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
-// noticed reports whether the proxy on path can see what arrived on b's
-// connection i: http.Transport closes a connection anything arrives on
-// while it is idle; the h1 client leaves it idle, to be asked before its
-// next use, and can see once its side has the bytes.
-func noticed(b *testutil.ConnBackend, path string, i int) bool {
-	return b.ConnClosed(i) || (path == viaH1 && b.Delivered(i))
-}
-
-// Paths a proxy test runs on: the common GET through the h1 client, and
-// every request through http.Transport.
-const (
-	viaH1        = "h1.Client"
-	viaTransport = "http.Transport"
-)
-
-var paths = []string{viaH1, viaTransport}
-
-// startVia starts a proxy for cfg that sends requests the way path says:
-// through the server's shared transport, whose h1 client takes the common
-// GET, or through an http.Transport made as the server makes its own,
-// given to every pool as a pool with a tls section gets one.
-func startVia(t *testing.T, path string, cfg *config.Config, log *zap.Logger) (*Server, *url.URL) {
-	t.Helper()
-	s, err := NewServer(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if path == viaTransport {
-		tr := newTransport(cfg.Timeouts)
-		t.Cleanup(tr.CloseIdleConnections)
-		for _, p := range s.state.Load().pools {
-			p.transport = tr
-		}
-	}
-	return s, testutil.Serve(t, s)
+// noticed reports whether the proxy can see what arrived on b's connection
+// i: the connection is closed, or the bytes have reached the proxy's side,
+// where the check before the connection's next use finds them.
+func noticed(b *testutil.ConnBackend, i int) bool {
+	return b.ConnClosed(i) || b.Delivered(i)
 }
 
 // freshGet sends a request on a connection of its own.
@@ -86,8 +54,9 @@ const evilResponse = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nEVIL-SMUGGLED
 // beyond the response to the request it received (a second response in the
 // same write, bytes that come once the response has ended, a body to HEAD),
 // no later client receives it as its answer: the connection is not used
-// again. On both paths; the backend answers the first request, then clients
-// B to E each ask on a connection of their own for their own token.
+// again. To http:// and https:// backends; the backend answers the first
+// request, then clients B to E each ask on a connection of their own for
+// their own token.
 func TestStrayBytesReachNoClient(t *testing.T) {
 	long := strings.Repeat("x", 10000)
 	tests := []struct {
@@ -116,19 +85,20 @@ func TestStrayBytesReachNoClient(t *testing.T) {
 		{"end of a chunked body sent to HEAD late", "HEAD",
 			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "0\r\n\r\n", ""},
 	}
-	for _, path := range paths {
+	for _, scheme := range schemes {
 		for _, tt := range tests {
-			t.Run(path+"/"+tt.name, func(t *testing.T) {
+			t.Run(scheme+"/"+tt.name, func(t *testing.T) {
 				t.Parallel()
-				b := testutil.StartConnBackend(t, func(r testutil.RawRequest) testutil.Reaction {
+				certs := certsFor(t, scheme)
+				b := connBackend(t, certs, func(r testutil.RawRequest) testutil.Reaction {
 					if r.Target == "/a" {
 						return testutil.Reaction{Raw: tt.first}
 					}
 					return echoToken(r)
 				})
 				pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-					Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}}
-				_, u := startVia(t, path, catchAll(pc), nil)
+					Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}, TLS: poolTLS(certs)}
+				_, u := startProxy(t, catchAll(pc), nil)
 				r := freshGet(t, tt.method, u.String()+"/a")
 				if r.status/100 != 2 && r.status != http.StatusNotModified || r.body != tt.body {
 					t.Fatalf("first client got %d %q, want the first response", r.status, r.body)
@@ -138,7 +108,7 @@ func TestStrayBytesReachNoClient(t *testing.T) {
 					b.Write(first, tt.late)
 				}
 				testutil.Eventually(t, waitFor, "the proxy sees what came after the response",
-					func() bool { return noticed(b, path, first) })
+					func() bool { return noticed(b, first) })
 				askEach(t, u)
 				for _, r := range b.Requests() {
 					if r.Target != "/a" && r.Conn == first {
@@ -155,21 +125,22 @@ func TestStrayBytesReachNoClient(t *testing.T) {
 // panic, is answered 502 and counted against the backend; later clients
 // get their own answers.
 func TestStatusOutOfRange(t *testing.T) {
-	for _, path := range paths {
+	for _, scheme := range schemes {
 		for _, status := range []string{"000 Zero", "099 Low", "+12 Signed"} {
-			t.Run(path+"/"+status, func(t *testing.T) {
+			t.Run(scheme+"/"+status, func(t *testing.T) {
 				t.Parallel()
-				b := testutil.StartConnBackend(t, func(r testutil.RawRequest) testutil.Reaction {
+				certs := certsFor(t, scheme)
+				b := connBackend(t, certs, func(r testutil.RawRequest) testutil.Reaction {
 					if r.Target == "/a" {
 						return testutil.Reaction{Raw: "HTTP/1.1 " + status + "\r\nContent-Length: 2\r\n\r\nok"}
 					}
 					return echoToken(r)
 				})
 				pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-					Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}},
-					Passive:  &config.Passive{Failures: 5, Eject: time.Minute, MaxEject: time.Minute}}
+					Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}, TLS: poolTLS(certs),
+					Passive: &config.Passive{Failures: 5, Eject: time.Minute, MaxEject: time.Minute}}
 				log, logs := observed()
-				s, u := startVia(t, path, catchAll(pc), log)
+				s, u := startProxy(t, catchAll(pc), log)
 				if r := freshGet(t, http.MethodGet, u.String()+"/a"); r.status != http.StatusBadGateway {
 					t.Errorf("got %d %q, want 502", r.status, r.body)
 				}

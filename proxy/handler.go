@@ -64,9 +64,6 @@ type exchange struct {
 	// array on its stack would escape, through the Pinner, to the heap.
 	attempts int
 	tried    [config.MaxRetries + 1]*balancer.Backend
-	// sends counts the connections http.Transport took for the current
-	// attempt; see oneSend.
-	sends int
 	// body is the client's body as guardBody wrapped it, nil for none:
 	// ReverseProxy hands the retrier another wrapper of it.
 	body *clientBody

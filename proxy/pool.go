@@ -51,7 +51,7 @@ type pool struct {
 	// transport forwards to the backends and checkClient checks them,
 	// when the pool's tls section needs its own; nil: the server's shared
 	// transport and the default check client (tls.go).
-	transport   *http.Transport
+	transport   *backendTransport
 	checkClient *http.Client
 	// hashesIP is set when the policy hashes the client's address, which
 	// the handler then resolves behind trusted proxies (forwarded.go).

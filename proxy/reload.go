@@ -465,7 +465,7 @@ const sweepEvery = time.Second
 
 func newTransportSwitch(t config.Timeouts) *transportSwitch {
 	ts := &transportSwitch{timeouts: t}
-	ts.cur.Store(newBackendTransport(t))
+	ts.cur.Store(newBackendTransport(t, nil))
 	return ts
 }
 
@@ -483,7 +483,7 @@ func (ts *transportSwitch) set(t config.Timeouts) {
 		return
 	}
 	ts.timeouts = t
-	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t)))
+	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t, nil)))
 	ts.sweepLocked()
 }
 

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/balancer"
+	"github.com/affinityproxy/affinity/internal/h1"
 )
 
 // errRequestBody is wrapped by the retrier when reading the client's body
@@ -20,17 +21,16 @@ var errRequestBody = errors.New("reading the request body")
 // retrier is the ReverseProxy's Transport. It sends each attempt with the
 // shared transport, records the outcome for passive health, and sends a
 // request that failed to another backend when that is safe. Every send of
-// a request to a backend is an attempt it makes: the h1 client never sends a
-// request twice, and http.Transport is kept from doing so (oneSend). So
-// each counts in the exchange's attempts (the access log's), each retry in
-// affinity_retries_total and a debug line with its reason; there are at
-// most 1+retries, never two to one backend. A failed attempt goes on to
-// another available backend while retries last:
+// a request to a backend is an attempt it makes: neither the h1 client nor
+// http.Transport, which keeps no connection to reuse (newTransport), sends
+// a request twice by itself. So each counts in the exchange's attempts (the
+// access log's), each retry in affinity_retries_total and a debug line with
+// its reason; there are at most 1+retries, never two to one backend. A
+// failed attempt goes on to another available backend while retries last:
 //
 //   - whatever its method, when it reached no backend: the connection could
-//     not be made (refused, no route, dial timeout), or http.Transport
-//     found its reused connection dead before a byte of the request was
-//     written (see unsent);
+//     not be made (refused, no route, dial timeout, TLS handshake), or it
+//     failed before a byte of the request was written (see unsent);
 //   - when it may have reached the backend (the connection reset or closed
 //     before any response, no response headers in time), only if repeating
 //     it is harmless: an idempotent method, or an Idempotency-Key with a
@@ -87,7 +87,6 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		b := ex.backend
 		tried[n] = b
 		ex.attempts = n + 1
-		ex.sends = 0
 		start := clock()
 		res, err := next.RoundTrip(out)
 		if err == nil {
@@ -184,7 +183,7 @@ func (rt *retrier) retryReason(out *http.Request, err error, body *replay) strin
 	switch {
 	case !body.resendable():
 		return ""
-	case unsent(out, err):
+	case unsent(err):
 		return reasonUnsent
 	case idempotent(out):
 		return reasonIdempotent
@@ -194,33 +193,13 @@ func (rt *retrier) retryReason(out *http.Request, err error, body *replay) strin
 	return ""
 }
 
-// unsent reports whether the attempt to send r that failed with err
-// reached no backend: its connection could not be made, or http.Transport
-// wanted to send it again (errResend) although it does not deem it
-// replayable, which it does only when nothing of the request was written
-// on the reused connection that failed (net/http's shouldRetryRequest).
-func unsent(r *http.Request, err error) bool {
+// unsent reports whether the attempt that failed with err reached no
+// backend: its connection could not be made, or failed before a byte of
+// the request was written on it (h1.ErrNotSent). A protocol switch, which
+// http.Transport sends, counts as unsent when its dial failed.
+func unsent(err error) bool {
 	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	return errors.Is(err, errResend) && !transportReplayable(r)
-}
-
-// transportReplayable is net/http's Request.isReplayable for a request
-// whose GetBody is nil, as the proxy leaves it: no body, and a method safe
-// to repeat or either key header, whatever its value.
-func transportReplayable(r *http.Request) bool {
-	if r.Body != nil && r.Body != http.NoBody {
-		return false
-	}
-	switch r.Method {
-	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, key := r.Header["Idempotency-Key"]
-	_, xkey := r.Header["X-Idempotency-Key"]
-	return key || xkey
+	return errors.Is(err, h1.ErrNotSent) || errors.As(err, &op) && op.Op == "dial"
 }
 
 // idempotent reports whether sending r twice does no more than sending it

@@ -49,14 +49,14 @@ func backendTLS(c *config.BackendTLS) (*tls.Config, error) {
 
 // useBackendTLS gives each pool with a tls section (pools[i] is made from
 // cfg.Pools[i]) a transport and a health check client verifying its
-// backends as configured. The server's shared transport cannot: an
-// http.Transport has one TLS config, and it pools connections by address
-// alone, so a pool that skips verification must not hand its connections
-// to one that verifies. Pools with equal settings share a transport, and so
-// keep-alive connections; pools without a tls section keep the shared one
-// and the system's roots.
+// backends as configured. The server's shared transport cannot: it has one
+// TLS config, and it pools connections by address alone, so a pool that
+// skips verification must not hand its connections to one that verifies.
+// Pools with equal settings share a transport, and so keep-alive
+// connections; pools without a tls section keep the shared one and the
+// system's roots.
 func useBackendTLS(cfg *config.Config, pools []*pool) error {
-	byTLS := map[config.BackendTLS]*http.Transport{}
+	byTLS := map[config.BackendTLS]*backendTransport{}
 	for i, pc := range cfg.Pools {
 		if pc.TLS == nil {
 			continue
@@ -67,8 +67,7 @@ func useBackendTLS(cfg *config.Config, pools []*pool) error {
 			if err != nil {
 				return fmt.Errorf("pool %q: tls: %w", pc.Name, err)
 			}
-			tr = newTransport(cfg.Timeouts)
-			tr.TLSClientConfig = tc
+			tr = newBackendTransport(cfg.Timeouts, tc)
 			byTLS[*pc.TLS] = tr
 		}
 		p := pools[i]

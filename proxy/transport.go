@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,23 +39,28 @@ const (
 	expectContinueTimeout = time.Second
 )
 
-// newTransport returns an http.Transport tuned for forwarding to backends
-// with timeouts t.
+// newTransport returns the http.Transport of the requests the h1 client
+// does not send (protocol switches, and the few it declines), with
+// timeouts t. It keeps no connection for a next request: one it kept would
+// be handed to a request waiting for a connection as soon as its response
+// ended, before the transport's reader could see bytes the backend sent
+// past that response, which the waiting request would then take for its
+// answer (see Security, Backend connections). A connection of its own
+// also means the transport never sends a request again by itself, which it
+// does only on a reused connection: whether a request goes again is the
+// retrier's alone to decide.
 func newTransport(t config.Timeouts) *http.Transport {
 	d := &net.Dialer{Timeout: t.Connect, KeepAlive: tcpKeepAlive}
 	return &http.Transport{
-		// Backends are addressed directly (a proxy taken from the
-		// environment would silently reroute them); the hook is there
-		// to stop the transport's own resends.
-		Proxy:       oneSend,
-		DialContext: d.DialContext,
+		// Backends are addressed directly: a proxy taken from the
+		// environment would silently reroute them.
+		Proxy:             nil,
+		DialContext:       d.DialContext,
+		DisableKeepAlives: true,
 		// A TLS handshake is part of connecting to an https backend.
 		TLSHandshakeTimeout:   t.Connect,
 		ResponseHeaderTimeout: t.ResponseHeader,
-		IdleConnTimeout:       t.IdleConn,
 		ExpectContinueTimeout: expectContinueTimeout,
-		MaxIdleConns:          maxIdleConns,
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 		// Backends speak HTTP/1.1; with a custom DialContext this keeps the
 		// transport from negotiating HTTP/2 with a TLS backend.
 		ForceAttemptHTTP2: false,
@@ -65,32 +70,14 @@ func newTransport(t config.Timeouts) *http.Transport {
 	}
 }
 
-// errResend stands for a send http.Transport wanted to make on its own.
-var errResend = errors.New("reused connection failed before a response; not sent again")
-
-// oneSend is the transport's Proxy: it names no proxy, and refuses every
-// connection after the first within one RoundTrip of a request the retrier
-// sends. http.Transport asks its Proxy once for each connection it tries a
-// request on, and tries a second only to send the request again after a
-// reused connection failed (net/http's shouldRetryRequest: a request it
-// deems replayable, or one of which nothing was written). Whether a request
-// goes again, and to which backend, is the retrier's to decide and count;
-// the transport returns errResend to it instead.
-func oneSend(r *http.Request) (*url.URL, error) {
-	if ex := exchangeOf(r.Context()); ex != nil {
-		ex.sends++
-		if ex.sends > 1 {
-			return nil, errResend
-		}
-	}
-	return nil, nil
-}
-
-// backendTransport is the one RoundTripper the server forwards every
-// request with, so that keep-alive connections to a backend are shared by
-// all routes and pools that use it: the common request goes through the
-// h1 client (internal/h1), every other through the embedded
-// http.Transport. Both dial alike and keep the same timeouts and limits.
+// backendTransport is the RoundTripper requests are forwarded with: every
+// request but a protocol switch goes through the h1 client
+// (internal/h1), which keeps connections to each backend for the next
+// requests and checks each before it reuses it; a protocol switch goes
+// through the embedded http.Transport, on a connection of its own. Both
+// dial alike and keep the same timeouts. The server has one, shared by all
+// routes and pools without a tls section; a pool with one has its own
+// (tls.go).
 type backendTransport struct {
 	*http.Transport
 	h1 *h1.Client
@@ -100,8 +87,12 @@ type backendTransport struct {
 	conns atomic.Int64
 }
 
-func newBackendTransport(t config.Timeouts) *backendTransport {
+// newBackendTransport returns a backendTransport with timeouts t that
+// verifies https backends with tc (nil: the system's roots, each for the
+// host of its URL).
+func newBackendTransport(t config.Timeouts, tc *tls.Config) *backendTransport {
 	bt := &backendTransport{Transport: newTransport(t)}
+	bt.TLSClientConfig = tc
 	dial := bt.DialContext
 	bt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
@@ -113,10 +104,13 @@ func newBackendTransport(t config.Timeouts) *backendTransport {
 	}
 	bt.h1 = h1.New(h1.Config{
 		Dial:                  bt.DialContext,
+		TLSClientConfig:       tc,
+		TLSHandshakeTimeout:   bt.TLSHandshakeTimeout,
+		ExpectContinueTimeout: bt.ExpectContinueTimeout,
 		ResponseHeaderTimeout: bt.ResponseHeaderTimeout,
-		IdleConnTimeout:       bt.IdleConnTimeout,
-		MaxIdleConns:          bt.MaxIdleConns,
-		MaxIdleConnsPerHost:   bt.MaxIdleConnsPerHost,
+		IdleConnTimeout:       t.IdleConn,
+		MaxIdleConns:          maxIdleConns,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 	})
 	return bt
 }
@@ -144,7 +138,7 @@ func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
 	return sc.SyscallConn()
 }
 
-// RoundTrip sends r with whichever of the two handles it.
+// RoundTrip sends r with whichever of the two takes it.
 func (bt *backendTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if bt.h1.Handles(r) {
 		return bt.h1.RoundTrip(r)

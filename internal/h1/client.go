@@ -3,34 +3,36 @@ package h1
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
-	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
-// Client sends the requests Handles accepts to http:// backends over
-// keep-alive connections of its own, as http.Transport made with the same
-// Config would, and is held to that transport's guarantees (see the
-// package comment). A Client is safe for concurrent use.
+// Client sends the requests Handles accepts to http:// and https://
+// backends over keep-alive connections of its own, as http.Transport made
+// with the same Config would, and is held to that transport's guarantees
+// (see the package comment). A Client is safe for concurrent use.
 type Client struct {
-	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
-	headerTimeout  time.Duration // 0: none
-	idleTimeout    time.Duration // 0: none
-	maxIdle        int           // idle connections over all hosts
-	maxIdlePerHost int           // idle connections to one host:port
-	maxHeader      int64         // bytes a response's headers may take
+	dial             func(ctx context.Context, network, addr string) (net.Conn, error)
+	tls              *tls.Config   // nil: crypto/tls's defaults
+	handshakeTimeout time.Duration // 0: none
+	continueTimeout  time.Duration // 0: the body goes at once
+	headerTimeout    time.Duration // 0: none
+	idleTimeout      time.Duration // 0: none
+	maxIdle          int           // idle connections over all hosts
+	maxIdlePerHost   int           // idle connections to one host:port
+	maxHeader        int64         // bytes a response's headers may take
 
 	mu    sync.Mutex
-	idle  map[string][]*conn // by host:port; the most recently used last
-	nidle int                // connections in idle
+	idle  map[connKey][]*conn // the most recently used last
+	nidle int                 // connections in idle
 	// sweep closes the connections idle past idleTimeout when no request
 	// comes to find them; armed is set while it is due to, which is
 	// whenever a connection is idle. One timer, made on first use, is
@@ -47,6 +49,16 @@ type Config struct {
 	// Dial opens a connection to a backend's host:port, as the
 	// transport's DialContext.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSClientConfig is what https backends are verified with; nil:
+	// crypto/tls's defaults (the system's roots). Its ServerName, when
+	// empty, is the host of each backend's URL.
+	TLSClientConfig *tls.Config
+	// TLSHandshakeTimeout bounds a TLS handshake; 0: no bound.
+	TLSHandshakeTimeout time.Duration
+	// ExpectContinueTimeout bounds the wait for a 100 Continue before the
+	// body of a request with "Expect: 100-continue" is sent anyway; 0:
+	// the body is sent at once.
+	ExpectContinueTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for a response's headers once
 	// the request is written; 0: no bound.
 	ResponseHeaderTimeout time.Duration
@@ -67,9 +79,11 @@ const maxResponseHeaderBytes = 10 << 20
 // New returns a Client with cfg's dialer and limits.
 func New(cfg Config) *Client {
 	c := &Client{
-		dial: cfg.Dial, headerTimeout: cfg.ResponseHeaderTimeout, idleTimeout: cfg.IdleConnTimeout,
+		dial: cfg.Dial, tls: cfg.TLSClientConfig, handshakeTimeout: cfg.TLSHandshakeTimeout,
+		continueTimeout: cfg.ExpectContinueTimeout,
+		headerTimeout:   cfg.ResponseHeaderTimeout, idleTimeout: cfg.IdleConnTimeout,
 		maxIdle: cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
-		maxHeader: maxResponseHeaderBytes, idle: make(map[string][]*conn),
+		maxHeader: maxResponseHeaderBytes, idle: make(map[connKey][]*conn),
 	}
 	if c.maxIdle == 0 {
 		c.maxIdle = math.MaxInt
@@ -80,27 +94,24 @@ func New(cfg Config) *Client {
 	return c
 }
 
-// Handles reports whether c sends r: a request without a body and safe to
-// repeat (GET, HEAD, OPTIONS, TRACE) to an http:// backend, that needs
-// nothing of http.Transport's concurrent reading and writing (no protocol
-// switch) and that the transport would not refuse. Any other request is
-// the transport's to send; on systems where c cannot check an idle
-// connection before reuse (not Linux), every request is.
+// Handles reports whether c sends r: any request to an http:// or https://
+// backend but a protocol switch, whose connection becomes the caller's,
+// and those http.Transport would refuse or treat apart (a method that is
+// not a token, CONNECT, a header it would not send, a host it would
+// rewrite). Any other request is the transport's to send; on systems where
+// c cannot check an idle connection before reuse (not Linux), every
+// request is.
 func (c *Client) Handles(r *http.Request) bool {
 	if !canPeek {
 		return false
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-	default:
+	if (r.URL.Scheme != "http" && r.URL.Scheme != "https") || r.URL.Host == "" || r.Close || r.Cancel != nil {
 		return false
 	}
-	if (r.Body != nil && r.Body != http.NoBody) || r.URL.Scheme != "http" || r.URL.Host == "" ||
-		r.Close || r.Cancel != nil || len(r.Trailer) > 0 {
+	if r.Method != "" && (r.Method == http.MethodConnect || !httpguts.ValidHeaderFieldName(r.Method)) {
 		return false
 	}
-	// ReverseProxy keeps a Connection header only for a protocol switch,
-	// which needs the transport's writable response body.
+	// ReverseProxy keeps a Connection header only for a protocol switch.
 	if _, ok := r.Header["Connection"]; ok {
 		return false
 	}
@@ -109,14 +120,39 @@ func (c *Client) Handles(r *http.Request) bool {
 
 // conn is one connection to a backend.
 type conn struct {
-	nc     net.Conn
+	nc     net.Conn    // what requests are written to and read from
+	raw    net.Conn    // the connection dialed: nc, or what nc speaks TLS over
+	tls    *tls.Conn   // nc when it speaks TLS, or nil
+	rec    *recordConn // what tls reads records from, or nil
+	state  *tls.ConnectionState
 	r      connReader // what br reads from
 	br     *bufio.Reader
+	w      countWriter // what bw writes to
 	bw     *bufio.Writer
-	addr   string
-	abort  func()        // closes nc; made once, for context.AfterFunc
+	key    connKey
+	abort  func()        // closes raw; made once, for context.AfterFunc
 	idleAt time.Duration // clock() when it went idle
 	peek   idlePeek      // what quiet asks the socket with
+}
+
+// connKey is what idle connections are kept by: a connection serves the
+// requests to one host:port, in TLS or not.
+type connKey struct {
+	addr string // host:port
+	tls  bool
+}
+
+// countWriter writes to a connection and counts the bytes it took, so
+// that a request of which no byte was written is known not to be sent.
+type countWriter struct {
+	nc net.Conn
+	n  int64
+}
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	n, err := w.nc.Write(p)
+	w.n += int64(n)
+	return n, err
 }
 
 // connReader reads a connection, limiting what response headers may take
@@ -147,181 +183,70 @@ var (
 	errBodyReadClosed = errors.New("http: read on closed response body")
 )
 
-// headerTimeoutError is the error of a backend that sent no response
-// headers within ResponseHeaderTimeout: a net.Error whose Timeout is
-// true, as http.Transport's is, so that a caller tells it from a failure
-// (the proxy answers 504).
-type headerTimeoutError struct{}
+// ErrNotSent is in the error of a request of which nothing reached the
+// backend: its connection could not be made (the dial or the TLS
+// handshake failed), or failed before a byte of the request was written.
+// Such a request may go to a backend again whatever its method.
+var ErrNotSent = errors.New("request not sent")
 
-func (headerTimeoutError) Error() string   { return "timeout awaiting response headers" }
-func (headerTimeoutError) Timeout() bool   { return true }
-func (headerTimeoutError) Temporary() bool { return true }
+// notSentError is the error of a request not sent: err, which it reads
+// as, and ErrNotSent.
+type notSentError struct{ err error }
+
+func (e notSentError) Error() string   { return e.err.Error() }
+func (e notSentError) Unwrap() []error { return []error{ErrNotSent, e.err} }
 
 // RoundTrip sends r, which Handles accepted, once, and returns the
 // backend's response, as http.Transport's RoundTrip does. A failure after
 // the request was written is returned, not retried: whether it goes again
-// is the caller's to decide.
+// is the caller's to decide. RoundTrip closes r's body, and reads it no
+// more once it has returned an error.
 func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx := r.Context()
 	if err := ctx.Err(); err != nil {
+		closeBody(r)
 		return nil, err
 	}
-	hc, err := c.get(ctx, hostPort(r.URL.Host))
+	https := r.URL.Scheme == "https"
+	hc, err := c.get(ctx, connKey{addr: hostPort(r.URL.Host, https), tls: https})
 	if err != nil {
-		return nil, err
+		closeBody(r)
+		return nil, notSentError{err}
 	}
 	return c.exchange(ctx, hc, r)
 }
 
-// exchange sends r on hc and reads the response headers.
-func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *http.Response, err error) {
-	// The client leaving closes the connection, which ends whatever
-	// read or write is under way; the connection is not used again.
-	stop := context.AfterFunc(ctx, hc.abort)
-	fail := func(err error) (*http.Response, error) {
-		stop()
-		_ = hc.nc.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, headerTimeoutError{}
-		}
-		return nil, err
+// closeBody closes r's body, if it has one.
+func closeBody(r *http.Request) {
+	if r.Body != nil {
+		_ = r.Body.Close()
 	}
-	trace := httptrace.ContextClientTrace(ctx)
-	if !writeHead(hc.bw, r, trace) {
-		err = r.Write(hc.bw)
-	}
-	if err == nil {
-		err = hc.bw.Flush()
-	}
-	if err != nil {
-		return fail(fmt.Errorf("writing the request: %w", err))
-	}
-	if c.headerTimeout > 0 {
-		_ = hc.nc.SetReadDeadline(time.Now().Add(c.headerTimeout))
-	}
-	hc.r.limit = c.maxHeader
-	// The first read fills the buffer, where parseResponse finds the
-	// common head whole.
-	if _, err := hc.br.Peek(1); err != nil {
-		return fail(fmt.Errorf("reading the response: %w", err))
-	}
-	var wrap *respBody
-	for {
-		if res, wrap, err = readResponse(hc.br, r); err != nil {
-			if hc.r.limit <= 0 {
-				err = errHeaderTooLarge
-			}
-			return fail(fmt.Errorf("reading the response: %w", err))
-		}
-		// 1xx responses before the final one are relayed through the
-		// trace (ReverseProxy's), then the next is read; 101 is final.
-		code := res.StatusCode
-		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
-			break
-		}
-		if trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {
-				return fail(err)
-			}
-			hc.r.limit = c.maxHeader
-		}
-	}
-	if c.headerTimeout > 0 {
-		_ = hc.nc.SetReadDeadline(time.Time{})
-	}
-	hc.r.limit = math.MaxInt64
-	keep := !res.Close && res.StatusCode > 199
-	if r.Method == http.MethodHead || res.ContentLength == 0 {
-		watched := stop()
-		c.release(hc, keep && watched)
-		return res, nil
-	}
-	if wrap == nil {
-		wrap = new(respBody)
-	}
-	*wrap = respBody{body: res.Body, ctx: ctx, c: c, hc: hc, stop: stop, keep: keep}
-	res.Body = wrap
-	return res, nil
 }
 
-// respBody is a response body that gives its connection back once read to
-// the end, and closes it if abandoned before. Like ReverseProxy's use of
-// it, its Read and Close must not run concurrently.
-type respBody struct {
-	body   io.ReadCloser
-	ctx    context.Context
-	c      *Client
-	hc     *conn       // nil once given back or closed
-	stop   func() bool // ends the watch on ctx; false if it fired
-	keep   bool        // the connection may serve another request
-	closed bool
-}
-
-func (b *respBody) Read(p []byte) (int, error) {
-	if b.closed {
-		return 0, errBodyReadClosed
-	}
-	n, err := b.body.Read(p)
-	if err != nil && b.hc != nil {
-		if err == io.EOF {
-			watched := b.stop()
-			b.c.release(b.hc, b.keep && watched)
-		} else {
-			b.stop()
-			_ = b.hc.nc.Close()
-		}
-		b.hc = nil
-	}
-	if err != nil && err != io.EOF {
-		if cerr := b.ctx.Err(); cerr != nil {
-			// The client left and the connection was closed under
-			// the read, as http.Transport reports it.
-			return n, cerr
-		}
-	}
-	return n, err
-}
-
-func (b *respBody) Close() error {
-	if b.closed {
-		return nil
-	}
-	b.closed = true
-	if b.hc != nil {
-		b.stop()
-		_ = b.hc.nc.Close()
-		b.hc = nil
-	}
-	return nil
-}
-
-// get returns an idle connection to addr that nothing arrived on while it
+// get returns an idle connection for key that nothing arrived on while it
 // was idle, or a new one.
-func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
+func (c *Client) get(ctx context.Context, key connKey) (*conn, error) {
 	now := clock()
 	for {
 		c.mu.Lock()
-		conns := c.idle[addr]
+		conns := c.idle[key]
 		if len(conns) == 0 {
 			c.mu.Unlock()
 			break
 		}
 		hc := conns[len(conns)-1]
 		conns[len(conns)-1] = nil
-		c.idle[addr] = conns[:len(conns)-1]
+		c.idle[key] = conns[:len(conns)-1]
 		c.nidle--
 		c.mu.Unlock()
 		if c.idleTimeout > 0 && now-hc.idleAt > c.idleTimeout {
 			// The sweep has not come yet; every other idle
-			// connection to addr is older still.
+			// connection for key is older still.
 			_ = hc.nc.Close()
-			c.closeIdle(addr)
+			c.closeIdle(key)
 			break
 		}
-		if hc.peek.quiet() {
+		if hc.quiet() {
 			return hc, nil
 		}
 		// Bytes no request asked for, or the backend's close: the
@@ -329,16 +254,34 @@ func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
 		// next one tried.
 		_ = hc.nc.Close()
 	}
-	nc, err := c.dial(ctx, "tcp", addr)
+	raw, err := c.dial(ctx, "tcp", key.addr)
 	if err != nil {
 		return nil, err
 	}
-	hc := &conn{nc: nc, addr: addr, r: connReader{nc: nc, limit: math.MaxInt64}}
+	hc := &conn{nc: raw, raw: raw, key: key}
+	hc.abort = func() { _ = raw.Close() }
+	hc.peek.init(raw)
+	if key.tls {
+		if err := c.handshake(ctx, hc); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+	}
+	hc.r = connReader{nc: hc.nc, limit: math.MaxInt64}
 	hc.br = bufio.NewReaderSize(&hc.r, 4<<10)
-	hc.bw = bufio.NewWriterSize(nc, 4<<10)
-	hc.abort = func() { _ = nc.Close() }
-	hc.peek.init(nc)
+	hc.w = countWriter{nc: hc.nc}
+	hc.bw = bufio.NewWriterSize(&hc.w, 4<<10)
 	return hc, nil
+}
+
+// quiet reports whether nothing arrived on hc while it was idle: no byte,
+// no end of stream, no error, in its socket or, for TLS, in what the TLS
+// connection holds.
+func (hc *conn) quiet() bool {
+	if !hc.peek.quiet() {
+		return false
+	}
+	return hc.tls == nil || tlsQuiet(hc)
 }
 
 // release gives hc back to the idle connections if keep and nothing
@@ -346,19 +289,21 @@ func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
 func (c *Client) release(hc *conn, keep bool) {
 	// Bytes after the response, or the backend's end of stream, leave
 	// nothing a next request could be sure to read its response from.
+	// Closed as a connection in use is: without waiting to tell a TLS
+	// backend, whose side may not be reading.
 	if !keep || hc.r.eof || hc.br.Buffered() > 0 {
-		_ = hc.nc.Close()
+		hc.abort()
 		return
 	}
 	hc.idleAt = clock()
 	c.mu.Lock()
-	conns := c.idle[hc.addr]
+	conns := c.idle[hc.key]
 	if len(conns) >= c.maxIdlePerHost || c.nidle >= c.maxIdle {
 		c.mu.Unlock()
 		_ = hc.nc.Close()
 		return
 	}
-	c.idle[hc.addr] = append(conns, hc)
+	c.idle[hc.key] = append(conns, hc)
 	c.nidle++
 	if c.idleTimeout > 0 && !c.armed {
 		c.armLocked(c.idleTimeout)
@@ -373,17 +318,17 @@ func (c *Client) sweepIdle() {
 	var expired []*conn
 	c.mu.Lock()
 	oldest := time.Duration(math.MaxInt64)
-	for addr, conns := range c.idle {
+	for key, conns := range c.idle {
 		n := 0
 		for n < len(conns) && now-conns[n].idleAt >= c.idleTimeout {
 			n++
 		}
 		expired = append(expired, conns[:n]...)
 		if n == len(conns) {
-			delete(c.idle, addr)
+			delete(c.idle, key)
 			continue
 		}
-		c.idle[addr] = append(conns[:0], conns[n:]...)
+		c.idle[key] = append(conns[:0], conns[n:]...)
 		clear(conns[len(conns)-n:])
 		oldest = min(oldest, conns[0].idleAt)
 	}
@@ -408,11 +353,11 @@ func (c *Client) armLocked(d time.Duration) {
 	c.sweep.Reset(d)
 }
 
-// closeIdle closes the idle connections to addr.
-func (c *Client) closeIdle(addr string) {
+// closeIdle closes the idle connections for key.
+func (c *Client) closeIdle(key connKey) {
 	c.mu.Lock()
-	conns := c.idle[addr]
-	delete(c.idle, addr)
+	conns := c.idle[key]
+	delete(c.idle, key)
 	c.nidle -= len(conns)
 	c.mu.Unlock()
 	for _, hc := range conns {
@@ -425,7 +370,7 @@ func (c *Client) closeIdle(addr string) {
 func (c *Client) CloseIdleConnections() {
 	c.mu.Lock()
 	idle := c.idle
-	c.idle = make(map[string][]*conn)
+	c.idle = make(map[connKey][]*conn)
 	c.nidle = 0
 	if c.sweep != nil {
 		c.sweep.Stop()
@@ -439,18 +384,23 @@ func (c *Client) CloseIdleConnections() {
 	}
 }
 
-// hostPort returns a URL's host with the port made explicit, as
-// http.Transport dials it; only a host without one allocates.
-func hostPort(host string) string {
+// hostPort returns a URL's host with the port made explicit (443 for
+// https, 80 for http), as http.Transport dials it; only a host without one
+// allocates.
+func hostPort(host string, https bool) string {
+	port := ":80"
+	if https {
+		port = ":443"
+	}
 	for i := len(host) - 1; i >= 0; i-- {
 		switch host[i] {
 		case ':':
 			return host
 		case ']':
-			return host + ":80"
+			return host + port
 		}
 	}
-	return host + ":80"
+	return host + port
 }
 
 // epoch has a monotonic clock reading, which is all time.Since reads of

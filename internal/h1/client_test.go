@@ -56,7 +56,9 @@ func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
 		DialContext: cfg.Dial, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout, IdleConnTimeout: cfg.IdleConnTimeout,
 		MaxIdleConns: cfg.MaxIdleConns, MaxIdleConnsPerHost: cfg.MaxIdleConnsPerHost,
-		DisableCompression: true,
+		TLSClientConfig: cfg.TLSClientConfig, TLSHandshakeTimeout: cfg.TLSHandshakeTimeout,
+		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
+		DisableCompression:    true,
 	}
 }
 
@@ -93,12 +95,19 @@ func TestHandles(t *testing.T) {
 		{"GET", http.MethodGet, "http://b:80/x?q=1", nil, true},
 		{"HEAD", http.MethodHead, "http://b:80/", nil, true},
 		{"OPTIONS", http.MethodOptions, "http://b:80/", nil, true},
-		{"POST without a body", http.MethodPost, "http://b:80/", nil, false},
-		{"DELETE", http.MethodDelete, "http://b:80/", nil, false},
+		{"POST without a body", http.MethodPost, "http://b:80/", nil, true},
+		{"POST with a body", http.MethodPost, "http://b:80/", func(r *http.Request) {
+			r.Body = io.NopCloser(strings.NewReader("x"))
+			r.ContentLength = 1
+		}, true},
+		{"DELETE", http.MethodDelete, "http://b:80/", nil, true},
 		{"GET with a body", http.MethodGet, "http://b:80/", func(r *http.Request) {
 			r.Body = io.NopCloser(strings.NewReader("x"))
-		}, false},
-		{"https", http.MethodGet, "https://b:443/", nil, false},
+		}, true},
+		{"https", http.MethodGet, "https://b:443/", nil, true},
+		{"another scheme", http.MethodGet, "ftp://b:21/", nil, false},
+		{"method not a token", http.MethodGet, "http://b:80/", func(r *http.Request) { r.Method = "BAD METHOD" }, false},
+		{"CONNECT", http.MethodConnect, "http://b:80/", nil, false},
 		{"protocol switch", http.MethodGet, "http://b:80/", func(r *http.Request) {
 			r.Header.Set("Connection", "Upgrade")
 			r.Header.Set("Upgrade", "websocket")
@@ -133,11 +142,16 @@ func TestHandles(t *testing.T) {
 }
 
 func TestHostPort(t *testing.T) {
-	for in, want := range map[string]string{
-		"b:8080": "b:8080", "b": "b:80", "[::1]:81": "[::1]:81", "[::1]": "[::1]:80", "10.0.0.1": "10.0.0.1:80",
+	for _, tt := range []struct {
+		host  string
+		https bool
+		want  string
+	}{
+		{"b:8080", false, "b:8080"}, {"b", false, "b:80"}, {"[::1]:81", false, "[::1]:81"}, {"[::1]", false, "[::1]:80"},
+		{"10.0.0.1", false, "10.0.0.1:80"}, {"b", true, "b:443"}, {"[::1]", true, "[::1]:443"}, {"b:8443", true, "b:8443"},
 	} {
-		if got := hostPort(in); got != want {
-			t.Errorf("hostPort(%q) = %q, want %q", in, got, want)
+		if got := hostPort(tt.host, tt.https); got != tt.want {
+			t.Errorf("hostPort(%q, https %v) = %q, want %q", tt.host, tt.https, got, tt.want)
 		}
 	}
 }

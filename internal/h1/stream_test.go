@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,23 +22,11 @@ const evilResponse = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nEVIL-SMUGGLED
 
 // noticed reports whether a client of b can see what arrived on its
 // connection i: http.Transport closes a connection anything arrives on
-// while it is idle, and c's idle connection has it waiting for the check
-// before its next use. c is the Client in use, or nil.
+// while it is idle; c, the Client (nil for the transport), leaves its idle
+// connection in its pool, where the check before reuse finds the bytes once
+// they have reached its side of the connection.
 func noticed(b *testutil.ConnBackend, c *Client, i int) bool {
-	if b.ConnClosed(i) {
-		return true
-	}
-	if c == nil {
-		return false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, hc := range c.idle[b.Addr()] {
-		if !hc.peek.quiet() {
-			return true
-		}
-	}
-	return false
+	return b.ConnClosed(i) || (c != nil && b.Delivered(i))
 }
 
 // headerText is h as it is written on the wire, for comparing.
@@ -47,11 +36,34 @@ func headerText(h http.Header) string {
 	return b.String()
 }
 
-// streamStep is one exchange on a backend connection: the request's method,
-// what the backend answers it with, and what it writes on the same
-// connection once the client has read the response.
+// streamStep is one exchange on a backend connection: the request's method
+// and body, what the backend answers it with, and what it writes on the
+// same connection once the client has read the response.
 type streamStep struct {
-	method, answer, late string
+	method  string
+	body    string // "" for none
+	chunked bool   // the body is sent without a length
+	answer  string
+	late    string
+}
+
+// request is the step's request to the backend at base, the kth.
+func (st streamStep) request(ctx context.Context, base string, k int) (*http.Request, error) {
+	var body io.Reader
+	if st.body != "" {
+		body = strings.NewReader(st.body)
+		if st.chunked {
+			body = io.MultiReader(body) // of no length net/http knows
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, st.method, base+"/"+strconv.Itoa(k), body)
+	if err != nil {
+		return nil, err
+	}
+	// As the proxy sends it: http.Transport cannot send it again by
+	// itself.
+	req.GetBody = nil
+	return req, nil
 }
 
 // delivery is what a client delivered for one request.
@@ -126,14 +138,16 @@ func expected(method, answer string) (d delivery, needsEnd, extra bool) {
 
 // deliveries has rt send a request per step to a backend answering each as
 // the step says, one after the other, and returns what rt delivered for
-// each. Before each next request, a connection that anything came on past
-// its response has been noticed (see noticed), so that what rt does with
-// it does not depend on timing. c is rt when it is a Client. A request the
-// backend sees twice (http.Transport sending it again on its own) fails t.
-func deliveries(t *testing.T, rt http.RoundTripper, c *Client, steps []streamStep) []delivery {
+// each. The backend speaks TLS with srv, plain HTTP for nil. Before each
+// next request, a connection that anything came on past its response has
+// been noticed (see noticed), so that what rt does with it does not depend
+// on timing. c is rt when it is a Client. A request the backend sees twice
+// (http.Transport sending it again on its own), or with another body than
+// sent, fails t.
+func deliveries(t *testing.T, rt http.RoundTripper, c *Client, srv *tls.Config, steps []streamStep) []delivery {
 	var mu sync.Mutex
 	answered := make(map[int]bool)
-	b := testutil.StartConnBackend(t, func(r testutil.RawRequest) testutil.Reaction {
+	b := testutil.StartConnBackendTLS(t, srv, func(r testutil.RawRequest) testutil.Reaction {
 		k, err := strconv.Atoi(strings.TrimPrefix(r.Target, "/"))
 		mu.Lock()
 		again := answered[k]
@@ -158,7 +172,7 @@ func deliveries(t *testing.T, rt http.RoundTripper, c *Client, steps []streamSte
 	out := make([]delivery, len(steps))
 	for k, st := range steps {
 		ctx, cancel := context.WithTimeout(ctx, waitFor)
-		req, err := http.NewRequestWithContext(ctx, st.method, b.BaseURL().String()+"/"+strconv.Itoa(k), nil)
+		req, err := st.request(ctx, b.BaseURL().String(), k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,6 +194,9 @@ func deliveries(t *testing.T, rt http.RoundTripper, c *Client, steps []streamSte
 		for _, r := range b.Requests() {
 			if r.Target == "/"+strconv.Itoa(k) {
 				sent++
+				if r.Body != st.body {
+					t.Errorf("request %d reached the backend with the body %q, want %q", k, r.Body, st.body)
+				}
 			}
 		}
 		if sent != 1 {
@@ -197,37 +214,64 @@ func deliveries(t *testing.T, rt http.RoundTripper, c *Client, steps []streamSte
 	return out
 }
 
+// streamMethods are the requests of FuzzStream, by two bits of its
+// methods argument per step.
+var streamMethods = [4]struct {
+	method  string
+	chunked bool // a body of unknown length; "" for GET and HEAD
+}{{http.MethodGet, false}, {http.MethodHead, false}, {http.MethodPost, false}, {http.MethodPut, true}}
+
 // FuzzStream: over the same stream of responses and stray bytes on
 // keep-alive connections, Client and http.Transport (as the proxy makes
 // it) deliver the same response to each request, the one http.ReadResponse
-// reads from that request's answer alone. Three requests, GET or HEAD by
-// the bits of heads; each answer may hold anything (a second response, a
-// body to HEAD, a cut), and late bytes follow the first two.
+// reads from that request's answer alone, and the backend reads each
+// request once, whole. Three requests, each a GET, a HEAD, a POST with a
+// body of known length or a PUT with a chunked one, by two bits of methods
+// each; each answer may hold anything (a second response, a body to HEAD, a
+// cut), and late bytes follow the first two; to a backend in plain HTTP or
+// in TLS.
 func FuzzStream(f *testing.F) {
 	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	f.Add(uint8(0), "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"+evilResponse, "", ok, "", ok)
-	f.Add(uint8(0), "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none", evilResponse, ok, evilResponse, ok)
-	f.Add(uint8(0), "HTTP/1.1 204 No Content\r\n\r\n", evilResponse, "HTTP/1.1 304 Not Modified\r\n\r\n", evilResponse, ok)
-	f.Add(uint8(1), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "0\r\n\r\n", ok, "", ok)
-	f.Add(uint8(3), "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nEVIL-SMUGGLED", "", ok, "x", ok)
-	f.Add(uint8(0), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "", "HTTP/1.1 200 OK\r\n\r\nto the end", "", ok)
-	f.Add(uint8(0), "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"+ok, "", "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ncut", "", ok)
-	f.Add(uint8(0), "HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", "", "HTTP/1.0 200 OK\r\n\r\nold", "", "")
-	f.Add(uint8(0), "HTTP/1.1 101 Switching Protocols\r\n\r\n", "", ok, "HTTP/1.1 200 OK\r\n", ok)
-	f.Fuzz(func(t *testing.T, heads uint8, a1, l1, a2, l2, a3 string) {
-		method := func(i int) string {
-			if heads&(1<<i) != 0 {
-				return http.MethodHead
+	const post, put = 0b101010, 0b111111
+	f.Add(uint8(0), false, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"+evilResponse, "", ok, "", ok)
+	f.Add(uint8(post), true, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"+evilResponse, "", ok, "", ok)
+	f.Add(uint8(0), false, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none", evilResponse, ok, evilResponse, ok)
+	f.Add(uint8(put), true, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none", evilResponse, ok, evilResponse, ok)
+	f.Add(uint8(post), false, "HTTP/1.1 204 No Content\r\n\r\n", evilResponse, "HTTP/1.1 304 Not Modified\r\n\r\n", evilResponse, ok)
+	f.Add(uint8(1), false, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "0\r\n\r\n", ok, "", ok)
+	f.Add(uint8(0b010101), true, "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nEVIL-SMUGGLED", "", ok, "x", ok)
+	f.Add(uint8(put), false, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "", "HTTP/1.1 200 OK\r\n\r\nto the end", "", ok)
+	f.Add(uint8(post), true, "HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n"+strings.Repeat("x", 10000)+evilResponse, "", ok, "", ok)
+	f.Add(uint8(0), false, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"+ok, "", "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ncut", "", ok)
+	f.Add(uint8(post), false, "HTTP/1.1 100 Continue\r\n\r\n"+ok, "", "HTTP/1.1 413 Too Large\r\nConnection: close\r\n\r\n", "", ok)
+	f.Add(uint8(0), true, "HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", "", "HTTP/1.0 200 OK\r\n\r\nold", "", "")
+	f.Add(uint8(0), false, "HTTP/1.1 101 Switching Protocols\r\n\r\n", "", ok, "HTTP/1.1 200 OK\r\n", ok)
+	certs := testutil.NewCerts(f)
+	pair, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	f.Fuzz(func(t *testing.T, methods uint8, useTLS bool, a1, l1, a2, l2, a3 string) {
+		step := func(i int, answer, late string) streamStep {
+			m := streamMethods[methods>>(2*i)&3]
+			st := streamStep{method: m.method, chunked: m.chunked, answer: answer, late: late}
+			if m.method == http.MethodPost || m.method == http.MethodPut {
+				st.body = "body of " + strconv.Itoa(i)
 			}
-			return http.MethodGet
+			return st
 		}
-		steps := []streamStep{{method(0), a1, l1}, {method(1), a2, l2}, {method(2), a3, ""}}
+		steps := []streamStep{step(0, a1, l1), step(1, a2, l2), step(2, a3, "")}
 		cfg := testConfig(30*time.Second, 90*time.Second)
+		var backendTLS *tls.Config
+		if useTLS {
+			cfg.TLSClientConfig, backendTLS = certs.Client, srv
+		}
 		c := New(cfg)
 		defer c.CloseIdleConnections()
 		tr := newTransport(cfg)
 		defer tr.CloseIdleConnections()
-		got, want := deliveries(t, c, c, steps), deliveries(t, tr, nil, steps)
+		got, want := deliveries(t, c, c, backendTLS, steps), deliveries(t, tr, nil, backendTLS, steps)
 		for k, st := range steps {
 			oracle, _, _ := expected(st.method, st.answer)
 			if got[k] != want[k] || got[k] != oracle {

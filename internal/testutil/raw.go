@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 // connection, and waits for those goroutines.
 type RawBackend struct {
 	ln       net.Listener
+	scheme   string // http, or https when it speaks TLS
 	accepted atomic.Int32
 	closed   atomic.Int32 // connections serve returned from
 	wg       sync.WaitGroup
@@ -31,12 +33,29 @@ type RawBackend struct {
 // connection with serve, br reading from c.
 func StartRaw(t testing.TB, serve func(c net.Conn, br *bufio.Reader)) *RawBackend {
 	t.Helper()
-	rb := &RawBackend{ln: Listen(t)}
+	return startRaw(t, nil, serve)
+}
+
+// StartRawTLS is StartRaw for a backend that speaks TLS with cfg: serve
+// reads and writes the connection's plain text.
+func StartRawTLS(t testing.TB, cfg *tls.Config, serve func(c net.Conn, br *bufio.Reader)) *RawBackend {
+	t.Helper()
+	return startRaw(t, cfg, serve)
+}
+
+func startRaw(t testing.TB, cfg *tls.Config, serve func(c net.Conn, br *bufio.Reader)) *RawBackend {
+	rb := &RawBackend{ln: Listen(t), scheme: "http"}
+	if cfg != nil {
+		rb.scheme = "https"
+	}
 	rb.wg.Go(func() {
 		for {
 			c, err := rb.ln.Accept()
 			if err != nil {
 				return
+			}
+			if cfg != nil {
+				c = tls.Server(c, cfg)
 			}
 			rb.accepted.Add(1)
 			rb.mu.Lock()
@@ -61,8 +80,8 @@ func StartRaw(t testing.TB, serve func(c net.Conn, br *bufio.Reader)) *RawBacken
 	return rb
 }
 
-// URL is the backend's root, http://host:port/.
-func (rb *RawBackend) URL() string { return "http://" + rb.Addr() + "/" }
+// URL is the backend's root, http://host:port/ (https:// with TLS).
+func (rb *RawBackend) URL() string { return rb.scheme + "://" + rb.Addr() + "/" }
 
 // Addr is the backend's host:port.
 func (rb *RawBackend) Addr() string { return rb.ln.Addr().String() }
@@ -139,6 +158,15 @@ func StartConnBackend(t testing.TB, answer func(r RawRequest) Reaction) *ConnBac
 	return b
 }
 
+// StartConnBackendTLS is StartConnBackend for a backend that speaks TLS
+// with cfg (nil: plain HTTP).
+func StartConnBackendTLS(t testing.TB, cfg *tls.Config, answer func(r RawRequest) Reaction) *ConnBackend {
+	t.Helper()
+	b := &ConnBackend{answer: answer}
+	b.RawBackend = startRaw(t, cfg, b.serve)
+	return b
+}
+
 func (b *ConnBackend) serve(nc net.Conn, br *bufio.Reader) {
 	c := &rawConn{Conn: nc}
 	b.mu.Lock()
@@ -168,7 +196,7 @@ func (b *ConnBackend) serve(nc net.Conn, br *bufio.Reader) {
 		case err != nil:
 			return
 		case re.End == ResetConn:
-			_ = c.Conn.(*net.TCPConn).SetLinger(0)
+			_ = tcpConn(c.Conn).SetLinger(0)
 			return
 		case re.End == CloseConn:
 			return
@@ -177,7 +205,7 @@ func (b *ConnBackend) serve(nc net.Conn, br *bufio.Reader) {
 }
 
 // BaseURL is the backend's URL without a path.
-func (b *ConnBackend) BaseURL() *url.URL { return &url.URL{Scheme: "http", Host: b.Addr()} }
+func (b *ConnBackend) BaseURL() *url.URL { return &url.URL{Scheme: b.scheme, Host: b.Addr()} }
 
 // Requests returns the requests parsed so far.
 func (b *ConnBackend) Requests() []RawRequest {
@@ -224,7 +252,7 @@ func (b *ConnBackend) Delivered(i int) bool {
 	c := b.conn(i)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	rc, err := c.Conn.(*net.TCPConn).SyscallConn()
+	rc, err := tcpConn(c.Conn).SyscallConn()
 	if err != nil {
 		return false
 	}
@@ -238,4 +266,12 @@ func (b *ConnBackend) Delivered(i int) bool {
 		return false
 	}
 	return queued == 0
+}
+
+// tcpConn is the TCP connection under c, which may speak TLS over it.
+func tcpConn(c net.Conn) *net.TCPConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	return c.(*net.TCPConn)
 }
