@@ -19,9 +19,9 @@ import (
 // for it.
 //
 // Its connection is given back for another request only once the writing
-// has ended well (sent): a connection whose request is still being written
-// when its response ends is closed, as http.Transport closes it after a
-// short wait.
+// has ended well (giveBack): a connection whose request is still being
+// written when its response ends is closed, unless the writing ends within
+// writeWait, as http.Transport does.
 type bodyWriter struct {
 	hc      *conn
 	rc      io.ReadCloser // the request's body
@@ -72,9 +72,16 @@ func (w *bodyWriter) write(r *http.Request) {
 	if err == nil {
 		err = w.hc.bw.Flush()
 	}
-	if w.bodyErr != nil {
+	switch {
+	case w.bodyErr != nil:
 		// The backend waits for the rest of a body that will not come:
 		// the request is over, as http.Transport ends it.
+		w.hc.abort()
+	case err != nil && w.hc.w.n == 0:
+		// Nothing was sent, so nothing can be answered: the exchange
+		// ends now with a request not sent. Once bytes have gone, a
+		// failed write leaves the response to be read, which a backend
+		// that answered early and closed may have sent.
 		w.hc.abort()
 	}
 	w.mu.Lock()
@@ -144,18 +151,38 @@ func (w *bodyWriter) headRead(send bool) {
 	w.proceed(send)
 }
 
-// sent reports whether the writing has ended well; true for a nil w, a
-// request without a body.
-func (w *bodyWriter) sent() bool {
-	if w == nil {
-		return true
+// writeWait is how long a connection whose response has ended waits for
+// the writing of its request to end before it is closed rather than given
+// back, http.Transport's maxWriteWaitBeforeConnReuse: a backend mostly
+// answers once it has read the whole body, when the writing is ending.
+const writeWait = 50 * time.Millisecond
+
+// giveBack gives hc back to c's idle connections if keep and its request,
+// written by w (nil for a request without a body), was written whole, and
+// closes it otherwise. When the writing is still going, it waits for it in
+// a goroutine of its own, so that the response's reader, for whom the
+// response has ended, does not wait.
+func (c *Client) giveBack(hc *conn, keep bool, w *bodyWriter) {
+	if !keep || w == nil {
+		c.release(hc, keep)
+		return
 	}
 	select {
 	case <-w.done:
-		return w.err == nil
+		c.release(hc, w.err == nil)
+		return
 	default:
-		return false
 	}
+	go func() {
+		t := time.NewTimer(writeWait)
+		defer t.Stop()
+		select {
+		case <-w.done:
+			c.release(hc, w.err == nil)
+		case <-t.C:
+			c.release(hc, false)
+		}
+	}()
 }
 
 // end is a failed exchange's: it stops a wait for a 100 Continue, waits for

@@ -114,7 +114,7 @@ func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *
 	keep := !res.Close && res.StatusCode > 199
 	if r.Method == http.MethodHead || res.ContentLength == 0 {
 		watched := stop()
-		c.release(hc, keep && watched && bw.sent())
+		c.giveBack(hc, keep && watched, bw)
 		return res, nil
 	}
 	if wrap == nil {
@@ -147,7 +147,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if err != nil && b.hc != nil {
 		if err == io.EOF {
 			watched := b.stop()
-			b.c.release(b.hc, b.keep && watched && b.bw.sent())
+			b.c.giveBack(b.hc, b.keep && watched, b.bw)
 		} else {
 			b.stop()
 			b.hc.abort()
