@@ -32,7 +32,8 @@ func certsFor(t *testing.T, scheme string) *testutil.Certs {
 
 // connBackend starts a testutil.ConnBackend answering with answer, that
 // speaks TLS with the server certificate of certs, or plain HTTP when
-// certs is nil.
+// certs is nil. Its TLS records are as large as TLS allows from the first,
+// as nginx's are: a response and what follows it share one.
 func connBackend(t *testing.T, certs *testutil.Certs, answer func(testutil.RawRequest) testutil.Reaction) *testutil.ConnBackend {
 	t.Helper()
 	if certs == nil {
@@ -42,7 +43,7 @@ func connBackend(t *testing.T, certs *testutil.Certs, answer func(testutil.RawRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12, DynamicRecordSizingDisabled: true}
 	return testutil.StartConnBackendTLS(t, cfg, answer)
 }
 

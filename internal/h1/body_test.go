@@ -11,7 +11,6 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -191,26 +190,36 @@ func TestRequestBody(t *testing.T) {
 	})
 
 	t.Run("body done with before an error returns", func(t *testing.T) {
-		// The backend resets the connection once it has the head; the
-		// body is still coming then.
+		// The backend resets the connection once it has the head and a
+		// byte of the body; the rest of the body is not there yet, and
+		// the writing waits for it in a read of the client's body.
+		reset := make(chan struct{})
 		rb := testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
-			if _, err := http.ReadRequest(br); err != nil {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.ReadFull(req.Body, make([]byte, 1)); err != nil {
 				return
 			}
 			_ = c.(*net.TCPConn).SetLinger(0)
+			_ = c.Close()
+			close(reset)
 		})
 		c := newTestClient(time.Second, 0)
 		req, body, pw := pipeRequest(t, context.Background(), http.MethodPost, rb.URL())
 		ch := goRoundTrip(c, req)
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			// Until the writing fails and closes the body.
-			for {
-				if _, err := io.WriteString(pw, "x"); err != nil {
-					return
-				}
-			}
-		})
+		_, _ = io.WriteString(pw, "x")
+		<-reset
+		// Time for the exchange to read the reset; RoundTrip must not
+		// return while the body is still being read.
+		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-ch:
+			t.Fatal("RoundTrip returned while its body was being read")
+		default:
+		}
+		_ = pw.Close()
 		res := await(t, ch, "reset")
 		if res.err == nil {
 			t.Fatal("no error from a reset connection")
@@ -218,20 +227,30 @@ func TestRequestBody(t *testing.T) {
 		if !body.closed.Load() {
 			t.Error("RoundTrip returned an error before it was done with the body")
 		}
-		wg.Wait()
 	})
 }
 
 // continueBackend reads a request's head and, by how, answers it: "100"
 // sends 100 Continue then reads the body and echoes it; "close" answers
 // 417 and closes, reporting on got what it read after the head; "keep"
-// answers 200 at once, then reads the body and reports it; "wait" reads
-// the body and echoes it, having sent nothing before.
+// answers 401 at once, then reads the body and reports it; "wait" reads
+// the body and echoes it, having sent nothing before. But for "wait", a
+// body that comes before the answer is reported as such.
 func continueBackend(t *testing.T, how string, got chan<- string) *testutil.RawBackend {
 	return testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
+		}
+		if how != "wait" {
+			// A client that waits sends nothing in this while.
+			_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, err := br.Peek(1)
+			_ = c.SetReadDeadline(time.Time{})
+			if err == nil {
+				got <- "a body not asked for"
+				return
+			}
 		}
 		echo := func() {
 			body, _ := io.ReadAll(req.Body)
