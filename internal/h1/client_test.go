@@ -157,49 +157,82 @@ func TestHostPort(t *testing.T) {
 }
 
 // TestWritesWhatTransportWrites: the bytes a backend receives are those
-// http.Transport, configured as the proxy's, sends for the same request.
+// http.Transport, configured as the proxy's, sends for the same request:
+// a GET, and requests with bodies of known and of unknown length, with
+// trailers, and announced with "Expect: 100-continue".
 func TestWritesWhatTransportWrites(t *testing.T) {
 	got := make(chan string, 2)
 	rb := testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
-		var head strings.Builder
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			head.WriteString(line)
-			if line == "\r\n" {
-				break
-			}
+		var raw strings.Builder
+		req, err := http.ReadRequest(bufio.NewReader(io.TeeReader(br, &raw)))
+		if err != nil {
+			return
 		}
-		got <- head.String()
+		if req.Header.Get("Expect") != "" {
+			_, _ = io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return
+		}
+		got <- raw.String()
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
-	newReq := func() *http.Request {
-		r, err := http.NewRequest(http.MethodGet, rb.URL()+"a%20b?x=1&y", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Host = "site.example"
-		r.Header.Set("User-Agent", "")
-		r.Header.Set("X-Forwarded-For", "192.0.2.1")
-		r.Header.Add("Cookie", "a=1")
-		r.Header.Add("Cookie", "b=2")
-		r.Header.Set("Accept", "*/*")
-		return r
+	tests := []struct {
+		name   string
+		method string
+		body   func() io.Reader
+		edit   func(r *http.Request)
+	}{
+		{"GET", http.MethodGet, nil, nil},
+		{"POST of known length", http.MethodPost, func() io.Reader { return strings.NewReader("a=1&b=2") }, nil},
+		{"PUT of unknown length", http.MethodPut, func() io.Reader { return io.MultiReader(strings.NewReader("chunk")) }, nil},
+		{"PUT with trailers", http.MethodPut, func() io.Reader { return io.MultiReader(strings.NewReader("chunk")) },
+			func(r *http.Request) { r.Trailer = http.Header{"X-Sum": {"5"}} }},
+		{"POST expecting 100-continue", http.MethodPost, func() io.Reader { return strings.NewReader("a=1") },
+			func(r *http.Request) { r.Header.Set("Expect", "100-continue") }},
+		{"DELETE without a body", http.MethodDelete, nil, nil},
 	}
-	tr := newTransport(testConfig(time.Second, 0))
-	defer tr.CloseIdleConnections()
-	for _, rt := range []http.RoundTripper{tr, newTestClient(time.Second, 0)} {
-		res, err := rt.RoundTrip(newReq())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		_ = res.Body.Close()
-	}
-	if want, h1 := <-got, <-got; h1 != want {
-		t.Errorf("Client sent\n%q\nhttp.Transport sends\n%q", h1, want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			newReq := func() *http.Request {
+				var body io.Reader
+				if tt.body != nil {
+					body = tt.body()
+				}
+				r, err := http.NewRequest(tt.method, rb.URL()+"a%20b?x=1&y", body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.GetBody = nil
+				r.Host = "site.example"
+				r.Header.Set("User-Agent", "")
+				r.Header.Set("X-Forwarded-For", "192.0.2.1")
+				r.Header.Add("Cookie", "a=1")
+				r.Header.Add("Cookie", "b=2")
+				r.Header.Set("Accept", "*/*")
+				if tt.edit != nil {
+					tt.edit(r)
+				}
+				return r
+			}
+			cfg := testConfig(time.Second, 0)
+			cfg.ExpectContinueTimeout = time.Hour // the body goes on the 100 alone
+			tr := newTransport(cfg)
+			defer tr.CloseIdleConnections()
+			c := New(cfg)
+			defer c.CloseIdleConnections()
+			for _, rt := range []http.RoundTripper{tr, c} {
+				res, err := rt.RoundTrip(newReq())
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				_ = res.Body.Close()
+			}
+			if want, h1 := <-got, <-got; h1 != want {
+				t.Errorf("Client sent\n%q\nhttp.Transport sends\n%q", h1, want)
+			}
+		})
 	}
 }
 
