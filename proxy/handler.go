@@ -231,6 +231,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		}
 		*ex = exchange{access: ex.access, client: ex.client}
 	}()
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		w = finalOnly{w}
+	}
 	s.proxy.ServeHTTP(w, r)
 }
 

@@ -492,3 +492,88 @@ func TestReplayBufferReuse(t *testing.T) {
 		t.Error("a buffer too big to pool was reset and pooled")
 	}
 }
+
+// TestRetryNotSentOrDelivered: a request none of which reached a backend
+// goes to another whatever its method, logged as not sent: a refused dial,
+// a TLS handshake that failed. One the backend read, and answered with a
+// head no client may be sent, was delivered: a POST without a key is not
+// sent again (502), a GET is.
+func TestRetryNotSentOrDelivered(t *testing.T) {
+	certs := testutil.NewCerts(t)
+	untrusted := testutil.NewCerts(t) // the pool trusts certs' authority only
+	tests := []struct {
+		name   string
+		bad    func(t *testing.T) (*url.URL, func() int) // the first backend, and the requests it read
+		method string
+		reason string // the retry's; "" for none
+	}{
+		{"refused dial, POST", func(t *testing.T) (*url.URL, func() int) {
+			u := testutil.ClosedURL(t)
+			u.Scheme = "https"
+			return u, func() int { return 0 }
+		}, http.MethodPost, reasonUnsent},
+		{"TLS handshake failed, POST", func(t *testing.T) (*url.URL, func() int) {
+			b := connBackend(t, untrusted, func(testutil.RawRequest) testutil.Reaction {
+				return testutil.Reaction{Raw: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad"}
+			})
+			return b.BaseURL(), func() int { return len(b.Requests()) }
+		}, http.MethodPost, reasonUnsent},
+		{"malformed head, POST", malformedBackend(certs), http.MethodPost, ""},
+		{"malformed head, GET", malformedBackend(certs), http.MethodGet, reasonIdempotent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			badURL, badRead := tt.bad(t)
+			good := connBackend(t, certs, func(r testutil.RawRequest) testutil.Reaction {
+				return testutil.Reaction{Raw: "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"}
+			})
+			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: badURL, Name: "bad"}, {URL: good.BaseURL(), Name: "good"}},
+				Retries:  config.Retries{Count: 2, MaxBody: 1024}, TLS: poolTLS(certs)}
+			log, logs := observed()
+			_, u := startProxy(t, catchAll(pc), log)
+			var body io.Reader
+			if tt.method == http.MethodPost {
+				body = strings.NewReader("order=1")
+			}
+			// Round-robin sends the first request to the first backend.
+			r := send(t, testutil.Client(t), tt.method, u.String()+"/", body, nil)
+			retries := entries(logs, "retrying request")
+			if tt.reason == "" {
+				if r.status != http.StatusBadGateway || len(good.Requests()) != 0 || len(retries) != 0 {
+					t.Errorf("got %d %q, good backend read %d, %d retries; want 502 and no retry",
+						r.status, r.body, len(good.Requests()), len(retries))
+				}
+				if n := badRead(); n != 1 {
+					t.Errorf("the failing backend read %d requests, want 1", n)
+				}
+				return
+			}
+			if r.status != http.StatusOK || r.body != "good" || len(good.Requests()) != 1 {
+				t.Fatalf("got %d %q, good backend read %d; want 200 from a retry", r.status, r.body, len(good.Requests()))
+			}
+			want := 1
+			if tt.reason == reasonUnsent {
+				want = 0
+			}
+			if n := badRead(); n != want {
+				t.Errorf("the failing backend read %d requests, want %d", n, want)
+			}
+			if len(retries) != 1 || retries[0].ContextMap()["reason"] != tt.reason {
+				t.Errorf("retry lines %v, want one with the reason %q", retries, tt.reason)
+			}
+		})
+	}
+}
+
+// malformedBackend returns a start function of an https backend whose
+// certificate certs signs and that answers every request it reads with a
+// status line no parser takes.
+func malformedBackend(certs *testutil.Certs) func(t *testing.T) (*url.URL, func() int) {
+	return func(t *testing.T) (*url.URL, func() int) {
+		b := connBackend(t, certs, func(testutil.RawRequest) testutil.Reaction {
+			return testutil.Reaction{Raw: "HTTP/1.1 2x0 Broken\r\nContent-Length: 0\r\n\r\n"}
+		})
+		return b.BaseURL(), func() int { return len(b.Requests()) }
+	}
+}

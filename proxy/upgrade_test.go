@@ -181,3 +181,40 @@ func firstStatus(t *testing.T, addr, raw string) int {
 	}
 	return resp.StatusCode
 }
+
+// TestUpgradeConnectionNotKept: the connection of a protocol switch a
+// backend declines (a plain answer to the upgrade request) serves no other
+// request: http.Transport, which sends upgrades, keeps no connection, so
+// none can be handed to a request waiting for one before the transport has
+// seen what the backend sent behind its answer.
+func TestUpgradeConnectionNotKept(t *testing.T) {
+	b := testutil.StartConnBackend(t, func(testutil.RawRequest) testutil.Reaction {
+		return testutil.Reaction{Raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+	})
+	pc := &config.Pool{Name: "ws", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: b.BaseURL(), Name: "ws-1"}}}
+	_, u := startProxy(t, catchAll(pc), nil)
+	c := testutil.Client(t)
+	for i := range 3 {
+		r := get(t, c, u.String()+"/", func(r *http.Request) {
+			r.Header.Set("Connection", "Upgrade")
+			r.Header.Set("Upgrade", "websocket")
+		})
+		if r.status != http.StatusOK || r.body != "ok" {
+			t.Fatalf("request %d: got %d %q, want the backend's answer", i, r.status, r.body)
+		}
+	}
+	for _, r := range b.Requests() {
+		if r.Reused {
+			t.Errorf("request %s went on a connection used before", r.Target)
+		}
+	}
+	testutil.Eventually(t, waitFor, "every connection closed", func() bool {
+		for _, r := range b.Requests() {
+			if !b.ConnClosed(r.Conn) {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -71,6 +71,13 @@ func newServeCmd() *cobra.Command {
 			}
 			defer func() { _ = sl.Close() }()
 			log := sl.Logger
+			// The servers' and ReverseProxy's ErrorLog write to log
+			// (proxy.NewServer); what the standard library writes
+			// through the log package's own logger (http.Transport's
+			// notes on a backend connection) goes there too.
+			if restore, err := zap.RedirectStdLogAt(log, zap.WarnLevel); err == nil {
+				defer restore()
+			}
 			proxy.LogWarnings(log, cfg)
 			// GOGC follows the live heap (internal/gctune) unless the
 			// environment sets it: less CPU per request under load

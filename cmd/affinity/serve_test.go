@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -159,6 +161,37 @@ pools:
 	// Access lines are written in batches; a stop writes the last.
 	if n := strings.Count(out, "access\trequest"); n < 5 {
 		t.Errorf("%d access lines after SIGTERM, want at least 5:\n%s", n, out)
+	}
+}
+
+// TestServeStandardLog: while serve runs, what the standard library logs
+// through the log package's logger is a line of the proxy's log, at warn.
+func TestServeStandardLog(t *testing.T) {
+	b := startBackend(t, "web-1")
+	listen := freeAddr(t)
+	cfg := writeFile(t, "affinity.yaml", fmt.Appendf(nil, "listen: %s\nlog: {format: json}\npools:\n  web:\n    backends: [{url: %s, name: web-1}]\n",
+		listen, b.URL))
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	exited := make(chan int, 1)
+	go func() { exited <- execute(ctx, []string{"serve", "-c", cfg, "--watch=false"}, &out, &errOut) }()
+	waitFor(t, "the proxy to start", func() bool { return strings.Contains(errOut.String(), `"msg":"starting"`) })
+	log.Print("a note from the standard library")
+	waitFor(t, "the note in the proxy's log", func() bool {
+		return strings.Contains(errOut.String(), `"level":"warn"`) &&
+			strings.Contains(errOut.String(), `"msg":"a note from the standard library"`)
+	})
+	cancel()
+	select {
+	case code := <-exited:
+		if code != exitOK {
+			t.Errorf("exit %d, want 0:\n%s", code, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve still running 10 s after its context ended")
+	}
+	if log.Writer() != os.Stderr {
+		t.Error("the standard logger left writing to the proxy's log after serve returned")
 	}
 }
 
