@@ -145,10 +145,16 @@ func (p *learnPolicy) Build(s Set) Picker {
 }
 
 // adopt moves the session sid, if the memory table holds it, to the
-// backend with ID id, as Redis or another replica says it now is. A
+// backend with ID id, as Redis or another replica says it now is, or
+// forgets it when id is empty: another replica saw it logged out. A
 // backend this policy never had leaves the entry as it is.
 func (p *learnPolicy) adopt(sid, id string) {
 	if len(sid) > maxSessionID {
+		return
+	}
+	if id == "" {
+		t := p.tab()
+		t.remove(t.key(sid))
 		return
 	}
 	p.buildMu.Lock()

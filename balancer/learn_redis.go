@@ -37,10 +37,11 @@ const (
 // pipelines, so that a response never waits for Redis; lookups are made
 // by picks, bounded by the timeout.
 //
-// A session moved to another backend is also published on the channel
-// named prefix, which every replica's store listens to, so that a replica
-// holding the session in its memory table follows the move at once rather
-// than when its entry is next read from Redis. A replica renewing an entry
+// A session moved to another backend, or forgotten (a logout), is also
+// published on the channel named prefix, which every replica's store
+// listens to, so that a replica holding the session in its memory table
+// follows at once rather than when its entry is next read from Redis (a
+// forgotten one would never be: the replica would keep routing it). A replica renewing an entry
 // in use does not overwrite Redis: it keeps what Redis holds, and takes it
 // if it differs (see touch), so that a move whose message it missed
 // reaches it within the entry's renewal time.
@@ -55,7 +56,7 @@ type redisStore struct {
 	opts    *redis.UniversalOptions
 	clock   func() int64 // monotonic nanoseconds, as the table's
 	// adopt is told of a session that Redis or another replica says is
-	// on the backend with ID id.
+	// on the backend with ID id, or, with an empty id, forgotten.
 	adopt func(sid, id string)
 
 	mu     sync.Mutex // serialises start and close
@@ -88,7 +89,7 @@ const (
 	opSet   opKind = iota // the session is on backend id
 	opMove                // as opSet, and tell the other replicas
 	opTouch               // keep the session in Redis, on id unless it is elsewhere
-	opDel                 // forget the session
+	opDel                 // forget the session, and tell the other replicas
 )
 
 // redisOptions checks o and turns it into go-redis's options, for a
@@ -262,7 +263,8 @@ func (s *redisStore) move(sid, id string) { s.enqueue(storeOp{kind: opMove, sid:
 // it; if Redis holds another backend, adopt is told.
 func (s *redisStore) touch(sid, id string) { s.enqueue(storeOp{kind: opTouch, sid: sid, id: id}) }
 
-// del queues a delete of the session.
+// del queues a delete of the session, which the other replicas are told
+// of.
 func (s *redisStore) del(sid string) { s.enqueue(storeOp{kind: opDel, sid: sid}) }
 
 // enqueue hands op to the writer without waiting: a full queue drops it.
@@ -362,11 +364,12 @@ func (s *redisStore) flush(ctx context.Context, client redis.UniversalClient, ba
 			held[i] = pipe.Get(ctx, key)
 		case opDel:
 			first[i] = pipe.Del(ctx, key)
+			pipe.Publish(ctx, s.channel(), moveMessage(op.sid, ""))
 		}
 	}
 	_, err := pipe.Exec(ctx)
 	for i, op := range batch {
-		if c := held[i]; c != nil && c.Err() == nil && c.Val() != op.id {
+		if c := held[i]; c != nil && c.Err() == nil && c.Val() != op.id && c.Val() != "" {
 			s.adopt(op.sid, c.Val())
 		}
 	}
@@ -388,24 +391,27 @@ func (s *redisStore) flush(ctx context.Context, client redis.UniversalClient, ba
 	s.errors.Add(uint64(failed))
 }
 
-// channel is where moves are published.
+// channel is where moves and deletes are published.
 func (s *redisStore) channel() string { return strings.TrimSuffix(s.prefix, ":") }
 
 // moveMessage encodes a move for the channel: the length of the backend ID,
-// a colon, the ID, then the session ID, which may hold any byte.
+// a colon, the ID, then the session ID, which may hold any byte. An empty
+// ID says the session was forgotten; replicas of earlier versions, which
+// took only IDs of one byte or more, ignore it.
 func moveMessage(sid, id string) string { return strconv.Itoa(len(id)) + ":" + id + sid }
 
 // parseMove decodes a moveMessage.
 func parseMove(msg string) (sid, id string, ok bool) {
 	n, rest, found := strings.Cut(msg, ":")
 	l, err := strconv.Atoi(n)
-	if !found || err != nil || l < 1 || l >= len(rest) {
+	if !found || err != nil || l < 0 || l >= len(rest) || (l == 0 && n != "0") {
 		return "", "", false
 	}
 	return rest[l:], rest[:l], true
 }
 
-// listen subscribes to the channel of moves and tells adopt of each, until
+// listen subscribes to the channel of moves and tells adopt of each (and of
+// each delete), until
 // close. A subscription that breaks (Redis restarted, failed over, or is
 // down) is made again, once per backoff at most; moves published meanwhile
 // are missed, and reach this replica by its renewals instead (touch).

@@ -329,16 +329,22 @@ func sharedSession(t *testing.T) *replicaPair {
 	return rp
 }
 
+// subscribed waits until n stores listen on the channel of moves.
+func subscribed(t *testing.T, rc *redis.Client, n int64) {
+	t.Helper()
+	channel := RedisKeyPrefix + testSessionCookie
+	testutil.Eventually(t, waitFor, fmt.Sprintf("%d stores subscribed", n), func() bool {
+		return rc.PubSubNumSub(context.Background(), channel).Val()[channel] == n
+	})
+}
+
 // A session that one replica moves is moved by the others at once, though
 // for them its backend is still up: each holds it in memory, where Redis
 // would not be asked again for a long while.
 func TestLearnRedisMoveReachesReplicas(t *testing.T) {
 	rp := sharedSession(t)
 	// Each store listens from its first use, a moment after it.
-	channel := RedisKeyPrefix + testSessionCookie
-	testutil.Eventually(t, waitFor, "both subscribed", func() bool {
-		return rp.rc.PubSubNumSub(context.Background(), channel).Val()[channel] == 2
-	})
+	subscribed(t, rp.rc, 2)
 
 	down := rp.a.Build(Set{All: rp.bsA, Available: []*Backend{rp.bsA[0], rp.bsA[2], rp.bsA[3]}})
 	moved := expectPick(t, down, sessionRequest("s1"), nil, StickyRepinned).Backend
@@ -351,6 +357,23 @@ func TestLearnRedisMoveReachesReplicas(t *testing.T) {
 	}
 	if n := rp.a.StoreErrors() + rp.b.StoreErrors(); n != 0 {
 		t.Errorf("%d store errors", n)
+	}
+}
+
+// A session one replica forgets, as a logout makes it, is forgotten by
+// the others at once, though they hold it in memory: they would
+// otherwise route it to its backend until it expired.
+func TestLearnRedisLogoutReachesReplicas(t *testing.T) {
+	rp := sharedSession(t)
+	subscribed(t, rp.rc, 2)
+	if n := rp.b.Len(); n != 1 {
+		t.Fatalf("replica b holds %d sessions, want s1", n)
+	}
+	answer(t, rp.pa, sessionRequest("s1"), rp.bsA[1], "JSESSIONID=; Max-Age=0")
+	testutil.Eventually(t, waitFor, "the logout followed by b", func() bool { return rp.b.Len() == 0 })
+	expectPick(t, rp.pb, sessionRequest("s1"), nil, StickyNew)
+	if n := rp.rc.Exists(context.Background(), sessionKey("s1")).Val(); n != 0 {
+		t.Error("the session is still in Redis")
 	}
 }
 
@@ -553,8 +576,12 @@ func TestParseMove(t *testing.T) {
 		{moveMessage("a:b 2:c", "b:9"), "a:b 2:c", "b:9", true},
 		{"", "", "", false},
 		{"5", "", "", false},
-		{"5:web-1", "", "", false}, // no session
-		{"0:s1", "", "", false},
+		{"5:web-1", "", "", false},              // no session
+		{moveMessage("s1", ""), "s1", "", true}, // forgotten
+		{"0:s1", "s1", "", true},
+		{"00:s1", "", "", false},
+		{"-0:s1", "", "", false},
+		{"0:", "", "", false},
 		{"-1:s1", "", "", false},
 		{"x:s1", "", "", false},
 		{"99999999999999999999:s", "", "", false},
