@@ -55,7 +55,12 @@ type learnPolicy struct {
 	// table is read by every pick; HandOver points it at the table of
 	// the policy that replaces this one.
 	table atomic.Pointer[learnTable]
-	store *redisStore // nil with the memory store
+	// store is the Redis store the pickers use, nil with the memory
+	// store: own, until HandOver points it at the store of the policy
+	// that replaces this one, so that the requests still in flight on
+	// this one's pickers write where the new pickers read.
+	store atomic.Pointer[redisStore]
+	own   *redisStore // this policy's store, which Close closes; nil with the memory store
 	next  atomic.Uint64
 
 	// buildMu guards Build's own state: every backend ID seen, numbered
@@ -95,7 +100,8 @@ func newLearnPolicy(o Options) (Policy, error) {
 		}
 		// The store reads the table's clock, which tests replace.
 		clock := func() int64 { return p.tab().clock() }
-		p.store = newRedisStore(opts, RedisKeyPrefix+l.Cookie, p.tab().keep(), clock, p.adopt)
+		p.own = newRedisStore(opts, RedisKeyPrefix+l.Cookie, p.tab().keep(), clock, p.adopt)
+		p.store.Store(p.own)
 	default:
 		return nil, fmt.Errorf("%w: store %q must be %s or %s", ErrInvalidLearn, l.Store, LearnStoreMemory, LearnStoreRedis)
 	}
@@ -189,21 +195,31 @@ func NewFrom(prev Policy, name string, o Options) (Policy, error) {
 }
 
 // HandOver gives next, made by NewFrom(prev, ...), what prev learned, when
-// next has just replaced prev: a reload changed the learn policy's options
-// (max_entries, ttl, Redis) but not its cookie. The sessions move to next's
-// table, the most recently used first up to its max_entries, each as old as
-// it was and forgotten if that is past next's ttl; prev's pickers, which
-// serve the requests still in flight, use next's table from then on. Other
-// pairs of policies hand nothing over.
+// next is about to replace prev: a reload changed the learn policy's
+// options (max_entries, ttl, Redis) but not its cookie. Call it before
+// prev is closed. The sessions move to next's table, the most recently used
+// first up to its max_entries, each as old as it was and forgotten if that
+// is past next's ttl; prev's pickers, which serve the requests still in
+// flight, use next's table and next's Redis store from then on.
+//
+// With Redis, next listens to the moves other replicas publish before
+// HandOver returns (or once it has waited redis.timeout for that), when
+// the table it takes over holds sessions: those are found in memory, so
+// next would otherwise not use Redis, nor hear of their moves, until it
+// had to write. Other pairs of policies hand nothing over.
 func HandOver(prev, next Policy) {
 	np, op := learnPair(prev, next)
 	if np == nil {
 		return
 	}
 	t := np.tab()
+	if np.own != nil && op.tab().len() > 0 {
+		np.own.listening()
+	}
 	old := op.table.Swap(t)
 	old.copyTo(t)
 	t.evictions.Add(old.evictions.Load())
+	op.store.Store(np.own)
 }
 
 // learnPair returns prev and next as learn policies of the same cookie, or
@@ -253,10 +269,10 @@ func (p *learnPolicy) Sessions() map[string]int {
 
 // StoreErrors counts the Redis operations that failed or were dropped.
 func (p *learnPolicy) StoreErrors() uint64 {
-	if p.store == nil {
+	if p.own == nil {
 		return 0
 	}
-	return p.store.errors.Load()
+	return p.own.errors.Load()
 }
 
 // Close stops the Redis writer, after writing what it has queued, and
@@ -264,10 +280,10 @@ func (p *learnPolicy) StoreErrors() uint64 {
 // The memory table stays: pickers built before keep answering from it, and
 // no longer use Redis. Close is safe to call more than once.
 func (p *learnPolicy) Close() error {
-	if p.store == nil {
+	if p.own == nil {
 		return nil
 	}
-	return p.store.close()
+	return p.own.close()
 }
 
 // learnSlot is what a backend number resolves to in one Picker.
@@ -329,10 +345,10 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 	}
 	if found && lp.slots[n].serves {
 		b := lp.slots[n].backend
-		if stale && p.store != nil {
+		if st := p.store.Load(); stale && st != nil {
 			// Still in use: keep Redis from expiring it for the other
 			// replicas, which may not see this client for a while.
-			p.store.touch(sid, b.ID)
+			st.touch(sid, b.ID)
 		}
 		return Pick{Backend: b, Sticky: StickyKept}, nil
 	}
@@ -342,8 +358,8 @@ func (lp *learnPicker) Pick(r *http.Request) (Pick, error) {
 	}
 	b := lp.w.backends[i]
 	t.put(key, lp.byID[b.ID], now)
-	if p.store != nil {
-		p.store.move(sid, b.ID)
+	if st := p.store.Load(); st != nil {
+		st.move(sid, b.ID)
 	}
 	return Pick{Backend: b, Sticky: StickyRepinned}, nil
 }
@@ -390,15 +406,17 @@ func (lp *learnPicker) Repin(r *http.Request, tried []*Backend) (*Backend, strin
 		return nil, "", false
 	}
 	b := lp.w.backends[i]
-	if t := p.tab(); t.move(t.key(sid), lp.byID[b.ID], t.clock()) && p.store != nil {
-		p.store.move(sid, b.ID)
+	if t := p.tab(); t.move(t.key(sid), lp.byID[b.ID], t.clock()) {
+		if st := p.store.Load(); st != nil {
+			st.move(sid, b.ID)
+		}
 	}
 	return b, "", true
 }
 
 // fetch looks a session up in Redis and returns the ID of its backend.
 func (lp *learnPicker) fetch(r *http.Request, sid string) (string, bool) {
-	st := lp.policy.store
+	st := lp.policy.store.Load()
 	if st == nil {
 		return "", false
 	}
@@ -436,14 +454,14 @@ func (lp *learnPicker) Learn(r *http.Request, b *Backend, h http.Header) {
 		}
 		// An application that sends its cookie again with every
 		// response does not cost a Redis write each time.
-		switch t.learn(t.key(sid), n, t.clock()) {
+		switch st := p.store.Load(); t.learn(t.key(sid), n, t.clock()) {
 		case learnedNew:
-			if p.store != nil {
-				p.store.set(sid, b.ID)
+			if st != nil {
+				st.set(sid, b.ID)
 			}
 		case learnedMoved:
-			if p.store != nil {
-				p.store.move(sid, b.ID)
+			if st != nil {
+				st.move(sid, b.ID)
 			}
 		}
 	}
@@ -456,8 +474,8 @@ func (p *learnPolicy) forget(t *learnTable, sid string) {
 		return
 	}
 	t.remove(t.key(sid))
-	if p.store != nil {
-		p.store.del(sid)
+	if st := p.store.Load(); st != nil {
+		st.del(sid)
 	}
 }
 

@@ -72,6 +72,7 @@ type redisStore struct {
 type redisConn struct {
 	client redis.UniversalClient
 	moves  *redis.PubSub // the channel of moves, subscribed by listen
+	ready  chan struct{} // closed once listen is first subscribed
 	queue  chan storeOp
 	stop   chan struct{}  // closed by close
 	done   sync.WaitGroup // the writer and the listener
@@ -216,6 +217,7 @@ func (s *redisStore) use() *redisConn {
 		client: redis.NewUniversalClient(s.opts),
 		queue:  make(chan storeOp, redisQueue),
 		stop:   make(chan struct{}),
+		ready:  make(chan struct{}),
 	}
 	// No channel yet: Subscribe would dial here, on the request path.
 	c.moves = c.client.Subscribe(context.Background())
@@ -224,6 +226,24 @@ func (s *redisStore) use() *redisConn {
 	go s.listen(c)
 	s.conn.Store(c)
 	return c
+}
+
+// listening starts the store, if it has not started, and waits until it
+// listens to the channel of moves, its timeout at most; it reports whether
+// it does.
+func (s *redisStore) listening() bool {
+	c := s.use()
+	if c == nil {
+		return false
+	}
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	select {
+	case <-c.ready:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // get returns the backend ID Redis holds for the session, waiting at most
@@ -417,7 +437,7 @@ func parseMove(msg string) (sid, id string, ok bool) {
 // are missed, and reach this replica by its renewals instead (touch).
 func (s *redisStore) listen(c *redisConn) {
 	defer c.done.Done()
-	subscribed := false
+	subscribed, confirmed := false, false
 	for {
 		var err error
 		if !subscribed {
@@ -431,9 +451,15 @@ func (s *redisStore) listen(c *redisConn) {
 			// a receive finds the connection broken.
 			var msg any
 			msg, err = c.moves.Receive(context.Background())
-			if m, ok := msg.(*redis.Message); ok {
+			switch m := msg.(type) {
+			case *redis.Message:
 				if sid, id, ok := parseMove(m.Payload); ok {
 					s.adopt(sid, id)
+				}
+			case *redis.Subscription:
+				if !confirmed {
+					confirmed = true
+					close(c.ready)
 				}
 			}
 		}

@@ -263,7 +263,7 @@ func TestLearnRedisClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if unused.(*learnPolicy).store.conn.Load() != nil {
+	if unused.(*learnPolicy).own.conn.Load() != nil {
 		t.Error("a store that was never used is connected")
 	}
 	if err := unused.(*learnPolicy).Close(); err != nil {
@@ -309,6 +309,7 @@ func inspectAs(t *testing.T, o *redis.Options) *redis.Client {
 // of the proxy sharing a Redis, each with backends of its own under the same
 // IDs, and with session s1 learned by a on b1 and found by b.
 type replicaPair struct {
+	addr     string        // of the Redis
 	rc       *redis.Client // looks at the Redis
 	a, b     *learnPolicy
 	bsA, bsB []*Backend
@@ -319,7 +320,7 @@ type replicaPair struct {
 func sharedSession(t *testing.T) *replicaPair {
 	t.Helper()
 	r := testutil.StartRedis(t)
-	rp := &replicaPair{rc: inspect(t, r.Addr), bsA: testBackends(nil, 1, 1, 1, 1), bsB: testBackends(nil, 1, 1, 1, 1)}
+	rp := &replicaPair{addr: r.Addr, rc: inspect(t, r.Addr), bsA: testBackends(nil, 1, 1, 1, 1), bsB: testBackends(nil, 1, 1, 1, 1)}
 	rp.a, _ = newLearn(t, redisOpts(r.Addr))
 	rp.b, rp.clockB = newLearn(t, redisOpts(r.Addr))
 	rp.pa, rp.pb = rp.a.Build(allAvailable(rp.bsA)), rp.b.Build(allAvailable(rp.bsB))
@@ -375,6 +376,50 @@ func TestLearnRedisLogoutReachesReplicas(t *testing.T) {
 	if n := rp.rc.Exists(context.Background(), sessionKey("s1")).Val(); n != 0 {
 		t.Error("the session is still in Redis")
 	}
+}
+
+// A reload that changes the learn options replaces b's policy by one that
+// takes its sessions over. That one listens to the moves the other
+// replicas publish at once, though it finds its sessions in memory and
+// has no other reason to use Redis yet; and the requests still in flight
+// on b's old pickers publish their moves through it.
+func TestLearnRedisHandOverListens(t *testing.T) {
+	rp := sharedSession(t)
+	learn(t, rp.pb, rp.bsB[2], "JSESSIONID=s2")
+	testutil.Eventually(t, waitFor, "s2 written", func() bool { return rp.rc.Get(context.Background(), sessionKey("s2")).Val() == "b2" })
+	expectPick(t, rp.pa, sessionRequest("s2"), rp.bsA[2], StickyKept)
+	subscribed(t, rp.rc, 2)
+
+	o := redisOpts(rp.addr)
+	o.Learn.TTL = 2 * time.Hour
+	p, err := NewFrom(rp.b, "learn", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := p.(*learnPolicy)
+	t.Cleanup(func() { _ = next.Close() })
+	HandOver(rp.b, next)
+	if err := rp.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pk := next.Build(allAvailable(rp.bsB))
+
+	down := rp.a.Build(Set{All: rp.bsA, Available: []*Backend{rp.bsA[0], rp.bsA[2], rp.bsA[3]}})
+	moved := expectPick(t, down, sessionRequest("s1"), nil, StickyRepinned).Backend
+	testutil.Eventually(t, waitFor, "a's move followed by the new policy", func() bool {
+		return mustPick(t, pk, sessionRequest("s1")).Backend.ID == moved.ID
+	})
+
+	// A request in flight on an old picker fails on s2's backend, and
+	// its retry moves the session.
+	to, _, ok := rp.pb.(Pinner).Repin(sessionRequest("s2"), []*Backend{rp.bsB[2]})
+	if !ok {
+		t.Fatal("no backend to repin s2 to")
+	}
+	testutil.Eventually(t, waitFor, "the old picker's move followed by a", func() bool {
+		return mustPick(t, rp.pa, sessionRequest("s2")).Backend.ID == to.ID
+	})
+	expectPick(t, pk, sessionRequest("s2"), to, StickyKept)
 }
 
 // A replica renewing a session it still uses keeps what Redis holds: a

@@ -245,6 +245,53 @@ func TestLearnTableSurvivesReload(t *testing.T) {
 	routed("after max_entries 1000 → 10", order[len(order)-10:])
 }
 
+// A reload that changes the learn options keeps the proxy listening to
+// the other replicas that share its Redis: a session another replica
+// moves after the reload is followed at once, though the proxy finds the
+// session in its memory table and would not ask Redis about it.
+func TestLearnReloadFollowsReplicas(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	apps := startSharedSessionApps(t, "app-1", "app-2", "app-3")
+	opts := func(ttl time.Duration) balancer.Options {
+		o := learnOptions()
+		o.Learn.TTL, o.Learn.Store = ttl, balancer.LearnStoreRedis
+		o.Learn.Redis = balancer.RedisOptions{Addrs: []string{rds.Addr}, Timeout: time.Second}
+		return o
+	}
+	pool := func(ttl time.Duration) *config.Config {
+		return catchAll(&config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: opts(ttl)}, Backends: apps})
+	}
+	s, u := startProxy(t, pool(time.Hour), nil)
+	c := testutil.Client(t)
+	home, sid := sessionGet(t, c, u.String()+"/", "")
+	reload(t, s, pool(2*time.Hour))
+
+	// Another replica, for which home is down, moves the session once
+	// it finds it in Redis.
+	other, err := balancer.New("learn", opts(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.(io.Closer).Close() })
+	var all, up []*balancer.Backend
+	for _, a := range apps {
+		b := balancer.NewBackend(a.Name, a.URL, 1, nil)
+		if all = append(all, b); a.Name != home {
+			up = append(up, b)
+		}
+	}
+	pk := other.Build(balancer.Set{All: all, Available: up})
+	var moved balancer.Pick
+	testutil.Eventually(t, waitFor, "the other replica moves the session", func() bool {
+		moved, err = pk.Pick(withSession(sessionCookie, sid))
+		return err == nil && moved.Sticky == balancer.StickyRepinned
+	})
+	testutil.Eventually(t, waitFor, "the move followed through the reloaded proxy", func() bool {
+		got, _ := sessionGet(t, c, u.String()+"/", sid)
+		return got == moved.Backend.ID
+	})
+}
+
 // The learn table's size shows in /metrics.
 func TestLearnMetrics(t *testing.T) {
 	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: learnOptions()},
@@ -493,14 +540,19 @@ func TestLearnEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// withSession is a request carrying session sid in the cookie called name.
+func withSession(name, sid string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.AddCookie(&http.Cookie{Name: name, Value: sid})
+	return r
+}
+
 // pickSession asks p where a request carrying session sid in the cookie
 // called name goes, without sending it: no backend answers it, so the
 // table learns nothing from it.
 func pickSession(t *testing.T, p *pool, name, sid string) balancer.Pick {
 	t.Helper()
-	r := httptest.NewRequest(http.MethodGet, "/", nil)
-	r.AddCookie(&http.Cookie{Name: name, Value: sid})
-	pk, err := p.pick(r)
+	pk, err := p.pick(withSession(name, sid))
 	if err != nil {
 		t.Fatalf("pick of session %s: %v", sid, err)
 	}

@@ -195,10 +195,17 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 // backends left. s.reloadMu must be held.
 func (s *Server) swap(old, next *state) (removed int) {
 	for _, np := range next.pools {
-		if op := old.pool(np.name); op != nil && op.policy == np.policy {
+		switch op := old.pool(np.name); {
+		case op == nil:
+		case op.policy == np.policy:
 			op.mu.Lock()
 			op.policyHandedOver = true
 			op.mu.Unlock()
+		default:
+			// Other learn options: the sessions carry over, and
+			// the new policy listens to the other replicas before
+			// the old one, stopped below, no longer does.
+			balancer.HandOver(op.policy, np.policy)
 		}
 	}
 	old.stop()
@@ -305,18 +312,13 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 type checkKey struct{ pool, id string }
 
 // takeOver copies the health of every backend p shares with prev (see
-// index) from prev, which must be stopped, hands prev's learned sessions
-// to p's policy if it is a new one, and publishes p's snapshot. A
+// index) from prev, which must be stopped, and publishes p's snapshot. A
 // verdict only carries over where both pools have that kind of health
 // check: a backend under checks that were just turned on starts in
 // service, as at startup.
 func (p *pool) takeOver(prev *pool) {
 	if prev == nil {
 		return
-	}
-	if p.policy != prev.policy {
-		// Other learn options: the sessions carry over.
-		balancer.HandOver(prev.policy, p.policy)
 	}
 	prev.mu.Lock()
 	defer prev.mu.Unlock()
