@@ -34,7 +34,7 @@ const (
 type learnTable struct {
 	seed   maphash.Seed
 	ttl    int64 // nanoseconds an entry is kept after its last use
-	slack  int64 // ttl/16: how stale an entry's time may be, and how late it may go
+	slack  int64 // ttl/16: how long a shared store's copy goes without renewal
 	shards []learnShard
 	mask   uint64 // len(shards)-1, a power of two minus one
 	// clock returns monotonic nanoseconds; tests replace it.
@@ -43,10 +43,9 @@ type learnTable struct {
 }
 
 // learnShard is one part of the table. Its list is ordered by use: every
-// lookup that finds an entry moves it to the front, so the least recently
-// used entry is the one evicted. An entry's time, which only expiry reads,
-// is renewed once per slack at most. The expired entries are thus at the
-// back, to within slack.
+// lookup that finds an entry moves it to the front and records the time,
+// so the least recently used entry is the one evicted, and the expired
+// entries are at the back.
 type learnShard struct {
 	mu   sync.Mutex
 	lru  *simplelru.LRU[uint64, learned]
@@ -56,10 +55,13 @@ type learnShard struct {
 	_ [40]byte
 }
 
-// learned is an entry: the backend's number and the time the session was
-// last seen, at most slack before its last use.
+// learned is an entry: the backend's number, the time the session was last
+// used, and the period of slack (see learnTable.period) in which it was
+// last written to a shared store, or renewed there. It takes 16 bytes, as
+// the backend and the time alone would with padding.
 type learned struct {
 	backend uint32
+	renewed uint32
 	seen    int64
 }
 
@@ -101,34 +103,43 @@ func (t *learnTable) key(sid string) uint64 { return maphash.String(t.seed, sid)
 
 func (t *learnTable) shard(key uint64) *learnShard { return &t.shards[key&t.mask] }
 
-// expired reports whether an entry last seen at seen is gone at now. An
-// entry's time is renewed whenever a lookup finds it more than slack old,
-// so it is kept at least ttl after its last use, and at most ttl+slack.
-func (t *learnTable) expired(seen, now int64) bool { return now-seen > t.ttl+t.slack }
+// expired reports whether an entry last used at seen is gone at now: ttl
+// after its last use.
+func (t *learnTable) expired(seen, now int64) bool { return now-seen > t.ttl }
 
-// get returns the backend number of the session key at time now, and
-// makes it the shard's most recently used entry. stale reports that its
-// time was renewed, so that a shared store can renew its copy too: at most
-// once per slack per session.
+// period numbers the stretch of slack that time now falls in. A session
+// in use is renewed in a shared store when its period changes, so at most
+// once per slack, and its copy there, kept ttl+slack after the last
+// renewal, outlives the entry. It wraps after 2^32 periods, which costs at
+// worst one renewal too many or too few.
+func (t *learnTable) period(now int64) uint32 { return uint32(now / t.slack) }
+
+// get returns the backend number of the session key at time now, records
+// the use and makes it the shard's most recently used entry. stale reports
+// that the session was not renewed in this period yet, so that a shared
+// store renews its copy: at most once per slack per session.
 func (t *learnTable) get(key uint64, now int64) (backend uint32, found, stale bool) {
 	s := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, ok := s.lru.Get(key)
+	e, ok := s.lru.Peek(key)
 	switch {
 	case !ok:
 		return 0, false, false
-	case now-e.seen <= t.slack:
-		return e.backend, true, false
 	case t.expired(e.seen, now):
 		s.lru.Remove(key)
 		t.sweep(s, now)
 		return 0, false, false
 	}
 	e.seen = now
+	if p := t.period(now); e.renewed != p {
+		e.renewed, stale = p, true
+		// Once per period, as the writes do: what stays cheap on
+		// every lookup is a lookup.
+		t.sweep(s, now)
+	}
 	s.lru.Add(key, e)
-	t.sweep(s, now)
-	return e.backend, true, true
+	return e.backend, true, stale
 }
 
 // put records that the session key is on backend number n, as of now.
@@ -139,14 +150,19 @@ func (t *learnTable) put(key uint64, n uint32, now int64) {
 	// Expired entries go first, so that an eviction counts only the
 	// loss of a live one.
 	t.sweep(s, now)
-	if s.lru.Add(key, learned{backend: n, seen: now}) {
+	if s.lru.Add(key, t.entry(n, now)) {
 		t.evictions.Add(1)
 	}
 }
 
+// entry is a new entry of backend number n, used and written at now.
+func (t *learnTable) entry(n uint32, now int64) learned {
+	return learned{backend: n, renewed: t.period(now), seen: now}
+}
+
 // What learn did, and what a shared store must hear of.
 const (
-	learnedSame  = iota // known, on the same backend, written within slack: nothing
+	learnedSame  = iota // known, on the same backend, written in this period: nothing
 	learnedNew          // new, or renewed: write it
 	learnedMoved        // it was on another backend: write it, and tell the other replicas
 )
@@ -159,10 +175,12 @@ func (t *learnTable) learn(key uint64, n uint32, now int64) int {
 	defer s.mu.Unlock()
 	t.sweep(s, now)
 	e, ok := s.lru.Peek(key)
-	if ok && e.backend == n && now-e.seen <= t.slack {
+	if ok && e.backend == n && e.renewed == t.period(now) {
+		e.seen = now
+		s.lru.Add(key, e)
 		return learnedSame
 	}
-	if s.lru.Add(key, learned{backend: n, seen: now}) {
+	if s.lru.Add(key, t.entry(n, now)) {
 		t.evictions.Add(1)
 	}
 	if ok && e.backend != n && !t.expired(e.seen, now) {
@@ -182,7 +200,7 @@ func (t *learnTable) move(key uint64, n uint32, now int64) bool {
 	if !ok || t.expired(e.seen, now) {
 		return false
 	}
-	s.lru.Add(key, learned{backend: n, seen: now})
+	s.lru.Add(key, t.entry(n, now))
 	return true
 }
 
@@ -214,9 +232,11 @@ func (t *learnTable) sweep(s *learnShard, now int64) {
 // copyTo adds the live entries of t to dst, a table of the same seed
 // (other bounds) that may already be in use. In each shard of dst, the
 // entries already there stay its most recent ones, and the most recent of
-// t's fill what room is left, as old as they were: those past dst's expiry
-// are left out. Recency across t's shards is told by the entries' times,
-// which is right to within slack. An entry removed from dst while the copy
+// t's fill what room is left, each last used when it was: those past dst's
+// expiry are left out. Recency across t's shards is told by the entries'
+// times. Each is due for renewal in a shared store at its next use, which
+// then expires it by dst's bounds (and writes it to a Redis the reload
+// changed to, if that lacks it). An entry removed from dst while the copy
 // runs may come back from t, as a removal a moment earlier would not: it
 // then only expires.
 func (t *learnTable) copyTo(dst *learnTable) {
@@ -225,15 +245,16 @@ func (t *learnTable) copyTo(dst *learnTable) {
 		e   learned
 	}
 	now, dnow := t.clock(), dst.clock()
+	due := dst.period(dnow) - 1
 	parts := make([][]item, len(dst.shards))
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for _, k := range s.lru.Keys() { // least recently used first
 			e, _ := s.lru.Peek(k)
-			if age := now - e.seen; age <= dst.ttl+dst.slack {
+			if age := now - e.seen; !dst.expired(dnow-age, dnow) {
 				j := k & dst.mask
-				parts[j] = append(parts[j], item{k, learned{backend: e.backend, seen: dnow - age}})
+				parts[j] = append(parts[j], item{k, learned{backend: e.backend, renewed: due, seen: dnow - age}})
 			}
 		}
 		s.mu.Unlock()

@@ -212,8 +212,8 @@ func TestLearnSeveralLines(t *testing.T) {
 	}
 }
 
-// An entry is kept at least ttl after the session's last use, and at most
-// ttl/16 longer, however the uses fell.
+// An entry is kept ttl after the session's last use, however the uses
+// fell: a use a moment after the last counts as fully as one long after.
 func TestLearnTTL(t *testing.T) {
 	const ttl = 64 * time.Second
 	const slack = ttl / 16
@@ -225,14 +225,14 @@ func TestLearnTTL(t *testing.T) {
 	}{
 		{"unused, just under ttl", nil, ttl - 1, true},
 		{"unused, ttl", nil, ttl, true},
-		{"unused, ttl and slack", nil, ttl + slack, true},
-		{"unused, past ttl and slack", nil, ttl + slack + 1, false},
+		{"unused, past ttl", nil, ttl + 1, false},
 		{"used, ttl after the last use", []time.Duration{ttl / 2, ttl / 2, ttl / 2, ttl / 2}, ttl, true},
+		{"used, past ttl after the last use", []time.Duration{ttl / 2, ttl / 2}, ttl + 1, false},
 		{"used, long after the last use", []time.Duration{ttl / 2, ttl / 2}, 2 * ttl, false},
-		// The use within slack of the learning does not renew the
-		// entry's time: the worst case of the bound.
-		{"used without renewal, ttl", []time.Duration{slack}, ttl, true},
-		{"used without renewal, past ttl", []time.Duration{slack}, ttl + 1, false},
+		// Uses within one period of renewal, in which a shared store
+		// is not written again, count all the same.
+		{"used within a period, ttl", []time.Duration{slack / 4, slack / 4}, ttl, true},
+		{"used within a period, past ttl", []time.Duration{slack / 4, slack / 4}, ttl + 1, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -746,6 +746,59 @@ func TestLearnHandOver(t *testing.T) {
 			learn(t, oldPk, bs[2], "JSESSIONID=late")
 			expectPick(t, pk, sessionRequest("late"), bs[2], StickyKept)
 
+		})
+	}
+}
+
+// The hand-over knows when each session was last used, to the moment: a
+// use shortly after the previous one counts for its recency and its age
+// as much as any.
+func TestLearnHandOverLastUse(t *testing.T) {
+	useC := []string{"learn c", "use c", "use c", "use c", "use c", "use c", "use c", "use c"}
+	tests := []struct {
+		name       string
+		oldTTL     time.Duration
+		events     []string // "learn s" or "use s", a minute apart
+		idle       time.Duration
+		maxEntries int
+		ttl        time.Duration
+		kept, gone []string
+	}{
+		// b, learned first, was used last: it is the most recent.
+		{"recency", time.Hour, []string{"learn b", "learn a", "use b"}, 0, 1, time.Hour, []string{"b"}, []string{"a"}},
+		// c was last used 50 minutes before the hand-over, 57 minutes
+		// after it was learned.
+		{"age", 2 * time.Hour, useC, 50 * time.Minute, 10, 51 * time.Minute, []string{"c"}, nil},
+		{"age past the new ttl", 2 * time.Hour, useC, 50 * time.Minute, 10, 49 * time.Minute, nil, []string{"c"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := testBackends(nil, 1, 1)
+			old, clock := newLearn(t, learnOpts(100, tt.oldTTL))
+			oldPk := old.Build(allAvailable(bs))
+			for _, ev := range tt.events {
+				clock.advance(time.Minute)
+				switch what, sid, _ := strings.Cut(ev, " "); what {
+				case "learn":
+					learn(t, oldPk, bs[1], "JSESSIONID="+sid)
+				case "use":
+					expectPick(t, oldPk, sessionRequest(sid), bs[1], StickyKept)
+				}
+			}
+			clock.advance(tt.idle)
+			p, err := NewFrom(old, "learn", learnOpts(tt.maxEntries, tt.ttl))
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := p.(*learnPolicy)
+			HandOver(old, next)
+			pk := next.Build(allAvailable(bs))
+			for _, sid := range tt.kept {
+				expectPick(t, pk, sessionRequest(sid), bs[1], StickyKept)
+			}
+			for _, sid := range tt.gone {
+				expectPick(t, pk, sessionRequest(sid), nil, StickyNew)
+			}
 		})
 	}
 }
