@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Backend is one upstream server of a pool. ID, URL and Weight are fixed when
@@ -243,15 +245,32 @@ type StickTable interface {
 	// ones. A steady rise means the table is too small for the sessions
 	// active within its TTL, and clients are losing their backend.
 	Evictions() uint64
-	// StoreErrors counts the failed or dropped operations on a shared
-	// store (Redis), 0 without one. Each is a session another replica
-	// may not find, or a lookup that fell back to the rotation.
+	// StoreErrors counts the failed operations on a shared store
+	// (Redis), 0 without one, each once: lookups that fell back to the
+	// rotation, and writes that could not be sent, whether they were
+	// sent later (see StoreHeld) or lost (see StoreLost).
 	StoreErrors() uint64
+	// StoreLost counts the writes to a shared store that were never
+	// made: more than its bounds held while it did not answer, left at
+	// close, or refused by it. Each is a session another replica may not
+	// find, or a move or a logout it hears of late.
+	StoreLost() uint64
+	// StoreHeld reports the writes held now for a shared store that does
+	// not answer, to be sent once it does.
+	StoreHeld() int
 	// Sessions counts the live entries of the table by backend ID: the
 	// clients still pinned to each, which an operator draining a backend
 	// waits for. It walks the table, so it is for status pages, not for
 	// the request path.
 	Sessions() map[string]int
+}
+
+// Logged is an optional interface of a Policy that has something to log
+// off the request path, as the learn policy does when its Redis fails. Its
+// owner calls SetLogger before it uses the policy; until then, the policy
+// logs nothing.
+type Logged interface {
+	SetLogger(*zap.Logger)
 }
 
 // Policy builds Pickers for one pool. Build is called off the request path,

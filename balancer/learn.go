@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -219,6 +221,11 @@ func HandOver(prev, next Policy) {
 	old := op.table.Swap(t)
 	old.copyTo(t)
 	t.evictions.Add(old.evictions.Load())
+	if np.own != nil && op.own != nil {
+		// The counters go on from prev's, as the metrics read them.
+		np.own.errors.Add(op.own.errors.Load())
+		np.own.lost.Add(op.own.lost.Load())
+	}
 	op.store.Store(np.own)
 }
 
@@ -267,12 +274,36 @@ func (p *learnPolicy) Sessions() map[string]int {
 	return maps.Clone(out)
 }
 
-// StoreErrors counts the Redis operations that failed or were dropped.
+// StoreErrors counts the Redis operations that failed.
 func (p *learnPolicy) StoreErrors() uint64 {
 	if p.own == nil {
 		return 0
 	}
 	return p.own.errors.Load()
+}
+
+// StoreLost counts the Redis writes never made.
+func (p *learnPolicy) StoreLost() uint64 {
+	if p.own == nil {
+		return 0
+	}
+	return p.own.lost.Load()
+}
+
+// StoreHeld reports the Redis writes held until Redis answers.
+func (p *learnPolicy) StoreHeld() int {
+	if p.own == nil {
+		return 0
+	}
+	return int(p.own.heldN.Load())
+}
+
+// SetLogger makes the Redis store log to l: when Redis fails and returns,
+// and the writes it loses.
+func (p *learnPolicy) SetLogger(l *zap.Logger) {
+	if p.own != nil {
+		p.own.log.Store(l)
+	}
 }
 
 // Close stops the Redis writer, after writing what it has queued, and

@@ -15,21 +15,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+	"go.uber.org/zap"
 )
 
-// Bounds of the Redis writer.
-const (
-	// redisQueue is how many writes wait for the writer; more are dropped
-	// (and counted) rather than slow down a response.
-	redisQueue = 4096
-	// redisBatch is the most writes sent in one pipeline.
-	redisBatch = 256
-	// redisBackoff is how long the store stops using Redis after a
-	// failure, so that a Redis that is down costs a pick one timeout a
-	// while, not one per request, and is dialled (and logged about by the
-	// client library) about once a second.
-	redisBackoff = time.Second
-)
+// redisBackoff is how long the store stops using Redis after a failure, so
+// that a Redis that is down costs a pick one timeout a while, not one per
+// request, and is dialled (and logged about by the client library) about
+// once a second; and how often the writer tries again to send the writes
+// it holds.
+const redisBackoff = time.Second
 
 // redisStore shares a learn table between the replicas of the proxy: each
 // session is a Redis string, key prefix:session, value the backend's ID,
@@ -41,10 +35,16 @@ const (
 // published on the channel named prefix, which every replica's store
 // listens to, so that a replica holding the session in its memory table
 // follows at once rather than when its entry is next read from Redis (a
-// forgotten one would never be: the replica would keep routing it). A replica renewing an entry
-// in use does not overwrite Redis: it keeps what Redis holds, and takes it
-// if it differs (see touch), so that a move whose message it missed
-// reaches it within the entry's renewal time.
+// forgotten one would never be: the replica would keep routing it). A
+// replica renewing an entry in use does not overwrite Redis: it keeps what
+// Redis holds, and takes it if it differs (see touch), so that a move whose
+// message it missed reaches it within the entry's renewal time.
+//
+// While Redis does not answer (down, unreachable, stalled), lookups skip
+// it for a backoff after each failure, and the writer holds the writes, in
+// order and within bounds, and sends them once it answers (see write). The
+// start and the end of such an outage are logged, and what is lost, by
+// the bounds or at close, is counted and logged.
 //
 // Nothing is dialled nor started until the first use: config validation
 // makes policies it never builds, and a pool that serves nothing holds no
@@ -62,10 +62,21 @@ type redisStore struct {
 	mu     sync.Mutex // serialises start and close
 	conn   atomic.Pointer[redisConn]
 	closed atomic.Bool
-	// downUntil is the clock time before which Redis is not used: the
-	// end of the backoff after the last failure.
+	// downUntil is the clock time before which lookups do not use
+	// Redis: the end of the backoff after the last failure.
 	downUntil atomic.Int64
-	errors    atomic.Uint64
+	// outage is set from a failure to the next success, so that each is
+	// logged once.
+	outage atomic.Bool
+	log    atomic.Pointer[zap.Logger] // nil: logs nothing
+	// errors counts failed lookups, and writes that failed to be sent,
+	// once each; lost counts the writes never sent; heldN is how many
+	// the writer holds for Redis now.
+	errors, lost atomic.Uint64
+	heldN        atomic.Int64
+	// The writer's bounds (redisBacklog, redisBacklogBytes; tests lower
+	// them).
+	heldMax, heldMaxBytes int
 }
 
 // redisConn is the client and the goroutines of the store, once started.
@@ -77,21 +88,6 @@ type redisConn struct {
 	stop   chan struct{}  // closed by close
 	done   sync.WaitGroup // the writer and the listener
 }
-
-// storeOp is a write to Redis.
-type storeOp struct {
-	kind    opKind
-	sid, id string
-}
-
-type opKind uint8
-
-const (
-	opSet   opKind = iota // the session is on backend id
-	opMove                // as opSet, and tell the other replicas
-	opTouch               // keep the session in Redis, on id unless it is elsewhere
-	opDel                 // forget the session, and tell the other replicas
-)
 
 // redisOptions checks o and turns it into go-redis's options, for a
 // single server, a Cluster (two or more addresses), or a Sentinel's
@@ -197,6 +193,33 @@ func newRedisStore(opts *redis.UniversalOptions, prefix string, expiry time.Dura
 		opts:    opts,
 		clock:   clock,
 		adopt:   adopt,
+
+		heldMax:      redisBacklog,
+		heldMaxBytes: redisBacklogBytes,
+	}
+}
+
+// logger returns the logger set by the store's owner, or one that logs
+// nothing.
+func (s *redisStore) logger() *zap.Logger {
+	if l := s.log.Load(); l != nil {
+		return l
+	}
+	return zap.NewNop()
+}
+
+// down starts the backoff, and logs the start of an outage.
+func (s *redisStore) down(err error) {
+	s.downUntil.Store(s.clock() + int64(redisBackoff))
+	if s.outage.CompareAndSwap(false, true) {
+		s.logger().Warn("learn: Redis unavailable; lookups fall back to the rotation, writes are held", zap.Error(err))
+	}
+}
+
+// up logs the end of an outage, if one was under way.
+func (s *redisStore) up() {
+	if s.outage.Load() && s.outage.CompareAndSwap(true, false) {
+		s.logger().Info("learn: Redis available again")
 	}
 }
 
@@ -262,153 +285,17 @@ func (s *redisStore) get(ctx context.Context, sid string) (string, bool) {
 	id, err := c.client.Get(ctx, s.prefix+sid).Result()
 	switch {
 	case err == nil:
+		s.up()
 		return id, true
 	case errors.Is(err, redis.Nil):
+		s.up()
 	case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
 		// The client left: not Redis's failure.
 	default:
-		s.failed(1)
+		s.errors.Add(1)
+		s.down(err)
 	}
 	return "", false
-}
-
-// set queues a write of the session's backend ID.
-func (s *redisStore) set(sid, id string) { s.enqueue(storeOp{kind: opSet, sid: sid, id: id}) }
-
-// move queues a write of the session's new backend ID, which the other
-// replicas are told of.
-func (s *redisStore) move(sid, id string) { s.enqueue(storeOp{kind: opMove, sid: sid, id: id}) }
-
-// touch queues a renewal of the session, on backend id if Redis has lost
-// it; if Redis holds another backend, adopt is told.
-func (s *redisStore) touch(sid, id string) { s.enqueue(storeOp{kind: opTouch, sid: sid, id: id}) }
-
-// del queues a delete of the session, which the other replicas are told
-// of.
-func (s *redisStore) del(sid string) { s.enqueue(storeOp{kind: opDel, sid: sid}) }
-
-// enqueue hands op to the writer without waiting: a full queue drops it.
-// The strings are kept as they are, substrings of a request's or a
-// response's header included: they are immutable, and copying them would
-// cost an allocation on the request path.
-func (s *redisStore) enqueue(op storeOp) {
-	if s.closed.Load() {
-		return
-	}
-	c := s.use()
-	if c == nil {
-		return
-	}
-	select {
-	case c.queue <- op:
-	default:
-		s.errors.Add(1)
-	}
-}
-
-// failed counts n failed operations and starts the backoff.
-func (s *redisStore) failed(n int) {
-	s.errors.Add(uint64(n))
-	s.downUntil.Store(s.clock() + int64(redisBackoff))
-}
-
-// write sends the queued operations in pipelines until close, then sends
-// what is left, all within one timeout, and returns.
-func (s *redisStore) write(c *redisConn) {
-	defer c.done.Done()
-	batch := make([]storeOp, 0, redisBatch)
-	for {
-		select {
-		case <-c.stop:
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-			defer cancel()
-			for {
-				batch = drain(c.queue, batch[:0])
-				if len(batch) == 0 {
-					return
-				}
-				if ctx.Err() != nil {
-					s.errors.Add(uint64(len(batch)))
-					continue
-				}
-				s.flush(ctx, c.client, batch)
-			}
-		case op := <-c.queue:
-			batch = drain(c.queue, append(batch[:0], op))
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-			s.flush(ctx, c.client, batch)
-			cancel()
-		}
-	}
-}
-
-// drain appends queued operations to batch, without waiting, up to its
-// capacity.
-func drain(q <-chan storeOp, batch []storeOp) []storeOp {
-	for len(batch) < cap(batch) {
-		select {
-		case op := <-q:
-			batch = append(batch, op)
-		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// flush sends batch as one pipeline within ctx, counts the operations that
-// failed, and tells adopt of the sessions a renewal found elsewhere.
-// Within the backoff after a failure it sends nothing, and counts them
-// all.
-func (s *redisStore) flush(ctx context.Context, client redis.UniversalClient, batch []storeOp) {
-	if s.clock() < s.downUntil.Load() {
-		s.errors.Add(uint64(len(batch)))
-		return
-	}
-	pipe := client.Pipeline()
-	first := make([]redis.Cmder, len(batch))     // by op: its first command
-	held := make([]*redis.StringCmd, len(batch)) // by op: what Redis holds after a touch
-	for i, op := range batch {
-		key := s.prefix + op.sid
-		switch op.kind {
-		case opSet:
-			first[i] = pipe.Set(ctx, key, op.id, s.expiry)
-		case opMove:
-			first[i] = pipe.Set(ctx, key, op.id, s.expiry)
-			pipe.Publish(ctx, s.channel(), moveMessage(op.sid, op.id))
-		case opTouch:
-			// Written only if Redis lost it (a restart, an eviction);
-			// renewed either way, and read back.
-			first[i] = pipe.SetNX(ctx, key, op.id, s.expiry)
-			pipe.PExpire(ctx, key, s.expiry)
-			held[i] = pipe.Get(ctx, key)
-		case opDel:
-			first[i] = pipe.Del(ctx, key)
-			pipe.Publish(ctx, s.channel(), moveMessage(op.sid, ""))
-		}
-	}
-	_, err := pipe.Exec(ctx)
-	for i, op := range batch {
-		if c := held[i]; c != nil && c.Err() == nil && c.Val() != op.id && c.Val() != "" {
-			s.adopt(op.sid, c.Val())
-		}
-	}
-	if err == nil || errors.Is(err, redis.Nil) {
-		return
-	}
-	failed := 0
-	for _, c := range first {
-		if c.Err() != nil {
-			failed++
-		}
-	}
-	if failed == 0 || failed == len(batch) {
-		// Redis is down, unreachable or refused the connection (no
-		// command ran), not refusing one command.
-		s.failed(len(batch))
-		return
-	}
-	s.errors.Add(uint64(failed))
 }
 
 // channel is where moves and deletes are published.

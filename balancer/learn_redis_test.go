@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
@@ -21,12 +23,49 @@ import (
 // reaching it means the behaviour is broken.
 const waitFor = 5 * time.Second
 
+// redisOpts are the options of a policy sharing its table through the
+// Redis at addr. The timeout leaves room for a loaded machine: tests that
+// make Redis fail set a shorter one (stalled).
 func redisOpts(addr string) Options {
 	o := learnOpts(1000, time.Hour)
 	o.Learn.Store = LearnStoreRedis
-	o.Learn.Redis = RedisOptions{Addrs: []string{addr}, Timeout: 50 * time.Millisecond}
+	o.Learn.Redis = RedisOptions{Addrs: []string{addr}, Timeout: time.Second}
 	return o
 }
+
+// stalled are redisOpts for tests of a Redis that does not answer, where
+// every command waits out the timeout.
+func stalled(addr string) Options {
+	o := redisOpts(addr)
+	o.Learn.Redis.Timeout = 200 * time.Millisecond
+	return o
+}
+
+// logged makes p log to an observer, and returns what it logged.
+func logged(p *learnPolicy) *observer.ObservedLogs {
+	core, logs := observer.New(zap.InfoLevel)
+	p.SetLogger(zap.New(core))
+	return logs
+}
+
+// expectLogged checks that logs hold n lines with the message msg.
+func expectLogged(t *testing.T, logs *observer.ObservedLogs, msg string, n int) []observer.LoggedEntry {
+	t.Helper()
+	got := logs.FilterMessage(msg).All()
+	if len(got) != n {
+		t.Errorf("%d lines %q logged, want %d; all lines: %v", len(got), msg, n, logs.All())
+	}
+	return got
+}
+
+// Log messages of the store.
+const (
+	logDown     = "learn: Redis unavailable; lookups fall back to the rotation, writes are held"
+	logUp       = "learn: Redis available again"
+	logSent     = "learn: writes held for Redis sent"
+	logDropping = "learn: too many writes held for Redis, losing the oldest"
+	logClosed   = "learn: writes held for Redis lost at close"
+)
 
 // inspect returns a client to look at what the store wrote.
 func inspect(t *testing.T, addr string) *redis.Client {
@@ -155,38 +194,129 @@ func TestLearnRedisDown(t *testing.T) {
 	})
 }
 
-// Writes that fail stop the writer from using Redis for the backoff too:
-// what it is handed meanwhile is dropped and counted.
-func TestLearnRedisWriteBackoff(t *testing.T) {
+// Writes made while Redis is down are held, and sent once it is back:
+// nothing is lost, each failed write counts once as an error, and the
+// outage is logged when it starts and when it ends.
+func TestLearnRedisWritesHeldWhileDown(t *testing.T) {
 	r := testutil.StartRedis(t)
-	p, clock := newLearn(t, redisOpts(r.Addr))
+	p, _ := newLearn(t, stalled(r.Addr))
+	logs := logged(p)
 	bs := testBackends(nil, 1)
 	pk := p.Build(allAvailable(bs))
 	r.Stop()
-	learn(t, pk, bs[0], "JSESSIONID=lost")
-	testutil.Eventually(t, waitFor, "failed write counted", func() bool { return p.StoreErrors() == 1 })
+	for i := range 3 {
+		learn(t, pk, bs[0], fmt.Sprintf("JSESSIONID=s%d", i))
+	}
+	testutil.Eventually(t, waitFor, "a write failed", func() bool { return p.StoreErrors() > 0 })
 	r.Start()
 	rc := inspect(t, r.Addr)
-	learn(t, pk, bs[0], "JSESSIONID=skipped")
-	testutil.Eventually(t, waitFor, "skipped write counted", func() bool { return p.StoreErrors() == 2 })
-	clock.advance(redisBackoff)
-	// The pool may hand out a connection broken by the restart first.
-	for i := 0; ; i++ {
-		sid := fmt.Sprintf("s%d", i)
-		learn(t, pk, bs[0], "JSESSIONID="+sid)
-		testutil.Eventually(t, waitFor, "write handled", func() bool {
-			return p.StoreErrors() > uint64(i+2) || rc.Exists(context.Background(), sessionKey(sid)).Val() == 1
-		})
-		if rc.Exists(context.Background(), sessionKey(sid)).Val() == 1 {
-			break
-		}
-		if i == 2 {
-			t.Fatalf("no write reached the restarted Redis; %d errors", p.StoreErrors())
-		}
-		clock.advance(redisBackoff)
+	testutil.Eventually(t, waitFor, "held writes sent", func() bool {
+		return rc.Exists(context.Background(), sessionKey("s0"), sessionKey("s1"), sessionKey("s2")).Val() == 3
+	})
+	testutil.Eventually(t, waitFor, "nothing held", func() bool { return p.StoreHeld() == 0 })
+	// The first write failed; those queued behind it failed too if a
+	// retry came before the restart. Each counts once.
+	if e, l := p.StoreErrors(), p.StoreLost(); e < 1 || e > 3 || l != 0 {
+		t.Errorf("StoreErrors, StoreLost = %d, %d; want 1 to 3 writes failed once each, none lost", e, l)
 	}
-	if n := rc.Exists(context.Background(), sessionKey("lost"), sessionKey("skipped")).Val(); n != 0 {
-		t.Errorf("%d writes made within the backoff reached Redis", n)
+	expectLogged(t, logs, logDown, 1)
+	if sent := expectLogged(t, logs, logSent, 1); len(sent) == 1 {
+		if f := sent[0].ContextMap(); f["sent"] != int64(3) || f["lost"] != uint64(0) {
+			t.Errorf("logged %v, want 3 sent and none lost", f)
+		}
+	}
+	expectLogged(t, logs, logUp, 1)
+}
+
+// A Redis that stalls (stopped by SIGSTOP, as a slow command, swapping or a
+// frozen VM stop it) takes the writes and answers none until it resumes:
+// they time out, are held, and are sent once it answers, in order, moves
+// and deletes included, which the other replicas then hear of.
+func TestLearnRedisStall(t *testing.T) {
+	r := testutil.StartRedis(t)
+	rc := inspect(t, r.Addr)
+	p, _ := newLearn(t, stalled(r.Addr))
+	logs := logged(p)
+	other, _ := newLearn(t, redisOpts(r.Addr))
+	bs, obs := testBackends(nil, 1, 1, 1), testBackends(nil, 1, 1, 1)
+	pk, opk := p.Build(allAvailable(bs)), other.Build(allAvailable(obs))
+	learn(t, pk, bs[1], "JSESSIONID=moved", "JSESSIONID=out")
+	testutil.Eventually(t, waitFor, "sessions written", func() bool {
+		return rc.Exists(context.Background(), sessionKey("moved"), sessionKey("out")).Val() == 2
+	})
+	// The other replica holds both in memory, and listens.
+	expectPick(t, opk, sessionRequest("moved"), obs[1], StickyKept)
+	expectPick(t, opk, sessionRequest("out"), obs[1], StickyKept)
+	subscribed(t, rc, 2)
+
+	r.Pause()
+	for i := range 5 {
+		learn(t, pk, bs[0], fmt.Sprintf("JSESSIONID=s%d", i))
+	}
+	learn(t, pk, bs[2], "JSESSIONID=moved")
+	answer(t, pk, sessionRequest("out"), bs[1], "JSESSIONID=; Max-Age=0")
+	testutil.Eventually(t, waitFor, "a write failed", func() bool { return p.StoreErrors() > 0 })
+	if n := p.StoreHeld(); n == 0 || n > 7 {
+		t.Errorf("StoreHeld = %d while Redis stalls, want 1 to 7", n)
+	}
+	r.Resume()
+
+	testutil.Eventually(t, waitFor, "held writes sent", func() bool {
+		return rc.Exists(context.Background(), sessionKey("s0"), sessionKey("s1"), sessionKey("s2"), sessionKey("s3"), sessionKey("s4")).Val() == 5
+	})
+	testutil.Eventually(t, waitFor, "the move and the logout followed by the other replica", func() bool {
+		return mustPick(t, opk, sessionRequest("moved")).Backend == obs[2] && other.Len() == 1
+	})
+	if got := rc.Get(context.Background(), sessionKey("moved")).Val(); got != "b2" {
+		t.Errorf("Redis holds %q for the moved session, want b2", got)
+	}
+	if n := rc.Exists(context.Background(), sessionKey("out")).Val(); n != 0 {
+		t.Error("the logged-out session is still in Redis")
+	}
+	testutil.Eventually(t, waitFor, "nothing held", func() bool { return p.StoreHeld() == 0 })
+	if l := p.StoreLost(); l != 0 {
+		t.Errorf("StoreLost = %d, want none", l)
+	}
+	expectLogged(t, logs, logDown, 1)
+	expectLogged(t, logs, logSent, 1)
+}
+
+// The writes held are bounded: past the bound the oldest are lost, counted
+// and logged once, and the most recent are sent once Redis answers.
+func TestLearnRedisHeldBound(t *testing.T) {
+	r := testutil.StartRedis(t)
+	rc := inspect(t, r.Addr)
+	p, _ := newLearn(t, stalled(r.Addr))
+	p.own.heldMax = 8
+	logs := logged(p)
+	bs := testBackends(nil, 1)
+	pk := p.Build(allAvailable(bs))
+	r.Pause()
+	const n = 20
+	for i := range n {
+		learn(t, pk, bs[0], fmt.Sprintf("JSESSIONID=s%02d", i))
+	}
+	testutil.Eventually(t, waitFor, "the oldest lost", func() bool { return p.StoreLost() == n-8 && p.StoreHeld() == 8 })
+	expectLogged(t, logs, logDropping, 1)
+	r.Resume()
+	testutil.Eventually(t, waitFor, "the most recent sent", func() bool { return p.StoreHeld() == 0 })
+	for i := range n {
+		// The first write was in Redis's socket when it stalled, and
+		// may have been done when it resumed: it says nothing.
+		sid := fmt.Sprintf("s%02d", i)
+		if got := rc.Exists(context.Background(), sessionKey(sid)).Val() == 1; i > 0 && got != (i >= n-8) {
+			t.Errorf("session %s in Redis: %v, want %v", sid, got, i >= n-8)
+		}
+	}
+	// Each lost write is an error; so is each held one whose retry
+	// came before Redis resumed.
+	if e, l := p.StoreErrors(), p.StoreLost(); e < n-8 || e > n || l != n-8 {
+		t.Errorf("StoreErrors, StoreLost = %d, %d; want %d to %d, and %d", e, l, n-8, n, n-8)
+	}
+	if sent := expectLogged(t, logs, logSent, 1); len(sent) == 1 {
+		if f := sent[0].ContextMap(); f["sent"] != int64(8) || f["lost"] != uint64(n-8) {
+			t.Errorf("logged %v, want 8 sent and %d lost", f, n-8)
+		}
 	}
 }
 
@@ -224,11 +354,13 @@ func silentRedis(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// A Redis that does not answer makes a lookup fail at its timeout and
-// writes pile up to the queue's bound, then get dropped: neither picks nor
-// responses wait for it, and Close still returns.
+// A Redis that does not answer makes a lookup fail at its timeout, and the
+// writes are held: neither picks nor responses wait for it. The writes
+// beyond what the queue takes while the writer waits are lost, and at
+// Close, which still returns, so are the held ones: counted and logged.
 func TestLearnRedisSilent(t *testing.T) {
-	p, _ := newLearn(t, redisOpts(silentRedis(t)))
+	p, _ := newLearn(t, stalled(silentRedis(t)))
+	logs := logged(p)
 	bs := testBackends(nil, 1)
 	pk := p.Build(allAvailable(bs))
 	expectPick(t, pk, sessionRequest("s"), bs[0], StickyNew)
@@ -236,22 +368,23 @@ func TestLearnRedisSilent(t *testing.T) {
 		t.Errorf("StoreErrors = %d after a lookup timed out, want 1", n)
 	}
 	const n = redisQueue + 4*redisBatch
-	lines := make([]string, n)
-	for i := range lines {
-		lines[i] = fmt.Sprintf("JSESSIONID=s%d", i)
+	for i := range n {
+		learn(t, pk, bs[0], fmt.Sprintf("JSESSIONID=s%d", i))
 	}
-	for _, l := range lines {
-		learn(t, pk, bs[0], l)
-	}
-	// The writer takes a batch per timeout, far fewer than learned.
-	if e := p.StoreErrors(); e < n-redisQueue-3*redisBatch {
-		t.Errorf("StoreErrors = %d after %d writes to a stuck Redis, want the overflow counted", e, n)
-	}
+	testutil.Eventually(t, waitFor, "every write held or lost", func() bool {
+		return uint64(p.StoreHeld())+p.StoreLost() == n
+	})
+	held := p.StoreHeld()
 	if err := p.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	if e := p.StoreErrors(); e != n+1 {
-		t.Errorf("StoreErrors = %d after Close, want every write and the lookup: %d", e, n+1)
+	if e, l, h := p.StoreErrors(), p.StoreLost(), p.StoreHeld(); e != n+1 || l != n || h != 0 {
+		t.Errorf("StoreErrors, StoreLost, StoreHeld = %d, %d, %d after Close; want %d, %d, 0", e, l, h, n+1, n)
+	}
+	if lost := expectLogged(t, logs, logClosed, 1); len(lost) == 1 {
+		if f := lost[0].ContextMap(); f["lost"] != int64(held) {
+			t.Errorf("logged %v, want the %d held", f, held)
+		}
 	}
 }
 
@@ -652,4 +785,65 @@ func FuzzParseMove(f *testing.F) {
 			t.Fatalf("round trip of %q, %q gave %q, %q, %v", sid, id, gs, gi, ok)
 		}
 	})
+}
+
+// The backlog keeps its writes in order within both bounds, dropping the
+// oldest, and puts writes to send again back in front.
+func TestBacklog(t *testing.T) {
+	op := func(sid string) storeOp { return storeOp{kind: opSet, sid: sid, id: "b0"} }
+	sids := func(ops []storeOp) string {
+		var out []string
+		for _, o := range ops {
+			out = append(out, o.sid)
+		}
+		return strings.Join(out, " ")
+	}
+	b := backlog{maxOps: 4, maxBytes: 9}
+	for _, s := range []string{"a", "b", "c", "d"} {
+		if dropped := b.push(op(s)); len(dropped) != 0 {
+			t.Fatalf("push %s dropped %q", s, sids(dropped))
+		}
+	}
+	if dropped := b.push(op("e")); sids(dropped) != "a" {
+		t.Errorf("past the count, dropped %q, want the oldest, a", sids(dropped))
+	}
+	// b c d e, 4 bytes; 7 more pass both bounds.
+	if dropped := b.push(op("fffffff")); sids(dropped) != "b c" {
+		t.Errorf("past the bytes, dropped %q, want b c", sids(dropped))
+	}
+	if got := sids(b.front(10)); got != "d e fffffff" || b.bytes != 9 {
+		t.Errorf("held %q (%d bytes), want d e fffffff (9)", got, b.bytes)
+	}
+	// The oldest two were sent; e failed and goes back in front.
+	b.replaceFront(2, []storeOp{op("e")})
+	if got := sids(b.front(10)); got != "e fffffff" || b.bytes != 8 {
+		t.Errorf("held %q (%d bytes), want e fffffff (8)", got, b.bytes)
+	}
+	if dropped := b.push(op("huge-session")); sids(dropped) != "e fffffff huge-session" || b.len() != 0 || b.bytes != 0 {
+		t.Errorf("a write past the bytes alone: dropped %q, %d held (%d bytes); want all, none left", sids(dropped), b.len(), b.bytes)
+	}
+
+	// Many writes, sent a few at a time with some back in front, come out
+	// in order.
+	b = backlog{maxOps: 1000, maxBytes: 1 << 20}
+	for i := range 100 {
+		b.push(op(fmt.Sprint(i)))
+	}
+	var sent []string
+	for b.len() > 0 {
+		front := slices.Clone(b.front(7))
+		sent = append(sent, sids(front[:3]))
+		b.replaceFront(len(front), front[3:])
+		b.push(op("x")) // written meanwhile, behind what is held
+		if b.len() <= 40 {
+			break
+		}
+	}
+	if want := "0 1 2 3 4 5"; !strings.HasPrefix(strings.Join(sent, " "), want) {
+		t.Errorf("sent %v, want %s first", sent, want)
+	}
+	rest := sids(b.front(b.len()))
+	if !strings.HasPrefix(rest, fmt.Sprint(3*len(sent))+" ") || !strings.HasSuffix(rest, "x x") {
+		t.Errorf("left %q, want %d onwards, then the writes made meanwhile", rest, 3*len(sent))
+	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"maps"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
@@ -290,6 +293,44 @@ func TestLearnReloadFollowsReplicas(t *testing.T) {
 		got, _ := sessionGet(t, c, u.String()+"/", sid)
 		return got == moved.Backend.ID
 	})
+}
+
+// While the shared Redis does not answer, the learn pool's writes are held
+// and shown in /metrics, the outage is logged with the pool's name, and the
+// writes reach Redis once it is back.
+func TestLearnRedisOutage(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	o := learnOptions()
+	o.Learn.Store = balancer.LearnStoreRedis
+	o.Learn.Redis = balancer.RedisOptions{Addrs: []string{rds.Addr}, Timeout: 200 * time.Millisecond}
+	pc := &config.Pool{Name: "app", Balancer: config.Balancer{Type: "learn", Options: o},
+		Backends: startSessionApps(t, "app-1", "app-2")}
+	log, logs := observed()
+	_, u, admin := startWithAdmin(t, catchAll(pc), log)
+	c := testutil.Client(t)
+	rds.Stop()
+	_, sid := sessionGet(t, c, u.String()+"/", "")
+	metric := func(name string) float64 {
+		v, ok := metricValue(scrape(t, c, admin), name, "pool=app")
+		if !ok {
+			t.Fatalf("no %s for pool app", name)
+		}
+		return v
+	}
+	testutil.Eventually(t, waitFor, "the write held", func() bool { return metric("affinity_learn_store_held") == 1 })
+	down := logs.FilterMessage("learn: Redis unavailable; lookups fall back to the rotation, writes are held").All()
+	if len(down) != 1 || down[0].ContextMap()["pool"] != "app" {
+		t.Errorf("logged %v, want the outage once, with the pool", down)
+	}
+	rds.Start()
+	rc := redis.NewClient(&redis.Options{Addr: rds.Addr, Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { _ = rc.Close() })
+	testutil.Eventually(t, waitFor, "the held write sent", func() bool {
+		return rc.Exists(context.Background(), balancer.RedisKeyPrefix+sessionCookie+":"+sid).Val() == 1
+	})
+	if held, lost := metric("affinity_learn_store_held"), metric("affinity_learn_store_lost_total"); held != 0 || lost != 0 {
+		t.Errorf("held %v, lost %v after Redis returned; want 0, 0", held, lost)
+	}
 }
 
 // The learn table's size shows in /metrics.

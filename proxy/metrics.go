@@ -349,7 +349,11 @@ var (
 	descLearnEvictions = prometheus.NewDesc("affinity_learn_evictions_total",
 		"Sessions dropped from the learn balancer's table to stay within max_entries.", []string{"pool"}, nil)
 	descLearnStoreErrors = prometheus.NewDesc("affinity_learn_store_errors_total",
-		"Failed reads and writes of the learn balancer's shared (Redis) table.", []string{"pool"}, nil)
+		"Failed reads and writes of the learn balancer's shared (Redis) table, each counted once, whether a write was sent later or lost.", []string{"pool"}, nil)
+	descLearnStoreLost = prometheus.NewDesc("affinity_learn_store_lost_total",
+		"Writes to the learn balancer's shared (Redis) table never made: past the bounds of those held while Redis did not answer, left at shutdown, or refused by Redis.", []string{"pool"}, nil)
+	descLearnStoreHeld = prometheus.NewDesc("affinity_learn_store_held",
+		"Writes to the learn balancer's shared (Redis) table held while Redis does not answer, to be sent once it does.", []string{"pool"}, nil)
 	descState = prometheus.NewDesc("affinity_backend_state",
 		"1 for the backend's administrative state (ready, drain, maint, or removed while a removed backend still serves), 0 for the others.",
 		[]string{"pool", "backend", "state"}, nil)
@@ -388,7 +392,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
 		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
-		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnSessions,
+		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryAnswer,
 	} {
@@ -426,6 +430,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			emit(ch, descLearnEntries, prometheus.GaugeValue, float64(t.Len()), p.name)
 			emit(ch, descLearnEvictions, prometheus.CounterValue, float64(t.Evictions()), p.name)
 			emit(ch, descLearnStoreErrors, prometheus.CounterValue, float64(t.StoreErrors()), p.name)
+			emit(ch, descLearnStoreLost, prometheus.CounterValue, float64(t.StoreLost()), p.name)
+			emit(ch, descLearnStoreHeld, prometheus.GaugeValue, float64(t.StoreHeld()), p.name)
 			for id, n := range t.Sessions() {
 				emit(ch, descLearnSessions, prometheus.GaugeValue, float64(n), p.name, id)
 			}

@@ -158,6 +158,9 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 	if err := checkPoolSettings(pc); err != nil {
 		return nil, fmt.Errorf("pool %q: %w: %w", pc.Name, errBadPool, err)
 	}
+	if l, ok := policy.(balancer.Logged); ok {
+		l.SetLogger(log.With(zap.String("pool", pc.Name)))
+	}
 	p := &pool{
 		name:      pc.Name,
 		kind:      pc.Balancer.Type,

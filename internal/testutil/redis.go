@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,6 +120,29 @@ func (r *Redis) Stop() {
 	if r.proc != nil {
 		r.proc.kill()
 		r.proc = nil
+	}
+}
+
+// Pause stops the server's process (SIGSTOP) and leaves its connections
+// open: they take commands and answer none, as a server stalled by a slow
+// command, by swapping or in a frozen VM would. Resume continues it, and
+// it answers what it was sent meanwhile. Stop ends a paused server too.
+func (r *Redis) Pause() { r.signal(syscall.SIGSTOP) }
+
+// Resume continues a server that Pause stopped.
+func (r *Redis) Resume() { r.signal(syscall.SIGCONT) }
+
+// signal sends sig to the running server; it fails the test if none runs.
+func (r *Redis) signal(sig syscall.Signal) {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		r.t.Fatalf("%s on %s: not running", sig, r.Addr)
+		return
+	}
+	if err := r.proc.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("%s on %s: %v", sig, r.Addr, err)
 	}
 }
 

@@ -56,6 +56,37 @@ func TestRedisStopsAndRestartsEmpty(t *testing.T) {
 	}
 }
 
+// A paused server takes connections and commands and answers nothing until
+// it is resumed; then it answers what it was sent.
+func TestRedisPauseAndResume(t *testing.T) {
+	r := StartRedis(t)
+	r.Pause()
+	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+	if err != nil {
+		t.Fatalf("dial a paused server: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	if err := c.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := br.ReadString('\n'); err == nil {
+		t.Fatalf("a paused server answered %q", line)
+	}
+	r.Resume()
+	if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "+PONG\r\n" {
+		t.Fatalf("after Resume: %q, %v; want the PONG sent while paused", line, err)
+	}
+	r.Pause()
+	r.Stop() // a paused server stops too
+}
+
 // recordT records skips and failures instead of ending the test.
 type recordT struct {
 	testing.TB
