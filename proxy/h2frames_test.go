@@ -39,6 +39,15 @@ type lineBackend struct {
 	*testutil.RawBackend
 	mu   sync.Mutex
 	seen []parsedRequest
+	// whole are the requests whose body came in full, in order, with
+	// their header fields: those a backend acts on.
+	whole []wholeRequest
+}
+
+// wholeRequest is a request a lineBackend read to the end of its body.
+type wholeRequest struct {
+	line, body string
+	header     textproto.MIMEHeader
 }
 
 func startLineBackend(t *testing.T) *lineBackend {
@@ -63,12 +72,14 @@ func (lb *lineBackend) serve(c net.Conn, br *bufio.Reader) {
 		lb.seen = append(lb.seen, parsedRequest{line, h.Get("Host"), h.Get("Upgrade")})
 		lb.mu.Unlock()
 		var body io.Reader = http.NoBody
+		length := int64(-1) // declared; -1 for none
 		if strings.EqualFold(h.Get("Transfer-Encoding"), "chunked") {
 			body = httputil.NewChunkedReader(br)
 		} else if n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); err == nil {
-			body = io.LimitReader(br, n)
+			body, length = io.LimitReader(br, n), n
 		}
-		if _, err := io.Copy(io.Discard, body); err != nil {
+		b, err := io.ReadAll(body)
+		if err != nil {
 			return
 		}
 		if body != http.NoBody && h.Get("Content-Length") == "" {
@@ -77,6 +88,12 @@ func (lb *lineBackend) serve(c net.Conn, br *bufio.Reader) {
 				return
 			}
 		}
+		if int64(len(b)) < length {
+			return // cut short
+		}
+		lb.mu.Lock()
+		lb.whole = append(lb.whole, wholeRequest{line, string(b), h})
+		lb.mu.Unlock()
 		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
 			return
 		}
@@ -88,6 +105,13 @@ func (lb *lineBackend) parsed() []parsedRequest {
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	return append([]parsedRequest(nil), lb.seen...)
+}
+
+// wholeRequests returns the requests read to their end so far.
+func (lb *lineBackend) wholeRequests() []wholeRequest {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return append([]wholeRequest(nil), lb.whole...)
 }
 
 // h2Conn is an HTTP/2 client connection written frame by frame, which can
@@ -383,9 +407,10 @@ func TestH2RequestWrittenAsHTTP1(t *testing.T) {
 		{name: "identical content-lengths", fields: h2Fields(map[string]string{":method": "POST"}, field{"content-length", "8"}, field{"content-length", "8"}),
 			body: "amount=5", status: 200, backend: []parsedRequest{{"POST / HTTP/1.1", "app.example", ""}}},
 
-		// The asterisk form is OPTIONS's alone (net/http answers that
-		// itself); forwarded, GET * became "GET /%2A".
+		// The asterisk form is OPTIONS's alone, which the proxy answers
+		// itself, as net/http would; forwarded, GET * became "GET /%2A".
 		{name: "asterisk target of GET", fields: h2Fields(map[string]string{":path": "*"}), status: 400},
+		{name: "OPTIONS *", fields: h2Fields(map[string]string{":method": "OPTIONS", ":path": "*"}), status: 200},
 
 		{name: "method with a path", fields: h2Fields(map[string]string{":method": "GET /admin"}), status: 400},
 		{name: "method with a slash", fields: h2Fields(map[string]string{":method": "GET/admin"}), status: 400},

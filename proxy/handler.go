@@ -151,6 +151,10 @@ type outcome struct {
 
 // ServeHTTP routes r to a pool, picks a backend and forwards r to it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.RequestURI == "*" && r.Method == http.MethodOptions {
+		serveOptions(w, r)
+		return
+	}
 	if s.access != nil {
 		s.serveLogged(w, r)
 		return
@@ -162,6 +166,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve does the work of ServeHTTP, filling in o as it goes so that the
 // access log has it even when forwarding ends in a panic.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
+	if closesAfter(r) {
+		w = &closingWriter{ResponseWriter: w}
+	}
 	if status := rejection(r); status != 0 {
 		s.reject(w, r, status)
 		return

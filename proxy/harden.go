@@ -102,12 +102,16 @@ func (b *clientBody) failure() error {
 	return nil
 }
 
-// unwrapWriter returns the ResponseWriter under the access log's wrapper.
+// unwrapWriter returns the ResponseWriter under the proxy's wrappers of it
+// (the access log's, closingWriter), net/http's own.
 func unwrapWriter(w http.ResponseWriter) http.ResponseWriter {
-	if aw, ok := w.(*accessWriter); ok {
-		return aw.ResponseWriter
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = u.Unwrap()
 	}
-	return w
 }
 
 // tooLarge reports whether err is a request body cut at max_body.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"syscall"
@@ -106,6 +107,42 @@ func TestParkIdleConnection(t *testing.T) {
 		served, parked := s.clientConns()
 		return parked == 0 && served == 0
 	})
+}
+
+// A connection that parked and is served again reads its requests as any
+// other: after a request with both Content-Length and Transfer-Encoding it
+// closes, and what follows in the same write is never read as a request;
+// nor does the connection park again, to wait for more.
+func TestParkedFramingCloses(t *testing.T) {
+	const doubtful = "POST /a HTTP/1.1\r\nHost: test\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: test\r\n\r\n"
+	b := testutil.StartConnBackend(t, func(testutil.RawRequest) testutil.Reaction {
+		return testutil.Reaction{Raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+	})
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: b.BaseURL(), Name: "a"}}})
+	s, addr := startParking(t, cfg)
+	for _, raw := range []string{doubtful + smuggled, doubtful} {
+		conn, br := testutil.DialRaw(t, addr, waitFor)
+		if r, err := rawGet(conn, br, "/first"); err != nil || r.status != http.StatusOK {
+			t.Fatalf("first request: %d, %v", r.status, err)
+		}
+		waitParked(t, s, 1)
+		if _, err := io.WriteString(conn, raw); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%q: %v, %v", raw, resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		expectEOF(t, br, "connection after a request with Content-Length and Transfer-Encoding")
+	}
+	for _, r := range b.Requests() {
+		if r.Target == "/smuggled" {
+			t.Errorf("the request after the doubtful one reached the backend")
+		}
+	}
 }
 
 // Shutdown closes parked connections (they are idle) and returns at once;

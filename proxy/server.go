@@ -206,6 +206,10 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ConnContext:       connContext,
 		ConnState:         connState,
+		// "OPTIONS *" comes to ServeHTTP, which answers it as net/http
+		// would, but closes the connection as after any other request
+		// whose framing is in doubt (framing.go).
+		DisableGeneralOptionsHandler: true,
 	}
 	return s, nil
 }
