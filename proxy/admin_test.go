@@ -282,8 +282,11 @@ func TestStatus(t *testing.T) {
 	}
 	pc := poolAt("web", "round-robin", urls, "w1", "w2", "w3")
 	pc.Backends[0].Weight = 3
-	pc.HealthCheck = &config.HealthCheck{Path: "/healthz", Interval: 20 * time.Millisecond,
-		Timeout: 15 * time.Millisecond, Rise: 1, Fall: 1, StatusMin: 200, StatusMax: 399}
+	// A timeout long enough that w1 and w2, which answer at once, never
+	// fail a check on a busy machine: with fall 1 a single timeout would
+	// take one down.
+	pc.HealthCheck = &config.HealthCheck{Path: "/healthz", Interval: time.Second,
+		Timeout: 800 * time.Millisecond, Rise: 1, Fall: 1, StatusMin: 200, StatusMax: 399}
 	passive := config.DefaultPassive()
 	pc.Passive = &passive
 	s, proxyURL, admin := startWithAdmin(t, catchAll(pc), nil)
