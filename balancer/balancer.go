@@ -40,12 +40,29 @@ type Backend struct {
 	// changed after.
 	Stats any
 
+	group *Group
+	// shared, when not nil, are the counts of the Backend this one was
+	// made from by Reweighted, which b counts in instead of own: both
+	// stand for one server.
+	shared *counts
+	own    counts
+}
+
+// counts are what the proxy records about a backend around its requests.
+type counts struct {
 	inflight atomic.Int64
-	group    *Group
 	// fails counts consecutive failed exchanges, for passive health. It
 	// lives here so that the proxy records an outcome without looking the
 	// backend up anywhere.
 	fails atomic.Int32
+}
+
+// counts returns the counts b records in.
+func (b *Backend) counts() *counts {
+	if b.shared != nil {
+		return b.shared
+	}
+	return &b.own
 }
 
 // Group counts the requests in flight over all backends of a pool, so that a
@@ -66,9 +83,22 @@ func NewBackend(id string, u *url.URL, weight int, g *Group) *Backend {
 	return &Backend{ID: id, URL: u, Weight: weight, group: g}
 }
 
+// Reweighted returns a Backend for the same server as b with weight w, for
+// a pool rebuilt with a new weight: a Backend's weight never changes, as
+// policies read it when they build. The two share their Group, their Stats,
+// and their counts of requests in flight and of failures, so that the
+// requests begun on b count as the new Backend's until they end, and a
+// failure on either counts towards the server's run.
+func (b *Backend) Reweighted(w int) *Backend {
+	nb := NewBackend(b.ID, b.URL, w, b.group)
+	nb.Stats = b.Stats
+	nb.shared = b.counts()
+	return nb
+}
+
 // Begin records a request forwarded to b; every Begin is paired with a Done.
 func (b *Backend) Begin() {
-	b.inflight.Add(1)
+	b.counts().inflight.Add(1)
 	if b.group != nil {
 		b.group.inflight.Add(1)
 	}
@@ -80,11 +110,11 @@ func (b *Backend) Done() int64 {
 	if b.group != nil {
 		b.group.inflight.Add(-1)
 	}
-	return b.inflight.Add(-1)
+	return b.counts().inflight.Add(-1)
 }
 
 // InFlight reports the requests currently forwarded to b.
-func (b *Backend) InFlight() int64 { return b.inflight.Load() }
+func (b *Backend) InFlight() int64 { return b.counts().inflight.Load() }
 
 // maxFails is where the failure count stops growing, so that a backend that
 // keeps failing for days cannot wrap it around to "no failures".
@@ -93,27 +123,29 @@ const maxFails = 1 << 30
 // Fail records a failed exchange with b (the proxy decides what counts) and
 // returns the consecutive failures counted so far.
 func (b *Backend) Fail() int32 {
-	if n := b.fails.Load(); n >= maxFails {
+	c := b.counts()
+	if n := c.fails.Load(); n >= maxFails {
 		return n
 	}
-	return b.fails.Add(1)
+	return c.fails.Add(1)
 }
 
 // SetFailures sets the count of consecutive failures, as if b had just
 // failed n times in a row. Passive health uses it to put a backend back from
 // an ejection on probation, whatever requests finished meanwhile: its next
 // failure ejects it again, and its next success is reported by Succeed.
-func (b *Backend) SetFailures(n int32) { b.fails.Store(min(max(n, 0), maxFails)) }
+func (b *Backend) SetFailures(n int32) { b.counts().fails.Store(min(max(n, 0), maxFails)) }
 
 // Succeed records a successful exchange with b, ending any run of failures,
 // and returns the length of the run it ended: 0 on the common path, which
 // then only reads the counter, so that backends answering well do not make
 // every request write a shared cache line.
 func (b *Backend) Succeed() int32 {
-	if b.fails.Load() == 0 {
+	c := b.counts()
+	if c.fails.Load() == 0 {
 		return 0
 	}
-	return b.fails.Swap(0)
+	return c.fails.Swap(0)
 }
 
 // Set is the membership a Policy builds a Picker from. It is immutable once

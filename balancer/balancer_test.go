@@ -166,7 +166,7 @@ func TestBackendFailureCount(t *testing.T) {
 	}
 
 	// The count saturates rather than wrapping around to "no failures".
-	b.fails.Store(maxFails)
+	b.own.fails.Store(maxFails)
 	if n := b.Fail(); n != maxFails {
 		t.Errorf("Fail at the cap = %d, want %d", n, maxFails)
 	}
@@ -183,5 +183,35 @@ func TestBackendSetFailures(t *testing.T) {
 	b.SetFailures(2)
 	if n := b.Fail(); n != 3 {
 		t.Errorf("Fail after SetFailures(2) = %d, want 3", n)
+	}
+}
+
+// TestReweighted: a reweighted Backend counts the requests in flight and the
+// failures of the one it replaces, whichever of the two a request holds.
+func TestReweighted(t *testing.T) {
+	var g Group
+	b := testBackends(&g, 1)[0]
+	b.Stats = "stats"
+	b.Begin()
+	b.Fail()
+	nb := b.Reweighted(3)
+	if nb == b || nb.Weight != 3 || nb.ID != b.ID || nb.URL != b.URL || nb.Stats != b.Stats {
+		t.Fatalf("Reweighted(3) = %+v, want another Backend of weight 3 with b's ID, URL and Stats", nb)
+	}
+	if nb.InFlight() != 1 || g.InFlight() != 1 {
+		t.Errorf("reweighted: %d in flight (group %d), want the request begun on b", nb.InFlight(), g.InFlight())
+	}
+	nb.Begin()
+	if n := b.Done(); n != 1 || nb.InFlight() != 1 || b.InFlight() != 1 {
+		t.Errorf("after b's request ended: Done = %d, in flight %d and %d; want 1 left on both", n, nb.InFlight(), b.InFlight())
+	}
+	if n := nb.Done(); n != 0 || g.InFlight() != 0 {
+		t.Errorf("after the last request: Done = %d, group %d; want 0", n, g.InFlight())
+	}
+	if n := nb.Fail(); n != 2 {
+		t.Errorf("a failure on the reweighted Backend = run of %d, want 2: b's counts", n)
+	}
+	if again := nb.Reweighted(5); again.InFlight() != 0 || again.Succeed() != 2 || b.Fail() != 1 {
+		t.Error("a Backend reweighted twice does not count with the first")
 	}
 }

@@ -26,8 +26,14 @@ import (
 //
 // The request path only publishes, per client connection, the backend of
 // the request in progress (client.begin and end: two atomic stores and an
-// atomic add, on a cache line of the connection's own). Everything else is
-// the drainer's, off the request path.
+// atomic add, on a cache line of the connection's own), and, for a response
+// that may last, its kind (client.lasts). Everything else is the drainer's,
+// off the request path.
+//
+// The drainer knows a backend by its stats, not by its *balancer.Backend: a
+// reload that changes a backend's weight gives it a new Backend sharing the
+// old one's stats (Backend.Reweighted), and the requests that began before
+// still hold the old one.
 
 // client is one client connection of HTTP/1 (its requests come one at a
 // time), or one request of its own (HTTP/2, or a request handed to
@@ -46,6 +52,10 @@ type client struct {
 	// seq counts the requests begun, so that the drainer tells a request
 	// it has seen from the next one on the same connection.
 	seq atomic.Uint64
+	// long is the seq of the latest request whose response may last,
+	// shifted left by two, ORed with the response's longKind; written
+	// only for such responses, so that the common path pays nothing.
+	long atomic.Uint64
 }
 
 // begin records that a request of the client is being served by b.
@@ -56,6 +66,19 @@ func (c *client) begin(b *balancer.Backend) {
 
 // moved records that a retry moved the request to b.
 func (c *client) moved(b *balancer.Backend) { c.backend.Store(b) }
+
+// lasts records that the response to the client's request in progress
+// is of kind k, which may last.
+func (c *client) lasts(k longKind) { c.long.Store(c.seq.Load()<<2 | uint64(k)) }
+
+// kindOf returns the kind of the response to the client's request seq, as
+// lasts recorded it; notLong when it did not.
+func (c *client) kindOf(seq uint64) longKind {
+	if v := c.long.Load(); v>>2 == seq {
+		return longKind(v & 3)
+	}
+	return notLong
+}
 
 // end records that the client's request is done.
 func (c *client) end() { c.backend.Store(nil) }
@@ -153,7 +176,11 @@ func (s *Server) eachClient(f func(*client)) {
 type removedBackend struct {
 	pool    string
 	backend *balancer.Backend
-	since   time.Time
+	since   time.Time // when the reload removed it
+	// left is when it left the ready state: since, or earlier when it
+	// was draining or in maintenance then, which drain_timeout counts
+	// from.
+	left time.Time
 }
 
 // leaving lists the removed backends still serving.
@@ -216,9 +243,14 @@ type sighting struct {
 
 // outgoing is a backend that is not ready, and since when.
 type outgoing struct {
-	pool  string
-	state string
-	since time.Time
+	pool, id string
+	state    string
+	since    time.Time
+}
+
+// cut counts what a tick closed on one backend, by kind.
+type cut struct {
+	closed, upgraded, streams int
 }
 
 // startDrainer starts the server's drainer; the function returned stops
@@ -263,7 +295,7 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 		d.walked = false
 		return
 	}
-	closed := map[*balancer.Backend]int{}
+	closed := map[*backendStats]*cut{}
 	visited := make(map[*client]bool, len(d.seen))
 	d.s.eachClient(func(c *client) {
 		b := c.backend.Load()
@@ -280,7 +312,8 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 			}
 			d.seen[c] = sg
 		}
-		o, ok := out[b]
+		st := statsOf(b)
+		o, ok := out[st]
 		if !ok {
 			return
 		}
@@ -291,8 +324,20 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 		// Unless the request ended meanwhile: closing would then cut
 		// the connection's next request, to a backend that may be ready.
 		if now.Sub(start) >= timeout && c.seq.Load() == seq && c.backend.Load() == b {
+			kind := c.kindOf(seq)
 			c.close()
-			closed[b]++
+			n := closed[st]
+			if n == nil {
+				n = new(cut)
+				closed[st] = n
+			}
+			n.closed++
+			switch kind {
+			case longUpgraded:
+				n.upgraded++
+			case longStream:
+				n.streams++
+			}
 		}
 	})
 	d.walked = true
@@ -301,35 +346,36 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 			delete(d.seen, c)
 		}
 	}
-	for b, n := range closed {
-		o, st := out[b], statsOf(b)
-		st.drainClosed(n)
+	for st, n := range closed {
+		o := out[st]
+		st.drainClosed(n.closed)
 		d.s.log.Warn("closed connections that outlived drain_timeout",
-			zap.String("pool", o.pool), zap.String("backend", b.ID), zap.String("state", o.state),
-			zap.Duration("drain_timeout", timeout), zap.Int("closed", n),
-			zap.Int64("upgraded", st.openUpgraded()), zap.Int64("streams", st.openStreams()))
+			zap.String("pool", o.pool), zap.String("backend", o.id), zap.String("state", o.state),
+			zap.Duration("drain_timeout", timeout), zap.Int("closed", n.closed),
+			zap.Int("upgraded", n.upgraded), zap.Int("streams", n.streams))
 	}
 }
 
-// outgoing returns the backends that are not ready: draining or in
-// maintenance in the pools in service, or removed by a reload.
-func (s *Server) outgoing() map[*balancer.Backend]outgoing {
-	out := map[*balancer.Backend]outgoing{}
+// outgoing returns the backends that are not ready, by their stats:
+// draining or in maintenance in the pools in service, or removed by a
+// reload.
+func (s *Server) outgoing() map[*backendStats]outgoing {
+	out := map[*backendStats]outgoing{}
 	for _, p := range s.state.Load().pools {
 		p.mu.Lock()
 		for i, b := range p.backends {
 			m := &p.members[i]
 			if drains, since := m.draining(); drains {
-				out[b] = outgoing{pool: p.name, state: string(config.StateDrain), since: since}
+				out[statsOf(b)] = outgoing{pool: p.name, id: b.ID, state: string(config.StateDrain), since: since}
 			} else if m.state != config.StateReady {
-				out[b] = outgoing{pool: p.name, state: string(m.state), since: m.since}
+				out[statsOf(b)] = outgoing{pool: p.name, id: b.ID, state: string(m.state), since: m.since}
 			}
 		}
 		p.mu.Unlock()
 	}
 	for _, r := range s.leaving.current() {
-		if _, kept := out[r.backend]; !kept {
-			out[r.backend] = outgoing{pool: r.pool, state: stateRemoved, since: r.since}
+		if _, kept := out[statsOf(r.backend)]; !kept {
+			out[statsOf(r.backend)] = outgoing{pool: r.pool, id: r.backend.ID, state: stateRemoved, since: r.left}
 		}
 	}
 	return out

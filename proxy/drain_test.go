@@ -642,9 +642,10 @@ func TestLongConnections(t *testing.T) {
 	closedLines := map[string]bool{}
 	for _, e := range entries(logs, "closed connections that outlived drain_timeout") {
 		f := e.ContextMap()
-		closedLines[fmt.Sprint(f["pool"], "/", f["backend"], " ", f["state"], " ", f["closed"])] = true
+		closedLines[fmt.Sprint(f["pool"], "/", f["backend"], " ", f["state"], " closed ", f["closed"],
+			" upgraded ", f["upgraded"], " streams ", f["streams"])] = true
 	}
-	for _, l := range []string{"events/sse-2 removed 1", "ws/ws-1 drain 1"} {
+	for _, l := range []string{"events/sse-2 removed closed 1 upgraded 0 streams 1", "ws/ws-1 drain closed 1 upgraded 1 streams 0"} {
 		if !closedLines[l] {
 			t.Errorf("no log of %q; got %v", l, closedLines)
 		}

@@ -91,9 +91,11 @@ func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error 
 // its health verdict and the rise/fall count towards the next one, its
 // passive ejection and the time left of it, and its idle connections; its
 // cookie tokens derive from its ID, so its sticky clients stay. If its
-// weight changed, it gets a new Backend, which takes over everything but
-// the count of requests in flight: Policies read weights when they build,
-// and a Backend's never change. A backend that goes takes no new request;
+// weight changed, it gets a new Backend (Policies read weights when they
+// build, and a Backend's never change) made by Backend.Reweighted, which
+// counts the old one's requests in flight, failures and stats as its own:
+// the requests still holding the old Backend are shown, waited for and
+// drained as the kept backend's. A backend that goes takes no new request;
 // its requests in flight finish, and its checks stop.
 //
 // Changed timeouts take a new transport: requests in flight finish on the
@@ -297,12 +299,23 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 					zap.Int64("in_flight", b.InFlight()))
 			}
 			// Shown as removed until its requests end; drain_timeout
-			// bounds them from now, or from when it left DNS.
-			since := now
-			if gone := op.members[i].gone; !gone.IsZero() {
-				since = gone
+			// bounds them from now, or from when it left DNS, or from
+			// when it left ready if earlier: the removal does not
+			// restart a drain's clock.
+			r := removedBackend{pool: op.name, backend: b, since: now}
+			op.mu.Lock()
+			m := &op.members[i]
+			if !m.gone.IsZero() {
+				r.since = m.gone
 			}
-			s.leaving.add(removedBackend{pool: op.name, backend: b, since: since})
+			r.left = r.since
+			if drains, since := m.draining(); drains && since.Before(r.left) {
+				r.left = since
+			} else if m.state == config.StateMaint && m.since.Before(r.left) {
+				r.left = m.since
+			}
+			op.mu.Unlock()
+			s.leaving.add(r)
 		}
 	}
 	return removed
@@ -332,18 +345,11 @@ func (p *pool) takeOver(prev *pool) {
 			p.members[i].served = false
 			continue
 		}
-		ob, om, m := prev.backends[j], &prev.members[j], &p.members[i]
+		om, m := &prev.members[j], &p.members[i]
 		m.served, m.warm = om.served, om.warm
 		p.takeOverState(b.ID, &m.adminState, om.adminState)
 		if p.health != nil && prev.health != nil {
 			m.healthy = om.healthy
-		}
-		if b != ob {
-			// A new weight: the new Backend goes on from the old
-			// one's run of failures. The old one serves only the
-			// requests in flight on the old state now, whose outcomes
-			// that state no longer acts on.
-			b.SetFailures(ob.Succeed())
 		}
 		if p.passive == nil || prev.passive == nil || !om.ejected {
 			continue
@@ -395,9 +401,8 @@ func (p *pool) groupOrNew() *balancer.Group {
 
 // backendFor returns the Backend a pool replacing p uses for backend id at
 // u with weight w: p's own when p has it with that URL and weight, so that
-// its counters go on; otherwise a new one counting in g. A Backend is
-// immutable, so a new weight takes a new one (takeOver carries its
-// failures over).
+// its counters go on; one reweighted from p's, which counts with it, when
+// only the weight differs; otherwise a new one counting in g.
 func (p *pool) backendFor(id string, u *url.URL, w int, g *balancer.Group) *balancer.Backend {
 	nb := balancer.NewBackend(id, u, w, g)
 	if p == nil {
@@ -408,7 +413,7 @@ func (p *pool) backendFor(id string, u *url.URL, w int, g *balancer.Group) *bala
 		if ob.Weight == nb.Weight {
 			return ob
 		}
-		nb.Stats = ob.Stats
+		return ob.Reweighted(nb.Weight)
 	}
 	return nb
 }

@@ -106,6 +106,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 			if ex.long = longOf(out.Method, res); ex.long != notLong {
 				st.began(ex.long)
+				ex.client.lasts(ex.long)
 			}
 			p.answered(b, res.StatusCode)
 			if l := p.snap.Load().learner; l != nil {
