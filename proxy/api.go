@@ -95,13 +95,12 @@ func (a *admin) serveState(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, err.Error())
 		return
 	}
-	p := a.s.state.Load().pool(pool)
-	if p == nil {
+	p, v, err := a.s.setState(pool, backend, st, r.RemoteAddr)
+	switch {
+	case errors.Is(err, errUnknownPool):
 		refuse(http.StatusNotFound, fmt.Sprintf("no pool %q", pool))
 		return
-	}
-	v, err := p.setState(backend, st, r.RemoteAddr)
-	if err != nil {
+	case err != nil:
 		refuse(http.StatusNotFound, fmt.Sprintf("pool %q has no backend %q", pool, backend))
 		return
 	}

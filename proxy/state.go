@@ -41,6 +41,23 @@ func (a adminState) source() string {
 	return "config"
 }
 
+// setState sets the administrative state of pool/backend to st at run time
+// (pool.setState), in the configuration in service, and returns the pool
+// and the backend's view. It holds reloadMu, so that no reload replaces
+// that configuration meanwhile: a write lands before a reload, which
+// carries it over, or on the configuration the reload put in service, and
+// once it returns the state is in effect.
+func (s *Server) setState(pool, backend string, st config.State, client string) (*pool, backendView, error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	p := s.state.Load().pool(pool)
+	if p == nil {
+		return nil, backendView{}, fmt.Errorf("%w %q", errUnknownPool, pool)
+	}
+	v, err := p.setState(backend, st, client)
+	return p, v, err
+}
+
 // setState sets the administrative state of backend id to st at run time,
 // on behalf of client (an address, for the log), and rebuilds the snapshot:
 // the next request sees it. It returns the backend's view.
