@@ -107,27 +107,70 @@ func (a *admin) serveState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.backendStatus(v, clock(), p.sessions()))
 }
 
-// readState reads a state write's body: {"state": "ready|drain|maint"}.
+// readState reads a state write's body, bounded by maxStateBody (see
+// decodeState).
 func readState(w http.ResponseWriter, r *http.Request) (config.State, error) {
-	var body struct {
-		State *string `json:"state"`
+	st, err := decodeState(http.MaxBytesReader(w, r.Body, maxStateBody))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return "", fmt.Errorf("body larger than %d bytes", maxStateBody)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxStateBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return "", fmt.Errorf("body larger than %d bytes", maxStateBody)
+	return st, err
+}
+
+// stateBody is what a state write's body must be.
+const stateBody = `{"state": "ready|drain|maint"}`
+
+// decodeState reads a state write's body: one JSON object whose only key
+// is "state", spelled so, once, with a state for its value. encoding/json
+// alone would take "State" or "STATE" for "state", and the last of two:
+// a filter or an audit log in front that reads the body could then see
+// another state than the one applied.
+func decodeState(rd io.Reader) (config.State, error) {
+	dec := json.NewDecoder(rd)
+	bad := func(err error) (config.State, error) {
+		return "", fmt.Errorf("body: want %s: %w", stateBody, err)
+	}
+	if tok, err := dec.Token(); err != nil {
+		return bad(err)
+	} else if tok != json.Delim('{') {
+		return bad(errors.New("not an object"))
+	}
+	var state *string
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return bad(err)
 		}
-		return "", fmt.Errorf(`body: want {"state": "ready|drain|maint"}: %v`, err)
+		if key != "state" {
+			return bad(fmt.Errorf(`unknown key %q, the only one is "state"`, key))
+		}
+		if state != nil {
+			return bad(errors.New(`"state" given twice`))
+		}
+		v, err := dec.Token()
+		if err != nil {
+			return bad(err)
+		}
+		text, ok := v.(string)
+		if !ok {
+			return bad(errors.New(`"state" is not a string`))
+		}
+		state = &text
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return "", errors.New(`body: want one JSON object, {"state": "ready|drain|maint"}`)
+	if _, err := dec.Token(); err != nil {
+		return bad(err)
 	}
-	if body.State == nil {
+	switch _, err := dec.Token(); {
+	case err == nil:
+		return "", errors.New("body: want one JSON object, " + stateBody)
+	case err != io.EOF:
+		return bad(err)
+	}
+	if state == nil {
 		return "", errors.New(`body: no "state"; want ready, drain or maint`)
 	}
-	return config.ParseState(*body.State)
+	return config.ParseState(*state)
 }
 
 // authorize decides whether r may write: 0 if it may, or the status and

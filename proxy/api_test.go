@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bytes"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -59,4 +61,36 @@ func TestStateWriteDuringReload(t *testing.T) {
 	if lost > 0 {
 		t.Errorf("%d of %d writes answered 200 were lost to %d reloads", lost, sent, n)
 	}
+}
+
+// FuzzDecodeState: a state write's body is accepted only as one JSON
+// object holding "state" alone, once, with a state for its value, and
+// nothing makes the decoder panic.
+func FuzzDecodeState(f *testing.F) {
+	for _, seed := range []string{
+		`{"state": "drain"}`, ` {"state":"ready"} `, `{"STATE":"maint"}`, `{"state":"ready","state":"maint"}`,
+		`{"state":"drain"}{}`, `{"st\u0061te":"drain"}`, `{"state":null}`, `[]`, `"drain"`, `{`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		st, err := decodeState(bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		if _, perr := config.ParseState(string(st)); perr != nil {
+			t.Fatalf("%q: accepted state %q", body, st)
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(body, &fields); err != nil {
+			t.Fatalf("%q accepted, but it is not one JSON object: %v", body, err)
+		}
+		var got string
+		if len(fields) != 1 || json.Unmarshal(fields["state"], &got) != nil || got != string(st) {
+			t.Fatalf("%q accepted as %q, but it holds %v", body, st, fields)
+		}
+		if n := bytes.Count(body, []byte(`"`)); n > 4 && !bytes.Contains(body, []byte(`\`)) {
+			t.Fatalf("%q accepted, with more strings than a key and its value", body)
+		}
+	})
 }

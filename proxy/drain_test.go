@@ -293,7 +293,15 @@ func TestAPIErrors(t *testing.T) {
 		{"unknown state", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"draining"}`, 400, `unknown state "draining"`},
 		{"no state", "PUT", "/api/v1/pools/web/backends/b0/state", `{}`, 400, `no "state"`},
 		{"not JSON", "PUT", "/api/v1/pools/web/backends/b0/state", `state=drain`, 400, "body: want"},
-		{"unknown field", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"drain","weight":2}`, 400, "unknown field"},
+		{"unknown key", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"drain","weight":2}`, 400, `unknown key "weight"`},
+		{"key in capitals", "PUT", "/api/v1/pools/web/backends/b0/state", `{"STATE":"drain"}`, 400, `unknown key "STATE"`},
+		{"key in another case beside it", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"ready","State":"maint"}`, 400, `unknown key "State"`},
+		{"key twice", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"drain","state":"ready"}`, 400, `"state" given twice`},
+		{"state an object", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":{"state":"drain"}}`, 400, `"state" is not a string`},
+		{"an array", "PUT", "/api/v1/pools/web/backends/b0/state", `["state","drain"]`, 400, "not an object"},
+		{"null", "PUT", "/api/v1/pools/web/backends/b0/state", `null`, 400, "not an object"},
+		{"empty", "PUT", "/api/v1/pools/web/backends/b0/state", ``, 400, "body: want"},
+		{"junk after", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"drain"}]`, 400, "body: want"},
 		{"two objects", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"drain"}{"state":"ready"}`, 400, "one JSON object"},
 		{"state not a string", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":1}`, 400, "body: want"},
 		{"too large", "PUT", "/api/v1/pools/web/backends/b0/state", `{"state":"` + strings.Repeat("x", 2000) + `"}`, 400, "larger than"},
@@ -325,9 +333,15 @@ func TestAPIErrors(t *testing.T) {
 			t.Errorf("%s is %s from %s after refused writes", v.backend.ID, v.state, v.source())
 		}
 	}
+	writes := 0
+	for _, tt := range tests {
+		if tt.method == "PUT" {
+			writes++
+		}
+	}
 	refused := entries(logs, "admin API write refused")
-	if len(refused) != 9 {
-		t.Errorf("%d refused writes logged, want 9", len(refused))
+	if len(refused) != writes {
+		t.Errorf("%d refused writes logged, want %d", len(refused), writes)
 	}
 	for _, e := range refused {
 		if !strings.HasPrefix(e.ContextMap()["client"].(string), "127.0.0.1:") {
