@@ -684,8 +684,9 @@ func TestDrainProgress(t *testing.T) {
 	_, proxyURL, admin := startWithAdmin(t, cfg, nil)
 	c := testutil.Client(t)
 
-	if bs, _ := backendOf(t, admin, "slow", "slow"); bs.IdleSeconds != nil || bs.Sessions != nil {
-		t.Errorf("before any request: idle %v, sessions %v; want neither", bs.IdleSeconds, bs.Sessions)
+	if bs, _ := backendOf(t, admin, "slow", "slow"); bs.IdleSeconds == nil || !bs.Unused || bs.Sessions != nil {
+		t.Errorf("before any request: idle %v, unused %v, sessions %v; want idle since start, no sessions",
+			bs.IdleSeconds, bs.Unused, bs.Sessions)
 	}
 	sessions := map[string]int{}
 	for range 12 {
@@ -722,7 +723,7 @@ func TestDrainProgress(t *testing.T) {
 	<-done
 	testutil.Eventually(t, waitFor, "the slow backend idle", func() bool {
 		bs, _ := backendOf(t, admin, "slow", "slow")
-		return bs.InFlight == 0 && bs.IdleSeconds != nil && *bs.IdleSeconds > 0
+		return bs.InFlight == 0 && bs.IdleSeconds != nil && *bs.IdleSeconds > 0 && !bs.Unused
 	})
 	fams := scrape(t, c, admin)
 	if v, ok := metricValue(fams, "affinity_learn_sessions", "pool=web,backend=b0"); !ok || int(v) != sessions["b0"] {

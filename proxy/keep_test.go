@@ -175,3 +175,47 @@ func TestDrainTimeoutOverRemoval(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestIdleSinceConfigured: a backend that has had no request is idle since
+// it was configured, at the start or by the reload that added it, never
+// longer; a request ends that.
+func TestIdleSinceConfigured(t *testing.T) {
+	bs := startBackends(t, "b0", "b1")
+	start := time.Now()
+	s, proxyURL, admin := startWithAdmin(t, catchAll(poolOf("web", "round-robin", balancer.Options{}, bs[0])), nil)
+	idle := func(id string) (float64, bool) {
+		t.Helper()
+		b, ok := backendOf(t, admin, "web", id)
+		if !ok || b.IdleSeconds == nil {
+			t.Fatalf("%s: %+v, want an idle time", id, b)
+		}
+		return *b.IdleSeconds, b.Unused
+	}
+	testutil.Eventually(t, waitFor, "b0 idle for 200ms since start", func() bool {
+		d, unused := idle("b0")
+		if !unused || d > time.Since(start).Seconds() {
+			t.Fatalf("b0 idle %vs (unused %v) %v after the start, want unused and no longer", d, unused, time.Since(start))
+		}
+		return d >= 0.2
+	})
+	added := time.Now()
+	reload(t, s, catchAll(poolOf("web", "round-robin", balancer.Options{}, bs...)))
+	if d, unused := idle("b1"); !unused || d > time.Since(added).Seconds() {
+		t.Errorf("b1 idle %vs (unused %v) %v after the reload that added it, want unused and no longer", d, unused, time.Since(added))
+	}
+	if d, unused := idle("b0"); !unused || d < 0.2 {
+		t.Errorf("b0 idle %vs (unused %v) after a reload that kept it, want unused since the start", d, unused)
+	}
+	c := testutil.Client(t)
+	requested := time.Now()
+	for range 2 {
+		if r := get(t, c, proxyURL.String()+"/", nil); r.status != http.StatusOK {
+			t.Fatal(r.status)
+		}
+	}
+	for _, id := range []string{"b0", "b1"} {
+		if d, unused := idle(id); unused || d > time.Since(requested).Seconds() {
+			t.Errorf("%s idle %vs (unused %v) after a request, want idle since it", id, d, unused)
+		}
+	}
+}

@@ -100,6 +100,9 @@ type backendStats struct {
 	// last is the clock() reading when the backend last had no request in
 	// flight left; 0 for never.
 	last atomic.Int64
+	// configured is the clock() reading when the backend was configured:
+	// at the proxy's start, or by the reload that added it.
+	configured time.Duration
 	// upgraded and streams count the responses that may last: upgraded
 	// connections (101) and responses of unknown length (chunked, event
 	// streams) still being relayed.
@@ -107,6 +110,9 @@ type backendStats struct {
 	// cut counts what the drainer closed for outliving drain_timeout.
 	cut atomic.Uint64
 }
+
+// newBackendStats returns the stats of a backend configured now.
+func newBackendStats() *backendStats { return &backendStats{configured: clock()} }
 
 // longKind tells whether a response may last, and why.
 type longKind uint8
@@ -163,17 +169,20 @@ func finished(b *balancer.Backend) {
 }
 
 // idle returns how long the backend has had no request, as of the clock
-// reading now, and false if it has had none since it was configured. It is
-// only meaningful with no request in flight.
-func (st *backendStats) idle(now time.Duration) (time.Duration, bool) {
+// reading now: since its last request ended, or, when it has had none
+// since it was configured (served is false), since it was configured. A
+// proxy knows nothing of what the backend served before it started, so
+// that is all it can tell of its idle time. It is only meaningful with no
+// request in flight.
+func (st *backendStats) idle(now time.Duration) (d time.Duration, served bool) {
 	if st == nil {
 		return 0, false
 	}
-	last := st.last.Load()
-	if last == 0 {
-		return 0, false
+	last := time.Duration(st.last.Load())
+	if served = last != 0; !served {
+		last = st.configured
 	}
-	return max(now-time.Duration(last), 0), true
+	return max(now-last, 0), served
 }
 
 func (st *backendStats) openUpgraded() int64 {
@@ -465,7 +474,7 @@ func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView, wal
 	}
 	emit(ch, descUpgraded, prometheus.GaugeValue, float64(st.openUpgraded()), pool, id)
 	emit(ch, descStreams, prometheus.GaugeValue, float64(st.openStreams()), pool, id)
-	if d, ok := st.idle(mono); ok {
+	if d, served := st.idle(mono); served {
 		emit(ch, descLastRequest, prometheus.GaugeValue, float64(wall.Add(-d).UnixMilli())/1e3, pool, id)
 	}
 	emit(ch, descDrainClosed, prometheus.CounterValue, float64(st.cut.Load()), pool, id)

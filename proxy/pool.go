@@ -198,7 +198,7 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 		if b.Stats == nil {
 			// A backend new to the pool; one taken over from prev
 			// counts on in its stats.
-			b.Stats = new(backendStats)
+			b.Stats = newBackendStats()
 		}
 		p.backends = append(p.backends, b)
 		// Served already, as far as slow start is concerned: the

@@ -283,9 +283,11 @@ type backendStatus struct {
 	Upgraded int64 `json:"upgraded"`
 	Streams  int64 `json:"streams"`
 	// IdleSeconds is how long the backend has had no request in flight;
-	// 0 while it has one, absent when it has had none since it was
-	// configured.
+	// 0 while it has one. When it has had none since it was configured,
+	// Unused is set and IdleSeconds counts from the configuration: a drain
+	// waiting for an idle window waits out the proxy's uptime too.
 	IdleSeconds *float64 `json:"idle_seconds,omitempty"`
+	Unused      bool     `json:"unused"`
 	// Sessions counts the sessions pinned to the backend, where the
 	// balancer knows them (learn).
 	Sessions    *int         `json:"sessions,omitempty"`
@@ -416,9 +418,10 @@ func (a *admin) backendStatus(v backendView, now time.Duration, sessions map[str
 	}
 	if bs.InFlight > 0 {
 		bs.IdleSeconds = new(float64)
-	} else if d, ok := v.stats.idle(now); ok {
+	} else if v.stats != nil {
+		d, served := v.stats.idle(now)
 		sec := d.Seconds()
-		bs.IdleSeconds = &sec
+		bs.IdleSeconds, bs.Unused = &sec, !served
 	}
 	if sessions != nil {
 		n := sessions[v.backend.ID]

@@ -97,6 +97,9 @@ func newCtlStateCmd(o *ctlOptions, st config.State) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if st != config.StateReady && (w.idle < 0 || w.timeout <= 0) {
+				return ctlFailure("--idle %s must not be negative, and --timeout %s must be positive", w.idle, w.timeout)
+			}
 			c, err := o.client()
 			if err != nil {
 				return err
@@ -204,6 +207,7 @@ type ctlBackend struct {
 	Upgraded    int64    `json:"upgraded"`
 	Streams     int64    `json:"streams"`
 	IdleSeconds *float64 `json:"idle_seconds"`
+	Unused      bool     `json:"unused"`
 	Sessions    *int     `json:"sessions"`
 }
 
@@ -320,12 +324,15 @@ func (c *ctlClient) wait(ctx context.Context, out, progress io.Writer, pool, bac
 	}
 }
 
-// drained reports whether b has had no request in flight for idle.
+// drained reports whether b has had no request in flight for idle. A
+// backend that has had none since the proxy started has been idle for the
+// proxy's uptime only, as far as anyone knows: the process before it may
+// have served its clients a moment before.
 func drained(b ctlBackend, idle time.Duration) bool {
-	if b.InFlight > 0 {
+	if b.InFlight > 0 || b.IdleSeconds == nil {
 		return false
 	}
-	return b.IdleSeconds == nil || time.Duration(*b.IdleSeconds*float64(time.Second)) >= idle
+	return time.Duration(*b.IdleSeconds*float64(time.Second)) >= idle
 }
 
 // progressOf tells how far b is from drained.
@@ -341,13 +348,17 @@ func progressOf(b ctlBackend) string {
 	return s
 }
 
-// idleOf tells how long b has been idle: "since start" when it has had no
-// request since the proxy started.
+// idleOf tells how long b has been idle, "since start" when it has had no
+// request since the proxy started (or the reload that added it).
 func idleOf(b ctlBackend) string {
 	if b.IdleSeconds == nil {
-		return "since start"
+		return "unknown"
 	}
-	return roundDuration(time.Duration(*b.IdleSeconds * float64(time.Second)))
+	d := roundDuration(time.Duration(*b.IdleSeconds * float64(time.Second)))
+	if b.Unused {
+		d += " since start"
+	}
+	return d
 }
 
 // roundDuration rounds d for people: to the second, or to the tenth of a

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -29,8 +30,8 @@ type ctlProxy struct {
 }
 
 // startCtlProxy starts the proxy with admin settings extra (indented under
-// admin:).
-func startCtlProxy(t *testing.T, extra string) *ctlProxy {
+// admin:), and serve's flags args (default --watch=false).
+func startCtlProxy(t *testing.T, extra string, args ...string) *ctlProxy {
 	t.Helper()
 	// Distinct, and below the ephemeral range, where no other test's
 	// connection can take one before serve binds it.
@@ -67,7 +68,10 @@ pools:
 	var stderr syncBuffer
 	exited := make(chan int, 1)
 	go func() {
-		exited <- execute(ctx, []string{"serve", "-c", p.config, "--watch=false"}, io.Discard, &stderr)
+		if len(args) == 0 {
+			args = []string{"--watch=false"}
+		}
+		exited <- execute(ctx, append([]string{"serve", "-c", p.config}, args...), io.Discard, &stderr)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -121,21 +125,21 @@ func TestCtlStates(t *testing.T) {
 	if code != exitOK || errOut != "" {
 		t.Fatalf("status: exit %d, stderr %q", code, errOut)
 	}
-	wantRows(t, out, "POOL BACKEND STATE HEALTH IN FLIGHT IDLE SESSIONS", "web b1 ready up 0 since start -",
-		"web b2 ready up 0 since start -", "slow s1 ready up 0 since start -")
+	wantRows(t, durationsOut(out), "POOL BACKEND STATE HEALTH IN FLIGHT IDLE SESSIONS", "web b1 ready up 0 D since start -",
+		"web b2 ready up 0 D since start -", "slow s1 ready up 0 D since start -")
 
 	steps := []struct {
 		args []string
 		out  string
 		row  string
 	}{
-		{[]string{"drain", "web", "b2"}, "web/b2: drain; 0 in flight, idle since start\n", "web b2 drain (api) up"},
-		{[]string{"maint", "web", "b2"}, "web/b2: maint; 0 in flight, idle since start\n", "web b2 maint (api) up"},
-		{[]string{"ready", "web", "b2"}, "web/b2: ready; 0 in flight, idle since start\n", "web b2 ready (api) up"},
+		{[]string{"drain", "web", "b2"}, "web/b2: drain; 0 in flight, idle D since start\n", "web b2 drain (api) up"},
+		{[]string{"maint", "web", "b2"}, "web/b2: maint; 0 in flight, idle D since start\n", "web b2 maint (api) up"},
+		{[]string{"ready", "web", "b2"}, "web/b2: ready; 0 in flight, idle D since start\n", "web b2 ready (api) up"},
 	}
 	for _, st := range steps {
 		code, out, errOut := run(t, append([]string{"ctl", admin}, st.args...)...)
-		if code != exitOK || out != st.out || errOut != "" {
+		if out = durationsOut(out); code != exitOK || out != st.out || errOut != "" {
 			t.Errorf("ctl %v: exit %d, stdout %q, stderr %q; want 0, %q", st.args, code, out, errOut, st.out)
 		}
 		_, status, _ := run(t, "ctl", admin, "status")
@@ -146,6 +150,12 @@ func TestCtlStates(t *testing.T) {
 		t.Errorf("ctl -c FILE drain: exit %d, %q", code, out)
 	}
 }
+
+// durationRE matches a duration as ctl prints it.
+var durationRE = regexp.MustCompile(`\b[0-9.]+(ms|s|m|h)\b`)
+
+// durationsOut replaces each duration in ctl's output with D.
+func durationsOut(out string) string { return durationRE.ReplaceAllString(out, "D") }
 
 // wantRows checks that table has a row starting with each of rows, the
 // columns' padding aside.
@@ -196,12 +206,47 @@ func TestCtlWait(t *testing.T) {
 	if code != exitFailure || !strings.Contains(out, "slow/s1 not drained after 300ms: 1 in flight, idle 0s") {
 		t.Errorf("ctl maint --wait past its timeout: exit %d, stdout %q", code, out)
 	}
-	// Drained already: an idle backend waits out --idle from its last
-	// request, one never used not at all.
-	if code, out, _ := run(t, "ctl", "--admin", p2.admin, "drain", "web", "b1", "--wait", "--idle", "1h"); code != exitOK ||
-		!strings.Contains(out, "web/b1 drained after") {
-		t.Errorf("drain --wait of a backend never used: exit %d, %q", code, out)
+	// A backend never used has been idle for the proxy's uptime only: the
+	// process before may have served it a moment before the start.
+	if code, out, _ := run(t, "ctl", "--admin", p2.admin, "drain", "web", "b1", "--wait", "--idle", "1h", "--timeout", "300ms"); code != exitFailure ||
+		!strings.Contains(durationsOut(out), "web/b1 not drained after D: 0 in flight, idle D since start") {
+		t.Errorf("drain --wait --idle 1h of a backend never used, on a proxy younger than that: exit %d, %q", code, out)
 	}
+	if code, out, _ := run(t, "ctl", "--admin", p2.admin, "drain", "web", "b2", "--wait", "--idle", "200ms"); code != exitOK ||
+		!strings.Contains(durationsOut(out), "web/b2 drained after D: 0 in flight, idle D since start") {
+		t.Errorf("drain --wait --idle 200ms of a backend never used: exit %d, %q", code, out)
+	}
+}
+
+// TestCtlWaitOverReweight: a reload that changes only the weight of a
+// backend with a request in flight leaves that request counted, and ctl
+// drain --wait waiting for it.
+func TestCtlWaitOverReweight(t *testing.T) {
+	p := startCtlProxy(t, "", "--watch=true")
+	done := p.slowRequest(t)
+	cfg, err := os.ReadFile(p.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reweighted := strings.Replace(string(cfg), "name: s1}", "name: s1, weight: 3}", 1)
+	if err := os.WriteFile(p.config, []byte(reweighted), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reload giving s1 its new weight", func() bool {
+		resp, err := http.Get("http://" + p.admin + "/api/v1/pools/slow/backends/s1")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(body), `"weight": 3`)
+	})
+	code, out, _ := run(t, "ctl", "--admin", p.admin, "drain", "slow", "s1", "--wait", "--idle", "100ms", "--timeout", "300ms")
+	if code != exitFailure || !strings.Contains(out, "slow/s1 not drained after 300ms: 1 in flight, idle 0s") {
+		t.Errorf("drain --wait with a request in flight begun before the reweight: exit %d, %q", code, out)
+	}
+	p.unblock()
+	<-done
 }
 
 // TestCtlErrors: usage errors, a proxy not there, and refusals of the API
@@ -225,6 +270,9 @@ func TestCtlErrors(t *testing.T) {
 		{"missing backend", []string{"ctl", admin, "drain", "web"}, "", exitUsage, "accepts 2 arg(s)"},
 		{"unknown command", []string{"ctl", admin, "pause", "web", "b1"}, "", exitUsage, "unknown command"},
 		{"bad idle", []string{"ctl", admin, "drain", "web", "b1", "--wait", "--idle", "soon"}, "", exitUsage, "invalid argument"},
+		{"negative idle", []string{"ctl", admin, "drain", "web", "b1", "--wait", "--idle", "-1s"}, "", exitUsage, "--idle -1s must not be negative"},
+		{"negative timeout", []string{"ctl", admin, "maint", "web", "b1", "--wait", "--timeout", "-1m"}, "", exitUsage, "--timeout -1m0s must be positive"},
+		{"no timeout", []string{"ctl", admin, "drain", "web", "b1", "--timeout", "0s"}, "", exitUsage, "--timeout 0s must be positive"},
 		{"proxy not there", []string{"ctl", "--admin", nobody, "status"}, "", exitUsage, "connection refused"},
 		{"bad address", []string{"ctl", "--admin", "ftp://x", "status"}, "", exitUsage, "want host:port"},
 		{"no token", []string{"ctl", admin, "drain", "web", "b1"}, "", exitUsage, "401 Unauthorized: this write needs Authorization: Bearer TOKEN"},
@@ -282,13 +330,29 @@ func TestProgressOf(t *testing.T) {
 	if got := progressOf(b); got != "0 in flight, idle 12s, 4 sessions" {
 		t.Errorf("progressOf = %q", got)
 	}
-	b = ctlBackend{InFlight: 3, Upgraded: 1, Streams: 1}
-	if got := progressOf(b); got != "3 in flight (1 upgraded, 1 streams), idle since start" {
+	b = ctlBackend{InFlight: 3, Upgraded: 1, Streams: 1, IdleSeconds: new(float64)}
+	if got := progressOf(b); got != "3 in flight (1 upgraded, 1 streams), idle 0s" {
 		t.Errorf("progressOf = %q", got)
 	}
-	if !drained(ctlBackend{IdleSeconds: &idle}, 12*time.Second) || drained(ctlBackend{IdleSeconds: &idle}, 13*time.Second) ||
-		drained(ctlBackend{InFlight: 1}, 0) || !drained(ctlBackend{}, time.Hour) {
-		t.Error("drained disagrees with in flight and idle")
+	b = ctlBackend{IdleSeconds: &idle, Unused: true}
+	if got := progressOf(b); got != "0 in flight, idle 12s since start" {
+		t.Errorf("progressOf = %q", got)
+	}
+	for _, tt := range []struct {
+		b    ctlBackend
+		idle time.Duration
+		want bool
+	}{
+		{ctlBackend{IdleSeconds: &idle}, 12 * time.Second, true},
+		{ctlBackend{IdleSeconds: &idle}, 13 * time.Second, false},
+		{ctlBackend{IdleSeconds: &idle, Unused: true}, 12 * time.Second, true},
+		{ctlBackend{IdleSeconds: &idle, Unused: true}, 13 * time.Second, false},
+		{ctlBackend{InFlight: 1, IdleSeconds: new(float64)}, 0, false},
+		{ctlBackend{}, 0, false}, // no idle time known
+	} {
+		if got := drained(tt.b, tt.idle); got != tt.want {
+			t.Errorf("drained(%d in flight, idle %v, unused %v; --idle %v) = %v", tt.b.InFlight, tt.b.IdleSeconds, tt.b.Unused, tt.idle, got)
+		}
 	}
 }
 
