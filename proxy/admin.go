@@ -44,6 +44,9 @@ type admin struct {
 	// exposed is set once the admin server serves a listener reachable
 	// from other hosts.
 	exposed atomic.Bool
+	// host is the host of admin.listen, as hostOf gives it: a name the
+	// listener's clients may give in Host (adminhost.go).
+	host string
 
 	mu      sync.Mutex
 	cancel  context.CancelFunc // stops the sampler; nil until it runs
@@ -66,7 +69,7 @@ const (
 // newAdmin prepares the admin server of s; nothing listens until start or
 // Server.ServeAdmin.
 func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
-	a := &admin{s: s, log: s.log, listen: c.Listen, pprof: c.Pprof}
+	a := &admin{s: s, log: s.log, listen: c.Listen, pprof: c.Pprof, host: hostOf(c.Listen)}
 	tok, err := c.ReadToken()
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -108,7 +111,7 @@ func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	a.http = &http.Server{
-		Handler:           mux,
+		Handler:           a.guardHost(mux),
 		ReadHeaderTimeout: adminHeaderTimeout,
 		IdleTimeout:       adminIdleTimeout,
 		ErrorLog:          errLog,

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
@@ -382,24 +384,7 @@ func TestAPIAuth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := catchAll(poolOf("web", "cookie", cookieOptions(), startBackends(t, "b0")...))
-			cfg.Admin = tt.admin
-			log, logs := observed()
-			s, err := NewServer(cfg, log)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ln := testutil.Listen(t)
-			var served net.Listener = ln
-			if tt.exposed {
-				// Reported as every interface, bound on loopback.
-				served = addrListener{ln, &net.TCPAddr{IP: net.IPv4zero, Port: 9090}}
-			}
-			done := make(chan error, 1)
-			go func() { done <- s.ServeAdmin(served) }()
-			t.Cleanup(func() { <-done })
-			testutil.Serve(t, s)
-			admin := "http://" + ln.Addr().String()
+			s, admin, logs := startAdminOf(t, tt.admin, tt.exposed)
 
 			req, _ := http.NewRequest(http.MethodPut, admin+"/api/v1/pools/web/backends/b0/state", strings.NewReader(`{"state":"drain"}`))
 			if tt.send != "" {
@@ -443,6 +428,32 @@ func TestAPIAuth(t *testing.T) {
 	if _, err := NewServer(bad, nil); err == nil || !strings.Contains(err.Error(), "admin.token_file") {
 		t.Errorf("NewServer with a missing token file = %v, want an error naming admin.token_file", err)
 	}
+}
+
+// startAdminOf serves pool "web" of one backend, b0, until the test ends,
+// with admin settings c and the admin endpoints on a loopback listener
+// reported as on every interface when exposed. It returns the server, the
+// admin's base URL, and its logs.
+func startAdminOf(t *testing.T, c config.Admin, exposed bool) (*Server, string, *observer.ObservedLogs) {
+	t.Helper()
+	cfg := catchAll(poolOf("web", "cookie", cookieOptions(), startBackends(t, "b0")...))
+	cfg.Admin = c
+	log, logs := observed()
+	s, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := testutil.Listen(t)
+	var served net.Listener = ln
+	if exposed {
+		// Reported as every interface, bound on loopback.
+		served = addrListener{ln, &net.TCPAddr{IP: net.IPv4zero, Port: 9090}}
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeAdmin(served) }()
+	t.Cleanup(func() { <-done })
+	testutil.Serve(t, s)
+	return s, "http://" + ln.Addr().String(), logs
 }
 
 // TestDrainerTick runs the drainer's ticks at chosen times: a request

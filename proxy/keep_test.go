@@ -36,9 +36,15 @@ func eventsBackend(t *testing.T, id string) config.Backend {
 // drains, and counts and logs them as the backend's.
 func TestReloadKeepsWhatIsInFlight(t *testing.T) {
 	sse, other := eventsBackend(t, "sse"), eventsBackend(t, "other")
+	// Checks that a busy machine does not fail: the backends stay up.
+	checks := func(interval time.Duration) *config.HealthCheck {
+		hc := testHealth(1, 5)
+		hc.Interval, hc.Timeout = interval, waitFor
+		return hc
+	}
 	base := func() *config.Pool {
 		return &config.Pool{Name: "events", Balancer: config.Balancer{Type: "round-robin"},
-			Backends: []config.Backend{sse, other}, HealthCheck: testHealth(1, 1),
+			Backends: []config.Backend{sse, other}, HealthCheck: checks(100 * time.Millisecond),
 			Passive: &config.Passive{Failures: 3, Eject: time.Minute, MaxEject: time.Minute}}
 	}
 	tests := []struct {
@@ -55,7 +61,7 @@ func TestReloadKeepsWhatIsInFlight(t *testing.T) {
 			p.Balancer = config.Balancer{Type: "consistent-hash", Options: balancer.Options{Hash: balancer.HashOptions{Key: "ip", VirtualNodes: 16}}}
 		}},
 		{"the health checks, off", func(p *config.Pool) { p.HealthCheck = nil }},
-		{"the health checks, other", func(p *config.Pool) { p.HealthCheck = testHealth(2, 3) }},
+		{"the health checks, other", func(p *config.Pool) { p.HealthCheck = checks(150 * time.Millisecond) }},
 		{"passive health, off", func(p *config.Pool) { p.Passive = nil }},
 		{"retries", func(p *config.Pool) { p.Retries = config.Retries{Count: 2, MaxBody: 1024} }},
 		{"the other backend's weight", func(p *config.Pool) { p.Backends[1].Weight = 5 }},
