@@ -184,6 +184,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	if !guardBody(w, r, st.maxBody) {
 		return
 	}
+	body, _ := r.Body.(*clientBody)
+	if body != nil {
+		defer body.stopReading(w)
+	}
 	trusted := st.trusted.trusts(r.RemoteAddr)
 	pr := r
 	if trusted && (p.hashesIP || s.access != nil) {
@@ -195,6 +199,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	pk, err := p.pick(pr)
 	if err != nil {
 		p.refused(err)
+		body.closeUnlessRead(w.Header(), http.StatusServiceUnavailable)
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable)
 		return
@@ -218,7 +223,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		w = switchWriter{w}
 	}
 	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
-	ex.body, _ = r.Body.(*clientBody)
+	ex.body = body
 	b.Begin()
 	ex.client.begin(b)
 	defer func() {
@@ -337,11 +342,24 @@ func rewrite(pr *httputil.ProxyRequest) {
 	setForwarded(pr, ex.trusted)
 }
 
+// modifyResponse is the ReverseProxy's ModifyResponse: a response that
+// comes while the client's body is still coming closes the connection
+// (closeUnlessRead).
+func modifyResponse(res *http.Response) error {
+	if ex := exchangeOf(res.Request.Context()); ex != nil {
+		ex.body.closeUnlessRead(res.Header, res.StatusCode)
+	}
+	return nil
+}
+
 // proxyError is the ReverseProxy's ErrorHandler, called when the backend
 // could not be reached or did not answer. The client gets a short status
 // line and nothing about the backend; the log gets the details.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ex := exchangeOf(r.Context())
+	if ex != nil {
+		ex.body.closeUnlessRead(w.Header(), http.StatusBadGateway)
+	}
 	if tooLarge(err) {
 		// The body passed max_body: the transport cut the backend
 		// request, and the client hears why (harden.go).

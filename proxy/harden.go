@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/affinityproxy/affinity/config"
 )
@@ -43,8 +44,9 @@ func serverLimits(s config.Server) (config.Server, error) {
 //
 // Every body is then wrapped so that a failed read (a malformed chunk, a
 // client gone mid-body) is known to be the client's: answered 400, never
-// blamed on the backend. A request without a body, the common GET,
-// allocates nothing here.
+// blamed on the backend, and so that an answer given before the body was
+// read to its end can close the connection (see closeUnlessRead). A
+// request without a body, the common GET, allocates nothing here.
 func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 	if r.Body == nil || r.Body == http.NoBody {
 		return true
@@ -66,7 +68,7 @@ func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 			r.Body = http.MaxBytesReader(unwrapWriter(w), r.Body, limit)
 		}
 	}
-	r.Body = &clientBody{ReadCloser: r.Body}
+	r.Body = &clientBody{ReadCloser: r.Body, conn: r.ProtoMajor == 1}
 	return true
 }
 
@@ -79,15 +81,68 @@ func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 type clientBody struct {
 	io.ReadCloser
 	failed atomic.Pointer[error]
+	// conn is set for an HTTP/1 request, whose body shares the
+	// connection with the requests after it.
+	conn  bool
+	ended atomic.Bool // a read returned io.EOF
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
+	switch {
+	case err == io.EOF:
+		b.ended.Store(true)
+	case err != nil:
 		b.failed.CompareAndSwap(nil, &err)
 		err = fmt.Errorf("%w: %w", errRequestBody, err)
 	}
 	return n, err
+}
+
+// Close closes the body, except one still coming over HTTP/1: a
+// transport's read of it may be waiting for the client, and net/http's
+// Close would wait for that read to return, keeping the answer's handler
+// from returning. net/http closes it itself after the handler, once
+// stopReading has ended that read.
+func (b *clientBody) Close() error {
+	if b.unread() {
+		return nil
+	}
+	return b.ReadCloser.Close()
+}
+
+// unread reports whether b is an HTTP/1 body not yet read to its end;
+// false for a nil b, a request without a body.
+func (b *clientBody) unread() bool {
+	return b != nil && b.conn && !b.ended.Load()
+}
+
+// closeUnlessRead has the answer whose header is h close the connection
+// when the body is still coming: a backend answering early (401, 413, a
+// redirect) often reads no more of it, and the rest of it would be read as
+// the client's next request. Without it net/http, before writing the
+// header, reads up to 256 KiB more of the body to reuse the connection,
+// and the answer waits for a client that may send it slowly or never.
+// A 101 is left alone: its connection is the tunnel's.
+func (b *clientBody) closeUnlessRead(h http.Header, status int) {
+	if status != http.StatusSwitchingProtocols && b.unread() {
+		h.Set("Connection", "close")
+	}
+}
+
+// stopReading ends, once the request is answered, the reading of a body
+// still coming, which a transport may still be waiting on to send it to a
+// backend. net/http's Close of the body would wait for that read, then
+// read on itself, up to 256 KiB, from a client that may never send them.
+// An expired read deadline ends both at once; the body is closed here,
+// under it, since net/http clears a read deadline when it finds a read in
+// progress as the handler returns. The answer (closeUnlessRead) has
+// closed the connection.
+func (b *clientBody) stopReading(w http.ResponseWriter) {
+	if b.unread() {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		_ = b.ReadCloser.Close()
+	}
 }
 
 // failure returns the error reading the body failed with, or nil; nil for

@@ -185,11 +185,12 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.proxy = &httputil.ReverseProxy{
-		Rewrite:      rewrite,
-		Transport:    s.retry,
-		BufferPool:   newBufferPool(),
-		ErrorHandler: s.proxyError,
-		ErrorLog:     errLog,
+		Rewrite:        rewrite,
+		Transport:      s.retry,
+		BufferPool:     newBufferPool(),
+		ModifyResponse: modifyResponse,
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       errLog,
 		// FlushInterval stays 0: ReverseProxy already flushes every write
 		// of a response of unknown length (chunked, event streams), and a
 		// response of known length is best sent in full buffers.
