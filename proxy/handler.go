@@ -382,6 +382,14 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, status)
 		return
 	}
+	if errors.Is(err, errLocalResource) {
+		// The proxy's host ran out of descriptors or buffers: the
+		// pool logged it, and no backend is blamed (resource.go).
+		s.log.Debug("backend request failed for want of a local resource", zap.Error(err))
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable)
+		return
+	}
 	var refused *switchRefusedError
 	if errors.As(err, &refused) {
 		// The backend answered; what it answered cannot be relayed

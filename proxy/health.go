@@ -155,10 +155,18 @@ func (ck *checker) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		ok, reason := ck.probe(ctx)
+		ok, reason, err := ck.probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		if err != nil && localResource(err) {
+			// The check could not be made: a verdict on the proxy's
+			// host, not on the backend, which keeps its state.
+			_ = ck.pool.localFailure(err, true)
+			t.Reset(jitter(ck.cfg.Interval))
+			continue
+		}
+		ck.pool.connected()
 		ck.stats.checked(ok, reason, time.Now())
 		if !ok {
 			if ce := ck.pool.log.Check(zap.DebugLevel, "health check failed"); ce != nil {
@@ -182,13 +190,13 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // probe runs one check, reporting whether it passed and, for the log, what
-// it saw.
-func (ck *checker) probe(ctx context.Context) (bool, string) {
+// it saw; and the error, when no answer came.
+func (ck *checker) probe(ctx context.Context) (bool, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, ck.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ck.url, nil)
 	if err != nil {
-		return false, err.Error()
+		return false, err.Error(), err
 	}
 	req.Header.Set("User-Agent", checkUserAgent)
 	if ck.cfg.Host != "" {
@@ -196,23 +204,23 @@ func (ck *checker) probe(ctx context.Context) (bool, string) {
 	}
 	res, err := ck.client.Do(req)
 	if err != nil {
-		return false, failureReason(err)
+		return false, failureReason(err), err
 	}
 	defer res.Body.Close()
 	status := "status " + strconv.Itoa(res.StatusCode)
 	if res.StatusCode < ck.cfg.StatusMin || res.StatusCode > ck.cfg.StatusMax {
-		return false, status
+		return false, status, nil
 	}
 	if ck.cfg.Body != "" {
 		body, err := io.ReadAll(io.LimitReader(res.Body, maxCheckBody))
 		if err != nil {
-			return false, failureReason(err)
+			return false, failureReason(err), err
 		}
 		if !bytes.Contains(body, []byte(ck.cfg.Body)) {
-			return false, "body mismatch"
+			return false, "body mismatch", nil
 		}
 	}
-	return true, status
+	return true, status, nil
 }
 
 // failureReason names, in a few words for the log, why a check got no

@@ -300,6 +300,9 @@ type poolStats struct {
 	retried  atomic.Uint64 // attempts beyond a request's first
 	refusals atomic.Uint64 // requests answered 503: no backend available
 	repins   atomic.Uint64 // sticky clients moved to another backend
+	// Backend requests (answered 503) and health checks (no verdict)
+	// that failed for want of a local resource (resource.go).
+	localRequests, localChecks atomic.Uint64
 }
 
 // poolStatsOrNew returns p's counters, or new ones when p is nil: a pool
@@ -347,6 +350,9 @@ var (
 		"Sticky clients moved to another backend because theirs was unavailable or failed.", []string{"pool"}, nil)
 	descRefused = prometheus.NewDesc("affinity_requests_refused_total",
 		"Requests answered 503 because the pool had no available backend.", []string{"pool"}, nil)
+	descLocalErrors = prometheus.NewDesc("affinity_local_resource_errors_total",
+		"Backend requests (answered 503) and health checks (no verdict) that failed for want of a resource of the proxy's host (descriptors, socket buffers), blamed on no backend; by pool and during (request or check).",
+		[]string{"pool", "during"}, nil)
 	descUnrouted = prometheus.NewDesc("affinity_requests_unrouted_total",
 		"Requests no route matched, answered 404.", nil, nil)
 	descRejected = prometheus.NewDesc("affinity_requests_rejected_total",
@@ -400,7 +406,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
+		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryAnswer,
@@ -428,6 +434,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		emit(ch, descRetries, prometheus.CounterValue, float64(p.retried.Load()), p.name)
 		emit(ch, descRepins, prometheus.CounterValue, float64(p.repins.Load()), p.name)
 		emit(ch, descRefused, prometheus.CounterValue, float64(p.refusals.Load()), p.name)
+		emit(ch, descLocalErrors, prometheus.CounterValue, float64(p.localRequests.Load()), p.name, "request")
+		emit(ch, descLocalErrors, prometheus.CounterValue, float64(p.localChecks.Load()), p.name, "check")
 		if d := p.discovery; d != nil {
 			st := d.status(wall, 0)
 			emit(ch, descDiscoveryErrors, prometheus.CounterValue, float64(st.Errors), p.name)

@@ -64,6 +64,9 @@ type pool struct {
 	// exhausted is set while picks fail, so that running out of backends
 	// is logged once per episode rather than once per refused request.
 	exhausted atomic.Bool
+	// starved is set while backend requests or checks fail for want of a
+	// local resource, logged once per episode (resource.go).
+	starved atomic.Bool
 	// rotate spreads the attempts of retries over the other backends.
 	rotate atomic.Uint64
 	// poolStats counts requests for metrics (retried, refusals, repins);

@@ -96,6 +96,7 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 				p.failed(b)
 				return nil, err
 			}
+			p.connected()
 			st := statsOf(b)
 			st.answered(res.StatusCode, clock()-start)
 			if err := relayedSwitch(out, res); err != nil {
@@ -129,6 +130,11 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			// The client left, or shutdown ran out of time: neither is
 			// the backend's failure, and nobody waits for a retry.
 			return nil, err
+		}
+		if localResource(err) {
+			// The proxy's host, not the backend, ran out: no
+			// failure of it, and another would fail alike.
+			return nil, p.localFailure(err, false)
 		}
 		p.failed(b)
 		reason := rt.retryReason(out, err, body)
