@@ -42,12 +42,20 @@ type lineBackend struct {
 	// whole are the requests whose body came in full, in order, with
 	// their header fields: those a backend acts on.
 	whole []wholeRequest
+	// fields holds each request's header and trailer fields, as parsed.
+	fields []requestFields
 }
 
 // wholeRequest is a request a lineBackend read to the end of its body.
 type wholeRequest struct {
 	line, body string
 	header     textproto.MIMEHeader
+}
+
+// requestFields are the header and trailer fields of a request a
+// lineBackend parsed; trailer is nil without a chunked body.
+type requestFields struct {
+	header, trailer textproto.MIMEHeader
 }
 
 func startLineBackend(t *testing.T) *lineBackend {
@@ -70,6 +78,8 @@ func (lb *lineBackend) serve(c net.Conn, br *bufio.Reader) {
 		}
 		lb.mu.Lock()
 		lb.seen = append(lb.seen, parsedRequest{line, h.Get("Host"), h.Get("Upgrade")})
+		lb.fields = append(lb.fields, requestFields{header: h})
+		i := len(lb.fields) - 1
 		lb.mu.Unlock()
 		var body io.Reader = http.NoBody
 		length := int64(-1) // declared; -1 for none
@@ -84,9 +94,13 @@ func (lb *lineBackend) serve(c net.Conn, br *bufio.Reader) {
 		}
 		if body != http.NoBody && h.Get("Content-Length") == "" {
 			// The chunked body's trailer section, up to its empty line.
-			if _, err := tp.ReadMIMEHeader(); err != nil {
+			trailer, err := tp.ReadMIMEHeader()
+			if err != nil {
 				return
 			}
+			lb.mu.Lock()
+			lb.fields[i].trailer = trailer
+			lb.mu.Unlock()
 		}
 		if int64(len(b)) < length {
 			return // cut short
@@ -112,6 +126,13 @@ func (lb *lineBackend) wholeRequests() []wholeRequest {
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	return append([]wholeRequest(nil), lb.whole...)
+}
+
+// parsedFields returns the fields of the requests parsed so far.
+func (lb *lineBackend) parsedFields() []requestFields {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return append([]requestFields(nil), lb.fields...)
 }
 
 // h2Conn is an HTTP/2 client connection written frame by frame, which can
@@ -175,16 +196,9 @@ func (h *h2Conn) request(fields []field, body string) h2Reply {
 // proxy answers before the client has sent all of its body.
 func (h *h2Conn) stream(fields []field, body string, end bool) h2Reply {
 	h.t.Helper()
-	id := h.next
-	h.next += 2
-	h.buf.Reset()
-	for _, f := range fields {
-		if err := h.enc.WriteField(hpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
-			h.t.Fatal(err)
-		}
-	}
+	id := h.open()
 	err := h.fr.WriteHeaders(http2.HeadersFrameParam{
-		StreamID: id, BlockFragment: h.buf.Bytes(), EndHeaders: true, EndStream: end && body == "",
+		StreamID: id, BlockFragment: h.encode(fields), EndHeaders: true, EndStream: end && body == "",
 	})
 	if err == nil && body != "" {
 		err = h.fr.WriteData(id, end, []byte(body))
@@ -192,6 +206,33 @@ func (h *h2Conn) stream(fields []field, body string, end bool) h2Reply {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return h.answer(id)
+}
+
+// open returns the ID of a new stream.
+func (h *h2Conn) open() uint32 {
+	id := h.next
+	h.next += 2
+	return id
+}
+
+// encode returns the header block of fields; it is valid until the next
+// call.
+func (h *h2Conn) encode(fields []field) []byte {
+	h.t.Helper()
+	h.buf.Reset()
+	for _, f := range fields {
+		if err := h.enc.WriteField(hpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	return h.buf.Bytes()
+}
+
+// answer reads the proxy's answer on stream id, answering its SETTINGS
+// and PINGs meanwhile.
+func (h *h2Conn) answer(id uint32) h2Reply {
+	h.t.Helper()
 	var r h2Reply
 	for {
 		f, err := h.fr.ReadFrame()

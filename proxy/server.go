@@ -203,6 +203,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		IdleTimeout:       limits.IdleTimeout,
 		MaxHeaderBytes:    limits.MaxHeaderBytes,
 		TLSConfig:         tlsConfig, // nil: plain HTTP; see serveBinding
+		HTTP2:             h2Config(),
 		ErrorLog:          errLog,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ConnContext:       connContext,
