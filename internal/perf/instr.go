@@ -60,7 +60,7 @@ func instr(ctx context.Context, bin string, o instrOptions, out io.Writer) error
 	if err != nil {
 		return fmt.Errorf("instr needs valgrind (Debian: apt-get install valgrind): %w", err)
 	}
-	bs, err := startBackends()
+	bs, err := startBackends("")
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@
 //	go run ./internal/perf instr      -bin bin/affinity
 //	go run ./internal/perf idle-conns -bin bin/affinity -conns 10000
 //	go run ./internal/perf cpu        -bin bin/affinity
+//	go run ./internal/perf h2spec     -bin bin/affinity -h2spec bin/h2spec
 //
 // profile drives the proxy with a representative load (round-robin and
 // cookie-sticky requests, new clients and returning ones) and saves its CPU
@@ -17,9 +18,13 @@
 // this process and the proxy as a child process. cpu measures the CPU time
 // per request of affinity beside the peer harness's bare Go proxy and
 // HAProxy, with the harness's own backends and pinning (`make bench-cpu`).
+// h2spec runs the h2spec conformance suite against the proxy's TLS listener
+// over the same three backends, and reports the cases passed and failed
+// (`make conformance`).
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -56,7 +61,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: perf profile|instr|idle-conns|cpu [flags]")
+		return errors.New("usage: perf profile|instr|idle-conns|cpu|h2spec [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/affinity", "the affinity binary to run")
@@ -91,6 +96,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		return idleConns(ctx, *bin, o, out)
+	case "h2spec":
+		o := h2specOptions{}
+		fs.StringVar(&o.h2spec, "h2spec", "bin/h2spec", "the h2spec binary (make conformance builds it)")
+		fs.StringVar(&o.cert, "cert", "testdata/tls/cert.pem", "the proxy's certificate")
+		fs.StringVar(&o.key, "key", "testdata/tls/key.pem", "the proxy's key")
+		fs.IntVar(&o.timeout, "timeout", 2, "seconds h2spec waits for each answer")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return h2specRun(ctx, *bin, o, out)
 	case "cpu":
 		o := cpuOptions{}
 		fs.StringVar(&o.peers, "peers", "../shared/bench", "the peer harness's directory, with naive/ and peers/")
@@ -104,7 +119,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return cpu(ctx, *bin, o, out)
 	}
-	return fmt.Errorf("unknown command %q: want profile, instr, idle-conns or cpu", args[0])
+	return fmt.Errorf("unknown command %q: want profile, instr, idle-conns, cpu or h2spec", args[0])
 }
 
 // backends serves three fixed responses, as the peer harness's backends do,
@@ -115,7 +130,9 @@ type backends struct {
 	wg   sync.WaitGroup
 }
 
-func startBackends() (*backends, error) {
+// startBackends starts three backends; each answers page, or its own name
+// when page is empty.
+func startBackends(page string) (*backends, error) {
 	bs := &backends{}
 	for _, name := range []string{"b1", "b2", "b3"} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -123,7 +140,7 @@ func startBackends() (*backends, error) {
 			bs.close()
 			return nil, fmt.Errorf("backend %s: %w", name, err)
 		}
-		body := []byte(name)
+		body := []byte(cmp.Or(page, name))
 		srv := &http.Server{
 			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				w.Header().Set("X-Served-By", name)
@@ -157,7 +174,8 @@ type proxy struct {
 
 // proxyConfig is the proxy's configuration: requests under /sticky/ go to a
 // cookie pool, the others to a round-robin one, over the same backends;
-// o.access turns the access log on, o.parkAfter sets server.park_after.
+// o.access turns the access log on, o.parkAfter sets server.park_after,
+// o.cert and o.key make the listener speak TLS.
 func proxyConfig(listen, admin string, backendURLs []string, o proxyOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: %s, pprof: true}\n", listen, admin)
@@ -166,6 +184,9 @@ func proxyConfig(listen, admin string, backendURLs []string, o proxyOptions) str
 	}
 	if o.parkAfter > 0 {
 		fmt.Fprintf(&b, "server: {park_after: %s}\n", o.parkAfter)
+	}
+	if o.cert != "" {
+		fmt.Fprintf(&b, "tls: {cert: %q, key: %q}\n", o.cert, o.key)
 	}
 	b.WriteString("routes:\n  - {match: {path: /sticky/}, pool: sticky}\n  - {pool: web}\npools:\n")
 	for _, pool := range []string{"web: {balancer: {type: round-robin}", "sticky: {balancer: {type: cookie}"} {
@@ -183,7 +204,7 @@ func proxyConfig(listen, admin string, backendURLs []string, o proxyOptions) str
 
 // start starts the backends and the proxy over them; stop ends both.
 func start(ctx context.Context, bin string, o proxyOptions) (p *proxy, stop func(), err error) {
-	bs, err := startBackends()
+	bs, err := startBackends("")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -198,6 +219,7 @@ func start(ctx context.Context, bin string, o proxyOptions) (p *proxy, stop func
 type proxyOptions struct {
 	access    bool          // the access log on, at info level
 	parkAfter time.Duration // server.park_after; 0 leaves the default
+	cert, key string        // tls.cert and tls.key; none serves plain HTTP
 	wrap      []string      // a command the proxy runs under, such as valgrind
 	// slow is the factor by which wrap slows the proxy, applied to the
 	// time it is given to start and stop; 0 counts as 1.
