@@ -110,34 +110,34 @@ func floodProxy(t *testing.T, b *holdBackend, idle time.Duration) (string, testC
 	return addr, cert
 }
 
-// flood writes frames with write (frame i) on h's connection, and
-// meanwhile another client asks addr for a page, which must be answered.
-// The flood runs until n frames are written and the other client served,
-// until a write fails, or for floodTime at most. It returns how many
-// frames it wrote, the error that stopped it (nil if none did), and the
-// most the process held while it ran, sampled every thousand frames.
-func flood(t *testing.T, h *h2Conn, addr string, cert testCert, n int, write func(i int) error) (int, usage, error) {
-	t.Helper()
+// flood writes frames with write (frame i) on h's connection and, once
+// it runs, calls meanwhile (if not nil), which may ask for a page on a
+// connection of its own. It writes until n frames are written and
+// meanwhile has returned, until a write fails, or for floodTime at most. It
+// returns how many frames it wrote, the error that stopped it (nil if none
+// did), and the most the process held while it ran, sampled every thousand
+// frames.
+func flood(h *h2Conn, n int, write func(i int) error, meanwhile func()) (int, usage, error) {
 	const sampleEvery = 1000
 	var p peak
-	started, served := make(chan struct{}), make(chan struct{})
+	started, done := make(chan struct{}), make(chan struct{})
 	type result struct {
 		sent int
 		err  error
 	}
-	done := make(chan result, 1)
+	ended := make(chan result, 1)
 	go func() {
 		start := sync.OnceFunc(func() { close(started) })
 		defer start()
 		if err := h.c.SetWriteDeadline(time.Now().Add(floodTime)); err != nil {
-			done <- result{0, err}
+			ended <- result{0, err}
 			return
 		}
 		for i := 0; ; i++ {
 			if i >= n {
 				select {
-				case <-served:
-					done <- result{i, nil}
+				case <-done:
+					ended <- result{i, nil}
 					return
 				default:
 				}
@@ -149,18 +149,27 @@ func flood(t *testing.T, h *h2Conn, addr string, cert testCert, n int, write fun
 				}
 			}
 			if err := write(i); err != nil {
-				done <- result{i, err}
+				ended <- result{i, err}
 				return
 			}
 		}
 	}()
 	<-started
+	if meanwhile != nil {
+		meanwhile()
+	}
+	close(done)
+	r := <-ended
+	return r.sent, p.get(), r.err
+}
+
+// serveOther asks addr for a page on a connection of its own, and fails t
+// unless the backend's answer comes.
+func serveOther(t *testing.T, addr string, cert testCert) {
+	t.Helper()
 	if r := dialH2(t, addr, cert).request(h2Fields(nil), ""); r.status != http.StatusOK || r.body != "ok" {
 		t.Errorf("another client: %+v, want the backend's 200", r)
 	}
-	close(served)
-	r := <-done
-	return r.sent, p.get(), r.err
 }
 
 // drain reads what the proxy sent on h's connection until it closes, for
@@ -223,13 +232,13 @@ func TestH2RapidReset(t *testing.T) {
 	base := measureUsage()
 	const streams = 20_000
 	block := h.encode(h2Fields(map[string]string{":path": "/hold"}))
-	sent, most, err := flood(t, h, addr, cert, streams, func(int) error {
+	sent, most, err := flood(h, streams, func(int) error {
 		id := h.open()
 		if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true, EndStream: true}); err != nil {
 			return err
 		}
 		return h.fr.WriteRSTStream(id, http2.ErrCodeCancel)
-	})
+	}, func() { serveOther(t, addr, cert) })
 	t.Logf("%d streams opened and reset (%v); the backend held %d at most", sent, err, b.most.Load())
 	if err != nil && goAway.Load() == nil {
 		t.Errorf("the flood stopped at %d streams: %v, with no GOAWAY", sent, err)
@@ -272,17 +281,15 @@ func TestH2RapidReset(t *testing.T) {
 //
 // A connection on which no request is open closes at idle_timeout
 // whatever frames arrive on it, which bounds the floods net/http does not
-// cut itself.
+// cut itself: each is sent again to a proxy with a short idle_timeout, and
+// its connection must close.
 func TestH2FrameFloods(t *testing.T) {
-	// Long enough for the other client to be served while the flood runs;
-	// the floods that only idle_timeout ends take this long.
-	const idle = 3 * time.Second
 	value := strings.Repeat("v", 4000)
 	tests := []struct {
 		name string
 		// frames is how many to send at least, and the other client
-		// served, before the connection closes at idle_timeout; or, when
-		// cut, the most that may be written before the proxy closes it
+		// served; or, when cut, the most that may be written before
+		// the proxy closes the connection
 		frames int
 		cut    bool
 		write  func(h *h2Conn, i int) error
@@ -310,35 +317,41 @@ func TestH2FrameFloods(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := startHoldBackend(t)
-			// A flood the proxy cuts itself gets the default
-			// idle_timeout, which it must not wait for.
-			timeout := idle
-			if tt.cut {
-				timeout = 0
-			}
-			addr, cert := floodProxy(t, b, timeout)
+			// The default idle_timeout, which no flood waits for.
+			addr, cert := floodProxy(t, startHoldBackend(t), 0)
 			h := dialH2(t, addr, cert)
 			base := measureUsage()
-			sent, most, err := flood(t, h, addr, cert, tt.frames, func(i int) error { return tt.write(h, i) })
+			sent, most, err := flood(h, tt.frames, func(i int) error { return tt.write(h, i) }, func() { serveOther(t, addr, cert) })
 			t.Logf("%d frames written (%v)", sent, err)
 			switch {
-			case tt.cut && err == nil:
-				t.Errorf("%d frames written, and the connection is still open", sent)
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				t.Errorf("writing blocked for %v: the proxy stopped reading without closing", floodTime)
+			case tt.cut && err == nil:
+				t.Errorf("%d frames written, and the connection is still open", sent)
 			case !tt.cut && err != nil:
-				t.Errorf("the connection closed before the other client was served, or %d frames written: %v", tt.frames, err)
-			case !tt.cut:
-				// The connection closes at idle_timeout, however
-				// much there is still to read.
-				if err := drain(h, idle+waitFor); err != nil {
-					t.Errorf("the connection did not close: %v", err)
-				}
+				t.Errorf("the connection closed before %d frames were written: %v", tt.frames, err)
 			}
 			within(t, base, most, 50, 32<<20)
 			_ = h.c.Close()
 			settled(t, base.goroutines, 10)
+			if tt.cut {
+				return
+			}
+			const idle = time.Second
+			addr, cert = floodProxy(t, startHoldBackend(t), idle)
+			h = dialH2(t, addr, cert)
+			sent, _, err = flood(h, tt.frames, func(i int) error { return tt.write(h, i) }, nil)
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				t.Errorf("with idle_timeout %v, writing blocked for %v", idle, floodTime)
+			case err == nil:
+				// All written before idle_timeout: the connection
+				// closes then, however much is still to read.
+				if err := drain(h, idle+waitFor); err != nil {
+					t.Errorf("with idle_timeout %v, the connection did not close: %v", idle, err)
+				}
+			}
+			t.Logf("with idle_timeout %v: %d frames written (%v)", idle, sent, err)
 		})
 	}
 }
