@@ -130,6 +130,9 @@ func checkAttempts(t *testing.T, scheme string, end testutil.ConnEnd, retries in
 	}
 	cfg := catchAll(pc)
 	cfg.Log.Access = true
+	// Many connections at once, in TLS to https backends, from many
+	// tests: a machine busy with other work must not time them out.
+	cfg.Timeouts.Connect = waitFor
 	log, logs := observed()
 	s, u := startProxy(t, cfg, log)
 	c := testutil.Client(t)
