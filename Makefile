@@ -80,7 +80,8 @@ bench-peers: build
 	PROJECT_STICKY_CMD="$(SERVE)/peers-observed.yaml" bash $(PEERS) | sed 's/^| project-sticky |/| project-observed |/'
 
 # User-space instructions per request under valgrind (Debian's valgrind):
-# round-robin, cookie-sticky and with the access log, beside each other.
+# round-robin, cookie-sticky, with the access log, and a POST with a body,
+# beside each other.
 # Counts stay within a percent from run to run where throughput on a shared
 # machine moves by ten.
 bench-instr: build
