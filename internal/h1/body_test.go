@@ -149,7 +149,7 @@ func TestRequestBody(t *testing.T) {
 			_, _ = io.Copy(io.Discard, req.Body)
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		})
-		const timeout = 300 * time.Millisecond
+		const timeout = time.Second
 		c := newTestClient(timeout, 0)
 		defer c.CloseIdleConnections()
 		req, _, pw := pipeRequest(t, context.Background(), http.MethodPut, rb.URL())
@@ -157,7 +157,7 @@ func TestRequestBody(t *testing.T) {
 		_, _ = io.WriteString(pw, "a")
 		<-first
 		// Longer than the timeout, while the body is still coming.
-		time.Sleep(3 * timeout)
+		time.Sleep(2 * timeout)
 		_, _ = io.WriteString(pw, "b")
 		_ = pw.Close()
 		res := await(t, ch, "slow body")
