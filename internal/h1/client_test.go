@@ -39,7 +39,7 @@ const waitFor = 5 * time.Second
 // testConfig is a Config as the proxy's, with the given timeouts.
 func testConfig(headerTimeout, idleTimeout time.Duration) Config {
 	return Config{
-		Dial:                  (&net.Dialer{Timeout: time.Second}).DialContext,
+		Dial:                  (&net.Dialer{Timeout: waitFor}).DialContext,
 		ResponseHeaderTimeout: headerTimeout, IdleConnTimeout: idleTimeout,
 		MaxIdleConns: 1024, MaxIdleConnsPerHost: 256,
 	}

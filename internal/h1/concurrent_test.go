@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -88,7 +87,6 @@ func TestConcurrentClients(t *testing.T) {
 					// Every connection ends with its first answer, and the
 					// next is dialed (in TLS, with a handshake) while
 					// others are: a busy machine must not time them out.
-					cfg.Dial = (&net.Dialer{Timeout: waitFor}).DialContext
 					cfg.TLSHandshakeTimeout = waitFor
 					if useTLS {
 						srv, cfg.TLSClientConfig = serverTLS(t, certs), certs.Client
