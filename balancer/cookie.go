@@ -36,7 +36,8 @@ type cookiePolicy struct {
 	// variant, as variant 0.
 	bare bool
 	next atomic.Uint64 // rotation for new clients; survives rebuilds
-	// variant hands new clients their cookie variant in turn; it lives
+	// variant hands out the variants of clients without a cookie whose
+	// first backend failed before they got one (see Repin); it lives
 	// here for the same reason as next.
 	variant atomic.Uint64
 
@@ -55,6 +56,13 @@ type renderedCookie struct {
 	values    [cookieVariants]string
 	setCookie [cookieVariants]string
 	bare      string // for unsigned cookies, the token alone; "" for signed
+	// next hands the backend's new clients their variants in turn. It is
+	// the backend's own, not the pool's: with one counter for the pool,
+	// which moves in step with the rotation, a backend would get the
+	// same few variants (all its clients the same one, with 16
+	// backends), and its clients would all move to the same successor.
+	// It lives as long as the backend stays in the pool, across rebuilds.
+	next atomic.Uint32
 }
 
 func newCookiePolicy(o Options) (Policy, error) {
@@ -112,13 +120,14 @@ func (p *cookiePolicy) cookie(value string) *http.Cookie {
 	}
 }
 
-// cookieVariants is how many cookie values each backend has. A new client
-// gets one of them in turn; the variant says nothing about the backend, only
-// where the client goes if its backend fails: clients of a failed backend
-// are spread over the others by (backend, variant), and every request of one
-// client, first tries and retries alike, agrees on where that is. Sixteen
-// buckets spread a failed backend's clients evenly enough over the rest;
-// the Set-Cookie headers are precomputed, so more would only cost memory.
+// cookieVariants is how many cookie values each backend has. A backend's
+// new clients get them in turn; the variant says nothing about the backend,
+// only where the client goes if its backend fails: clients of a failed
+// backend are spread over the others by (backend, variant), the same in
+// every replica, and every request of one client, first tries and retries
+// alike, agrees on where that is. Sixteen buckets spread a failed backend's
+// clients evenly enough over the rest; the Set-Cookie headers are
+// precomputed, so more would only cost memory.
 const cookieVariants = 16
 
 // hexDigits spell a variant as the last character of a cookie value.
@@ -145,12 +154,12 @@ func (p *cookiePolicy) Build(s Set) Picker {
 		n++
 	}
 	cp := &cookiePicker{
-		name:      p.opts.Name,
-		byValue:   make(map[string]cookieEntry, n*len(s.All)),
-		setCookie: make([]*[cookieVariants]string, len(s.Available)),
-		ids:       make([]uint64, len(s.Available)),
-		w:         newWRR(s.Available, s.Warming, &p.next),
-		variant:   &p.variant,
+		name:     p.opts.Name,
+		byValue:  make(map[string]cookieEntry, n*len(s.All)),
+		rendered: make([]*renderedCookie, len(s.Available)),
+		ids:      make([]uint64, len(s.Available)),
+		w:        newWRR(s.Available, s.Warming, &p.next),
+		variant:  &p.variant,
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -161,7 +170,7 @@ func (p *cookiePolicy) Build(s Set) Picker {
 		avail[b] = true
 		cp.ids[i] = hashString(b.ID)
 		rc := p.render(b.ID, prev)
-		cp.setCookie[i] = &rc.setCookie
+		cp.rendered[i] = rc
 		cp.resolve(rc, cookieEntry{backend: b, serves: true, id: cp.ids[i]})
 	}
 	for _, b := range s.All {
@@ -207,12 +216,12 @@ func (cp *cookiePicker) resolve(rc *renderedCookie, e cookieEntry) {
 }
 
 type cookiePicker struct {
-	name      string
-	byValue   map[string]cookieEntry    // every value of every backend of Set.All
-	setCookie []*[cookieVariants]string // parallel to w.backends (Set.Available)
-	ids       []uint64                  // parallel to w.backends: hashString(ID)
-	w         wrr                       // places new clients
-	variant   *atomic.Uint64            // hands out variants; survives rebuilds
+	name     string
+	byValue  map[string]cookieEntry // every value of every backend of Set.All
+	rendered []*renderedCookie      // parallel to w.backends (Set.Available)
+	ids      []uint64               // parallel to w.backends: hashString(ID)
+	w        wrr                    // places new clients
+	variant  *atomic.Uint64         // see cookiePolicy.variant
 }
 
 // Pick sends a client with a valid cookie to its backend while that one is
@@ -229,11 +238,12 @@ func (p *cookiePicker) Pick(r *http.Request) (Pick, error) {
 	}
 	if ok {
 		i := p.successor(e.id, e.variant, nil)
-		return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][e.variant], Sticky: StickyRepinned}, nil
+		return Pick{Backend: p.w.backends[i], SetCookie: p.rendered[i].setCookie[e.variant], Sticky: StickyRepinned}, nil
 	}
 	i, _ := p.w.pick()
-	v := p.variant.Add(1) % cookieVariants
-	return Pick{Backend: p.w.backends[i], SetCookie: p.setCookie[i][v], Sticky: StickyNew}, nil
+	rc := p.rendered[i]
+	v := rc.next.Add(1) % cookieVariants
+	return Pick{Backend: p.w.backends[i], SetCookie: rc.setCookie[v], Sticky: StickyNew}, nil
 }
 
 // Repin chooses where a request goes when the backend it was sent to failed:
@@ -245,16 +255,22 @@ func (p *cookiePicker) Repin(r *http.Request, tried []*Backend) (*Backend, strin
 		return nil, "", false
 	}
 	// The successors of the backend that first failed: the cookie's, or,
-	// for a client that had none (or garbage), the one it was placed on.
-	id, v := hashString(tried[0].ID), uint8(0)
+	// for a client that had none (or garbage), the one it was placed on,
+	// for a variant of its own: clients placed on a backend that fails
+	// spread as its cookies' clients do, rather than all going to one
+	// successor.
+	var id uint64
+	var v uint8
 	if e, ok := p.entry(r); ok {
 		id, v = e.id, e.variant
+	} else {
+		id, v = hashString(tried[0].ID), uint8(p.variant.Add(1)%cookieVariants)
 	}
 	i := p.successor(id, v, tried)
 	if i < 0 {
 		return nil, "", false
 	}
-	return p.w.backends[i], p.setCookie[i][v], true
+	return p.w.backends[i], p.rendered[i].setCookie[v], true
 }
 
 // successor ranks the available backends not in skip by a hash of the

@@ -212,6 +212,108 @@ func TestCookieNewClientsSpread(t *testing.T) {
 	}
 }
 
+// The clients of a backend that becomes unavailable are spread over the
+// others by their cookies' variants, whatever the size and weights of the
+// pool: a backend's new clients get all sixteen variants in turn, so they
+// move to as many successors as its variants have; and every replica
+// moves each of them to the same one.
+func TestCookieRepinsSpread(t *testing.T) {
+	tests := []struct {
+		name    string
+		weights []int
+	}{
+		{"2 backends", []int{1, 1}},
+		{"4 backends", []int{1, 1, 1, 1}},
+		{"8 backends", []int{1, 1, 1, 1, 1, 1, 1, 1}},
+		{"16 backends", []int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}},
+		{"weighted", []int{4, 2, 1, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bs := testBackends(nil, tt.weights...)
+			p := buildCookie(t, allAvailable(bs))
+			// Enough new clients for b0 to get each variant 3 times.
+			total := 0
+			for _, w := range tt.weights {
+				total += w
+			}
+			var cookies []string // of b0's clients
+			variants := map[string]int{}
+			for range 3 * cookieVariants * total / tt.weights[0] {
+				pk := mustPick(t, p, cookieRequest())
+				if pk.Backend == bs[0] {
+					c := parseSetCookie(t, pk.SetCookie).Value
+					cookies = append(cookies, c)
+					variants[c[len(c)-1:]]++
+				}
+			}
+			for v := range cookieVariants {
+				if n := variants[hexDigits[v:v+1]]; n != 3 {
+					t.Fatalf("b0's new clients got variants %v, want each of the %d three times", variants, cookieVariants)
+				}
+			}
+			if len(bs) == 2 {
+				return // one successor, whatever the variants
+			}
+			rest := Set{All: bs, Available: bs[1:]}
+			down, replica := buildCookie(t, rest), buildCookie(t, rest)
+			moved, successors := map[string]int{}, map[string]bool{}
+			for _, c := range cookies {
+				pk := expectRepin(t, down, c)
+				if again := expectRepin(t, replica, c); again.Backend.ID != pk.Backend.ID || again.SetCookie != pk.SetCookie {
+					t.Errorf("cookie %s: moved to %s by one replica, %s by another", c, pk.Backend.ID, again.Backend.ID)
+				}
+				moved[pk.Backend.ID]++
+				successors[pk.Backend.ID] = true
+			}
+			// Each variant's successor, as the rendezvous ranks them.
+			want := map[string]bool{}
+			for v := range cookieVariants {
+				pk := expectRepin(t, down, tokenOf(t, bs, "b0")+"."+hexDigits[v:v+1])
+				want[pk.Backend.ID] = true
+			}
+			if len(want) < 2 {
+				t.Fatalf("the %d variants of b0 all have the successor %v: the test proves nothing", cookieVariants, want)
+			}
+			if len(successors) != len(want) {
+				t.Errorf("b0's clients moved to %v, want them over %d backends, as its variants go", moved, len(want))
+			}
+		})
+	}
+}
+
+// expectRepin picks for a request carrying the cookie value c, which must
+// be moved to another backend.
+func expectRepin(t *testing.T, p Picker, c string) Pick {
+	t.Helper()
+	pk := mustPick(t, p, cookieRequest("aff="+c))
+	if pk.Sticky != StickyRepinned {
+		t.Fatalf("cookie %s: %+v, want repinned", c, pk)
+	}
+	return pk
+}
+
+// New clients whose first backend fails before they hold a cookie are
+// spread over the others too, each given a variant of its own.
+func TestCookieRepinsSpreadNewClients(t *testing.T) {
+	bs := testBackends(nil, 1, 1, 1, 1, 1)
+	pn := buildCookie(t, allAvailable(bs)).(Pinner)
+	moved := map[string]int{}
+	for range 4 * cookieVariants {
+		b, setCookie, ok := pn.Repin(cookieRequest(), []*Backend{bs[0]})
+		if !ok || b == bs[0] {
+			t.Fatalf("Repin off b0 = %v, %v", b, ok)
+		}
+		if c := parseSetCookie(t, setCookie).Value; !strings.HasPrefix(c, tokenOf(t, bs, b.ID)+".") {
+			t.Fatalf("moved to %s with cookie %q", b.ID, c)
+		}
+		moved[b.ID]++
+	}
+	if len(moved) < 3 {
+		t.Errorf("new clients of the failed b0 moved to %v, want them spread over most of the 4 others", moved)
+	}
+}
+
 func TestCookieNoBackend(t *testing.T) {
 	bs := testBackends(nil, 1, 1)
 	tok := tokenOf(t, bs, "b0")
