@@ -218,9 +218,15 @@ func ResolveListen(ctx context.Context, addr string) (BindAddress, error) {
 // warnAtBytes is the estimated balancer memory above which Load warns.
 const warnAtBytes = 1 << 30
 
-// warnings returns what is unusual in c: for now, balancers whose tables
-// would hold more than warnAtBytes between them.
+// warnings returns what is unusual in c: balancers whose tables would hold
+// more than warnAtBytes between them, and pools whose cookies collide.
 func (d *decoder) warnings(c *Config) ErrorList {
+	return append(d.memoryWarnings(c), d.cookieWarnings(c)...)
+}
+
+// memoryWarnings warns of balancers whose tables would hold more than
+// warnAtBytes between them.
+func (d *decoder) memoryWarnings(c *Config) ErrorList {
 	var total, largest int64
 	var name string
 	for _, p := range c.Pools {

@@ -42,7 +42,11 @@ const (
 
 	DefaultBalancerType = "round-robin" // pools.*.balancer.type
 
-	DefaultCookieName     = "AFFINITY"           // balancer.cookie.name
+	// balancer.cookie.name defaults to DefaultCookiePrefix and the pool's
+	// name (AFFINITY_web): pools behind one host are each sent the
+	// others' cookies, and one name for all would make each read the
+	// others' as its own, or place the client anew and overwrite them.
+	DefaultCookiePrefix   = "AFFINITY_"
 	DefaultCookiePath     = "/"                  // balancer.cookie.path
 	DefaultCookieDomain   = ""                   // balancer.cookie.domain: the request's host
 	DefaultCookieMaxAge   = 0                    // balancer.cookie.max_age: a session cookie
@@ -141,15 +145,15 @@ func DefaultServer() Server {
 	}
 }
 
-// DefaultBalancer returns a pool's balancer when the file names none. Its
-// options hold the defaults of every policy, so that switching the type
-// needs no other change.
-func DefaultBalancer() Balancer {
+// DefaultBalancer returns the balancer of the pool named pool when the file
+// names none. Its options hold the defaults of every policy, so that
+// switching the type needs no other change.
+func DefaultBalancer(pool string) Balancer {
 	return Balancer{
 		Type: DefaultBalancerType,
 		Options: balancer.Options{
 			Cookie: balancer.CookieOptions{
-				Name:     DefaultCookieName,
+				Name:     DefaultCookiePrefix + pool,
 				Path:     DefaultCookiePath,
 				Domain:   DefaultCookieDomain,
 				MaxAge:   DefaultCookieMaxAge,

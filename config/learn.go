@@ -27,6 +27,7 @@ func (d *decoder) learn(s *section, o *balancer.LearnOptions) {
 			d.errorf(n, "%s.cookie: %q is not a valid cookie name (letters, digits and !#$%%&'*+-.^_`|~)", s.path, v)
 		}
 		o.Cookie = v
+		d.mark(s.path+".cookie", n)
 	}
 	if v, n := d.integer(s, "max_entries", 1, MaxLearnEntries); n != nil {
 		o.MaxEntries = int(v)

@@ -441,7 +441,8 @@ func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	if s == nil {
 		return nil
 	}
-	p := &Pool{Name: name, Balancer: DefaultBalancer(), Retries: DefaultRetries(), SlowStart: DefaultSlowStart}
+	p := &Pool{Name: name, Balancer: DefaultBalancer(name), Retries: DefaultRetries(), SlowStart: DefaultSlowStart}
+	d.mark(path, key)
 	d.membership(s)
 	before := len(d.errs)
 	d.balancer(s, &p.Balancer)
@@ -527,6 +528,7 @@ func (d *decoder) cookie(s *section, o *balancer.CookieOptions) {
 			d.errorf(n, "%s.name: %q is not a valid cookie name (letters, digits and !#$%%&'*+-.^_`|~)", s.path, v)
 		}
 		o.Name = v
+		d.mark(s.path+".name", n)
 	}
 	if v, n := d.str(s, "path"); n != nil {
 		if !strings.HasPrefix(v, "/") || !isAttrValue(v) {
@@ -578,6 +580,7 @@ func (d *decoder) hash(s *section, o *balancer.HashOptions) {
 			d.errorf(n, "%s.key: %v", s.path, err)
 		}
 		o.Key = v
+		d.mark(s.path+".key", n)
 	}
 	if v, n := d.integer(s, "virtual_nodes", 1, MaxVirtualNodes); n != nil {
 		o.VirtualNodes = int(v)

@@ -39,7 +39,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix(nil))
 			check(t, "tls", c.TLS, (*TLS)(nil))
 			p := onlyPool(t, c, "web")
-			check(t, "balancer", p.Balancer, DefaultBalancer())
+			check(t, "balancer", p.Balancer, DefaultBalancer("web"))
 			check(t, "backend tls", p.TLS, (*BackendTLS)(nil))
 			check(t, "retries", p.Retries, Retries{Count: 2, MaxBody: 65536})
 			check(t, "health check", p.HealthCheck, (*HealthCheck)(nil))
@@ -118,7 +118,7 @@ func TestLoadValid(t *testing.T) {
 		},
 		"cookie.yaml": func(t *testing.T, c *Config) {
 			p := onlyPool(t, c, "shop")
-			want := DefaultBalancer().Options.Cookie
+			want := DefaultBalancer("shop").Options.Cookie
 			want.Name, want.SameSite = "SID_PIN", http.SameSiteStrictMode
 			check(t, "balancer", p.Balancer.Type, "cookie")
 			check(t, "cookie", p.Balancer.Options.Cookie, want)
@@ -138,7 +138,7 @@ func TestLoadValid(t *testing.T) {
 		},
 		"learn.yaml": func(t *testing.T, c *Config) {
 			p := onlyPool(t, c, "app")
-			want := DefaultBalancer().Options.Learn
+			want := DefaultBalancer("app").Options.Learn
 			want.Cookie = "JSESSIONID"
 			check(t, "balancer", p.Balancer.Type, "learn")
 			check(t, "learn", p.Balancer.Options.Learn, want)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"net/http/cookiejar"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,5 +169,55 @@ func TestRetryRepinIsCounted(t *testing.T) {
 				t.Errorf("%d repins counted, want 1", n)
 			}
 		})
+	}
+}
+
+// Two cookie pools behind one host, with the default cookie names: a
+// browser sends both pools both cookies, and each keeps its clients, as
+// with one pool. One name for both would have each pool take the other's
+// cookie for garbage, place the client anew and overwrite it, on every
+// switch between the pools.
+func TestCookiePoolsShareAHost(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("listen: 127.0.0.1:0\nroutes: [{match: {path: /api/}, pool: api}, {pool: web}]\npools:\n")
+	for _, pool := range []string{"api", "web"} {
+		fmt.Fprintf(&b, "  %s:\n    balancer: {type: cookie}\n    backends:\n", pool)
+		for i := range 3 {
+			be := testutil.StartBackend(t, fmt.Sprintf("%s-%d", pool, i))
+			fmt.Fprintf(&b, "      - {url: %q, name: %s}\n", be.URL.String(), be.ID)
+		}
+	}
+	cfg, err := config.Parse("pools.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings %v", cfg.Warnings)
+	}
+	_, u := startProxy(t, cfg, nil)
+	c := testutil.Client(t)
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Jar = jar
+	home := map[string]string{}
+	for i := range 10 {
+		for _, path := range []string{"/api/cart", "/"} {
+			r := get(t, c, u.String()+path, nil)
+			if r.status != http.StatusOK {
+				t.Fatalf("GET %s: %d", path, r.status)
+			}
+			if was, ok := home[path]; !ok {
+				home[path] = r.body
+			} else if r.body != was || len(r.header["Set-Cookie"]) != 0 {
+				t.Fatalf("round %d: GET %s served by %s (Set-Cookie %q), want %s keeping its cookie", i, path, r.body, r.header["Set-Cookie"], was)
+			}
+		}
+	}
+	for _, ck := range jar.Cookies(u) {
+		if ck.Name != "AFFINITY_api" && ck.Name != "AFFINITY_web" {
+			t.Errorf("cookie %s, want AFFINITY_api and AFFINITY_web", ck.Name)
+		}
 	}
 }
