@@ -515,8 +515,8 @@ func (p *learnPolicy) forget(t *learnTable, sid string) {
 // with del, the value of a cookie the line deletes, which may be empty:
 // Max-Age zero or below, or else Expires in the past (Max-Age wins when
 // both are there, as in browsers). A line for another cookie, or one that
-// sets an empty or overlong value, is not ok. Nothing is allocated unless
-// the line has an Expires attribute.
+// sets an empty or overlong value, is not ok. An Expires date is read as
+// browsers read it (parseCookieDate). Nothing is allocated.
 func sessionCookie(line, name string) (sid string, del, ok bool) {
 	pair, attrs, _ := strings.Cut(line, ";")
 	k, v, found := strings.Cut(pair, "=")
@@ -538,7 +538,7 @@ func sessionCookie(line, name string) (sid string, del, ok bool) {
 				maxAge = verdict(gone)
 			}
 		case strings.EqualFold(ak, "Expires"):
-			if t, valid := parseCookieTime(trimSpace(av)); valid {
+			if t, valid := parseCookieDate(av); valid {
 				expires = verdict(!t.After(time.Now()))
 			}
 		}
@@ -573,17 +573,4 @@ func parseMaxAge(s string) (gone, valid bool) {
 		zero = zero && c == '0'
 	}
 	return neg || zero, true
-}
-
-// parseCookieTime reads an Expires date in the formats servers write: those
-// of HTTP dates, and the Netscape form with dashes and a four-digit year
-// that Java servlet containers use.
-func parseCookieTime(s string) (time.Time, bool) {
-	if t, err := http.ParseTime(s); err == nil {
-		return t, true
-	}
-	if t, err := time.Parse("Mon, 02-Jan-2006 15:04:05 MST", s); err == nil {
-		return t, true
-	}
-	return time.Time{}, false
 }

@@ -212,8 +212,9 @@ func (a *app) visit(w http.ResponseWriter, r *http.Request) (id string, count in
 // logout forgets the client's counter session, revokes its shop session in
 // the store (as far as the store can: a token without a denylist stays
 // valid until it expires), and expires the app's cookies, the counter's and
-// the shop's, as applications end a session: with an empty value and
-// Max-Age=0, not the session's ID. A store that fails to revoke is
+// the shop's, as applications end a session: with an empty value,
+// Max-Age=0 and an Expires in the past (for clients older than Max-Age),
+// not the session's ID. A store that fails to revoke is
 // answered 503 store_unavailable, the cookies kept: the client is not told
 // it logged out when its session lives on.
 func (a *app) logout(w http.ResponseWriter, r *http.Request) {
@@ -239,7 +240,8 @@ func (a *app) logout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, name := range []string{CookieName, a.store.Cookie()} {
-		http.SetCookie(w, &http.Cookie{Name: name, Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+		http.SetCookie(w, &http.Cookie{Name: name, Path: "/", MaxAge: -1, Expires: time.Unix(0, 0),
+			HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)

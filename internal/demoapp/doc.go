@@ -66,7 +66,8 @@
 //	                  lists it in Redis; a token store without one cannot,
 //	                  and the token stays valid until it expires), and
 //	                  expires the DEMO_SESSION cookie and the shop's session
-//	                  cookie (an empty value with Max-Age=0), as applications
+//	                  cookie (an empty value, Max-Age=0 and Expires=Thu, 01
+//	                  Jan 1970 00:00:00 GMT), as applications
 //	                  commonly log out. 503 {"error":"store_unavailable"},
 //	                  cookies kept, when the store fails to revoke. Another
 //	                  method is answered 405.

@@ -27,7 +27,8 @@ func (s *shopper) logout(base string) (status, ops int, expired map[string]bool)
 	ops, _ = strconv.Atoi(resp.Header.Get(HeaderStoreOps))
 	expired = map[string]bool{}
 	for _, c := range resp.Cookies() {
-		if c.Value == "" && c.MaxAge < 0 && c.Path == "/" {
+		// The date as RFC 6265 asks servers to write it.
+		if c.Value == "" && c.MaxAge < 0 && c.Path == "/" && c.RawExpires == "Thu, 01 Jan 1970 00:00:00 GMT" {
 			expired[c.Name] = true
 		}
 	}
