@@ -3,7 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"net/http/cookiejar"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,12 +195,7 @@ func TestCookiePoolsShareAHost(t *testing.T) {
 		t.Errorf("warnings %v", cfg.Warnings)
 	}
 	_, u := startProxy(t, cfg, nil)
-	c := testutil.Client(t)
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Jar = jar
+	c := jarClient(t)
 	home := map[string]string{}
 	for i := range 10 {
 		for _, path := range []string{"/api/cart", "/"} {
@@ -215,9 +210,132 @@ func TestCookiePoolsShareAHost(t *testing.T) {
 			}
 		}
 	}
-	for _, ck := range jar.Cookies(u) {
+	for _, ck := range c.Jar.Cookies(u) {
 		if ck.Name != "AFFINITY_api" && ck.Name != "AFFINITY_web" {
 			t.Errorf("cookie %s, want AFFINITY_api and AFFINITY_web", ck.Name)
+		}
+	}
+}
+
+// The access log's sticky field says, for each balancer, what
+// docs/operations.md says it does.
+func TestAccessLogSticky(t *testing.T) {
+	type step struct {
+		name string
+		down bool   // mark the backend that served the first request down before
+		edit string // the request's Cookie or X-User-ID: $ for the first response's value
+		want string
+	}
+	hashOpts := balancer.Options{Hash: balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 100}}
+	tests := []struct {
+		name     string
+		balancer config.Balancer
+		apps     bool // backends that set a session cookie, for learn
+		steps    []step
+	}{
+		{"round-robin", config.Balancer{Type: "round-robin"}, false, []step{{"any request", false, "", "none"}}},
+		{"cookie", config.Balancer{Type: "cookie", Options: cookieOptions()}, false, []step{
+			{"no cookie", false, "", "new"},
+			{"its cookie", false, "aff=$", "kept"},
+			{"garbage", false, "aff=0123456789abcdef.0", "new"},
+			{"its backend down", true, "aff=$", "repinned"},
+		}},
+		{"learn", config.Balancer{Type: "learn", Options: learnOptions()}, true, []step{
+			{"no session", false, "", "none"},
+			{"empty session", false, sessionCookie + "=", "none"},
+			{"its session", false, sessionCookie + "=$", "kept"},
+			{"unknown session", false, sessionCookie + "=nobody", "new"},
+			{"overlong session", false, sessionCookie + "=" + strings.Repeat("x", 4097), "new"},
+			{"its backend down", true, sessionCookie + "=$", "repinned"},
+		}},
+		{"consistent-hash", config.Balancer{Type: "consistent-hash", Options: hashOpts}, false, []step{
+			{"the key", false, "user-1", "kept"},
+			{"no key", false, "", "none"},
+			{"its backend down", true, "user-1", "kept"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pc := poolOf("web", tt.balancer.Type, tt.balancer.Options, startBackends(t, "a", "b")...)
+			if tt.apps {
+				pc.Backends = startSessionApps(t, "a", "b")
+			}
+			cfg := catchAll(pc)
+			cfg.Log.Access = true
+			log, logs := observed()
+			s, u := startProxy(t, cfg, log)
+			c := testutil.Client(t)
+			var home, value string
+			for i, st := range tt.steps {
+				if st.down {
+					if err := s.state.Load().pools[0].setHealthy(home, false); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r := get(t, c, u.String()+"/", func(r *http.Request) {
+					switch e := strings.ReplaceAll(st.edit, "$", value); {
+					case tt.balancer.Type == "consistent-hash" && e != "":
+						r.Header.Set("X-User-ID", e)
+					case e != "":
+						r.Header.Set("Cookie", e)
+					}
+				})
+				lines := entries(logs, "request")
+				m := lines[len(lines)-1].ContextMap()
+				if r.status != http.StatusOK || m["sticky"] != st.want {
+					t.Errorf("%s: %d from %s, logged sticky %v; want 200, %s", st.name, r.status, r.body, m["sticky"], st.want)
+				}
+				if st.down && r.body == home {
+					t.Errorf("%s: served by %s, which is down", st.name, home)
+				}
+				if i == 0 {
+					home = r.body
+					for _, line := range r.header["Set-Cookie"] {
+						if ck, err := http.ParseSetCookie(line); err == nil {
+							value = ck.Value
+						}
+					}
+					if tt.balancer.Type == "consistent-hash" {
+						value = st.edit
+					}
+				}
+			}
+		})
+	}
+}
+
+// Every value of the access log's sticky field has its row in the table of
+// docs/operations.md, and every row of it names a value.
+func TestStickyValuesDocumented(t *testing.T) {
+	data, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(data), "| `sticky` | meaning |\n|---|---|\n")
+	if !ok {
+		t.Fatal("docs/operations.md has no table of sticky values")
+	}
+	documented := map[string]bool{}
+	for _, line := range strings.Split(table, "\n") {
+		v, ok := strings.CutPrefix(line, "| `")
+		if !ok {
+			break // the table's end
+		}
+		v, _, _ = strings.Cut(v, "`")
+		documented[v] = true
+	}
+	values := map[string]bool{}
+	for s := range 256 {
+		values[balancer.Sticky(s).String()] = true
+	}
+	for v := range values {
+		if !documented[v] {
+			t.Errorf("sticky value %q is not in docs/operations.md's table", v)
+		}
+	}
+	for v := range documented {
+		if !values[v] {
+			t.Errorf("docs/operations.md documents sticky value %q, which the log never writes", v)
 		}
 	}
 }
