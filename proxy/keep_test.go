@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -222,6 +223,72 @@ func TestIdleSinceConfigured(t *testing.T) {
 	for _, id := range []string{"b0", "b1"} {
 		if d, unused := idle(id); unused || d > time.Since(requested).Seconds() {
 			t.Errorf("%s idle %vs (unused %v) after a request, want idle since it", id, d, unused)
+		}
+	}
+}
+
+// TestStateOverURLChange: a reload that gives a backend another URL makes
+// it a new backend, in its configured state; the state set at run time for
+// the old one is dropped, and that is logged.
+func TestStateOverURLChange(t *testing.T) {
+	bs := startBackends(t, "b0", "b1", "b2")
+	log, logs := observed()
+	s, _, admin := startWithAdmin(t, catchAll(poolOf("web", "cookie", cookieOptions(), bs[0], bs[1])), log)
+	mustSetState(t, admin, "web", "b1", config.StateMaint)
+	moved := poolOf("web", "cookie", cookieOptions(), bs[0], bs[1])
+	moved.Backends[1].URL = bs[2].URL
+	reload(t, s, catchAll(moved))
+	if v := s.state.Load().pools[0].view()[1]; v.state != config.StateReady || v.source() != "config" {
+		t.Errorf("b1 at its new URL is %s from %s, want ready from the config", v.state, v.source())
+	}
+	lines := entries(logs, "backend state set at run time dropped: the backend's URL changed")
+	if len(lines) != 1 {
+		t.Fatalf("%d lines logged the dropped state, want 1", len(lines))
+	}
+	if f := lines[0].ContextMap(); f["backend"] != "b1" || f["state"] != "ready" || f["dropped"] != "maint" ||
+		f["url"] != bs[2].URL.String() || f["was_url"] != bs[1].URL.String() {
+		t.Errorf("logged %v", f)
+	}
+	// Another reload of the same URL drops nothing more.
+	moved.Retries = config.Retries{Count: 2}
+	reload(t, s, catchAll(moved))
+	if n := len(entries(logs, "backend state set at run time dropped: the backend's URL changed")); n != 1 {
+		t.Errorf("%d lines logged a dropped state, want still 1", n)
+	}
+}
+
+// TestRemovedPoolBackends: a pool a reload removed, shown for a request
+// still in flight on it, lists its backends as an empty array, not null.
+func TestRemovedPoolBackends(t *testing.T) {
+	sse := eventsBackend(t, "sse")
+	s, proxyURL, admin := startWithAdmin(t, catchAll(&config.Pool{Name: "events",
+		Balancer: config.Balancer{Type: "round-robin"}, Backends: []config.Backend{sse}}), nil)
+	openStream(t, proxyURL.String()+"/")
+	reload(t, s, catchAll(poolOf("web", "round-robin", balancer.Options{}, startBackends(t, "b0")...)))
+	for _, path := range []string{"/api/v1/pools", "/status"} {
+		code, body := fetch(t, testutil.Client(t), admin+path)
+		var doc struct {
+			Pools []struct {
+				Name     string
+				Backends *[]json.RawMessage
+				Removed  []json.RawMessage
+			}
+		}
+		if err := json.Unmarshal([]byte(body), &doc); code != http.StatusOK || err != nil {
+			t.Fatalf("GET %s: %d %v", path, code, err)
+		}
+		found := false
+		for _, p := range doc.Pools {
+			if p.Name != "events" {
+				continue
+			}
+			found = true
+			if p.Backends == nil || len(*p.Backends) != 0 || len(p.Removed) != 1 {
+				t.Errorf("GET %s: pool events has backends %v and %d removed, want [] and 1", path, p.Backends, len(p.Removed))
+			}
+		}
+		if !found {
+			t.Errorf("GET %s: no pool events while its stream lasts", path)
 		}
 	}
 }

@@ -279,11 +279,15 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 		op := old.pool(np.name)
 		np.takeOver(op)
 		for i, b := range np.backends {
-			if np.discovery == nil && (op == nil || op.index(b) < 0) {
+			if op != nil && op.index(b) >= 0 {
+				continue
+			}
+			if np.discovery == nil {
 				s.log.Info("backend added", zap.String("pool", np.name), zap.String("backend", b.ID),
 					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight),
 					zap.String("state", string(np.members[i].state)))
 			}
+			op.droppedState(b, np.members[i].state)
 		}
 	}
 	now := time.Now()
@@ -319,6 +323,29 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 		}
 	}
 	return removed
+}
+
+// droppedState logs the state set at run time that p, the pool a reload
+// replaces, held for a backend of b's ID at another URL: b is a new
+// backend, in the state st it is configured in, and that one is dropped
+// with the backend it was set for. p may be nil.
+func (p *pool) droppedState(b *balancer.Backend, st config.State) {
+	if p == nil {
+		return
+	}
+	j := p.indexOf(b.ID)
+	if j < 0 {
+		return
+	}
+	p.mu.Lock()
+	was := p.members[j].adminState
+	p.mu.Unlock()
+	if was.setBy != "" {
+		p.log.Warn("backend state set at run time dropped: the backend's URL changed",
+			zap.String("pool", p.name), zap.String("backend", b.ID), zap.String("state", string(st)),
+			zap.String("dropped", string(was.state)), zap.String("url", b.URL.Redacted()),
+			zap.String("was_url", p.backends[j].URL.Redacted()))
+	}
 }
 
 // checkKey names a checker across states.

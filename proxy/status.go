@@ -341,6 +341,8 @@ func (a *admin) poolsNamed(want func(string) bool) []poolStatus {
 			Retries:  p.retried.Load(),
 			Repins:   p.repins.Load(),
 			Refused:  p.refusals.Load(),
+			// A discovering pool may have none: [] then, not null.
+			Backends: []backendStatus{},
 		}
 		sessions := p.sessions()
 		listed := 0
@@ -361,7 +363,7 @@ func (a *admin) poolsNamed(want func(string) bool) []poolStatus {
 		}
 		i := slices.IndexFunc(out, func(ps poolStatus) bool { return ps.Name == r.pool })
 		if i < 0 {
-			out = append(out, poolStatus{Name: r.pool})
+			out = append(out, poolStatus{Name: r.pool, Backends: []backendStatus{}})
 			i = len(out) - 1
 		}
 		out[i].Removed = append(out[i].Removed, a.backendStatus(removedView(r), now, nil))
