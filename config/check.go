@@ -43,7 +43,8 @@ func LoadChecked(path string) (*Config, error) {
 // that a port is taken, or that an address is not this host's (a proxy
 // bound by IP_FREEBIND or ip_nonlocal_bind may listen on it anyway). Each
 // problem is at the position of its key, as Load reports its own; the error
-// is an ErrorList.
+// is an ErrorList. What is unusual but not wrong is added to c.Warnings: an
+// admin listener reachable from other hosts without a token.
 func Check(c *Config) error {
 	var errs ErrorList
 	at := func(path, format string, args ...any) {
@@ -83,6 +84,13 @@ func Check(c *Config) error {
 			at(key, "%v", aerr)
 		case err == nil && listen.Overlaps(admin):
 			at(key, "%s is the port of listen (%s) on the same address; use another port", c.Admin.Listen, c.Listen)
+		}
+		if aerr == nil && !admin.IP.IsLoopback() && c.Admin.Token == "" && c.Admin.TokenFile == "" {
+			p := c.at[key]
+			c.Warnings = append(c.Warnings, &Error{File: c.File, Line: p.line, Col: p.col, Warning: true, Msg: fmt.Sprintf(
+				"%s: %s is reachable from other hosts and no admin.token or admin.token_file is set: "+
+					"the runtime API will refuse every write (403, so affinity ctl drain fails), and anyone who connects "+
+					"reads the status and metrics; listen on loopback, or set a token", key, c.Admin.Listen)})
 		}
 	}
 	if len(errs) == 0 {

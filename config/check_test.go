@@ -216,3 +216,39 @@ func TestMemoryWarning(t *testing.T) {
 		t.Errorf("warnings %v for an ordinary config", full.Warnings)
 	}
 }
+
+// TestAdminExposureWarning: an admin listener reachable from other hosts
+// without a token is a warning of Check, at its key: the runtime API would
+// refuse every write.
+func TestAdminExposureWarning(t *testing.T) {
+	const pools = "pools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n"
+	tests := []struct {
+		admin string
+		want  string // the warning's start, without the file name; "" for none
+	}{
+		{"admin: \":9090\"\n", "2:8: warning: admin: :9090 is reachable from other hosts and no admin.token or admin.token_file is set: the runtime API will refuse every write (403"},
+		{"admin: 0.0.0.0:9090\n", "2:8: warning: admin: 0.0.0.0:9090 is reachable from other hosts"},
+		{"admin: \"[::]:9090\"\n", "2:8: warning: admin: [::]:9090 is reachable from other hosts"},
+		{"admin:\n  listen: 0.0.0.0:9090\n  pprof: true\n", "3:11: warning: admin.listen: 0.0.0.0:9090 is reachable from other hosts"},
+		{"admin: 127.0.0.1:9090\n", ""},
+		{"admin: \"[::1]:9090\"\n", ""},
+		{"admin: localhost:9090\n", ""},
+		{"admin: {listen: 0.0.0.0:9090, token: 0123456789abcdef}\n", ""},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		c, err := Parse("a.yaml", []byte("listen: 127.0.0.1:8080\n"+tt.admin+pools))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.admin, err)
+		}
+		if err := Check(c); err != nil {
+			t.Fatalf("%q: Check: %v", tt.admin, err)
+		}
+		switch {
+		case tt.want == "" && len(c.Warnings) != 0:
+			t.Errorf("%q: warnings %v, want none", tt.admin, c.Warnings)
+		case tt.want != "" && (len(c.Warnings) != 1 || !strings.HasPrefix(strings.TrimPrefix(c.Warnings[0].Error(), "a.yaml:"), tt.want)):
+			t.Errorf("%q: warnings %v, want one starting %q", tt.admin, c.Warnings, tt.want)
+		}
+	}
+}

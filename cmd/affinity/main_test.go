@@ -243,3 +243,15 @@ func TestValidateEveryConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateWarnsExposedAdmin: validate says what serve would meet with
+// an admin listener on every interface and no token: writes refused.
+func TestValidateWarnsExposedAdmin(t *testing.T) {
+	file := writeFile(t, "exposed.yaml", []byte("listen: 127.0.0.1:8080\nadmin: {listen: \"0.0.0.0:9090\"}\n"+
+		"pools:\n  web:\n    backends: [{url: \"http://127.0.0.1:9001\"}]\n"))
+	code, out, errOut := run(t, "validate", "-c", file)
+	want := file + ":2:17: warning: admin.listen: 0.0.0.0:9090 is reachable from other hosts and no admin.token or admin.token_file is set: the runtime API will refuse every write"
+	if code != exitOK || out != file+": ok: 1 route, 1 pool, 1 backend\n" || !strings.HasPrefix(errOut, want) {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0, ok, and a warning starting %q", code, out, errOut, want)
+	}
+}
