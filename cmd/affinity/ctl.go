@@ -97,8 +97,12 @@ func newCtlStateCmd(o *ctlOptions, st config.State) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if st != config.StateReady && (w.idle < 0 || w.timeout <= 0) {
-				return ctlFailure("--idle %s must not be negative, and --timeout %s must be positive", w.idle, w.timeout)
+			switch {
+			case st == config.StateReady:
+			case w.idle < 0:
+				return ctlFailure("--idle %s: must not be negative", w.idle)
+			case w.timeout <= 0:
+				return ctlFailure("--timeout %s: must be above 0", w.timeout)
 			}
 			c, err := o.client()
 			if err != nil {
