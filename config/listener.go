@@ -15,7 +15,7 @@ import (
 // termination and the trusted proxies, starting from the defaults.
 func (d *decoder) listener(top *section, c *Config) {
 	c.Server = DefaultServer()
-	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_header_bytes", "park_after", "read_header_timeout", "read_timeout"); s != nil {
+	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_conns", "max_header_bytes", "park_after", "read_header_timeout", "read_timeout"); s != nil {
 		if v, n := d.duration(s, "read_header_timeout", false); n != nil {
 			c.Server.ReadHeaderTimeout = v
 		}
@@ -36,6 +36,9 @@ func (d *decoder) listener(top *section, c *Config) {
 		}
 		if v, n := d.integer(s, "max_body", 0, math.MaxInt64); n != nil {
 			c.Server.MaxBody = v
+		}
+		if v, n := d.integer(s, "max_conns", 1, math.MaxInt32); n != nil {
+			c.Server.MaxConns = int(v)
 		}
 	}
 	if s := d.sub(top, "tls", "cert", "key"); s != nil {

@@ -241,6 +241,11 @@ type Server struct {
 	// MaxBody caps a request body in bytes; a larger one is answered 413
 	// (max_body; default 100 MiB; 0: no limit).
 	MaxBody int64
+	// MaxConns caps the client connections open at once; past it the
+	// proxy accepts no more until one closes (max_conns; default 0:
+	// derived from the limit on open files, leaving room for a backend
+	// connection each and for the proxy's other files).
+	MaxConns int
 }
 
 // TLS is the listener's certificate (PEM files; relative paths are taken

@@ -13,10 +13,10 @@ import (
 
 // serverLimits returns s with the defaults in place of the zero values a
 // Config built in code may leave, so that such a config is as safe as a
-// loaded one: no limit on header reading, idle connections or header size
-// is never what a zero meant.
+// loaded one: no limit on header reading, idle connections, header size or
+// open connections is never what a zero meant.
 func serverLimits(s config.Server) (config.Server, error) {
-	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.ParkAfter < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 {
+	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.ParkAfter < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 || s.MaxConns < 0 {
 		return s, fmt.Errorf("proxy: server: negative limit in %+v", s)
 	}
 	if s.ReadHeaderTimeout == 0 {
@@ -27,6 +27,9 @@ func serverLimits(s config.Server) (config.Server, error) {
 	}
 	if s.MaxHeaderBytes == 0 {
 		s.MaxHeaderBytes = config.DefaultMaxHeaderBytes
+	}
+	if s.MaxConns == 0 {
+		s.MaxConns = derivedMaxConns()
 	}
 	return s, nil
 }

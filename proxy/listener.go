@@ -42,7 +42,7 @@ func (s *Server) bindLocked(ln net.Listener) *binding {
 
 // serveBinding runs the http.Server on b until its listener closes.
 func (s *Server) serveBinding(b *binding) {
-	var ln net.Listener = &boundListener{Listener: b.ln, b: b}
+	var ln net.Listener = &boundListener{Listener: s.conns.wrap(b.ln), b: b}
 	stopParking := func() {}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)

@@ -392,6 +392,12 @@ var (
 	descDiscoveryAnswer = prometheus.NewDesc("affinity_discovery_last_answer_timestamp_seconds",
 		"When DNS last answered a pool's lookup with records, as a Unix time; absent before the first.",
 		[]string{"pool"}, nil)
+	descConnsMax = prometheus.NewDesc("affinity_client_connections_max",
+		"server.max_conns: the client connections open at once past which the proxy accepts no more until one closes; absent when there is no limit.",
+		nil, nil)
+	descAcceptPauses = prometheus.NewDesc("affinity_accept_pauses_total",
+		"Times the proxy stopped accepting because its client connections were at server.max_conns.",
+		nil, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
 		[]string{"hash"}, nil)
@@ -406,7 +412,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns,
+		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns, descConnsMax, descAcceptPauses,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryAnswer,
@@ -427,6 +433,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	served, parked := s.clientConns()
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(served), "served")
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(parked), "parked")
+	if l := s.conns; l != nil {
+		emit(ch, descConnsMax, prometheus.GaugeValue, float64(l.max))
+		emit(ch, descAcceptPauses, prometheus.CounterValue, float64(l.pauses.Load()))
+	}
 	wall, mono := time.Now(), clock()
 	type poolBackend struct{ pool, backend string }
 	seen := map[poolBackend]bool{}

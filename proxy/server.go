@@ -98,6 +98,9 @@ type Server struct {
 	// parkAfter is server.park_after: how long a plain HTTP connection
 	// is idle before it parks (internal/park); 0 never.
 	parkAfter time.Duration
+	// conns caps the client connections of every listener together
+	// (server.max_conns; conns.go); nil for none.
+	conns *connLimit
 }
 
 // state is one immutable routing configuration: the routes, and the pools
@@ -168,6 +171,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		transport: newTransportSwitch(cfg.Timeouts),
 		cancel:    cancel,
 		parkAfter: limits.ParkAfter,
+		conns:     newConnLimit(limits.MaxConns, log),
 		discovery: disc,
 		goneIdle:  goneIdle,
 	}
