@@ -39,8 +39,10 @@ func derivedMaxConns() int {
 // kernel's queue meanwhile, or are refused by it when it is full, and the
 // proxy keeps the descriptors its backend connections and checks need.
 // An episode of waits is counted and logged once as it starts, and once
-// as it ends: when a connection finds a place without waiting, so that a
-// listener that stays at its limit logs no line per connection.
+// as it ends: when a connection finds a place without waiting, with a
+// tenth of the places free, so that a listener that stays at its limit, or
+// hovers about it as a queue of clients comes and goes, logs no line per
+// connection.
 type connLimit struct {
 	max   int64
 	open  atomic.Int64
@@ -77,7 +79,7 @@ func (l *connLimit) acquire(done <-chan struct{}) bool {
 			if !l.open.CompareAndSwap(n, n+1) {
 				continue
 			}
-			if !waited && l.paused.Load() && l.paused.CompareAndSwap(true, false) {
+			if !waited && n < l.max-l.max/10 && l.paused.Load() && l.paused.CompareAndSwap(true, false) {
 				l.log.Info("accepting connections again", zap.Int64("max_conns", l.max))
 			}
 			return true
