@@ -73,6 +73,10 @@ func Check(c *Config) error {
 	if err != nil {
 		at("listen", "%v", err)
 	}
+	own := map[string]BindAddress{}
+	if err == nil {
+		own["listen"] = listen
+	}
 	if c.Admin.Listen != "" {
 		key := "admin"
 		if _, ok := c.at["admin.listen"]; ok {
@@ -84,6 +88,8 @@ func Check(c *Config) error {
 			at(key, "%v", aerr)
 		case err == nil && listen.Overlaps(admin):
 			at(key, "%s is the port of listen (%s) on the same address; use another port", c.Admin.Listen, c.Listen)
+		default:
+			own["admin.listen"] = admin
 		}
 		if aerr == nil && !admin.IP.IsLoopback() && c.Admin.Token == "" && c.Admin.TokenFile == "" {
 			p := c.at[key]
@@ -93,11 +99,65 @@ func Check(c *Config) error {
 					"reads the status and metrics; listen on loopback, or set a token", key, c.Admin.Listen)})
 		}
 	}
+	checkSelfBackends(c, own, at)
 	if len(errs) == 0 {
 		return nil
 	}
 	errs.sort()
 	return errs
+}
+
+// checkSelfBackends reports a backend whose URL is one of the proxy's own
+// listening addresses (own, by key): requests sent there would come back
+// to the proxy, through the listener in a loop, or to the admin API from
+// any client. A backend host given as a name other than localhost is not
+// looked up: it may resolve only where the proxy runs.
+func checkSelfBackends(c *Config, own map[string]BindAddress, at func(path, format string, args ...any)) {
+	for _, p := range c.Pools {
+		for i, b := range p.Backends {
+			if b.URL == nil {
+				continue
+			}
+			ip, err := netip.ParseAddr(b.URL.Hostname())
+			if b.URL.Hostname() == "localhost" {
+				ip, err = netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
+			}
+			if err != nil {
+				continue
+			}
+			port := b.URL.Port()
+			if port == "" {
+				port = map[string]string{"http": "80", "https": "443"}[b.URL.Scheme]
+			}
+			n, err := strconv.ParseUint(port, 10, 16)
+			if err != nil {
+				continue
+			}
+			ip = ip.Unmap()
+			for _, key := range []string{"listen", "admin.listen"} {
+				a, ok := own[key]
+				if !ok || a.Port != uint16(n) {
+					continue
+				}
+				if a.IP == ip || !a.IP.IsValid() && (ip.IsLoopback() || ip.IsUnspecified() || isLocal(ip)) {
+					at(fmt.Sprintf("pools.%s.backends[%d].url", p.Name, i), "%s is the proxy's own %s address; a backend there loops back to the proxy",
+						b.URL.Host, key)
+				}
+			}
+		}
+	}
+}
+
+// isLocal reports whether ip is an address of one of this host's
+// interfaces.
+func isLocal(ip netip.Addr) bool {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // checkKeyPair loads the listener's certificate and key as serve does,

@@ -615,6 +615,7 @@ func (d *decoder) backends(pool *section) []Backend {
 		d.require(s, "url")
 		urlDup := false
 		if v, n := d.str(s, "url"); n != nil {
+			d.mark(s.path+".url", n)
 			u, err := parseBackendURL(v)
 			if err != nil {
 				d.errorf(n, "%s.url: %v", s.path, err)

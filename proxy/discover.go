@@ -57,6 +57,12 @@ type discoverer struct {
 	cancel context.CancelFunc // stops the loop; nil until it starts
 
 	errors atomic.Uint64 // failed lookups, empty answers among them
+	// self is the proxy's own listening addresses, which no record may
+	// make a backend; refused counts the records refused so, and
+	// refusedNames, guarded by mu, those already logged.
+	self         *selfAddrs
+	refused      atomic.Uint64
+	refusedNames map[string]bool
 
 	mu       sync.Mutex // guards what follows, which the status shows
 	lastGood time.Time  // when DNS last answered with records; zero: never
@@ -81,7 +87,7 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: discover: %w", pool, err)
 	}
-	d := &discoverer{pool: pool, cfg: c, res: res, log: log, known: map[string]*found{}}
+	d := &discoverer{pool: pool, cfg: c, res: res, log: log, known: map[string]*found{}, refusedNames: map[string]bool{}}
 	if prev != nil {
 		for name, f := range prev.known {
 			cp := *f
@@ -91,6 +97,7 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 		d.lastGood, d.failure, d.streak = prev.lastGood, prev.failure, prev.streak
 		prev.mu.Unlock()
 		d.errors.Store(prev.errors.Load())
+		d.refused.Store(prev.refused.Load())
 	}
 	return d, nil
 }
@@ -101,12 +108,21 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 // It changes nothing of prev's.
 func discoverers(cfg *config.Config, log *zap.Logger, prev map[string]*discoverer) (map[string]*discoverer, error) {
 	out := map[string]*discoverer{}
+	var self *selfAddrs
 	for _, pc := range cfg.Pools {
 		if pc == nil || pc.Discover == nil {
 			continue
 		}
+		if self == nil {
+			self = newSelfAddrs(cfg.Listen, cfg.Admin.Listen)
+		}
 		old := prev[pc.Name]
 		if old != nil && old.cfg == *pc.Discover {
+			// The listen addresses may have changed; the next lookup
+			// refuses the new ones.
+			old.mu.Lock()
+			old.self = self
+			old.mu.Unlock()
 			out[pc.Name] = old
 			continue
 		}
@@ -114,6 +130,7 @@ func discoverers(cfg *config.Config, log *zap.Logger, prev map[string]*discovere
 		if err != nil {
 			return nil, err
 		}
+		d.self = self
 		ctx, cancel := context.WithTimeout(context.Background(), d.lookupTimeout())
 		recs, err := d.lookup(ctx)
 		cancel()
@@ -346,6 +363,10 @@ func (d *discoverer) backendsOf(recs []resolver.Record) map[string]*found {
 		if d.cfg.Type == config.DiscoverSRV {
 			name = host + ":" + strconv.Itoa(int(port))
 		}
+		if d.self.has(netip.AddrPortFrom(r.Addr, port)) {
+			d.refuse(name, record)
+			continue
+		}
 		addrs[name] = append(addrs[name], r.Addr)
 		if _, ok := out[name]; ok {
 			continue
@@ -362,6 +383,18 @@ func (d *discoverer) backendsOf(recs []resolver.Record) map[string]*found {
 	}
 	srvWeights(out, d.cfg.Type == config.DiscoverSRV)
 	return out
+}
+
+// refuse counts a record that points at the proxy's own listener or admin
+// listener, and logs it the first time; d.mu must be held.
+func (d *discoverer) refuse(name, record string) {
+	d.refused.Add(1)
+	if d.refusedNames[name] {
+		return
+	}
+	d.refusedNames[name] = true
+	d.log.Warn("discovered record refused: it is this proxy's own listen or admin address", d.fields(
+		zap.String("backend", name), zap.String("record", record))...)
 }
 
 // srvWeights turns the weights of SRV records (0 to 65535) into backends'

@@ -400,3 +400,30 @@ func TestStatusPageDiscovery(t *testing.T) {
 		}
 	}
 }
+
+// TestDiscoveryRefusesSelf: records that point at the proxy's own listener
+// or admin listener (any address of the host, for one on the unspecified
+// address) are not backends; they are logged once and counted.
+func TestDiscoveryRefusesSelf(t *testing.T) {
+	port := sharedPort(t, "127.0.0.2")
+	startAt(t, "127.0.0.2:"+port, "b2")
+	listen, admin := sharedPort(t, "127.0.0.1"), sharedPort(t, "127.0.0.1")
+	hosts := []string{"127.0.0.2 a.test", "127.0.0.1 self.test", "127.0.0.3 adm.test"}
+	d := testutil.StartDNS(t, hosts, []string{
+		"_http._tcp.app.test,a.test," + port + ",0,10",
+		"_http._tcp.app.test,self.test," + listen + ",0,10",
+		"_http._tcp.app.test,adm.test," + admin + ",0,10",
+	})
+	log, logs := observed()
+	cfg := catchAll(discoverPool("round-robin", balancer.Options{}, "_http._tcp.app.test", config.DiscoverSRV, 0, d.Addr))
+	cfg.Listen = "127.0.0.1:" + listen
+	cfg.Admin.Listen = "0.0.0.0:" + admin
+	s, _ := startProxy(t, cfg, log)
+	testutil.Eventually(t, waitFor, "a second lookup", func() bool { return s.discovery["web"].refused.Load() >= 4 })
+	if v := viewOf(s, "web"); len(v) != 1 || !v["a.test:"+port].available {
+		t.Errorf("backends %v, want a.test:%s only", v, port)
+	}
+	if got := len(entries(logs, "discovered record refused: it is this proxy's own listen or admin address")); got != 2 {
+		t.Errorf("refusals logged %d times, want 2 (once per record)", got)
+	}
+}

@@ -389,6 +389,9 @@ var (
 	descDiscoveryErrors = prometheus.NewDesc("affinity_discovery_errors_total",
 		"Lookups of a pool's DNS name that failed or found no record; the backends known last kept serving.",
 		[]string{"pool"}, nil)
+	descDiscoveryRefused = prometheus.NewDesc("affinity_discovery_refused_total",
+		"Discovered records refused because they point at the proxy's own listen or admin address.",
+		[]string{"pool"}, nil)
 	descDiscoveryAnswer = prometheus.NewDesc("affinity_discovery_last_answer_timestamp_seconds",
 		"When DNS last answered a pool's lookup with records, as a Unix time; absent before the first.",
 		[]string{"pool"}, nil)
@@ -415,7 +418,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns, descConnsMax, descAcceptPauses,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
-		descDiscoveryErrors, descDiscoveryAnswer,
+		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryAnswer,
 	} {
 		ch <- d
 	}
@@ -449,6 +452,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if d := p.discovery; d != nil {
 			st := d.status(wall, 0)
 			emit(ch, descDiscoveryErrors, prometheus.CounterValue, float64(st.Errors), p.name)
+			emit(ch, descDiscoveryRefused, prometheus.CounterValue, float64(d.refused.Load()), p.name)
 			if st.LastAnswer != nil {
 				emit(ch, descDiscoveryAnswer, prometheus.GaugeValue, float64(st.LastAnswer.UnixMilli())/1e3, p.name)
 			}
