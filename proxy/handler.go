@@ -56,6 +56,8 @@ type exchange struct {
 	// cookie backs the response's Set-Cookie header when the backend sets
 	// none, so that adding setCookie allocates no slice; see addCookie.
 	cookie [1]string
+	// via is this proxy's Via entry, which Rewrite adds.
+	via string
 	// trusted is set when the client's peer is a trusted proxy, whose
 	// forwarding headers Rewrite keeps and extends.
 	trusted bool
@@ -173,6 +175,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		s.reject(w, r, status)
 		return
 	}
+	if s.looped(r) {
+		writeError(w, http.StatusLoopDetected)
+		return
+	}
 	st := s.state.Load()
 	p := st.router.match(r.Host, r.URL.Path)
 	if p == nil {
@@ -223,6 +229,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		w = switchWriter{w}
 	}
 	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
+	ex.via = s.via
 	ex.body = body
 	b.Begin()
 	ex.client.begin(b)
@@ -340,6 +347,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(ex.backend.URL)
 	pr.Out.Host = pr.In.Host
 	setForwarded(pr, ex.trusted)
+	pr.Out.Header.Add("Via", ex.via)
 }
 
 // modifyResponse is the ReverseProxy's ModifyResponse: a response that

@@ -76,6 +76,9 @@ type Server struct {
 	// goneIdle is how long a backend that left DNS must be idle to be
 	// removed: the constant goneIdle, but in tests; guarded by reloadMu.
 	goneIdle time.Duration
+	// via is the Via entry this proxy adds to the requests it forwards,
+	// with a token of this process's own (loop.go).
+	via string
 	// stopDrainer stops the drainer that Serve starts; nil until then.
 	stopDrainer func()
 	stats       serverStats
@@ -174,6 +177,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		conns:     newConnLimit(limits.MaxConns, log),
 		discovery: disc,
 		goneIdle:  goneIdle,
+		via:       newVia(),
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls = tlsConfig
