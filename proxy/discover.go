@@ -51,6 +51,10 @@ type discoverer struct {
 
 	// Guarded by the server's reloadMu:
 	known map[string]*found // the backends DNS lists or listed, by name
+	// held keeps, by name, the state an operator set at run time on a
+	// backend removed after it left DNS, for it to have again when DNS
+	// lists it again: an operator's maint outlives a flap of the records.
+	held map[string]adminState
 	// gen names the loop whose lookups apply: a loop replaced by a reload
 	// may still be finishing one.
 	gen    uint64
@@ -87,12 +91,14 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: discover: %w", pool, err)
 	}
-	d := &discoverer{pool: pool, cfg: c, res: res, log: log, known: map[string]*found{}, refusedNames: map[string]bool{}}
+	d := &discoverer{pool: pool, cfg: c, res: res, log: log, known: map[string]*found{}, held: map[string]adminState{},
+		refusedNames: map[string]bool{}}
 	if prev != nil {
 		for name, f := range prev.known {
 			cp := *f
 			d.known[name] = &cp
 		}
+		maps.Copy(d.held, prev.held)
 		prev.mu.Lock()
 		d.lastGood, d.failure, d.streak = prev.lastGood, prev.failure, prev.streak
 		prev.mu.Unlock()
@@ -318,12 +324,26 @@ func (d *discoverer) sweep(p *pool, now time.Time, idleFor time.Duration) bool {
 			}
 			reason = "idle"
 		}
+		if a, ok := p.runtimeState(name); ok {
+			d.held[name] = a
+		}
 		delete(d.known, name)
 		removed = true
 		d.log.Info("backend removed: it left DNS and is drained", d.fields(zap.String("backend", name),
 			zap.String("record", k.record), zap.String("reason", reason), zap.Duration("gone_for", now.Sub(k.gone)))...)
 	}
 	return removed
+}
+
+// runtimeState returns the state an operator set at run time on backend
+// id of p, if any.
+func (p *pool) runtimeState(id string) (adminState, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := p.indexOf(id); i >= 0 && p.members[i].setBy != "" {
+		return p.members[i].adminState, true
+	}
+	return adminState{}, false
 }
 
 // idleBackends returns the backends of p that have no request in flight,

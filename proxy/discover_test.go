@@ -427,3 +427,68 @@ func TestDiscoveryRefusesSelf(t *testing.T) {
 		t.Errorf("refusals logged %d times, want 2 (once per record)", got)
 	}
 }
+
+// TestDiscoveryKeepsOperatorState: a state an operator set at run time on a
+// discovered backend holds when DNS drops the record until the backend is
+// removed and then lists it again, and when an SRV target moves to a new
+// address; each carry is logged.
+func TestDiscoveryKeepsOperatorState(t *testing.T) {
+	port := sharedPort(t, "127.0.0.2", "127.0.0.3")
+	startAt(t, "127.0.0.2:"+port, "b2")
+	startAt(t, "127.0.0.3:"+port, "b3")
+	tests := []struct {
+		name   string
+		typ    string
+		dns    string
+		hosts  []string
+		srv    []string
+		change func(d *testutil.DNS)
+		back   func(d *testutil.DNS)
+		id     string
+		url    string // the backend's address once back
+	}{
+		{name: "A record dropped and listed again", typ: config.DiscoverA, dns: "app.test",
+			hosts:  []string{"127.0.0.2 app.test", "127.0.0.3 app.test"},
+			change: func(d *testutil.DNS) { d.SetHosts([]string{"127.0.0.2 app.test"}) },
+			back:   func(d *testutil.DNS) { d.SetHosts([]string{"127.0.0.2 app.test", "127.0.0.3 app.test"}) },
+			id:     "127.0.0.3:" + port, url: "127.0.0.3:" + port},
+		{name: "SRV target at a new address", typ: config.DiscoverSRV, dns: "_http._tcp.app.test",
+			hosts: []string{"127.0.0.2 a.test", "127.0.0.3 b.test"},
+			srv:   []string{"_http._tcp.app.test,a.test," + port + ",0,10", "_http._tcp.app.test,b.test," + port + ",0,10"},
+			back:  func(d *testutil.DNS) { d.SetHosts([]string{"127.0.0.2 a.test", "127.0.0.2 b.test"}) },
+			id:    "b.test:" + port, url: "127.0.0.2:" + port},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testutil.StartDNS(t, tt.hosts, tt.srv)
+			log, logs := observed()
+			p := 0
+			if tt.typ != config.DiscoverSRV {
+				fmt.Sscan(port, &p)
+			}
+			s, _ := startProxy(t, catchAll(discoverPool("round-robin", balancer.Options{}, tt.dns, tt.typ, p, d.Addr)), log)
+			setGoneIdle(s, 0)
+			if _, err := s.state.Load().pool("web").setState(tt.id, config.StateMaint, "127.0.0.1:1"); err != nil {
+				t.Fatal(err)
+			}
+			if tt.change != nil {
+				tt.change(d)
+				testutil.Eventually(t, waitFor, tt.id+" is removed", func() bool {
+					_, ok := viewOf(s, "web")[tt.id]
+					return !ok
+				})
+			}
+			tt.back(d)
+			testutil.Eventually(t, waitFor, tt.id+" at "+tt.url, func() bool {
+				v, ok := viewOf(s, "web")[tt.id]
+				return ok && v.backend.URL.Host == tt.url
+			})
+			if v := viewOf(s, "web")[tt.id]; v.stateName() != "maint" || v.stateSource() != "api" || v.available {
+				t.Errorf("%s is %s (%s), available %v; want maint (api)", tt.id, v.stateName(), v.stateSource(), v.available)
+			}
+			if n := len(entries(logs, "backend state set at run time carried over")); n != 1 {
+				t.Errorf("carry logged %d times, want 1", n)
+			}
+		})
+	}
+}

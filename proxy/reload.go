@@ -370,6 +370,7 @@ func (p *pool) takeOver(prev *pool) {
 		if j < 0 {
 			// New to the pool: it has served nobody, and warms up.
 			p.members[i].served = false
+			p.carryState(prev, b.ID, &p.members[i].adminState)
 			continue
 		}
 		om, m := &prev.members[j], &p.members[i]
@@ -385,6 +386,29 @@ func (p *pool) takeOver(prev *pool) {
 		m.timer = time.AfterFunc(max(om.until.Sub(now), 0), func() { p.readmit(i) })
 	}
 	p.rebuildLocked()
+}
+
+// carryState gives a discovered backend new to p the state an operator
+// set at run time on the backend of its name: in prev, at the address it
+// had before DNS gave it a new one (an SRV target that moved), or held by
+// the discoverer since it was removed and DNS listed it again. prev and p
+// must be locked.
+func (p *pool) carryState(prev *pool, id string, m *adminState) {
+	if p.discovery == nil {
+		return
+	}
+	from, why := adminState{}, ""
+	if j := prev.indexOf(id); j >= 0 && prev.members[j].setBy != "" {
+		from, why = prev.members[j].adminState, "its address changed"
+	} else if a, ok := p.discovery.held[id]; ok {
+		from, why = a, "DNS lists it again"
+		delete(p.discovery.held, id)
+	} else {
+		return
+	}
+	m.state, m.setBy, m.since = from.state, from.setBy, from.since
+	p.log.Info("backend state set at run time carried over", zap.String("pool", p.name), zap.String("backend", id),
+		zap.String("state", string(m.state)), zap.String("why", why))
 }
 
 // index returns the position in p of the backend that b stands for: the
