@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,11 @@ import (
 // goneIdle is how long a backend that left DNS must have had no request
 // before it is removed: `affinity ctl drain --wait`'s default idle window.
 const goneIdle = 10 * time.Second
+
+// maxDiscovered bounds the backends one lookup may give a pool: records
+// beyond it are ignored, so that an answer of thousands of records cannot
+// make as many backends, each with its checks, connections and state.
+const maxDiscovered = 256
 
 // maxLookup bounds one lookup: a resolver that does not answer in this
 // time is down, for this round.
@@ -67,6 +73,10 @@ type discoverer struct {
 	self         *selfAddrs
 	refused      atomic.Uint64
 	refusedNames map[string]bool
+	// ignored counts the records left out for maxDiscovered; over, guarded
+	// by mu, is set while answers are over it, so that it is logged once.
+	ignored atomic.Uint64
+	over    bool
 
 	mu       sync.Mutex // guards what follows, which the status shows
 	lastGood time.Time  // when DNS last answered with records; zero: never
@@ -104,6 +114,7 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 		prev.mu.Unlock()
 		d.errors.Store(prev.errors.Load())
 		d.refused.Store(prev.refused.Load())
+		d.ignored.Store(prev.ignored.Load())
 	}
 	return d, nil
 }
@@ -401,8 +412,37 @@ func (d *discoverer) backendsOf(recs []resolver.Record) map[string]*found {
 			}
 		}
 	}
+	d.bound(out)
 	srvWeights(out, d.cfg.Type == config.DiscoverSRV)
 	return out
+}
+
+// bound cuts backends to maxDiscovered, keeping those d knows first, then
+// by name, and counts and logs what it leaves out; d.mu must be held.
+func (d *discoverer) bound(backends map[string]*found) {
+	extra := len(backends) - maxDiscovered
+	if extra <= 0 {
+		d.over = false
+		return
+	}
+	names := slices.SortedFunc(maps.Keys(backends), func(a, b string) int {
+		if ka, kb := d.known[a] != nil, d.known[b] != nil; ka != kb {
+			if ka {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	for _, name := range names[maxDiscovered:] {
+		delete(backends, name)
+	}
+	d.ignored.Add(uint64(extra))
+	if !d.over {
+		d.over = true
+		d.log.Warn("discovered backends over the limit; the others are ignored", d.fields(
+			zap.Int("listed", len(names)), zap.Int("limit", maxDiscovered))...)
+	}
 }
 
 // refuse counts a record that points at the proxy's own listener or admin

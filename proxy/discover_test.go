@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/resolver"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
@@ -490,5 +492,40 @@ func TestDiscoveryKeepsOperatorState(t *testing.T) {
 				t.Errorf("carry logged %d times, want 1", n)
 			}
 		})
+	}
+}
+
+// TestDiscoveryBound: an answer of more records than maxDiscovered makes
+// maxDiscovered backends, those known before kept first; the rest are
+// counted, and logged once while answers stay over the limit.
+func TestDiscoveryBound(t *testing.T) {
+	log, logs := observed()
+	d, err := newDiscoverer("web", config.Discover{DNS: "app.test", Type: config.DiscoverA, Port: 80, Scheme: "http",
+		Interval: time.Second, Resolver: "127.0.0.1:53"}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(first, n int) []resolver.Record {
+		var out []resolver.Record
+		for i := first; i < first+n; i++ {
+			out = append(out, resolver.Record{Addr: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})})
+		}
+		return out
+	}
+	now := time.Now()
+	d.merge(answer(1000, 10), nil, now)
+	d.merge(answer(0, 1010), nil, now)
+	d.merge(answer(0, 1010), nil, now)
+	if len(d.known) != maxDiscovered {
+		t.Fatalf("%d backends, want %d", len(d.known), maxDiscovered)
+	}
+	if _, ok := d.known["10.0.3.232:80"]; !ok {
+		t.Error("a backend known before the large answer was dropped")
+	}
+	if got, want := d.ignored.Load(), uint64(2*(1010-maxDiscovered)); got != want {
+		t.Errorf("ignored %d, want %d", got, want)
+	}
+	if n := len(entries(logs, "discovered backends over the limit; the others are ignored")); n != 1 {
+		t.Errorf("logged %d times, want once", n)
 	}
 }

@@ -392,6 +392,9 @@ var (
 	descDiscoveryRefused = prometheus.NewDesc("affinity_discovery_refused_total",
 		"Discovered records refused because they point at the proxy's own listen or admin address.",
 		[]string{"pool"}, nil)
+	descDiscoveryIgnored = prometheus.NewDesc("affinity_discovery_ignored_total",
+		"Discovered records left out because the answer listed more backends than a pool may take from DNS.",
+		[]string{"pool"}, nil)
 	descDiscoveryAnswer = prometheus.NewDesc("affinity_discovery_last_answer_timestamp_seconds",
 		"When DNS last answered a pool's lookup with records, as a Unix time; absent before the first.",
 		[]string{"pool"}, nil)
@@ -418,7 +421,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns, descConnsMax, descAcceptPauses,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
-		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryAnswer,
+		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryIgnored, descDiscoveryAnswer,
 	} {
 		ch <- d
 	}
@@ -453,6 +456,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			st := d.status(wall, 0)
 			emit(ch, descDiscoveryErrors, prometheus.CounterValue, float64(st.Errors), p.name)
 			emit(ch, descDiscoveryRefused, prometheus.CounterValue, float64(d.refused.Load()), p.name)
+			emit(ch, descDiscoveryIgnored, prometheus.CounterValue, float64(d.ignored.Load()), p.name)
 			if st.LastAnswer != nil {
 				emit(ch, descDiscoveryAnswer, prometheus.GaugeValue, float64(st.LastAnswer.UnixMilli())/1e3, p.name)
 			}
