@@ -125,6 +125,7 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 // It changes nothing of prev's.
 func discoverers(cfg *config.Config, log *zap.Logger, prev map[string]*discoverer) (map[string]*discoverer, error) {
 	out := map[string]*discoverer{}
+	var fresh []*discoverer // new ones, to look up
 	var self *selfAddrs
 	for _, pc := range cfg.Pools {
 		if pc == nil || pc.Discover == nil {
@@ -148,13 +149,46 @@ func discoverers(cfg *config.Config, log *zap.Logger, prev map[string]*discovere
 			return nil, err
 		}
 		d.self = self
-		ctx, cancel := context.WithTimeout(context.Background(), d.lookupTimeout())
-		recs, err := d.lookup(ctx)
-		cancel()
-		d.merge(recs, err, time.Now())
+		fresh = append(fresh, d)
 		out[pc.Name] = d
 	}
+	lookupAll(fresh)
 	return out, nil
+}
+
+// maxParallel bounds the first lookups that run at once.
+const maxParallel = 16
+
+// lookupAll looks the names of ds up, at most maxParallel at a time and
+// all within maxLookup, and merges each outcome: a resolver that does not
+// answer delays start-up or a reload by one lookup, not one per pool. A
+// lookup that has not started by then fails; the pool's loop asks again.
+func lookupAll(ds []*discoverer) {
+	ctx, cancel := context.WithTimeout(context.Background(), maxLookup)
+	defer cancel()
+	recs := make([][]resolver.Record, len(ds))
+	errs := make([]error, len(ds))
+	sem := make(chan struct{}, maxParallel)
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				errs[i] = fmt.Errorf("%s %s: %w", d.cfg.DNS, d.cfg.Type, ctx.Err())
+				return
+			}
+			defer func() { <-sem }()
+			lctx, cancel := context.WithTimeout(ctx, d.lookupTimeout())
+			recs[i], errs[i] = d.lookup(lctx)
+			cancel()
+		})
+	}
+	wg.Wait()
+	now := time.Now()
+	for i, d := range ds {
+		d.merge(recs[i], errs[i], now)
+	}
 }
 
 // members returns the backends of the pool, sorted by name, and those

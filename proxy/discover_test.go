@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/resolver"
@@ -527,5 +529,72 @@ func TestDiscoveryBound(t *testing.T) {
 	}
 	if n := len(entries(logs, "discovered backends over the limit; the others are ignored")); n != 1 {
 		t.Errorf("logged %d times, want once", n)
+	}
+}
+
+// TestDiscoveryFirstLookupsAtOnce: the first lookups of several pools run
+// together. The DNS server here answers nobody until it has been asked
+// for every pool's name, then SERVFAIL to all: lookups made one after the
+// other would each wait for an answer that comes only once the others
+// have asked, and time out.
+func TestDiscoveryFirstLookupsAtOnce(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	const pools = 4
+	go func() {
+		type query struct {
+			from net.Addr
+			msg  *dns.Msg
+		}
+		var waiting []query
+		names := map[string]bool{}
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			m := new(dns.Msg)
+			if m.Unpack(buf[:n]) != nil || len(m.Question) != 1 {
+				continue
+			}
+			names[m.Question[0].Name] = true
+			waiting = append(waiting, query{from, m})
+			if len(names) < pools {
+				continue
+			}
+			for _, q := range waiting {
+				r := new(dns.Msg)
+				r.SetRcode(q.msg, dns.RcodeServerFailure)
+				if b, err := r.Pack(); err == nil {
+					_, _ = pc.WriteTo(b, q.from)
+				}
+			}
+			waiting = nil
+		}
+	}()
+	cfg := &config.Config{Listen: "127.0.0.1:0", Timeouts: testTimeouts}
+	for i := range pools {
+		p := discoverPool("round-robin", balancer.Options{}, fmt.Sprintf("app%d.test", i), config.DiscoverA, 80, pc.LocalAddr().String())
+		p.Name = fmt.Sprintf("p%d", i)
+		p.Discover.Interval = time.Minute
+		cfg.Pools = append(cfg.Pools, p)
+		cfg.Routes = append(cfg.Routes, config.Route{Match: config.Match{Path: fmt.Sprintf("/p%d/", i)}, Pool: p.Name})
+	}
+	log, logs := observed()
+	if _, err := NewServer(cfg, log); err != nil {
+		t.Fatal(err)
+	}
+	failed := entries(logs, "discovery lookup failed; the backends known keep serving")
+	if len(failed) != pools {
+		t.Fatalf("%d lookups failed, want %d", len(failed), pools)
+	}
+	for _, e := range failed {
+		if msg := fmt.Sprint(e.ContextMap()["error"]); !strings.Contains(msg, "SERVFAIL") {
+			t.Errorf("pool %v: %s; want SERVFAIL, which comes once every pool has asked", e.ContextMap()["pool"], msg)
+		}
 	}
 }
