@@ -81,6 +81,7 @@ type discoverer struct {
 	mu       sync.Mutex // guards what follows, which the status shows
 	lastGood time.Time  // when DNS last answered with records; zero: never
 	failure  error      // the current streak's first error; nil after an answer
+	latest   error      // the current streak's latest error, which the status shows
 	streak   int        // failed lookups in a row
 }
 
@@ -110,7 +111,7 @@ func newDiscoverer(pool string, c config.Discover, log *zap.Logger, prev *discov
 		}
 		maps.Copy(d.held, prev.held)
 		prev.mu.Lock()
-		d.lastGood, d.failure, d.streak = prev.lastGood, prev.failure, prev.streak
+		d.lastGood, d.failure, d.latest, d.streak = prev.lastGood, prev.failure, prev.latest, prev.streak
 		prev.mu.Unlock()
 		d.errors.Store(prev.errors.Load())
 		d.refused.Store(prev.refused.Load())
@@ -303,6 +304,7 @@ func (d *discoverer) merge(recs []resolver.Record, err error, now time.Time) boo
 			d.log.Warn("discovery lookup failed; the backends known keep serving", d.fields(
 				zap.Error(err), zap.Int("known", len(d.known)))...)
 		}
+		d.latest = err
 		d.streak++
 		return false
 	}
@@ -310,7 +312,7 @@ func (d *discoverer) merge(recs []resolver.Record, err error, now time.Time) boo
 		d.log.Info("discovery lookup answered again", d.fields(zap.Int("failed", d.streak),
 			zap.NamedError("after", d.failure))...)
 	}
-	d.streak, d.failure, d.lastGood = 0, nil, now
+	d.streak, d.failure, d.latest, d.lastGood = 0, nil, nil, now
 	listed := d.backendsOf(recs)
 	changed := false
 	for name, f := range listed {
@@ -419,7 +421,7 @@ func (d *discoverer) backendsOf(recs []resolver.Record) map[string]*found {
 	for _, r := range recs {
 		port := uint16(d.cfg.Port)
 		host := r.Addr.String()
-		record := d.cfg.Type + " " + r.Addr.String()
+		record := recordType(r.Addr) + " " + r.Addr.String()
 		if d.cfg.Type == config.DiscoverSRV {
 			port, host = r.Port, r.Target
 			record = fmt.Sprintf("SRV %d %d %s. (%s)", r.Weight, r.Port, r.Target, r.Addr)
@@ -477,6 +479,15 @@ func (d *discoverer) bound(backends map[string]*found) {
 		d.log.Warn("discovered backends over the limit; the others are ignored", d.fields(
 			zap.Int("listed", len(names)), zap.Int("limit", maxDiscovered))...)
 	}
+}
+
+// recordType is the type of the record that gave a: type A also takes
+// AAAA records.
+func recordType(a netip.Addr) string {
+	if a.Is4() {
+		return "A"
+	}
+	return "AAAA"
 }
 
 // refuse counts a record that points at the proxy's own listener or admin
@@ -541,7 +552,7 @@ type discoveryStatus struct {
 	LastAnswer *time.Time `json:"last_answer,omitempty"`
 	AgeSeconds *float64   `json:"last_answer_age_seconds,omitempty"`
 	Errors     uint64     `json:"errors"` // failed lookups and empty answers
-	// Failing is the error of the lookups failing now; empty when the
+	// Failing is the error of the latest of the lookups failing now; empty when the
 	// latest answered.
 	Failing string `json:"failing,omitempty"`
 	Listed  int    `json:"listed"` // backends the latest answer lists
@@ -558,8 +569,8 @@ func (d *discoverer) status(now time.Time, listed int) *discoveryStatus {
 		last, age := d.lastGood, now.Sub(d.lastGood).Seconds()
 		st.LastAnswer, st.AgeSeconds = &last, &age
 	}
-	if d.failure != nil {
-		st.Failing = d.failure.Error()
+	if d.latest != nil {
+		st.Failing = d.latest.Error()
 	}
 	return st
 }

@@ -598,3 +598,32 @@ func TestDiscoveryFirstLookupsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestDiscoveryRecordsShown: the status shows the latest error of a
+// failing streak, the log its first; a type A pool logs an AAAA record as
+// one.
+func TestDiscoveryRecordsShown(t *testing.T) {
+	log, logs := observed()
+	d, err := newDiscoverer("web", config.Discover{DNS: "app.test", Type: config.DiscoverA, Port: 80, Scheme: "http",
+		Interval: time.Second, Resolver: "127.0.0.1:53"}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	d.merge(nil, fmt.Errorf("first"), now)
+	d.merge(nil, fmt.Errorf("second"), now)
+	if st := d.status(now, 0); st.Failing != "second" {
+		t.Errorf("failing %q, want the latest error", st.Failing)
+	}
+	d.merge([]resolver.Record{{Addr: netip.MustParseAddr("10.0.0.1")}, {Addr: netip.MustParseAddr("fd00::1")}}, nil, now)
+	if st := d.status(now, 0); st.Failing != "" {
+		t.Errorf("failing %q after an answer", st.Failing)
+	}
+	got := map[string]bool{}
+	for _, e := range entries(logs, "backend discovered") {
+		got[fmt.Sprint(e.ContextMap()["record"])] = true
+	}
+	if !got["A 10.0.0.1"] || !got["AAAA fd00::1"] {
+		t.Errorf("records logged %v, want A 10.0.0.1 and AAAA fd00::1", got)
+	}
+}

@@ -39,10 +39,14 @@ func Extract(m *dns.Msg, name string, t uint16) []Record {
 }
 
 // usable rejects addresses that cannot be a backend: the unspecified
-// address (which dials this host), multicast and broadcast.
+// address (which dials this host), multicast, broadcast, and link-local
+// addresses: an IPv6 one cannot be dialled without the interface, which a
+// record cannot give, and the IPv4 range holds cloud metadata services,
+// which a record must not make the pool's clients reach.
 func usable(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLinkLocalUnicast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // chain returns name, lower-cased, and every name it leads to through the

@@ -121,6 +121,10 @@ func TestExtract(t *testing.T) {
 			[]Record{{Addr: addr("::2")}}},
 		{"unusable", answer("app.test. 5 IN A 0.0.0.0", "app.test. 5 IN A 224.0.0.1", "app.test. 5 IN A 255.255.255.255",
 			"app.test. 5 IN AAAA ::"), dns.TypeA, nil},
+		{"link-local", answer("app.test. 5 IN A 169.254.169.254", "app.test. 5 IN A 10.0.0.1"), dns.TypeA,
+			[]Record{{Addr: addr("10.0.0.1")}}},
+		{"link-local v6", answer("app.test. 5 IN AAAA fe80::1", "app.test. 5 IN AAAA ::2"), dns.TypeAAAA,
+			[]Record{{Addr: addr("::2")}}},
 		{"mapped v4 in AAAA", answer("app.test. 5 IN AAAA ::ffff:10.0.0.1"), dns.TypeAAAA, []Record{{Addr: addr("10.0.0.1")}}},
 	}
 	for _, tt := range tests {
