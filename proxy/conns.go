@@ -159,3 +159,15 @@ func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
 	}
 	return sc.SyscallConn()
 }
+
+// CloseWrite half-closes the socket, as net/http does before closing a
+// connection it refused a request on (431, 400): it then reads what the
+// client still sends for a moment, so that the close does not reset the
+// connection and lose the answer on its way.
+func (c *limitedConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return cw.CloseWrite()
+}
