@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,75 @@ func FuzzCookieDate(f *testing.F) {
 		written := got.Format(http.TimeFormat)
 		if again, ok := parseCookieDate(written); !ok || !again.Equal(got) {
 			t.Fatalf("parseCookieDate(%q) = %v, but %q, as written, reads %v, %v", s, got, written, again, ok)
+		}
+	})
+}
+
+// stdlibSessionCookie is what net/http reads from a Set-Cookie line for the
+// cookie called name, where it reads it as RFC 6265 has browsers read it:
+// the value set, or that the line deletes the cookie. It declines (ok
+// false) where the two part on purpose: a value net/http refuses (browsers
+// take any byte but ';'), an Expires net/http does not read or reads with
+// a zone (see stdlibDate) or within a minute of now, a Max-Age with a
+// leading zero or past an int (net/http ignores it, RFC 6265 does not),
+// several of either attribute (net/http forgets an earlier Expires for a
+// later invalid one), or a value with spaces around it (which RFC 6265
+// removes, and net/http keeps).
+func stdlibSessionCookie(line, name string) (value string, del, ok bool) {
+	c, err := http.ParseSetCookie(line)
+	if err != nil || c.Name != name || strings.ContainsAny(line, "\r\n\x00") || strings.Trim(c.Value, " \t") != c.Value {
+		return "", false, false
+	}
+	var maxAges, expires int
+	for _, a := range strings.Split(line, ";")[1:] {
+		k, v, _ := strings.Cut(a, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch strings.ToLower(k) {
+		case "max-age":
+			maxAges++
+			digits := strings.TrimPrefix(v, "-")
+			if n, err := strconv.Atoi(v); v != "" && (err != nil || len(digits) > 1 && digits[0] == '0' || n != 0 && v[0] == '0') {
+				return "", false, false
+			}
+		case "expires":
+			expires++
+			t, ok := stdlibDate(v)
+			if !ok || t.Sub(time.Now()).Abs() < time.Minute {
+				return "", false, false
+			}
+		}
+	}
+	if maxAges > 1 || expires > 1 {
+		return "", false, false
+	}
+	now := time.Now()
+	del = c.MaxAge < 0 || c.MaxAge == 0 && !c.Expires.IsZero() && !c.Expires.After(now)
+	return c.Value, del, true
+}
+
+// FuzzSessionCookie reads Set-Cookie lines with sessionCookie and with
+// net/http, and where net/http reads them as browsers do, both agree on
+// the session set or deleted.
+func FuzzSessionCookie(f *testing.F) {
+	for _, s := range []string{
+		"JSESSIONID=abc; Path=/", `JSESSIONID="q"; Max-Age=0`, "JSESSIONID=x; Expires=Thu, 01-Jan-1970 00:00:10 GMT",
+		"JSESSIONID=; max-age=-1", "JSESSIONID=deleted; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60",
+		"JSESSIONID=a b; Max-Age=1800", " JSESSIONID = v ; Secure", "JSESSIONID=v; Expires=Fri, 01 Jan 2100 00:00:00 GMT",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		sid, del, ok := sessionCookie(line, testSessionCookie)
+		want, wantDel, std := stdlibSessionCookie(line, testSessionCookie)
+		switch {
+		case !std:
+		case !wantDel && (want == "" || len(want) > maxSessionID):
+			// Sets nothing worth learning: no session.
+			if ok && !del {
+				t.Fatalf("sessionCookie(%q) = %q, set; net/http reads value %q", line, sid, want)
+			}
+		case !ok || del != wantDel || !del && sid != want:
+			t.Fatalf("sessionCookie(%q) = %q, del %v, ok %v; net/http reads %q, del %v", line, sid, del, ok, want, wantDel)
 		}
 	})
 }
