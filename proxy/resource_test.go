@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -34,14 +35,17 @@ func exhaustFiles(t *testing.T) (release func()) {
 		t.Fatal(err)
 	}
 	var held []*os.File
-	restore := func() {
+	// Once, and at the test's end too: a test that fails while the table
+	// is full must not leave the limit to the tests after it.
+	restore := sync.OnceFunc(func() {
 		for _, f := range held {
 			_ = f.Close()
 		}
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
 			t.Error(err)
 		}
-	}
+	})
+	t.Cleanup(restore)
 	for {
 		f, err := os.Open(os.DevNull)
 		if errors.Is(err, syscall.EMFILE) {
