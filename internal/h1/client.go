@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"time"
 
@@ -155,6 +156,41 @@ func (w *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom writes what it reads from r to the connection as each read
+// returns it. The bufio.Writer over w hands a request body's copy to it
+// once the head is flushed, which Request.Write does before a body that is
+// not in memory: so a body goes to the backend as the client sends it, as
+// http.Transport's does (through the socket's ReadFrom), not held until the
+// buffer fills. A backend waiting for a slow body would otherwise see none
+// of it for as long, and give up on a client that sends steadily.
+func (w *countWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBuffers.Get().(*[copyBufferSize]byte)
+	defer copyBuffers.Put(buf)
+	var total int64
+	for {
+		n, err := r.Read(buf[:])
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// copyBufferSize is the size of the buffers ReadFrom copies bodies
+// through, io.Copy's.
+const copyBufferSize = 32 << 10
+
+var copyBuffers = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
 // connReader reads a connection, limiting what response headers may take
 // and noting when the backend closed its side, as http.Transport does.
 type connReader struct {
@@ -212,6 +248,16 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		closeBody(r)
 		return nil, notSentError{err}
+	}
+	if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.GotConn != nil {
+		// As http.Transport reports it: the connection requests are
+		// written to (TLS, if it speaks it), and whether it served
+		// one before.
+		info := httptrace.GotConnInfo{Conn: hc.nc, Reused: hc.idleAt != 0}
+		if info.Reused {
+			info.WasIdle, info.IdleTime = true, clock()-hc.idleAt
+		}
+		trace.GotConn(info)
 	}
 	return c.exchange(ctx, hc, r)
 }

@@ -40,15 +40,20 @@
 //     connection is to close) or ExpectContinueTimeout; the response
 //     header timeout runs from the end of the writing; a failure reading
 //     the client's body ends the exchange with that error; once RoundTrip
-//     has returned an error the body is read no more. TestRequestBody holds
-//     each.
+//     has returned an error the body is read no more; the body goes to the
+//     backend as the client sends it, each read as it comes, never held
+//     until a buffer fills. TestRequestBody holds each, and TestBodyStreams
+//     the last, against both clients.
 //   - A response is read as http.ReadResponse reads it: parseResponse takes
 //     only the common head (HTTP/1.1, a final status, one Content-Length,
 //     nothing to unfold) and leaves every other to http.ReadResponse.
 //     TestParseResponse and FuzzParseResponse run both on the same bytes.
 //   - The transport's behaviour where a backend or client can tell: the
 //     response-header timeout, the cap on response header bytes, 1xx
-//     responses relayed through the request's ClientTrace, a connection
+//     responses relayed through the request's ClientTrace, and the
+//     connection each request takes reported to its GotConn (TestGotConn;
+//     the proxy tells from it which connection a request's backend
+//     ended), a connection
 //     kept only when both sides allow it, the body was read to its end and
 //     the request written whole, idle connections closed after
 //     IdleConnTimeout and capped as MaxIdleConns and MaxIdleConnsPerHost,

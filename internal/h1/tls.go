@@ -63,6 +63,9 @@ type recordConn struct {
 	one  [1]byte       // what tlsQuiet reads into
 }
 
+// NetConn returns the connection under c, as tls.Conn's NetConn does.
+func (c *recordConn) NetConn() net.Conn { return c.Conn }
+
 func (c *recordConn) Read(p []byte) (int, error) {
 	if c.left == 0 {
 		hdr, err := c.br.Peek(recordHeaderLen)
