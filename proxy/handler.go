@@ -376,13 +376,15 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	if errors.Is(err, errRequestBody) {
-		// The client's body broke off: its request failed, not a
-		// backend, which must not be blamed for it. This comes before
-		// the cancellation a client's half-close, or server.read_timeout
-		// passing, also causes: the client is still there to read why,
-		// 408 for a body too slow for read_timeout, 400 for any other.
+		// The client's body broke off, or stalled until the backend
+		// gave up on it: its request failed, not a backend, which must
+		// not be blamed for it. This comes before the cancellation a
+		// client's half-close, or server.read_timeout passing, also
+		// causes: the client is still there to read why, 408 for a body
+		// too slow (for read_timeout, or for the backend), 400 for any
+		// other.
 		status := http.StatusBadRequest
-		if isTimeout(err) {
+		if isTimeout(err) || errors.Is(err, errBodyStalled) {
 			status = http.StatusRequestTimeout
 		}
 		s.log.Debug("client body failed", zap.Error(err))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"sync/atomic"
 	"time"
 
@@ -80,7 +81,8 @@ func guardBody(w http.ResponseWriter, r *http.Request, limit int64) bool {
 // error as its own, or the context's instead once the server has cancelled
 // the request (as it does when the client half-closes mid-body); the retrier
 // asks the body itself, so that the client's failure, not the backend's nor
-// a departure, is what proxyError answers and passive health sees.
+// a departure, is what proxyError answers and passive health sees. It also
+// times its reads, for stalled.
 type clientBody struct {
 	io.ReadCloser
 	failed atomic.Pointer[error]
@@ -88,10 +90,20 @@ type clientBody struct {
 	// connection with the requests after it.
 	conn  bool
 	ended atomic.Bool // a read returned io.EOF
+	// began is when the latest Read began, on the proxy's clock; waited
+	// how long it waited for the client, -1 while it waits.
+	began, waited atomic.Int64
+	// attempt is the backend connection the latest attempt took; see
+	// traced.
+	attempt atomic.Pointer[countedConn]
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
+	start := clock()
+	b.began.Store(int64(start))
+	b.waited.Store(-1)
 	n, err := b.ReadCloser.Read(p)
+	b.waited.Store(int64(clock() - start))
 	switch {
 	case err == io.EOF:
 		b.ended.Store(true)
@@ -146,6 +158,49 @@ func (b *clientBody) stopReading(w http.ResponseWriter) {
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 		_ = b.ReadCloser.Close()
 	}
+}
+
+// traced returns out carrying a trace that records in b the backend
+// connection each attempt takes.
+func (b *clientBody) traced(out *http.Request) *http.Request {
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		b.attempt.Store(backendConn(info.Conn))
+	}}
+	return out.WithContext(httptrace.WithClientTrace(out.Context(), trace))
+}
+
+// bodyStall is how long a read of a client's body must have waited for the
+// client when the backend's connection ended, for the backend's failure to
+// be the client's: the backend gave up on a body too slow to come. Servers
+// wait for a body far longer (nginx's client_body_timeout is a minute; Go's,
+// Node's and Java's servers are given seconds at the least), and a client
+// sending steadily keeps no read waiting nearly as long, so that a backend
+// failing while a body streams is still charged with it.
+const bodyStall = time.Second
+
+// stalled reports whether the backend's connection of the latest attempt
+// ended while a read of the body waited for the client, bodyStall or more
+// into that wait: the backend gave up on the body. http.Transport waits for
+// that read before it returns the failure, so it may have returned since,
+// with bytes the client sent after; a connection that ended after the read
+// (the body was in, the backend failed on it) does not count. False for a
+// nil b, a request without a body.
+func (b *clientBody) stalled() bool {
+	if b == nil {
+		return false
+	}
+	c := b.attempt.Load()
+	if c == nil {
+		return false
+	}
+	closed := time.Duration(c.closedAt.Load())
+	// waited first: a Read sets began, then waited.
+	waited := time.Duration(b.waited.Load())
+	began := time.Duration(b.began.Load())
+	if closed == 0 || began == 0 || closed < began+bodyStall {
+		return false
+	}
+	return waited < 0 || closed <= began+waited
 }
 
 // failure returns the error reading the body failed with, or nil; nil for

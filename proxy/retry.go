@@ -18,6 +18,11 @@ import (
 // failed: the client is at fault, not a backend.
 var errRequestBody = errors.New("reading the request body")
 
+// errBodyStalled is wrapped with errRequestBody when an attempt failed
+// while the proxy waited for the client's body: a backend that gives up on
+// a body too slow to come ends the exchange so.
+var errBodyStalled = errors.New("the backend gave up waiting for the client's body")
+
 // retrier is the ReverseProxy's Transport. It sends each attempt with the
 // shared transport, records the outcome for passive health, and sends a
 // request that failed to another backend when that is safe. Every send of
@@ -82,6 +87,9 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		defer body.done()
 		out = body.attach(out)
 	}
+	if ex.body != nil {
+		out = ex.body.traced(out)
+	}
 	tried := &ex.tried
 	for n := 0; ; n++ {
 		b := ex.backend
@@ -135,6 +143,11 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 			// The proxy's host, not the backend, ran out: no
 			// failure of it, and another would fail alike.
 			return nil, p.localFailure(err, false)
+		}
+		if ex.body.stalled() {
+			// The client was too slow for the backend, which no other
+			// backend would wait for longer.
+			return nil, fmt.Errorf("%w: %w: %w", errRequestBody, errBodyStalled, err)
 		}
 		p.failed(b)
 		reason := rt.retryReason(out, err, body)

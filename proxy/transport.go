@@ -120,12 +120,36 @@ type countedConn struct {
 	net.Conn
 	open   *atomic.Int64
 	closed sync.Once
+	// closedAt is when it was closed, on the proxy's clock; 0 while
+	// open. A transport closes a connection as soon as it reads the
+	// backend's end of it, which clientBody.stalled compares with its
+	// reads of the client's body.
+	closedAt atomic.Int64
 }
 
 // Close closes the connection and counts it out, once.
 func (c *countedConn) Close() error {
-	c.closed.Do(func() { c.open.Add(-1) })
+	c.closed.Do(func() {
+		c.closedAt.Store(int64(clock()))
+		c.open.Add(-1)
+	})
 	return c.Conn.Close()
+}
+
+// backendConn returns the countedConn under c, a backend connection as a
+// transport reports it to httptrace (itself, or TLS over it, as each
+// client wraps it), or nil.
+func backendConn(c net.Conn) *countedConn {
+	for {
+		switch x := c.(type) {
+		case *countedConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
 }
 
 // SyscallConn reaches the socket under the connection, as *net.TCPConn's
