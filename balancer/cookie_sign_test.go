@@ -75,6 +75,7 @@ func TestSignedCookie(t *testing.T) {
 		{"last digit altered", string(flipped), StickyNew},
 		{"truncated", valid[:len(valid)-1], StickyNew},
 		{"extended", valid + "0", StickyNew},
+		{"upper case", strings.ToUpper(valid), StickyNew},
 		{"variant added", valid + ".f", StickyNew},
 		{"signed with another secret", signedValues(t, otherSecret, "b1")[5], StickyNew},
 		{"the backend ID", "b1", StickyNew},

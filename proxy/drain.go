@@ -56,6 +56,9 @@ type client struct {
 	// shifted left by two, ORed with the response's longKind; written
 	// only for such responses, so that the common path pays nothing.
 	long atomic.Uint64
+	// cut is set when the drainer closed the client: the request it ends
+	// is no client's abort.
+	cut atomic.Bool
 }
 
 // begin records that a request of the client is being served by b.
@@ -85,6 +88,7 @@ func (c *client) end() { c.backend.Store(nil) }
 
 // close ends the client's request in progress, and its connection.
 func (c *client) close() {
+	c.cut.Store(true)
 	if c.conn != nil {
 		_ = c.conn.Close()
 		return

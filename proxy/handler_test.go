@@ -408,6 +408,42 @@ func TestClientCancelIsNotABackendError(t *testing.T) {
 	}
 }
 
+// A request that drain_timeout cuts before its backend answered is logged
+// 499 like a client's abort, but counted as what it is: closed by the
+// drain (affinity_drain_closed_total), not a client abort.
+func TestDrainCutIsNoClientAbort(t *testing.T) {
+	bu, started, _ := blockingBackend(t)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	cfg.DrainTimeout = 100 * time.Millisecond
+	cfg.Log.Access = true
+	log, logs := observed()
+	s, u, admin := startWithAdmin(t, cfg, log)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := testutil.Client(t).Get(u.String() + "/")
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-started
+	mustSetState(t, admin, "web", "slow", config.StateDrain)
+	if err := <-done; err == nil {
+		t.Fatal("the request to the draining backend was answered, want it cut")
+	}
+	testutil.Eventually(t, waitFor, "access line for the cut request", func() bool {
+		return len(accessLines(logs)) == 1
+	})
+	if m := accessLines(logs)[0].ContextMap(); m["status"] != int64(statusClientClosed) {
+		t.Errorf("access line %v, want status %d", m, statusClientClosed)
+	}
+	st := statsOf(s.state.Load().pools[0].backends[0])
+	if st.aborts.Load() != 0 || st.cut.Load() != 1 {
+		t.Errorf("%d client aborts and %d drain cuts counted, want 0 and 1", st.aborts.Load(), st.cut.Load())
+	}
+}
+
 // 499 is what the access log records for a request whose client's side
 // ended before the answer (nginx's code), never a status written to the
 // client: a client that half-closes after a whole request is taken as gone,

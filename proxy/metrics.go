@@ -87,7 +87,8 @@ type backendStats struct {
 	responses [len(statusClasses)]atomic.Uint64
 	// aborts counts the requests whose client went away before the
 	// response started (logged as 499): nobody got a status, and the
-	// backend is not at fault, so they are not among responses.
+	// backend is not at fault, so they are not among responses. Those
+	// the drainer cut are in cut instead.
 	aborts atomic.Uint64
 	// latency is the time to the response headers of each attempt the
 	// backend answered.
@@ -286,9 +287,10 @@ func (ex *exchange) failed(status int) {
 
 // clientAborted records that the client of ex's request went away before
 // the response started; it does nothing for a request no backend was
-// picked for.
+// picked for, nor for one the drainer cut (affinity_drain_closed_total
+// counts those).
 func (ex *exchange) clientAborted() {
-	if ex != nil && ex.backend != nil {
+	if ex != nil && ex.backend != nil && (ex.client == nil || !ex.client.cut.Load()) {
 		if st := statsOf(ex.backend); st != nil {
 			st.aborts.Add(1)
 		}
@@ -326,7 +328,7 @@ var (
 		"Requests answered, by pool, backend and class of the status sent to the client.",
 		[]string{"pool", "backend", "class"}, nil)
 	descAborts = prometheus.NewDesc("affinity_client_aborts_total",
-		"Requests whose client went away before the response started (logged with status 499), by pool and backend; not in affinity_requests_total.",
+		"Requests whose client went away before the response started (logged with status 499), by pool and backend; not in affinity_requests_total, nor those drain_timeout cut.",
 		[]string{"pool", "backend"}, nil)
 	descLatency = prometheus.NewDesc("affinity_upstream_latency_seconds",
 		"Time from sending a request to a backend to its response headers, per attempt answered.",

@@ -10,7 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/affinityproxy/affinity/config"
 )
 
 // A target rejection lets through is written to the backend, after
@@ -145,4 +148,119 @@ func FuzzUpgradeForwarded(f *testing.F) {
 			}
 		}
 	})
+}
+
+// What docs/security.md says of each refusal, over HTTP/1 and HTTP/2: the
+// status, whether affinity_requests_rejected_total counts it, whether it
+// has an access log line, and that nothing reaches a backend. The proxy's
+// own refusals are counted and logged; what Go's servers refuse before
+// the proxy sees a request (malformed HTTP/1, HTTP/2 stream errors) is
+// neither, nor is OPTIONS *, which the proxy answers itself.
+func TestRefusalsCountedAndLogged(t *testing.T) {
+	const ok = "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	h1 := []struct {
+		name    string
+		raw     string
+		status  int
+		counted bool // in affinity_requests_rejected_total and the access log
+	}{
+		{"CONNECT", "CONNECT app.example:443 HTTP/1.1\r\nHost: app.example:443\r\n\r\n", 501, true},
+		{"fragment in the target", "GET /a#b HTTP/1.1\r\nHost: app.example\r\n\r\n", 400, true},
+		{"opaque target", "GET x:admin HTTP/1.1\r\nHost: app.example\r\n\r\n", 400, true},
+		{"list of hosts", "GET / HTTP/1.1\r\nHost: a.example,b.example\r\n\r\n", 400, true},
+		{"asterisk target of GET", "GET * HTTP/1.1\r\nHost: app.example\r\n\r\n", 400, true},
+		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, true},
+		{"Upgrade not a list", "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: upgrade\r\nUpgrade: h2c;\r\n\r\n", 400, true},
+		{"trailer not a token", "POST / HTTP/1.1\r\nHost: app.example\r\nTrailer: a b\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, true},
+		{"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n", 200, false},
+		{"conflicting Content-Length", "POST / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, false},
+		{"NUL in a field", "GET / HTTP/1.1\r\nHost: app.example\r\nX: \x00\r\n\r\n", 400, false},
+		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: gzip\r\n\r\n", 501, false},
+		{"expectation failed", "POST / HTTP/1.1\r\nHost: app.example\r\nExpect: x\r\nContent-Length: 1\r\n\r\nx", 417, false},
+		{"version 2.0", "GET / HTTP/2.0\r\nHost: app.example\r\n\r\n", 505, false},
+		{"head too large", "GET / HTTP/1.1\r\nHost: app.example\r\nX: " + strings.Repeat("x", 16<<10) + "\r\n\r\n", 431, false},
+	}
+	for _, tt := range h1 {
+		t.Run("HTTP/1/"+tt.name, func(t *testing.T) {
+			lb := startLineBackend(t)
+			s, u, logs := startLoggedProxy(t, lineBackendConfig(t, lb))
+			rs := rawExchange(t, u, tt.raw+ok)
+			if len(rs) != 1 || rs[0].StatusCode != tt.status {
+				t.Errorf("%d answers, first %v; want one %d and the connection closed", len(rs), rs, tt.status)
+			}
+			checkRefusal(t, s, lb, logs, tt.counted)
+		})
+	}
+	h2 := []struct {
+		name    string
+		fields  []field
+		status  int // 0: the stream reset
+		counted bool
+	}{
+		{"CONNECT", h2Fields(map[string]string{":method": "CONNECT", ":scheme": "", ":path": ""}), 501, true},
+		// Go's server offers no extended CONNECT (unless
+		// GODEBUG=http2xconnect=1, when the proxy answers it 501).
+		{"extended CONNECT", h2Fields(map[string]string{":method": "CONNECT", ":protocol": "websocket", ":path": "/chat"}), 0, false},
+		{"space in :path", h2Fields(map[string]string{":path": "/q?a=1 HTTP/1.1"}), 400, true},
+		{"list in :authority", h2Fields(map[string]string{":authority": "a.example,b.example"}), 400, true},
+		{"content-length not a number", h2Fields(map[string]string{":method": "POST"}, field{"content-length", "abc"}), 400, true},
+		{"asterisk target of GET", h2Fields(map[string]string{":path": "*"}), 400, true},
+		{"method not a token", h2Fields(map[string]string{":method": "GET /admin"}), 400, true},
+		{"OPTIONS *", h2Fields(map[string]string{":method": "OPTIONS", ":path": "*"}), 200, false},
+		{"upgrade", h2Fields(nil, field{"upgrade", "websocket"}), 400, false},
+		{"connection", h2Fields(nil, field{"connection", "close"}), 400, false},
+		{"te other than trailers", h2Fields(nil, field{"te", "chunked"}), 400, false},
+		{"transfer-encoding", h2Fields(nil, field{"transfer-encoding", "chunked"}), 400, false},
+		{"no :path", h2Fields(map[string]string{":path": ""}), 0, false},
+		{"two :path", h2Fields(nil, field{":path", "/b"}), 0, false},
+		{"userinfo in :authority", h2Fields(map[string]string{":authority": "user@app.example"}), 0, false},
+		{"control byte in a value", h2Fields(nil, field{"x", "a\x01b"}), 0, false},
+	}
+	for _, tt := range h2 {
+		t.Run("HTTP/2/"+tt.name, func(t *testing.T) {
+			lb := startLineBackend(t)
+			cfg := lineBackendConfig(t, lb)
+			cert := newTestCert(t)
+			cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+			s, u, logs := startLoggedProxy(t, cfg)
+			r := dialH2(t, u, cert).request(tt.fields, "")
+			switch {
+			case tt.status == 0 && !r.reset:
+				t.Errorf("answer %+v, want the stream reset", r)
+			case tt.status != 0 && (r.reset || r.status != tt.status):
+				t.Errorf("answer %+v, want %d", r, tt.status)
+			}
+			checkRefusal(t, s, lb, logs, tt.counted)
+		})
+	}
+}
+
+// startLoggedProxy serves cfg with its access log observed, and returns
+// the proxy's address.
+func startLoggedProxy(t *testing.T, cfg *config.Config) (*Server, string, *observer.ObservedLogs) {
+	t.Helper()
+	cfg.Log.Access = true
+	cfg.Server.MaxHeaderBytes = 8 << 10
+	log, logs := observed()
+	s, u := startProxy(t, cfg, log)
+	return s, u.Host, logs
+}
+
+// checkRefusal checks that a refused request reached no backend, and was
+// counted rejected and logged, or neither.
+func checkRefusal(t *testing.T, s *Server, lb *lineBackend, logs *observer.ObservedLogs, counted bool) {
+	t.Helper()
+	if got := lb.parsed(); len(got) != 0 {
+		t.Errorf("backend parsed %+v", got)
+	}
+	want := 0
+	if counted {
+		want = 1
+	}
+	if n := s.stats.rejected.Load(); n != uint64(want) {
+		t.Errorf("affinity_requests_rejected_total %d, want %d", n, want)
+	}
+	if n := len(accessLines(logs)); n != want {
+		t.Errorf("%d access log lines, want %d", n, want)
+	}
 }
