@@ -496,6 +496,9 @@ func TestDiscoveryKeepsOperatorState(t *testing.T) {
 			if n := len(entries(logs, "backend state set at run time carried over")); n != 1 {
 				t.Errorf("carry logged %d times, want 1", n)
 			}
+			if n := len(entries(logs, "backend state set at run time dropped: the backend's URL changed")); n != 0 {
+				t.Errorf("the carried state logged as dropped %d times", n)
+			}
 		})
 	}
 }

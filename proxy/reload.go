@@ -287,7 +287,7 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 					zap.String("url", b.URL.Redacted()), zap.Int("weight", b.Weight),
 					zap.String("state", string(np.members[i].state)))
 			}
-			op.droppedState(b, np.members[i].state)
+			op.droppedState(b, np.members[i].adminState)
 		}
 	}
 	now := time.Now()
@@ -327,10 +327,12 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 
 // droppedState logs the state set at run time that p, the pool a reload
 // replaces, held for a backend of b's ID at another URL: b is a new
-// backend, in the state st it is configured in, and that one is dropped
-// with the backend it was set for. p may be nil.
-func (p *pool) droppedState(b *balancer.Backend, st config.State) {
-	if p == nil {
+// backend, in the state now it is configured in, and that one is dropped
+// with the backend it was set for, unless the new pool carried it over
+// (carryState: a discovered backend's state goes with its name). p may be
+// nil.
+func (p *pool) droppedState(b *balancer.Backend, now adminState) {
+	if p == nil || now.setBy != "" {
 		return
 	}
 	j := p.indexOf(b.ID)
@@ -342,7 +344,7 @@ func (p *pool) droppedState(b *balancer.Backend, st config.State) {
 	p.mu.Unlock()
 	if was.setBy != "" {
 		p.log.Warn("backend state set at run time dropped: the backend's URL changed",
-			zap.String("pool", p.name), zap.String("backend", b.ID), zap.String("state", string(st)),
+			zap.String("pool", p.name), zap.String("backend", b.ID), zap.String("state", string(now.state)),
 			zap.String("dropped", string(was.state)), zap.String("url", b.URL.Redacted()),
 			zap.String("was_url", p.backends[j].URL.Redacted()))
 	}
