@@ -21,26 +21,31 @@ import (
 
 // serveProc is `affinity serve` running as a process.
 type serveProc struct {
-	cmd    *exec.Cmd
-	out    *syncBuffer // stderr and stdout
-	exited chan error
+	cmd  *exec.Cmd
+	out  *syncBuffer   // stderr and stdout
+	done chan struct{} // closed once the process has exited
+	err  error         // Wait's result; read only after done is closed
 }
 
 // startServe runs `affinity serve -c cfg args...` until the test ends.
 func startServe(t *testing.T, bin, cfg string, args ...string) *serveProc {
 	t.Helper()
-	p := &serveProc{out: new(syncBuffer), exited: make(chan error, 1)}
+	p := &serveProc{out: new(syncBuffer), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"serve", "-c", cfg}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.exited <- p.cmd.Wait() }()
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		// Only reached with the process still running when a check failed.
-		if p.cmd.ProcessState == nil {
+		// The process still runs only when a check failed. Wait's
+		// result is read through done alone: reading the command's
+		// ProcessState here would race with Wait setting it.
+		select {
+		case <-p.done:
+		default:
 			_ = p.cmd.Process.Kill()
-			<-p.exited
+			<-p.done
 		}
 	})
 	return p
@@ -58,9 +63,9 @@ func (p *serveProc) signal(t *testing.T, sig os.Signal) {
 func (p *serveProc) wait(t *testing.T) {
 	t.Helper()
 	select {
-	case err := <-p.exited:
-		if err != nil {
-			t.Errorf("exit: %v, want status 0; output:\n%s", err, p.out)
+	case <-p.done:
+		if p.err != nil {
+			t.Errorf("exit: %v, want status 0; output:\n%s", p.err, p.out)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("proxy still running 10 s after being told to stop; output:\n%s", p.out)

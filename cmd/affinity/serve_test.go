@@ -91,21 +91,7 @@ pools:
       - {url: %s, name: web-2}
 `, listen, b1.URL, b2.URL))
 
-	var stderr syncBuffer
-	cmd := exec.Command(bin, "serve", "-c", cfg, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		// Only reached with the process still running when a check failed.
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
+	p := startServe(t, bin, cfg, "--log-level", "debug")
 
 	jar, err := cookiejar.New(nil)
 	if err != nil {
@@ -143,18 +129,9 @@ pools:
 		}
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v, want status 0; output:\n%s", err, stderr.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("proxy still running 10 s after SIGTERM; output:\n%s", stderr.String())
-	}
-	out := stderr.String()
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+	out := p.out.String()
 	if strings.Contains(out, "panic") {
 		t.Errorf("output has a panic:\n%s", out)
 	}
