@@ -111,11 +111,15 @@ func newAdmin(s *Server, c config.Admin, errLog *log.Logger) (*admin, error) {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	a.http = &http.Server{
-		Handler:           a.guardHost(mux),
+		Handler:           closeDoubtful(a.guardHost(mux)),
 		ReadHeaderTimeout: adminHeaderTimeout,
 		IdleTimeout:       adminIdleTimeout,
 		ErrorLog:          errLog,
 		// No WriteTimeout: a CPU profile streams for as long as asked.
+		// "OPTIONS *" goes to the mux, which answers 400 and closes,
+		// rather than to net/http's handler, which reads a chunked body
+		// and goes on to the bytes after it.
+		DisableGeneralOptionsHandler: true,
 	}
 	return a, nil
 }

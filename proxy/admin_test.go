@@ -606,3 +606,41 @@ func TestServeAdminAfterShutdown(t *testing.T) {
 		t.Error("listener still open")
 	}
 }
+
+// TestAdminClosesAfterDoubtfulFraming holds the admin listener to the rule
+// of the proxy's (framing.go): after a request whose framing another reader
+// may take otherwise, the connection closes, and the bytes after it are
+// never read as a request.
+func TestAdminClosesAfterDoubtfulFraming(t *testing.T) {
+	urls := map[string]*url.URL{"a": codeBackend(t, "a", http.StatusOK)}
+	cfg := &config.Config{
+		Listen: "127.0.0.1:0", Timeouts: testTimeouts,
+		Routes: []config.Route{{Pool: "web"}},
+		Pools:  []*config.Pool{poolAt("web", "round-robin", urls, "a")},
+	}
+	_, _, admin := startWithAdmin(t, cfg, nil)
+	addr := strings.TrimPrefix(admin, "http://")
+	const next = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+	tests := []struct {
+		name  string
+		first string
+		want  int // responses before the connection closes
+	}{
+		{"plain GET keeps the connection", "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 2},
+		{"chunked", "POST /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1},
+		{"chunked and Content-Length", "POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1},
+		{"HTTP/1.0 keep-alive", "GET /healthz HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n", 1},
+		{"OPTIONS * chunked", "OPTIONS * HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The second request closes the connection itself, so that
+			// the exchange ends either way.
+			last := strings.Replace(next, "\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1)
+			got := rawExchange(t, addr, tt.first+last)
+			if len(got) != tt.want {
+				t.Errorf("%d responses, want %d: the bytes after the request were read as a request", len(got), tt.want)
+			}
+		})
+	}
+}

@@ -35,6 +35,19 @@ func closesAfter(r *http.Request) bool {
 	return r.ProtoMajor == 1 && (r.ProtoMinor == 0 || len(r.TransferEncoding) > 0)
 }
 
+// closeDoubtful has the connection of every request closesAfter names
+// closed after its response, for a listener whose handlers write their
+// answers themselves (the admin listener's): a front proxy may carry an
+// admin client's requests too.
+func closeDoubtful(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if closesAfter(r) {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // closingWriter is the ResponseWriter of a request after which the
 // connection closes: net/http closes it after a final response whose
 // header says "Connection: close". The header is set as the final status
