@@ -6,6 +6,7 @@
 //	go run ./internal/perf idle-conns -bin bin/affinity -conns 10000
 //	go run ./internal/perf cpu        -bin bin/affinity
 //	go run ./internal/perf h2spec     -bin bin/affinity -h2spec bin/h2spec
+//	go run ./internal/perf stray      -bin bin/affinity -clients 20
 //
 // profile drives the proxy with a representative load (round-robin and
 // cookie-sticky requests, new clients and returning ones) and saves its CPU
@@ -20,7 +21,11 @@
 // HAProxy, with the harness's own backends and pinning (`make bench-cpu`).
 // h2spec runs the h2spec conformance suite against the proxy's TLS listener
 // over the same three backends, and reports the cases passed and failed
-// (`make conformance`).
+// (`make conformance`). stray has a backend send complete responses no
+// request asked for, a moment after its answers, and counts the clients
+// that received one, through the proxy, through http.Transport and
+// through HAProxy, classed by whether the next request was already out
+// when the stray came (see stray.go).
 package main
 
 import (
@@ -61,7 +66,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: perf profile|instr|idle-conns|cpu|h2spec [flags]")
+		return errors.New("usage: perf profile|instr|idle-conns|cpu|h2spec|stray [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/affinity", "the affinity binary to run")
@@ -106,6 +111,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		return h2specRun(ctx, *bin, o, out)
+	case "stray":
+		o := strayOptions{}
+		fs.IntVar(&o.clients, "clients", 20, "concurrent clients, each on a connection of its own")
+		fs.IntVar(&o.requests, "requests", 100, "requests each client sends")
+		fs.Float64Var(&o.share, "share", 0.3, "share of answers the backend follows with a stray response")
+		fs.DurationVar(&o.maxDelay, "max-delay", 100*time.Millisecond, "a stray comes 0 to this long after its answer")
+		fs.StringVar(&o.haproxy, "haproxy", "haproxy", "the haproxy binary, measured beside the proxy when found")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return stray(ctx, *bin, o, out)
 	case "cpu":
 		o := cpuOptions{}
 		fs.StringVar(&o.peers, "peers", "../shared/bench", "the peer harness's directory, with naive/ and peers/")
@@ -119,7 +135,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return cpu(ctx, *bin, o, out)
 	}
-	return fmt.Errorf("unknown command %q: want profile, instr, idle-conns, cpu or h2spec", args[0])
+	return fmt.Errorf("unknown command %q: want profile, instr, idle-conns, cpu, h2spec or stray", args[0])
 }
 
 // backends serves three fixed responses, as the peer harness's backends do,
