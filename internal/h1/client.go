@@ -30,6 +30,7 @@ type Client struct {
 	maxIdle          int           // idle connections over all hosts
 	maxIdlePerHost   int           // idle connections to one host:port
 	maxHeader        int64         // bytes a response's headers may take
+	max1xx           int           // interim responses before the final one
 
 	mu    sync.Mutex
 	idle  map[connKey][]*conn // the most recently used last
@@ -84,7 +85,7 @@ func New(cfg Config) *Client {
 		continueTimeout: cfg.ExpectContinueTimeout,
 		headerTimeout:   cfg.ResponseHeaderTimeout, idleTimeout: cfg.IdleConnTimeout,
 		maxIdle: cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
-		maxHeader: maxResponseHeaderBytes, idle: make(map[connKey][]*conn),
+		maxHeader: maxResponseHeaderBytes, max1xx: max1xxResponses, idle: make(map[connKey][]*conn),
 	}
 	if c.maxIdle == 0 {
 		c.maxIdle = math.MaxInt

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -481,4 +483,88 @@ func TestIdleConnections(t *testing.T) {
 		c.CloseIdleConnections()
 		testutil.Eventually(t, waitFor, "idle connection closed", func() bool { return rb.Closed() == 1 })
 	})
+}
+
+// TestInformationalCap: a backend may send max1xxResponses interim
+// responses before its final one, each relayed through the trace; one more
+// and the request fails, so that a backend looping on 103s has no more of
+// them relayed to the client.
+func TestInformationalCap(t *testing.T) {
+	hint := "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+	final := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	for _, tc := range []struct {
+		hints int
+		fail  bool
+	}{{1, false}, {max1xxResponses, false}, {max1xxResponses + 1, true}, {100, true}} {
+		t.Run(strconv.Itoa(tc.hints), func(t *testing.T) {
+			rb := testutil.StartRaw(t, answering(strings.Repeat(hint, tc.hints)+final, false))
+			c := newTestClient(waitFor, 0)
+			defer c.CloseIdleConnections()
+			relayed := 0
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
+				relayed++
+				return nil
+			}}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, rb.URL(), nil)
+			res, err := c.RoundTrip(req)
+			if tc.fail {
+				if !errors.Is(err, errTooMany1xx) || relayed != max1xxResponses {
+					t.Fatalf("error %v after %d relayed; want %v after %d", err, relayed, errTooMany1xx, max1xxResponses)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			_ = res.Body.Close()
+			if res.StatusCode != http.StatusOK || string(body) != "ok" || relayed != tc.hints {
+				t.Errorf("got %d %q after %d relayed; want 200 \"ok\" after %d", res.StatusCode, body, relayed, tc.hints)
+			}
+		})
+	}
+}
+
+// TestInformationalTrickle: ResponseHeaderTimeout bounds the whole head,
+// the interim responses before it included, in both clients: a backend
+// that sends a 102 every few milliseconds, and never its final response,
+// times out the request as one that sends nothing does. The trace asks for
+// every interim response, as ReverseProxy's does; the cap of the Client is
+// set out of reach, so that only the timeout can end the wait.
+func TestInformationalTrickle(t *testing.T) {
+	trickle := func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		// Bounded: a client that never times out fails the test
+		// when this ends, not by hanging it.
+		for end := time.Now().Add(2 * waitFor); time.Now().Before(end); {
+			if _, err := io.WriteString(c, "HTTP/1.1 102 Processing\r\n\r\n"); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+	cfg := testConfig(200*time.Millisecond, 0)
+	hc := New(cfg)
+	hc.max1xx = math.MaxInt
+	for _, rt := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{{"Client", hc}, {"http.Transport", newTransport(cfg)}} {
+		t.Run(rt.name, func(t *testing.T) {
+			rb := testutil.StartRaw(t, trickle)
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error { return nil }}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, rb.URL(), nil)
+			res, err := rt.rt.RoundTrip(req)
+			if err == nil {
+				_ = res.Body.Close()
+			}
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("error %v, want a timeout", err)
+			}
+		})
+	}
 }

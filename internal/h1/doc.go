@@ -49,8 +49,10 @@
 //     nothing to unfold) and leaves every other to http.ReadResponse.
 //     TestParseResponse and FuzzParseResponse run both on the same bytes.
 //   - The transport's behaviour where a backend or client can tell: the
-//     response-header timeout, the cap on response header bytes, 1xx
-//     responses relayed through the request's ClientTrace, and the
+//     response-header timeout, which bounds the whole head, 1xx responses
+//     included, the cap on response header bytes, 1xx responses relayed
+//     through the request's ClientTrace (at most max1xxResponses, a cap
+//     the transport no longer keeps; TestInformationalCap), and the
 //     connection each request takes reported to its GotConn (TestGotConn;
 //     the proxy tells from it which connection a request's backend
 //     ended), a connection

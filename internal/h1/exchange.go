@@ -23,6 +23,16 @@ func (headerTimeoutError) Error() string   { return "timeout awaiting response h
 func (headerTimeoutError) Timeout() bool   { return true }
 func (headerTimeoutError) Temporary() bool { return true }
 
+// max1xxResponses caps the interim responses read before the final one,
+// at the number http.Transport once capped them at (its max1xxResponses;
+// it no longer caps those a trace hears of, as ReverseProxy's trace
+// does): past it, a backend that
+// sends 103s or 100s in a loop would have each relayed to the client for
+// as long as ResponseHeaderTimeout lets it. Early Hints come once or twice.
+const max1xxResponses = 5
+
+var errTooMany1xx = errors.New("too many 1xx informational responses")
+
 // exchange sends r on hc and reads the response headers. A request without
 // a body is written here, before the response is read; one with a body is
 // written by a bodyWriter while the response is read (see there).
@@ -74,7 +84,7 @@ func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *
 		return fail(fmt.Errorf("reading the response: %w", err))
 	}
 	var wrap *respBody
-	for {
+	for n1xx := 0; ; n1xx++ {
 		if res, wrap, err = readResponse(hc.br, r); err != nil {
 			if hc.r.limit <= 0 {
 				err = errHeaderTooLarge
@@ -92,6 +102,9 @@ func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *
 		// trace (ReverseProxy's), then the next is read; 101 is final.
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			break
+		}
+		if n1xx == c.max1xx {
+			return fail(errTooMany1xx)
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {

@@ -195,6 +195,10 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add("GET", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
 	f.Add("HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
 	f.Add("GET", "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: \t b \r\n\r\nab")
+	for _, h := range hostileResponses(f) {
+		f.Add("GET", h.raw)
+		f.Add("HEAD", h.raw)
+	}
 	f.Fuzz(func(t *testing.T, method, raw string) {
 		sameAsReadResponse(t, method, raw)
 	})

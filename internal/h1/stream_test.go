@@ -114,12 +114,15 @@ func expected(method, answer string) (d delivery, needsEnd, extra bool) {
 		br := bufio.NewReader(r)
 		var res *http.Response
 		var err error
-		for {
+		for n1xx := 0; ; n1xx++ {
 			if res, err = http.ReadResponse(br, &http.Request{Method: method}); err != nil {
 				return delivery{err: true}, r.hit, false
 			}
 			if res.StatusCode < 100 || res.StatusCode > 199 || res.StatusCode == http.StatusSwitchingProtocols {
 				break
+			}
+			if n1xx == max1xxResponses {
+				return delivery{err: true}, r.hit, false
 			}
 		}
 		d := delivery{status: res.StatusCode, header: headerText(res.Header)}
@@ -166,12 +169,19 @@ func deliveries(t *testing.T, rt http.RoundTripper, c *Client, srv *tls.Config, 
 		}
 		return re
 	})
-	// As ReverseProxy asks, 1xx responses are heard of and passed over.
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error { return nil }}
-	ctx := httptrace.WithClientTrace(t.Context(), trace)
 	out := make([]delivery, len(steps))
 	for k, st := range steps {
-		ctx, cancel := context.WithTimeout(ctx, waitFor)
+		// As ReverseProxy asks, 1xx responses are heard of and passed
+		// over; past the Client's cap, the transport, which keeps
+		// none, is stopped by the trace.
+		n1xx := 0
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			if n1xx++; n1xx > max1xxResponses {
+				return errTooMany1xx
+			}
+			return nil
+		}}
+		ctx, cancel := context.WithTimeout(httptrace.WithClientTrace(t.Context(), trace), waitFor)
 		req, err := st.request(ctx, b.BaseURL().String(), k)
 		if err != nil {
 			t.Fatal(err)
@@ -255,6 +265,12 @@ func FuzzStream(f *testing.F) {
 	f.Add(uint8(post), false, "HTTP/1.1 100 Continue\r\n\r\n"+ok, "", "HTTP/1.1 413 Too Large\r\nConnection: close\r\n\r\n", "", ok)
 	f.Add(uint8(0), true, "HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", "", "HTTP/1.0 200 OK\r\n\r\nold", "", "")
 	f.Add(uint8(0), false, "HTTP/1.1 101 Switching Protocols\r\n\r\n", "", ok, "HTTP/1.1 200 OK\r\n", ok)
+	// Each hostile response (testdata) to a GET and to a POST, then two
+	// requests answered well on what connections are left.
+	for _, h := range hostileResponses(f) {
+		f.Add(uint8(0), false, h.raw, "", ok, "", ok)
+		f.Add(uint8(0b10), false, h.raw, "", ok, "", ok)
+	}
 	certs := testutil.NewCerts(f)
 	srv := serverTLS(f, certs)
 	f.Fuzz(func(t *testing.T, methods uint8, useTLS bool, a1, l1, a2, l2, a3 string) {
