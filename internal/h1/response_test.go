@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/affinityproxy/affinity/internal/testutil"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -195,9 +196,9 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add("GET", "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
 	f.Add("HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
 	f.Add("GET", "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: \t b \r\n\r\nab")
-	for _, h := range hostileResponses(f) {
-		f.Add("GET", h.raw)
-		f.Add("HEAD", h.raw)
+	for _, h := range testutil.HostileResponses(f) {
+		f.Add("GET", h.Raw)
+		f.Add("HEAD", h.Raw)
 	}
 	f.Fuzz(func(t *testing.T, method, raw string) {
 		sameAsReadResponse(t, method, raw)

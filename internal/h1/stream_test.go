@@ -267,9 +267,9 @@ func FuzzStream(f *testing.F) {
 	f.Add(uint8(0), false, "HTTP/1.1 101 Switching Protocols\r\n\r\n", "", ok, "HTTP/1.1 200 OK\r\n", ok)
 	// Each hostile response (testdata) to a GET and to a POST, then two
 	// requests answered well on what connections are left.
-	for _, h := range hostileResponses(f) {
-		f.Add(uint8(0), false, h.raw, "", ok, "", ok)
-		f.Add(uint8(0b10), false, h.raw, "", ok, "", ok)
+	for _, h := range testutil.HostileResponses(f) {
+		f.Add(uint8(0), false, h.Raw, "", ok, "", ok)
+		f.Add(uint8(0b10), false, h.Raw, "", ok, "", ok)
 	}
 	certs := testutil.NewCerts(f)
 	srv := serverTLS(f, certs)

@@ -1,0 +1,52 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// TestHostileResponse: each hostile backend response of the corpus
+// (testdata/hostile-responses.txt), sent on a keep-alive connection to a
+// GET, costs its client at most a failed answer (a 502, or a cut body for a
+// response that ends early) and never hands anyone the bytes the backend
+// sent past its response: the client asking next on that backend, and
+// those after it, each get their own answer. That the proxy's client reads
+// each exactly as http.Transport does is FuzzStream's, in internal/h1.
+func TestHostileResponse(t *testing.T) {
+	for _, h := range testutil.HostileResponses(t) {
+		t.Run(h.Name, func(t *testing.T) {
+			t.Parallel()
+			b := connBackend(t, nil, func(r testutil.RawRequest) testutil.Reaction {
+				if r.Target == "/a" {
+					return testutil.Reaction{Raw: h.Raw}
+				}
+				return echoToken(r)
+			})
+			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}},
+				Passive:  &config.Passive{Failures: 100, Eject: time.Minute, MaxEject: time.Minute}}
+			cfg := catchAll(pc)
+			// A head or a body that never ends is cut by the header
+			// timeout or by the client leaving, not waited for.
+			cfg.Timeouts.ResponseHeader = time.Second
+			_, u := startProxy(t, cfg, nil)
+			tr := &http.Transport{DisableKeepAlives: true}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+			if res, err := c.Get(u.String() + "/a"); err == nil {
+				body, _ := io.ReadAll(res.Body)
+				_ = res.Body.Close()
+				if strings.Contains(string(body), "EVIL") || strings.Contains(res.Header.Get("Content-Length"), "EVIL") {
+					t.Errorf("the client got %d %q: bytes past the response", res.StatusCode, body)
+				}
+			}
+			askEach(t, u)
+		})
+	}
+}
