@@ -77,7 +77,9 @@
 //     tlsQuiet looks into (recordConn keeps every byte past the record
 //     crypto/tls reads where it can be seen). Both leave one window, that
 //     no client can close: bytes a backend sends between that check and
-//     the request's arrival, which nothing tells from an answer.
+//     the request's arrival, which nothing tells from an answer
+//     (go run ./internal/perf stray measures it beside http.Transport and
+//     HAProxy; the figures are in docs/security.md).
 //     TestConcurrentClients has many requests at once over one Client
 //     against backends that send more than their answers, in plain HTTP
 //     and in TLS; FuzzStream drives this client and http.Transport over
