@@ -437,7 +437,7 @@ func covers(a, b Match) bool {
 // pool decodes one pool; key is its name in the pools mapping.
 func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	path := "pools." + name
-	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "passive", "retries", "retry_max_body", "slow_start", "tls")
+	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "passive", "keepalive", "retries", "retry_max_body", "slow_start", "tls")
 	if s == nil {
 		return nil
 	}
@@ -473,6 +473,9 @@ func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	}
 	if v, n := d.integer(s, "retry_max_body", 0, math.MaxInt64); n != nil {
 		p.Retries.MaxBody = v
+	}
+	if v, n := d.boolean(s, "keepalive"); n != nil {
+		p.DisableKeepAlives = !v
 	}
 	p.TLS = d.backendTLS(s, p.Backends, p.Discover)
 	return p

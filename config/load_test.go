@@ -42,6 +42,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "balancer", p.Balancer, DefaultBalancer("web"))
 			check(t, "backend tls", p.TLS, (*BackendTLS)(nil))
 			check(t, "retries", p.Retries, Retries{Count: 2, MaxBody: 65536})
+			check(t, "keep-alive off", p.DisableKeepAlives, false)
 			check(t, "health check", p.HealthCheck, (*HealthCheck)(nil))
 			check(t, "passive", p.Passive, (*Passive)(nil))
 			check(t, "backends", backendSummary(p), []string{"127.0.0.1:9001 http://127.0.0.1:9001 1"})
@@ -93,6 +94,8 @@ func TestLoadValid(t *testing.T) {
 			check(t, "api hash", api.Balancer.Options.Hash, balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 500, LoadFactor: 1.25})
 			check(t, "api backends", backendSummary(api), []string{"api-a http://10.0.0.1:8000 1", "api-b http://10.0.0.2:8000 2"})
 			check(t, "api retries", api.Retries, Retries{Count: 10, MaxBody: 1 << 20})
+			check(t, "web keep-alive off", web.DisableKeepAlives, false)
+			check(t, "api keep-alive off", api.DisableKeepAlives, true)
 		},
 		"yaml12.yaml": func(t *testing.T, c *Config) {
 			p := onlyPool(t, c, "web")

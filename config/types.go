@@ -134,6 +134,11 @@ type Pool struct {
 	HealthCheck *HealthCheck // nil: no active checks
 	Passive     *Passive     // nil: no passive ejection
 	Retries     Retries
+	// DisableKeepAlives gives each request a backend connection of its
+	// own, closed after its response (keepalive: false; default: kept
+	// for the next requests): for a backend that sends bytes no request
+	// asked for, at the cost of a connect per request.
+	DisableKeepAlives bool
 	// TLS verifies the pool's https:// backends; nil: the system's roots
 	// and the name in each backend's URL.
 	TLS *BackendTLS

@@ -348,6 +348,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = pr.In.Host
 	setForwarded(pr, ex.trusted)
 	pr.Out.Header.Add("Via", ex.via)
+	pr.Out.Close = ex.pool.closeConns
 }
 
 // modifyResponse is the ReverseProxy's ModifyResponse: a response that

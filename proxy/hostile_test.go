@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -47,6 +48,34 @@ func TestHostileResponse(t *testing.T) {
 				}
 			}
 			askEach(t, u)
+		})
+	}
+}
+
+// TestKeepAliveOff: a pool with keepalive: false sends each request on a
+// backend connection of its own, so that a backend's stray response can
+// reach no other client; with keep-alive on, the same requests, one after
+// the other, share one.
+func TestKeepAliveOff(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("disabled=%v", off), func(t *testing.T) {
+			b := connBackend(t, nil, echoToken)
+			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+				Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}, DisableKeepAlives: off}
+			_, u := startProxy(t, catchAll(pc), nil)
+			askEach(t, u)
+			reqs := b.Requests()
+			conns := map[int]bool{}
+			for _, r := range reqs {
+				conns[r.Conn] = true
+			}
+			want := 1
+			if off {
+				want = len(reqs)
+			}
+			if len(reqs) != 4 || len(conns) != want {
+				t.Errorf("%d requests on %d connections, want 4 on %d", len(reqs), len(conns), want)
+			}
 		})
 	}
 }

@@ -48,6 +48,10 @@ type pool struct {
 	// slowStart is how long a backend that starts taking new clients
 	// after serving nobody takes to reach its full weight (slowstart.go).
 	slowStart time.Duration
+	// closeConns sends each request with "Connection: close" on a
+	// connection of its own (keepalive: false): the h1 client leaves
+	// such a request to the transport, which keeps none.
+	closeConns bool
 	// transport forwards to the backends and checkClient checks them,
 	// when the pool's tls section needs its own; nil: the server's shared
 	// transport and the default check client (tls.go).
@@ -165,19 +169,20 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 		l.SetLogger(log.With(zap.String("pool", pc.Name)))
 	}
 	p := &pool{
-		name:      pc.Name,
-		kind:      pc.Balancer.Type,
-		policy:    policy,
-		balancer:  pc.Balancer,
-		group:     prev.groupOrNew(),
-		poolStats: prev.poolStatsOrNew(),
-		backends:  make([]*balancer.Backend, 0, len(pc.Backends)),
-		members:   make([]member, len(pc.Backends)),
-		log:       log,
-		passive:   newPassive(pc.Passive),
-		retries:   pc.Retries.Count,
-		maxBody:   pc.Retries.MaxBody,
-		slowStart: pc.SlowStart,
+		name:       pc.Name,
+		kind:       pc.Balancer.Type,
+		policy:     policy,
+		balancer:   pc.Balancer,
+		group:      prev.groupOrNew(),
+		poolStats:  prev.poolStatsOrNew(),
+		backends:   make([]*balancer.Backend, 0, len(pc.Backends)),
+		members:    make([]member, len(pc.Backends)),
+		log:        log,
+		passive:    newPassive(pc.Passive),
+		retries:    pc.Retries.Count,
+		maxBody:    pc.Retries.MaxBody,
+		slowStart:  pc.SlowStart,
+		closeConns: pc.DisableKeepAlives,
 	}
 	if pc.HealthCheck != nil {
 		hc := *pc.HealthCheck
