@@ -361,6 +361,8 @@ var (
 		"Requests rejected before routing: asking for a tunnel (501) or not forwardable as HTTP/1.1 (400).", nil, nil)
 	descReloads = prometheus.NewDesc("affinity_config_reloads_total",
 		"Configuration reloads, by result (ok or failed).", []string{"result"}, nil)
+	descCertNotAfter = prometheus.NewDesc("affinity_tls_cert_not_after_timestamp_seconds",
+		"When the certificate the TLS listener serves expires, as a Unix time.", nil, nil)
 	descLearnEntries = prometheus.NewDesc("affinity_learn_entries",
 		"Sessions held in the learn balancer's table (expired ones count until swept).", []string{"pool"}, nil)
 	descLearnEvictions = prometheus.NewDesc("affinity_learn_evictions_total",
@@ -420,7 +422,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descConfig, descClientConns, descConnsMax, descAcceptPauses,
+		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descCertNotAfter, descConfig, descClientConns, descConnsMax, descAcceptPauses,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryIgnored, descDiscoveryAnswer,
@@ -438,6 +440,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.OK), "ok")
 	emit(ch, descReloads, prometheus.CounterValue, float64(rs.Failed), "failed")
 	emit(ch, descConfig, prometheus.GaugeValue, 1, rs.Hash)
+	if s.cert != nil {
+		emit(ch, descCertNotAfter, prometheus.GaugeValue, float64(s.cert.cur.Load().Leaf.NotAfter.Unix()))
+	}
 	served, parked := s.clientConns()
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(served), "served")
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(parked), "parked")

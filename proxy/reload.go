@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -73,7 +74,7 @@ func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error 
 	}
 	if cur := s.state.Load().cfg; cfg.Hash == cur.Hash && cur.File == cfg.File {
 		s.log.Info("config unchanged", zap.String("file", path), zap.String("hash", cfg.Hash))
-		return nil
+		return s.ReloadCertificate()
 	}
 	LogWarnings(s.log, cfg)
 	return s.Reload(cfg)
@@ -106,7 +107,11 @@ func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error 
 // listener is closed: its connections finish their request in progress and
 // close. The same address and port written otherwise (":8080" for
 // "0.0.0.0:8080", a name for its address) keeps the listener. The log format, access log and admin listener are set up once and
-// change at restart only; a reload that changes them logs a warning.
+// change at restart only; a reload that changes them logs a warning. The
+// TLS listener's certificate and key are read again, whether their paths
+// changed or not, and serve new handshakes (ReloadCertificate); a pair
+// that does not load fails the reload. Turning TLS on or off needs a
+// restart.
 //
 // Reload logs and counts its outcome (ReloadStats). After Shutdown it
 // fails.
@@ -146,6 +151,14 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("proxy: reload: %w", err)
 	}
+	// The listener's pair is read on every reload, whether its paths
+	// changed or not: the files are what rotates.
+	var cert *tls.Certificate
+	if s.cert != nil && cfg.TLS != nil {
+		if cert, err = loadListenerCert(cfg.TLS); err != nil {
+			return 0, fmt.Errorf("proxy: reload: %w", err)
+		}
+	}
 	var ln net.Listener
 	respelled := cfg.Listen != old.cfg.Listen && sameListen(old.cfg.Listen, cfg.Listen)
 	if cfg.Listen != old.cfg.Listen && !respelled {
@@ -161,6 +174,9 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 	}
 	s.discovery = disc
 	s.transport.set(cfg.Timeouts)
+	if cert != nil {
+		s.rotateCert(cert)
+	}
 	removed := s.swap(old, next)
 	if s.started {
 		for _, d := range disc {
@@ -494,7 +510,9 @@ func restartOnly(old, cfg *config.Config) []string {
 	if was != is {
 		keys = append(keys, "server")
 	}
-	if (old.TLS == nil) != (cfg.TLS == nil) || (old.TLS != nil && *old.TLS != *cfg.TLS) {
+	// Other files for tls are read as a rotation is; turning TLS on or
+	// off changes the listener itself.
+	if (old.TLS == nil) != (cfg.TLS == nil) {
 		keys = append(keys, "tls")
 	}
 	return keys

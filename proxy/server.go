@@ -59,6 +59,8 @@ type Server struct {
 	// HTTP. http.Server.TLSConfig cannot tell: Serve sets it up for HTTP/2
 	// even on a plain listener.
 	tls *tls.Config
+	// cert is the pair tls serves, which reloads replace; nil without TLS.
+	cert *listenerCert
 	// cancel cancels the context every request derives from, aborting
 	// whatever Shutdown could not wait for.
 	cancel context.CancelFunc
@@ -151,9 +153,12 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	tlsConfig, err := listenerTLS(cfg.TLS)
+	tlsConfig, cert, err := listenerTLS(cfg.TLS)
 	if err != nil {
 		return nil, err
+	}
+	if cert != nil {
+		warnValidity(log, cert.cur.Load().Leaf)
 	}
 	disc, err := discoverers(cfg, log, nil)
 	if err != nil {
@@ -180,7 +185,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		via:       newVia(),
 	}
 	s.retry = &retrier{next: s.transport, log: log}
-	s.tls = tlsConfig
+	s.tls, s.cert = tlsConfig, cert
 	if cfg.Log.Access {
 		s.access = log.Named(AccessLogName)
 		if f := cfg.Log.AccessSample; f > 0 && f < 1 {
