@@ -174,7 +174,7 @@ func (a *admin) bind() (net.Listener, error) {
 	if a.listen == "" {
 		return nil, nil
 	}
-	ln, err := net.Listen("tcp", a.listen)
+	ln, err := a.s.listenFn("tcp", a.listen)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: admin: %w", err)
 	}

@@ -126,6 +126,11 @@ func (s *Server) outcome(b *binding) error {
 		next := b.next
 		s.lnMu.Unlock()
 		if next == nil {
+			if s.handedOver.Load() && errors.Is(b.err, net.ErrClosed) {
+				// Closed by Shutdown's handOver, before http.Server
+				// knew of the shutdown.
+				return http.ErrServerClosed
+			}
 			return b.err
 		}
 		b = next

@@ -162,7 +162,7 @@ func (s *Server) reload(cfg *config.Config) (int, error) {
 	var ln net.Listener
 	respelled := cfg.Listen != old.cfg.Listen && sameListen(old.cfg.Listen, cfg.Listen)
 	if cfg.Listen != old.cfg.Listen && !respelled {
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		if ln, err = s.listenFn("tcp", cfg.Listen); err != nil {
 			return 0, fmt.Errorf("proxy: reload: %w", err)
 		}
 	}

@@ -106,6 +106,15 @@ type Server struct {
 	// conns caps the client connections of every listener together
 	// (server.max_conns; conns.go); nil for none.
 	conns *connLimit
+
+	// listenFn binds every listener: net.Listen, or UseListen's.
+	// onListening, when not nil, runs once ListenAndServe has bound its
+	// listeners. Both are set before serving.
+	listenFn    func(network, addr string) (net.Listener, error)
+	onListening func()
+	// handedOver tells Shutdown that another process serves the same
+	// sockets (HandOver).
+	handedOver atomic.Bool
 }
 
 // state is one immutable routing configuration: the routes, and the pools
@@ -183,6 +192,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		discovery: disc,
 		goneIdle:  goneIdle,
 		via:       newVia(),
+		listenFn:  net.Listen,
 	}
 	s.retry = &retrier{next: s.transport, log: log}
 	s.tls, s.cert = tlsConfig, cert
@@ -297,7 +307,7 @@ func (s *Server) ListenAndServe() error {
 		return err
 	}
 	s.lnMu.Lock()
-	ln, err := net.Listen("tcp", s.listen)
+	ln, err := s.listenFn("tcp", s.listen)
 	if err != nil {
 		s.lnMu.Unlock()
 		s.admin.discard(adm)
@@ -308,8 +318,27 @@ func (s *Server) ListenAndServe() error {
 	b := s.bindLocked(ln)
 	s.lnMu.Unlock()
 	s.admin.start(adm)
+	if s.onListening != nil {
+		s.onListening()
+	}
 	return s.serveBound(b)
 }
+
+// UseListen makes ListenAndServe, and a reload that moves the listen
+// address, bind the proxy's and the admin listener with listen rather than
+// net.Listen: internal/upgrade's, which takes over the sockets of the
+// process it replaces. onListening, when not nil, runs once
+// ListenAndServe has bound both, before it serves them: the moment the new
+// process can tell the old one that it is ready. Call it before serving.
+func (s *Server) UseListen(listen func(network, addr string) (net.Listener, error), onListening func()) {
+	s.listenFn, s.onListening = listen, onListening
+}
+
+// HandOver tells Shutdown that another process now accepts on the same
+// sockets (an in-place upgrade): it then closes the admin listener first,
+// so that /readyz and /metrics are answered by the process that stays,
+// never by this one draining (whose /readyz would say 503).
+func (s *Server) HandOver() { s.handedOver.Store(true) }
 
 // Serve accepts on ln until Shutdown; returns http.ErrServerClosed after a Shutdown.
 // It logs the listener and the pools it serves as it starts, and starts the
@@ -372,11 +401,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.reloadMu.Unlock()
 	// A loop applying a lookup finds the server closed, and returns.
 	s.discoveryLoops.Wait()
-	s.admin.draining.Store(true)
+	handedOver := s.handedOver.Load()
 	// Their Serve loops end, and let go of them, once the listeners close.
 	s.lnMu.Lock()
 	bindings := slices.Clone(s.bindings)
 	s.lnMu.Unlock()
+	if handedOver {
+		s.admin.shutdown(ctx)
+		s.handOver(ctx, bindings)
+	} else {
+		s.admin.draining.Store(true)
+	}
 	err := s.http.Shutdown(ctx)
 	if err == nil {
 		err = s.tunnels.wait(ctx)
@@ -404,8 +439,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.transport.close()
 	// The admin server goes last, so that /readyz tells the proxy is
 	// draining until it is done.
-	s.admin.shutdown(ctx)
+	if !handedOver {
+		s.admin.shutdown(ctx)
+	}
 	return err
+}
+
+// handOverWait bounds how long Shutdown, after HandOver, waits for the
+// connections it accepted last to bring their first request.
+const handOverWait = 5 * time.Second
+
+// handOver stops accepting on bindings as a reload that moves the listener
+// does (retire), and waits, until ctx ends or for handOverWait at most,
+// for their connections to close: each closes once idle, after the
+// request it serves. http.Server.Shutdown, which runs next, would close a
+// connection accepted just before it whose request comes after it began,
+// unanswered: a client that had just connected, and would see it as an
+// error, while the process that took over serves everyone else.
+func (s *Server) handOver(ctx context.Context, bindings []*binding) {
+	for _, b := range bindings {
+		s.retire(b)
+	}
+	ctx, cancel := context.WithTimeout(ctx, handOverWait)
+	defer cancel()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for openConns(bindings) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // CutError is Shutdown's error when its context ended before the requests

@@ -17,6 +17,7 @@ import (
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/gctune"
 	"github.com/affinityproxy/affinity/internal/logging"
+	"github.com/affinityproxy/affinity/internal/upgrade"
 	"github.com/affinityproxy/affinity/internal/watch"
 	"github.com/affinityproxy/affinity/proxy"
 )
@@ -37,6 +38,8 @@ func newServeCmd() *cobra.Command {
 		level       levelFlag
 		watchFile   bool
 		everyMethod bool
+		pidFile     string
+		upTimeout   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -45,7 +48,9 @@ func newServeCmd() *cobra.Command {
 			"then stop accepting connections and let requests in flight finish (shutdown_timeout, 30 s by default); " +
 			"what outlives it is cut and logged, and the exit status is still 0. " +
 			"SIGHUP, and with --watch any change of the file, reloads the configuration; " +
-			"an invalid one is logged and the running one kept.",
+			"an invalid one is logged and the running one kept. " +
+			"SIGUSR2 starts a new process of the program with the same arguments and hands it the listening sockets; " +
+			"once it serves, this one drains as on SIGTERM. A new process that fails leaves this one serving.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// SIGHUP is caught before anything slow: by Go's default it
@@ -57,6 +62,10 @@ func newServeCmd() *cobra.Command {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			// SIGUSR2 too: its default ends the process.
+			usr2 := make(chan os.Signal, 1)
+			signal.Notify(usr2, syscall.SIGUSR2)
+			defer signal.Stop(usr2)
 			cfg, err := config.LoadChecked(file)
 			if err != nil {
 				return reportConfigError(cmd.ErrOrStderr(), file, err)
@@ -94,7 +103,8 @@ func newServeCmd() *cobra.Command {
 			if everyMethod {
 				srv.RetryEveryMethod()
 			}
-			r := &reloader{file: file, srv: srv, log: log, hup: hup, load: config.LoadChecked, timeout: reloadTimeout}
+			r := &reloader{file: file, srv: srv, log: log, hup: hup, usr2: usr2, load: config.LoadChecked, timeout: reloadTimeout}
+			r.up = startUpgrader(srv, log, pidFile, upTimeout)
 			if level == "" {
 				// Without --log-level, log.level follows the file.
 				r.level = &sl.Level
@@ -109,8 +119,14 @@ func newServeCmd() *cobra.Command {
 					r.changes = w.C
 				}
 			}
+			if cfg.TLS != nil && watchFile {
+				r.certs.log = log
+				defer r.certs.close()
+				r.certs.follow(cfg.TLS)
+			}
 			log.Info("starting", zap.String("config", file), zap.String("hash", cfg.Hash),
-				zap.String("version", versionString()), zap.Bool("watch", r.changes != nil))
+				zap.String("version", versionString()), zap.Bool("watch", r.changes != nil),
+				zap.Bool("upgraded", r.up != nil && r.up.HasParent()))
 			return r.run(cmd.Context())
 		},
 	}
@@ -124,6 +140,8 @@ func newServeCmd() *cobra.Command {
 	// is inherited by nothing.
 	cmd.Flags().BoolVar(&everyMethod, unsafeRetryFlag, false, "retry every method, POST included")
 	_ = cmd.Flags().MarkHidden(unsafeRetryFlag)
+	cmd.Flags().StringVar(&pidFile, "pid-file", "", "write the process's PID to this file once it serves (rewritten by the process an upgrade starts)")
+	cmd.Flags().DurationVar(&upTimeout, "upgrade-timeout", time.Minute, "how long the process SIGUSR2 starts has to serve before it is killed and the upgrade fails")
 	return cmd
 }
 
@@ -145,9 +163,15 @@ type reloader struct {
 	// level, when not nil, is set to each reloaded config's log.level.
 	level *zap.AtomicLevel
 	// hup receives SIGHUP; changes receives a value when the file
-	// changed, and is nil without --watch.
+	// changed, and is nil without --watch; certs watches the TLS
+	// listener's files, and is nil without TLS or --watch.
 	hup     <-chan os.Signal
 	changes <-chan struct{}
+	certs   certWatch
+	// usr2 receives SIGUSR2, which asks up for an upgrade; up is nil
+	// where upgrades cannot be had.
+	usr2 <-chan os.Signal
+	up   *upgrade.Upgrader
 	// load reads and checks the file (config.LoadChecked), for at most
 	// timeout.
 	load    func(string) (*config.Config, error)
@@ -173,6 +197,12 @@ func (r *reloader) run(ctx context.Context) error {
 	go func() { served <- r.srv.ListenAndServe() }()
 	reloaded := make(chan struct{}, 1)
 	running, again := false, ""
+	upgraded := make(chan error, 1)
+	upgrading, handedOver := false, false
+	var exit <-chan struct{}
+	if r.up != nil {
+		exit = r.up.Exit()
+	}
 	reload := func(trigger string) {
 		if running {
 			// Changes made meanwhile are read by one more reload.
@@ -197,8 +227,33 @@ func (r *reloader) run(ctx context.Context) error {
 			reload("SIGHUP")
 		case <-r.changes:
 			reload("file changed")
+		case <-r.certs.cert:
+			reload("certificate file changed")
+		case <-r.certs.key:
+			reload("key file changed")
+		case <-r.usr2:
+			switch {
+			case r.up == nil:
+				r.log.Warn("SIGUSR2 ignored: in-place upgrade is unavailable in this process")
+			case upgrading:
+				r.log.Info("SIGUSR2 ignored: an upgrade is under way")
+			default:
+				upgrading = true
+				r.log.Info("upgrading: starting a new process", zap.String("executable", os.Args[0]))
+				go func() { upgraded <- r.up.Upgrade() }()
+			}
+		case err := <-upgraded:
+			upgrading = false
+			if err != nil {
+				r.log.Error("upgrade failed: this process goes on serving", zap.Error(err))
+			}
+		case <-exit:
+			// Closed only by a successful upgrade until Stop, below.
+			handedOver, stop = true, true
 		case <-reloaded:
 			running = false
+			// The reload may have named other files for tls.
+			r.certs.follow(r.srv.Config().TLS)
 			if again != "" {
 				trigger := again
 				again = ""
@@ -209,6 +264,16 @@ func (r *reloader) run(ctx context.Context) error {
 	timeout := r.srv.Config().ShutdownTimeout
 	if timeout <= 0 {
 		timeout = config.DefaultShutdownTimeout
+	}
+	if r.up != nil {
+		if handedOver {
+			r.log.Info("the new process serves: this one stops accepting and drains")
+			r.srv.HandOver()
+		}
+		// Kills a new process that is not ready yet: a stop wins.
+		if err := r.up.Stop(handedOver); err != nil {
+			r.log.Warn("stopping upgrades", zap.Error(err))
+		}
 	}
 	r.log.Info("shutting down", zap.Duration("timeout", timeout))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)

@@ -1,0 +1,263 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// readPID returns the PID in the file, 0 while there is none.
+func readPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// reapLater makes the test process the reaper of orphans, so that the
+// process an upgrade starts, whose parent exits, can be waited for; the
+// returned stop ends pid (SIGTERM, then SIGKILL) and reaps it.
+func reapLater(t *testing.T) func(pid int) {
+	t.Helper()
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot reap the upgraded process: %v", err)
+	}
+	return func(pid int) {
+		if pid <= 0 {
+			return
+		}
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() {
+			var ws syscall.WaitStatus
+			_, _ = syscall.Wait4(pid, &ws, 0, nil)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+}
+
+// load sends GETs to url over keep-alive and over new connections from a
+// few clients until stop is closed (or 60 s, or 50,000 requests), counting
+// what succeeded and what failed.
+type load struct {
+	ok, failed atomic.Int64
+	firstErr   atomic.Value
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(t *testing.T, url string) *load {
+	t.Helper()
+	l := &load{stop: make(chan struct{})}
+	deadline := time.Now().Add(60 * time.Second)
+	for i := range 4 {
+		// Half the clients keep their connections, half open one per
+		// request.
+		tr := &http.Transport{DisableKeepAlives: i%2 == 1, MaxIdleConnsPerHost: 1}
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		l.wg.Go(func() {
+			defer tr.CloseIdleConnections()
+			for n := 0; n < 12_500 && time.Now().Before(deadline); n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, err := c.Get(url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %s", resp.Status)
+					}
+				}
+				if err != nil {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, fmt.Sprintf("client %d (keep-alive %v) at %s: %v", i, i%2 == 0, time.Now().Format("15:04:05.000"), err))
+					continue
+				}
+				l.ok.Add(1)
+			}
+		})
+	}
+	t.Cleanup(l.end)
+	return l
+}
+
+func (l *load) end() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// waitOK waits until n more requests succeeded.
+func (l *load) waitOK(t *testing.T, n int64) {
+	t.Helper()
+	want := l.ok.Load() + n
+	waitForWithin(t, 30*time.Second, fmt.Sprintf("%d more requests answered", n), func() bool { return l.ok.Load() >= want })
+}
+
+// SIGUSR2 starts a new process of the binary, which takes the listening
+// sockets over; the old one drains and exits 0, and no request of a load
+// running meanwhile fails. A new process that cannot serve (a broken
+// config, a binary that exits, one that never gets ready) leaves the old
+// one serving.
+func TestServeUpgrade(t *testing.T) {
+	built := buildBinary(t)
+	reap := reapLater(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "affinity")
+	copyBinary := func(from string) {
+		t.Helper()
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A new file renamed over the old, as a package upgrade does: the
+		// running binary's file cannot be written.
+		if err := os.WriteFile(bin+".new", data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(bin+".new", bin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyBinary(built)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(backend.Close)
+	listen, admin := freeAddr(t), freeAddr(t)
+	good := fmt.Sprintf("listen: %s\nshutdown_timeout: 5s\nadmin: {listen: %s}\npools:\n  web:\n    backends: [{url: %q, name: a}]\n",
+		listen, admin, backend.URL)
+	cfg := writeFile(t, "affinity.yaml", []byte(good))
+	pidFile := filepath.Join(dir, "affinity.pid")
+	// Its output goes to a file: the new process inherits it, and a pipe
+	// would keep the old one's Wait waiting for the new one's end.
+	logFile := filepath.Join(dir, "serve.log")
+	out, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	cmd := exec.Command(bin, "serve", "-c", cfg, "--watch=false", "--pid-file", pidFile, "--upgrade-timeout", "3s")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	logs := func() string {
+		b, _ := os.ReadFile(logFile)
+		return string(b)
+	}
+	old := cmd.Process.Pid
+	waitForWithin(t, 30*time.Second, "the PID file", func() bool { return readPID(pidFile) == old })
+	l := startLoad(t, "http://"+listen+"/")
+	l.waitOK(t, 100)
+
+	failures := []struct {
+		name   string
+		break_ func()
+		log    string // what the old process logs of the failure
+	}{
+		{"invalid config", func() {
+			saveByRename(t, cfg, []byte("listen: [\n"))
+		}, "exited"},
+		{"binary that exits", func() {
+			saveByRename(t, cfg, []byte(good))
+			if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(bin+".new", bin); err != nil {
+				t.Fatal(err)
+			}
+		}, "exited"},
+		{"binary never ready", func() {
+			if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(bin+".new", bin); err != nil {
+				t.Fatal(err)
+			}
+		}, "timed out"},
+	}
+	for i, f := range failures {
+		f.break_()
+		if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		waitForWithin(t, 30*time.Second, f.name+": the failure logged", func() bool {
+			return strings.Count(logs(), "upgrade failed") == i+1
+		})
+		if !strings.Contains(logs(), f.log) {
+			t.Errorf("%s: the old process's log does not say %q:\n%s", f.name, f.log, logs())
+		}
+		if pid := readPID(pidFile); pid != old {
+			t.Fatalf("%s: PID file says %d, want the old process's %d", f.name, pid, old)
+		}
+		l.waitOK(t, 100)
+	}
+
+	copyBinary(built)
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var next int
+	waitForWithin(t, 30*time.Second, "the new process's PID in the file", func() bool {
+		next = readPID(pidFile)
+		return next != 0 && next != old
+	})
+	t.Cleanup(func() { reap(next) })
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("old process: %v, want exit status 0; output:\n%s", err, logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("old process still running 30 s after the upgrade; output:\n%s", logs())
+	}
+	l.waitOK(t, 200)
+	l.end()
+	if n := l.failed.Load(); n > 0 {
+		t.Errorf("%d of %d requests failed across the upgrades (first: %v); output:\n%s", n, n+l.ok.Load(), l.firstErr.Load(), logs())
+	}
+	resp, err := http.Get("http://" + admin + "/healthz")
+	if err != nil {
+		t.Fatalf("admin listener after the upgrade: %v", err)
+	}
+	_ = resp.Body.Close()
+	t.Logf("%d requests answered; pid %d then %d", l.ok.Load(), old, next)
+}

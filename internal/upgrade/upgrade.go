@@ -1,0 +1,91 @@
+// Package upgrade replaces the running process with a new one of the same
+// program without closing its listening sockets: the in-place upgrade of
+// `affinity serve` on SIGUSR2. It is a thin layer over
+// github.com/cloudflare/tableflip, which starts the new process with the
+// sockets passed as inherited descriptors and waits for it to say it is
+// ready, and it tells systemd (sd_notify, notify.go) which process is the
+// service's main one once a new one is ready.
+//
+// The new process is started from os.Args[0], looked up again at each
+// upgrade, with the same arguments, environment and working directory: a
+// binary replaced at that path (a package upgrade renames the new file
+// over the old) is the one that runs.
+package upgrade
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+)
+
+// Upgrader hands a process's listening sockets over to its successor.
+type Upgrader struct {
+	flip    *tableflip.Upgrader
+	pidFile string
+}
+
+// New makes the process's Upgrader; there is at most one per process (the
+// descriptors a predecessor passed are the process's), and a second call
+// fails. pidFile, when not empty, is written with the process's PID, by
+// renaming a new file over it, once it is ready. A successor that is not
+// ready within timeout is killed, and the upgrade fails.
+func New(pidFile string, timeout time.Duration) (*Upgrader, error) {
+	flip, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeTimeout: timeout})
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: %w", err)
+	}
+	return &Upgrader{flip: flip, pidFile: pidFile}, nil
+}
+
+// Listen returns the listener on addr that the predecessor passed, if
+// any, or a new one; either way it is passed on to the successor.
+func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
+	return u.flip.Listen(network, addr)
+}
+
+// HasParent reports whether this process was started by an upgrade.
+func (u *Upgrader) HasParent() bool { return u.flip.HasParent() }
+
+// Ready tells that this process serves: it writes the PID file, tells the
+// predecessor (which then stops accepting and drains), and tells systemd
+// that the service is ready with this process as its main one. Listeners
+// the predecessor passed that were not taken with Listen are closed.
+func (u *Upgrader) Ready() error {
+	err := u.flip.Ready()
+	return errors.Join(err, Notify("READY=1\nMAINPID="+strconv.Itoa(os.Getpid())))
+}
+
+// Upgrade starts the successor and waits until it is ready, or it exits,
+// or the timeout passes (then it is killed): only in the first case does it
+// return nil, and Exit is closed. One upgrade runs at a time, and a process
+// that was itself started by an upgrade can upgrade once its predecessor
+// has exited.
+func (u *Upgrader) Upgrade() error { return u.flip.Upgrade() }
+
+// Exit is closed once a successor is ready (this process should then stop
+// accepting and drain), or after Stop.
+func (u *Upgrader) Exit() <-chan struct{} { return u.flip.Exit() }
+
+// Stop ends upgrades, killing a successor that is not ready yet, at the
+// process's stop. When no successor took over, it tells systemd that the
+// service is stopping and removes the PID file if it still names this
+// process.
+func (u *Upgrader) Stop(handedOver bool) error {
+	u.flip.Stop()
+	if handedOver {
+		return nil
+	}
+	err := Notify("STOPPING=1")
+	if u.pidFile != "" {
+		if b, rerr := os.ReadFile(u.pidFile); rerr == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+			err = errors.Join(err, os.Remove(u.pidFile))
+		}
+	}
+	return err
+}
