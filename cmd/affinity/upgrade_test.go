@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,6 +57,43 @@ func reapLater(t *testing.T) func(pid int) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			<-done
 		}
+	}
+}
+
+// listenNotify listens for sd_notify datagrams at path, as systemd does,
+// and returns what has come so far.
+func listenNotify(t *testing.T, path string) func() []string {
+	t.Helper()
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		got  []string
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got = append(got, string(buf[:n]))
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = conn.Close()
+		<-done
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
 	}
 }
 
@@ -168,6 +206,8 @@ func TestServeUpgrade(t *testing.T) {
 	defer out.Close()
 	cmd := exec.Command(bin, "serve", "-c", cfg, "--watch=false", "--pid-file", pidFile, "--upgrade-timeout", "3s")
 	cmd.Stdout, cmd.Stderr = out, out
+	notified := listenNotify(t, filepath.Join(dir, "notify"))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(dir, "notify"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +293,17 @@ func TestServeUpgrade(t *testing.T) {
 	l.end()
 	if n := l.failed.Load(); n > 0 {
 		t.Errorf("%d of %d requests failed across the upgrades (first: %v); output:\n%s", n, n+l.ok.Load(), l.firstErr.Load(), logs())
+	}
+	// systemd hears of each process's readiness, with its PID, that the
+	// old one stays the main one after each failure, and of no stop: the
+	// service goes on, in the new process.
+	want := []string{fmt.Sprintf("READY=1\nMAINPID=%d", old)}
+	for range failures {
+		want = append(want, fmt.Sprintf("MAINPID=%d", old))
+	}
+	want = append(want, fmt.Sprintf("READY=1\nMAINPID=%d", next))
+	if got := notified(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("systemd was told %q, want %q", got, want)
 	}
 	resp, err := http.Get("http://" + admin + "/healthz")
 	if err != nil {

@@ -52,13 +52,15 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // HasParent reports whether this process was started by an upgrade.
 func (u *Upgrader) HasParent() bool { return u.flip.HasParent() }
 
-// Ready tells that this process serves: it writes the PID file, tells the
-// predecessor (which then stops accepting and drains), and tells systemd
-// that the service is ready with this process as its main one. Listeners
+// Ready tells that this process serves: it tells systemd that the service
+// is ready with this process as its main one, writes the PID file, and
+// tells the predecessor (which then stops accepting and drains). Listeners
 // the predecessor passed that were not taken with Listen are closed.
 func (u *Upgrader) Ready() error {
-	err := u.flip.Ready()
-	return errors.Join(err, Notify("READY=1\nMAINPID="+strconv.Itoa(os.Getpid())))
+	// systemd first: once told, the predecessor may exit at once, and
+	// systemd must by then know which process the service lives on.
+	err := Notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	return errors.Join(err, u.flip.Ready())
 }
 
 // Upgrade starts the successor and waits until it is ready, or it exits,
@@ -66,7 +68,15 @@ func (u *Upgrader) Ready() error {
 // return nil, and Exit is closed. One upgrade runs at a time, and a process
 // that was itself started by an upgrade can upgrade once its predecessor
 // has exited.
-func (u *Upgrader) Upgrade() error { return u.flip.Upgrade() }
+func (u *Upgrader) Upgrade() error {
+	err := u.flip.Upgrade()
+	if err != nil {
+		// A successor that told systemd it was the main process and
+		// then failed must not stay the one systemd follows.
+		_ = Notify("MAINPID=" + strconv.Itoa(os.Getpid()))
+	}
+	return err
+}
 
 // Exit is closed once a successor is ready (this process should then stop
 // accepting and drain), or after Stop.
