@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
@@ -78,4 +79,39 @@ func TestServeRotatesWatchedCertificate(t *testing.T) {
 	waitForWithin(t, 30*time.Second, "the renewed certificate served", func() bool { return serial() == serials[1] })
 	p.signal(t, os.Interrupt)
 	p.wait(t)
+}
+
+// certWatch follows the files the config in use names: a reload that
+// names others moves the watches there; the same ones, or none, keep them.
+func TestCertWatchFollows(t *testing.T) {
+	dir := t.TempDir()
+	path := func(name string) string { return filepath.Join(dir, name) }
+	var c certWatch
+	t.Cleanup(c.close)
+	steps := []struct {
+		name  string
+		tls   *config.TLS
+		files config.TLS // watched after
+		key   bool       // a watch of its own for the key
+		kept  bool       // the watchers from before
+	}{
+		{"first", &config.TLS{Cert: path("a.pem"), Key: path("a.key")}, config.TLS{Cert: path("a.pem"), Key: path("a.key")}, true, false},
+		{"same files", &config.TLS{Cert: path("a.pem"), Key: path("a.key")}, config.TLS{Cert: path("a.pem"), Key: path("a.key")}, true, true},
+		{"TLS turned off", nil, config.TLS{Cert: path("a.pem"), Key: path("a.key")}, true, true},
+		{"other files", &config.TLS{Cert: path("c.pem"), Key: path("c.key")}, config.TLS{Cert: path("c.pem"), Key: path("c.key")}, true, false},
+		{"one file for both", &config.TLS{Cert: path("b.pem"), Key: path("b.pem")}, config.TLS{Cert: path("b.pem"), Key: path("b.pem")}, false, false},
+	}
+	for _, s := range steps {
+		before := c.ws
+		c.follow(s.tls)
+		if c.files != s.files {
+			t.Errorf("%s: watching %+v, want %+v", s.name, c.files, s.files)
+		}
+		if c.cert == nil || (c.key != nil) != s.key {
+			t.Errorf("%s: cert channel %v, key channel %v, want a cert channel and a key one: %v", s.name, c.cert != nil, c.key != nil, s.key)
+		}
+		if kept := before == c.ws; kept != s.kept {
+			t.Errorf("%s: watchers kept %v, want %v", s.name, kept, s.kept)
+		}
+	}
 }

@@ -204,7 +204,7 @@ func TestServeUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	cmd := exec.Command(bin, "serve", "-c", cfg, "--watch=false", "--pid-file", pidFile, "--upgrade-timeout", "3s")
+	cmd := exec.Command(bin, "serve", "-c", cfg, "--watch=false", "--pid-file", pidFile, "--upgrade-timeout", "8s")
 	cmd.Stdout, cmd.Stderr = out, out
 	notified := listenNotify(t, filepath.Join(dir, "notify"))
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(dir, "notify"))
