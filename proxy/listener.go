@@ -117,6 +117,22 @@ func openConns(bindings []*binding) int {
 	return n
 }
 
+// freshConns counts the connections of bindings whose first request has
+// not come yet.
+func freshConns(bindings []*binding) int {
+	n := 0
+	for _, b := range bindings {
+		b.mu.Lock()
+		for c := range b.conns {
+			if c.fresh.Load() {
+				n++
+			}
+		}
+		b.mu.Unlock()
+	}
+	return n
+}
+
 // outcome waits for b's serving to end and returns its error, following b
 // to the binding that replaced it when a reload retired it.
 func (s *Server) outcome(b *binding) error {
@@ -206,8 +222,9 @@ type boundConn struct {
 	// StateNew under the binding's mu.
 	outer net.Conn
 	// idle is set between two requests, when closing the connection
-	// loses nothing.
-	idle atomic.Bool
+	// loses nothing; fresh from its accepting until its first request
+	// (Shutdown's handOver waits for those).
+	idle, fresh atomic.Bool
 	// client is what the drainer knows of the connection (drain.go). Set
 	// by connContext before StateNew, read under the binding's mu.
 	client *client
@@ -257,10 +274,12 @@ func connState(c net.Conn, cs http.ConnState) {
 		// retiring listener must let it be served, as it does a new
 		// connection's first.
 		bc.idle.Store(false)
+		bc.fresh.Store(true)
 		bc.b.conns[bc] = struct{}{}
 		bc.b.mu.Unlock()
 	case http.StateActive:
 		bc.idle.Store(false)
+		bc.fresh.Store(false)
 	case http.StateIdle:
 		bc.idle.Store(true)
 		bc.SetIdle()

@@ -451,20 +451,30 @@ const handOverWait = 5 * time.Second
 
 // handOver stops accepting on bindings as a reload that moves the listener
 // does (retire), and waits, until ctx ends or for handOverWait at most,
-// for their connections to close: each closes once idle, after the
-// request it serves. http.Server.Shutdown, which runs next, would close a
-// connection accepted just before it whose request comes after it began,
-// unanswered: a client that had just connected, and would see it as an
-// error, while the process that took over serves everyone else.
+// for the connections they accepted last to bring their first request.
+// http.Server.Shutdown, which runs next, would close such a connection
+// unanswered if its request came after it began: a client that had just
+// connected would see an error, while the process that took over serves
+// everyone else. Connections serving a request are Shutdown's to wait for;
+// idle ones close (retire), and their clients retry on a new connection.
 func (s *Server) handOver(ctx context.Context, bindings []*binding) {
 	for _, b := range bindings {
 		s.retire(b)
 	}
 	ctx, cancel := context.WithTimeout(ctx, handOverWait)
 	defer cancel()
+	// Once its Serve returned, every connection a binding accepted is
+	// known to connState.
+	for _, b := range bindings {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return
+		}
+	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for openConns(bindings) > 0 {
+	for freshConns(bindings) > 0 {
 		select {
 		case <-ctx.Done():
 			return
