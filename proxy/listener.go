@@ -173,6 +173,9 @@ func (s *Server) rebind(ln net.Listener, addr string) bool {
 	s.lnMu.Unlock()
 	s.serving.Go(func() { s.serveBinding(nb) })
 	for _, b := range old {
+		if s.shared {
+			unlisten(b.ln)
+		}
 		s.retire(b)
 	}
 	return true

@@ -112,6 +112,10 @@ type Server struct {
 	// listeners. Both are set before serving.
 	listenFn    func(network, addr string) (net.Listener, error)
 	onListening func()
+	// shared is set when listenFn's sockets may be held by other
+	// processes too (UseListen): a listener a reload moves away from is
+	// then made to stop listening (unlisten), not only closed.
+	shared bool
 	// handedOver tells Shutdown that another process serves the same
 	// sockets (HandOver).
 	handedOver atomic.Bool
@@ -327,11 +331,14 @@ func (s *Server) ListenAndServe() error {
 // UseListen makes ListenAndServe, and a reload that moves the listen
 // address, bind the proxy's and the admin listener with listen rather than
 // net.Listen: internal/upgrade's, which takes over the sockets of the
-// process it replaces. onListening, when not nil, runs once
-// ListenAndServe has bound both, before it serves them: the moment the new
-// process can tell the old one that it is ready. Call it before serving.
+// process it replaces, and keeps a copy of each socket to hand over to the
+// next; a listener a reload moves away from is therefore made to stop
+// listening (its address refuses connections) rather than only closed.
+// onListening, when not nil, runs once ListenAndServe has bound both,
+// before it serves them: the moment the new process can tell the old one
+// that it is ready. Call it before serving.
 func (s *Server) UseListen(listen func(network, addr string) (net.Listener, error), onListening func()) {
-	s.listenFn, s.onListening = listen, onListening
+	s.listenFn, s.onListening, s.shared = listen, onListening, true
 }
 
 // HandOver tells Shutdown that another process now accepts on the same
