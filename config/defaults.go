@@ -33,9 +33,20 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second // server.read_header_timeout
 	DefaultReadTimeout       = 0                // server.read_timeout: none, as uploads may be slow
 	DefaultIdleTimeout       = 2 * time.Minute  // server.idle_timeout
-	DefaultParkAfter         = 10 * time.Second // server.park_after
-	DefaultMaxHeaderBytes    = 64 << 10         // server.max_header_bytes
-	DefaultMaxBody           = 100 << 20        // server.max_body, in bytes; 0 is no limit
+	// server.send_timeout: nginx's send_timeout, between two writes. A
+	// client reading at all, however slowly, empties its window long
+	// before.
+	DefaultSendTimeout = 60 * time.Second
+	// server.min_body_rate, in bytes per second, and its grace: Kestrel's
+	// MinRequestBodyDataRate. Only the time the proxy waits for the
+	// client counts, not the time a backend takes to read, so a client
+	// on any working link (a 2G phone sends kilobytes a second) is far
+	// above it.
+	DefaultMinBodyRate      = 240
+	DefaultMinBodyRateGrace = 5 * time.Second
+	DefaultParkAfter        = 10 * time.Second // server.park_after
+	DefaultMaxHeaderBytes   = 64 << 10         // server.max_header_bytes
+	DefaultMaxBody          = 100 << 20        // server.max_body, in bytes; 0 is no limit
 	// trusted_proxies defaults to none: every client's forwarding headers
 	// are replaced. tls defaults to off, and a pool's tls to the system's
 	// roots and the name in each backend's URL.
@@ -139,6 +150,9 @@ func DefaultServer() Server {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		ReadTimeout:       DefaultReadTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
+		SendTimeout:       DefaultSendTimeout,
+		MinBodyRate:       DefaultMinBodyRate,
+		MinBodyRateGrace:  DefaultMinBodyRateGrace,
 		ParkAfter:         DefaultParkAfter,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		MaxBody:           DefaultMaxBody,

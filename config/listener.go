@@ -15,12 +15,21 @@ import (
 // termination and the trusted proxies, starting from the defaults.
 func (d *decoder) listener(top *section, c *Config) {
 	c.Server = DefaultServer()
-	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_conns", "max_header_bytes", "park_after", "read_header_timeout", "read_timeout"); s != nil {
+	if s := d.sub(top, "server", "idle_timeout", "max_body", "max_conns", "max_header_bytes", "min_body_rate", "min_body_rate_grace", "park_after", "read_header_timeout", "read_timeout", "send_timeout"); s != nil {
 		if v, n := d.duration(s, "read_header_timeout", false); n != nil {
 			c.Server.ReadHeaderTimeout = v
 		}
 		if v, n := d.duration(s, "read_timeout", true); n != nil {
 			c.Server.ReadTimeout = v
+		}
+		if v, n := d.duration(s, "send_timeout", true); n != nil {
+			c.Server.SendTimeout = v
+		}
+		if v, n := d.integer(s, "min_body_rate", 0, math.MaxInt32); n != nil {
+			c.Server.MinBodyRate = int(v)
+		}
+		if v, n := d.duration(s, "min_body_rate_grace", true); n != nil {
+			c.Server.MinBodyRateGrace = v
 		}
 		if v, n := d.duration(s, "idle_timeout", false); n != nil {
 			c.Server.IdleTimeout = v

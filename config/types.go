@@ -232,6 +232,20 @@ type Server struct {
 	// ReadTimeout bounds the reading of a whole request, body included
 	// (read_timeout; default 0: none, as uploads may be slow).
 	ReadTimeout time.Duration
+	// SendTimeout closes a client connection on which a write made no
+	// progress for this long: the client stopped reading, and its
+	// window and the socket's buffer are full (send_timeout; default
+	// 60s; 0: none). It bounds each write, not a whole response, so that
+	// large downloads to a reading client are never cut.
+	SendTimeout time.Duration
+	// MinBodyRate is the least rate, in bytes per second, at which a
+	// client must send a request body while the proxy waits for it,
+	// averaged over the time it waited; a body slower than that is
+	// answered 408 (min_body_rate; default 240; 0: none).
+	MinBodyRate int
+	// MinBodyRateGrace is how long the proxy waits for a body before
+	// MinBodyRate applies (min_body_rate_grace; default 5s).
+	MinBodyRateGrace time.Duration
 	// IdleTimeout closes keep-alive connections idle this long
 	// (idle_timeout; default 2m).
 	IdleTimeout time.Duration

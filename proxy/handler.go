@@ -171,6 +171,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	if closesAfter(r) {
 		w = &closingWriter{ResponseWriter: w}
 	}
+	if r.ProtoMajor == 2 && s.slow.send > 0 {
+		w = &streamWriter{ResponseWriter: w, lim: s.slow}
+	}
 	if status := rejection(r); status != 0 {
 		s.reject(w, r, status)
 		return
@@ -192,6 +195,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	}
 	body, _ := r.Body.(*clientBody)
 	if body != nil {
+		body.watch(s.slow, w)
 		defer body.stopReading(w)
 	}
 	trusted := st.trusted.trusts(r.RemoteAddr)
@@ -385,7 +389,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		// too slow (for read_timeout, or for the backend), 400 for any
 		// other.
 		status := http.StatusBadRequest
-		if isTimeout(err) || errors.Is(err, errBodyStalled) {
+		if isTimeout(err) || errors.Is(err, errBodyStalled) || errors.Is(err, errTooSlow) {
 			status = http.StatusRequestTimeout
 		}
 		s.log.Debug("client body failed", zap.Error(err))

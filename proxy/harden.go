@@ -17,7 +17,8 @@ import (
 // loaded one: no limit on header reading, idle connections, header size or
 // open connections is never what a zero meant.
 func serverLimits(s config.Server) (config.Server, error) {
-	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.ParkAfter < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 || s.MaxConns < 0 {
+	if s.ReadHeaderTimeout < 0 || s.ReadTimeout < 0 || s.IdleTimeout < 0 || s.ParkAfter < 0 || s.MaxHeaderBytes < 0 || s.MaxBody < 0 || s.MaxConns < 0 ||
+		s.SendTimeout < 0 || s.MinBodyRate < 0 || s.MinBodyRateGrace < 0 {
 		return s, fmt.Errorf("proxy: server: negative limit in %+v", s)
 	}
 	if s.ReadHeaderTimeout == 0 {
@@ -31,6 +32,9 @@ func serverLimits(s config.Server) (config.Server, error) {
 	}
 	if s.MaxConns == 0 {
 		s.MaxConns = derivedMaxConns()
+	}
+	if s.MinBodyRateGrace == 0 {
+		s.MinBodyRateGrace = config.DefaultMinBodyRateGrace
 	}
 	return s, nil
 }
@@ -96,6 +100,8 @@ type clientBody struct {
 	// attempt is the backend connection the latest attempt took; see
 	// traced.
 	attempt atomic.Pointer[countedConn]
+	// rate holds the body to server.min_body_rate; nil for none.
+	rate *bodyRate
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
@@ -103,11 +109,17 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	b.began.Store(int64(start))
 	b.waited.Store(-1)
 	n, err := b.ReadCloser.Read(p)
-	b.waited.Store(int64(clock() - start))
+	waited := clock() - start
+	b.waited.Store(int64(waited))
+	b.rate.read(n, waited)
 	switch {
 	case err == io.EOF:
 		b.ended.Store(true)
+		b.rate.end()
 	case err != nil:
+		if b.rate.tooSlow() {
+			err = fmt.Errorf("%w: %w", errTooSlow, err)
+		}
 		b.failed.CompareAndSwap(nil, &err)
 		err = fmt.Errorf("%w: %w", errRequestBody, err)
 	}
@@ -154,6 +166,7 @@ func (b *clientBody) closeUnlessRead(h http.Header, status int) {
 // progress as the handler returns. The answer (closeUnlessRead) has
 // closed the connection.
 func (b *clientBody) stopReading(w http.ResponseWriter) {
+	b.rate.end()
 	if b.unread() {
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 		_ = b.ReadCloser.Close()

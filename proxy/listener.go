@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/affinityproxy/affinity/internal/park"
 	"go.uber.org/zap"
@@ -43,6 +44,9 @@ func (s *Server) bindLocked(ln net.Listener) *binding {
 // serveBinding runs the http.Server on b until its listener closes.
 func (s *Server) serveBinding(b *binding) {
 	var ln net.Listener = &boundListener{Listener: s.conns.wrap(b.ln), b: b}
+	if s.slow.send > 0 {
+		ln.(*boundListener).slow = s.slow
+	}
 	stopParking := func() {}
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
@@ -202,7 +206,8 @@ func (s *Server) retire(b *binding) {
 // goes on top of it, so that http.Server still sees the *tls.Conn.
 type boundListener struct {
 	net.Listener
-	b *binding
+	b    *binding
+	slow *slowLimits // bounds the writes of each connection; nil: none
 }
 
 // Accept returns the next connection, tagged with the listener's binding.
@@ -211,7 +216,7 @@ func (l *boundListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &boundConn{Conn: park.Conn{Conn: c, Parker: l.b.parker}, b: l.b}, nil
+	return &boundConn{Conn: park.Conn{Conn: c, Parker: l.b.parker}, b: l.b, sent: sentTo{lim: l.slow}}, nil
 }
 
 // boundConn is a client connection and the binding that accepted it.
@@ -235,6 +240,31 @@ type boundConn struct {
 	// StateClosed of its serving is still to come; guarded by the
 	// binding's mu.
 	handedBack bool
+	// sent bounds each write by server.send_timeout (slow.go). The
+	// connection is below any TLS, so that HTTP/2's frames, TLS records
+	// and a tunnel's bytes are bounded alike.
+	sent sentTo
+}
+
+// Write writes p within server.send_timeout.
+func (c *boundConn) Write(p []byte) (int, error) {
+	c.sent.before(&c.Conn)
+	n, err := c.Conn.Write(p)
+	c.sent.after(err)
+	return n, err
+}
+
+// SetWriteDeadline sets a deadline of the caller's, which holds until
+// it is cleared.
+func (c *boundConn) SetWriteDeadline(t time.Time) error {
+	c.sent.set(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets a read and write deadline of the caller's.
+func (c *boundConn) SetDeadline(t time.Time) error {
+	c.sent.set(t)
+	return c.Conn.SetDeadline(t)
 }
 
 // Close parks a connection that Read handed back (internal/park); any

@@ -119,6 +119,9 @@ type Server struct {
 	// handedOver tells Shutdown that another process serves the same
 	// sockets (HandOver).
 	handedOver atomic.Bool
+	// slow bounds slow clients (server.send_timeout and min_body_rate;
+	// slow.go).
+	slow *slowLimits
 }
 
 // state is one immutable routing configuration: the routes, and the pools
@@ -193,6 +196,8 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		cancel:    cancel,
 		parkAfter: limits.ParkAfter,
 		conns:     newConnLimit(limits.MaxConns, log),
+		slow: &slowLimits{send: limits.SendTimeout, rate: int64(limits.MinBodyRate),
+			grace: limits.MinBodyRateGrace, log: log},
 		discovery: disc,
 		goneIdle:  goneIdle,
 		via:       newVia(),

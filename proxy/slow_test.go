@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// slowWait bounds the waits of the slow-client tests: the limits they set
+// are a second, and at load 10 and more the cut may come several later.
+const slowWait = 30 * time.Second
+
+// bigBackend answers /big with a response it writes until a write
+// fails, counting those in cut, and /body with the size of the body it
+// read ("cut" if reading it failed), and anything else with "ok".
+func bigBackend(t *testing.T, cut *atomic.Int32) config.Backend {
+	t.Helper()
+	chunk := []byte(strings.Repeat("x", 32<<10))
+	u := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/big":
+			// At most 1 GiB: a client that reads it all is no slow one.
+			for range 1 << 15 {
+				if _, err := w.Write(chunk); err != nil {
+					cut.Add(1)
+					return
+				}
+			}
+		case "/body":
+			n, err := io.Copy(io.Discard, r.Body)
+			if err != nil {
+				_, _ = io.WriteString(w, "cut")
+				return
+			}
+			_, _ = io.WriteString(w, strconv.FormatInt(n, 10))
+		default:
+			_, _ = io.WriteString(w, "ok")
+		}
+	}))
+	return config.Backend{URL: u, Name: "a", Weight: 1}
+}
+
+// slowConfig routes every request to b, with passive health that ejects
+// it at its first failure, so that a slow client blamed on it shows.
+func slowConfig(b config.Backend) *config.Config {
+	cfg := catchAll(&config.Pool{
+		Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{b},
+		Passive:  &config.Passive{Failures: 1, Eject: time.Minute, MaxEject: time.Minute},
+	})
+	return cfg
+}
+
+// dialSlowReader connects to addr with a small receive buffer, so that
+// the proxy's writes block soon once the client stops reading.
+func dialSlowReader(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.(*net.TCPConn)
+	_ = tc.SetReadBuffer(4 << 10)
+	t.Cleanup(func() { _ = tc.Close() })
+	return tc
+}
+
+// A client that stops reading its response is cut once a write to it
+// made no progress for server.send_timeout: its connection (HTTP/1) or
+// its stream (HTTP/2) is closed, the backend's connection is closed, and
+// the backend is not blamed. Without the limit the request and both
+// connections stayed for as long as the client did.
+func TestSendTimeoutCutsClientThatStopsReading(t *testing.T) {
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		t.Run(proto, func(t *testing.T) {
+			var cut atomic.Int32
+			cfg := slowConfig(bigBackend(t, &cut))
+			cfg.Server.SendTimeout = time.Second
+			log, logs := observed()
+			var cert testCert
+			if proto == "HTTP/2" {
+				cert = newTestCert(t)
+				cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+			}
+			s, u := startProxy(t, cfg, log)
+			addr := u.Host
+			if proto == "HTTP/2" {
+				// The client's window is never opened beyond the
+				// first 64 KiB: its stream stalls with the
+				// connection still writable.
+				h := dialH2(t, addr, cert)
+				_ = h.c.SetDeadline(time.Now().Add(2 * slowWait))
+				r := h.request(h2Fields(map[string]string{":path": "/big"}), "")
+				if !r.reset {
+					t.Errorf("stream answered %+v, want it reset", r)
+				}
+			} else {
+				c := dialSlowReader(t, addr)
+				if _, err := io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				// Nothing is read until the proxy gave up on the client.
+				testutil.Eventually(t, slowWait, "the proxy to cut the client", func() bool {
+					return s.slow.sends.Load() > 0
+				})
+				// The bytes the kernel holds still reach the client,
+				// slowly through its small window; the proxy holds the
+				// connection no more.
+				testutil.Eventually(t, slowWait, "the proxy to close the connection", func() bool {
+					served, _ := s.clientConns()
+					return served == 0
+				})
+			}
+			testutil.Eventually(t, slowWait, "the backend's response to be cut", func() bool { return cut.Load() == 1 })
+			// Over HTTP/2 the reset cancels the backend request at
+			// once, and the handler's write fails, and counts, after.
+			testutil.Eventually(t, slowWait, "the cut to be counted", func() bool { return s.slow.sends.Load() == 1 })
+			checkNoBackendBlamed(t, s, logs)
+			if proto == "HTTP/2" {
+				serveOther(t, addr, cert)
+			} else if got := get(t, testutil.Client(t), u.String()+"/", nil); got.body != "ok" {
+				t.Errorf("next client: %+v, want the backend's 200", got)
+			}
+		})
+	}
+}
