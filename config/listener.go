@@ -28,7 +28,7 @@ func (d *decoder) listener(top *section, c *Config) {
 		if v, n := d.integer(s, "min_body_rate", 0, math.MaxInt32); n != nil {
 			c.Server.MinBodyRate = int(v)
 		}
-		if v, n := d.duration(s, "min_body_rate_grace", true); n != nil {
+		if v, n := d.duration(s, "min_body_rate_grace", false); n != nil {
 			c.Server.MinBodyRateGrace = v
 		}
 		if v, n := d.duration(s, "idle_timeout", false); n != nil {

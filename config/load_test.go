@@ -58,6 +58,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "server", c.Server, Server{
 				ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 30 * time.Second,
 				ParkAfter: 5 * time.Second, MaxHeaderBytes: 16384, MaxBody: 0, MaxConns: 5000,
+				SendTimeout: 2 * time.Minute, MinBodyRate: 1024, MinBodyRateGrace: 10 * time.Second,
 			})
 			check(t, "trusted proxies", c.TrustedProxies, []netip.Prefix{
 				netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32"),

@@ -408,6 +408,9 @@ var (
 	descAcceptPauses = prometheus.NewDesc("affinity_accept_pauses_total",
 		"Times the proxy stopped accepting because its client connections were at server.max_conns.",
 		nil, nil)
+	descSlowClients = prometheus.NewDesc("affinity_slow_clients_total",
+		"Slow clients cut: reason send, a connection (an HTTP/2 stream) whose write made no progress for server.send_timeout; reason body, a request body slower than server.min_body_rate, answered 408.",
+		[]string{"reason"}, nil)
 	descConfig = prometheus.NewDesc("affinity_config_info",
 		"Always 1; hash is the SHA-256 of the configuration file in use, empty for one built in code.",
 		[]string{"hash"}, nil)
@@ -422,7 +425,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
-		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descCertNotAfter, descConfig, descClientConns, descConnsMax, descAcceptPauses,
+		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descCertNotAfter, descConfig, descClientConns, descConnsMax, descAcceptPauses, descSlowClients,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryIgnored, descDiscoveryAnswer,
@@ -443,6 +446,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if s.cert != nil {
 		emit(ch, descCertNotAfter, prometheus.GaugeValue, float64(s.cert.cur.Load().Leaf.NotAfter.Unix()))
 	}
+	emit(ch, descSlowClients, prometheus.CounterValue, float64(s.slow.sends.Load()), "send")
+	emit(ch, descSlowClients, prometheus.CounterValue, float64(s.slow.bodies.Load()), "body")
 	served, parked := s.clientConns()
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(served), "served")
 	emit(ch, descClientConns, prometheus.GaugeValue, float64(parked), "parked")

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
@@ -130,5 +133,103 @@ func TestSendTimeoutCutsClientThatStopsReading(t *testing.T) {
 				t.Errorf("next client: %+v, want the backend's 200", got)
 			}
 		})
+	}
+}
+
+// A body slower than server.min_body_rate, once its grace has passed, is
+// answered 408 and counted, and the backend, which got part of it, is not
+// blamed; a body sent at a fair pace, with pauses, goes through whole.
+// Without the limit the trickling client held its request, and the
+// backend's, until read_timeout (none by default).
+func TestMinBodyRate(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks int           // of 100 bytes each
+		gap    time.Duration // between chunks
+		stall  bool          // after the first chunk, nothing more comes
+		want   int
+	}{
+		// 100 bytes, then nothing: 100 bytes allow a tenth of a second
+		// more than the grace.
+		{name: "stalls", chunks: 10, stall: true, want: http.StatusRequestTimeout},
+		// 10,000 B/s, far above the 1,000 asked.
+		{name: "steady", chunks: 20, gap: 10 * time.Millisecond, want: http.StatusOK},
+	}
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		for _, tt := range tests {
+			t.Run(proto+"/"+tt.name, func(t *testing.T) {
+				var cut atomic.Int32
+				cfg := slowConfig(bigBackend(t, &cut))
+				cfg.Server.MinBodyRate = 1000
+				cfg.Server.MinBodyRateGrace = time.Second
+				log, logs := observed()
+				var cert testCert
+				if proto == "HTTP/2" {
+					cert = newTestCert(t)
+					cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+				}
+				s, u := startProxy(t, cfg, log)
+				size := 100 * tt.chunks
+				chunk := strings.Repeat("y", 100)
+				send := func(write func(last bool, b string) error) {
+					for i := range tt.chunks {
+						if i > 0 && tt.stall {
+							return
+						}
+						time.Sleep(tt.gap)
+						if err := write(i == tt.chunks-1, chunk); err != nil {
+							t.Errorf("chunk %d: %v", i, err)
+							return
+						}
+					}
+				}
+				var status int
+				var body string
+				if proto == "HTTP/2" {
+					h := dialH2(t, u.Host, cert)
+					_ = h.c.SetDeadline(time.Now().Add(slowWait))
+					id := h.open()
+					fields := h2Fields(map[string]string{":method": "POST", ":path": "/body"},
+						field{"content-length", strconv.Itoa(size)})
+					if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.encode(fields), EndHeaders: true}); err != nil {
+						t.Fatal(err)
+					}
+					send(func(last bool, b string) error { return h.fr.WriteData(id, last, []byte(b)) })
+					r := h.answer(id)
+					status, body = r.status, r.body
+				} else {
+					c, err := net.Dial("tcp", u.Host)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(slowWait))
+					if _, err := io.WriteString(c, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"); err != nil {
+						t.Fatal(err)
+					}
+					send(func(_ bool, b string) error { _, err := io.WriteString(c, b); return err })
+					res, err := http.ReadResponse(bufio.NewReader(c), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(res.Body)
+					status, body = res.StatusCode, string(b)
+				}
+				if status != tt.want {
+					t.Fatalf("answered %d %q, want %d", status, body, tt.want)
+				}
+				if tt.want == http.StatusOK && body != strconv.Itoa(size) {
+					t.Errorf("backend read %q, want the %d bytes sent", body, size)
+				}
+				wantCut := uint64(0)
+				if tt.stall {
+					wantCut = 1
+				}
+				if n := s.slow.bodies.Load(); n != wantCut {
+					t.Errorf("affinity_slow_clients_total{reason=\"body\"} = %d, want %d", n, wantCut)
+				}
+				checkNoBackendBlamed(t, s, logs)
+			})
+		}
 	}
 }
