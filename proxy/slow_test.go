@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -30,8 +32,13 @@ func bigBackend(t *testing.T, cut *atomic.Int32) config.Backend {
 	u := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/big":
-			// At most 1 GiB: a client that reads it all is no slow one.
-			for range 1 << 15 {
+			// At most 1 GiB, or as many chunks as asked: a client that
+			// reads it all is no slow one.
+			n := 1 << 15
+			if c, err := strconv.Atoi(r.URL.Query().Get("chunks")); err == nil {
+				n = c
+			}
+			for range n {
 				if _, err := w.Write(chunk); err != nil {
 					cut.Add(1)
 					return
@@ -231,5 +238,150 @@ func TestMinBodyRate(t *testing.T) {
 				checkNoBackendBlamed(t, s, logs)
 			})
 		}
+	}
+}
+
+// openFiles counts the descriptors the process holds open.
+func openFiles(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(fds)
+}
+
+// Many slow clients at once (clients that stop reading a response of 8
+// MiB, bodies that stall after 10 bytes, and over HTTP/1 heads that never
+// end) hold only their own connections or streams: other clients are
+// served meanwhile, each slow one is cut at its limit, and once their
+// connections are closed the goroutines and descriptors of the process
+// are back where they were. Without send_timeout and min_body_rate the
+// slow readers and bodies were held for as long as their clients stayed.
+func TestManySlowClientsHoldOnlyTheirOwn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("600 slow clients")
+	}
+	const n = 200 // of each kind
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
+		t.Run(proto, func(t *testing.T) {
+			var cut atomic.Int32
+			cfg := slowConfig(bigBackend(t, &cut))
+			cfg.Server.SendTimeout = time.Second
+			cfg.Server.MinBodyRate = 1000
+			cfg.Server.MinBodyRateGrace = time.Second
+			cfg.Server.ReadHeaderTimeout = time.Second
+			var cert testCert
+			if proto == "HTTP/2" {
+				cert = newTestCert(t)
+				cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+			}
+			s, u := startProxy(t, cfg, nil)
+			client := testutil.Client(t)
+			normal := func() {
+				if proto == "HTTP/2" {
+					h := dialH2(t, u.Host, cert)
+					defer h.c.Close()
+					if r := h.request(h2Fields(nil), ""); r.body != "ok" {
+						t.Errorf("normal client: %+v, want the backend's 200", r)
+					}
+				} else if got := get(t, client, u.String()+"/", nil); got.body != "ok" {
+					t.Errorf("normal client: %+v, want the backend's 200", got)
+				}
+			}
+			normal()
+			client.CloseIdleConnections()
+			testutil.Eventually(t, slowWait, "the first client's connection to close", func() bool {
+				served, _ := s.clientConns()
+				return served == 0
+			})
+			baseG, baseF := runtime.NumGoroutine(), openFiles(t)
+
+			var closers []io.Closer
+			defer func() {
+				for _, c := range closers {
+					_ = c.Close()
+				}
+			}()
+			const body = "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789"
+			if proto == "HTTP/2" {
+				// 20 connections of 10 streams for each kind; a
+				// goroutine reads each connection's frames and never
+				// opens a window.
+				for range n / 10 {
+					readers, bodies := dialH2(t, u.Host, cert), dialH2(t, u.Host, cert)
+					for _, h := range []*h2Conn{readers, bodies} {
+						closers = append(closers, h.c)
+						_ = h.c.SetDeadline(time.Time{})
+					}
+					for range 10 {
+						fields := h2Fields(map[string]string{":path": "/big?chunks=256"})
+						if err := readers.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: readers.open(), BlockFragment: readers.encode(fields), EndHeaders: true, EndStream: true}); err != nil {
+							t.Fatal(err)
+						}
+						id := bodies.open()
+						fields = h2Fields(map[string]string{":method": "POST", ":path": "/body"}, field{"content-length", "1000"})
+						if err := bodies.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: bodies.encode(fields), EndHeaders: true}); err != nil {
+							t.Fatal(err)
+						}
+						if err := bodies.fr.WriteData(id, false, []byte("0123456789")); err != nil {
+							t.Fatal(err)
+						}
+					}
+					for _, h := range []*h2Conn{readers, bodies} {
+						go func() {
+							for {
+								if _, err := h.fr.ReadFrame(); err != nil {
+									return
+								}
+							}
+						}()
+					}
+				}
+			} else {
+				for i := range 3 * n {
+					c := dialSlowReader(t, u.Host)
+					closers = append(closers, c)
+					msg := []string{"GET /big?chunks=256 HTTP/1.1\r\nHost: x\r\n\r\n", body, "GET / HTTP/1.1\r\nHost: x\r\n"}[i%3]
+					if _, err := io.WriteString(c, msg); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for range 20 {
+				normal()
+			}
+			for end := time.Now().Add(2 * slowWait); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if s.slow.sends.Load() >= n && s.slow.bodies.Load() >= n {
+					break
+				}
+			}
+			served, _ := s.clientConns()
+			t.Logf("cut %d sends and %d bodies, %d connections open, %d backend responses cut", s.slow.sends.Load(), s.slow.bodies.Load(), served, cut.Load())
+			if got := s.slow.sends.Load(); got != n {
+				t.Errorf("%d sends cut, want %d", got, n)
+			}
+			if got := s.slow.bodies.Load(); got != n {
+				t.Errorf("%d bodies cut, want %d", got, n)
+			}
+			client.CloseIdleConnections()
+			if proto == "HTTP/1.1" {
+				testutil.Eventually(t, slowWait, "the proxy to close every slow connection", func() bool {
+					served, _ := s.clientConns()
+					return served == 0
+				})
+			}
+			for _, c := range closers {
+				_ = c.Close()
+			}
+			// A few goroutines may come and go (the transport's, the
+			// timers'); per slow client there were two or three.
+			const slack = 10
+			testutil.Eventually(t, slowWait, "goroutines and descriptors to come back", func() bool {
+				return runtime.NumGoroutine() <= baseG+slack && openFiles(t) <= baseF+slack
+			})
+			t.Logf("goroutines %d before, %d after; descriptors %d before, %d after",
+				baseG, runtime.NumGoroutine(), baseF, openFiles(t))
+		})
 	}
 }
