@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Each fuzz target runs this long in `make fuzz`.
 FUZZTIME ?= 10s
 
-.PHONY: help build run test bench bench-peers bench-instr bench-cpu bench-conns pgo fuzz conformance chaos deploy experiment clean
+.PHONY: help build run test bench bench-peers bench-instr bench-cpu bench-conns pgo fuzz conformance chaos soak deploy experiment clean
 
 help:
 	@echo "make build   build $(BIN) ($(VERSION))"
@@ -25,6 +25,7 @@ help:
 	@echo "make fuzz    every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make conformance   h2spec against the TLS listener: cases passed, and those failed"
 	@echo "make chaos   failover of real processes under load: kill -9 and hang a backend"
+	@echo "make soak    SOAK ($(SOAK)) of steady load with reloads and backend kills: memory, descriptors, goroutines, p99; fails on growth"
 	@echo "make deploy  deploys of real processes under users that come and go: drain, restart, sessions lost"
 	@echo "make experiment [PRESET=failover|scale-out|steady|drain|store-down|hang|hot-users|revoke|retry-safety|rolling-deploy|all] [QUICK=1]   report in reports/"
 	@echo "make clean   remove build and benchmark outputs"
@@ -141,6 +142,16 @@ conformance: build $(H2SPEC)
 # short form of it.
 chaos: build
 	CHAOS=full CHAOS_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestChaosFull -count=1 -v -timeout 10m ./internal/chaos/
+
+# The proxy under a steady load for SOAK (10m): 200 req/s over keep-alive
+# clients with cookies and new connections, a reload every 10 s, a backend
+# killed every minute and restarted 10 s later. Prints resident memory,
+# descriptors, goroutines and p99 every 10 s; fails on a failed request or a
+# figure that grows past its bound after the first fifth. The tests run 15 s
+# of it.
+SOAK ?= 10m
+soak: build
+	SOAK=$(SOAK) SOAK_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestSoak -count=1 -v -timeout 2h ./internal/soak/
 
 # Deploys of real processes under 60 users at a time who come and go: a
 # backend drained (affinity ctl drain --wait) then killed, beside the same
