@@ -44,7 +44,12 @@ func bigBackend(t *testing.T, cut *atomic.Int32) config.Backend {
 					return
 				}
 			}
-		case "/body":
+		case "/body", "/later":
+			if r.URL.Path == "/later" {
+				// A backend slow to take the body: the proxy reads
+				// none of it meanwhile.
+				time.Sleep(6 * time.Second)
+			}
 			n, err := io.Copy(io.Discard, r.Body)
 			if err != nil {
 				_, _ = io.WriteString(w, "cut")
@@ -239,6 +244,45 @@ func TestMinBodyRate(t *testing.T) {
 			})
 		}
 	}
+}
+
+// Only the time the proxy waits for the client counts against
+// min_body_rate: a backend that takes a body slowly holds the proxy's reads
+// back, and the client, which would send at once, is not cut for it.
+// Counted from the start of the body instead, the client fell below the
+// rate while the backend slept.
+func TestMinBodyRateCountsOnlyWaits(t *testing.T) {
+	var cut atomic.Int32
+	cfg := slowConfig(bigBackend(t, &cut))
+	// 2 MiB/s: by the end of the backend's sleep of 6 s, what the
+	// socket buffers between proxy and backend hold (a few MiB) would
+	// allow far less than that.
+	cfg.Server.MinBodyRate = 2 << 20
+	cfg.Server.MinBodyRateGrace = time.Second
+	log, logs := observed()
+	s, u := startProxy(t, cfg, log)
+	const size = 24 << 20
+	res, err := testutil.Client(t).Post(u.String()+"/later", "application/octet-stream", io.LimitReader(zeros{}, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK || string(b) != strconv.Itoa(size) {
+		t.Errorf("answered %d %q, want the backend's 200 with the whole body read", res.StatusCode, b)
+	}
+	if n := s.slow.bodies.Load(); n != 0 {
+		t.Errorf("%d bodies cut, want none", n)
+	}
+	checkNoBackendBlamed(t, s, logs)
+}
+
+// zeros reads as endless zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // openFiles counts the descriptors the process holds open.
