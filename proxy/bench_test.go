@@ -20,7 +20,8 @@ import (
 
 // benchConfig routes everything to one pool of the given kind over urls,
 // with access logging on or off. The pool retries and ejects with the
-// defaults, so that benchmarks count the bookkeeping of both.
+// defaults, and slow clients are bounded by the defaults, so that
+// benchmarks count the bookkeeping of all three.
 func benchConfig(b *testing.B, kind string, access bool, urls ...string) *config.Config {
 	b.Helper()
 	passive := config.DefaultPassive()
@@ -35,6 +36,7 @@ func benchConfig(b *testing.B, kind string, access bool, urls ...string) *config
 	}
 	cfg := catchAll(p)
 	cfg.Log.Access = access
+	cfg.Server.SendTimeout, cfg.Server.MinBodyRate = config.DefaultSendTimeout, config.DefaultMinBodyRate
 	return cfg
 }
 
