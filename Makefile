@@ -143,15 +143,16 @@ conformance: build $(H2SPEC)
 chaos: build
 	CHAOS=full CHAOS_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestChaosFull -count=1 -v -timeout 10m ./internal/chaos/
 
-# The proxy under a steady load for SOAK (10m): 200 req/s over keep-alive
-# clients with cookies and new connections, a reload every 10 s, a backend
-# killed every minute and restarted 10 s later. Prints resident memory,
-# descriptors, goroutines and p99 every 10 s; fails on a failed request or a
-# figure that grows past its bound after the first fifth. The tests run 15 s
-# of it.
+# The proxy under a steady load for SOAK (10m), on a plain HTTP listener,
+# then as long on a TLS one spoken to over HTTP/1.1 and HTTP/2: 200 req/s over
+# keep-alive clients with cookies and new connections, a reload every 10 s, a
+# backend killed every minute and restarted 10 s later. Prints resident
+# memory, descriptors, goroutines and p99 every 10 s; fails on a failed
+# request or a figure that grows past its bound after the first fifth. The
+# tests run 15 s of each.
 SOAK ?= 10m
 soak: build
-	SOAK=$(SOAK) SOAK_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestSoak -count=1 -v -timeout 2h ./internal/soak/
+	SOAK=$(SOAK) SOAK_BIN=$(CURDIR)/$(BIN) $(GO) test -run TestSoak -count=1 -v -timeout 3h ./internal/soak/
 
 # Deploys of real processes under 60 users at a time who come and go: a
 # backend drained (affinity ctl drain --wait) then killed, beside the same

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +57,10 @@ type Cluster struct {
 	// a file saved, as an editor does; otherwise the proxy watches nothing
 	// and the harness sends it SIGHUP once the whole file is in place.
 	Watch bool
+	// TLS, when set, is how to reach the proxy's listener, which then
+	// speaks HTTPS (Config puts its certificate in the proxy's config):
+	// the probes through the proxy go over it.
+	TLS *tls.Config
 
 	backends  []*Backend // every backend the cluster had, in start order
 	proxy     *Proc
@@ -95,7 +100,7 @@ func (c *Cluster) Start(ctx context.Context, n int) error {
 		return errors.New("cluster: Exe, Dir and Config are required")
 	}
 	c.client = &http.Client{
-		Transport:     &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: time.Second}).DialContext},
+		Transport:     &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: time.Second}).DialContext, TLSClientConfig: c.TLS},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	for range n {
@@ -263,7 +268,11 @@ func (c *Cluster) healthy(ctx context.Context, addr string) bool {
 func (c *Cluster) Probe(ctx context.Context) string {
 	c.probes++
 	user := http.Header{headerUser: {"probe-" + strconv.Itoa(c.probes)}}
-	status, h, _, err := c.Get(ctx, "http://"+c.proxyAddr+"/healthz", user)
+	scheme := "http://"
+	if c.TLS != nil {
+		scheme = "https://"
+	}
+	status, h, _, err := c.Get(ctx, scheme+c.proxyAddr+"/healthz", user)
 	if err != nil || status != http.StatusOK {
 		return ""
 	}

@@ -49,9 +49,11 @@ func TestLeaks(t *testing.T) {
 }
 
 // A short soak against the built binary: 15 s at 100 requests per second
-// with a reload every 2 s and a backend killed every 6 s, back 1 s later.
-// No request fails and nothing grows past its bound. SOAK=10m (make soak)
-// runs the scenario for that long; SOAK_BIN names the binary.
+// with a reload every 2 s and a backend killed every 6 s, back 1 s later,
+// on a plain HTTP listener, then on a TLS one spoken to over HTTP/1.1 and
+// HTTP/2. No request fails and nothing grows past its bound. SOAK=10m
+// (make soak) runs the scenario for that long, each way;
+// SOAK_BIN names the binary.
 func TestSoak(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the harness runs processes on Linux only")
@@ -65,25 +67,37 @@ func TestSoak(t *testing.T) {
 		}
 		sc = Scenario{Duration: d}
 	} else if testing.Short() {
-		t.Skip("a soak of 15 s")
+		t.Skip("two soaks of 15 s")
 	}
 	sc.Binary = os.Getenv("SOAK_BIN")
 	if sc.Binary == "" {
 		sc.Binary = testutil.AffinityBinary(t)
 	}
-	sc.Dir = t.TempDir()
-	res, err := Run(context.Background(), sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("\n%s", res.Table())
-	if res.Failed != 0 {
-		t.Errorf("%d of %d requests failed, want none", res.Failed, res.Requests)
-	}
-	if res.Kills == 0 || res.Reloads == 0 {
-		t.Errorf("%d kills and %d reloads, want some of each", res.Kills, res.Reloads)
-	}
-	for _, l := range res.Leaks {
-		t.Error(l)
+	for _, tls := range []bool{false, true} {
+		name := "http"
+		if tls {
+			name = "https+h2"
+		}
+		t.Run(name, func(t *testing.T) {
+			sc := sc
+			sc.TLS, sc.Dir = tls, t.TempDir()
+			res, err := Run(context.Background(), sc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("\n%s", res.Table())
+			if res.Failed != 0 {
+				t.Errorf("%d of %d requests failed, want none", res.Failed, res.Requests)
+			}
+			if tls && res.HTTP2 == 0 {
+				t.Errorf("no request over HTTP/2, want half the keep-alive clients'")
+			}
+			if res.Kills == 0 || res.Reloads == 0 {
+				t.Errorf("%d kills and %d reloads, want some of each", res.Kills, res.Reloads)
+			}
+			for _, l := range res.Leaks {
+				t.Error(l)
+			}
+		})
 	}
 }
