@@ -109,6 +109,9 @@ const (
 	DefaultDiscoverDrainTimeout = 5 * time.Minute  // discover.drain_timeout
 	DefaultSlowStart            = 0                // pools.*.slow_start: none
 
+	DefaultQueueMax     = 100             // pools.*.queue.max
+	DefaultQueueTimeout = 5 * time.Second // pools.*.queue.timeout
+
 	DefaultRetryCount   = 2        // pools.*.retries
 	DefaultRetryMaxBody = 64 << 10 // pools.*.retry_max_body, in bytes
 )
@@ -117,6 +120,8 @@ const (
 const (
 	MaxWeight       = 1000                     // pools.*.backends[].weight: 1..MaxWeight
 	MaxRetries      = 10                       // pools.*.retries: 0..MaxRetries
+	MaxConns        = 1 << 20                  // pools.*.backends[].max_conns: 0..MaxConns
+	MaxQueue        = 1 << 20                  // pools.*.queue.max: 0..MaxQueue
 	MaxVirtualNodes = 10000                    // balancer.hash.virtual_nodes: 1..MaxVirtualNodes
 	MaxLearnEntries = balancer.MaxLearnEntries // balancer.learn.max_entries: 1..MaxLearnEntries
 	// discover.interval: at least a second, so that a pool does not turn

@@ -437,11 +437,12 @@ func covers(a, b Match) bool {
 // pool decodes one pool; key is its name in the pools mapping.
 func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	path := "pools." + name
-	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "passive", "keepalive", "retries", "retry_max_body", "slow_start", "tls")
+	s := d.section(n, key, path, "backends", "balancer", "discover", "health_check", "keepalive", "passive", "queue", "retries", "retry_max_body", "slow_start", "tls")
 	if s == nil {
 		return nil
 	}
-	p := &Pool{Name: name, Balancer: DefaultBalancer(name), Retries: DefaultRetries(), SlowStart: DefaultSlowStart}
+	p := &Pool{Name: name, Balancer: DefaultBalancer(name), Retries: DefaultRetries(), SlowStart: DefaultSlowStart,
+		Queue: Queue{Max: DefaultQueueMax, Timeout: DefaultQueueTimeout}}
 	d.mark(path, key)
 	d.membership(s)
 	before := len(d.errs)
@@ -467,6 +468,14 @@ func (d *decoder) pool(name string, key, n *yaml.Node) *Pool {
 	}
 	if ps := d.sub(s, "passive", "eject", "failures", "max_eject", "on_status"); ps != nil {
 		p.Passive = d.passive(ps)
+	}
+	if q := d.sub(s, "queue", "max", "timeout"); q != nil {
+		if v, n := d.integer(q, "max", 0, MaxQueue); n != nil {
+			p.Queue.Max = int(v)
+		}
+		if v, n := d.duration(q, "timeout", false); n != nil {
+			p.Queue.Timeout = v
+		}
 	}
 	if v, n := d.integer(s, "retries", 0, MaxRetries); n != nil {
 		p.Retries.Count = int(v)
@@ -610,7 +619,7 @@ func (d *decoder) backends(pool *section) []Backend {
 	names := map[string]int{} // name → line
 	out := make([]Backend, 0, len(items))
 	for i, it := range items {
-		s := d.section(it, it, fmt.Sprintf("%s.backends[%d]", pool.path, i), "name", "state", "url", "weight")
+		s := d.section(it, it, fmt.Sprintf("%s.backends[%d]", pool.path, i), "max_conns", "name", "state", "url", "weight")
 		if s == nil {
 			continue
 		}
@@ -653,6 +662,9 @@ func (d *decoder) backends(pool *section) []Backend {
 		}
 		if v, n := d.integer(s, "weight", 1, MaxWeight); n != nil {
 			b.Weight = int(v)
+		}
+		if v, n := d.integer(s, "max_conns", 0, MaxConns); n != nil {
+			b.MaxConns = int(v)
 		}
 		if v, n := d.oneOf(s, "state", string(StateReady), string(StateDrain), string(StateMaint)); n != nil {
 			b.State = State(v)

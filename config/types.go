@@ -139,6 +139,8 @@ type Pool struct {
 	// for the next requests): for a backend that sends bytes no request
 	// asked for, at the cost of a connect per request.
 	DisableKeepAlives bool
+	// Queue is where requests wait for a backend below its MaxConns.
+	Queue Queue
 	// TLS verifies the pool's https:// backends; nil: the system's roots
 	// and the name in each backend's URL.
 	TLS *BackendTLS
@@ -159,6 +161,19 @@ type Backend struct {
 	// reload that changes it; default ready. A state set at run time
 	// holds over reloads that leave this one as it was.
 	State State
+	// MaxConns bounds the requests in flight to the backend at once
+	// (max_conns); past it requests wait in the pool's Queue. 0: no bound.
+	MaxConns int
+}
+
+// Queue bounds the requests that wait for a pool's backends when those
+// their clients may use are at max_conns.
+type Queue struct {
+	// Max is how many requests may wait at once over the whole pool;
+	// past it a request is answered 503 at once. 0: none waits.
+	Max int
+	// Timeout is how long a request waits before it is answered 503.
+	Timeout time.Duration
 }
 
 // Discover makes a pool follow the records of a DNS name: each address (or
