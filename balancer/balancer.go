@@ -104,6 +104,26 @@ func (b *Backend) Begin() {
 	}
 }
 
+// TryBegin is Begin when fewer than limit requests are in flight to b, and
+// reports whether it began one: a backend's max_conns is honoured exactly
+// however many requests race for its last place.
+func (b *Backend) TryBegin(limit int64) bool {
+	c := b.counts()
+	for {
+		n := c.inflight.Load()
+		if n >= limit {
+			return false
+		}
+		if c.inflight.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
+	if b.group != nil {
+		b.group.inflight.Add(1)
+	}
+	return true
+}
+
 // Done records the end of a request started with Begin, and returns the
 // requests still in flight to b.
 func (b *Backend) Done() int64 {

@@ -215,7 +215,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		return
 	}
 	p.served()
-	b := pk.Backend
+	b, setCookie, err := p.admit(pr, pk)
+	if err != nil {
+		p.queueRefused(w, r, body, err)
+		return
+	}
 	o.backend, o.sticky = b.ID, pk.Sticky
 	if pk.Sticky == balancer.StickyRepinned {
 		p.repins.Add(1)
@@ -232,10 +236,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		defer s.tunnels.remove(ex.client)
 		w = switchWriter{w}
 	}
-	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, pk.SetCookie, trusted
+	ex.pool, ex.backend, ex.setCookie, ex.trusted = p, b, setCookie, trusted
 	ex.via = s.via
 	ex.body = body
-	b.Begin()
 	ex.client.begin(b)
 	defer func() {
 		finished(ex.backend)

@@ -110,6 +110,19 @@ type backendStats struct {
 	upgraded, streams atomic.Int64
 	// cut counts what the drainer closed for outliving drain_timeout.
 	cut atomic.Uint64
+
+	// maxConns is the backend's max_conns, 0 for none; a reload sets it.
+	maxConns atomic.Int64
+	// pinned are the requests waiting for this backend alone, oldest
+	// first, guarded by line.mu; queued is their number, read without it.
+	pinned []*waiter
+	queued atomic.Int64
+	// open is set while the backend takes new clients, to which waiters
+	// for any backend may then go.
+	open atomic.Bool
+	// line is the queue of the backend's pool, set before the backend
+	// serves and the same for every pool a reload makes of that one.
+	line *line
 }
 
 // newBackendStats returns the stats of a backend configured now.
@@ -162,10 +175,16 @@ func (st *backendStats) ended(k longKind) {
 // was b's last request in flight: the time b went idle, which is all that
 // how long it has been idle needs.
 func finished(b *balancer.Backend) {
-	if b.Done() == 0 {
-		if st := statsOf(b); st != nil {
-			st.last.Store(int64(clock()))
-		}
+	n := b.Done()
+	st := statsOf(b)
+	if st == nil {
+		return
+	}
+	if n == 0 {
+		st.last.Store(int64(clock()))
+	}
+	if st.line != nil && st.line.waiting.Load() > 0 {
+		st.line.dispatch(b)
 	}
 }
 
@@ -305,6 +324,8 @@ type poolStats struct {
 	// Backend requests (answered 503) and health checks (no verdict)
 	// that failed for want of a local resource (resource.go).
 	localRequests, localChecks atomic.Uint64
+	// queue holds the requests waiting for a backend at max_conns.
+	queue line
 }
 
 // poolStatsOrNew returns p's counters, or new ones when p is nil: a pool

@@ -208,6 +208,11 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 			// counts on in its stats.
 			b.Stats = newBackendStats()
 		}
+		st := statsOf(b)
+		if st.line == nil {
+			st.line = &p.queue
+		}
+		st.maxConns.Store(int64(cb.MaxConns))
 		p.backends = append(p.backends, b)
 		// Served already, as far as slow start is concerned: the
 		// backends of a pool that starts are all cold alike.
@@ -215,6 +220,7 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 		p.members[i].adminState = newAdminState(cb.State)
 		p.members[i].gone = gone[id]
 	}
+	p.queue.configure(pc.Queue.Max, pc.Queue.Timeout)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rebuildLocked()
@@ -242,6 +248,14 @@ func (prev *pool) policyFor(bc config.Balancer) (balancer.Policy, error) {
 func checkPoolSettings(pc *config.Pool) error {
 	if r := pc.Retries; r.Count < 0 || r.Count > config.MaxRetries || r.MaxBody < 0 {
 		return fmt.Errorf("retries %d must be 0..%d and retry_max_body %d not negative", r.Count, config.MaxRetries, r.MaxBody)
+	}
+	if q := pc.Queue; q.Max < 0 || q.Timeout < 0 || q.Max > 0 && q.Timeout == 0 {
+		return fmt.Errorf("queue max %d must not be negative, and timeout %v positive when max is not 0", q.Max, q.Timeout)
+	}
+	for _, b := range pc.Backends {
+		if b.MaxConns < 0 {
+			return fmt.Errorf("backend %q: max_conns %d must not be negative", b.Name, b.MaxConns)
+		}
 	}
 	if h := pc.HealthCheck; h != nil {
 		switch {
@@ -360,6 +374,16 @@ func (p *pool) rebuildLocked() int {
 	s.pinner, _ = pk.(balancer.Pinner)
 	s.learner, _ = pk.(balancer.Learner)
 	p.snap.Store(s)
+	if !p.stopped {
+		// Waiters for any backend go to those taking new clients; a
+		// pool a reload replaced no longer says which those are.
+		for _, b := range p.backends {
+			if st := statsOf(b); st != nil {
+				st.open.Store(slices.Contains(avail, b))
+			}
+		}
+	}
+	p.wake()
 	return len(avail)
 }
 

@@ -154,7 +154,9 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 		if n >= p.retries || reason == "" {
 			return nil, err
 		}
-		nb, setCookie := p.alternative(out, tried[:n+1])
+		// Begun on nb already: a retry goes only where max_conns
+		// leaves room, and waits for none.
+		nb, setCookie := p.withRoom(out, tried[:n+1])
 		if nb == nil {
 			return nil, err
 		}
@@ -165,7 +167,6 @@ func (rt *retrier) RoundTrip(out *http.Request) (*http.Response, error) {
 				zap.Error(err))
 		}
 		finished(b)
-		nb.Begin()
 		ex.client.moved(nb)
 		ex.backend, ex.setCookie = nb, setCookie
 		out = retarget(out, &ex.url, nb, body)
