@@ -1,0 +1,403 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
+)
+
+// gated is a backend whose requests are each held until the test lets
+// them go, so that a test decides which requests are in flight.
+type gated struct {
+	id   string
+	url  *url.URL
+	held chan heldRequest // each request, as it arrives
+	// active and peak count the requests in the handler, now and at most.
+	active, peak atomic.Int64
+}
+
+// heldRequest is a request a gated backend holds: its X-Tag, and the
+// channel whose closing answers it.
+type heldRequest struct {
+	tag     string
+	release chan struct{}
+}
+
+func startGated(t *testing.T, id string) *gated {
+	t.Helper()
+	g := &gated{id: id, held: make(chan heldRequest, 64)}
+	stop := make(chan struct{})
+	g.url = testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := g.active.Add(1)
+		defer g.active.Add(-1)
+		for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
+		}
+		h := heldRequest{tag: r.Header.Get("X-Tag"), release: make(chan struct{})}
+		g.held <- h
+		select {
+		case <-h.release:
+		case <-stop:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, g.id)
+	}))
+	// Cleanups run last first: held handlers end before the server closes.
+	t.Cleanup(func() { close(stop) })
+	return g
+}
+
+// next returns the next request g holds, failing the test if none comes.
+func (g *gated) next(t *testing.T) heldRequest {
+	t.Helper()
+	select {
+	case h := <-g.held:
+		return h
+	case <-time.After(waitFor):
+		t.Fatalf("backend %s: no request came", g.id)
+	}
+	return heldRequest{}
+}
+
+// queuedPool returns a pool over gs with max_conns limit each and a queue.
+func queuedPool(kind string, limit, max int, timeout time.Duration, gs ...*gated) *config.Pool {
+	p := &config.Pool{Name: "web", Balancer: config.Balancer{Type: kind}, Queue: config.Queue{Max: max, Timeout: timeout}}
+	if kind == "cookie" {
+		p.Balancer.Options = cookieOptions()
+	}
+	for _, g := range gs {
+		p.Backends = append(p.Backends, config.Backend{URL: g.url, Name: g.id, Weight: 1, MaxConns: limit})
+	}
+	return p
+}
+
+// result is what an asynchronous request got.
+type result struct {
+	tag    string
+	status int
+	body   string
+	header http.Header
+	err    error
+}
+
+// sendTagged sends a GET tagged tag through c in the background; its result
+// arrives on the returned channel.
+func sendTagged(ctx context.Context, c *http.Client, target, tag string, cookie *http.Cookie) <-chan result {
+	out := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		req.Header.Set("X-Tag", tag)
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		res, err := c.Do(req)
+		if err != nil {
+			out <- result{tag: tag, err: err}
+			return
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		out <- result{tag: tag, status: res.StatusCode, body: string(b), header: res.Header, err: err}
+	}()
+	return out
+}
+
+func await(t *testing.T, ch <-chan result) result {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("request %s: %v", r.tag, r.err)
+		}
+		return r
+	case <-time.After(4 * waitFor):
+		t.Fatal("no answer")
+	}
+	return result{}
+}
+
+// waitQueued waits until the pool's queue holds n requests, and the
+// backend (when not "") n pinned ones of them.
+func waitQueued(t *testing.T, s *Server, n int64, backend string, pinned int64) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		p := s.state.Load().pool("web")
+		got, gotPinned := p.queue.waiting.Load(), int64(0)
+		if backend != "" {
+			gotPinned = statsOf(p.backends[p.indexOf(backend)]).queued.Load()
+		}
+		if got == n && gotPinned == pinned {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue holds %d (%d pinned to %q), want %d (%d)", got, gotPinned, backend, n, pinned)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestMaxConnsExact: however many clients at once, a backend never has
+// more requests in flight than its max_conns, and every client is served.
+func TestMaxConnsExact(t *testing.T) {
+	g := startGated(t, "a")
+	_, u := startProxy(t, catchAll(queuedPool("round-robin", 3, 100, time.Minute, g)), zap.NewNop())
+	c := testutil.Client(t)
+	const clients = 24
+	results := make([]<-chan result, clients)
+	for i := range results {
+		results[i] = sendTagged(t.Context(), c, u.String(), fmt.Sprint(i), nil)
+	}
+	// Three at a time: max_conns lets no fourth in while they are held.
+	for n := 0; n < clients; n += 3 {
+		hs := []heldRequest{g.next(t), g.next(t), g.next(t)}
+		for _, h := range hs {
+			close(h.release)
+		}
+	}
+	for _, ch := range results {
+		if r := await(t, ch); r.status != http.StatusOK {
+			t.Errorf("request %s: status %d", r.tag, r.status)
+		}
+	}
+	if p := g.peak.Load(); p != 3 {
+		t.Errorf("backend had %d requests in flight at most, want max_conns 3", p)
+	}
+}
+
+// TestQueueFIFO: the requests that wait are served in the order they came.
+func TestQueueFIFO(t *testing.T) {
+	g := startGated(t, "a")
+	s, u := startProxy(t, catchAll(queuedPool("round-robin", 1, 100, time.Minute, g)), zap.NewNop())
+	c := testutil.Client(t)
+	first := sendTagged(t.Context(), c, u.String(), "0", nil)
+	h := g.next(t)
+	var waits []<-chan result
+	for i := 1; i <= 4; i++ {
+		waits = append(waits, sendTagged(t.Context(), c, u.String(), fmt.Sprint(i), nil))
+		waitQueued(t, s, int64(i), "", 0)
+	}
+	close(h.release)
+	await(t, first)
+	for i := 1; i <= 4; i++ {
+		h := g.next(t)
+		if h.tag != fmt.Sprint(i) {
+			t.Fatalf("request %s served after %d, want %d", h.tag, i-1, i)
+		}
+		close(h.release)
+		await(t, waits[i-1])
+	}
+}
+
+// pinTo returns a cookie pinning a client to the backend of gs that
+// answers a first request, and that backend.
+func pinTo(t *testing.T, c *http.Client, target string, gs ...*gated) (*http.Cookie, *gated) {
+	t.Helper()
+	ch := sendTagged(t.Context(), c, target, "pin", nil)
+	var g *gated
+	select {
+	case h := <-gs[0].held:
+		g = gs[0]
+		close(h.release)
+	case h := <-gs[1].held:
+		g = gs[1]
+		close(h.release)
+	case <-time.After(waitFor):
+		t.Fatal("the first request reached no backend")
+	}
+	r := await(t, ch)
+	for _, ck := range (&http.Response{Header: r.header}).Cookies() {
+		if ck.Name == "aff" {
+			return ck, g
+		}
+	}
+	t.Fatalf("no sticky cookie in %v", r.header)
+	return nil, nil
+}
+
+// TestQueueSticky: a pinned client waits for its own backend, however
+// long, while new clients go to a backend with room; when none has room a
+// new client waits for whichever frees first, after the pinned client
+// that came before it, and is pinned where it is served.
+func TestQueueSticky(t *testing.T) {
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
+	c := testutil.Client(t)
+	pin, x := pinTo(t, c, u.String(), ga, gb)
+	y := ga
+	if x == ga {
+		y = gb
+	}
+	busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
+	hBusy := x.next(t)
+	sticky := sendTagged(t.Context(), c, u.String(), "sticky", pin)
+	waitQueued(t, s, 1, x.id, 1)
+	// New clients: the first goes to y, which has room; the second
+	// finds both full and waits.
+	spill := sendTagged(t.Context(), c, u.String(), "spill", nil)
+	hSpill := y.next(t)
+	if hSpill.tag != "spill" {
+		t.Fatalf("backend %s got %q, want the new client", y.id, hSpill.tag)
+	}
+	late := sendTagged(t.Context(), c, u.String(), "late", nil)
+	waitQueued(t, s, 2, x.id, 1)
+
+	close(hBusy.release)
+	await(t, busy)
+	h := x.next(t)
+	if h.tag != "sticky" {
+		t.Fatalf("backend %s served %q first, want the pinned client that waited longest", x.id, h.tag)
+	}
+	close(h.release)
+	if r := await(t, sticky); r.body != x.id {
+		t.Fatalf("pinned client served by %q, want %q", r.body, x.id)
+	}
+	h = x.next(t)
+	if h.tag != "late" {
+		t.Fatalf("backend %s then served %q, want the waiting new client", x.id, h.tag)
+	}
+	close(h.release)
+	r := await(t, late)
+	if r.body != x.id {
+		t.Fatalf("new client served by %q, want %q", r.body, x.id)
+	}
+	close(hSpill.release)
+	await(t, spill)
+	// The late client is pinned where it was served.
+	var latePin *http.Cookie
+	for _, ck := range (&http.Response{Header: r.header}).Cookies() {
+		latePin = ck
+	}
+	again := sendTagged(t.Context(), c, u.String(), "again", latePin)
+	h = x.next(t)
+	close(h.release)
+	await(t, again)
+}
+
+// TestQueueRefusals: past queue.max a request is answered 503 at once,
+// past queue.timeout a waiting one is; both with Retry-After, counted by
+// reason. A client that leaves while waiting frees its place at once.
+func TestQueueRefusals(t *testing.T) {
+	g := startGated(t, "a")
+	s, u := startProxy(t, catchAll(queuedPool("round-robin", 1, 1, 1500*time.Millisecond, g)), zap.NewNop())
+	c := testutil.Client(t)
+	busy := sendTagged(t.Context(), c, u.String(), "busy", nil)
+	hBusy := g.next(t)
+
+	// A client that leaves frees its place: the next one gets it.
+	ctx, cancel := context.WithCancel(t.Context())
+	gone := sendTagged(ctx, c, u.String(), "gone", nil)
+	waitQueued(t, s, 1, "", 0)
+	cancel()
+	<-gone
+	waitQueued(t, s, 0, "", 0)
+
+	waiting := sendTagged(t.Context(), c, u.String(), "waiting", nil)
+	waitQueued(t, s, 1, "", 0)
+	full := await(t, sendTagged(t.Context(), c, u.String(), "full", nil))
+	timedOut := await(t, waiting)
+	for _, r := range []result{full, timedOut} {
+		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "2" {
+			t.Errorf("request %s: status %d, Retry-After %q; want 503, 2", r.tag, r.status, r.header.Get("Retry-After"))
+		}
+	}
+	q := &s.state.Load().pool("web").queue
+	if f, to := q.refused[reasonFull].Load(), q.refused[reasonTimeout].Load(); f != 1 || to != 1 {
+		t.Errorf("refused full %d, timeout %d; want 1 each", f, to)
+	}
+	close(hBusy.release)
+	if r := await(t, busy); r.status != http.StatusOK {
+		t.Errorf("busy request: status %d", r.status)
+	}
+	if n := len(g.held); n != 0 {
+		t.Errorf("%d refused or abandoned requests reached the backend", n)
+	}
+}
+
+// TestQueueReload: a reload while requests wait loses none, and a limit it
+// raises lets waiters in at once.
+func TestQueueReload(t *testing.T) {
+	g := startGated(t, "a")
+	cfg := catchAll(queuedPool("round-robin", 1, 100, time.Minute, g))
+	s, u := startProxy(t, cfg, zap.NewNop())
+	c := testutil.Client(t)
+	var all []<-chan result
+	all = append(all, sendTagged(t.Context(), c, u.String(), "0", nil))
+	var held []heldRequest
+	held = append(held, g.next(t))
+	for i := 1; i <= 3; i++ {
+		all = append(all, sendTagged(t.Context(), c, u.String(), fmt.Sprint(i), nil))
+		waitQueued(t, s, int64(i), "", 0)
+	}
+	raised := catchAll(queuedPool("round-robin", 2, 100, time.Minute, g))
+	if err := s.Reload(raised); err != nil {
+		t.Fatal(err)
+	}
+	held = append(held, g.next(t)) // let in by the raised limit
+	waitQueued(t, s, 2, "", 0)
+	for _, h := range held {
+		close(h.release)
+	}
+	for range 2 {
+		close(g.next(t).release)
+	}
+	for _, ch := range all {
+		if r := await(t, ch); r.status != http.StatusOK {
+			t.Errorf("request %s: status %d", r.tag, r.status)
+		}
+	}
+	if p := g.peak.Load(); p != 2 {
+		t.Errorf("peak in flight %d, want 2", p)
+	}
+}
+
+// TestQueueDrain: a draining backend serves the clients pinned to it that
+// wait for it, and none of those waiting for any backend.
+func TestQueueDrain(t *testing.T) {
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
+	c := testutil.Client(t)
+	pin, x := pinTo(t, c, u.String(), ga, gb)
+	y := ga
+	if x == ga {
+		y = gb
+	}
+	p1 := sendTagged(t.Context(), c, u.String(), "p1", pin)
+	h1 := x.next(t)
+	n1 := sendTagged(t.Context(), c, u.String(), "n1", nil)
+	hn1 := y.next(t)
+	if _, _, err := s.setState("web", x.id, config.StateDrain, "test"); err != nil {
+		t.Fatal(err)
+	}
+	loose := sendTagged(t.Context(), c, u.String(), "loose", nil)
+	waitQueued(t, s, 1, x.id, 0)
+	p2 := sendTagged(t.Context(), c, u.String(), "p2", pin)
+	waitQueued(t, s, 2, x.id, 1)
+
+	close(h1.release)
+	await(t, p1)
+	h := x.next(t)
+	if h.tag != "p2" {
+		t.Fatalf("draining backend served %q, want the pinned p2", h.tag)
+	}
+	close(h.release)
+	await(t, p2)
+	waitQueued(t, s, 1, x.id, 0) // the new client still waits
+	close(hn1.release)
+	await(t, n1)
+	h = y.next(t)
+	close(h.release)
+	if r := await(t, loose); r.body != y.id {
+		t.Fatalf("waiting new client served by %q, want %q", r.body, y.id)
+	}
+}
