@@ -130,8 +130,8 @@ func (p *pool) withRoom(r *http.Request, skip []*balancer.Backend) (*balancer.Ba
 }
 
 // admit begins r's request on pk's backend, or, when that one is full, on
-// another with room if the request is not pinned to it, or waits in the
-// queue; it returns the backend begun on and the Set-Cookie header to
+// another with room if the request is not pinned to it (see wait), or
+// waits in the queue; it returns the backend begun on and the Set-Cookie header to
 // send. The error is errQueueFull or errQueueTimeout when the queue refused
 // the request, the context's when the client left while waiting.
 func (p *pool) admit(r *http.Request, pk balancer.Pick) (*balancer.Backend, string, error) {
@@ -139,16 +139,12 @@ func (p *pool) admit(r *http.Request, pk balancer.Pick) (*balancer.Backend, stri
 	if begin(b) {
 		return b, pk.SetCookie, nil
 	}
-	pinned := pk.Sticky == balancer.StickyKept
-	if !pinned {
-		if nb, setCookie := p.withRoom(r, []*balancer.Backend{b}); nb != nil {
-			return nb, setCookie, nil
-		}
-	}
-	return p.wait(r, b, pinned, pk.SetCookie)
+	return p.wait(r, b, pk.Sticky == balancer.StickyKept, pk.SetCookie)
 }
 
-// wait queues r: for b when pinned, for any backend otherwise.
+// wait queues r: for b when pinned, for any backend otherwise, unless a
+// backend has room for it now. Other backends are looked at under the
+// queue's lock, so that a place freed meanwhile goes to the oldest waiter.
 func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (*balancer.Backend, string, error) {
 	l, st := &p.queue, statsOf(b)
 	w := &waiter{got: make(chan *balancer.Backend, 1)}

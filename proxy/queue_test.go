@@ -242,15 +242,30 @@ func TestQueueSticky(t *testing.T) {
 	hBusy := x.next(t)
 	sticky := sendTagged(t.Context(), c, u.String(), "sticky", pin)
 	waitQueued(t, s, 1, x.id, 1)
-	// New clients: the first goes to y, which has room; the second
-	// finds both full and waits.
+	sticky2 := sendTagged(t.Context(), c, u.String(), "sticky2", pin)
+	waitQueued(t, s, 2, x.id, 2)
+	// New clients go to y, which has room, wherever the rotation would
+	// have placed them: of two in a row it places one on x.
+	for i := range 2 {
+		tag := fmt.Sprint("new", i)
+		ch := sendTagged(t.Context(), c, u.String(), tag, nil)
+		if h := y.next(t); h.tag != tag {
+			t.Fatalf("backend %s got %q, want %q", y.id, h.tag, tag)
+		} else {
+			close(h.release)
+		}
+		if r := await(t, ch); r.body != y.id {
+			t.Fatalf("new client served by %q, want %q", r.body, y.id)
+		}
+	}
+	// One more holds y; the next finds both full and waits.
 	spill := sendTagged(t.Context(), c, u.String(), "spill", nil)
 	hSpill := y.next(t)
 	if hSpill.tag != "spill" {
 		t.Fatalf("backend %s got %q, want the new client", y.id, hSpill.tag)
 	}
 	late := sendTagged(t.Context(), c, u.String(), "late", nil)
-	waitQueued(t, s, 2, x.id, 1)
+	waitQueued(t, s, 3, x.id, 2)
 
 	close(hBusy.release)
 	await(t, busy)
@@ -262,6 +277,12 @@ func TestQueueSticky(t *testing.T) {
 	if r := await(t, sticky); r.body != x.id {
 		t.Fatalf("pinned client served by %q, want %q", r.body, x.id)
 	}
+	h = x.next(t)
+	if h.tag != "sticky2" {
+		t.Fatalf("backend %s then served %q, want the second pinned client", x.id, h.tag)
+	}
+	close(h.release)
+	await(t, sticky2)
 	h = x.next(t)
 	if h.tag != "late" {
 		t.Fatalf("backend %s then served %q, want the waiting new client", x.id, h.tag)
@@ -277,6 +298,9 @@ func TestQueueSticky(t *testing.T) {
 	var latePin *http.Cookie
 	for _, ck := range (&http.Response{Header: r.header}).Cookies() {
 		latePin = ck
+	}
+	if latePin == nil {
+		t.Fatal("the new client served after waiting got no sticky cookie")
 	}
 	again := sendTagged(t.Context(), c, u.String(), "again", latePin)
 	h = x.next(t)
