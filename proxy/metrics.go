@@ -450,6 +450,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
 		descDiscoveryErrors, descDiscoveryRefused, descDiscoveryIgnored, descDiscoveryAnswer,
+		descQueueWaiting, descQueuePinned, descQueueWait, descQueueRefused, descMaxConns,
 	} {
 		ch <- d
 	}
@@ -485,6 +486,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		emit(ch, descRefused, prometheus.CounterValue, float64(p.refusals.Load()), p.name)
 		emit(ch, descLocalErrors, prometheus.CounterValue, float64(p.localRequests.Load()), p.name, "request")
 		emit(ch, descLocalErrors, prometheus.CounterValue, float64(p.localChecks.Load()), p.name, "check")
+		collectQueue(ch, p)
 		if d := p.discovery; d != nil {
 			st := d.status(wall, 0)
 			emit(ch, descDiscoveryErrors, prometheus.CounterValue, float64(st.Errors), p.name)
@@ -548,6 +550,7 @@ func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView, wal
 		ch <- h
 	}
 	emit(ch, descInFlight, prometheus.GaugeValue, float64(m.backend.InFlight()), pool, id)
+	collectLimit(ch, pool, id, st)
 	emit(ch, descUp, prometheus.GaugeValue, flag(m.available), pool, id)
 	emit(ch, descHealthy, prometheus.GaugeValue, flag(m.healthy), pool, id)
 	emit(ch, descEjected, prometheus.GaugeValue, flag(m.ejected), pool, id)

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/affinityproxy/affinity/balancer"
 )
 
@@ -320,4 +322,43 @@ func (p *pool) queueRefused(w http.ResponseWriter, r *http.Request, body *client
 	body.closeUnlessRead(w.Header(), http.StatusServiceUnavailable)
 	w.Header().Set("Retry-After", p.queue.retryAfter())
 	writeError(w, http.StatusServiceUnavailable)
+}
+
+// The queue's metrics; see docs/operations.md.
+var (
+	descQueueWaiting = prometheus.NewDesc("affinity_queue_waiting",
+		"Requests waiting for a backend of the pool at max_conns, pinned to one or not.", []string{"pool"}, nil)
+	descQueuePinned = prometheus.NewDesc("affinity_queue_waiting_pinned",
+		"Requests waiting for this backend alone: their sticky cookie, learned session or hash key pins them to it.",
+		[]string{"pool", "backend"}, nil)
+	descQueueWait = prometheus.NewDesc("affinity_queue_wait_seconds",
+		"Time waited in the queue by each request that then got a backend.", []string{"pool"}, nil)
+	descQueueRefused = prometheus.NewDesc("affinity_queue_refused_total",
+		"Requests the queue answered 503, by reason: full (queue.max were waiting) or timeout (queue.timeout passed).",
+		[]string{"pool", "reason"}, nil)
+	descMaxConns = prometheus.NewDesc("affinity_backend_max_conns",
+		"The backend's max_conns, against affinity_backend_in_flight; absent when it has none.", []string{"pool", "backend"}, nil)
+)
+
+// collectQueue sends the metrics of p's queue.
+func collectQueue(ch chan<- prometheus.Metric, p *pool) {
+	l := &p.queue
+	emit(ch, descQueueWaiting, prometheus.GaugeValue, float64(l.waiting.Load()), p.name)
+	for i, reason := range queueReasons {
+		emit(ch, descQueueRefused, prometheus.CounterValue, float64(l.refused[i].Load()), p.name, reason)
+	}
+	count, sum, buckets := l.waited.read()
+	if h, err := prometheus.NewConstHistogram(descQueueWait, count, sum, buckets, p.name); err != nil {
+		ch <- prometheus.NewInvalidMetric(descQueueWait, err)
+	} else {
+		ch <- h
+	}
+}
+
+// collectLimit sends the max_conns of a backend and its pinned waiters.
+func collectLimit(ch chan<- prometheus.Metric, pool, id string, st *backendStats) {
+	if n := st.maxConns.Load(); n > 0 {
+		emit(ch, descMaxConns, prometheus.GaugeValue, float64(n), pool, id)
+	}
+	emit(ch, descQueuePinned, prometheus.GaugeValue, float64(st.queued.Load()), pool, id)
 }

@@ -313,7 +313,7 @@ func TestQueueSticky(t *testing.T) {
 // reason. A client that leaves while waiting frees its place at once.
 func TestQueueRefusals(t *testing.T) {
 	g := startGated(t, "a")
-	s, u := startProxy(t, catchAll(queuedPool("round-robin", 1, 1, 1500*time.Millisecond, g)), zap.NewNop())
+	s, u, admin := startWithAdmin(t, catchAll(queuedPool("round-robin", 1, 1, 1500*time.Millisecond, g)), zap.NewNop())
 	c := testutil.Client(t)
 	busy := sendTagged(t.Context(), c, u.String(), "busy", nil)
 	hBusy := g.next(t)
@@ -328,6 +328,20 @@ func TestQueueRefusals(t *testing.T) {
 
 	waiting := sendTagged(t.Context(), c, u.String(), "waiting", nil)
 	waitQueued(t, s, 1, "", 0)
+	fams := scrape(t, c, admin)
+	for _, m := range []struct {
+		name, labels string
+		want         float64
+	}{
+		{"affinity_queue_waiting", "pool=web", 1},
+		{"affinity_queue_waiting_pinned", "pool=web,backend=a", 0},
+		{"affinity_backend_in_flight", "pool=web,backend=a", 1},
+		{"affinity_backend_max_conns", "pool=web,backend=a", 1},
+	} {
+		if v, ok := metricValue(fams, m.name, m.labels); !ok || v != m.want {
+			t.Errorf("%s{%s} = %v (%v), want %v", m.name, m.labels, v, ok, m.want)
+		}
+	}
 	full := await(t, sendTagged(t.Context(), c, u.String(), "full", nil))
 	timedOut := await(t, waiting)
 	for _, r := range []result{full, timedOut} {
@@ -335,9 +349,11 @@ func TestQueueRefusals(t *testing.T) {
 			t.Errorf("request %s: status %d, Retry-After %q; want 503, 2", r.tag, r.status, r.header.Get("Retry-After"))
 		}
 	}
-	q := &s.state.Load().pool("web").queue
-	if f, to := q.refused[reasonFull].Load(), q.refused[reasonTimeout].Load(); f != 1 || to != 1 {
-		t.Errorf("refused full %d, timeout %d; want 1 each", f, to)
+	fams = scrape(t, c, admin)
+	for _, reason := range []string{"full", "timeout"} {
+		if v, _ := metricValue(fams, "affinity_queue_refused_total", "pool=web,reason="+reason); v != 1 {
+			t.Errorf("affinity_queue_refused_total{reason=%s} = %v, want 1", reason, v)
+		}
 	}
 	close(hBusy.release)
 	if r := await(t, busy); r.status != http.StatusOK {
