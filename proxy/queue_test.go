@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -340,6 +341,13 @@ func TestQueueRefusals(t *testing.T) {
 	} {
 		if v, ok := metricValue(fams, m.name, m.labels); !ok || v != m.want {
 			t.Errorf("%s{%s} = %v (%v), want %v", m.name, m.labels, v, ok, m.want)
+		}
+	}
+	// The status page shows in flight against max_conns, and the queue.
+	page := get(t, c, admin+"/", nil).body
+	for _, w := range []string{`<td class="num">1/1`, "queued 1, refused by the queue 0"} {
+		if !strings.Contains(page, w) {
+			t.Errorf("status page lacks %q", w)
 		}
 	}
 	full := await(t, sendTagged(t.Context(), c, u.String(), "full", nil))

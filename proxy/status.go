@@ -245,14 +245,18 @@ type configStatus struct {
 }
 
 type poolStatus struct {
-	Name      string          `json:"name"`
-	Balancer  string          `json:"balancer"`  // empty for a pool a reload removed
-	Available int             `json:"available"` // backends taking new clients
-	Retries   uint64          `json:"retries"`
-	Repins    uint64          `json:"repins"`
-	Refused   uint64          `json:"refused"`     // requests answered 503
-	Minute    uint64          `json:"last_minute"` // requests over the pool's backends
-	Backends  []backendStatus `json:"backends"`
+	Name      string `json:"name"`
+	Balancer  string `json:"balancer"`  // empty for a pool a reload removed
+	Available int    `json:"available"` // backends taking new clients
+	Retries   uint64 `json:"retries"`
+	Repins    uint64 `json:"repins"`
+	Refused   uint64 `json:"refused"` // requests answered 503
+	// Queued counts the requests waiting for a backend at max_conns;
+	// QueueRefused those the queue answered 503 (full or timed out).
+	Queued       int64           `json:"queued"`
+	QueueRefused uint64          `json:"queue_refused"`
+	Minute       uint64          `json:"last_minute"` // requests over the pool's backends
+	Backends     []backendStatus `json:"backends"`
 	// Removed holds the backends a reload removed from the pool that
 	// still serve requests, upgraded connections or streams.
 	Removed []backendStatus `json:"removed,omitempty"`
@@ -278,6 +282,10 @@ type backendStatus struct {
 	// weight it takes new clients by now; absent at its full weight.
 	SlowStart *float64 `json:"slow_start,omitempty"`
 	InFlight  int64    `json:"in_flight"`
+	// MaxConns is the backend's max_conns, absent when it has none;
+	// Queued counts the requests waiting for it alone.
+	MaxConns *int64 `json:"max_conns,omitempty"`
+	Queued   int64  `json:"queued"`
 	// Upgraded and Streams count the requests in flight that may last:
 	// upgraded connections, and responses of unknown length.
 	Upgraded int64 `json:"upgraded"`
@@ -336,11 +344,13 @@ func (a *admin) poolsNamed(want func(string) bool) []poolStatus {
 			continue
 		}
 		ps := poolStatus{
-			Name:     p.name,
-			Balancer: p.kind,
-			Retries:  p.retried.Load(),
-			Repins:   p.repins.Load(),
-			Refused:  p.refusals.Load(),
+			Name:         p.name,
+			Balancer:     p.kind,
+			Retries:      p.retried.Load(),
+			Repins:       p.repins.Load(),
+			Refused:      p.refusals.Load(),
+			Queued:       p.queue.waiting.Load(),
+			QueueRefused: p.queue.refused[reasonFull].Load() + p.queue.refused[reasonTimeout].Load(),
 			// A discovering pool may have none: [] then, not null.
 			Backends: []backendStatus{},
 		}
@@ -433,6 +443,10 @@ func (a *admin) backendStatus(v backendView, now time.Duration, sessions map[str
 		bs.Ejections = v.stats.ejections.Load()
 		bs.Check = v.stats.check.Load()
 		bs.DrainClosed = v.stats.cut.Load()
+		bs.Queued = v.stats.queued.Load()
+		if n := v.stats.maxConns.Load(); n > 0 {
+			bs.MaxConns = &n
+		}
 	}
 	return bs
 }
