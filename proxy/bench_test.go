@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -184,10 +185,19 @@ func BenchmarkHandler(b *testing.B) {
 		{"round-robin+access-log", "round-robin", true, false},
 		{"cookie/kept", "cookie", false, true},
 		{"cookie/new", "cookie", false, false},
+		{"round-robin+max_conns", "round-robin", false, false},
 	}
 	for _, tt := range tests {
 		b.Run(tt.name, func(b *testing.B) {
-			s, err := NewServer(benchConfig(b, tt.kind, tt.access, urls...), discardLogger())
+			cfg := benchConfig(b, tt.kind, tt.access, urls...)
+			if strings.HasSuffix(tt.name, "max_conns") {
+				// Never reached: the cost of the check alone.
+				for i := range cfg.Pools[0].Backends {
+					cfg.Pools[0].Backends[i].MaxConns = 100
+				}
+				cfg.Pools[0].Queue = config.Queue{Max: 10, Timeout: time.Second}
+			}
+			s, err := NewServer(cfg, discardLogger())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -267,5 +277,39 @@ func BenchmarkPick(b *testing.B) {
 		if _, err := p.pick(req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkAdmit isolates what max_conns adds to a request's start and end:
+// begin, the Begin and Done every request pays anyway, against admit with
+// no max_conns (the hot path: one atomic load more) and with one never
+// reached.
+func BenchmarkAdmit(b *testing.B) {
+	for _, limit := range []int{-1, 0, 100} {
+		name := map[int]string{-1: "begin", 0: "admit/no-limit", 100: "admit/max_conns"}[limit]
+		b.Run(name, func(b *testing.B) {
+			cfg := benchConfig(b, "round-robin", false, "http://127.0.0.1:1")
+			cfg.Pools[0].Backends[0].MaxConns = max(limit, 0)
+			cfg.Pools[0].Queue = config.Queue{Max: 10, Timeout: time.Second}
+			s, err := NewServer(cfg, discardLogger())
+			if err != nil {
+				b.Fatal(err)
+			}
+			p := s.state.Load().pool("web")
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			pk, err := p.pick(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if limit < 0 {
+					pk.Backend.Begin()
+				} else if _, _, err := p.admit(req, pk); err != nil {
+					b.Fatal(err)
+				}
+				finished(pk.Backend)
+			}
+		})
 	}
 }
