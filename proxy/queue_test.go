@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -88,6 +89,7 @@ type result struct {
 	status int
 	body   string
 	header http.Header
+	proto  int
 	err    error
 }
 
@@ -108,7 +110,7 @@ func sendTagged(ctx context.Context, c *http.Client, target, tag string, cookie 
 		}
 		defer res.Body.Close()
 		b, err := io.ReadAll(res.Body)
-		out <- result{tag: tag, status: res.StatusCode, body: string(b), header: res.Header, err: err}
+		out <- result{tag: tag, status: res.StatusCode, body: string(b), header: res.Header, proto: res.ProtoMajor, err: err}
 	}()
 	return out
 }
@@ -447,5 +449,69 @@ func TestQueueDrain(t *testing.T) {
 	close(h.release)
 	if r := await(t, loose); r.body != y.id {
 		t.Fatalf("waiting new client served by %q, want %q", r.body, y.id)
+	}
+}
+
+// TestQueueRetry: a retry goes only to a backend with room, and waits for
+// none: with the one backend that would take it full, the client gets the
+// failed attempt's 502.
+func TestQueueRetry(t *testing.T) {
+	g := startGated(t, "g")
+	ln := testutil.Listen(t)
+	dead := &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := queuedPool("round-robin", 1, 100, time.Minute, g)
+	p.Backends = append(p.Backends, config.Backend{URL: dead, Name: "dead", Weight: 1})
+	p.Retries = config.Retries{Count: 1}
+	_, u := startProxy(t, catchAll(p), zap.NewNop())
+	c := testutil.Client(t)
+	// Wherever the rotation sends it, the first request ends on g: at
+	// once, or retried there after the dead backend refused it.
+	first := sendTagged(t.Context(), c, u.String(), "first", nil)
+	h := g.next(t)
+	// The second goes to the dead backend, as g is full, and its retry
+	// finds no room.
+	if r := await(t, sendTagged(t.Context(), c, u.String(), "second", nil)); r.status != http.StatusBadGateway {
+		t.Errorf("second request: status %d, want 502", r.status)
+	}
+	close(h.release)
+	await(t, first)
+	if p := g.peak.Load(); p != 1 || len(g.held) != 0 {
+		t.Errorf("backend g had %d in flight at most, %d more came; want max_conns 1 and none", p, len(g.held))
+	}
+}
+
+// TestQueueHTTP2: each stream of an HTTP/2 connection counts one against
+// max_conns, and waits as a request of its own.
+func TestQueueHTTP2(t *testing.T) {
+	g := startGated(t, "a")
+	s, addr, cert := startH2Proxy(t, catchAll(queuedPool("round-robin", 2, 100, time.Minute, g)))
+	tr := &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{RootCAs: cert.roots}}
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr}
+	target := "https://" + addr + "/"
+	var all []<-chan result
+	for i := range 2 {
+		all = append(all, sendTagged(t.Context(), c, target, fmt.Sprint(i), nil))
+	}
+	held := []heldRequest{g.next(t), g.next(t)}
+	all = append(all, sendTagged(t.Context(), c, target, "2", nil))
+	waitQueued(t, s, 1, "", 0)
+	close(held[0].release)
+	h := g.next(t)
+	if h.tag != "2" {
+		t.Fatalf("backend got %q, want the stream that waited", h.tag)
+	}
+	close(h.release)
+	close(held[1].release)
+	for _, ch := range all {
+		if r := await(t, ch); r.status != http.StatusOK || r.proto != 2 {
+			t.Errorf("stream %s: status %d over HTTP/%d", r.tag, r.status, r.proto)
+		}
+	}
+	if p := g.peak.Load(); p != 2 {
+		t.Errorf("peak in flight %d, want 2", p)
 	}
 }
