@@ -45,6 +45,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "keep-alive off", p.DisableKeepAlives, false)
 			check(t, "health check", p.HealthCheck, (*HealthCheck)(nil))
 			check(t, "passive", p.Passive, (*Passive)(nil))
+			check(t, "queue", p.Queue, Queue{Max: DefaultQueueMax, Timeout: DefaultQueueTimeout})
 			check(t, "backends", backendSummary(p), []string{"127.0.0.1:9001 http://127.0.0.1:9001 1"})
 			check(t, "states", backendStates(p), []State{StateReady})
 		},
@@ -90,6 +91,8 @@ func TestLoadValid(t *testing.T) {
 			})
 			check(t, "web passive", web.Passive, &Passive{Failures: 5, Eject: 30 * time.Second, MaxEject: 10 * time.Minute, OnStatus: []int{502, 503, 504}})
 			check(t, "web retries", web.Retries, Retries{Count: 0, MaxBody: 0})
+			check(t, "web queue", web.Queue, Queue{Max: 20, Timeout: 2 * time.Second})
+			check(t, "web max_conns", []int{web.Backends[0].MaxConns, web.Backends[1].MaxConns}, []int{50, 0})
 			api := c.Pool("api")
 			check(t, "api balancer", api.Balancer.Type, "consistent-hash")
 			check(t, "api hash", api.Balancer.Options.Hash, balancer.HashOptions{Key: "header:X-User-ID", VirtualNodes: 500, LoadFactor: 1.25})
