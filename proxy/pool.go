@@ -378,8 +378,13 @@ func (p *pool) rebuildLocked() int {
 		// Waiters for any backend go to those taking new clients; a
 		// pool a reload replaced no longer says which those are.
 		for _, b := range p.backends {
-			if st := statsOf(b); st != nil {
-				st.open.Store(slices.Contains(avail, b))
+			st := statsOf(b)
+			if st == nil {
+				continue
+			}
+			st.open.Store(slices.Contains(avail, b))
+			if !st.open.Load() && !slices.Contains(draining, b) {
+				p.queue.evict(st)
 			}
 		}
 	}

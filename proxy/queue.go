@@ -189,6 +189,12 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	var err error
 	select {
 	case nb := <-w.got:
+		if nb == nil {
+			// Its backend no longer takes it (down, maint): the
+			// balancer moves it as it moves the client's next
+			// requests.
+			return p.repick(r)
+		}
 		l.waited.observe(clock() - start)
 		return p.placed(r, nb, pinned, setCookie)
 	case <-t.C:
@@ -200,6 +206,9 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		// dispatch handed it a place as it gave up: a timeout takes
 		// it, a client gone gives it back.
 		nb := <-w.got
+		if nb == nil {
+			return nil, "", err
+		}
 		if err == errQueueTimeout {
 			l.waited.observe(clock() - start)
 			return p.placed(r, nb, pinned, setCookie)
@@ -211,6 +220,33 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		l.refused[reasonTimeout].Add(1)
 	}
 	return nil, "", err
+}
+
+// repick admits r anew, after the backend it waited for stopped taking it.
+func (p *pool) repick(r *http.Request) (*balancer.Backend, string, error) {
+	pk, err := p.pick(r)
+	if err != nil {
+		p.refused(err)
+		return nil, "", err
+	}
+	return p.admit(r, pk)
+}
+
+// evict sends the waiters pinned to a backend that takes nobody now (down,
+// maint, removed) back to the balancer, rather than letting them wait out
+// queue.timeout for it.
+func (l *line) evict(st *backendStats) {
+	if st == nil || st.queued.Load() == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, w := range st.pinned {
+		w.got <- nil
+	}
+	l.waiting.Add(-int64(len(st.pinned)))
+	st.queued.Add(-int64(len(st.pinned)))
+	st.pinned = nil
 }
 
 // placed returns what a waiter admitted on nb forwards to: nb as this pool

@@ -515,3 +515,34 @@ func TestQueueHTTP2(t *testing.T) {
 		t.Errorf("peak in flight %d, want 2", p)
 	}
 }
+
+// TestQueueMaint: clients waiting for a backend put in maint go back to the
+// balancer at once, which moves them as it moves their next requests,
+// rather than waiting out queue.timeout for it.
+func TestQueueMaint(t *testing.T) {
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
+	c := testutil.Client(t)
+	pin, x := pinTo(t, c, u.String(), ga, gb)
+	y := ga
+	if x == ga {
+		y = gb
+	}
+	busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
+	hBusy := x.next(t)
+	moved := sendTagged(t.Context(), c, u.String(), "moved", pin)
+	waitQueued(t, s, 1, x.id, 1)
+	if _, _, err := s.setState("web", x.id, config.StateMaint, "test"); err != nil {
+		t.Fatal(err)
+	}
+	h := y.next(t)
+	if h.tag != "moved" {
+		t.Fatalf("backend %s got %q, want the client moved off %s", y.id, h.tag, x.id)
+	}
+	close(h.release)
+	if r := await(t, moved); r.status != http.StatusOK || r.body != y.id {
+		t.Errorf("moved client: status %d from %q, want 200 from %q", r.status, r.body, y.id)
+	}
+	close(hBusy.release)
+	await(t, busy)
+}
