@@ -160,7 +160,11 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		return b, setCookie, nil
 	}
 	if !pinned {
-		if nb, c := p.withRoom(r, []*balancer.Backend{b}); nb != nil {
+		nb, c := b, setCookie
+		if !begin(b) {
+			nb, c = p.withRoom(r, []*balancer.Backend{b})
+		}
+		if nb != nil {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
 			return nb, c, nil
