@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
@@ -70,7 +71,15 @@ func TestLocalResourceErrors(t *testing.T) {
 		w.Header().Set("Connection", "close")
 		_, _ = io.WriteString(w, "ok")
 	})
-	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"}, HealthCheck: testHealth(1, 1)}
+	// The backends run in this process, so they are out of descriptors
+	// too: a check whose dial took a descriptor another check had just
+	// freed reaches a backend that cannot accept it until release, and
+	// would time out, blamed on the backend, were the timeout shorter
+	// than the backend's wait to accept again (up to 1 s). Such a check
+	// is answered once the descriptors are back.
+	hc := testHealth(1, 1)
+	hc.Timeout = 10 * time.Second
+	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"}, HealthCheck: hc}
 	for _, id := range []string{"a", "b"} {
 		pc.Backends = append(pc.Backends, config.Backend{URL: testutil.StartServer(t, closing), Name: id})
 	}
