@@ -22,7 +22,10 @@ const (
 
 	DefaultConnectTimeout        = 2 * time.Second  // timeouts.connect
 	DefaultResponseHeaderTimeout = 30 * time.Second // timeouts.response_header
-	DefaultIdleConnTimeout       = 90 * time.Second // timeouts.idle_conn
+	// timeouts.response_body: nginx's proxy_read_timeout, which bounds the
+	// same silence.
+	DefaultResponseBodyTimeout = 60 * time.Second
+	DefaultIdleConnTimeout     = 90 * time.Second // timeouts.idle_conn
 
 	DefaultShutdownTimeout = 30 * time.Second // shutdown_timeout
 	// drain_timeout: below `affinity ctl drain --wait`'s default timeout of
@@ -144,6 +147,7 @@ func DefaultTimeouts() Timeouts {
 	return Timeouts{
 		Connect:        DefaultConnectTimeout,
 		ResponseHeader: DefaultResponseHeaderTimeout,
+		ResponseBody:   DefaultResponseBodyTimeout,
 		IdleConn:       DefaultIdleConnTimeout,
 	}
 }

@@ -240,12 +240,15 @@ func (d *decoder) config(top *yaml.Node) *Config {
 			}
 		}
 	}
-	if t := d.sub(s, "timeouts", "connect", "idle_conn", "response_header"); t != nil {
+	if t := d.sub(s, "timeouts", "connect", "idle_conn", "response_body", "response_header"); t != nil {
 		if v, n := d.duration(t, "connect", false); n != nil {
 			c.Timeouts.Connect = v
 		}
 		if v, n := d.duration(t, "response_header", false); n != nil {
 			c.Timeouts.ResponseHeader = v
+		}
+		if v, n := d.duration(t, "response_body", true); n != nil {
+			c.Timeouts.ResponseBody = v
 		}
 		if v, n := d.duration(t, "idle_conn", false); n != nil {
 			c.Timeouts.IdleConn = v

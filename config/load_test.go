@@ -54,7 +54,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "admin", c.Admin, Admin{Listen: "127.0.0.1:9090", Pprof: true, Token: "0123456789abcdef-admin"})
 			check(t, "drain timeout", c.DrainTimeout, 10*time.Minute)
 			check(t, "log", c.Log, Log{Level: "debug", Format: "json", Access: true, AccessSample: 0.25})
-			check(t, "timeouts", c.Timeouts, Timeouts{Connect: time.Second, ResponseHeader: 15 * time.Second, IdleConn: time.Minute})
+			check(t, "timeouts", c.Timeouts, Timeouts{Connect: time.Second, ResponseHeader: 15 * time.Second, ResponseBody: 2 * time.Minute, IdleConn: time.Minute})
 			check(t, "shutdown timeout", c.ShutdownTimeout, 10*time.Second)
 			check(t, "server", c.Server, Server{
 				ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 30 * time.Second,

@@ -101,7 +101,10 @@ type Log struct {
 type Timeouts struct {
 	Connect        time.Duration // dial timeout; default 2s
 	ResponseHeader time.Duration // wait for response headers; default 30s
-	IdleConn       time.Duration // idle keep-alive connection lifetime; default 90s
+	// ResponseBody bounds the silence between two reads of a response
+	// body, not the whole body (response_body; default 60s; 0: none).
+	ResponseBody time.Duration
+	IdleConn     time.Duration // idle keep-alive connection lifetime; default 90s
 }
 
 // Route sends matching requests to a pool.

@@ -108,6 +108,7 @@ func newBackendTransport(t config.Timeouts, tc *tls.Config) *backendTransport {
 		TLSHandshakeTimeout:   bt.TLSHandshakeTimeout,
 		ExpectContinueTimeout: bt.ExpectContinueTimeout,
 		ResponseHeaderTimeout: bt.ResponseHeaderTimeout,
+		ResponseBodyTimeout:   t.ResponseBody,
 		IdleConnTimeout:       t.IdleConn,
 		MaxIdleConns:          maxIdleConns,
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,

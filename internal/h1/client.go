@@ -26,6 +26,7 @@ type Client struct {
 	handshakeTimeout time.Duration // 0: none
 	continueTimeout  time.Duration // 0: the body goes at once
 	headerTimeout    time.Duration // 0: none
+	bodyTimeout      time.Duration // between two reads of a response body; 0: none
 	idleTimeout      time.Duration // 0: none
 	maxIdle          int           // idle connections over all hosts
 	maxIdlePerHost   int           // idle connections to one host:port
@@ -64,6 +65,13 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for a response's headers once
 	// the request is written; 0: no bound.
 	ResponseHeaderTimeout time.Duration
+	// ResponseBodyTimeout bounds the wait for each read of a response
+	// body: a backend that sends nothing for that long after its head, or
+	// between two parts of its body, has its connection closed and the
+	// body ends in a timeout. It bounds the silence, not the transfer (as
+	// nginx's proxy_read_timeout), so a long download that keeps coming is
+	// never cut. http.Transport has no such bound; 0: none.
+	ResponseBodyTimeout time.Duration
 	// IdleConnTimeout closes a keep-alive connection idle that long; 0:
 	// never.
 	IdleConnTimeout time.Duration
@@ -83,8 +91,9 @@ func New(cfg Config) *Client {
 	c := &Client{
 		dial: cfg.Dial, tls: cfg.TLSClientConfig, handshakeTimeout: cfg.TLSHandshakeTimeout,
 		continueTimeout: cfg.ExpectContinueTimeout,
-		headerTimeout:   cfg.ResponseHeaderTimeout, idleTimeout: cfg.IdleConnTimeout,
-		maxIdle: cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
+		headerTimeout:   cfg.ResponseHeaderTimeout, bodyTimeout: cfg.ResponseBodyTimeout,
+		idleTimeout: cfg.IdleConnTimeout,
+		maxIdle:     cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
 		maxHeader: maxResponseHeaderBytes, max1xx: max1xxResponses, idle: make(map[connKey][]*conn),
 	}
 	if c.maxIdle == 0 {
@@ -194,15 +203,27 @@ var copyBuffers = sync.Pool{New: func() any { return new([copyBufferSize]byte) }
 
 // connReader reads a connection, limiting what response headers may take
 // and noting when the backend closed its side, as http.Transport does.
+// While a body is read it bounds the wait of each read that reaches the
+// socket: one deadline per read, set only when the buffer is empty, costs
+// a timer update where a watchdog per response would cost a goroutine or
+// a timer of its own.
 type connReader struct {
 	nc    net.Conn
-	limit int64 // bytes left for the response headers; MaxInt64 for a body
-	eof   bool  // the backend closed its side
+	limit int64         // bytes left for the response headers; MaxInt64 for a body
+	eof   bool          // the backend closed its side
+	wait  time.Duration // the most a read of a body may wait; 0: no bound
+	// armed is set once a read of a body set a deadline, which must not
+	// outlive the body: the next exchange clears it.
+	armed bool
 }
 
 func (r *connReader) Read(p []byte) (int, error) {
 	if r.limit <= 0 {
 		return 0, errHeaderTooLarge
+	}
+	if r.wait > 0 {
+		_ = r.nc.SetReadDeadline(time.Now().Add(r.wait))
+		r.armed = true
 	}
 	if int64(len(p)) > r.limit {
 		p = p[:r.limit]

@@ -33,6 +33,17 @@ const max1xxResponses = 5
 
 var errTooMany1xx = errors.New("too many 1xx informational responses")
 
+// bodyTimeoutError is the error of a backend that sent nothing of its
+// response body within ResponseBodyTimeout of its last bytes: a net.Error
+// whose Timeout is true, as a header timeout's is.
+type bodyTimeoutError struct{ wait time.Duration }
+
+func (e bodyTimeoutError) Error() string {
+	return "timeout reading the response body: the backend sent nothing for " + e.wait.String()
+}
+func (bodyTimeoutError) Timeout() bool   { return true }
+func (bodyTimeoutError) Temporary() bool { return true }
+
 // exchange sends r on hc and reads the response headers. A request without
 // a body is written here, before the response is read; one with a body is
 // written by a bodyWriter while the response is read (see there).
@@ -42,6 +53,13 @@ func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *
 	stop := context.AfterFunc(ctx, hc.abort)
 	trace := httptrace.ContextClientTrace(ctx)
 	hc.w.n = 0
+	hc.r.wait = 0
+	if hc.r.armed {
+		// The last body's deadline would otherwise end this exchange's
+		// wait for its head, whenever no header timeout replaces it.
+		hc.r.armed = false
+		_ = hc.nc.SetReadDeadline(time.Time{})
+	}
 	var bw *bodyWriter
 	fail := func(err error) (*http.Response, error) {
 		stop()
@@ -123,6 +141,7 @@ func (c *Client) exchange(ctx context.Context, hc *conn, r *http.Request) (res *
 		_ = hc.nc.SetReadDeadline(time.Time{})
 	}
 	hc.r.limit = math.MaxInt64
+	hc.r.wait = c.bodyTimeout
 	res.TLS = hc.state
 	keep := !res.Close && res.StatusCode > 199
 	if r.Method == http.MethodHead || res.ContentLength == 0 {
@@ -164,6 +183,9 @@ func (b *respBody) Read(p []byte) (int, error) {
 		} else {
 			b.stop()
 			b.hc.abort()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = bodyTimeoutError{b.c.bodyTimeout}
+			}
 		}
 		b.hc = nil
 	}
