@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/h1"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
@@ -127,5 +128,46 @@ func TestResponseBodyTimeout(t *testing.T) {
 				t.Errorf("access line %v, want an aborted 200", m)
 			}
 		})
+	}
+}
+
+// TestResponseHeadLimit: a backend's response head past
+// h1.MaxResponseHeaderBytes is answered 502, whichever client sent the
+// request (keep-alive: the h1 client; keepalive: false: http.Transport);
+// one just under it passes.
+func TestResponseHeadLimit(t *testing.T) {
+	head := func(n int) string {
+		return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", n) + "\r\nContent-Length: 2\r\n\r\nok"
+	}
+	tests := []struct {
+		name string
+		raw  string
+		want int
+	}{
+		{"under", head(h1.MaxResponseHeaderBytes - 1024), http.StatusOK},
+		{"over", head(h1.MaxResponseHeaderBytes + 1), http.StatusBadGateway},
+		{"far over", head(1 << 20), http.StatusBadGateway},
+	}
+	for _, off := range []bool{false, true} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/keepalive-off=%v", tt.name, off), func(t *testing.T) {
+				b := connBackend(t, nil, func(testutil.RawRequest) testutil.Reaction {
+					return testutil.Reaction{Raw: tt.raw}
+				})
+				pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+					Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}, DisableKeepAlives: off}
+				cfg := catchAll(pc)
+				_, u := startProxy(t, cfg, nil)
+				res, err := testutil.Client(t).Get(u.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				_ = res.Body.Close()
+				if res.StatusCode != tt.want {
+					t.Errorf("status %d, want %d", res.StatusCode, tt.want)
+				}
+			})
+		}
 	}
 }

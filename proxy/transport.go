@@ -60,7 +60,10 @@ func newTransport(t config.Timeouts) *http.Transport {
 		// A TLS handshake is part of connecting to an https backend.
 		TLSHandshakeTimeout:   t.Connect,
 		ResponseHeaderTimeout: t.ResponseHeader,
-		ExpectContinueTimeout: expectContinueTimeout,
+		// The h1 client's limit, so that a head is refused alike
+		// whichever client sends the request.
+		MaxResponseHeaderBytes: h1.MaxResponseHeaderBytes,
+		ExpectContinueTimeout:  expectContinueTimeout,
 		// Backends speak HTTP/1.1; with a custom DialContext this keeps the
 		// transport from negotiating HTTP/2 with a TLS backend.
 		ForceAttemptHTTP2: false,

@@ -82,9 +82,15 @@ type Config struct {
 	MaxIdleConnsPerHost int
 }
 
-// maxResponseHeaderBytes caps what a backend may send as response
-// headers, http.Transport's default.
-const maxResponseHeaderBytes = 10 << 20
+// MaxResponseHeaderBytes caps what a backend may send as a response's
+// head (each 1xx's and the final one's). http.Transport's default, 10 MiB,
+// is sized for a client talking to servers it chose; a proxy holds a head
+// per request in flight, so a backend sending heads that large took 300 MB
+// for 20 requests. HAProxy refuses a head past its 16 KiB buffer and nginx
+// past proxy_buffer_size (4 or 8 KiB); 64 KiB is the limit the proxy keeps
+// for its clients' heads (server.max_header_bytes' default), and leaves
+// room for the large cookies and CSP headers real backends send.
+const MaxResponseHeaderBytes = 64 << 10
 
 // New returns a Client with cfg's dialer and limits.
 func New(cfg Config) *Client {
@@ -94,7 +100,7 @@ func New(cfg Config) *Client {
 		headerTimeout:   cfg.ResponseHeaderTimeout, bodyTimeout: cfg.ResponseBodyTimeout,
 		idleTimeout: cfg.IdleConnTimeout,
 		maxIdle:     cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
-		maxHeader: maxResponseHeaderBytes, max1xx: max1xxResponses, idle: make(map[connKey][]*conn),
+		maxHeader: MaxResponseHeaderBytes, max1xx: max1xxResponses, idle: make(map[connKey][]*conn),
 	}
 	if c.maxIdle == 0 {
 		c.maxIdle = math.MaxInt

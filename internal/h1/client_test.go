@@ -61,6 +61,8 @@ func newTransport(cfg Config) *http.Transport {
 		TLSClientConfig: cfg.TLSClientConfig, TLSHandshakeTimeout: cfg.TLSHandshakeTimeout,
 		ExpectContinueTimeout: cfg.ExpectContinueTimeout,
 		DisableCompression:    true,
+		// As the proxy's transport: the client's limit.
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}
 }
 
