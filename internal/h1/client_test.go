@@ -258,6 +258,10 @@ func TestKeepAlive(t *testing.T) {
 		{"connection close", http.MethodGet, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", true, "ok", 2},
 		{"HTTP/1.0", http.MethodGet, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", true, "ok", 2},
 		{"body until close", http.MethodGet, "HTTP/1.1 200 OK\r\n\r\nok", true, "ok", 2},
+		// RFC 9112 §6.3: read as chunked, and closed after; http.Transport
+		// keeps it.
+		{"length and chunked", http.MethodGet, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, "ok", 2},
+		{"chunked and length", http.MethodGet, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ncontent-length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n", false, "ok", 2},
 		{"bytes after the response", http.MethodGet, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1", false, "ok", 2},
 	}
 	for _, tt := range tests {

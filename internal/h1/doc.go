@@ -89,6 +89,17 @@
 //     request's answer alone; TestIdlePeek and TestTLSQuiet check the
 //     questions asked. Where a socket cannot be asked so (not Linux),
 //     Handles takes nothing.
+//   - Where it is stricter than the transport, on purpose, against a
+//     hostile or broken backend: response heads are capped at
+//     MaxResponseHeaderBytes (64 KiB, not 10 MiB; the proxy gives its
+//     transport the same cap); ResponseBodyTimeout bounds the silence
+//     between two reads of a body, which the transport leaves unbounded
+//     (TestResponseBodyTimeout); a response framed both by Content-Length
+//     and by chunked Transfer-Encoding, which both read as chunked, has
+//     its connection closed after it, as RFC 9112 §6.3 says and the
+//     transport does not (TestKeepAlive). FuzzStream compares what each
+//     request receives, not which connection it went on, so this last
+//     difference does not show there.
 //   - A request is sent once. When a connection fails, the error goes back
 //     to the caller, whose rule alone decides whether the request goes
 //     again and where; a connection the check finds closed is dropped

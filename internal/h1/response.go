@@ -21,8 +21,56 @@ func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, *respBody,
 	if pr := parseResponse(br, r); pr != nil {
 		return &pr.res, &pr.wrap, nil
 	}
+	length := declaresLength(br)
 	res, err := http.ReadResponse(br, r)
+	if err == nil && length && len(res.TransferEncoding) > 0 {
+		// Framed two ways: http.ReadResponse reads the body as chunked
+		// and drops the Content-Length, as RFC 9112 §6.3 says, but keeps
+		// the connection, where the RFC says to close it after: a
+		// backend whose framing is in doubt leaves the next response on
+		// it in doubt too. HAProxy and nginx close it; so does this
+		// client, unlike http.Transport.
+		res.Close = true
+	}
 	return res, nil, err
+}
+
+// declaresLength reports whether the head at the start of br, which
+// http.ReadResponse is to read next, has a Content-Length field, or may
+// have one: a head larger than br's buffer is not looked at, and reported
+// as having one (a chunked response with such a head costs its connection).
+// It reads no further than the head's end, as http.ReadResponse would.
+func declaresLength(br *bufio.Reader) bool {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if end := bytes.Index(buf, []byte("\n\r\n")); end >= 0 {
+			return hasField(buf[:end+1], "content-length:")
+		}
+		if end := bytes.Index(buf, []byte("\n\n")); end >= 0 {
+			return hasField(buf[:end+1], "content-length:")
+		}
+		if br.Buffered() == br.Size() {
+			return true
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return false // http.ReadResponse fails on the same error
+		}
+	}
+}
+
+// hasField reports whether a line of head, after the first, starts with
+// prefix, a lower-case field name and its colon, in any case.
+func hasField(head []byte, prefix string) bool {
+	for {
+		i := bytes.IndexByte(head, '\n')
+		if i < 0 {
+			return false
+		}
+		head = head[i+1:]
+		if len(head) >= len(prefix) && strings.EqualFold(string(head[:len(prefix)]), prefix) {
+			return true
+		}
+	}
 }
 
 // parsedResponse is what parseResponse allocates at once: the response,
