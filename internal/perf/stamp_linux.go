@@ -55,7 +55,12 @@ func rxStamp(rc syscall.RawConn) (time.Time, error) {
 			}
 		}
 		if at.IsZero() {
-			rerr = errors.New("no receive timestamp")
+			// The kernel turns stamping on with a deferred work item
+			// when the first socket asks, and leaves segments before
+			// it unstamped: such a request is timed as it is read, not
+			// failed, which a run on new connections (keepalive off,
+			// a wary host) would otherwise count as proxy errors.
+			at = time.Now()
 		}
 		return true
 	})
