@@ -32,6 +32,7 @@ type Client struct {
 	maxIdlePerHost   int           // idle connections to one host:port
 	maxHeader        int64         // bytes a response's headers may take
 	max1xx           int           // interim responses before the final one
+	unsolicited      func(addr string, first bool)
 
 	mu    sync.Mutex
 	idle  map[connKey][]*conn // the most recently used last
@@ -43,6 +44,9 @@ type Client struct {
 	// race cannot leave two.
 	sweep *time.Timer
 	armed bool
+	// wary holds, for each host that sent bytes no request asked for,
+	// until when its connections serve one request each (see sighted).
+	wary map[connKey]time.Duration
 }
 
 // Config is what a Client dials with and the limits it keeps. Its fields
@@ -80,7 +84,20 @@ type Config struct {
 	// MaxIdleConnsPerHost caps the idle connections to one host:port; 0:
 	// http.DefaultMaxIdleConnsPerHost.
 	MaxIdleConnsPerHost int
+	// Unsolicited, when set, is told each time a host:port is seen to
+	// send bytes no request asked for, and whether it is the first time
+	// in WaryPeriod (the host was not under watch). http.Transport has no
+	// such hook.
+	Unsolicited func(addr string, first bool)
 }
+
+// WaryPeriod is how long a host that sent bytes no request asked for has
+// its connections closed after each response instead of kept, counted
+// from the last time it was seen to. One stray response shifts every
+// answer after it on a busy connection until a check sees the extra bytes
+// (docs/security.md); a backend that sent one is likely to send more, and
+// each would start such a run on another connection.
+const WaryPeriod = 30 * time.Second
 
 // MaxResponseHeaderBytes caps what a backend may send as a response's
 // head (each 1xx's and the final one's). http.Transport's default, 10 MiB,
@@ -101,6 +118,7 @@ func New(cfg Config) *Client {
 		idleTimeout: cfg.IdleConnTimeout,
 		maxIdle:     cfg.MaxIdleConns, maxIdlePerHost: cfg.MaxIdleConnsPerHost,
 		maxHeader: MaxResponseHeaderBytes, max1xx: max1xxResponses, idle: make(map[connKey][]*conn),
+		unsolicited: cfg.Unsolicited, wary: make(map[connKey]time.Duration),
 	}
 	if c.maxIdle == 0 {
 		c.maxIdle = math.MaxInt
@@ -327,6 +345,9 @@ func (c *Client) get(ctx context.Context, key connKey) (*conn, error) {
 		// connection is dropped, as http.Transport drops it, and the
 		// next one tried.
 		_ = hc.nc.Close()
+		if hc.peek.data {
+			c.sighted(key)
+		}
 	}
 	raw, err := c.dial(ctx, "tcp", key.addr)
 	if err != nil {
@@ -367,10 +388,23 @@ func (c *Client) release(hc *conn, keep bool) {
 	// backend, whose side may not be reading.
 	if !keep || hc.r.eof || hc.br.Buffered() > 0 {
 		hc.abort()
+		if keep && !hc.r.eof && hc.br.Buffered() > 0 {
+			c.sighted(hc.key)
+		}
 		return
 	}
 	hc.idleAt = clock()
 	c.mu.Lock()
+	if len(c.wary) > 0 {
+		if until, ok := c.wary[hc.key]; ok {
+			if hc.idleAt < until {
+				c.mu.Unlock()
+				hc.abort()
+				return
+			}
+			delete(c.wary, hc.key)
+		}
+	}
 	conns := c.idle[hc.key]
 	if len(conns) >= c.maxIdlePerHost || c.nidle >= c.maxIdle {
 		c.mu.Unlock()
@@ -383,6 +417,23 @@ func (c *Client) release(hc *conn, keep bool) {
 		c.armLocked(c.idleTimeout)
 	}
 	c.mu.Unlock()
+}
+
+// sighted puts key under watch for WaryPeriod from now: bytes no request
+// asked for came from it. Its idle connections are closed, as any may hold
+// the next such bytes unseen yet, and until the period ends each of its
+// connections serves one request (release closes it), so that a stray
+// response can reach no later request on it.
+func (c *Client) sighted(key connKey) {
+	now := clock()
+	c.mu.Lock()
+	first := c.wary[key] <= now
+	c.wary[key] = now + WaryPeriod
+	c.mu.Unlock()
+	c.closeIdle(key)
+	if c.unsolicited != nil {
+		c.unsolicited(key.addr, first)
+	}
 }
 
 // sweepIdle closes the connections idle past idleTimeout, and arms the

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -570,6 +571,62 @@ func TestInformationalTrickle(t *testing.T) {
 			var ne net.Error
 			if !errors.As(err, &ne) || !ne.Timeout() {
 				t.Fatalf("error %v, want a timeout", err)
+			}
+		})
+	}
+}
+
+// TestWary: once a host sent bytes no request asked for, each of its
+// connections serves one request until WaryPeriod has passed, and
+// Unsolicited hears of it, first once and then as a renewal.
+func TestWary(t *testing.T) {
+	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	tests := []struct {
+		name   string
+		first  string // the answer to the first request
+		hangUp bool
+		conns  int32 // connections four requests take
+		heard  []bool
+	}{
+		{"well behaved", ok, false, 1, nil},
+		{"bytes after the response", ok + "HTTP/1.1 200 OK\r\n", false, 4, []bool{true}},
+		{"backend closes", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", true, 2, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var n atomic.Int32
+			rb := testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					raw := ok
+					if n.Add(1) == 1 {
+						raw = tt.first
+					}
+					if _, err := io.WriteString(c, raw); err != nil || (raw == tt.first && tt.hangUp) {
+						return
+					}
+				}
+			})
+			var heard []bool
+			cfg := testConfig(time.Second, 0)
+			cfg.Unsolicited = func(addr string, first bool) {
+				if addr != rb.Addr() {
+					t.Errorf("heard of %s, want %s", addr, rb.Addr())
+				}
+				heard = append(heard, first)
+			}
+			c := New(cfg)
+			defer c.CloseIdleConnections()
+			for range 4 {
+				h1Get(t, c, http.MethodGet, rb.URL())
+			}
+			if got := rb.Accepted(); got != tt.conns {
+				t.Errorf("four requests took %d connections, want %d", got, tt.conns)
+			}
+			if fmt.Sprint(heard) != fmt.Sprint(tt.heard) {
+				t.Errorf("Unsolicited heard %v, want %v", heard, tt.heard)
 			}
 		})
 	}

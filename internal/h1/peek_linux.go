@@ -19,6 +19,7 @@ type idlePeek struct {
 	rc   syscall.RawConn  // nil when the connection has no socket to ask
 	ask  func(fd uintptr) // peekFD, bound once so that asking allocates nothing
 	none bool             // what peekFD found: nothing waiting
+	data bool             // what peekFD found: a byte waiting (not the end of the stream)
 	buf  [1]byte
 }
 
@@ -41,7 +42,7 @@ func (p *idlePeek) quiet() bool {
 	if p.rc == nil {
 		return false
 	}
-	p.none = false
+	p.none, p.data = false, false
 	if err := p.rc.Control(p.ask); err != nil {
 		return false
 	}
@@ -51,7 +52,8 @@ func (p *idlePeek) quiet() bool {
 // peekFD asks with recvfrom and no address to fill in: unix.Recvfrom
 // allocates one per call.
 func (p *idlePeek) peekFD(fd uintptr) {
-	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.buf[0])), 1,
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.buf[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 	p.none = errno == unix.EAGAIN
+	p.data = errno == 0 && n > 0
 }

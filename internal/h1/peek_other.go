@@ -9,7 +9,7 @@ import "net"
 // response goes only to the request it answers, so it sends nothing.
 const canPeek = false
 
-type idlePeek struct{}
+type idlePeek struct{ data bool }
 
 func (*idlePeek) init(net.Conn) {}
 
