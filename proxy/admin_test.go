@@ -224,6 +224,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		{"affinity_requests_total", "pool=web,backend=web-1,class=5xx", 1},
 		{"affinity_requests_total", "pool=web,backend=web-1,class=1xx", 0},
 		{"affinity_client_aborts_total", "pool=web,backend=web-1", 0},
+		{"affinity_backend_unsolicited_total", "pool=web,backend=web-1", 0},
 		{"affinity_upstream_latency_seconds", "pool=web,backend=web-1", 5},
 		{"affinity_backend_in_flight", "pool=web,backend=web-1", 0},
 		{"affinity_backend_up", "pool=web,backend=web-1", 1},

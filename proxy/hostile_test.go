@@ -171,3 +171,41 @@ func TestResponseHeadLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestUnsolicitedCounted: a backend seen sending bytes past a response is
+// counted for affinity_backend_unsolicited_total and logged at warn, once
+// for the watch period however many strays follow; the next clients still
+// get their own answers, each on a connection of its own.
+func TestUnsolicitedCounted(t *testing.T) {
+	b := connBackend(t, nil, func(r testutil.RawRequest) testutil.Reaction {
+		if r.Target == "/a" || r.Target == "/b" {
+			return testutil.Reaction{Raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"}
+		}
+		return echoToken(r)
+	})
+	pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: b.BaseURL(), Name: "b"}}}
+	log, logs := observed()
+	_, u := startProxy(t, catchAll(pc), log)
+	c := testutil.Client(t)
+	for _, p := range []string{"/a", "/b"} {
+		if r := get(t, c, u.String()+p, nil); r.body != "ok" {
+			t.Fatalf("GET %s: %q", p, r.body)
+		}
+	}
+	askEach(t, u)
+	if n := unsolicitedFrom(b.BaseURL()); n != 2 {
+		t.Errorf("counted %d, want 2", n)
+	}
+	if n := len(logs.FilterMessageSnippet("no request asked for").All()); n != 1 {
+		t.Errorf("%d warnings, want 1", n)
+	}
+	conns := map[int]bool{}
+	reqs := b.Requests()
+	for _, r := range reqs {
+		conns[r.Conn] = true
+	}
+	if len(conns) != len(reqs) {
+		t.Errorf("%d requests on %d connections, want one each once the backend was seen", len(reqs), len(conns))
+	}
+}

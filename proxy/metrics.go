@@ -348,6 +348,9 @@ var (
 	descRequests = prometheus.NewDesc("affinity_requests_total",
 		"Requests answered, by pool, backend and class of the status sent to the client.",
 		[]string{"pool", "backend", "class"}, nil)
+	descUnsolicited = prometheus.NewDesc("affinity_backend_unsolicited_total",
+		"Times the backend was seen sending bytes no request asked for (past a response, or on an idle connection), after each of which its connections serve one request each for 30s; by backend address, so pools sharing one show the same count.",
+		[]string{"pool", "backend"}, nil)
 	descAborts = prometheus.NewDesc("affinity_client_aborts_total",
 		"Requests whose client went away before the response started (logged with status 499), by pool and backend; not in affinity_requests_total, nor those drain_timeout cut.",
 		[]string{"pool", "backend"}, nil)
@@ -445,7 +448,7 @@ type collector struct{ s *Server }
 // Describe sends every metric's description.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descRequests, descAborts, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
+		descRequests, descAborts, descUnsolicited, descLatency, descInFlight, descUp, descHealthy, descEjected, descTransitions,
 		descEjections, descRetries, descRepins, descRefused, descLocalErrors, descUnrouted, descRejected, descReloads, descCertNotAfter, descConfig, descClientConns, descConnsMax, descAcceptPauses, descSlowClients,
 		descLearnEntries, descLearnEvictions, descLearnStoreErrors, descLearnStoreLost, descLearnStoreHeld, descLearnSessions,
 		descState, descUpgraded, descStreams, descLastRequest, descDrainClosed,
@@ -543,6 +546,7 @@ func collectBackend(ch chan<- prometheus.Metric, pool string, m backendView, wal
 		emit(ch, descRequests, prometheus.CounterValue, float64(st.responses[i].Load()), pool, id, class)
 	}
 	emit(ch, descAborts, prometheus.CounterValue, float64(st.aborts.Load()), pool, id)
+	emit(ch, descUnsolicited, prometheus.CounterValue, float64(unsolicitedFrom(m.backend.URL)), pool, id)
 	count, sum, buckets := st.latency.read()
 	if h, err := prometheus.NewConstHistogram(descLatency, count, sum, buckets, pool, id); err != nil {
 		ch <- prometheus.NewInvalidMetric(descLatency, err)

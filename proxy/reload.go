@@ -527,6 +527,7 @@ type transportSwitch struct {
 
 	mu       sync.Mutex // guards what follows, and serialises set
 	timeouts config.Timeouts
+	log      *zap.Logger
 	// retired are the transports switched from that still have a
 	// connection open. Each sweep closes their idle connections, those
 	// of requests that ended since, and drops the transports left with
@@ -541,9 +542,9 @@ type transportSwitch struct {
 // most once its request ended.
 const sweepEvery = time.Second
 
-func newTransportSwitch(t config.Timeouts) *transportSwitch {
-	ts := &transportSwitch{timeouts: t}
-	ts.cur.Store(newBackendTransport(t, nil))
+func newTransportSwitch(t config.Timeouts, log *zap.Logger) *transportSwitch {
+	ts := &transportSwitch{timeouts: t, log: log}
+	ts.cur.Store(newBackendTransport(t, nil, log))
 	return ts
 }
 
@@ -561,7 +562,7 @@ func (ts *transportSwitch) set(t config.Timeouts) {
 		return
 	}
 	ts.timeouts = t
-	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t, nil)))
+	ts.retired = append(ts.retired, ts.cur.Swap(newBackendTransport(t, nil, ts.log)))
 	ts.sweepLocked()
 }
 

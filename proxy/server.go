@@ -192,7 +192,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		log:       log,
 		listen:    cfg.Listen,
-		transport: newTransportSwitch(cfg.Timeouts),
+		transport: newTransportSwitch(cfg.Timeouts, log),
 		cancel:    cancel,
 		parkAfter: limits.ParkAfter,
 		conns:     newConnLimit(limits.MaxConns, log),
@@ -299,7 +299,7 @@ func newState(cfg *config.Config, log *zap.Logger, prev *state, disc map[string]
 		return nil, err
 	}
 	st.router = rt
-	if err := useBackendTLS(cfg, st.pools); err != nil {
+	if err := useBackendTLS(cfg, st.pools, log); err != nil {
 		return nil, err
 	}
 	st.trusted, st.maxBody = cfg.TrustedProxies, cfg.Server.MaxBody

@@ -147,7 +147,7 @@ func backendTLS(c *config.BackendTLS) (*tls.Config, error) {
 // Pools with equal settings share a transport, and so keep-alive
 // connections; pools without a tls section keep the shared one and the
 // system's roots.
-func useBackendTLS(cfg *config.Config, pools []*pool) error {
+func useBackendTLS(cfg *config.Config, pools []*pool, log *zap.Logger) error {
 	byTLS := map[config.BackendTLS]*backendTransport{}
 	for i, pc := range cfg.Pools {
 		if pc.TLS == nil {
@@ -159,7 +159,7 @@ func useBackendTLS(cfg *config.Config, pools []*pool) error {
 			if err != nil {
 				return fmt.Errorf("pool %q: tls: %w", pc.Name, err)
 			}
-			tr = newBackendTransport(cfg.Timeouts, tc)
+			tr = newBackendTransport(cfg.Timeouts, tc, log)
 			byTLS[*pc.TLS] = tr
 		}
 		p := pools[i]

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/h1"
@@ -92,8 +95,9 @@ type backendTransport struct {
 
 // newBackendTransport returns a backendTransport with timeouts t that
 // verifies https backends with tc (nil: the system's roots, each for the
-// host of its URL).
-func newBackendTransport(t config.Timeouts, tc *tls.Config) *backendTransport {
+// host of its URL), and logs to log the backends it sees send responses
+// no request asked for.
+func newBackendTransport(t config.Timeouts, tc *tls.Config, log *zap.Logger) *backendTransport {
 	bt := &backendTransport{Transport: newTransport(t)}
 	bt.TLSClientConfig = tc
 	dial := bt.DialContext
@@ -115,8 +119,48 @@ func newBackendTransport(t config.Timeouts, tc *tls.Config) *backendTransport {
 		IdleConnTimeout:       t.IdleConn,
 		MaxIdleConns:          maxIdleConns,
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		Unsolicited:           watchStrays(log),
 	})
 	return bt
+}
+
+// unsolicited counts, by backend host:port, the times the h1 client saw a
+// backend send bytes no request asked for (affinity_backend_unsolicited_total).
+// It is the process's, not a transport's, so that a reload that makes new
+// transports does not reset it.
+var unsolicited sync.Map // host:port → *atomic.Int64
+
+// watchStrays returns what the h1 client tells of a backend seen sending
+// bytes no request asked for: each sighting is counted, and the first of
+// a watch period logged, once per period however many strays come.
+func watchStrays(log *zap.Logger) func(addr string, first bool) {
+	return func(addr string, first bool) {
+		v, ok := unsolicited.Load(addr)
+		if !ok {
+			v, _ = unsolicited.LoadOrStore(addr, new(atomic.Int64))
+		}
+		v.(*atomic.Int64).Add(1)
+		if first {
+			log.Warn("backend sent bytes no request asked for; its connections serve one request each for a while",
+				zap.String("addr", addr), zap.Duration("for", h1.WaryPeriod))
+		}
+	}
+}
+
+// unsolicitedFrom returns how many times the backend at u was seen sending
+// bytes no request asked for.
+func unsolicitedFrom(u *url.URL) int64 {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	if v, ok := unsolicited.Load(net.JoinHostPort(u.Hostname(), port)); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
 }
 
 // countedConn is a connection counted in open until it is closed.
