@@ -89,7 +89,8 @@ func TestKeepAliveOff(t *testing.T) {
 // body, then nothing, has the client's response cut once
 // timeouts.response_body passes, as any body that breaks off: the client
 // sees its connection end (not its own timeout), and the access line says
-// aborted.
+// aborted. Both of the proxy's clients keep it: the h1 client, and Go's
+// transport for a pool with keepalive: false.
 func TestResponseBodyTimeout(t *testing.T) {
 	tests := []struct{ name, raw string }{
 		{"length", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok"},
@@ -97,37 +98,39 @@ func TestResponseBodyTimeout(t *testing.T) {
 		{"until close", "HTTP/1.1 200 OK\r\n\r\nok"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rb := testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
-				if _, err := http.ReadRequest(br); err != nil {
-					return
+		for _, off := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/keepalive-off=%v", tt.name, off), func(t *testing.T) {
+				rb := testutil.StartRaw(t, func(c net.Conn, br *bufio.Reader) {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					_, _ = io.WriteString(c, tt.raw)
+					_, _ = br.ReadByte() // silent until the proxy closes it
+				})
+				pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+					Backends: []config.Backend{{URL: &url.URL{Scheme: "http", Host: rb.Addr()}, Name: "b"}}, DisableKeepAlives: off}
+				cfg := catchAll(pc)
+				cfg.Timeouts.ResponseBody = 300 * time.Millisecond
+				cfg.Log.Access = true
+				log, logs := observed()
+				_, u := startProxy(t, cfg, log)
+				c := &http.Client{Timeout: 10 * time.Second}
+				res, err := c.Get(u.String())
+				if err == nil {
+					_, err = io.ReadAll(res.Body)
+					_ = res.Body.Close()
 				}
-				_, _ = io.WriteString(c, tt.raw)
-				_, _ = br.ReadByte() // silent until the proxy closes it
+				var ne net.Error
+				if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+					t.Fatalf("client's read ended with %v, want the proxy to cut it", err)
+				}
+				testutil.Eventually(t, waitFor, "backend connection closed", func() bool { return rb.Closed() == 1 })
+				testutil.Eventually(t, waitFor, "access line", func() bool { return len(entries(logs, "request")) == 1 })
+				if m := entries(logs, "request")[0].ContextMap(); m["aborted"] != true || m["status"] != int64(200) {
+					t.Errorf("access line %v, want an aborted 200", m)
+				}
 			})
-			pc := &config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-				Backends: []config.Backend{{URL: &url.URL{Scheme: "http", Host: rb.Addr()}, Name: "b"}}}
-			cfg := catchAll(pc)
-			cfg.Timeouts.ResponseBody = 300 * time.Millisecond
-			cfg.Log.Access = true
-			log, logs := observed()
-			_, u := startProxy(t, cfg, log)
-			c := &http.Client{Timeout: 10 * time.Second}
-			res, err := c.Get(u.String())
-			if err == nil {
-				_, err = io.ReadAll(res.Body)
-				_ = res.Body.Close()
-			}
-			var ne net.Error
-			if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
-				t.Fatalf("client's read ended with %v, want the proxy to cut it", err)
-			}
-			testutil.Eventually(t, waitFor, "backend connection closed", func() bool { return rb.Closed() == 1 })
-			testutil.Eventually(t, waitFor, "access line", func() bool { return len(entries(logs, "request")) == 1 })
-			if m := entries(logs, "request")[0].ContextMap(); m["aborted"] != true || m["status"] != int64(200) {
-				t.Errorf("access line %v, want an aborted 200", m)
-			}
-		})
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,9 @@ func newTransport(t config.Timeouts) *http.Transport {
 type backendTransport struct {
 	*http.Transport
 	h1 *h1.Client
+	// bodyWait is timeouts.response_body, which the transport keeps by
+	// a read deadline on its connection (countedConn); 0: none.
+	bodyWait time.Duration
 	// conns counts the connections both have open, idle or in use, so
 	// that a transport a reload switched from is dropped once it has
 	// none (transportSwitch).
@@ -98,7 +102,7 @@ type backendTransport struct {
 // host of its URL), and logs to log the backends it sees send responses
 // no request asked for.
 func newBackendTransport(t config.Timeouts, tc *tls.Config, log *zap.Logger) *backendTransport {
-	bt := &backendTransport{Transport: newTransport(t)}
+	bt := &backendTransport{Transport: newTransport(t), bodyWait: t.ResponseBody}
 	bt.TLSClientConfig = tc
 	dial := bt.DialContext
 	bt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -168,11 +172,23 @@ type countedConn struct {
 	net.Conn
 	open   *atomic.Int64
 	closed sync.Once
+	// bodyWait, once set, bounds each read from the connection: what
+	// the transport reads is then a response body (see
+	// backendTransport.RoundTrip).
+	bodyWait atomic.Int64
 	// closedAt is when it was closed, on the proxy's clock; 0 while
 	// open. A transport closes a connection as soon as it reads the
 	// backend's end of it, which clientBody.stalled compares with its
 	// reads of the client's body.
 	closedAt atomic.Int64
+}
+
+// Read reads from the connection, within bodyWait if it is set.
+func (c *countedConn) Read(p []byte) (int, error) {
+	if d := c.bodyWait.Load(); d > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(time.Duration(d)))
+	}
+	return c.Conn.Read(p)
 }
 
 // Close closes the connection and counts it out, once.
@@ -215,7 +231,25 @@ func (bt *backendTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if bt.h1.Handles(r) {
 		return bt.h1.RoundTrip(r)
 	}
-	return bt.Transport.RoundTrip(r)
+	if bt.bodyWait <= 0 {
+		return bt.Transport.RoundTrip(r)
+	}
+	// The transport has no bound on a response body's silence: the
+	// connection it took is noted, and once the head is read, each read
+	// of the body from it is given timeouts.response_body, as the h1
+	// client gives its own. The transport keeps no connection, so the
+	// deadline never reaches another request. A protocol switch is left
+	// alone: its connection is a tunnel, silent as long as its
+	// application likes.
+	var conn atomic.Pointer[countedConn]
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { conn.Store(backendConn(info.Conn)) }}
+	res, err := bt.Transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+	if err == nil && res.StatusCode != http.StatusSwitchingProtocols {
+		if c := conn.Load(); c != nil {
+			c.bodyWait.Store(int64(bt.bodyWait))
+		}
+	}
+	return res, err
 }
 
 // CloseIdleConnections closes the idle connections of both.

@@ -42,8 +42,13 @@ func switchingBackend(t *testing.T) *testutil.RawBackend {
 	})
 }
 
+// tunnelSilence is timeouts.response_body in switchingProxy, which a
+// tunnel stays silent longer than in TestUpgradeRelaysEarlyBytes.
+const tunnelSilence = 100 * time.Millisecond
+
 // switchingProxy serves a pool of the one backend sb, with passive health
-// and the access log, and returns the proxy's address.
+// and the access log, and a response body timeout of tunnelSilence, and
+// returns the proxy's address.
 func switchingProxy(t *testing.T, sb *testutil.RawBackend) (*Server, string, func(msg string) int) {
 	t.Helper()
 	u, err := url.Parse(sb.URL())
@@ -57,6 +62,7 @@ func switchingProxy(t *testing.T, sb *testutil.RawBackend) (*Server, string, fun
 	pc.Passive = &passive
 	cfg := catchAll(pc)
 	cfg.Log.Access = true
+	cfg.Timeouts.ResponseBody = tunnelSilence
 	log, logs := observed()
 	s, pu := startProxy(t, cfg, log)
 	return s, pu.Host, func(msg string) int { return len(entries(logs, msg)) }
@@ -146,6 +152,9 @@ func TestUpgradeRelaysEarlyBytes(t *testing.T) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d, want 101", resp.StatusCode)
 	}
+	// A tunnel is no response body: silent past timeouts.response_body,
+	// it stays open.
+	time.Sleep(3 * tunnelSilence)
 	if _, err := io.WriteString(conn, "late|"); err != nil {
 		t.Fatal(err)
 	}
