@@ -97,9 +97,11 @@
 //     (TestResponseBodyTimeout); a response framed both by Content-Length
 //     and by chunked Transfer-Encoding, which both read as chunked, has
 //     its connection closed after it, as RFC 9112 §6.3 says and the
-//     transport does not (TestKeepAlive). FuzzStream compares what each
-//     request receives, not which connection it went on, so this last
-//     difference does not show there.
+//     transport does not (TestKeepAlive); a host seen sending bytes no
+//     request asked for has its connections serve one request each for
+//     WaryPeriod (TestWary). FuzzStream compares what each request
+//     receives, not which connection it went on, so these last two
+//     differences do not show there.
 //   - A request is sent once. When a connection fails, the error goes back
 //     to the caller, whose rule alone decides whether the request goes
 //     again and where; a connection the check finds closed is dropped
