@@ -109,9 +109,10 @@ type Server struct {
 
 	// listenFn binds every listener: net.Listen, or UseListen's.
 	// onListening, when not nil, runs once ListenAndServe has bound its
-	// listeners. Both are set before serving.
+	// listeners; an error from it ends ListenAndServe before it accepts.
+	// Both are set before serving.
 	listenFn    func(network, addr string) (net.Listener, error)
-	onListening func()
+	onListening func() error
 	// shared is set when listenFn's sockets may be held by other
 	// processes too (UseListen): a listener a reload moves away from is
 	// then made to stop listening (unlisten), not only closed.
@@ -326,10 +327,20 @@ func (s *Server) ListenAndServe() error {
 	// that a reload cannot change the address between the two.
 	b := s.bindLocked(ln)
 	s.lnMu.Unlock()
-	s.admin.start(adm)
 	if s.onListening != nil {
-		s.onListening()
+		if err := s.onListening(); err != nil {
+			// Nothing was accepted on either listener: those who share
+			// the sockets (the process an upgrade replaces) serve every
+			// connection. Closed, not unlistened, for that reason.
+			s.lnMu.Lock()
+			s.bindings = slices.DeleteFunc(s.bindings, func(c *binding) bool { return c == b })
+			s.lnMu.Unlock()
+			_ = ln.Close()
+			s.admin.discard(adm)
+			return fmt.Errorf("proxy: %w", err)
+		}
 	}
+	s.admin.start(adm)
 	return s.serveBound(b)
 }
 
@@ -341,8 +352,9 @@ func (s *Server) ListenAndServe() error {
 // listening (its address refuses connections) rather than only closed.
 // onListening, when not nil, runs once ListenAndServe has bound both,
 // before it serves them: the moment the new process can tell the old one
-// that it is ready. Call it before serving.
-func (s *Server) UseListen(listen func(network, addr string) (net.Listener, error), onListening func()) {
+// that it is ready. When it fails, ListenAndServe closes both without
+// having accepted on either, and returns its error. Call it before serving.
+func (s *Server) UseListen(listen func(network, addr string) (net.Listener, error), onListening func() error) {
 	s.listenFn, s.onListening, s.shared = listen, onListening, true
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"time"
 
@@ -23,12 +24,14 @@ func startUpgrader(srv *proxy.Server, log *zap.Logger, pidFile string, timeout t
 		log.Warn("in-place upgrade unavailable: SIGUSR2 will be ignored, and no PID file written", zap.Error(err))
 		return nil
 	}
-	srv.UseListen(up.Listen, func() {
+	srv.UseListen(up.Listen, func() error {
+		// A process that cannot say it is ready exits, unready: serve
+		// returns the error.
 		if err := up.Ready(); err != nil {
-			log.Error("signalling readiness", zap.Error(err))
-			return
+			return fmt.Errorf("signalling readiness: %w", err)
 		}
 		log.Info("ready", zap.Int("pid", os.Getpid()), zap.Bool("upgraded", up.HasParent()))
+		return nil
 	})
 	return up
 }

@@ -161,6 +161,20 @@ func (l *load) waitOK(t *testing.T, n int64) {
 	waitForWithin(t, 30*time.Second, fmt.Sprintf("%d more requests answered", n), func() bool { return l.ok.Load() >= want })
 }
 
+// failedLine returns the i-th line (from 0) of logs that says an upgrade
+// failed, "" when there are fewer.
+func failedLine(logs string, i int) string {
+	for line := range strings.Lines(logs) {
+		if strings.Contains(line, "upgrade failed") {
+			if i == 0 {
+				return line
+			}
+			i--
+		}
+	}
+	return ""
+}
+
 // SIGUSR2 starts a new process of the binary, which takes the listening
 // sockets over; the old one drains and exits 0, and no request of a load
 // running meanwhile fails. A new process that cannot serve (a broken
@@ -232,19 +246,38 @@ func TestServeUpgrade(t *testing.T) {
 		name   string
 		break_ func()
 		log    string // what the old process logs of the failure
+		pid    func() bool
 	}{
 		{"invalid config", func() {
 			saveByRename(t, cfg, []byte("listen: [\n"))
-		}, "exited"},
-		{"binary that exits", func() {
+		}, "exited", nil},
+		{"PID file not writable", func() {
+			// The new process cannot rename its PID file over a
+			// directory: it must exit without serving, and without
+			// telling systemd it is the main process.
 			saveByRename(t, cfg, []byte(good))
+			if err := os.Remove(pidFile); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(pidFile, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, "exited", func() bool {
+			fi, err := os.Stat(pidFile)
+			return err == nil && fi.IsDir()
+		}},
+		{"binary that exits", func() {
+			if err := os.Remove(pidFile); err != nil {
+				t.Fatal(err)
+			}
+			saveByRename(t, pidFile, []byte(strconv.Itoa(old)+"\n"))
 			if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Rename(bin+".new", bin); err != nil {
 				t.Fatal(err)
 			}
-		}, "exited"},
+		}, "exited", nil},
 		{"binary never ready", func() {
 			if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
 				t.Fatal(err)
@@ -252,7 +285,7 @@ func TestServeUpgrade(t *testing.T) {
 			if err := os.Rename(bin+".new", bin); err != nil {
 				t.Fatal(err)
 			}
-		}, "timed out"},
+		}, "timed out", nil},
 	}
 	for i, f := range failures {
 		f.break_()
@@ -262,10 +295,14 @@ func TestServeUpgrade(t *testing.T) {
 		waitForWithin(t, 30*time.Second, f.name+": the failure logged", func() bool {
 			return strings.Count(logs(), "upgrade failed") == i+1
 		})
-		if !strings.Contains(logs(), f.log) {
-			t.Errorf("%s: the old process's log does not say %q:\n%s", f.name, f.log, logs())
+		if line := failedLine(logs(), i); !strings.Contains(line, f.log) {
+			t.Errorf("%s: the old process logs %q, want it to say %q:\n%s", f.name, line, f.log, logs())
 		}
-		if pid := readPID(pidFile); pid != old {
+		if f.pid != nil {
+			if !f.pid() {
+				t.Fatalf("%s: the PID file's path changed", f.name)
+			}
+		} else if pid := readPID(pidFile); pid != old {
 			t.Fatalf("%s: PID file says %d, want the old process's %d", f.name, pid, old)
 		}
 		l.waitOK(t, 100)

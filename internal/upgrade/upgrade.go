@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +37,19 @@ type Upgrader struct {
 // renaming a new file over it, once it is ready. A successor that is not
 // ready within timeout is killed, and the upgrade fails.
 func New(pidFile string, timeout time.Duration) (*Upgrader, error) {
-	flip, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeTimeout: timeout})
+	if pidFile != "" {
+		// Relative to the directory the process started in, as the
+		// successor, started there too, reads it.
+		abs, err := filepath.Abs(pidFile)
+		if err != nil {
+			return nil, fmt.Errorf("upgrade: PID file: %w", err)
+		}
+		pidFile = abs
+	}
+	// The PID file is ours to write, not tableflip's: tableflip writes it
+	// in Ready after it has let go of the descriptors, and Ready must
+	// fail before telling anyone anything.
+	flip, err := tableflip.New(tableflip.Options{UpgradeTimeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("upgrade: %w", err)
 	}
@@ -52,15 +65,57 @@ func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
 // HasParent reports whether this process was started by an upgrade.
 func (u *Upgrader) HasParent() bool { return u.flip.HasParent() }
 
-// Ready tells that this process serves: it tells systemd that the service
-// is ready with this process as its main one, writes the PID file, and
+// Ready tells that this process serves: it writes the PID file, tells
+// systemd that the service is ready with this process as its main one, and
 // tells the predecessor (which then stops accepting and drains). Listeners
 // the predecessor passed that were not taken with Listen are closed.
+//
+// When the PID file cannot be written, or systemd cannot be told, Ready
+// tells no one else and returns the error (the PID file is put back as it
+// was). The process must then exit without having accepted anything, and a
+// predecessor, seeing it exit, goes on serving. A successor that served
+// anyway would be killed at the upgrade's timeout with the connections it
+// had accepted, while systemd, told it was the main one, saw it die.
 func (u *Upgrader) Ready() error {
-	// systemd first: once told, the predecessor may exit at once, and
-	// systemd must by then know which process the service lives on.
-	err := Notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	return errors.Join(err, u.flip.Ready())
+	var prev []byte
+	if u.pidFile != "" {
+		prev, _ = os.ReadFile(u.pidFile)
+		if err := writePIDFile(u.pidFile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
+			return fmt.Errorf("upgrade: PID file: %w", err)
+		}
+	}
+	// systemd before the predecessor: once told, the predecessor may exit
+	// at once, and systemd must by then know which process the service
+	// lives on.
+	if err := Notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
+		switch {
+		case u.pidFile == "":
+		case prev != nil:
+			err = errors.Join(err, writePIDFile(u.pidFile, string(prev)))
+		default:
+			err = errors.Join(err, os.Remove(u.pidFile))
+		}
+		return err
+	}
+	return u.flip.Ready()
+}
+
+// writePIDFile writes text to path by renaming a new file over it, so that
+// a reader never sees it empty or half written.
+func writePIDFile(path, text string) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	err = errors.Join(err, f.Close())
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // Upgrade starts the successor and waits until it is ready, or it exits,
