@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -32,13 +33,103 @@ type binding struct {
 	// parker holds the idle connections (internal/park); nil when they do
 	// not park (TLS, or not Linux). Set before the first Accept.
 	parker *park.Parker
+
+	// h2 serves the HTTP/2 connections b accepted (serveH2); nil without
+	// TLS. goingAway is set once they are to end (goAway).
+	h2        *http.Server
+	goingAway atomic.Bool
 }
 
 // bindLocked makes ln a current binding of s; s.lnMu must be held.
 func (s *Server) bindLocked(ln net.Listener) *binding {
 	b := &binding{ln: ln, done: make(chan struct{}), conns: make(map[*boundConn]struct{})}
+	if s.tls != nil {
+		b.h2 = h2Host(s.http.IdleTimeout)
+	}
 	s.bindings = append(s.bindings, b)
 	return b
+}
+
+// h2Host returns a server that accepts nothing, made only to hold an HTTP/2
+// server of Go's, net/http's own: it serves a binding's HTTP/2 connections,
+// so that Shutdown of it tells them, and them only, to go away. net/http
+// has no other way to end one HTTP/2 connection gracefully (GOAWAY, then
+// its streams finish, then it closes); http.Server.Shutdown does it for
+// every connection the server has. Closing the connection instead, as an
+// HTTP/1 one between two requests, cuts a stream: Go's HTTP/2 server says
+// a connection is idle once the last frame of its last stream is queued,
+// not sent, and a new stream's HEADERS may already be read.
+func h2Host(idle time.Duration) *http.Server {
+	h := &http.Server{IdleTimeout: idle}
+	// Serve sets HTTP/2 up (TLSNextProto) before it accepts; the
+	// listener then fails at once.
+	_ = h.Serve(closedListener{})
+	return h
+}
+
+// closedListener is a listener that is closed.
+type closedListener struct{}
+
+func (closedListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
+func (closedListener) Close() error              { return nil }
+func (closedListener) Addr() net.Addr            { return &net.TCPAddr{} }
+
+// serveH2 is the proxy's TLSNextProto for "h2": it serves c over HTTP/2 as
+// net/http would, with the HTTP/2 server of c's binding.
+func serveH2(hs *http.Server, c *tls.Conn, h http.Handler) {
+	bc := boundOf(c)
+	var serve func(*http.Server, *tls.Conn, http.Handler)
+	if bc != nil && bc.b.h2 != nil {
+		serve = bc.b.h2.TLSNextProto["h2"]
+	}
+	if serve == nil {
+		// HTTP/2 turned off in net/http (GODEBUG=http2server=0).
+		_ = c.Close()
+		return
+	}
+	bc.h2.Store(true)
+	serve(hs, c, awayHandler{h, bc})
+}
+
+// awayHandler serves the streams of an HTTP/2 connection, and tells the
+// connection to go away at its first stream after its binding's goAway, if
+// its serving began too late for goAway to know of it (a connection
+// accepted just before, whose handshake came after). Its first streams are
+// served, as an HTTP/1 connection's first request is (retire): GOAWAY
+// names the last stream that will be, and the streams read by then are.
+type awayHandler struct {
+	http.Handler
+	bc *boundConn
+}
+
+func (h awayHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.bc.b.goingAway.Load() && !h.bc.toldAway.Swap(true) {
+		h.bc.b.goAway()
+	}
+	h.Handler.ServeHTTP(w, r)
+}
+
+// BaseContext passes on what net/http's handler gives the HTTP/2 server:
+// the connection's context (http.Server's ConnContext).
+func (h awayHandler) BaseContext() context.Context {
+	if bc, ok := h.Handler.(interface{ BaseContext() context.Context }); ok {
+		return bc.BaseContext()
+	}
+	return context.Background()
+}
+
+// goAway tells b's HTTP/2 connections to go away: each sends GOAWAY,
+// finishes the streams it has begun, and closes. Those that begin to
+// serve HTTP/2 later are told at their first stream (awayHandler).
+func (b *binding) goAway() {
+	if b.h2 == nil {
+		return
+	}
+	b.goingAway.Store(true)
+	// It accepts nothing and has no connection of its own: Shutdown
+	// returns at once, having started the HTTP/2 server's graceful
+	// shutdown of its connections.
+	_ = b.h2.Shutdown(context.Background())
 }
 
 // serveBinding runs the http.Server on b until its listener closes.
@@ -185,13 +276,15 @@ func (s *Server) rebind(ln net.Listener, addr string) bool {
 	return true
 }
 
-// retire closes b's listener, and those of its connections that are idle
-// between two requests; connState closes the others when their request is
-// done. A connection whose first request has not arrived yet is left to
-// serve it: closing it could lose a request the client already sent.
+// retire closes b's listener, and those of its HTTP/1 connections that are
+// idle between two requests; connState closes the others when their
+// request is done. A connection whose first request has not arrived yet is
+// left to serve it: closing it could lose a request the client already
+// sent. Its HTTP/2 connections go away (goAway).
 func (s *Server) retire(b *binding) {
 	b.retired.Store(true)
 	_ = b.ln.Close()
+	b.goAway()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for c := range b.conns {
@@ -229,10 +322,14 @@ type boundConn struct {
 	// connection over it; closing it sends TLS's close_notify. Set at
 	// StateNew under the binding's mu.
 	outer net.Conn
-	// idle is set between two requests, when closing the connection
-	// loses nothing; fresh from its accepting until its first request
-	// (Shutdown's handOver waits for those).
-	idle, fresh atomic.Bool
+	// idle is set between two HTTP/1 requests, when closing the
+	// connection loses nothing; fresh from its accepting until its first
+	// request (Shutdown's handOver waits for those), or until it serves
+	// HTTP/2; h2 once it serves HTTP/2 (serveH2), when it is never idle
+	// in that sense.
+	// toldAway is set once awayHandler told its binding's goAway again
+	// for it.
+	idle, fresh, h2, toldAway atomic.Bool
 	// client is what the drainer knows of the connection (drain.go). Set
 	// by connContext before StateNew, read under the binding's mu.
 	client *client
@@ -314,6 +411,10 @@ func connState(c net.Conn, cs http.ConnState) {
 		bc.idle.Store(false)
 		bc.fresh.Store(false)
 	case http.StateIdle:
+		if bc.h2.Load() {
+			// GOAWAY ends it (goAway), never a close.
+			return
+		}
 		bc.idle.Store(true)
 		bc.SetIdle()
 		if bc.b.retired.Load() {

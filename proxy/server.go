@@ -246,6 +246,11 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		// whose framing is in doubt (framing.go).
 		DisableGeneralOptionsHandler: true,
 	}
+	if tlsConfig != nil {
+		// HTTP/2 as net/http serves it, by each binding's server, so
+		// that a binding's connections can be told to go away alone.
+		s.http.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": serveH2}
+	}
 	return s, nil
 }
 
@@ -435,6 +440,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.handOver(ctx, bindings)
 	} else {
 		s.admin.draining.Store(true)
+		// http.Server.Shutdown would tell the HTTP/2 connections to go
+		// away if its own HTTP/2 server served them; the bindings' do.
+		for _, b := range bindings {
+			b.goAway()
+		}
 	}
 	err := s.http.Shutdown(ctx)
 	if err == nil {
