@@ -355,8 +355,10 @@ func (r *reloader) read() (*config.Config, error) {
 	reading := make(chan struct{})
 	r.reading = reading
 	go func() {
-		defer close(reading)
 		cfg, err := r.load(r.file)
+		// Closed before the answer goes: once a read returned in time,
+		// the next one must find it done, not pending.
+		close(reading)
 		done <- loaded{cfg, err}
 	}()
 	select {

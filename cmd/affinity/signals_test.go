@@ -272,3 +272,27 @@ func TestStopDuringHungRead(t *testing.T) {
 		t.Fatal("the stop waited for the hung read")
 	}
 }
+
+// TestReadAfterReadReturns: a read of the file that returned in time leaves
+// nothing pending, so a reload queued behind it reads the file again at
+// once rather than failing as if a read had hung.
+func TestReadAfterReadReturns(t *testing.T) {
+	cfg, err := config.Parse("affinity.yaml", []byte("listen: 127.0.0.1:0\npools:\n  web:\n    backends: [{url: \"http://127.0.0.1:1\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &reloader{file: "affinity.yaml", timeout: 10 * time.Second,
+		load: func(string) (*config.Config, error) { return cfg, nil }}
+	// Each read from a goroutine of its own, as each reload runs; 20,000
+	// of them, as the window is narrow.
+	for i := range 20_000 {
+		read := make(chan error, 1)
+		go func() {
+			_, err := r.read()
+			read <- err
+		}()
+		if err := <-read; err != nil {
+			t.Fatalf("read %d: %v", i+1, err)
+		}
+	}
+}
