@@ -242,6 +242,7 @@ func TestServeUpgrade(t *testing.T) {
 	l := startLoad(t, "http://"+listen+"/")
 	l.waitOK(t, 100)
 
+	strayFile := filepath.Join(dir, "stray.pid")
 	failures := []struct {
 		name   string
 		break_ func()
@@ -279,13 +280,20 @@ func TestServeUpgrade(t *testing.T) {
 			}
 		}, "exited", nil},
 		{"binary never ready", func() {
-			if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+			// A wrapper that does not exec: killed at the timeout, it
+			// leaves its child, which holds the sockets too.
+			script := fmt.Sprintf("#!/bin/sh\nsleep 60 &\necho $! > %s\nwait\n", strayFile)
+			if err := os.WriteFile(bin+".new", []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Rename(bin+".new", bin); err != nil {
 				t.Fatal(err)
 			}
 		}, "timed out", nil},
+	}
+	strayGone := func() bool {
+		pid := readPID(strayFile)
+		return pid > 0 && syscall.Kill(pid, 0) == syscall.ESRCH
 	}
 	for i, f := range failures {
 		f.break_()
@@ -307,6 +315,10 @@ func TestServeUpgrade(t *testing.T) {
 		}
 		l.waitOK(t, 100)
 	}
+	// The wrapper's child, which the old process adopted as the wrapper
+	// was killed, is killed too, and no process is left holding the
+	// sockets.
+	waitForWithin(t, 30*time.Second, "the never-ready wrapper's child gone", strayGone)
 
 	copyBinary(built)
 	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {

@@ -9,7 +9,9 @@
 // The new process is started from os.Args[0], looked up again at each
 // upgrade, with the same arguments, environment and working directory: a
 // binary replaced at that path (a package upgrade renames the new file
-// over the old) is the one that runs.
+// over the old) is the one that runs. On Linux the process adopts the
+// orphans of its successors (strays_linux.go), and kills those a failed
+// successor left behind, which would otherwise hold the sockets unserved.
 package upgrade
 
 import (
@@ -51,6 +53,10 @@ func New(pidFile string, timeout time.Duration) (*Upgrader, error) {
 	// fail before telling anyone anything.
 	flip, err := tableflip.New(tableflip.Options{UpgradeTimeout: timeout})
 	if err != nil {
+		return nil, fmt.Errorf("upgrade: %w", err)
+	}
+	if err := adoptOrphans(); err != nil {
+		flip.Stop()
 		return nil, fmt.Errorf("upgrade: %w", err)
 	}
 	return &Upgrader{flip: flip, pidFile: pidFile}, nil
@@ -118,6 +124,10 @@ func writePIDFile(path, text string) error {
 	return err
 }
 
+// strayWait bounds how long a failed upgrade waits for the processes the
+// successor left behind to be gone.
+const strayWait = 5 * time.Second
+
 // Upgrade starts the successor and waits until it is ready, or it exits,
 // or the timeout passes (then it is killed): only in the first case does it
 // return nil, and Exit is closed. One upgrade runs at a time, and a process
@@ -126,6 +136,9 @@ func writePIDFile(path, text string) error {
 func (u *Upgrader) Upgrade() error {
 	err := u.flip.Upgrade()
 	if err != nil {
+		// tableflip kills the successor it started, alone: what that
+		// one started holds the sockets too, and goes as well.
+		killStrays(strayWait)
 		// A successor that told systemd it was the main process and
 		// then failed must not stay the one systemd follows.
 		_ = Notify("MAINPID=" + strconv.Itoa(os.Getpid()))
