@@ -305,7 +305,9 @@ func (c *ctlClient) wait(ctx context.Context, out, progress io.Writer, pool, bac
 		case err != nil:
 			return err
 		case b.State != string(st) && b.State != "removed":
-			return ctlFailure("%s is %s now: set by someone else while waiting", name, b.State)
+			// A run-time state does not outlive the process: a proxy
+			// restarted or upgraded in place starts from the file's.
+			return ctlFailure("%s is %s now: set by someone else while waiting, or the proxy restarted or was upgraded (a state set at run time is not carried over)", name, b.State)
 		case drained(b, w.idle):
 			fmt.Fprintf(out, "%s drained after %s: %s\n", name, roundDuration(time.Since(start)), progressOf(b))
 			return nil

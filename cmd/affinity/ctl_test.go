@@ -218,6 +218,34 @@ func TestCtlWait(t *testing.T) {
 	}
 }
 
+// TestCtlWaitStateChanged: ctl drain --wait whose backend changes state
+// meanwhile exits 2, naming the change and what may have caused it: another
+// operator, or a proxy restarted or upgraded, which forgot the drain.
+func TestCtlWaitStateChanged(t *testing.T) {
+	p := startCtlProxy(t, "")
+	done := p.slowRequest(t)
+	defer func() {
+		p.unblock()
+		<-done
+	}()
+	var progress syncBuffer
+	var stdout strings.Builder
+	exited := make(chan int, 1)
+	go func() {
+		exited <- execute(context.Background(), []string{"ctl", "--admin", p.admin, "drain", "slow", "s1", "--wait",
+			"--idle", "300ms", "--timeout", "1m"}, &stdout, &progress)
+	}()
+	waitFor(t, "ctl to report the request in flight", func() bool {
+		return strings.Contains(progress.String(), "slow/s1: 1 in flight, idle 0s")
+	})
+	if code, out, _ := run(t, "ctl", "--admin", p.admin, "ready", "slow", "s1"); code != exitOK {
+		t.Fatalf("ctl ready: exit %d, %q", code, out)
+	}
+	if code := <-exited; code != exitUsage || !strings.Contains(progress.String()+stdout.String(), "slow/s1 is ready now: set by someone else while waiting, or the proxy restarted or was upgraded") {
+		t.Errorf("drain --wait over a change of state: exit %d, stdout %q, stderr %q", code, stdout.String(), progress.String())
+	}
+}
+
 // TestCtlWaitOverReweight: a reload that changes only the weight of a
 // backend with a request in flight leaves that request counted, and ctl
 // drain --wait waiting for it.
