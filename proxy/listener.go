@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/affinityproxy/affinity/internal/park"
 	"go.uber.org/zap"
@@ -44,7 +43,7 @@ type binding struct {
 func (s *Server) bindLocked(ln net.Listener) *binding {
 	b := &binding{ln: ln, done: make(chan struct{}), conns: make(map[*boundConn]struct{})}
 	if s.tls != nil {
-		b.h2 = h2Host(s.http.IdleTimeout)
+		b.h2 = h2Host(s.http)
 	}
 	s.bindings = append(s.bindings, b)
 	return b
@@ -59,8 +58,12 @@ func (s *Server) bindLocked(ln net.Listener) *binding {
 // HTTP/1 one between two requests, cuts a stream: Go's HTTP/2 server says
 // a connection is idle once the last frame of its last stream is queued,
 // not sent, and a new stream's HEADERS may already be read.
-func h2Host(idle time.Duration) *http.Server {
-	h := &http.Server{IdleTimeout: idle}
+//
+// Its settings come from hs, the server whose connections it serves, as
+// net/http's own HTTP/2 would take them: HTTP2 per connection, and the idle
+// timeout (or the read timeout without one) here.
+func h2Host(hs *http.Server) *http.Server {
+	h := &http.Server{IdleTimeout: hs.IdleTimeout, ReadTimeout: hs.ReadTimeout}
 	// Serve sets HTTP/2 up (TLSNextProto) before it accepts; the
 	// listener then fails at once.
 	_ = h.Serve(closedListener{})
