@@ -3,6 +3,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 // readPID returns the PID in the file, 0 while there is none.
@@ -98,8 +101,9 @@ func listenNotify(t *testing.T, path string) func() []string {
 }
 
 // load sends GETs to url over keep-alive and over new connections from a
-// few clients until stop is closed (or 60 s, or 50,000 requests), counting
-// what succeeded and what failed.
+// few clients, and over HTTP/2 from two more when url is https, until stop
+// is closed (or 60 s, or 12,500 requests each), counting what succeeded
+// and what failed.
 type load struct {
 	ok, failed atomic.Int64
 	firstErr   atomic.Value
@@ -107,14 +111,23 @@ type load struct {
 	wg         sync.WaitGroup
 }
 
-func startLoad(t *testing.T, url string) *load {
+func startLoad(t *testing.T, url string, tc *tls.Config) *load {
 	t.Helper()
 	l := &load{stop: make(chan struct{})}
 	deadline := time.Now().Add(60 * time.Second)
-	for i := range 4 {
-		// Half the clients keep their connections, half open one per
-		// request.
-		tr := &http.Transport{DisableKeepAlives: i%2 == 1, MaxIdleConnsPerHost: 1}
+	clients := 4
+	if tc != nil {
+		clients = 6
+	}
+	for i := range clients {
+		// Of the first four, half keep their connections, half open one
+		// per request; the last two speak HTTP/2, many streams on one
+		// connection.
+		tr := &http.Transport{DisableKeepAlives: i < 4 && i%2 == 1, MaxIdleConnsPerHost: 1, ForceAttemptHTTP2: i >= 4}
+		if tc != nil {
+			// A config of its own: HTTP/2 adds h2 to the one it has.
+			tr.TLSClientConfig = tc.Clone()
+		}
 		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 		l.wg.Go(func() {
 			defer tr.CloseIdleConnections()
@@ -126,15 +139,22 @@ func startLoad(t *testing.T, url string) *load {
 				}
 				resp, err := c.Get(url)
 				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
+					var body []byte
+					body, err = io.ReadAll(resp.Body)
 					_ = resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
+					switch {
+					case err != nil:
+					case resp.StatusCode != http.StatusOK:
 						err = fmt.Errorf("status %s", resp.Status)
+					case string(body) != "ok":
+						err = fmt.Errorf("body %q", body)
+					case (resp.ProtoMajor == 2) != (i >= 4):
+						err = fmt.Errorf("answered over %s", resp.Proto)
 					}
 				}
 				if err != nil {
 					l.failed.Add(1)
-					l.firstErr.CompareAndSwap(nil, fmt.Sprintf("client %d (keep-alive %v) at %s: %v", i, i%2 == 0, time.Now().Format("15:04:05.000"), err))
+					l.firstErr.CompareAndSwap(nil, fmt.Sprintf("client %d (keep-alive %v, HTTP/2 %v) at %s: %v", i, i%2 == 0 || i >= 4, i >= 4, time.Now().Format("15:04:05.000"), err))
 					continue
 				}
 				l.ok.Add(1)
@@ -206,8 +226,9 @@ func TestServeUpgrade(t *testing.T) {
 	}))
 	t.Cleanup(backend.Close)
 	listen, admin := freeAddr(t), freeAddr(t)
-	good := fmt.Sprintf("listen: %s\nshutdown_timeout: 5s\nadmin: {listen: %s}\npools:\n  web:\n    backends: [{url: %q, name: a}]\n",
-		listen, admin, backend.URL)
+	certs := testutil.NewCerts(t)
+	good := fmt.Sprintf("listen: %s\nshutdown_timeout: 5s\ntls: {cert: %s, key: %s}\nadmin: {listen: %s}\npools:\n  web:\n    backends: [{url: %q, name: a}]\n",
+		listen, certs.ServerCert, certs.ServerKey, admin, backend.URL)
 	cfg := writeFile(t, "affinity.yaml", []byte(good))
 	pidFile := filepath.Join(dir, "affinity.pid")
 	// Its output goes to a file: the new process inherits it, and a pipe
@@ -239,7 +260,7 @@ func TestServeUpgrade(t *testing.T) {
 	}
 	old := cmd.Process.Pid
 	waitForWithin(t, 30*time.Second, "the PID file", func() bool { return readPID(pidFile) == old })
-	l := startLoad(t, "http://"+listen+"/")
+	l := startLoad(t, "https://"+listen+"/", &tls.Config{RootCAs: certs.Client.RootCAs})
 	l.waitOK(t, 100)
 
 	strayFile := filepath.Join(dir, "stray.pid")
