@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/affinityproxy/affinity/internal/park"
 	"go.uber.org/zap"
