@@ -305,7 +305,7 @@ func BenchmarkAdmit(b *testing.B) {
 			for b.Loop() {
 				if limit < 0 {
 					pk.Backend.Begin()
-				} else if _, _, err := p.admit(req, pk); err != nil {
+				} else if _, err := p.admit(req, pk); err != nil {
 					b.Fatal(err)
 				}
 				finished(pk.Backend)

@@ -215,13 +215,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		return
 	}
 	p.served()
-	b, setCookie, err := p.admit(pr, pk)
+	a, err := p.admit(pr, pk)
+	p = a.pool
 	if err != nil {
 		p.queueRefused(w, r, body, err)
 		return
 	}
-	o.backend, o.sticky = b.ID, pk.Sticky
-	if pk.Sticky == balancer.StickyRepinned {
+	b, setCookie := a.backend, a.setCookie
+	o.backend, o.sticky = b.ID, a.sticky
+	if a.sticky == balancer.StickyRepinned {
 		p.repins.Add(1)
 	}
 	ex, r, done := s.exchangeFor(r)

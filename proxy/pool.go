@@ -221,6 +221,11 @@ func newPool(pc *config.Pool, gone map[string]time.Time, log *zap.Logger, prev *
 		p.members[i].gone = gone[id]
 	}
 	p.queue.configure(pc.Queue.Max, pc.Queue.Timeout)
+	if prev == nil {
+		// In service as soon as made; a pool replacing prev is once
+		// swapped in (Server.takeOver).
+		p.queue.cur.Store(p)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rebuildLocked()
@@ -374,9 +379,14 @@ func (p *pool) rebuildLocked() int {
 	s.pinner, _ = pk.(balancer.Pinner)
 	s.learner, _ = pk.(balancer.Learner)
 	p.snap.Store(s)
+	if p.queue.cur.Load() != p {
+		// Not in service: a pool a reload replaced no longer says
+		// which backends take whom, and one a reload builds does not
+		// yet (a waiter it sent back would pick on the old one).
+		return len(avail)
+	}
 	if !p.stopped {
-		// Waiters for any backend go to those taking new clients; a
-		// pool a reload replaced no longer says which those are.
+		// Waiters for any backend go to those taking new clients.
 		for _, b := range p.backends {
 			st := statsOf(b)
 			if st == nil {

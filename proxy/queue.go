@@ -58,6 +58,11 @@ type line struct {
 	max     int        // queue.max
 	timeout time.Duration
 
+	// cur is the pool in service of those sharing the line, from which a
+	// waiter sent back to the balancer picks again: the pool it came in by
+	// may have been replaced by a reload that moved it.
+	cur atomic.Pointer[pool]
+
 	waited  histogram                        // time each request admitted after waiting waited
 	refused [len(queueReasons)]atomic.Uint64 // by reason
 }
@@ -131,23 +136,42 @@ func (p *pool) withRoom(r *http.Request, skip []*balancer.Backend) (*balancer.Ba
 	return nil, ""
 }
 
+// admission is where admit began a request.
+type admission struct {
+	// pool is the pool that admitted it: the one it came in by, or the
+	// one replacing it when a reload sent the request back to the
+	// balancer while it waited.
+	pool      *pool
+	backend   *balancer.Backend
+	setCookie string // the Set-Cookie header to send, "" for none
+	// sticky is the pick's, or StickyRepinned when the request waited
+	// for a backend that stopped taking it and went to another.
+	sticky balancer.Sticky
+}
+
 // admit begins r's request on pk's backend, or, when that one is full, on
 // another with room if the request is not pinned to it (see wait), or
-// waits in the queue; it returns the backend begun on and the Set-Cookie header to
-// send. The error is errQueueFull or errQueueTimeout when the queue refused
-// the request, the context's when the client left while waiting.
-func (p *pool) admit(r *http.Request, pk balancer.Pick) (*balancer.Backend, string, error) {
+// waits in the queue. The error is errQueueFull or errQueueTimeout when the
+// queue refused the request, the context's when the client left while
+// waiting.
+func (p *pool) admit(r *http.Request, pk balancer.Pick) (admission, error) {
 	b := pk.Backend
 	if begin(b) {
-		return b, pk.SetCookie, nil
+		return admission{p, b, pk.SetCookie, pk.Sticky}, nil
 	}
-	return p.wait(r, b, pk.Sticky == balancer.StickyKept, pk.SetCookie)
+	pinned := pk.Sticky == balancer.StickyKept
+	a, err := p.wait(r, b, pinned, pk.SetCookie)
+	if a.pool == nil {
+		// Not sent back to the balancer (repick sets both).
+		a.pool, a.sticky = p, pk.Sticky
+	}
+	return a, err
 }
 
 // wait queues r: for b when pinned, for any backend otherwise, unless a
 // backend has room for it now. Other backends are looked at under the
 // queue's lock, so that a place freed meanwhile goes to the oldest waiter.
-func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (*balancer.Backend, string, error) {
+func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (admission, error) {
 	l, st := &p.queue, statsOf(b)
 	w := &waiter{got: make(chan *balancer.Backend, 1)}
 	l.mu.Lock()
@@ -157,7 +181,7 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	if pinned && len(st.pinned) == 0 && st.take(b) {
 		l.waiting.Add(-1)
 		l.mu.Unlock()
-		return b, setCookie, nil
+		return admission{backend: b, setCookie: setCookie}, nil
 	}
 	if !pinned {
 		nb, c := b, setCookie
@@ -167,14 +191,14 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		if nb != nil {
 			l.waiting.Add(-1)
 			l.mu.Unlock()
-			return nb, c, nil
+			return admission{backend: nb, setCookie: c}, nil
 		}
 	}
 	if l.waiting.Load() > int64(l.max) {
 		l.waiting.Add(-1)
 		l.mu.Unlock()
 		l.refused[reasonFull].Add(1)
-		return nil, "", errQueueFull
+		return admission{}, errQueueFull
 	}
 	l.seq++
 	w.seq = l.seq
@@ -194,10 +218,17 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	select {
 	case nb := <-w.got:
 		if nb == nil {
-			// Its backend no longer takes it (down, maint): the
-			// balancer moves it as it moves the client's next
-			// requests.
-			return p.repick(r)
+			// Its backend no longer takes it (down, maint, removed,
+			// moved to another URL): the balancer moves it as it
+			// moves the client's next requests.
+			a, err := p.repick(r)
+			if err == nil && pinned && a.backend.ID != b.ID {
+				// Moved off its sticky backend, whatever the pick
+				// says of a cookie naming a backend it no longer
+				// knows.
+				a.sticky = balancer.StickyRepinned
+			}
+			return a, err
 		}
 		l.waited.observe(clock() - start)
 		return p.placed(r, nb, pinned, setCookie)
@@ -211,27 +242,32 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		// it, a client gone gives it back.
 		nb := <-w.got
 		if nb == nil {
-			return nil, "", err
+			return admission{}, err
 		}
 		if err == errQueueTimeout {
 			l.waited.observe(clock() - start)
 			return p.placed(r, nb, pinned, setCookie)
 		}
 		finished(nb)
-		return nil, "", err
+		return admission{}, err
 	}
 	if err == errQueueTimeout {
 		l.refused[reasonTimeout].Add(1)
 	}
-	return nil, "", err
+	return admission{}, err
 }
 
-// repick admits r anew, after the backend it waited for stopped taking it.
-func (p *pool) repick(r *http.Request) (*balancer.Backend, string, error) {
+// repick admits r anew, after the backend it waited for stopped taking it:
+// on the pool now in service, which a reload may have made since r came in.
+// A client pinned there and moved elsewhere is repinned.
+func (p *pool) repick(r *http.Request) (admission, error) {
+	if cur := p.queue.cur.Load(); cur != nil {
+		p = cur
+	}
 	pk, err := p.pick(r)
 	if err != nil {
 		p.refused(err)
-		return nil, "", err
+		return admission{pool: p}, err
 	}
 	return p.admit(r, pk)
 }
@@ -256,17 +292,17 @@ func (l *line) evict(st *backendStats) {
 // placed returns what a waiter admitted on nb forwards to: nb as this pool
 // knows it (a place may free on a Backend of the pool a reload replaced),
 // and the cookie pinning the client there.
-func (p *pool) placed(r *http.Request, nb *balancer.Backend, pinned bool, setCookie string) (*balancer.Backend, string, error) {
+func (p *pool) placed(r *http.Request, nb *balancer.Backend, pinned bool, setCookie string) (admission, error) {
 	st := statsOf(nb)
 	if i := slices.IndexFunc(p.backends, func(o *balancer.Backend) bool { return o.Stats == st }); i >= 0 {
 		nb = p.backends[i]
 	}
 	if pinned {
-		return nb, setCookie, nil
+		return admission{backend: nb, setCookie: setCookie}, nil
 	}
 	s := p.snap.Load()
 	if s.pinner == nil {
-		return nb, "", nil
+		return admission{backend: nb}, nil
 	}
 	// The pinner's choice among the others all skipped is nb, with the
 	// cookie that pins the client there.
@@ -277,9 +313,9 @@ func (p *pool) placed(r *http.Request, nb *balancer.Backend, pinned bool, setCoo
 		}
 	}
 	if c, cookie, ok := s.pinner.Repin(r, skip); ok && c.Stats == st {
-		return nb, cookie, nil
+		return admission{backend: nb, setCookie: cookie}, nil
 	}
-	return nb, "", nil
+	return admission{backend: nb}, nil
 }
 
 // leave takes w out of its queue, and reports whether it was still there.

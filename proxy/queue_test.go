@@ -546,3 +546,78 @@ func TestQueueMaint(t *testing.T) {
 	close(hBusy.release)
 	await(t, busy)
 }
+
+// TestQueueReloadMoves: a reload that puts the backend clients wait for in
+// maint, removes it or moves it to another URL sends them back to the
+// balancer at once: to another backend, repinned, or to the new URL,
+// pinned still. None waits for the old one to free a place.
+func TestQueueReloadMoves(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(p *config.Pool, x, moved *gated)
+		// toMoved: served at the new URL of x, its client still pinned;
+		// otherwise by the other backend, repinned.
+		toMoved bool
+	}{
+		{name: "maint", change: func(p *config.Pool, x, _ *gated) {
+			p.Backends[configuredIndex(p, x.id)].State = config.StateMaint
+		}},
+		{name: "removed", change: func(p *config.Pool, x, _ *gated) {
+			i := configuredIndex(p, x.id)
+			p.Backends = append(p.Backends[:i], p.Backends[i+1:]...)
+		}},
+		{name: "url", toMoved: true, change: func(p *config.Pool, x, moved *gated) {
+			p.Backends[configuredIndex(p, x.id)].URL = moved.url
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ga, gb, moved := startGated(t, "a"), startGated(t, "b"), startGated(t, "moved")
+			s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
+			c := testutil.Client(t)
+			pin, x := pinTo(t, c, u.String(), ga, gb)
+			y := ga
+			if x == ga {
+				y = gb
+			}
+			busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
+			hBusy := x.next(t)
+			waiting := sendTagged(t.Context(), c, u.String(), "waiting", pin)
+			waitQueued(t, s, 1, x.id, 1)
+			repins := s.state.Load().pool("web").repins.Load()
+
+			pc := queuedPool("cookie", 1, 100, time.Minute, ga, gb)
+			tc.change(pc, x, moved)
+			if err := s.Reload(catchAll(pc)); err != nil {
+				t.Fatal(err)
+			}
+			to, sticky := y, uint64(1)
+			if tc.toMoved {
+				to, sticky = moved, 0
+			}
+			h := to.next(t)
+			if h.tag != "waiting" {
+				t.Fatalf("backend %s got %q, want the waiting client", to.id, h.tag)
+			}
+			close(h.release)
+			if r := await(t, waiting); r.status != http.StatusOK || r.body != to.id {
+				t.Errorf("waiting client: status %d from %q, want 200 from %q", r.status, r.body, to.id)
+			}
+			if got := s.state.Load().pool("web").repins.Load() - repins; got != sticky {
+				t.Errorf("repins %d, want %d", got, sticky)
+			}
+			waitQueued(t, s, 0, "", 0)
+			close(hBusy.release)
+			await(t, busy)
+		})
+	}
+}
+
+// configuredIndex returns the position of the backend named name in p.
+func configuredIndex(p *config.Pool, name string) int {
+	for i, b := range p.Backends {
+		if b.Name == name {
+			return i
+		}
+	}
+	return -1
+}

@@ -293,6 +293,7 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 	}
 	for _, np := range next.pools {
 		op := old.pool(np.name)
+		np.queue.cur.Store(np)
 		np.takeOver(op)
 		for i, b := range np.backends {
 			if op != nil && op.index(b) >= 0 {
@@ -336,6 +337,9 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 			}
 			op.mu.Unlock()
 			s.leaving.add(r)
+			// Its waiters were sent nowhere yet: they go back to the
+			// balancer, which picks on np.
+			op.queue.evict(statsOf(b))
 		}
 	}
 	return removed
