@@ -532,6 +532,7 @@ func TestQueueMaint(t *testing.T) {
 	hBusy := x.next(t)
 	moved := sendTagged(t.Context(), c, u.String(), "moved", pin)
 	waitQueued(t, s, 1, x.id, 1)
+	repins := s.state.Load().pool("web").repins.Load()
 	if _, _, err := s.setState("web", x.id, config.StateMaint, "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -542,6 +543,9 @@ func TestQueueMaint(t *testing.T) {
 	close(h.release)
 	if r := await(t, moved); r.status != http.StatusOK || r.body != y.id {
 		t.Errorf("moved client: status %d from %q, want 200 from %q", r.status, r.body, y.id)
+	}
+	if got := s.state.Load().pool("web").repins.Load() - repins; got != 1 {
+		t.Errorf("repins %d, want 1: the moved client", got)
 	}
 	close(hBusy.release)
 	await(t, busy)
