@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -197,6 +198,16 @@ func (l *leaving) add(r removedBackend) {
 	l.mu.Lock()
 	l.list = append(l.list, r)
 	l.mu.Unlock()
+}
+
+// drop forgets the removed backend of pool that b, added back by a reload,
+// counts the requests of.
+func (l *leaving) drop(pool string, b *balancer.Backend) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = slices.DeleteFunc(l.list, func(r removedBackend) bool {
+		return r.pool == pool && r.backend.Stats == b.Stats
+	})
 }
 
 // current drops the removed backends that serve nothing any more, and

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -326,6 +328,45 @@ type poolStats struct {
 	localRequests, localChecks atomic.Uint64
 	// queue holds the requests waiting for a backend at max_conns.
 	queue line
+
+	// removed holds the backends reloads took out of the pool while
+	// requests still ran on them, so that one added back (same name and
+	// URL) counts those requests against its max_conns and its drain.
+	removedMu sync.Mutex
+	removed   []*balancer.Backend
+}
+
+// keepRemoved remembers b, which a reload took out of the pool, until its
+// requests end.
+func (ps *poolStats) keepRemoved(b *balancer.Backend) {
+	ps.removedMu.Lock()
+	defer ps.removedMu.Unlock()
+	ps.pruneRemoved()
+	if !slices.ContainsFunc(ps.removed, func(o *balancer.Backend) bool { return o.Stats == b.Stats }) {
+		ps.removed = append(ps.removed, b)
+	}
+}
+
+// removedAs returns the backend a reload took out of the pool that nb, with
+// the same ID and URL, stands for while requests still run on it; nil if
+// none.
+func (ps *poolStats) removedAs(nb *balancer.Backend) *balancer.Backend {
+	ps.removedMu.Lock()
+	defer ps.removedMu.Unlock()
+	ps.pruneRemoved()
+	i := slices.IndexFunc(ps.removed, func(o *balancer.Backend) bool {
+		return o.ID == nb.ID && o.URL.String() == nb.URL.String()
+	})
+	if i < 0 {
+		return nil
+	}
+	return ps.removed[i]
+}
+
+// pruneRemoved forgets the removed backends with nothing in flight;
+// removedMu must be held.
+func (ps *poolStats) pruneRemoved() {
+	ps.removed = slices.DeleteFunc(ps.removed, func(o *balancer.Backend) bool { return o.InFlight() == 0 })
 }
 
 // poolStatsOrNew returns p's counters, or new ones when p is nil: a pool

@@ -625,3 +625,39 @@ func configuredIndex(p *config.Pool, name string) int {
 	}
 	return -1
 }
+
+// TestQueueReadded: a backend a reload removes while a request runs on it
+// and the next adds back counts that request against its max_conns: the
+// next request waits for it, and the backend never has more than max_conns
+// in flight.
+func TestQueueReadded(t *testing.T) {
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	s, u := startProxy(t, catchAll(queuedPool("round-robin", 1, 100, time.Minute, ga)), zap.NewNop())
+	c := testutil.Client(t)
+	old := sendTagged(t.Context(), c, u.String(), "old", nil)
+	hOld := ga.next(t)
+	for _, gs := range [][]*gated{{gb}, {ga}} {
+		if err := s.Reload(catchAll(queuedPool("round-robin", 1, 100, time.Minute, gs...))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.state.Load().pool("web").backends[0].InFlight(); n != 1 {
+		t.Errorf("in flight on the backend added back: %d, want 1", n)
+	}
+	if removed := s.leaving.current(); len(removed) != 0 {
+		t.Errorf("still shown as removed: %v", removed)
+	}
+	next := sendTagged(t.Context(), c, u.String(), "next", nil)
+	waitQueued(t, s, 1, "", 0)
+	close(hOld.release)
+	await(t, old)
+	h := ga.next(t)
+	if h.tag != "next" {
+		t.Fatalf("got %q, want next", h.tag)
+	}
+	close(h.release)
+	await(t, next)
+	if p := ga.peak.Load(); p != 1 {
+		t.Errorf("peak in flight %d, want 1 (max_conns)", p)
+	}
+}

@@ -97,7 +97,9 @@ func (s *Server) ReloadLoaded(path string, cfg *config.Config, err error) error 
 // counts the old one's requests in flight, failures and stats as its own:
 // the requests still holding the old Backend are shown, waited for and
 // drained as the kept backend's. A backend that goes takes no new request;
-// its requests in flight finish, and its checks stop.
+// its requests in flight finish, and its checks stop; its waiters go back
+// to the balancer. Added back (same name and URL) while those requests
+// run, it gets its Backend again, which counts them.
 //
 // Changed timeouts take a new transport: requests in flight finish on the
 // old one, whose connections close as they go idle, and which is dropped
@@ -305,6 +307,9 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 					zap.String("state", string(np.members[i].state)))
 			}
 			op.droppedState(b, np.members[i].adminState)
+			// Added back while its requests of before ran: it is no
+			// longer removed.
+			s.leaving.drop(np.name, b)
 		}
 	}
 	now := time.Now()
@@ -340,6 +345,9 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 			// Its waiters were sent nowhere yet: they go back to the
 			// balancer, which picks on np.
 			op.queue.evict(statsOf(b))
+			if np != nil && b.InFlight() > 0 {
+				np.keepRemoved(b)
+			}
 		}
 	}
 	return removed
@@ -475,20 +483,26 @@ func (p *pool) groupOrNew() *balancer.Group {
 // backendFor returns the Backend a pool replacing p uses for backend id at
 // u with weight w: p's own when p has it with that URL and weight, so that
 // its counters go on; one reweighted from p's, which counts with it, when
-// only the weight differs; otherwise a new one counting in g.
+// only the weight differs; the same from a backend an earlier reload
+// removed whose requests still run, which count against its max_conns
+// and its drain as they would had it stayed; otherwise a new one counting
+// in g.
 func (p *pool) backendFor(id string, u *url.URL, w int, g *balancer.Group) *balancer.Backend {
 	nb := balancer.NewBackend(id, u, w, g)
 	if p == nil {
 		return nb
 	}
+	ob := p.removedAs(nb)
 	if i := p.index(nb); i >= 0 {
-		ob := p.backends[i]
-		if ob.Weight == nb.Weight {
-			return ob
-		}
-		return ob.Reweighted(nb.Weight)
+		ob = p.backends[i]
 	}
-	return nb
+	switch {
+	case ob == nil:
+		return nb
+	case ob.Weight == nb.Weight:
+		return ob
+	}
+	return ob.Reweighted(nb.Weight)
 }
 
 // restartOnly lists the settings that differ between old and cfg but are
