@@ -38,9 +38,11 @@ var (
 const (
 	reasonFull = iota
 	reasonTimeout
+	// reasonLeft: the client left while waiting; it got no answer.
+	reasonLeft
 )
 
-var queueReasons = [...]string{reasonFull: "full", reasonTimeout: "timeout"}
+var queueReasons = [...]string{reasonFull: "full", reasonTimeout: "timeout", reasonLeft: "left"}
 
 // line is a pool's waiting room. It lives in the pool's poolStats, so that
 // the pools a reload makes of one configured pool share it: a place freed
@@ -63,8 +65,10 @@ type line struct {
 	// may have been replaced by a reload that moved it.
 	cur atomic.Pointer[pool]
 
-	waited  histogram                        // time each request admitted after waiting waited
-	refused [len(queueReasons)]atomic.Uint64 // by reason
+	waited histogram // time each request admitted after waiting waited
+	// refused counts the requests the queue answered 503, by reason,
+	// and those whose client left while waiting (reasonLeft).
+	refused [len(queueReasons)]atomic.Uint64
 }
 
 // waiter is a request waiting for a place.
@@ -147,6 +151,7 @@ type admission struct {
 	// sticky is the pick's, or StickyRepinned when the request waited
 	// for a backend that stopped taking it and went to another.
 	sticky balancer.Sticky
+	queued time.Duration // time waited in the queue, for the access log
 }
 
 // admit begins r's request on pk's backend, or, when that one is full, on
@@ -157,7 +162,7 @@ type admission struct {
 func (p *pool) admit(r *http.Request, pk balancer.Pick) (admission, error) {
 	b := pk.Backend
 	if begin(b) {
-		return admission{p, b, pk.SetCookie, pk.Sticky}, nil
+		return admission{pool: p, backend: b, setCookie: pk.SetCookie, sticky: pk.Sticky}, nil
 	}
 	pinned := pk.Sticky == balancer.StickyKept
 	a, err := p.wait(r, b, pinned, pk.SetCookie)
@@ -171,7 +176,7 @@ func (p *pool) admit(r *http.Request, pk balancer.Pick) (admission, error) {
 // wait queues r: for b when pinned, for any backend otherwise, unless a
 // backend has room for it now. Other backends are looked at under the
 // queue's lock, so that a place freed meanwhile goes to the oldest waiter.
-func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (admission, error) {
+func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (a admission, err error) {
 	l, st := &p.queue, statsOf(b)
 	w := &waiter{got: make(chan *balancer.Backend, 1)}
 	l.mu.Lock()
@@ -211,17 +216,25 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	timeout := l.timeout
 	l.mu.Unlock()
 
-	start := clock()
+	start, moved := clock(), false
+	defer func() {
+		// A waiter sent back to the balancer may have waited again,
+		// and counted itself if it left then.
+		a.queued += clock() - start
+		if gone := r.Context().Err(); gone != nil && !moved && errors.Is(err, gone) {
+			l.refused[reasonLeft].Add(1)
+		}
+	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	var err error
 	select {
 	case nb := <-w.got:
 		if nb == nil {
 			// Its backend no longer takes it (down, maint, removed,
 			// moved to another URL): the balancer moves it as it
 			// moves the client's next requests.
-			a, err := p.repick(r)
+			moved = true
+			a, err = p.repick(r)
 			if err == nil && pinned && a.backend.ID != b.ID {
 				// Moved off its sticky backend, whatever the pick
 				// says of a cookie naming a backend it no longer
@@ -410,7 +423,7 @@ var (
 	descQueueWait = prometheus.NewDesc("affinity_queue_wait_seconds",
 		"Time waited in the queue by each request that then got a backend.", []string{"pool"}, nil)
 	descQueueRefused = prometheus.NewDesc("affinity_queue_refused_total",
-		"Requests the queue answered 503, by reason: full (queue.max were waiting) or timeout (queue.timeout passed).",
+		"Requests the queue did not admit, by reason: full (queue.max were waiting) or timeout (queue.timeout passed), answered 503; left (the client went away while waiting).",
 		[]string{"pool", "reason"}, nil)
 	descMaxConns = prometheus.NewDesc("affinity_backend_max_conns",
 		"The backend's max_conns, against affinity_backend_in_flight; absent when it has none.", []string{"pool", "backend"}, nil)

@@ -316,7 +316,10 @@ func TestQueueSticky(t *testing.T) {
 // reason. A client that leaves while waiting frees its place at once.
 func TestQueueRefusals(t *testing.T) {
 	g := startGated(t, "a")
-	s, u, admin := startWithAdmin(t, catchAll(queuedPool("round-robin", 1, 1, 1500*time.Millisecond, g)), zap.NewNop())
+	cfg := catchAll(queuedPool("round-robin", 1, 1, 1500*time.Millisecond, g))
+	cfg.Log.Access = true
+	log, logs := observed()
+	s, u, admin := startWithAdmin(t, cfg, log)
 	c := testutil.Client(t)
 	busy := sendTagged(t.Context(), c, u.String(), "busy", nil)
 	hBusy := g.next(t)
@@ -360,9 +363,34 @@ func TestQueueRefusals(t *testing.T) {
 		}
 	}
 	fams = scrape(t, c, admin)
-	for _, reason := range []string{"full", "timeout"} {
+	for _, reason := range []string{"full", "timeout", "left"} {
 		if v, _ := metricValue(fams, "affinity_queue_refused_total", "pool=web,reason="+reason); v != 1 {
 			t.Errorf("affinity_queue_refused_total{reason=%s} = %v, want 1", reason, v)
+		}
+	}
+	// The access log tells the queue's refusals apart, and how long
+	// each waited: the one that timed out waited queue.timeout at least.
+	byRefusal := map[string]time.Duration{}
+	deadline := time.Now().Add(waitFor)
+	for len(byRefusal) < 3 && time.Now().Before(deadline) {
+		for _, e := range entries(logs, "request") {
+			m := e.ContextMap()
+			byRefusal[fmt.Sprintf("%v %v", m["status"], m["refused"])] = m["queued"].(time.Duration)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, want := range []struct {
+		key      string
+		atLeast  time.Duration
+		positive bool
+	}{
+		{key: "503 queue-full"},
+		{key: "503 queue-timeout", atLeast: 1500 * time.Millisecond},
+		{key: "499 ", positive: true}, // the client that left while waiting
+	} {
+		q, ok := byRefusal[want.key]
+		if !ok || q < want.atLeast || want.positive && q <= 0 || want.key == "503 queue-full" && q != 0 {
+			t.Errorf("access line %q: queued %v (found %v)", want.key, q, ok)
 		}
 	}
 	close(hBusy.release)
