@@ -198,7 +198,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		w = &closingWriter{ResponseWriter: w}
 	}
 	if r.ProtoMajor == 2 && s.slow.send > 0 {
-		w = &streamWriter{ResponseWriter: w, lim: s.slow}
+		sw := &streamWriter{ResponseWriter: w, lim: s.slow}
+		defer sw.end()
+		w = sw
 	}
 	if status := rejection(r); status != 0 {
 		s.reject(w, r, status)

@@ -95,32 +95,47 @@ func (l *slowLimits) cutSend(what string) {
 // client that stops reading a stream keeps its flow-control window shut,
 // which blocks the handler's writes with the connection itself still
 // writable, so the connection's deadline (sentTo) never comes into it:
-// the stream's own write deadline is renewed before each write instead,
-// and resets the stream when it passes.
+// the stream's own write deadline bounds each write instead, and resets
+// the stream when it passes.
+//
+// Unlike a connection's deadline, which only fails a write that is
+// pending when it passes, a stream's is a timer that resets the stream
+// whatever it is doing. So the deadline is set only while a write or
+// flush runs, and cleared when it returns: a response that goes quiet (an
+// event stream between events, a backend computing after its headers) is
+// not cut, as nginx's send_timeout, which only runs while a write waits.
 type streamWriter struct {
 	http.ResponseWriter
 	lim *slowLimits
-	by  time.Duration // the deadline set, on the proxy's clock; 0 none
+	by  time.Duration // the deadline of the write running, on the proxy's clock
 }
 
-// before renews the stream's write deadline, if due.
+// before sets the stream's write deadline for the write about to run.
 func (w *streamWriter) before() {
-	d := w.lim.send
 	now := clock()
-	if w.by-now > d-d/sendSlack {
+	if http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.lim.send)) == nil {
+		w.by = now + w.lim.send
+	}
+}
+
+// after clears the deadline the write ran under, and counts the write
+// if it failed past it: the deadline reset the stream.
+func (w *streamWriter) after(err error) {
+	if err != nil {
+		if clock() >= w.by {
+			w.lim.cutSend("stream")
+		}
 		return
 	}
-	if http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(d)) == nil {
-		w.by = now + d
-	}
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
 }
 
-// after counts a write that failed past the deadline.
-func (w *streamWriter) after(err error) {
-	if err != nil && w.by != 0 && clock() >= w.by {
-		w.lim.cutSend("stream")
-	}
-}
+// end bounds what net/http still writes of the response once the
+// handler returned (what the writer buffers, and the stream's end): the
+// deadline is set, and the stream's close stops it. A stream stuck behind
+// a shut window then is reset too, rather than held until the
+// connection's idle timeout, which an open stream keeps from coming.
+func (w *streamWriter) end() { w.before() }
 
 func (w *streamWriter) Write(p []byte) (int, error) {
 	w.before()
