@@ -347,12 +347,22 @@ type boundConn struct {
 	sent sentTo
 }
 
-// Write writes p within server.send_timeout.
+// Write writes p, failing only when nothing left the socket for
+// server.send_timeout.
 func (c *boundConn) Write(p []byte) (int, error) {
-	c.sent.before(&c.Conn)
-	n, err := c.Conn.Write(p)
-	c.sent.after(err)
-	return n, err
+	var n int
+	for {
+		c.sent.before(&c.Conn, c.Conn.Conn)
+		m, err := c.Conn.Write(p[n:])
+		n += m
+		c.sent.written += int64(m)
+		// A deadline passed leaves a net.Conn usable: the write goes on
+		// under a new one, below any TLS, which never sees it.
+		if err == nil || !c.sent.progressed(c.Conn.Conn, err) {
+			c.sent.after(err)
+			return n, err
+		}
+	}
 }
 
 // SetWriteDeadline sets a deadline of the caller's, which holds until

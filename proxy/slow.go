@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -39,10 +40,17 @@ const sendSlack = 16
 
 // sentTo is the part of a client connection (boundConn) that bounds its
 // writes by send_timeout, as nginx's send_timeout bounds the time between
-// two writes: before each write the connection's write deadline is set
-// send_timeout ahead, so that only a write that makes no progress for that
+// two writes: the connection's write deadline is kept send_timeout ahead
+// of the last progress, so that only a write that makes none for that
 // long fails. net/http's own WriteTimeout bounds a whole response instead,
 // and would cut large downloads to clients that read.
+//
+// Progress is bytes leaving the socket (acknowledged by the client), not
+// a Write returning: the kernel wakes a writer blocked on a full socket
+// only once a third or so of its send buffer, which grows to megabytes,
+// has drained, so a client reading steadily below about that much per
+// send_timeout would be cut while it reads. Where the socket's queue
+// cannot be read (not Linux), a Write returning is the only progress.
 //
 // A deadline someone else sets (net/http's, for a TLS handshake) is
 // theirs, kept until they clear it.
@@ -52,10 +60,15 @@ type sentTo struct {
 	by atomic.Int64
 	// theirs is set while a deadline set by another holds.
 	theirs atomic.Bool
+	// written is the bytes the socket took; acked how many of them had
+	// left it when the deadline was last set, -1 if unknown. Used by
+	// Write only, which crypto/tls and net/http never call at once.
+	written, acked int64
 }
 
-// before renews the write deadline of c, if due, before a write.
-func (s *sentTo) before(c interface{ SetWriteDeadline(time.Time) error }) {
+// before renews the write deadline of c, if due, before a write; sock
+// is c's socket.
+func (s *sentTo) before(c interface{ SetWriteDeadline(time.Time) error }, sock net.Conn) {
 	if s.lim == nil || s.theirs.Load() {
 		return
 	}
@@ -66,7 +79,30 @@ func (s *sentTo) before(c interface{ SetWriteDeadline(time.Time) error }) {
 	}
 	if c.SetWriteDeadline(time.Now().Add(d)) == nil {
 		s.by.Store(int64(now + d))
+		s.acked = s.left(sock)
 	}
+}
+
+// left returns how many of the bytes written have left sock, -1 if
+// unknown.
+func (s *sentTo) left(sock net.Conn) int64 {
+	q, ok := socketQueue(sock)
+	if !ok {
+		return -1
+	}
+	return s.written - q
+}
+
+// progressed reports whether a write that failed with err failed at our
+// deadline with bytes leaving sock since it was set: the write is then to
+// go on, under a deadline due for renewal.
+func (s *sentTo) progressed(sock net.Conn, err error) bool {
+	if s.lim == nil || s.theirs.Load() || !errors.Is(err, os.ErrDeadlineExceeded) ||
+		s.acked < 0 || s.left(sock) <= s.acked {
+		return false
+	}
+	s.by.Store(0)
+	return true
 }
 
 // after counts and logs a write that failed at the deadline before set.

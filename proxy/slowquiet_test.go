@@ -3,8 +3,11 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"io"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,5 +87,46 @@ func TestSendTimeoutSparesQuietResponses(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A client that reads steadily is not cut by server.send_timeout, though
+// it reads far less per send_timeout than the kernel lets drain before it
+// wakes a write blocked on the full socket (a third or so of a send
+// buffer of megabytes): progress is bytes leaving the socket. Where a
+// write returning was the only progress, a reader at 320 kB/s was cut at
+// the first send_timeout.
+func TestSendTimeoutSparesSteadyReaders(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the socket's queue is read on Linux only")
+	}
+	const (
+		send  = time.Second
+		chunk = 8 << 10
+		every = 25 * time.Millisecond
+		reads = int(5 * send / every)
+	)
+	var cut atomic.Int32
+	cfg := slowConfig(bigBackend(t, &cut))
+	cfg.Server.SendTimeout = send
+	log, _ := observed()
+	s, u := startProxy(t, cfg, log)
+	c := dialSlowReader(t, u.Host)
+	if _, err := io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, chunk)
+	var got int
+	for range reads {
+		_ = c.SetReadDeadline(time.Now().Add(slowWait))
+		n, err := io.ReadFull(c, buf)
+		got += n
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+		time.Sleep(every)
+	}
+	if n := s.slow.sends.Load(); n != 0 || cut.Load() != 0 {
+		t.Errorf("%d clients cut by send_timeout after %d bytes read, want none", n, got)
 	}
 }
