@@ -199,14 +199,21 @@ func (w *streamWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 var errTooSlow = errors.New("request body slower than server.min_body_rate")
 
 // bodyRate holds a client's body to server.min_body_rate: a body must
-// arrive at that rate on average over the time the proxy waited for it,
-// once it waited grace. Only waits count: while a backend is slow to take
-// the body, the proxy reads none and the client is not blamed.
+// arrive at that rate over the time the proxy waited for it, once it
+// waited grace. Only waits count: while a backend is slow to take the
+// body, the proxy reads none and the client is not blamed.
 //
-// A timer checks the rate at the time the client would fall below it if
-// nothing more came; by then it has usually sent more, and the timer is
-// set again, later. A body that fell below has its read ended by a past
-// read deadline, and is answered 408. Reads only add up counters.
+// The rate is kept as a bucket of time: it starts with the grace, each
+// byte adds 1/rate, each wait takes its length away, and the body is cut
+// when it is empty. It holds at most bodyBank graces, so that bytes sent
+// early buy no more silence later than that: an average over the whole
+// body let a burst of a megabyte buy an hour of silence at 240 B/s, with
+// the request and a backend connection held all along.
+//
+// A timer checks the bucket at the time it would empty if nothing more
+// came; by then the client has usually sent more, and the timer is set
+// again, later. A body that fell below has its read ended by a past read
+// deadline, and is answered 408. Reads only add up counters.
 type bodyRate struct {
 	lim  *slowLimits
 	body *clientBody
@@ -220,7 +227,16 @@ type bodyRate struct {
 	mu    sync.Mutex // guards what follows, against the timer
 	timer *time.Timer
 	done  bool // the request ended, or the body: w is not to be used
+	// left is the time in the bucket at the last check, and counted
+	// the bytes and waits it took in.
+	left          time.Duration
+	counted, paid int64
 }
+
+// bodyBank is how many graces of silence a body may bank by sending
+// ahead of the rate: 60 s with the default grace of 5 s, nginx's
+// client_body_timeout between two reads.
+const bodyBank = 12
 
 // watch starts holding b's reads to the rate of lim; w is the request's
 // writer. stopReading ends it.
@@ -228,7 +244,7 @@ func (b *clientBody) watch(lim *slowLimits, w http.ResponseWriter) {
 	if lim == nil || lim.rate <= 0 {
 		return
 	}
-	r := &bodyRate{lim: lim, body: b, w: unwrapWriter(w)}
+	r := &bodyRate{lim: lim, body: b, w: unwrapWriter(w), left: lim.grace}
 	r.mu.Lock()
 	r.timer = time.AfterFunc(lim.grace, r.check)
 	r.mu.Unlock()
@@ -246,31 +262,36 @@ func (r *bodyRate) read(n int, d time.Duration) {
 	r.waited.Add(int64(d))
 }
 
-// check cuts the body if the waits so far exceed what its bytes allow,
-// else sets the timer for when they would.
+// check cuts the body if its bucket is empty, else sets the timer for
+// when it would be.
 func (r *bodyRate) check() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done {
 		return
 	}
-	waited := time.Duration(r.waited.Load())
+	waited := r.waited.Load()
 	if r.body.waited.Load() < 0 {
 		// A read waits now, since began.
-		waited += clock() - time.Duration(r.body.began.Load())
+		waited += int64(clock() - time.Duration(r.body.began.Load()))
 	}
-	allowed := r.lim.grace + time.Duration(r.n.Load())*time.Second/time.Duration(r.lim.rate)
-	if left := allowed - waited; left > 0 {
+	n := r.n.Load()
+	// Within one check's span the order of bytes and waits is not known:
+	// the bytes are counted first, which gives the client the benefit.
+	r.left += time.Duration(n-r.counted) * time.Second / time.Duration(r.lim.rate)
+	r.left = min(r.left, bodyBank*r.lim.grace) - time.Duration(waited-r.paid)
+	r.counted, r.paid = n, waited
+	if r.left > 0 {
 		// Checked again no sooner than a tenth of the grace: a body
 		// just at the rate is then checked ten times per grace, not
 		// at every byte.
-		r.timer.Reset(max(left, r.lim.grace/10))
+		r.timer.Reset(max(r.left, r.lim.grace/10))
 		return
 	}
 	r.cut.Store(true)
 	r.lim.bodies.Add(1)
 	r.lim.log.Debug("client body cut: slower than server.min_body_rate",
-		zap.Int64("bytes", r.n.Load()), zap.Duration("waited", waited), zap.Int64("min_body_rate", r.lim.rate))
+		zap.Int64("bytes", n), zap.Duration("waited", time.Duration(waited)), zap.Int64("min_body_rate", r.lim.rate))
 	// Ends the read waiting, or the next, with a timeout.
 	_ = http.NewResponseController(r.w).SetReadDeadline(time.Now())
 }

@@ -158,12 +158,15 @@ func TestMinBodyRate(t *testing.T) {
 		name   string
 		chunks int           // of 100 bytes each
 		gap    time.Duration // between chunks
-		stall  bool          // after the first chunk, nothing more comes
+		stall  int           // after so many chunks, nothing more comes; 0 never
 		want   int
 	}{
 		// 100 bytes, then nothing: 100 bytes allow a tenth of a second
 		// more than the grace.
-		{name: "stalls", chunks: 10, stall: true, want: http.StatusRequestTimeout},
+		{name: "stalls", chunks: 10, stall: 1, want: http.StatusRequestTimeout},
+		// 60 kB at once, then nothing: they buy 12 graces of silence,
+		// not 60 s, which the test's deadline of 30 s does not reach.
+		{name: "bursts", chunks: 700, stall: 600, want: http.StatusRequestTimeout},
 		// 10,000 B/s, far above the 1,000 asked.
 		{name: "steady", chunks: 20, gap: 10 * time.Millisecond, want: http.StatusOK},
 	}
@@ -185,7 +188,7 @@ func TestMinBodyRate(t *testing.T) {
 				chunk := strings.Repeat("y", 100)
 				send := func(write func(last bool, b string) error) {
 					for i := range tt.chunks {
-						if i > 0 && tt.stall {
+						if tt.stall > 0 && i == tt.stall {
 							return
 						}
 						time.Sleep(tt.gap)
@@ -234,7 +237,7 @@ func TestMinBodyRate(t *testing.T) {
 					t.Errorf("backend read %q, want the %d bytes sent", body, size)
 				}
 				wantCut := uint64(0)
-				if tt.stall {
+				if tt.stall > 0 {
 					wantCut = 1
 				}
 				if n := s.slow.bodies.Load(); n != wantCut {
