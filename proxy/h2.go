@@ -26,10 +26,27 @@ const h2MaxStreams = 250
 // blocks of any size still pass, in more frames.
 const h2MaxFrame = 16 << 10
 
+// h2StreamWindow is how much of a request body the proxy takes from a
+// client on one stream before its backend takes it: net/http's default,
+// which lets an upload run at a mebibyte per round trip. h2ConnWindow is
+// how much it takes on a whole connection: four streams' worth, where
+// net/http's default is one. With one, a single upload whose backend was
+// slow to take it held the connection's whole window, and every other
+// upload on the connection waited with none, to be answered 408 by
+// min_body_rate, charged for a wait that was the proxy's. Now it takes
+// four such uploads at once; the cost is that a connection may hold up to
+// four mebibytes of bodies not yet taken, rather than one.
+const (
+	h2StreamWindow = 1 << 20
+	h2ConnWindow   = 4 * h2StreamWindow
+)
+
 // h2Config is the HTTP/2 configuration of the proxy's http.Server.
 func h2Config() *http.HTTP2Config {
 	return &http.HTTP2Config{
-		MaxConcurrentStreams: h2MaxStreams,
-		MaxReadFrameSize:     h2MaxFrame,
+		MaxConcurrentStreams:          h2MaxStreams,
+		MaxReadFrameSize:              h2MaxFrame,
+		MaxReceiveBufferPerStream:     h2StreamWindow,
+		MaxReceiveBufferPerConnection: h2ConnWindow,
 	}
 }
