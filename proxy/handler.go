@@ -307,6 +307,7 @@ func (s *Server) serveLogged(w http.ResponseWriter, r *http.Request) {
 	}
 	aw.ResponseWriter = w
 	o := outcome{client: r.RemoteAddr}
+	s.unlogged.Add(1)
 	defer func() {
 		// ReverseProxy panics with http.ErrAbortHandler when a response
 		// breaks off after its header was sent (the backend died, or the
@@ -316,6 +317,7 @@ func (s *Server) serveLogged(w http.ResponseWriter, r *http.Request) {
 		// which is no response cut off.
 		aborted := recover()
 		s.logAccess(r, aw, &o, clock()-start, aborted != nil && !aw.unsent)
+		s.unlogged.Add(-1)
 		*aw = accessWriter{}
 		if aborted != nil {
 			panic(aborted)

@@ -85,6 +85,9 @@ type Server struct {
 	stopDrainer func()
 	stats       serverStats
 	admin       *admin // the admin listener's server (admin.go)
+	// unlogged counts the requests whose access line is still to be
+	// written: Shutdown waits a moment for those it cut (cutLogWait).
+	unlogged atomic.Int64
 
 	// reloadMu serialises Reload with the start of the checks by Serve
 	// and with Shutdown, and guards started and closed.
@@ -471,12 +474,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.reloadMu.Unlock()
 	s.state.Load().stop()
 	s.transport.close()
+	if err != nil {
+		s.awaitLogged()
+	}
 	// The admin server goes last, so that /readyz tells the proxy is
 	// draining until it is done.
 	if !handedOver {
 		s.admin.shutdown(ctx)
 	}
 	return err
+}
+
+// cutLogWait bounds how long Shutdown, having cut requests, waits for
+// their handlers to return and write their access lines. The cut aborted
+// their backend requests and closed their clients' connections, so they
+// return at once; the bound is for the case they do not.
+const cutLogWait = 2 * time.Second
+
+// awaitLogged waits, for cutLogWait at most, until every request has
+// written its access line, so that a process ending after Shutdown does
+// not lose the lines of the requests it cut.
+func (s *Server) awaitLogged() {
+	deadline := time.Now().Add(cutLogWait)
+	for s.unlogged.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // handOverWait bounds how long Shutdown, after HandOver, waits for the

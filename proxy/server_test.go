@@ -14,6 +14,8 @@ import (
 	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
+
+	"go.uber.org/zap"
 )
 
 func TestNewServerRejectsBadConfig(t *testing.T) {
@@ -201,6 +203,7 @@ func TestShutdownTimeoutAbortsRequests(t *testing.T) {
 	bu, started, _ := blockingBackend(t)
 	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	cfg.Log.Access = true
 	log, logs := observed()
 	s, err := NewServer(cfg, log)
 	if err != nil {
@@ -225,6 +228,11 @@ func TestShutdownTimeoutAbortsRequests(t *testing.T) {
 	var cut *CutError
 	if !errors.Is(err, context.Canceled) || !errors.As(err, &cut) || cut.Connections != 1 || cut.Upgraded != 0 {
 		t.Errorf("Shutdown = %v, want context.Canceled and one connection cut", err)
+	}
+	// The cut request's line is written by the time Shutdown returns: a
+	// process that ends then (a second SIGTERM) does not lose it.
+	if lines := logs.FilterMessage("request").FilterField(zap.Int("status", 499)).Len(); lines != 1 {
+		t.Errorf("%d access lines with status 499 when Shutdown returned, want 1: %v", lines, logs.All())
 	}
 	if err := <-failed; err == nil {
 		t.Error("aborted request completed")
