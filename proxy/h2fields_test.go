@@ -1,12 +1,20 @@
 package proxy
 
 import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/affinityproxy/affinity/config"
+	"github.com/affinityproxy/affinity/internal/testutil"
 )
 
 // trailed sends a request of fields with one DATA frame of body and then
@@ -164,5 +172,100 @@ func checkHopFields(t *testing.T, rf requestFields) {
 	}
 	if _, ok := rf.trailer["Te"]; ok {
 		t.Errorf("backend got the trailer TE: %q", rf.trailer["Te"])
+	}
+}
+
+// Request trailers are not forwarded, nor the Trailer field naming them:
+// their fields come after the body, once the request was routed and its
+// header fields checked and rewritten (X-Forwarded-For among them), so
+// that passed on they would reach the backend unchecked. RFC 9112 (7.1.2)
+// lets a recipient discard them. docs/security.md says so.
+func TestRequestTrailersNotForwarded(t *testing.T) {
+	trailer := []field{{"x-checksum", "1"}, {"x-forwarded-for", "192.0.2.66"}}
+	check := func(t *testing.T, lb *lineBackend) {
+		t.Helper()
+		whole, fields := lb.wholeRequests(), lb.parsedFields()
+		if len(whole) != 1 || whole[0].body != "hello" || len(fields) != 1 {
+			t.Fatalf("backend read %+v, want one request with the body %q", whole, "hello")
+		}
+		if len(fields[0].trailer) != 0 {
+			t.Errorf("backend received the trailer fields %v, want none", fields[0].trailer)
+		}
+		if xff := fields[0].header.Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "127.0.0.1" {
+			t.Errorf("X-Forwarded-For %q, want the proxy's own", xff)
+		}
+		if got := fields[0].header.Values("Trailer"); len(got) != 0 {
+			t.Errorf("backend was told of the trailers %q, which never come", got)
+		}
+	}
+	t.Run("HTTP/1", func(t *testing.T) {
+		lb := startLineBackend(t)
+		_, u := startProxy(t, lineBackendConfig(t, lb), nil)
+		c, err := net.DialTimeout("tcp", u.Host, waitFor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(waitFor))
+		_, err = io.WriteString(c, "POST / HTTP/1.1\r\nHost: app.example\r\nTrailer: X-Checksum, X-Forwarded-For\r\n"+
+			"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: 1\r\nX-Forwarded-For: 192.0.2.66\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, want the backend's 200", res.StatusCode)
+		}
+		check(t, lb)
+	})
+	t.Run("HTTP/2", func(t *testing.T) {
+		lb := startLineBackend(t)
+		_, addr, cert := startH2Proxy(t, lineBackendConfig(t, lb))
+		h := dialH2(t, addr, cert)
+		r := h.trailed(h2Fields(map[string]string{":method": "POST"}, field{"trailer", "x-checksum, x-forwarded-for"}), "hello", trailer)
+		if r.reset || r.status != http.StatusOK {
+			t.Fatalf("answer %+v, want the backend's 200", r)
+		}
+		check(t, lb)
+	})
+}
+
+// Response trailers pass, over HTTP/1 (GET by the proxy's own client, POST
+// by http.Transport) and HTTP/2: a backend's checksum or status reported
+// after the body reaches the client.
+func TestResponseTrailersPass(t *testing.T) {
+	bu := testutil.StartServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Trailer", "X-Sum")
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("X-Sum", "42")
+	}))
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "a"}}})
+	cert := newTestCert(t)
+	cfg.TLS = &config.TLS{Cert: cert.certFile, Key: cert.keyFile}
+	_, u := startProxy(t, cfg, nil)
+	for _, h2 := range []bool{false, true} {
+		c := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: h2, TLSClientConfig: &tls.Config{RootCAs: cert.roots}}}
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			req, err := http.NewRequest(method, "https://"+u.Host+"/", strings.NewReader("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			if err != nil || string(body) != "body" || res.Trailer.Get("X-Sum") != "42" || (res.ProtoMajor == 2) != h2 {
+				t.Errorf("%s over HTTP/%d: body %q (%v), trailer %v, want %q and X-Sum 42", method, res.ProtoMajor, body, err, res.Trailer, "body")
+			}
+		}
+		c.CloseIdleConnections()
 	}
 }

@@ -375,9 +375,10 @@ func (s *Server) logAccess(r *http.Request, aw *accessWriter, o *outcome, d time
 // rewrite is the ReverseProxy's Rewrite: it sends the outgoing request to
 // the picked backend, keeps the client's Host header (backends serving
 // several sites need it, and redirects they build stay right), and sets
-// X-Forwarded-For, -Host and -Proto. ReverseProxy has already dropped any
-// X-Forwarded-* and Forwarded the client sent, so a client cannot spoof
-// them; only a trusted proxy's are put back (setForwarded).
+// X-Forwarded-For, -Host and -Proto, and drops the request's trailers.
+// ReverseProxy has already dropped any X-Forwarded-* and Forwarded the
+// client sent, so a client cannot spoof them; only a trusted proxy's are
+// put back (setForwarded).
 func rewrite(pr *httputil.ProxyRequest) {
 	ex := exchangeOf(pr.In.Context())
 	if ex == nil || ex.backend == nil {
@@ -392,6 +393,12 @@ func rewrite(pr *httputil.ProxyRequest) {
 	setForwarded(pr, ex.trusted)
 	pr.Out.Header.Add("Via", ex.via)
 	pr.Out.Close = ex.pool.closeConns
+	// Request trailers are not passed on: they come after the body, once
+	// the request was routed and its fields checked, and would reach the
+	// backend unchecked (an X-Forwarded-For of the client's choosing).
+	// ReverseProxy's clone of them has only their names, their values
+	// coming later, but a backend told of trailers need not wait for any.
+	pr.Out.Trailer = nil
 }
 
 // modifyResponse is the ReverseProxy's ModifyResponse: a response that
