@@ -27,7 +27,7 @@ func (d *decoder) membership(s *section) {
 // discover decodes a pool's discover section, starting from the defaults;
 // nil when there is none.
 func (d *decoder) discover(pool *section) *Discover {
-	s := d.sub(pool, "discover", "dns", "drain_timeout", "interval", "port", "resolver", "scheme", "type")
+	s := d.sub(pool, "discover", "dns", "drain_timeout", "interval", "max_conns", "port", "resolver", "scheme", "type")
 	if s == nil {
 		return nil
 	}
@@ -74,6 +74,9 @@ func (d *decoder) discover(pool *section) *Discover {
 	}
 	if v, n := d.duration(s, "drain_timeout", true); n != nil {
 		c.DrainTimeout = v
+	}
+	if v, n := d.integer(s, "max_conns", 0, MaxConns); n != nil {
+		c.MaxConns = int(v)
 	}
 	return &c
 }

@@ -139,7 +139,7 @@ func TestLoadValid(t *testing.T) {
 			check(t, "web slow start", web.SlowStart, 30*time.Second)
 			check(t, "api slow start", api.SlowStart, time.Duration(0))
 			check(t, "api discover", api.Discover, &Discover{DNS: "_https._tcp.api.service.consul.", Type: DiscoverSRV,
-				Scheme: "https", Interval: time.Second, Resolver: "127.0.0.1:53"})
+				Scheme: "https", Interval: time.Second, Resolver: "127.0.0.1:53", MaxConns: 64})
 			// Dialled by address, verified against the service's name.
 			check(t, "api tls", api.TLS, &BackendTLS{ServerName: "api.service.consul"})
 		},

@@ -203,6 +203,9 @@ type Discover struct {
 	// pinned clients before it is removed, if it is not idle before
 	// (drain_timeout; default 5m; 0: removed at once).
 	DrainTimeout time.Duration
+	// MaxConns is every discovered backend's max_conns (max_conns;
+	// default 0: no limit), as backends[].max_conns.
+	MaxConns int
 }
 
 // The record types a pool can discover its backends by.

@@ -200,7 +200,7 @@ func (d *discoverer) members() ([]config.Backend, map[string]time.Time) {
 	gone := map[string]time.Time{}
 	for _, name := range names {
 		f := d.known[name]
-		out = append(out, config.Backend{URL: f.url, Name: name, Weight: f.weight, State: config.StateReady})
+		out = append(out, config.Backend{URL: f.url, Name: name, Weight: f.weight, State: config.StateReady, MaxConns: d.cfg.MaxConns})
 		if !f.gone.IsZero() {
 			gone[name] = f.gone
 		}

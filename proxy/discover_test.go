@@ -633,3 +633,36 @@ func TestDiscoveryRecordsShown(t *testing.T) {
 		t.Errorf("records logged %v, want A 10.0.0.1 and AAAA fd00::1", got)
 	}
 }
+
+// TestDiscoveryMaxConns: discover.max_conns bounds each discovered backend
+// as backends[].max_conns does a listed one; a request past it waits in
+// the pool's queue.
+func TestDiscoveryMaxConns(t *testing.T) {
+	g := startGated(t, "a")
+	host, portText, err := net.SplitHostPort(g.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	fmt.Sscan(portText, &port)
+	d := testutil.StartDNS(t, []string{host + " app.test"}, nil)
+	p := discoverPool("round-robin", balancer.Options{}, "app.test", config.DiscoverA, port, d.Addr)
+	p.Discover.MaxConns = 1
+	p.Queue = config.Queue{Max: 10, Timeout: time.Minute}
+	s, u := startProxy(t, catchAll(p), nil)
+	c := testutil.Client(t)
+	first := sendTagged(t.Context(), c, u.String(), "1", nil)
+	h1 := g.next(t)
+	second := sendTagged(t.Context(), c, u.String(), "2", nil)
+	waitQueued(t, s, 1, "", 0)
+	close(h1.release)
+	close(g.next(t).release)
+	for _, ch := range []<-chan result{first, second} {
+		if r := await(t, ch); r.status != http.StatusOK {
+			t.Errorf("request %s: status %d", r.tag, r.status)
+		}
+	}
+	if peak := g.peak.Load(); peak != 1 {
+		t.Errorf("backend had %d requests in flight at most, want discover.max_conns 1", peak)
+	}
+}
