@@ -235,10 +235,11 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 			// moves the client's next requests.
 			moved = true
 			a, err = p.repick(r)
-			if err == nil && pinned && a.backend.ID != b.ID {
+			if err == nil && pinned && a.backend.ID != b.ID && a.pool.snap.Load().pinner != nil {
 				// Moved off its sticky backend, whatever the pick
 				// says of a cookie naming a backend it no longer
-				// knows.
+				// knows. A balancer a reload put in that pins
+				// nobody moves nobody.
 				a.sticky = balancer.StickyRepinned
 			}
 			return a, err

@@ -588,8 +588,9 @@ func TestQueueReloadMoves(t *testing.T) {
 		name   string
 		change func(p *config.Pool, x, moved *gated)
 		// toMoved: served at the new URL of x, its client still pinned;
-		// otherwise by the other backend, repinned.
-		toMoved bool
+		// otherwise by the other backend, repinned unless the new
+		// balancer pins nobody.
+		toMoved, unpinned bool
 	}{
 		{name: "maint", change: func(p *config.Pool, x, _ *gated) {
 			p.Backends[configuredIndex(p, x.id)].State = config.StateMaint
@@ -600,6 +601,11 @@ func TestQueueReloadMoves(t *testing.T) {
 		}},
 		{name: "url", toMoved: true, change: func(p *config.Pool, x, moved *gated) {
 			p.Backends[configuredIndex(p, x.id)].URL = moved.url
+		}},
+		// Its pin was the old balancer's: round-robin sends it where
+		// there is room.
+		{name: "balancer", unpinned: true, change: func(p *config.Pool, _, _ *gated) {
+			p.Balancer = config.Balancer{Type: "round-robin"}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -625,6 +631,9 @@ func TestQueueReloadMoves(t *testing.T) {
 			to, sticky := y, uint64(1)
 			if tc.toMoved {
 				to, sticky = moved, 0
+			}
+			if tc.unpinned {
+				sticky = 0
 			}
 			h := to.next(t)
 			if h.tag != "waiting" {

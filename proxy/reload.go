@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -297,6 +298,15 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 		op := old.pool(np.name)
 		np.queue.cur.Store(np)
 		np.takeOver(op)
+		if op != nil && !reflect.DeepEqual(op.balancer, np.balancer) {
+			// Pinned by the old balancer's idea of stickiness, which
+			// the new one may not share (round-robin pins nobody): the
+			// waiters go back to it, and those it still sends to the
+			// same backend wait again.
+			for _, b := range op.backends {
+				op.queue.evict(statsOf(b))
+			}
+		}
 		for i, b := range np.backends {
 			if op != nil && op.index(b) >= 0 {
 				continue
