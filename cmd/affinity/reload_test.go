@@ -30,8 +30,13 @@ type serveProc struct {
 // startServe runs `affinity serve -c cfg args...` until the test ends.
 func startServe(t *testing.T, bin, cfg string, args ...string) *serveProc {
 	t.Helper()
-	p := &serveProc{out: new(syncBuffer), done: make(chan struct{})}
-	p.cmd = exec.Command(bin, append([]string{"serve", "-c", cfg}, args...)...)
+	return startCmd(t, exec.Command(bin, append([]string{"serve", "-c", cfg}, args...)...))
+}
+
+// startCmd runs cmd, a serve, until the test ends, its output in out.
+func startCmd(t *testing.T, cmd *exec.Cmd) *serveProc {
+	t.Helper()
+	p := &serveProc{cmd: cmd, out: new(syncBuffer), done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,9 @@ func newServeCmd() *cobra.Command {
 				srv.RetryEveryMethod()
 			}
 			r := &reloader{file: file, srv: srv, log: log, hup: hup, usr2: usr2, load: config.LoadChecked, timeout: reloadTimeout}
-			r.up = startUpgrader(srv, log, pidFile, upTimeout)
+			if r.up, err = startUpgrader(srv, log, pidFile, upTimeout); err != nil {
+				return err
+			}
 			if level == "" {
 				// Without --log-level, log.level follows the file.
 				r.level = &sl.Level

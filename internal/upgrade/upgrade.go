@@ -12,6 +12,10 @@
 // over the old) is the one that runs. On Linux the process adopts the
 // orphans of its successors (strays_linux.go), and kills those a failed
 // successor left behind, which would otherwise hold the sockets unserved.
+//
+// A process that systemd started with sockets of its own (socket
+// activation, activation.go) listens on those, and hands them over as
+// any other.
 package upgrade
 
 import (
@@ -31,6 +35,8 @@ import (
 type Upgrader struct {
 	flip    *tableflip.Upgrader
 	pidFile string
+	act     Activation
+	systemd activations // the listeners systemd passed, until taken
 }
 
 // New makes the process's Upgrader; there is at most one per process (the
@@ -38,6 +44,11 @@ type Upgrader struct {
 // fails. pidFile, when not empty, is written with the process's PID, by
 // renaming a new file over it, once it is ready. A successor that is not
 // ready within timeout is killed, and the upgrade fails.
+//
+// A process not started by an upgrade takes the sockets systemd passed, if
+// any (Activation); the environment's LISTEN_* variables are removed
+// either way. Those that are wrong (a count of descriptors that were not
+// all open, one that is not a socket) are an *ActivationError.
 func New(pidFile string, timeout time.Duration) (*Upgrader, error) {
 	if pidFile != "" {
 		// Relative to the directory the process started in, as the
@@ -59,13 +70,44 @@ func New(pidFile string, timeout time.Duration) (*Upgrader, error) {
 		flip.Stop()
 		return nil, fmt.Errorf("upgrade: %w", err)
 	}
-	return &Upgrader{flip: flip, pidFile: pidFile}, nil
+	u := &Upgrader{flip: flip, pidFile: pidFile}
+	act, lns, err := takeActivation(atStart, flip.HasParent())
+	if err != nil {
+		flip.Stop()
+		return nil, &ActivationError{err}
+	}
+	u.act, u.systemd.pending = act, lns
+	return u, nil
 }
 
+// ActivationError is New's error when the sockets systemd passed cannot be
+// taken: the process should not start without them.
+type ActivationError struct{ Err error }
+
+func (e *ActivationError) Error() string { return "upgrade: " + e.Err.Error() }
+func (e *ActivationError) Unwrap() error { return e.Err }
+
+// Activation tells what socket activation gave the process, for its log.
+func (u *Upgrader) Activation() Activation { return u.act }
+
 // Listen returns the listener on addr that the predecessor passed, if
-// any, or a new one; either way it is passed on to the successor.
+// any, else the one systemd passed for addr (matches), else a new one;
+// whichever it is, it is passed on to the successor.
 func (u *Upgrader) Listen(network, addr string) (net.Listener, error) {
-	return u.flip.Listen(network, addr)
+	return u.flip.ListenWithCallback(network, addr, func(network, addr string) (net.Listener, error) {
+		if ln := u.systemd.take(network, addr); ln != nil {
+			return ln, nil
+		}
+		return net.Listen(network, addr)
+	})
+}
+
+// Unclaimed returns the sockets systemd passed that no Listen took before
+// Ready, which closed them.
+func (u *Upgrader) Unclaimed() []Socket {
+	u.systemd.mu.Lock()
+	defer u.systemd.mu.Unlock()
+	return append([]Socket(nil), u.systemd.unclaimed...)
 }
 
 // HasParent reports whether this process was started by an upgrade.
@@ -74,7 +116,8 @@ func (u *Upgrader) HasParent() bool { return u.flip.HasParent() }
 // Ready tells that this process serves: it writes the PID file, tells
 // systemd that the service is ready with this process as its main one, and
 // tells the predecessor (which then stops accepting and drains). Listeners
-// the predecessor passed that were not taken with Listen are closed.
+// the predecessor passed that were not taken with Listen are closed, and
+// so are those systemd passed (Unclaimed).
 //
 // When the PID file cannot be written, or systemd cannot be told, Ready
 // tells no one else and returns the error (the PID file is put back as it
@@ -83,6 +126,7 @@ func (u *Upgrader) HasParent() bool { return u.flip.HasParent() }
 // anyway would be killed at the upgrade's timeout with the connections it
 // had accepted, while systemd, told it was the main one, saw it die.
 func (u *Upgrader) Ready() error {
+	u.systemd.closeUnclaimed()
 	var prev []byte
 	if u.pidFile != "" {
 		prev, _ = os.ReadFile(u.pidFile)

@@ -1,0 +1,199 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// activatedCmd is `affinity serve args...` started as systemd starts a
+// socket-activated service: files are its descriptors 3, 4…, and
+// LISTEN_PID its PID (the shell's, which exec keeps) unless env sets it.
+// env holds LISTEN_FDS and LISTEN_FDNAMES.
+func activatedCmd(bin string, env []string, files []*os.File, args ...string) *exec.Cmd {
+	script := `LISTEN_PID=${LISTEN_PID:-$$} exec "$0" "$@"`
+	cmd := exec.Command("sh", append([]string{"-c", script, bin, "serve"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.ExtraFiles = files
+	return cmd
+}
+
+// systemdSocket binds a loopback listening socket and returns its address
+// and a descriptor of it, which the test keeps open until it ends, as
+// systemd keeps the sockets of a .socket unit: connections to it wait in
+// its backlog while no process accepts, rather than being refused.
+func systemdSocket(t *testing.T) (string, *os.File) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return ln.Addr().String(), f
+}
+
+// okBackend answers every request with "ok".
+func okBackend(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// body returns the body of a GET of url answered 200, "" otherwise.
+func body(c *http.Client, url string) string {
+	resp, err := c.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	return string(b)
+}
+
+// A proxy started with the sockets systemd passed serves them, the proxy's
+// and the admin one; stopped, it leaves a connection made meanwhile
+// waiting, not refused, and a proxy started again on the same sockets
+// answers it; an in-place upgrade hands them on as it does its own.
+func TestServeSocketActivation(t *testing.T) {
+	bin := buildBinary(t)
+	reap := reapLater(t)
+	dir := t.TempDir()
+	listen, lf := systemdSocket(t)
+	admin, af := systemdSocket(t)
+	cfg := writeFile(t, "affinity.yaml", fmt.Appendf(nil,
+		"listen: %s\nshutdown_timeout: 5s\nadmin: {listen: %s}\npools:\n  web:\n    backends: [{url: %q, name: a}]\n",
+		listen, admin, okBackend(t)))
+	env := []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin"}
+	files := []*os.File{lf, af}
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+
+	p := startCmd(t, activatedCmd(bin, env, files, "-c", cfg, "--watch=false"))
+	// Had the proxy bound the address itself, it would have failed: the
+	// test holds the socket.
+	waitFor(t, "the proxy to serve on the socket from systemd", func() bool { return body(c, "http://"+listen+"/") == "ok" })
+	if body(c, "http://"+admin+"/healthz") == "" {
+		t.Errorf("admin listener not served on the socket from systemd; output:\n%s", p.out)
+	}
+	took := fmt.Sprintf(`sockets from systemd (socket activation)	{"passed": 2, "listening": [%q, %q]}`, listen, admin)
+	if out := p.out.String(); !strings.Contains(out, took) || strings.Contains(out, "socket from systemd closed") {
+		t.Errorf("output lacks %s, or closes one:\n%s", took, out)
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t)
+
+	// No proxy runs: the request waits in the backlog of the socket
+	// the test, standing for systemd, holds.
+	conn, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatalf("connecting while no proxy runs: %v", err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "GET /waited HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", listen); err != nil {
+		t.Fatal(err)
+	}
+
+	// The second proxy's output goes to a file: the process its upgrade
+	// starts inherits it, and a pipe would keep Wait waiting for that one.
+	logFile := filepath.Join(dir, "serve.log")
+	out, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	logs := func() string {
+		b, _ := os.ReadFile(logFile)
+		return string(b)
+	}
+	pidFile := filepath.Join(dir, "affinity.pid")
+	cmd := activatedCmd(bin, env, files, "-c", cfg, "--watch=false", "--pid-file", pidFile, "--upgrade-timeout", "8s")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the request made while no proxy ran: %v; output:\n%s", err, logs())
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(b) != "ok" {
+		t.Fatalf("the request made while no proxy ran: %s %q, want 200 ok", resp.Status, b)
+	}
+
+	old := cmd.Process.Pid
+	waitFor(t, "the PID file", func() bool { return readPID(pidFile) == old })
+	l := startLoad(t, "http://"+listen+"/", nil)
+	l.waitOK(t, 50)
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var next int
+	waitForWithin(t, 30*time.Second, "the new process's PID in the file", func() bool {
+		next = readPID(pidFile)
+		return next != 0 && next != old
+	})
+	t.Cleanup(func() { reap(next) })
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("old process: %v, want exit status 0; output:\n%s", err, logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("old process still running 30 s after the upgrade; output:\n%s", logs())
+	}
+	l.waitOK(t, 50)
+	l.end()
+	if n := l.failed.Load(); n > 0 {
+		t.Errorf("%d of %d requests failed across the upgrade (first: %v); output:\n%s", n, n+l.ok.Load(), l.firstErr.Load(), logs())
+	}
+	if body(c, "http://"+admin+"/healthz") == "" {
+		t.Errorf("admin listener not served after the upgrade; output:\n%s", logs())
+	}
+	// The new process took the sockets from its predecessor, which
+	// removed systemd's variables before starting it.
+	all := logs()
+	if n := strings.Count(all, "sockets from systemd"); n != 1 || !strings.Contains(all, fmt.Sprintf(`ready	{"pid": %d, "upgraded": true}`, next)) {
+		t.Errorf("want one process to say it took sockets from systemd (%d did), and %d ready:\n%s", n, next, all)
+	}
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", next))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v := range strings.SplitSeq(string(environ), "\x00") {
+		if strings.HasPrefix(v, "LISTEN_") {
+			t.Errorf("the new process has %s in its environment", v)
+		}
+	}
+}
