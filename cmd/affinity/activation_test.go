@@ -197,3 +197,108 @@ func TestServeSocketActivation(t *testing.T) {
 		}
 	}
 }
+
+// Sockets or variables that are not what the proxy can serve: each is
+// ignored with a line in the log, the proxy serving its configured
+// address, or stops the start with an error that says what is wrong;
+// never a crash.
+func TestServeSocketActivationMisuse(t *testing.T) {
+	bin := buildBinary(t)
+	backend := okBackend(t)
+	tcp := func(t *testing.T) (string, *os.File) { return systemdSocket(t) }
+	udp := func(t *testing.T) (string, *os.File) {
+		t.Helper()
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		f, err := pc.(*net.UDPConn).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = f.Close() })
+		return pc.LocalAddr().String(), f
+	}
+	file := func(t *testing.T) (string, *os.File) {
+		t.Helper()
+		f, err := os.Create(filepath.Join(t.TempDir(), "not-a-socket"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = f.Close() })
+		return "", f
+	}
+	tests := []struct {
+		name string
+		env  []string
+		// socket makes the descriptor passed as 3, nil for none.
+		socket func(t *testing.T) (string, *os.File)
+		// own: the config listens on an address of its own, not the
+		// socket's.
+		own bool
+		// log is what the output says, %s the socket's address; fails
+		// tells that the start fails.
+		log   string
+		fails bool
+	}{
+		{"LISTEN_PID of another process", []string{"LISTEN_PID=1", "LISTEN_FDS=1"}, tcp, true,
+			`LISTEN_FDS ignored: LISTEN_PID does not name this process`, false},
+		{"LISTEN_FDS=0", []string{"LISTEN_FDS=0"}, nil, true,
+			`sockets from systemd (socket activation)	{"passed": 0, "listening": []}`, false},
+		{"socket of no configured address", []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=stray"}, tcp, true,
+			`socket from systemd closed: no configured address (listen, admin.listen) is its address	{"fd": 3, "name": "stray", "addr": "%s"}`, false},
+		{"UDP socket", []string{"LISTEN_FDS=1"}, udp, true,
+			`socket from systemd skipped	{"fd": 3, "name": "", "reason": "a datagram socket (ListenDatagram=): the proxy serves TCP"}`, false},
+		// The runtime opens a few descriptors before anything else (the
+		// cgroup files it reads GOMAXPROCS from): those LISTEN_FDS counts
+		// beyond what was passed are those, or not open.
+		{"more descriptors than passed", []string{"LISTEN_FDS=3"}, tcp, false,
+			`affinity: upgrade: socket activation: LISTEN_FDS=3`, true},
+		{"more descriptors than can be", []string{"LISTEN_FDS=9223372036854775807"}, tcp, false,
+			`affinity: upgrade: socket activation: LISTEN_FDS=9223372036854775807`, true},
+		{"LISTEN_FDS not a count", []string{"LISTEN_FDS=two"}, tcp, false,
+			`affinity: upgrade: socket activation: LISTEN_FDS="two" is not a count of descriptors`, true},
+		{"not a socket", []string{"LISTEN_FDS=1"}, file, true,
+			`affinity: upgrade: socket activation: LISTEN_FDS=1, but descriptor 3 is not a socket (it is /`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var addr string
+			var files []*os.File
+			if tt.socket != nil {
+				var f *os.File
+				addr, f = tt.socket(t)
+				files = append(files, f)
+			}
+			listen := addr
+			if tt.own {
+				listen = freeAddr(t)
+			}
+			cfg := writeFile(t, "affinity.yaml", fmt.Appendf(nil, "listen: %s\npools:\n  web:\n    backends: [{url: %q}]\n", listen, backend))
+			p := startCmd(t, activatedCmd(bin, tt.env, files, "-c", cfg, "--watch=false"))
+			want := tt.log
+			if strings.Contains(want, "%s") {
+				want = fmt.Sprintf(want, addr)
+			}
+			if tt.fails {
+				select {
+				case <-p.done:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("still running 10 s after start; output:\n%s", p.out)
+				}
+				if p.err == nil || !strings.Contains(p.out.String(), want) || strings.Contains(p.out.String(), "panic") {
+					t.Errorf("exit %v, want an error saying %q; output:\n%s", p.err, want, p.out)
+				}
+				return
+			}
+			c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+			waitFor(t, "the proxy to serve its configured address", func() bool { return body(c, "http://"+listen+"/") == "ok" })
+			if !strings.Contains(p.out.String(), want) {
+				t.Errorf("output lacks %q:\n%s", want, p.out)
+			}
+			p.signal(t, syscall.SIGTERM)
+			p.wait(t)
+		})
+	}
+}

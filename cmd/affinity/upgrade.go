@@ -50,8 +50,8 @@ func startUpgrader(srv *proxy.Server, log *zap.Logger, pidFile string, timeout t
 
 // logActivation logs what socket activation gave the process.
 func logActivation(log *zap.Logger, act upgrade.Activation) {
-	if act.OtherPID != "" {
-		log.Warn("LISTEN_FDS ignored: LISTEN_PID names another process (a wrapper that does not exec the proxy?)",
+	if act.Ignored {
+		log.Warn("LISTEN_FDS ignored: LISTEN_PID does not name this process (a wrapper that does not exec the proxy?)",
 			zap.String("listen_pid", act.OtherPID), zap.Int("pid", os.Getpid()))
 	}
 	if !act.Activated {

@@ -35,9 +35,11 @@ type listenEnv struct {
 }
 
 // atStart is read as the package is initialised, before the process opens
-// descriptors of its own: a LISTEN_FDS larger than what was passed would
-// otherwise count those (the runtime's poller, a log file), which are not
-// systemd's to take or close.
+// most descriptors of its own: a LISTEN_FDS larger than what was passed
+// would otherwise count those (the runtime's poller, a log file, a
+// connection), which are not systemd's to take or close. The runtime opens
+// a few before (the cgroup files it reads GOMAXPROCS from): those are not
+// sockets, which activate refuses without closing.
 var atStart = readListenEnv(os.Getpid(), listenFDsStart)
 
 // readListenEnv reads the variables and, when they are for pid, which of
@@ -53,7 +55,7 @@ func readListenEnv(pid, first int) listenEnv {
 	}
 	// The first one closed ends the scan: a huge count costs no more
 	// than the descriptors open.
-	for fd := first; fd < first+n; fd++ {
+	for fd := first; fd-first < n; fd++ {
 		if !fdOpen(fd) {
 			e.closed = fd
 			break
@@ -91,8 +93,10 @@ type Activation struct {
 	// the LISTEN_FDS descriptors systemd passed, in order.
 	Activated bool
 	Sockets   []Socket
-	// OtherPID is LISTEN_PID when it named another process (a wrapper
-	// that did not exec this one, say): the variables are ignored.
+	// Ignored is set when the variables are there but LISTEN_PID, which
+	// OtherPID is, does not name this process (a wrapper that did not
+	// exec it, say).
+	Ignored  bool
 	OtherPID string
 }
 
@@ -116,7 +120,7 @@ func activate(env listenEnv, pid, first int) (Activation, []*activated, error) {
 		return act, nil, nil
 	}
 	if p, err := strconv.Atoi(env.pid); err != nil || p != pid {
-		act.OtherPID = env.pid
+		act.Ignored, act.OtherPID = true, env.pid
 		return act, nil, nil
 	}
 	act.Activated = true
@@ -142,7 +146,7 @@ func activate(env listenEnv, pid, first int) (Activation, []*activated, error) {
 			for _, a := range lns {
 				_ = a.ln.Close()
 			}
-			return act, nil, fmt.Errorf("socket activation: descriptor %d%s: %w", s.FD, named(s.Name), err)
+			return act, nil, fmt.Errorf("socket activation: LISTEN_FDS=%d, but descriptor %d%s %w", n, s.FD, named(s.Name), err)
 		}
 		if ln != nil {
 			s.Addr = ln.Addr().String()
@@ -176,7 +180,7 @@ func named(name string) string {
 }
 
 // errNotSocket is listenerAt's error for a descriptor that is not a socket.
-var errNotSocket = errors.New("not a socket")
+var errNotSocket = errors.New("is not a socket")
 
 // activations holds the listeners systemd passed until Listen takes them,
 // or Ready closes them.

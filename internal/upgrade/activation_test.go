@@ -124,14 +124,18 @@ func TestActivate(t *testing.T) {
 		files func(t *testing.T) []*os.File
 		err   string   // a part of the error, "" for none
 		want  []Socket // Sockets, but for FD, which is firstFD on; nil when not Activated
-		other string
-		taken []bool // which of the descriptors activate closes
+		other string   // OtherPID
+		// ignored: Ignored, the variables there but not for this process
+		ignored bool
+		taken   []bool // which of the descriptors activate closes
 	}{
 		{name: "no variables", env: listenEnv{closed: -1}},
 		{name: "another process", env: listenEnv{pid: "1", fds: "1", closed: -1},
-			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t)} }, other: "1", taken: []bool{false}},
+			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t)} }, other: "1", ignored: true, taken: []bool{false}},
 		{name: "LISTEN_PID not a number", env: listenEnv{pid: "x", fds: "1", closed: -1},
-			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t)} }, other: "x", taken: []bool{false}},
+			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t)} }, other: "x", ignored: true, taken: []bool{false}},
+		{name: "no LISTEN_PID", env: listenEnv{fds: "1", closed: -1},
+			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t)} }, ignored: true, taken: []bool{false}},
 		{name: "none passed", env: listenEnv{pid: self, fds: "0", closed: -1}, want: []Socket{}},
 		{name: "count not a number", env: listenEnv{pid: self, fds: "one", closed: -1}, err: `LISTEN_FDS="one" is not a count`},
 		{name: "negative count", env: listenEnv{pid: self, fds: "-1", closed: -1}, err: `LISTEN_FDS="-1" is not a count`},
@@ -140,7 +144,7 @@ func TestActivate(t *testing.T) {
 			err:   "LISTEN_FDS=3, but descriptor 201 was not open at start", taken: []bool{false}},
 		{name: "not a socket", env: listenEnv{pid: self, fds: "2", names: "web:pipe", closed: -1},
 			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t), r} },
-			err:   "descriptor 201 (pipe): not a socket", taken: []bool{true, false}},
+			err:   "LISTEN_FDS=2, but descriptor 201 (pipe) is not a socket (it is pipe:[", taken: []bool{true, false}},
 		{name: "listeners", env: listenEnv{pid: self, fds: "2", names: "web:local", closed: -1},
 			files: func(t *testing.T) []*os.File { return []*os.File{tcpFile(t), fileOf(t, ul.(*net.UnixListener))} },
 			want:  []Socket{{Name: "web", Addr: tcp.Addr().String()}, {Name: "local", Addr: unixPath}}, taken: []bool{true, true}},
@@ -175,8 +179,8 @@ func TestActivate(t *testing.T) {
 					t.Errorf("descriptor %d open %v after activate, want %v", firstFD+i, !taken, !taken)
 				}
 			}
-			if act.OtherPID != tt.other {
-				t.Errorf("OtherPID %q, want %q", act.OtherPID, tt.other)
+			if act.OtherPID != tt.other || act.Ignored != tt.ignored {
+				t.Errorf("OtherPID %q Ignored %v, want %q %v", act.OtherPID, act.Ignored, tt.other, tt.ignored)
 			}
 			if tt.err != "" {
 				return
@@ -249,6 +253,7 @@ func TestReadListenEnv(t *testing.T) {
 		{self, "0", -1},
 		{self, "3", firstFD + 2},
 		{self, "1000000", firstFD + 2},
+		{self, "9223372036854775807", firstFD + 2},
 		{self, "many", -1},
 		{"1", "3", -1},
 		{"", "", -1},
@@ -281,7 +286,7 @@ func TestTakeActivationUnsets(t *testing.T) {
 		if err != nil || lns != nil {
 			t.Fatalf("hasParent %v: %v %v", hasParent, lns, err)
 		}
-		if want := map[bool]string{false: "1", true: ""}[hasParent]; act.OtherPID != want || act.Activated {
+		if want := map[bool]string{false: "1", true: ""}[hasParent]; act.OtherPID != want || act.Ignored != !hasParent || act.Activated {
 			t.Errorf("hasParent %v: %+v, want OtherPID %q", hasParent, act, want)
 		}
 		for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {

@@ -23,14 +23,18 @@ func fdOpen(fd int) bool {
 func listenerAt(fd int, name string) (ln net.Listener, skipped string, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("cannot be read: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		// What it is, where the system says (Linux).
+		if what, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); err == nil {
+			return nil, "", fmt.Errorf("%w (it is %s)", errNotSocket, what)
+		}
 		return nil, "", errNotSocket
 	}
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("is a socket of unknown type: %w", err)
 	}
 	switch typ {
 	case unix.SOCK_STREAM:
