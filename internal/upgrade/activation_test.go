@@ -175,8 +175,8 @@ func TestActivate(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, taken := range tt.taken {
-				if fdOpen(firstFD+i) == taken {
-					t.Errorf("descriptor %d open %v after activate, want %v", firstFD+i, !taken, !taken)
+				if open := fdOpen(firstFD + i); open == taken {
+					t.Errorf("descriptor %d open %v after activate, want %v", firstFD+i, open, !taken)
 				}
 			}
 			if act.OtherPID != tt.other || act.Ignored != tt.ignored {
