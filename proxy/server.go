@@ -355,8 +355,8 @@ func (s *Server) ListenAndServe() error {
 // UseListen makes ListenAndServe, and a reload that moves the listen
 // address, bind the proxy's and the admin listener with listen rather than
 // net.Listen: internal/upgrade's, which takes over the sockets of the
-// process it replaces, and keeps a copy of each socket to hand over to the
-// next; a listener a reload moves away from is therefore made to stop
+// process it replaces (or those systemd passed), and keeps a copy of each
+// socket to hand over to the next; a listener a reload moves away from is therefore made to stop
 // listening (its address refuses connections) rather than only closed.
 // onListening, when not nil, runs once ListenAndServe has bound both,
 // before it serves them: the moment the new process can tell the old one
