@@ -426,6 +426,15 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge)
 		return
 	}
+	if errors.Is(err, errRequestBody) && (s.cutting.Load() || ex != nil && ex.client != nil && ex.client.cut.Load()) {
+		// The body broke off because the proxy closed the client's
+		// connection (shutdown_timeout, a second signal, drain_timeout):
+		// no fault of the client's, and nothing can reach it. Logged
+		// 499, as below.
+		ex.clientAborted()
+		recordUnsent(w, statusClientClosed)
+		panic(http.ErrAbortHandler)
+	}
 	if errors.Is(err, errRequestBody) {
 		// The client's body broke off, or stalled until the backend
 		// gave up on it: its request failed, not a backend, which must

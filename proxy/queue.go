@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -160,12 +161,22 @@ type admission struct {
 // queue refused the request, the context's when the client left while
 // waiting.
 func (p *pool) admit(r *http.Request, pk balancer.Pick) (admission, error) {
+	return p.admitWaiting(r, pk, notQueued)
+}
+
+// notQueued is admitWaiting's since for a request that has not waited.
+const notQueued time.Duration = -1
+
+// admitWaiting is admit for a request that began waiting at since (a
+// clock reading), or notQueued: one sent back to the balancer while it
+// waited waits for what is left of its queue.timeout, not for a new one.
+func (p *pool) admitWaiting(r *http.Request, pk balancer.Pick, since time.Duration) (admission, error) {
 	b := pk.Backend
 	if begin(b) {
 		return admission{pool: p, backend: b, setCookie: pk.SetCookie, sticky: pk.Sticky}, nil
 	}
 	pinned := pk.Sticky == balancer.StickyKept
-	a, err := p.wait(r, b, pinned, pk.SetCookie)
+	a, err := p.wait(r, b, pinned, pk.SetCookie, since)
 	if a.pool == nil {
 		// Not sent back to the balancer (repick sets both).
 		a.pool, a.sticky = p, pk.Sticky
@@ -176,7 +187,8 @@ func (p *pool) admit(r *http.Request, pk balancer.Pick) (admission, error) {
 // wait queues r: for b when pinned, for any backend otherwise, unless a
 // backend has room for it now. Other backends are looked at under the
 // queue's lock, so that a place freed meanwhile goes to the oldest waiter.
-func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string) (a admission, err error) {
+// since is when r began waiting, if it waited before (see admitWaiting).
+func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie string, since time.Duration) (a admission, err error) {
 	l, st := &p.queue, statsOf(b)
 	w := &waiter{got: make(chan *balancer.Backend, 1)}
 	l.mu.Lock()
@@ -205,6 +217,18 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 		l.refused[reasonFull].Add(1)
 		return admission{}, errQueueFull
 	}
+	start := since
+	if start == notQueued {
+		start = clock()
+	}
+	timeout := l.timeout - (clock() - start)
+	if timeout <= 0 {
+		// Sent back to the balancer with none of its wait left.
+		l.waiting.Add(-1)
+		l.mu.Unlock()
+		l.refused[reasonTimeout].Add(1)
+		return admission{}, errQueueTimeout
+	}
 	l.seq++
 	w.seq = l.seq
 	if pinned {
@@ -213,14 +237,18 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	} else {
 		l.loose = append(l.loose, w)
 	}
-	timeout := l.timeout
 	l.mu.Unlock()
 
-	start, moved := clock(), false
+	moved := false
 	defer func() {
-		// A waiter sent back to the balancer may have waited again,
-		// and counted itself if it left then.
-		a.queued += clock() - start
+		// The whole wait, moves back to the balancer included, is the
+		// first wait's to tell: one sent back may wait again.
+		if since == notQueued {
+			a.queued = clock() - start
+			if err == nil {
+				l.waited.observe(a.queued)
+			}
+		}
 		if gone := r.Context().Err(); gone != nil && !moved && errors.Is(err, gone) {
 			l.refused[reasonLeft].Add(1)
 		}
@@ -234,17 +262,18 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 			// moved to another URL): the balancer moves it as it
 			// moves the client's next requests.
 			moved = true
-			a, err = p.repick(r)
-			if err == nil && pinned && a.backend.ID != b.ID && a.pool.snap.Load().pinner != nil {
+			a, err = p.repick(r, start)
+			if err == nil && pinned && a.backend.ID != b.ID && reflect.DeepEqual(a.pool.balancer, p.balancer) {
 				// Moved off its sticky backend, whatever the pick
 				// says of a cookie naming a backend it no longer
-				// knows. A balancer a reload put in that pins
-				// nobody moves nobody.
+				// knows. Under a balancer a reload changed, the
+				// pick says what the client is to it (new to a
+				// cookie of another name, none to a hash without
+				// its key, or round-robin).
 				a.sticky = balancer.StickyRepinned
 			}
 			return a, err
 		}
-		l.waited.observe(clock() - start)
 		return p.placed(r, nb, pinned, setCookie)
 	case <-t.C:
 		err = errQueueTimeout
@@ -259,7 +288,6 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 			return admission{}, err
 		}
 		if err == errQueueTimeout {
-			l.waited.observe(clock() - start)
 			return p.placed(r, nb, pinned, setCookie)
 		}
 		finished(nb)
@@ -271,10 +299,10 @@ func (p *pool) wait(r *http.Request, b *balancer.Backend, pinned bool, setCookie
 	return admission{}, err
 }
 
-// repick admits r anew, after the backend it waited for stopped taking it:
-// on the pool now in service, which a reload may have made since r came in.
-// A client pinned there and moved elsewhere is repinned.
-func (p *pool) repick(r *http.Request) (admission, error) {
+// repick admits r anew, after the backend it waited for since then stopped
+// taking it: on the pool now in service, which a reload may have made
+// since r came in. A client pinned there and moved elsewhere is repinned.
+func (p *pool) repick(r *http.Request, since time.Duration) (admission, error) {
 	if cur := p.queue.cur.Load(); cur != nil {
 		p = cur
 	}
@@ -283,7 +311,7 @@ func (p *pool) repick(r *http.Request) (admission, error) {
 		p.refused(err)
 		return admission{pool: p}, err
 	}
-	return p.admit(r, pk)
+	return p.admitWaiting(r, pk, since)
 }
 
 // evict sends the waiters pinned to a backend that takes nobody now (down,

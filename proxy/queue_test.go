@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/affinityproxy/affinity/balancer"
 	"github.com/affinityproxy/affinity/config"
 	"github.com/affinityproxy/affinity/internal/testutil"
 )
@@ -607,6 +608,15 @@ func TestQueueReloadMoves(t *testing.T) {
 		{name: "balancer", unpinned: true, change: func(p *config.Pool, _, _ *gated) {
 			p.Balancer = config.Balancer{Type: "round-robin"}
 		}},
+		// To a hash whose key the client does not send, and to a cookie
+		// of another name, it is no client pinned anywhere either.
+		{name: "hash without its key", unpinned: true, change: func(p *config.Pool, _, _ *gated) {
+			p.Balancer = config.Balancer{Type: "consistent-hash", Options: balancer.Options{
+				Hash: balancer.HashOptions{Key: "header:X-User", VirtualNodes: 100}}}
+		}},
+		{name: "cookie of another name", unpinned: true, change: func(p *config.Pool, _, _ *gated) {
+			p.Balancer.Options.Cookie.Name = "other"
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ga, gb, moved := startGated(t, "a"), startGated(t, "b"), startGated(t, "moved")
@@ -696,5 +706,117 @@ func TestQueueReadded(t *testing.T) {
 	await(t, next)
 	if p := ga.peak.Load(); p != 1 {
 		t.Errorf("peak in flight %d, want 1 (max_conns)", p)
+	}
+}
+
+// TestQueueRemovedTakesNoWaiter: a place that frees on a backend a reload
+// removed (its request of before ends) goes to no waiter: the backend takes
+// no new request, and the waiter goes to a backend of the pool.
+func TestQueueRemovedTakesNoWaiter(t *testing.T) {
+	for _, kind := range []string{"round-robin", "cookie"} {
+		t.Run(kind, func(t *testing.T) {
+			ga, gb := startGated(t, "a"), startGated(t, "b")
+			s, u := startProxy(t, catchAll(queuedPool(kind, 1, 100, time.Minute, ga, gb)), zap.NewNop())
+			c := testutil.Client(t)
+			first := sendTagged(t.Context(), c, u.String(), "first", nil)
+			second := sendTagged(t.Context(), c, u.String(), "second", nil)
+			held := map[string]heldRequest{}
+			for _, g := range []*gated{ga, gb} {
+				held[g.id] = g.next(t)
+			}
+			waiting := sendTagged(t.Context(), c, u.String(), "waiting", nil)
+			waitQueued(t, s, 1, "", 0)
+
+			if err := s.Reload(catchAll(queuedPool(kind, 1, 100, time.Minute, gb))); err != nil {
+				t.Fatal(err)
+			}
+			close(held["a"].release)
+			select {
+			case h := <-ga.held:
+				t.Fatalf("removed backend got the request %q", h.tag)
+			case <-time.After(100 * time.Millisecond):
+			}
+			waitQueued(t, s, 1, "", 0)
+			close(held["b"].release)
+			h := gb.next(t)
+			if h.tag != "waiting" {
+				t.Fatalf("backend b got %q, want the waiting request", h.tag)
+			}
+			close(h.release)
+			if r := await(t, waiting); r.status != http.StatusOK || r.body != "b" {
+				t.Errorf("waiting request: status %d from %q, want 200 from b", r.status, r.body)
+			}
+			await(t, first)
+			await(t, second)
+		})
+	}
+}
+
+// TestQueueMovesKeepTimeout: a pinned waiter a reload sends back to the
+// balancer (its balancer changed) waits for what is left of its
+// queue.timeout, not a new one, however many reloads come; its access line
+// tells the whole wait once, no more than the request's duration.
+func TestQueueMovesKeepTimeout(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	cfg := catchAll(queuedPool("cookie", 1, 100, timeout, ga, gb))
+	cfg.Log.Access = true
+	log, logs := observed()
+	s, u := startProxy(t, cfg, log)
+	c := testutil.Client(t)
+	pin, x := pinTo(t, c, u.String(), ga, gb)
+	y := ga
+	if x == ga {
+		y = gb
+	}
+	// Both full: the waiter finds no room wherever it is sent.
+	busyX := sendTagged(t.Context(), c, u.String(), "busy-x", pin)
+	hx := x.next(t)
+	busyY := sendTagged(t.Context(), c, u.String(), "busy-y", nil)
+	hy := y.next(t)
+	waiting := sendTagged(t.Context(), c, u.String(), "waiting", pin)
+	waitQueued(t, s, 1, x.id, 1)
+
+	// A reload every 100 ms, each changing the balancer: each sends the
+	// waiter back to it. A timeout started over at each would never end
+	// while they go on; the waiter's ends within them.
+	var r result
+	deadline := time.Now().Add(20 * timeout)
+	for i := 0; r.tag == ""; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the waiter was not answered within %s of reloads, 20 times its queue.timeout", 20*timeout)
+		}
+		p := queuedPool("cookie", 1, 100, timeout, ga, gb)
+		p.Balancer.Options.Cookie.MaxAge = i % 2 * 3600
+		if err := s.Reload(catchAll(p)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r = <-waiting:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if r.err != nil || r.status != http.StatusServiceUnavailable {
+		t.Fatalf("waiter: %+v, want 503 at its queue.timeout", r)
+	}
+	close(hx.release)
+	close(hy.release)
+	await(t, busyX)
+	await(t, busyY)
+
+	var line map[string]any
+	testutil.Eventually(t, waitFor, "the waiter's access line", func() bool {
+		for _, e := range logs.FilterMessage("request").All() {
+			if f := e.ContextMap(); f["refused"] == "queue-timeout" {
+				line = f
+				return true
+			}
+		}
+		return false
+	})
+	queued, _ := line["queued"].(time.Duration)
+	took, _ := line["duration"].(time.Duration)
+	if queued < timeout || queued > took {
+		t.Errorf("access line: queued %s, duration %s: want at least queue.timeout %s, at most the duration", queued, took, timeout)
 	}
 }

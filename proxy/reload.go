@@ -352,6 +352,13 @@ func (s *Server) takeOver(old, next *state) (removed int) {
 			}
 			op.mu.Unlock()
 			s.leaving.add(r)
+			// It takes no new client: a place its requests free goes
+			// to no waiter for any backend (only np's rebuilds say
+			// which of its backends take them, and it is none of
+			// those). A backend a later reload adds back opens again.
+			if st := statsOf(b); st != nil {
+				st.open.Store(false)
+			}
 			// Its waiters were sent nowhere yet: they go back to the
 			// balancer, which picks on np.
 			op.queue.evict(statsOf(b))

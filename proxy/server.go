@@ -85,6 +85,10 @@ type Server struct {
 	stopDrainer func()
 	stats       serverStats
 	admin       *admin // the admin listener's server (admin.go)
+	// cutting is set once Shutdown closes the connections of requests
+	// still running, whose bodies then break off through no fault of
+	// their clients'.
+	cutting atomic.Bool
 	// unlogged counts the requests whose access line is still to be
 	// written: Shutdown waits a moment for those it cut (cutLogWait).
 	unlogged atomic.Int64
@@ -461,6 +465,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = &CutError{Connections: openConns(bindings), Upgraded: upgraded, Err: err}
 		// Close drops the client connections still active; cancel below
 		// aborts their backend requests and tunnels.
+		s.cutting.Store(true)
 		_ = s.http.Close()
 	}
 	// Every listener is closed by now, so the Serve loops reloads started

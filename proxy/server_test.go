@@ -414,3 +414,39 @@ func TestClientSetWait(t *testing.T) {
 		t.Errorf("wait = %v", err)
 	}
 }
+
+// TestShutdownCutUploadIs499: an upload whose body is still coming when
+// Shutdown cuts it is logged 499, as any request cut, not 400 as a body
+// its client broke off: the proxy closed the connection.
+func TestShutdownCutUploadIs499(t *testing.T) {
+	bu, started, _ := blockingBackend(t)
+	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
+		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
+	cfg.Log.Access = true
+	log, logs := observed()
+	s, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := testutil.Listen(t)
+	go func() { _ = s.Serve(ln) }()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), waitFor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: app.example\r\nContent-Length: 1000\r\n\r\npartial"); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var cut *CutError
+	if err := s.Shutdown(ctx); !errors.As(err, &cut) {
+		t.Fatalf("Shutdown = %v, want the upload cut", err)
+	}
+	lines := logs.FilterMessage("request").FilterField(zap.String("path", "/upload")).All()
+	if len(lines) != 1 || lines[0].ContextMap()["status"] != int64(statusClientClosed) {
+		t.Errorf("access lines of the upload %v, want one with status 499", lines)
+	}
+}
