@@ -340,6 +340,10 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 		// the connection's next request, to a backend that may be ready.
 		if now.Sub(start) >= timeout && c.seq.Load() == seq && c.backend.Load() == b {
 			kind := c.kindOf(seq)
+			// Counted before the close, whose effects (the client's
+			// error, the 499 access line) may be seen at once: whoever
+			// sees them sees the cut counted.
+			st.drainClosed(1)
 			c.close()
 			n := closed[st]
 			if n == nil {
@@ -363,7 +367,6 @@ func (d *drainer) tick(now time.Time, timeout time.Duration) {
 	}
 	for st, n := range closed {
 		o := out[st]
-		st.drainClosed(n.closed)
 		d.s.log.Warn("closed connections that outlived drain_timeout",
 			zap.String("pool", o.pool), zap.String("backend", o.id), zap.String("state", o.state),
 			zap.Duration("drain_timeout", timeout), zap.Int("closed", n.closed),

@@ -117,10 +117,13 @@ func TestReloadKeepsWhatIsInFlight(t *testing.T) {
 				t.Fatalf("the stream of the draining sse still open %v after its drain began (drain_timeout 300ms)", waitFor)
 			}
 			var last backendStatus
-			testutil.Eventually(t, waitFor, fmt.Sprintf("sse drained; last seen %+v", &last), func() bool {
+			// The drainer logs what it closed once its walk is done, after
+			// the close and its count.
+			testutil.Eventually(t, waitFor, fmt.Sprintf("sse drained and the close logged; last seen %+v", &last), func() bool {
 				last, _ = backendOf(t, admin, "events", "sse")
 				return last.InFlight == 0 && last.Streams == 0 && last.DrainClosed == 1 &&
-					last.IdleSeconds != nil && *last.IdleSeconds > 0
+					last.IdleSeconds != nil && *last.IdleSeconds > 0 &&
+					len(entries(logs, "closed connections that outlived drain_timeout")) > 0
 			})
 			lines := entries(logs, "closed connections that outlived drain_timeout")
 			if len(lines) != 1 {
