@@ -147,7 +147,9 @@ func FuzzRequestStream(f *testing.F) {
 			t.Fatalf("reading the answers: %v", err)
 		}
 		// The backend's view is whole once the proxy has ended its
-		// requests (Shutdown waits for them) and closed its connections.
+		// requests (Shutdown waits for them) and closed its connections:
+		// Shutdown closes the idle ones, and one given back after, its
+		// request's body written late, as it is given back.
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {

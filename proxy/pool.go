@@ -421,8 +421,10 @@ func (p *pool) stop() {
 		}
 	}
 	if p.transport != nil {
-		// Connections still busy close when their idle timeout ends.
-		p.transport.CloseIdleConnections()
+		// A pool's own transport is made with the pool (tls.go) and
+		// serves no later one: connections still busy close as their
+		// requests end.
+		p.transport.Close()
 	}
 	if c, ok := p.policy.(io.Closer); ok && !p.policyHandedOver {
 		// The policy's own connections and goroutines (the learn

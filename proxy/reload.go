@@ -624,8 +624,10 @@ func (ts *transportSwitch) sweepLocked() {
 	}
 }
 
-// close closes the idle connections of every transport and stops the
-// sweeps, at Shutdown.
+// close closes every transport at Shutdown, once no request is left to
+// send: their idle connections now, and those of requests still ending
+// (backendTransport.Close) as they end, which no sweep waits for; it stops
+// the sweeps.
 func (ts *transportSwitch) close() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -634,6 +636,9 @@ func (ts *transportSwitch) close() {
 		ts.sweep.Stop()
 		ts.sweep = nil
 	}
-	ts.cur.Load().CloseIdleConnections()
-	ts.sweepLocked()
+	ts.cur.Load().Close()
+	for _, tr := range ts.retired {
+		tr.Close()
+	}
+	ts.retired = nil
 }

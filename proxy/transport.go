@@ -258,6 +258,14 @@ func (bt *backendTransport) CloseIdleConnections() {
 	bt.h1.CloseIdleConnections()
 }
 
+// Close closes the idle connections of both, and those of the h1 client's
+// requests still ending as they end: for a transport that will send no
+// more requests.
+func (bt *backendTransport) Close() {
+	bt.Transport.CloseIdleConnections()
+	bt.h1.Close()
+}
+
 // bufSize is the size of the buffers response bodies are copied through,
 // io.Copy's default.
 const bufSize = 32 << 10

@@ -47,6 +47,9 @@ type Client struct {
 	// wary holds, for each host that sent bytes no request asked for,
 	// until when its connections serve one request each (see sighted).
 	wary map[connKey]time.Duration
+	// closed is set by Close: a connection given back is closed, not
+	// kept.
+	closed bool
 }
 
 // Config is what a Client dials with and the limits it keeps. Its fields
@@ -395,6 +398,11 @@ func (c *Client) release(hc *conn, keep bool) {
 	}
 	hc.idleAt = clock()
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		_ = hc.nc.Close()
+		return
+	}
 	if len(c.wary) > 0 {
 		if until, ok := c.wary[hc.key]; ok {
 			if hc.idleAt < until {
@@ -507,6 +515,18 @@ func (c *Client) CloseIdleConnections() {
 			_ = hc.nc.Close()
 		}
 	}
+}
+
+// Close closes every idle connection, and from then on every connection
+// given back as its request ends, for a client that sends no more
+// requests. CloseIdleConnections alone would leave one given back later
+// idle until IdleConnTimeout: a request whose body was still being written
+// when its response ended gives its connection back up to writeWait after.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.CloseIdleConnections()
 }
 
 // hostPort returns a URL's host with the port made explicit (443 for

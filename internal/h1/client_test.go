@@ -490,6 +490,28 @@ func TestIdleConnections(t *testing.T) {
 		c.CloseIdleConnections()
 		testutil.Eventually(t, waitFor, "idle connection closed", func() bool { return rb.Closed() == 1 })
 	})
+	// Close closes the idle connection, and the busy one as its response
+	// ends, where CloseIdleConnections leaves it idle.
+	t.Run("close", func(t *testing.T) {
+		rb := testutil.StartRaw(t, answering(ok, false))
+		c := newTestClient(time.Second, time.Hour)
+		req, _ := http.NewRequest(http.MethodGet, rb.URL(), nil)
+		busy, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h1Get(t, c, http.MethodGet, rb.URL())
+		c.Close()
+		testutil.Eventually(t, waitFor, "idle connection closed", func() bool { return rb.Closed() == 1 })
+		if _, err := io.ReadAll(busy.Body); err != nil {
+			t.Fatal(err)
+		}
+		_ = busy.Body.Close()
+		testutil.Eventually(t, waitFor, "connection given back after Close closed", func() bool { return rb.Closed() == 2 })
+		if n := rb.Accepted(); n != 2 {
+			t.Errorf("%d connections, want 2", n)
+		}
+	})
 }
 
 // TestInformationalCap: a backend may send max1xxResponses interim
