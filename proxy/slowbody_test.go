@@ -137,6 +137,14 @@ func TestSlowClientBodyEjectsNoBackend(t *testing.T) {
 				testutil.Eventually(t, waitFor, "the backends did not give up on the stalled bodies", func() bool {
 					return gaveUp.Load() >= clients
 				})
+				// A backend counts its give-up before its connection
+				// closes, and the proxy sees the close later still: the
+				// rest of a body sent before then would end the proxy's
+				// wait first, and the backend's end come after it, as a
+				// failure of the backend's own.
+				testutil.Eventually(t, waitFor, "the proxy to close its connections to the backends that gave up", func() bool {
+					return s.transport.cur.Load().conns.Load() == 0
+				})
 			}
 			for i, c := range conns {
 				if tt.leave {
