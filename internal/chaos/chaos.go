@@ -67,9 +67,9 @@ func Run(ctx context.Context, sc Scenario) (res Result, err error) {
 	return res, nil
 }
 
-// play runs the load and the schedule of the fault, the recovery and the
-// reloads, waits for the pool to heal, sends the fresh clients, and sums
-// it all up.
+// play places the load's clients, runs the load and the schedule of the
+// fault, the recovery and the reloads, waits for the pool to heal, sends
+// the fresh clients, and sums it all up.
 func play(ctx context.Context, sc Scenario, c *harness.Cluster) (Result, error) {
 	victim := harness.BackendName(victimIndex + 1)
 	res := Result{Fault: sc.Fault, Victim: victim, NewClients: newClients}
@@ -82,6 +82,9 @@ func play(ctx context.Context, sc Scenario, c *harness.Cluster) (Result, error) 
 	url := "http://" + c.ProxyAddr() + "/"
 	l := newLoad(url, sc, tr)
 
+	if err := l.pin(ctx); err != nil {
+		return Result{}, err
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	// On every return, stop sending and wait for the requests in flight,

@@ -21,9 +21,7 @@ const maxBody = 64 << 10
 // jar and a request every Clients/Rate seconds, sent whether or not earlier
 // ones were answered, a client's requests overlapping when its backend is
 // slow, so that a stalled backend shows as failures and latency instead of
-// as fewer requests sent. Spaced evenly, a client's first two requests do
-// not overlap on a loaded machine, which would give it two cookies and
-// count as a move.
+// as fewer requests sent. The clients are placed (pin) before it starts.
 type load struct {
 	url     string
 	sc      Scenario
@@ -42,6 +40,21 @@ func newLoad(url string, sc Scenario, tr http.RoundTripper) *load {
 		l.clients[i] = harness.NewClient(tr, sc.ClientTimeout)
 	}
 	return l
+}
+
+// pin sends each client's first request, one client after the other, and
+// returns once all are answered: the load then starts with every client
+// holding its cookie. Otherwise a client whose first answer came later than
+// its second request left (Clients/Rate seconds, a stall on a loaded
+// machine) sent that one without a cookie, was placed anew, and stayed
+// where the last of its answers pinned it: a move the proxy never made.
+func (l *load) pin(ctx context.Context) error {
+	for c := range l.clients {
+		if r := l.do(ctx, time.Now(), c, http.MethodGet); r.fail != "" {
+			return fmt.Errorf("client %d not placed: %s", c, r.fail)
+		}
+	}
+	return nil
 }
 
 // run sends the load's requests from start and returns their records once

@@ -93,28 +93,17 @@ func countFailures(res *Result, recs []record) {
 // servedBy returns, for each of n clients, the backends that served it, in
 // the order the responses arrived, with repeats collapsed: [b2 b1] is a
 // client moved once. Arrival order is what the client's cookie jar follows,
-// so it is the order in which its session moved. Requests a client sent
-// before its first answer arrived carried no cookie, and so no session to
-// move: on a slow machine a client's second request can leave before the
-// first is answered, and be placed anew. Of those, only the first answered
-// counts.
+// so it is the order in which its session moved. Every request of the load
+// carries a cookie (the clients are placed before it starts, see
+// load.pin), so a change of backend is the proxy's doing.
 func servedBy(recs []record, n int) [][]string {
 	sorted := slices.Clone(recs)
 	slices.SortStableFunc(sorted, func(a, b record) int {
 		return cmp.Or(cmp.Compare(a.done(), b.done()), cmp.Compare(a.start, b.start))
 	})
 	seq := make([][]string, n)
-	held := make([]time.Duration, n) // when each client had its first answer
-	for i := range held {
-		held[i] = -1
-	}
 	for _, r := range sorted {
 		if r.fail != "" || r.client < 0 || r.client >= n {
-			continue
-		}
-		if held[r.client] < 0 {
-			held[r.client] = r.done()
-		} else if r.start < held[r.client] {
 			continue
 		}
 		s := seq[r.client]

@@ -54,16 +54,6 @@ func TestServedByAndMoves(t *testing.T) {
 			moved: 1,
 		},
 		{
-			name:    "requests sent before the first answer carried no cookie: no move",
-			clients: 1,
-			// The second leaves at 5 ms, before the first is answered at
-			// 30 ms, and is placed on another backend; then the client
-			// keeps its cookie's.
-			recs:  []record{ok(0, 0, 30*ms, "b1"), ok(0, 5*ms, 40*ms, "b3"), ok(0, 100*ms, ms, "b1")},
-			want:  [][]string{{"b1"}},
-			moved: 0,
-		},
-		{
 			name:    "sent back to the recovered backend: moved twice, returned",
 			clients: 1,
 			recs:    []record{ok(0, 0, ms, "b2"), ok(0, 10*ms, ms, "b1"), ok(0, 20*ms, ms, "b2")},
