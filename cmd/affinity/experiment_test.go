@@ -103,9 +103,10 @@ type cellResult struct {
 	ReplaysAccepted *int              `json:"replays_accepted"`
 	Checkouts       int               `json:"checkouts"`
 	DuplicateOrders int               `json:"duplicate_orders"`
-	FailedCheckouts int               `json:"failed_checkouts"`
-	DeploySeconds   *float64          `json:"deploy_seconds"`
-	Deploys         []struct {
+	// CheckoutErrorKinds counts the failed checkout requests by kind.
+	CheckoutErrorKinds map[string]int `json:"checkout_error_kinds"`
+	DeploySeconds      *float64       `json:"deploy_seconds"`
+	Deploys            []struct {
 		Target   string `json:"target"`
 		TimedOut bool   `json:"timed_out"`
 	} `json:"deploys"`
@@ -334,8 +335,16 @@ func TestExperimentRevokeQuick(t *testing.T) {
 
 // TestExperimentRetrySafetyQuick asserts the physics of retrying checkouts
 // sent to a frozen backend: retrying every method without keys orders carts
-// twice; the proxy's own policy orders none but fails the checkouts it
-// cannot retry; a key makes the retry safe, and it fails fewer.
+// twice; the proxy's own policy orders none, and answers 504 to the
+// checkouts it gave up on, which it cannot retry; with a key it retries
+// them elsewhere, orders none twice, and answers no checkout 504. Each cell
+// is judged by its own checkouts, by kind of failure: on a busy machine
+// the embedded Redis answers late, and the shop fails checkouts of every
+// cell with store_unavailable (keyed ones near the end of the run, with no
+// time left to repeat them), while the same delays at the start hold the
+// users back, so that a cell's freeze may catch few checkouts. Counts of
+// failed carts compared across cells then compared that noise with the
+// catch: 13 keyed checkouts failed to the store against 2 caught.
 func TestExperimentRetrySafetyQuick(t *testing.T) {
 	cells := runExperimentBinary(t, "retry-safety")
 	for name, c := range cells {
@@ -347,20 +356,23 @@ func TestExperimentRetrySafetyQuick(t *testing.T) {
 			t.Skipf("%s failed %d of %d requests: the machine could not serve the load", name, c.Errors, c.Requests)
 		}
 	}
+	// The proxy's answer to a request it gave up on, the frozen backend
+	// silent past timeouts.response_header.
+	const gaveUp = "http_504"
 	unsafe := cellOf(t, cells, "cookie × redis client=nokey retry=all")
 	safe := cellOf(t, cells, "cookie × redis client=nokey retry=safe")
 	if unsafe.DuplicateOrders == 0 {
 		t.Errorf("retry=all without keys: %d checkouts, no cart ordered twice; want some", unsafe.Checkouts)
 	}
-	if safe.DuplicateOrders != 0 || safe.FailedCheckouts == 0 {
-		t.Errorf("retry=safe without keys: %d duplicates, %d failed checkouts; want none duplicated and some failed",
-			safe.DuplicateOrders, safe.FailedCheckouts)
+	if safe.DuplicateOrders != 0 || safe.CheckoutErrorKinds[gaveUp] == 0 {
+		t.Errorf("retry=safe without keys: %d duplicates, failed checkouts by kind %v; want none duplicated and some answered 504",
+			safe.DuplicateOrders, safe.CheckoutErrorKinds)
 	}
 	for _, name := range []string{"cookie × redis client=key retry=safe", "cookie × redis client=key retry=all"} {
 		c := cellOf(t, cells, name)
-		if c.Checkouts == 0 || c.DuplicateOrders != 0 || c.FailedCheckouts >= safe.FailedCheckouts {
-			t.Errorf("%s: %d checkouts, %d duplicates, %d failed; want none duplicated and fewer failed than without keys (%d)",
-				name, c.Checkouts, c.DuplicateOrders, c.FailedCheckouts, safe.FailedCheckouts)
+		if c.Checkouts == 0 || c.DuplicateOrders != 0 || c.CheckoutErrorKinds[gaveUp] != 0 {
+			t.Errorf("%s: %d checkouts, %d duplicates, failed checkouts by kind %v; want none duplicated and none answered 504 (retried elsewhere)",
+				name, c.Checkouts, c.DuplicateOrders, c.CheckoutErrorKinds)
 		}
 	}
 }

@@ -94,6 +94,11 @@ type CellResult struct {
 	Checkouts       int     `json:"checkouts"`
 	FailedCheckouts int     `json:"failed_checkouts"`
 	CheckoutP99Ms   float64 `json:"checkout_p99_ms"`
+	// CheckoutErrorKinds itemises the checkout requests among Errors, as
+	// ErrorKinds does: a 504 is a checkout the proxy gave up on and did
+	// not send elsewhere, a store failure the shop's, which a frozen
+	// backend has no part in.
+	CheckoutErrorKinds map[string]int `json:"checkout_error_kinds"`
 	// Orders and DuplicateOrders are what the backends running at the end
 	// counted (demoapp_orders_total, demoapp_duplicate_orders_total):
 	// orders placed, and among them orders of a cart that already had one,
@@ -156,6 +161,8 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		Skipped:    skipped,
 		ErrorKinds: map[string]int{},
 		Faults:     faults,
+
+		CheckoutErrorKinds: map[string]int{},
 	}
 	var ok []time.Duration
 	okBy := map[string][]time.Duration{}
@@ -176,6 +183,9 @@ func summarize(balancer, store string, samples []Sample, skipped int, d time.Dur
 		case s.failed():
 			r.Errors++
 			r.ErrorKinds[s.Kind]++
+			if s.Step == stepCheckout {
+				r.CheckoutErrorKinds[s.Kind]++
+			}
 		}
 		if s.Backend != "" {
 			perBackend[s.Backend]++

@@ -1,6 +1,7 @@
 package experiment
 
 import (
+	"maps"
 	"math"
 	"testing"
 	"time"
@@ -205,5 +206,27 @@ func TestSummarizeFaultFigures(t *testing.T) {
 	}
 	if r.NewcomersPct == nil || *r.NewcomersPct != 100 {
 		t.Errorf("newcomers %v, want 100%% (c, first seen at 6 s, is b4's only user)", r.NewcomersPct)
+	}
+}
+
+// The checkouts among the errors are itemised on their own: a test of the
+// retry-safety preset tells the checkouts the proxy gave up on (504) from
+// those the store failed.
+func TestSummarizeItemisesCheckoutErrors(t *testing.T) {
+	samples := []Sample{
+		{User: "a", Step: stepCheckout, Backend: "b2", Status: 504, Kind: "http_504", StoreOps: -1},
+		{User: "b", Step: stepCheckout, Backend: "b1", Status: 503, Kind: "store_unavailable", StoreOps: 0},
+		{User: "b", Step: stepCheckout, Backend: "b1", Status: 200, StoreOps: 2},
+		{User: "c", Step: stepAdd, Backend: "b2", Status: 504, Kind: "http_504", StoreOps: -1},
+	}
+	r := summarize("cookie", "redis", samples, 0, time.Second, []string{"b1", "b2"}, 2, nil)
+	if want := map[string]int{"http_504": 2, "store_unavailable": 1}; !maps.Equal(r.ErrorKinds, want) {
+		t.Errorf("error kinds %v, want %v", r.ErrorKinds, want)
+	}
+	if want := map[string]int{"http_504": 1, "store_unavailable": 1}; !maps.Equal(r.CheckoutErrorKinds, want) {
+		t.Errorf("checkout error kinds %v, want %v", r.CheckoutErrorKinds, want)
+	}
+	if r.Checkouts != 2 || r.FailedCheckouts != 1 {
+		t.Errorf("%d checkouts, %d failed; want 2 carts, user a's failed", r.Checkouts, r.FailedCheckouts)
 	}
 }
