@@ -103,7 +103,9 @@ type cellResult struct {
 	ReplaysAccepted *int              `json:"replays_accepted"`
 	Checkouts       int               `json:"checkouts"`
 	DuplicateOrders int               `json:"duplicate_orders"`
-	// CheckoutErrorKinds counts the failed checkout requests by kind.
+	// ErrorKinds counts the failed requests by kind, CheckoutErrorKinds
+	// the checkouts among them.
+	ErrorKinds         map[string]int `json:"error_kinds"`
 	CheckoutErrorKinds map[string]int `json:"checkout_error_kinds"`
 	DeploySeconds      *float64       `json:"deploy_seconds"`
 	Deploys            []struct {
@@ -356,14 +358,12 @@ func TestExperimentRetrySafetyQuick(t *testing.T) {
 			t.Skipf("%s failed %d of %d requests: the machine could not serve the load", name, c.Errors, c.Requests)
 		}
 	}
-	// The proxy's answer to a request it gave up on, the frozen backend
-	// silent past timeouts.response_header.
-	const gaveUp = "http_504"
+	// gaveUp is the proxy's answer to a request it gave up on, the frozen
+	// backend silent past timeouts.response_header; storeFailed the shop's
+	// when its store did not answer in time.
+	const gaveUp, storeFailed = "http_504", "store_unavailable"
 	unsafe := cellOf(t, cells, "cookie × redis client=nokey retry=all")
 	safe := cellOf(t, cells, "cookie × redis client=nokey retry=safe")
-	if unsafe.DuplicateOrders == 0 {
-		t.Errorf("retry=all without keys: %d checkouts, no cart ordered twice; want some", unsafe.Checkouts)
-	}
 	if safe.DuplicateOrders != 0 || safe.CheckoutErrorKinds[gaveUp] == 0 {
 		t.Errorf("retry=safe without keys: %d duplicates, failed checkouts by kind %v; want none duplicated and some answered 504",
 			safe.DuplicateOrders, safe.CheckoutErrorKinds)
@@ -374,6 +374,17 @@ func TestExperimentRetrySafetyQuick(t *testing.T) {
 			t.Errorf("%s: %d checkouts, %d duplicates, failed checkouts by kind %v; want none duplicated and none answered 504 (retried elsewhere)",
 				name, c.Checkouts, c.DuplicateOrders, c.CheckoutErrorKinds)
 		}
+	}
+	if unsafe.DuplicateOrders == 0 {
+		// The frozen backend orders a cart a second time when it resumes,
+		// if the store takes the order: on a busy machine the embedded
+		// Redis answers later than the shop waits for it, and the
+		// duplicates fail instead (a run saw 66 requests of the cell fail
+		// so, and no cart ordered twice).
+		if n := unsafe.ErrorKinds[storeFailed]; n > 0 {
+			t.Skipf("retry=all without keys: no cart ordered twice, and the store failed %d requests: the machine could not serve the load", n)
+		}
+		t.Errorf("retry=all without keys: %d checkouts, no cart ordered twice; want some", unsafe.Checkouts)
 	}
 }
 
