@@ -180,6 +180,15 @@ func (p *pool) admitWaiting(r *http.Request, pk balancer.Pick, since time.Durati
 	if a.pool == nil {
 		// Not sent back to the balancer (repick sets both).
 		a.pool, a.sticky = p, pk.Sticky
+		if err == nil && pk.Sticky == balancer.StickyRepinned && a.backend.Stats != b.Stats {
+			// It waited for any backend, its own being out of
+			// service, and got another than the one it was to be
+			// moved to: its own, back meanwhile (maint, then
+			// ready), keeps it.
+			if now, perr := p.pick(r); perr == nil && now.Sticky == balancer.StickyKept && now.Backend.Stats == a.backend.Stats {
+				a.sticky, a.setCookie = balancer.StickyKept, ""
+			}
+		}
 	}
 	return a, err
 }

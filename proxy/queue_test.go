@@ -580,6 +580,54 @@ func TestQueueMaint(t *testing.T) {
 	await(t, busy)
 }
 
+// TestQueueMaintAndBack: a pinned waiter whose backend goes to maint waits
+// for any backend; when its own is ready again and frees first, it is
+// served there, its affinity kept: no repin counted, no cookie sent again.
+func TestQueueMaintAndBack(t *testing.T) {
+	ga, gb := startGated(t, "a"), startGated(t, "b")
+	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
+	c := testutil.Client(t)
+	pin, x := pinTo(t, c, u.String(), ga, gb)
+	y := ga
+	if x == ga {
+		y = gb
+	}
+	busyX := sendTagged(t.Context(), c, u.String(), "busy-x", pin)
+	hx := x.next(t)
+	busyY := sendTagged(t.Context(), c, u.String(), "busy-y", nil)
+	hy := y.next(t)
+	waiting := sendTagged(t.Context(), c, u.String(), "waiting", pin)
+	waitQueued(t, s, 1, x.id, 1)
+	repins := s.state.Load().pool("web").repins.Load()
+	if _, _, err := s.setState("web", x.id, config.StateMaint, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// Sent back to the balancer, it waits for any backend.
+	waitQueued(t, s, 1, x.id, 0)
+	if _, _, err := s.setState("web", x.id, config.StateReady, "test"); err != nil {
+		t.Fatal(err)
+	}
+	close(hx.release)
+	h := x.next(t)
+	if h.tag != "waiting" {
+		t.Fatalf("backend %s got %q, want the waiting client", x.id, h.tag)
+	}
+	close(h.release)
+	r := await(t, waiting)
+	if r.status != http.StatusOK || r.body != x.id {
+		t.Errorf("waiting client: status %d from %q, want 200 from its own %q", r.status, r.body, x.id)
+	}
+	if sc := r.header.Values("Set-Cookie"); len(sc) != 0 {
+		t.Errorf("waiting client was sent %q, the cookie it has", sc)
+	}
+	if got := s.state.Load().pool("web").repins.Load() - repins; got != 0 {
+		t.Errorf("repins %d, want 0: the client stayed on its backend", got)
+	}
+	close(hy.release)
+	await(t, busyX)
+	await(t, busyY)
+}
+
 // TestQueueReloadMoves: a reload that puts the backend clients wait for in
 // maint, removes it or moves it to another URL sends them back to the
 // balancer at once: to another backend, repinned, or to the new URL,

@@ -40,7 +40,9 @@ func listenerAt(fd int, name string) (ln net.Listener, skipped string, err error
 	case unix.SOCK_STREAM:
 		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && acc == 0 {
 			// Accept=yes passes one accepted connection per process.
-			skipped = "a stream socket that is not listening (a connection: Accept=yes?)"
+			// Or one a reload of an earlier process shut
+			// (moving listen away makes it stop listening).
+			skipped = "a stream socket that is not listening (a connection of Accept=yes, or a socket a reload that moved listen away shut)"
 		}
 	case unix.SOCK_DGRAM:
 		skipped = "a datagram socket (ListenDatagram=): the proxy serves TCP"
