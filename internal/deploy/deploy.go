@@ -91,7 +91,8 @@ type Result struct {
 	// Lost counts the users whose session their backend no longer knew.
 	Lost int `json:"sessions_lost"`
 	// AtRisk counts the users who had their session on a target when its
-	// deploy began, and had not finished: those a deploy may cost.
+	// deploy began, and had not finished, or logged in there after, until
+	// it was back: those a deploy may cost.
 	AtRisk int `json:"at_risk"`
 	// NewOnTarget counts the users who logged in on a target after its
 	// drain began (after ctl had set the state): 0 is the drain's promise.

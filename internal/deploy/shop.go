@@ -39,6 +39,11 @@ type shop struct {
 	// closed holds, per target, the windows in which it took no new
 	// user: from its drain's start to its return.
 	closed map[string][]window
+	// out holds the targets whose deploy began and that are not back:
+	// a user whose login lands on one is at risk too. A reload that
+	// removes a target takes effect a moment after its deploy began,
+	// and a login in flight meanwhile lands there.
+	out map[string]bool
 }
 
 // window is a span of time; an open one has a zero to.
@@ -58,7 +63,7 @@ type user struct {
 }
 
 func newShop(r Run, base string) *shop {
-	return &shop{r: r, base: base, tr: harness.NewTransport(r.Users), closed: map[string][]window{}}
+	return &shop{r: r, base: base, tr: harness.NewTransport(r.Users), closed: map[string][]window{}, out: map[string]bool{}}
 }
 
 func (s *shop) close() { s.tr.CloseIdleConnections() }
@@ -119,6 +124,7 @@ func (s *shop) visit(u *user, rng *rand.Rand) {
 		if i == 0 {
 			s.mu.Lock()
 			u.backend = backend
+			u.atRisk = s.out[backend]
 			s.mu.Unlock()
 		}
 	}
@@ -168,10 +174,11 @@ func (s *shop) send(c *http.Client, u *user, method, path string, body url.Value
 }
 
 // atRisk marks the users whose session is on target now, and who have not
-// finished.
+// finished, and those whose login lands there until it is back (reopen).
 func (s *shop) atRisk(target string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.out[target] = true
 	for _, u := range s.users {
 		if !u.done && u.backend == target {
 			u.atRisk = true
@@ -191,6 +198,7 @@ func (s *shop) closeTo(target string, from time.Time) {
 func (s *shop) reopen(target string, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.out, target)
 	if ws := s.closed[target]; len(ws) > 0 && ws[len(ws)-1].to.IsZero() {
 		ws[len(ws)-1].to = at
 	}
