@@ -203,18 +203,17 @@ func TestQueueFIFO(t *testing.T) {
 	}
 }
 
-// pinTo returns a cookie pinning a client to the backend of gs that
-// answers a first request, and that backend.
-func pinTo(t *testing.T, c *http.Client, target string, gs ...*gated) (*http.Cookie, *gated) {
+// pinTo returns a cookie pinning a client to the backend of the two that
+// answers a first request, that backend, and the other one.
+func pinTo(t *testing.T, c *http.Client, target string, ga, gb *gated) (*http.Cookie, *gated, *gated) {
 	t.Helper()
 	ch := sendTagged(t.Context(), c, target, "pin", nil)
-	var g *gated
+	x, y := ga, gb
 	select {
-	case h := <-gs[0].held:
-		g = gs[0]
+	case h := <-ga.held:
 		close(h.release)
-	case h := <-gs[1].held:
-		g = gs[1]
+	case h := <-gb.held:
+		x, y = gb, ga
 		close(h.release)
 	case <-time.After(waitFor):
 		t.Fatal("the first request reached no backend")
@@ -222,11 +221,11 @@ func pinTo(t *testing.T, c *http.Client, target string, gs ...*gated) (*http.Coo
 	r := await(t, ch)
 	for _, ck := range (&http.Response{Header: r.header}).Cookies() {
 		if ck.Name == "aff" {
-			return ck, g
+			return ck, x, y
 		}
 	}
 	t.Fatalf("no sticky cookie in %v", r.header)
-	return nil, nil
+	return nil, nil, nil
 }
 
 // TestQueueSticky: a pinned client waits for its own backend, however
@@ -237,11 +236,7 @@ func TestQueueSticky(t *testing.T) {
 	ga, gb := startGated(t, "a"), startGated(t, "b")
 	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
 	c := testutil.Client(t)
-	pin, x := pinTo(t, c, u.String(), ga, gb)
-	y := ga
-	if x == ga {
-		y = gb
-	}
+	pin, x, y := pinTo(t, c, u.String(), ga, gb)
 	busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
 	hBusy := x.next(t)
 	sticky := sendTagged(t.Context(), c, u.String(), "sticky", pin)
@@ -446,11 +441,7 @@ func TestQueueDrain(t *testing.T) {
 	ga, gb := startGated(t, "a"), startGated(t, "b")
 	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
 	c := testutil.Client(t)
-	pin, x := pinTo(t, c, u.String(), ga, gb)
-	y := ga
-	if x == ga {
-		y = gb
-	}
+	pin, x, y := pinTo(t, c, u.String(), ga, gb)
 	p1 := sendTagged(t.Context(), c, u.String(), "p1", pin)
 	h1 := x.next(t)
 	n1 := sendTagged(t.Context(), c, u.String(), "n1", nil)
@@ -552,11 +543,7 @@ func TestQueueMaint(t *testing.T) {
 	ga, gb := startGated(t, "a"), startGated(t, "b")
 	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
 	c := testutil.Client(t)
-	pin, x := pinTo(t, c, u.String(), ga, gb)
-	y := ga
-	if x == ga {
-		y = gb
-	}
+	pin, x, y := pinTo(t, c, u.String(), ga, gb)
 	busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
 	hBusy := x.next(t)
 	moved := sendTagged(t.Context(), c, u.String(), "moved", pin)
@@ -587,11 +574,7 @@ func TestQueueMaintAndBack(t *testing.T) {
 	ga, gb := startGated(t, "a"), startGated(t, "b")
 	s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
 	c := testutil.Client(t)
-	pin, x := pinTo(t, c, u.String(), ga, gb)
-	y := ga
-	if x == ga {
-		y = gb
-	}
+	pin, x, y := pinTo(t, c, u.String(), ga, gb)
 	busyX := sendTagged(t.Context(), c, u.String(), "busy-x", pin)
 	hx := x.next(t)
 	busyY := sendTagged(t.Context(), c, u.String(), "busy-y", nil)
@@ -670,11 +653,7 @@ func TestQueueReloadMoves(t *testing.T) {
 			ga, gb, moved := startGated(t, "a"), startGated(t, "b"), startGated(t, "moved")
 			s, u := startProxy(t, catchAll(queuedPool("cookie", 1, 100, time.Minute, ga, gb)), zap.NewNop())
 			c := testutil.Client(t)
-			pin, x := pinTo(t, c, u.String(), ga, gb)
-			y := ga
-			if x == ga {
-				y = gb
-			}
+			pin, x, y := pinTo(t, c, u.String(), ga, gb)
 			busy := sendTagged(t.Context(), c, u.String(), "busy", pin)
 			hBusy := x.next(t)
 			waiting := sendTagged(t.Context(), c, u.String(), "waiting", pin)
@@ -812,11 +791,7 @@ func TestQueueMovesKeepTimeout(t *testing.T) {
 	log, logs := observed()
 	s, u := startProxy(t, cfg, log)
 	c := testutil.Client(t)
-	pin, x := pinTo(t, c, u.String(), ga, gb)
-	y := ga
-	if x == ga {
-		y = gb
-	}
+	pin, x, y := pinTo(t, c, u.String(), ga, gb)
 	// Both full: the waiter finds no room wherever it is sent.
 	busyX := sendTagged(t.Context(), c, u.String(), "busy-x", pin)
 	hx := x.next(t)

@@ -360,8 +360,9 @@ func (s *Server) ListenAndServe() error {
 // address, bind the proxy's and the admin listener with listen rather than
 // net.Listen: internal/upgrade's, which takes over the sockets of the
 // process it replaces (or those systemd passed), and keeps a copy of each
-// socket to hand over to the next; a listener a reload moves away from is therefore made to stop
-// listening (its address refuses connections) rather than only closed.
+// socket to hand over to the next; a listener a reload moves away from is
+// therefore made to stop listening (its address refuses connections)
+// rather than only closed.
 // onListening, when not nil, runs once ListenAndServe has bound both,
 // before it serves them: the moment the new process can tell the old one
 // that it is ready. When it fails, ListenAndServe closes both without

@@ -16,6 +16,7 @@ import (
 	"github.com/affinityproxy/affinity/internal/testutil"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestNewServerRejectsBadConfig(t *testing.T) {
@@ -199,7 +200,10 @@ func TestShutdownWaitsForInFlightRequest(t *testing.T) {
 	}
 }
 
-func TestShutdownTimeoutAbortsRequests(t *testing.T) {
+// serveBlocked serves a proxy with access lines, recorded in logs, in front
+// of a backend that holds every request; started tells each request it got.
+func serveBlocked(t *testing.T) (s *Server, ln net.Listener, served <-chan error, started <-chan struct{}, logs *observer.ObservedLogs) {
+	t.Helper()
 	bu, started, _ := blockingBackend(t)
 	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
 		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
@@ -209,9 +213,14 @@ func TestShutdownTimeoutAbortsRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := testutil.Listen(t)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
+	ln = testutil.Listen(t)
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	return s, ln, done, started, logs
+}
+
+func TestShutdownTimeoutAbortsRequests(t *testing.T) {
+	s, ln, served, started, logs := serveBlocked(t)
 	failed := make(chan error, 1)
 	go func() {
 		resp, err := testutil.Client(t).Get("http://" + ln.Addr().String() + "/")
@@ -224,7 +233,7 @@ func TestShutdownTimeoutAbortsRequests(t *testing.T) {
 	<-started
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // already over: Shutdown must abort rather than wait
-	err = s.Shutdown(ctx)
+	err := s.Shutdown(ctx)
 	var cut *CutError
 	if !errors.Is(err, context.Canceled) || !errors.As(err, &cut) || cut.Connections != 1 || cut.Upgraded != 0 {
 		t.Errorf("Shutdown = %v, want context.Canceled and one connection cut", err)
@@ -419,17 +428,7 @@ func TestClientSetWait(t *testing.T) {
 // Shutdown cuts it is logged 499, as any request cut, not 400 as a body
 // its client broke off: the proxy closed the connection.
 func TestShutdownCutUploadIs499(t *testing.T) {
-	bu, started, _ := blockingBackend(t)
-	cfg := catchAll(&config.Pool{Name: "web", Balancer: config.Balancer{Type: "round-robin"},
-		Backends: []config.Backend{{URL: bu, Name: "slow"}}})
-	cfg.Log.Access = true
-	log, logs := observed()
-	s, err := NewServer(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := testutil.Listen(t)
-	go func() { _ = s.Serve(ln) }()
+	s, ln, _, started, logs := serveBlocked(t)
 	c, err := net.DialTimeout("tcp", ln.Addr().String(), waitFor)
 	if err != nil {
 		t.Fatal(err)

@@ -156,23 +156,7 @@ func TestServeSocketActivation(t *testing.T) {
 	waitFor(t, "the PID file", func() bool { return readPID(pidFile) == old })
 	l := startLoad(t, "http://"+listen+"/", nil)
 	l.waitOK(t, 50)
-	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	var next int
-	waitForWithin(t, 30*time.Second, "the new process's PID in the file", func() bool {
-		next = readPID(pidFile)
-		return next != 0 && next != old
-	})
-	t.Cleanup(func() { reap(next) })
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("old process: %v, want exit status 0; output:\n%s", err, logs())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("old process still running 30 s after the upgrade; output:\n%s", logs())
-	}
+	next := upgradeAndWait(t, cmd, pidFile, old, exited, logs, reap)
 	l.waitOK(t, 50)
 	l.end()
 	if n := l.failed.Load(); n > 0 {

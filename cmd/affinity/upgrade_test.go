@@ -342,23 +342,7 @@ func TestServeUpgrade(t *testing.T) {
 	waitForWithin(t, 30*time.Second, "the never-ready wrapper's child gone", strayGone)
 
 	copyBinary(built)
-	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	var next int
-	waitForWithin(t, 30*time.Second, "the new process's PID in the file", func() bool {
-		next = readPID(pidFile)
-		return next != 0 && next != old
-	})
-	t.Cleanup(func() { reap(next) })
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("old process: %v, want exit status 0; output:\n%s", err, logs())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("old process still running 30 s after the upgrade; output:\n%s", logs())
-	}
+	next := upgradeAndWait(t, cmd, pidFile, old, exited, logs, reap)
 	l.waitOK(t, 200)
 	l.end()
 	if n := l.failed.Load(); n > 0 {
@@ -381,4 +365,30 @@ func TestServeUpgrade(t *testing.T) {
 	}
 	_ = resp.Body.Close()
 	t.Logf("%d requests answered; pid %d then %d", l.ok.Load(), old, next)
+}
+
+// upgradeAndWait sends cmd, whose process old wrote pidFile, SIGUSR2, waits
+// for the new process to write its PID there (reaped by reap, reapLater's)
+// and for the old one to exit, with status 0, on exited; logs is the
+// output the failures show. It returns the new process's PID.
+func upgradeAndWait(t *testing.T, cmd *exec.Cmd, pidFile string, old int, exited <-chan error, logs func() string, reap func(int)) int {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var next int
+	waitForWithin(t, 30*time.Second, "the new process's PID in the file", func() bool {
+		next = readPID(pidFile)
+		return next != 0 && next != old
+	})
+	t.Cleanup(func() { reap(next) })
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("old process: %v, want exit status 0; output:\n%s", err, logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("old process still running 30 s after the upgrade; output:\n%s", logs())
+	}
+	return next
 }
